@@ -1,0 +1,3 @@
+from fcos_core.cli.main import entry
+
+entry()

@@ -1,0 +1,1 @@
+"""fcos-core's own components, registered through the same hooks as any plugin."""

@@ -1,0 +1,50 @@
+"""Built-in ``fcos`` subcommands (torch-free: the command bodies import what they need)."""
+
+from __future__ import annotations
+
+import argparse
+
+from fcos_core.hooks import hookimpl
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="path to a YAML config, e.g. configs/fcos_b0.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value",
+                   help="override config values, e.g. float_trainer.num_epochs=2")
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    _config_args(p)
+    p.add_argument("--stage", default=None,
+                   help="float | calibration | qat | int_infer | compile | all "
+                        "(default: $FCOS_STAGE, else all)")
+    p.add_argument("--run-dir", default=None, help="run folder (default: runs/<task_name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--nproc-per-node", type=int, default=None,
+                   help="train with N processes on this machine (torchrun's launcher)")
+
+
+def _plugins_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--all", action="store_true", help="include fcos-core's built-in plugins")
+
+
+def _config_cmd_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = sub.add_parser("show", help="print a config (with --resolved: after overrides and "
+                                       "references, with defaults filled in)")
+    _config_args(show)
+    show.add_argument("--resolved", action="store_true", help="resolve references and defaults")
+
+
+@hookimpl
+def register_commands(register):
+    register("run", factory="fcos_core.cli.commands:run_command", add_arguments=_run_args,
+             doc="run the stage pipeline of a config (float, calibration, qat, int_infer, "
+                 "compile)")
+    register("check", factory="fcos_core.cli.commands:check_command", add_arguments=_config_args,
+             doc="validate a config (all problems at once) without running anything")
+    register("plugins", factory="fcos_core.cli.commands:plugins_command",
+             add_arguments=_plugins_args, doc="list installed plugins and what each registers")
+    register("config", factory="fcos_core.cli.commands:config_command",
+             add_arguments=_config_cmd_args, doc="show a config, resolved")

@@ -1,0 +1,1 @@
+"""The ``fcos`` command line."""

@@ -1,0 +1,98 @@
+"""Bodies of the built-in subcommands. Heavy imports happen inside the functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from fcos_core.config.run_config import STAGES
+from fcos_core.errors import FcosUserError
+from fcos_core.plugins import PluginHost
+
+
+def plugins_command(args: argparse.Namespace, host: PluginHost) -> int:
+    rows = [p for p in host.plugins.values() if args.all or not p.builtin]
+    if args.json:
+        out = [{"name": p.name, "distribution": p.distribution, "version": p.version,
+                "builtin": p.builtin, "status": p.status, "error": p.error,
+                "components": p.components} for p in rows]
+        print(json.dumps(out, indent=2))
+        return 0
+    if not rows:
+        print("no plugins installed (fcos-core's built-ins are listed with --all)")
+    for p in rows:
+        head = f"{p.distribution or p.name} {p.version or ''}".strip()
+        print(f"{head}  [{p.status}]" + (f"  plugin: {p.name}" if p.distribution else ""))
+        if p.error:
+            skip = p.distribution or p.name
+            print(f"    {p.error}")
+            if p.status == "failed":
+                print(f"    skip it with FCOS_DISABLE_PLUGINS={skip}")
+        for kind, names in sorted(p.components.items()):
+            print(f"    {kind}: {', '.join(names)}")
+    return 0
+
+
+def check_command(args: argparse.Namespace, host: PluginHost) -> int:
+    from fcos_core.config import load_config
+
+    cfg = load_config(args.config, host, args.overrides)
+    for line in host.failure_report():
+        print(f"warning: {line}", file=sys.stderr)
+    stages = [s for s in STAGES if _stage_key(s) in cfg.data and cfg.data[_stage_key(s)]]
+    print(f"{args.config}: OK ({len(stages)} stage(s): {', '.join(stages) or 'none'})")
+    return 0
+
+
+def _stage_key(stage: str) -> str:
+    return "compile_cfg" if stage == "compile" else f"{stage}_trainer"
+
+
+def config_command(args: argparse.Namespace, host: PluginHost) -> int:
+    import yaml
+
+    from fcos_core.config import load_config
+    from fcos_core.config.loader import load_yaml
+    from fcos_core.config.references import apply_overrides
+
+    if args.resolved:
+        cfg = load_config(args.config, host, args.overrides)
+        data: Any = cfg.data
+    else:
+        data, _ = load_yaml(args.config)
+        apply_overrides(data, args.overrides, args.config)
+    print(yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100), end="")
+    return 0
+
+
+def parse_stages(arg: str | None) -> list[str]:
+    """``--stage`` (or ``$FCOS_STAGE``) -> the stages to run, in pipeline order."""
+    stage = arg or os.environ.get("FCOS_STAGE") or "all"
+    if stage == "all":
+        return list(STAGES)
+    wanted = [s.strip() for s in stage.split(",") if s.strip()]
+    for s in wanted:
+        if s not in STAGES:
+            import difflib
+
+            near = difflib.get_close_matches(s, STAGES, n=1)
+            raise FcosUserError(f"unknown stage {s!r}; stages are {', '.join(STAGES)}, or all",
+                                hint=f"did you mean {near[0]!r}?" if near else None)
+    return [s for s in STAGES if s in wanted]
+
+
+def run_command(args: argparse.Namespace, host: PluginHost) -> int:
+    from fcos_core.config import load_config
+
+    stages = parse_stages(args.stage)
+    cfg = load_config(args.config, host, args.overrides)
+    if args.nproc_per_node and args.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
+        from fcos_core.engine.launch import launch_with_torchrun
+
+        return launch_with_torchrun(args)
+    from fcos_core.engine.pipeline import run_pipeline
+
+    return run_pipeline(cfg, host, stages, run_dir=args.run_dir, resume=args.resume)

@@ -1,0 +1,5 @@
+"""Config loading: YAML -> overrides -> ${references} -> schema validation -> Node tree."""
+
+from fcos_core.config.resolve import ResolvedConfig, load_config
+
+__all__ = ["ResolvedConfig", "load_config"]
