@@ -29,7 +29,7 @@ import attrs
 import pluggy
 
 from fcos_core import hookspecs
-from fcos_core.errors import PluginError
+from fcos_core.errors import FcosUserError, PluginError
 from fcos_core.hooks import ENTRY_POINT_GROUP, PROJECT_NAME
 from fcos_core.registry import KINDS, Registries
 
@@ -171,7 +171,7 @@ class PluginHost:
                 before = set(self.registries[kind].names())
                 try:
                     impl.function(**{arg: register for arg in impl.argnames})
-                except PluginError:
+                except FcosUserError:  # duplicates and bad registrations already say who
                     raise
                 except Exception as exc:
                     if info.builtin:

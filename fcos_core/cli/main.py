@@ -37,13 +37,15 @@ def _parser(host) -> argparse.ArgumentParser:  # noqa: ANN001 - PluginHost
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, host=None) -> int:  # noqa: ANN001
+    """Run the CLI; ``host`` (a PluginHost) replaces plugin discovery in tests."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("FCOS_DEBUG", "") not in ("", "0")
     try:
         from fcos_core.plugins import load_host
 
-        host = load_host()
+        if host is None:
+            host = load_host()
         parser = _parser(host)
         args = parser.parse_args(argv)
         if getattr(args, "_entry", None) is None:

@@ -111,6 +111,8 @@ class _Resolver:
             return [self.resolve_value(v, (*path, i), stack) for i, v in enumerate(value)]
         if not isinstance(value, str) or "${" not in value:
             return value
+        if not stack or stack[-1] != path:
+            stack = [*stack, path]  # this string is being resolved: a way back to it is a cycle
         whole = _REF.fullmatch(value)
         if whole:
             target = parse_path(whole.group(1))
