@@ -92,17 +92,17 @@ def torchvision_key_map(model: nn.Module) -> dict[str, str]:
 
 
 def convert_torchvision_state_dict(model: nn.Module,
-                                   state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Rename a torchvision ``efficientnet_bN`` state dict to ``model``'s key names.
+                                   state_dict: Mapping[str, Tensor]) -> dict[str, str]:
+    """Our key for every key of a torchvision ``efficientnet_bN`` state dict.
 
-    Keys with no counterpart keep their torchvision name (so the report can show them).
+    Keys with no counterpart map to themselves (and then show up as unexpected).
     """
     mapping = torchvision_key_map(model)
-    out: dict[str, Tensor] = {}
-    for key, value in state_dict.items():
+    out: dict[str, str] = {}
+    for key in state_dict:
         prefix, _, leaf = key.rpartition(".")
         new_prefix = mapping.get(prefix)
-        out[f"{new_prefix}.{leaf}" if new_prefix is not None else key] = value
+        out[key] = f"{new_prefix}.{leaf}" if new_prefix is not None else key
     return out
 
 
@@ -147,15 +147,19 @@ def load_state_dict_report(model: nn.Module, state_dict: Mapping[str, Tensor],
     """Load what fits from a torchvision-format or fcos-format state dict into ``model``."""
     sd = _strip_wrappers(dict(state_dict))
     is_torchvision = any(k.startswith("features.") for k in sd)
-    if is_torchvision:
-        sd = convert_torchvision_state_dict(model, sd)
+    names = (convert_torchvision_state_dict(model, sd) if is_torchvision
+             else {k: k for k in sd})
     own = model.state_dict()
     loadable: dict[str, Tensor] = {}
     unexpected: list[str] = []
     mismatch: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
-    for key, value in sd.items():
+    for file_key, value in sd.items():
+        key = names[file_key]
         if key not in own:
-            unexpected.append(key)
+            unexpected.append(file_key)
+        elif key in loadable:
+            # two file keys for one tensor (e.g. with and without a wrapper prefix)
+            unexpected.append(file_key)
         elif own[key].shape != value.shape:
             mismatch.append((key, tuple(value.shape), tuple(own[key].shape)))
         else:

@@ -1,0 +1,34 @@
+# Two entry points (see README "Quick start"):
+#   make demo   set up .venv, generate the demo data, run every stage of configs/fcos_b0_demo.yaml
+#   make test   set up .venv and run the test suite
+# Set-up is idempotent: a stamp file records the installed state of the requirement files.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PLUGINS := $(wildcard plugins/*/pyproject.toml)
+STAMP  := $(VENV)/.fcos-installed
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml $(PLUGINS) Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and pinned: a bare `torch` may resolve to a newer multi-GB build
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[test]' $(foreach p,$(PLUGINS),-e $(dir $(p)))
+	touch $(STAMP)
+
+demo: setup
+	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/fcos run configs/fcos_b0_demo.yaml --stage all
+
+test: setup
+	OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1 $(PY) -m pytest -q
+
+bench: setup
+	for b in benchmarks/bench_*.py; do OMP_WAIT_POLICY=PASSIVE $(PY) $$b --quick || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs tmp_models tmp_data

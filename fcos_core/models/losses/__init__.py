@@ -1,0 +1,1 @@
+"""Loss modules: FocalLoss, GIoULoss, CrossEntropyLoss (mmdet/HAT-style weight and avg_factor)."""
