@@ -34,8 +34,9 @@ _lock = threading.Lock()
 class _TqdmLogger:
     """A structlog logger that writes rendered lines with ``tqdm.write`` (bar-safe)."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, name: str = "fcos") -> None:
         self._stream = stream
+        self.name = name
 
     def msg(self, message: str) -> None:
         stream = self._stream or sys.stderr
@@ -57,12 +58,11 @@ class _TqdmLoggerFactory:
         self._stream = stream
 
     def __call__(self, *args: Any) -> _TqdmLogger:
-        return _TqdmLogger(self._stream)
+        return _TqdmLogger(self._stream, str(args[0]) if args else "fcos")
 
 
-def _add_logger_name(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
-    # get_logger binds "logger"; events from unbound loggers get "fcos"
-    event.setdefault("logger", "fcos")
+def _add_logger_name(logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    event.setdefault("logger", getattr(logger, "name", "fcos"))
     return event
 
 
@@ -162,4 +162,5 @@ def close_logging() -> None:
 
 def get_logger(name: str = "fcos") -> Any:
     """A structlog logger that tags its events with ``logger=name``."""
-    return structlog.get_logger().bind(logger=name)
+    # a lazy proxy (no .bind here), so that a later configure_logging applies to it too
+    return structlog.get_logger(name)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from fcos_core.docs_gen import config_reference
 from fcos_core.hooks import hookimpl
+from fcos_core.scaffold import new_plugin
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -48,3 +50,9 @@ def register_commands(register):
              add_arguments=_plugins_args, doc="list installed plugins and what each registers")
     register("config", factory="fcos_core.cli.commands:config_command",
              add_arguments=_config_cmd_args, doc="show a config, resolved")
+    register("docs", factory="fcos_core.docs_gen.config_reference:docs_command",
+             add_arguments=config_reference.add_arguments,
+             doc="generate the config reference (docs/config-reference.md) from the schemas")
+    register("new-plugin", factory="fcos_core.scaffold.new_plugin:new_plugin_command",
+             add_arguments=new_plugin.add_arguments,
+             doc="create a working plugin distribution (pyproject, one transform, tests)")

@@ -1,0 +1,1 @@
+"""The compile-backend contract (see :mod:`fcos_core.compile.backend`)."""

@@ -1,0 +1,73 @@
+"""What a compile backend (``register_compile_backends``) provides.
+
+A backend is selected by the config's ``march`` and is the one place that knows the target:
+
+* :meth:`CompileBackend.quantization_rules` -- the dtypes and shared-scale rules the
+  quantization flow must follow for this target (None: fcos's defaults).
+* :meth:`CompileBackend.check` -- can this (float or quantized) deploy model compile? One
+  :class:`CheckIssue` per unsupported layer, naming the layer and the reason. ``fcos check
+  CONFIG --model`` calls it before any training, as HAT's model checker does.
+* :meth:`CompileBackend.compile` -- quantized deploy model + example inputs + the validated
+  ``compile_cfg`` options -> one artifact file and a report.
+* :meth:`CompileBackend.load` / :meth:`CompileBackend.run` -- execute an artifact on this
+  machine; outputs have the deploy model's output structure.
+
+The module is torch-free so registration stays cheap; implementations import torch lazily.
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import attrs
+
+
+@attrs.frozen
+class CheckIssue:
+    """One reason a model cannot compile."""
+
+    layer: str  # qualified module / graph node name
+    op: str  # operator as the backend sees it
+    reason: str  # what is wrong and, where possible, how to fix it
+
+    def render(self) -> str:
+        return f"{self.layer} ({self.op}): {self.reason}"
+
+
+@attrs.frozen
+class CompileResult:
+    """What :meth:`CompileBackend.compile` produced."""
+
+    artifact: Path  # the single compiled file
+    report: dict[str, Any]  # summary: layers, MACs, parameters, estimated latency ...
+    files: tuple[Path, ...] = ()  # extra files written (per-layer JSON, HTML report ...)
+
+
+class CompileBackend(abc.ABC):
+    """Base class for compile backends; see the module docstring for the contract."""
+
+    #: the ``march`` name this backend answers to
+    name: str = ""
+
+    def quantization_rules(self) -> Any:
+        """Quantization rules for this target, or None for fcos's defaults."""
+        return None
+
+    @abc.abstractmethod
+    def check(self, model: Any, example_inputs: Mapping[str, Any]) -> Sequence[CheckIssue]:
+        """Every reason ``model`` cannot compile for this target (empty: it can)."""
+
+    @abc.abstractmethod
+    def compile(self, model: Any, example_inputs: Mapping[str, Any], options: Mapping[str, Any],
+                out_dir: Path) -> CompileResult:
+        """Compile a quantized deploy model; ``options`` are the validated compile_cfg."""
+
+    @abc.abstractmethod
+    def load(self, artifact: Path) -> Any:
+        """Read and verify an artifact; raise FcosUserError for a damaged or foreign file."""
+
+    @abc.abstractmethod
+    def run(self, program: Any, inputs: Mapping[str, Any]) -> Any:
+        """Execute a loaded artifact on ``inputs``; same output structure as the model."""

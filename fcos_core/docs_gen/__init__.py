@@ -1,0 +1,1 @@
+"""Documentation generated from the registries (``fcos docs``)."""

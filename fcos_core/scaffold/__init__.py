@@ -1,0 +1,1 @@
+"""``fcos new-plugin``: create a working plugin distribution from a template."""
