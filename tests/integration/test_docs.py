@@ -21,3 +21,11 @@ def test_config_reference_is_current():
     expected = render(load_host())
     current = (ROOT / "docs" / "config-reference.md").read_text(encoding="utf-8")
     assert current == expected, "docs/config-reference.md is stale: run `fcos docs config`"
+
+
+def test_cli_reference_is_current():
+    from fcos_core.docs_gen.config_reference import render_cli
+
+    expected = render_cli(load_host())
+    current = (ROOT / "docs" / "cli-reference.md").read_text(encoding="utf-8")
+    assert current == expected, "docs/cli-reference.md is stale: run `fcos docs cli`"
