@@ -66,10 +66,21 @@ def load_file(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:
 # --- random generator states, as tensors --------------------------------------------------
 
 
-def rng_state() -> dict[str, Any]:
-    """The states of python's, numpy's, torch's (and CUDA's) global generators."""
-    py_version, py_state, py_gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+def capture_rng() -> tuple[Any, ...]:
+    """The raw states of python's, numpy's, torch's (and CUDA's) global generators (cheap:
+    taken every step so that an interrupt can save the state of the last finished step)."""
+    cuda = None
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        cuda = torch.cuda.get_rng_state_all()
+    return (random.getstate(), np.random.get_state(), torch.random.get_rng_state(), cuda)
+
+
+def rng_state(raw: tuple[Any, ...] | None = None) -> dict[str, Any]:
+    """Generator states (``raw`` from :func:`capture_rng`, default: now) as checkpointable
+    tensors and numbers."""
+    py, npy, tch, cuda = raw if raw is not None else capture_rng()
+    py_version, py_state, py_gauss = py
+    _np_name, np_keys, np_pos, np_has_gauss, np_gauss = npy
     out: dict[str, Any] = {
         "python_version": int(py_version),
         "python": torch.tensor(py_state, dtype=torch.int64),
@@ -78,10 +89,10 @@ def rng_state() -> dict[str, Any]:
         "numpy_pos": int(np_pos),
         "numpy_has_gauss": int(np_has_gauss),
         "numpy_gauss": float(np_gauss),
-        "torch": torch.random.get_rng_state(),
+        "torch": tch.clone(),
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        out["cuda"] = [s for s in torch.cuda.get_rng_state_all()]
+    if cuda is not None:
+        out["cuda"] = [s.clone() for s in cuda]
     return out
 
 

@@ -9,7 +9,8 @@ For every image ``b``, ground truth ``g`` and output position ``p`` (all strides
 2. **Cost** ``[B, G, P]`` = classification cost (``loss_cls``, e.g. focal with
    ``reduction="none"``, against the one-hot of the box's class, summed over classes)
    + ``loss_reg`` (e.g. ``GIoULoss`` with ``loss_weight=2.0``, ``reduction="none"``) between the
-   predicted box at ``p`` and box ``g``; + 1e8 where ``p`` is not a candidate.
+   predicted box at ``p`` and box ``g``; infinite (never chosen) where ``p`` is not a
+   candidate.
 3. **Dynamic k**: ``k_g = max(1, floor(sum of the topK largest IoUs))`` between box ``g`` and the
    predicted boxes at its candidates; ``g`` claims its ``k_g`` cheapest candidates.
 4. **Conflicts**: a position claimed by several boxes goes to the one with the lowest cost.
@@ -24,9 +25,13 @@ box with the matched box; box-loss weight = geometric centerness
 tiny box's fallback position, which lies outside it).
 
 No Python loop runs over images or boxes: ground truths are padded to the largest count in the
-batch with a validity mask and every step is a batched tensor op. The classification cost uses
-``sum_c L(x_c, onehot_c) = sum_c L(x_c, 0) + L(x_g, 1) - L(x_g, 0)``, exact for any
-elementwise loss, so it costs ``O(B*P*C + B*G*P)`` rather than ``O(B*G*P*C)``.
+batch with a validity mask; the dense ``[B, G, P]`` work is only the inside-box test, after which
+every step runs on the list of candidate (image, box, position) pairs (a few percent of
+``B*G*P``): per-box top-k and ranking are a sort by (box, key), conflicts a scatter-min. The
+classification cost uses ``sum_c L(x_c, onehot_c) = sum_c L(x_c, 0) + L(x_g, 1) - L(x_g, 0)``,
+exact for any elementwise loss, so it costs ``O(candidate positions * C + pairs)`` rather than
+``O(B*G*P*C)``.
+The 1e8 "outside" cost of SimOTA is implicit: non-candidates are never in the pair list.
 """
 
 from __future__ import annotations
@@ -37,12 +42,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
-from fcos_core.models.layout import flatten_outputs
+from fcos_core.models.layout import split_outputs
 from fcos_core.models.losses.giou import iou_and_giou
 from fcos_core.models.points import distances_to_boxes, grid_points
-
-#: cost added to positions outside a box's candidates
-OUTSIDE_COST = 1e8
 
 
 class FcosTargets(TypedDict):
@@ -124,9 +126,13 @@ class DynamicFcosTarget(nn.Module):
         Returns:
             :class:`FcosTargets`.
         """
-        flat = flatten_outputs(outputs, len(self.strides))
-        cls, box = flat.cls.detach().float(), flat.box.detach().float()
-        bsz, num_points, num_classes = cls.shape
+        cls_maps, box_maps, _ = split_outputs(outputs, len(self.strides))
+        sizes = [(int(c.shape[-2]), int(c.shape[-1])) for c in cls_maps]
+        # channels-first [B, C, P]: concatenating without a transpose is a plain copy, and
+        # only candidate positions are ever read
+        cls = torch.cat([c.detach().float().flatten(2) for c in cls_maps], 2)
+        box = torch.cat([b.detach().float().flatten(2) for b in box_maps], 2).transpose(1, 2)
+        bsz, num_classes, num_points = cls.shape
         if num_classes != self.cls_out_channels:
             raise ValueError(f"cls outputs have {num_classes} channels, targets expect "
                              f"cls_out_channels={self.cls_out_channels}")
@@ -134,7 +140,7 @@ class DynamicFcosTarget(nn.Module):
             raise ValueError(f"batch of {bsz} images got {len(gt_bboxes)} gt_bboxes and "
                              f"{len(gt_classes)} gt_classes entries")
         device = cls.device
-        points, pstrides = grid_points(flat.sizes, self.strides, device)
+        points, pstrides = grid_points(sizes, self.strides, device)
         pred_boxes = distances_to_boxes(points, box * pstrides[:, None])  # [B, P, 4]
 
         counts = torch.tensor([len(b) for b in gt_bboxes], device=device)
@@ -167,75 +173,109 @@ class DynamicFcosTarget(nn.Module):
         px, py = points[:, 0], points[:, 1]  # [P]
         x1, y1, x2, y2 = (gt[..., i, None] for i in range(4))  # [B, G, 1]
         inside = (px > x1) & (py > y1) & (px < x2) & (py < y2)  # [B, G, P]
-        cand = inside
+        cand = inside & real[..., None]
         if self.center_sampling_radius is not None:
             radius = self.center_sampling_radius * pstrides
-            cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-            cand = cand & ((px - cx).abs() < radius) & ((py - cy).abs() < radius)
-        cand = cand & real[..., None]
-        cand = cand | self._fallback(cand, real, gt, points, flat.sizes[0])
+            cand &= ((px - (x1 + x2) / 2).abs() < radius) & ((py - (y1 + y2) / 2).abs() < radius)
+        # ignored negatives: strictly inside a crowd box (positives are excluded below)
+        in_ignore = (inside & ignore[..., None]).any(dim=1)  # [B, P]
 
-        # --- cost [B, G, P] ---
-        zeros = torch.zeros_like(cls)
-        neg_cost = self.loss_cls(cls, zeros).sum(-1)  # [B, P]: every class against 0
-        glab = gl.clamp(min=0)
-        logit_g = torch.gather(cls.transpose(1, 2), 1,
-                               glab[..., None].expand(bsz, gmax, num_points))  # [B, G, P]
-        cls_cost = (neg_cost[:, None, :] + self.loss_cls(logit_g, torch.ones_like(logit_g))
+        # candidate (image, box, position) pairs: typically ~5% of B*G*P, so everything
+        # after this line works on the pairs only
+        bi, gi, pi = torch.nonzero(cand, as_tuple=True)
+        is_inside = torch.ones_like(bi, dtype=torch.bool)
+        fb, fg, fp = self._fallback(cand, real, gt, points, sizes[0])
+        if fb.numel():
+            bi, gi, pi = torch.cat((bi, fb)), torch.cat((gi, fg)), torch.cat((pi, fp))
+            is_inside = torch.cat((is_inside, inside[fb, fg, fp]))
+        if bi.numel() == 0:  # only ignore regions
+            out["label_weights"] = (~in_ignore).float()
+            return out
+
+        # --- cost per pair ---
+        # all classes against 0, only at positions that are someone's candidate
+        uniq, inv = torch.unique(bi * num_points + pi, return_inverse=True)
+        rows = cls[uniq // num_points, :, uniq % num_points]  # [U, C]
+        neg_cost = self.loss_cls(rows, torch.zeros_like(rows)).sum(-1)[inv]  # [N]
+        glab = gl[bi, gi]
+        logit_g = cls[bi, glab, pi]  # [N] logit of the box's class
+        cls_cost = (neg_cost + self.loss_cls(logit_g, torch.ones_like(logit_g))
                     - self.loss_cls(logit_g, torch.zeros_like(logit_g)))
-        iou, _ = iou_and_giou(pred_boxes[:, None], gt[:, :, None])  # [B, G, P]
-        reg_cost = self.loss_reg(pred_boxes[:, None], gt[:, :, None])
-        cost = cls_cost + reg_cost + OUTSIDE_COST * (~cand)
+        pbox, tbox = pred_boxes[bi, pi], gt[bi, gi]  # [N, 4]
+        iou, _ = iou_and_giou(pbox, tbox)
+        cost = cls_cost + self.loss_reg(pbox, tbox)
 
-        # --- dynamic k and selection ---
-        kmax = min(self.topK, num_points)
-        top_iou = torch.where(cand, iou, 0.0).topk(kmax, dim=-1).values
-        k = top_iou.sum(-1).floor().long().clamp(min=1)  # [B, G]
-        sel = cost.topk(kmax, dim=-1, largest=False).indices  # [B, G, kmax]
-        take = (torch.arange(kmax, device=device) < k[..., None]) & torch.gather(cand, 2, sel)
-        match = torch.zeros_like(cand).scatter_(2, sel, take)  # [B, G, P]
+        # --- dynamic k: floor(sum of the topK largest IoUs) of each box's candidates ---
+        group = bi * gmax + gi  # [N] flat (image, box) id
+        ngroups = bsz * gmax
+        count = torch.bincount(group, minlength=ngroups)
+        start_of = torch.cumsum(count, 0) - count
+        order, rank = _rank_within(group, iou, start_of, descending=True)
+        top = rank < self.topK
+        iou_sum = torch.zeros(ngroups, device=device).index_add_(0, group[order][top],
+                                                                  iou[order][top])
+        k = iou_sum.floor().long().clamp(min=1)  # [B*G]
+        # --- each box claims its k cheapest candidates ---
+        order, rank = _rank_within(group, cost, start_of, descending=False)
+        chosen = order[rank < k[group[order]]]  # pair indices
 
-        # --- conflicts: the cheapest claim wins ---
-        best = torch.where(match, cost, float("inf")).argmin(dim=1)  # [B, P]
-        pos = match.any(dim=1)
-        bidx = best[:, None, :]  # [B, 1, P]
-        labels = torch.where(pos, torch.gather(gl, 1, best), labels)
-        tbox = torch.gather(gt, 1, best[..., None].expand(bsz, num_points, 4))  # [B, P, 4]
-        t_iou = torch.gather(iou, 1, bidx).squeeze(1)
-        in_matched = torch.gather(inside, 1, bidx).squeeze(1)
+        # --- conflicts: a position claimed twice goes to the cheaper claim (then lower index)
+        flat_pt = bi[chosen] * num_points + pi[chosen]
+        c_cost = cost[chosen]
+        best_cost = torch.full((bsz * num_points,), float("inf"), device=device)
+        best_cost.scatter_reduce_(0, flat_pt, c_cost, reduce="amin")
+        cheapest = c_cost == best_cost[flat_pt]
+        first = torch.full((bsz * num_points,), gmax, dtype=torch.long, device=device)
+        first.scatter_reduce_(0, flat_pt[cheapest], gi[chosen][cheapest], reduce="amin")
+        win = chosen[cheapest & (gi[chosen] == first[flat_pt])]
+        wb, wp, wg = bi[win], pi[win], gi[win]
 
-        # geometric centerness of each position in its matched box (why: FCOS weights box
-        # loss by it so that off-centre positions, whose boxes are harder, count less)
-        lr = torch.stack((px - tbox[..., 0], tbox[..., 2] - px), -1)
-        tb = torch.stack((py - tbox[..., 1], tbox[..., 3] - py), -1)
-        geo = ((lr.min(-1).values / lr.max(-1).values.clamp(min=1e-6)).clamp(min=0)
-               * (tb.min(-1).values / tb.max(-1).values.clamp(min=1e-6)).clamp(min=0)).sqrt()
-        geo = torch.where(in_matched, geo, 1.0)
+        # geometric centerness of each winner in its box (why: FCOS weights the box loss by it
+        # so that off-centre positions, whose boxes are harder to predict, count less)
+        tb = tbox[win]
+        lr = torch.stack((px[wp] - tb[:, 0], tb[:, 2] - px[wp]), -1)
+        tbm = torch.stack((py[wp] - tb[:, 1], tb[:, 3] - py[wp]), -1)
+        geo = ((lr.min(-1).values / lr.max(-1).values.clamp(min=1e-6))
+               * (tbm.min(-1).values / tbm.max(-1).values.clamp(min=1e-6))).clamp(min=0).sqrt()
+        geo = torch.where(is_inside[win], geo, 1.0)
 
-        ignored = (inside & ignore[..., None]).any(dim=1) & ~pos
-        pos_f = pos.float()
-        out.update(
-            labels=labels,
-            label_weights=(~ignored).float(),
-            pos_mask=pos,
-            matched_gt=torch.where(pos, best, -1),
-            bbox_targets=tbox * pos_f[..., None],
-            bbox_weights=geo * pos_f,
-            centerness_targets=t_iou * pos_f,
-        )
+        out["labels"][wb, wp] = glab[win]
+        out["pos_mask"][wb, wp] = True
+        out["matched_gt"][wb, wp] = wg
+        out["bbox_targets"][wb, wp] = tb
+        out["bbox_weights"][wb, wp] = geo
+        out["centerness_targets"][wb, wp] = iou[win]
+        out["label_weights"] = (~(in_ignore & ~out["pos_mask"])).float()
         return out
 
     @staticmethod
     def _fallback(cand: Tensor, real: Tensor, gt: Tensor, points: Tensor,
-                  finest: tuple[int, int]) -> Tensor:
-        """``[B, G, P]`` mask: for real boxes without candidates, the finest-stride position
-        nearest to the box centre (so tiny boxes still get one positive)."""
-        need = real & ~cand.any(dim=-1)  # [B, G]
-        fb = torch.zeros_like(cand)
-        if not bool(need.any()):
-            return fb
+                  finest: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+        """Pairs ``(b, g, p)`` giving each real box without candidates the finest-stride
+        position nearest to its centre (so tiny boxes still get one positive)."""
+        nb, ng = torch.nonzero(real & ~cand.any(dim=-1), as_tuple=True)
+        if nb.numel() == 0:
+            return nb, ng, nb
         n0 = finest[0] * finest[1]
-        centre = (gt[..., :2] + gt[..., 2:]) / 2  # [B, G, 2]
-        d2 = ((points[None, None, :n0] - centre[:, :, None]) ** 2).sum(-1)  # [B, G, P0]
-        nearest = d2.argmin(dim=-1, keepdim=True)  # [B, G, 1]
-        return fb.scatter_(2, nearest, need[..., None])
+        centre = (gt[nb, ng, :2] + gt[nb, ng, 2:]) / 2  # [M, 2]
+        d2 = ((points[None, :n0] - centre[:, None]) ** 2).sum(-1)  # [M, P0]
+        return nb, ng, d2.argmin(dim=-1)
+
+
+def _rank_within(group: Tensor, value: Tensor, start_of: Tensor,
+                 descending: bool) -> tuple[Tensor, Tensor]:
+    """Order pairs by (group, value) and give each its rank inside its group.
+
+    Args:
+        group: ``[N]`` group id of each pair.
+        value: ``[N]`` sort key.
+        start_of: ``[num_groups]`` index where each group starts in the grouped order.
+
+    Returns:
+        ``order [N]`` (pair indices, grouped, sorted by value within a group; ties keep pair
+        order) and ``rank [N]`` (0-based rank of ``order[i]`` within its group).
+    """
+    order = torch.sort(value, descending=descending, stable=True).indices
+    order = order[torch.sort(group[order], stable=True).indices]
+    rank = torch.arange(order.numel(), device=order.device) - start_of[group[order]]
+    return order, rank

@@ -72,11 +72,15 @@ class FcosFakeQuantize(FakeQuantizeBase):
 
     @torch.jit.export
     def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        return self.activation_post_process.calculate_qparams()
+        """The qparams fake-quant uses (``convert_pt2e`` reads these): the buffers, refreshed
+        from the observer first when it saw data since the last refresh."""
+        if self._stale and self.observer_enabled[0] == 1:
+            self.sync_qparams()
+        return self.scale.clone(), self.zero_point.clone()
 
     def sync_qparams(self) -> None:
         """Copy the observer's current qparams into ``scale``/``zero_point``."""
-        scale, zp = self.calculate_qparams()
+        scale, zp = self.activation_post_process.calculate_qparams()
         scale = scale.reshape(-1).to(self.scale.device)
         zp = zp.reshape(-1).to(self.zero_point.device)
         if self.scale.shape != scale.shape:

@@ -89,6 +89,11 @@ class SymmetricObserver(ObserverBase):
 
     # -- common ------------------------------------------------------------------------------
 
+    def range(self) -> tuple[float, float]:
+        """The current (min_val, max_val) for a per-tensor observer, brought up to date."""
+        self._refresh()
+        return float(self.min_val.min()), float(self.max_val.max())
+
     def has_data(self) -> bool:
         self._refresh()
         return bool(torch.isfinite(self.min_val).all() and torch.isfinite(self.max_val).all())

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import attrs
 import pytest
 import torch
 from torch import nn
 
+from fcos_core.hooks import hookimpl
 from fcos_core.models.dynamic_target import DynamicFcosTarget
 from fcos_core.models.fcos import FCOS
 from fcos_core.models.head import FCOSHead
@@ -20,6 +22,8 @@ from fcos_core.models.losses.cross_entropy import CrossEntropyLoss
 from fcos_core.models.losses.focal import FocalLoss
 from fcos_core.models.losses.giou import GIoULoss
 from fcos_core.models.post_process import FCOSMultiStrideFilter
+from fcos_core.plugins import load_host
+from fcos_core.schema import arg
 
 
 class TinyBackbone(nn.Module):
@@ -93,3 +97,108 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def tiny():
+    """The stand-ins and the small-model builder (test modules cannot import conftest under
+    ``--import-mode=importlib``)."""
+    import types
+
+    return types.SimpleNamespace(TinyBackbone=TinyBackbone, TinyNeck=TinyNeck,
+                                 make_fcos=make_fcos)
+
+
+# --- a config that builds the stand-ins through the registries -----------------------------
+
+
+@attrs.frozen(kw_only=True)
+class TinyBackboneArgs:
+    """Test stand-in backbone."""
+
+    out_strides: list[int] = arg(help="strides of the returned features")
+
+
+@attrs.frozen(kw_only=True)
+class TinyNeckArgs:
+    """Test stand-in neck."""
+
+    in_strides: list[int] = arg(help="strides of the incoming features")
+    in_channels: list[int] = arg(help="channels of the incoming features")
+    out_channels: int = arg(32, help="output channels")
+
+
+class StandIns:
+    """A test plugin registering the stand-in backbone and neck."""
+
+    def __init__(self, backbone: type, neck: type) -> None:
+        self.backbone, self.neck = backbone, neck
+
+    @hookimpl
+    def register_backbones(self, register):
+        register("tiny_backbone", factory=self.backbone, schema=TinyBackboneArgs)
+
+    @hookimpl
+    def register_necks(self, register):
+        register("tiny_neck", factory=self.neck, schema=TinyNeckArgs)
+
+
+CONFIG = """
+task_name: tiny
+ckpt_dir: ./ckpt
+vars:
+  strides: [8, 16]
+  head:
+    type: FCOSHead
+    num_classes: 4
+    in_strides: ${vars.strides}
+    out_strides: ${vars.strides}
+    stride2channels: {8: 32, 16: 32}
+    feat_channels: 32
+    stacked_convs: 2
+    int8_output: false
+    int16_output: true
+model:
+  type: FCOS
+  backbone: {type: tiny_backbone, out_strides: [8, 16]}
+  neck: {type: tiny_neck, in_strides: [8, 16], in_channels: [16, 32], out_channels: 32}
+  head: ${vars.head}
+  targets:
+    type: DynamicFcosTarget
+    strides: ${vars.strides}
+    cls_out_channels: 4
+    background_label: 4
+    topK: 10
+    loss_cls: {type: FocalLoss, loss_name: cls, num_classes: 5, alpha: 0.25, gamma: 2.0,
+               loss_weight: 1.0, reduction: none}
+    loss_reg: {type: GIoULoss, loss_name: reg, loss_weight: 2.0, reduction: none}
+  post_process:
+    type: FCOSMultiStrideFilter
+    strides: ${vars.strides}
+    threshold: -2.944
+    for_compile: false
+    score_threshold: 0.05
+    iou_threshold: 0.6
+    max_shape: [64, 64]
+  loss_cls: {type: FocalLoss, loss_name: cls, num_classes: 5, alpha: 0.25, gamma: 2.0,
+             loss_weight: 1.0}
+  loss_centerness: {type: CrossEntropyLoss, loss_name: centerness, use_sigmoid: true}
+  loss_reg: {type: GIoULoss, loss_name: reg, loss_weight: 1.0}
+deploy_model:
+  type: FCOS
+  backbone: {type: tiny_backbone, out_strides: [8, 16]}
+  neck: {type: tiny_neck, in_strides: [8, 16], in_channels: [16, 32], out_channels: 32}
+  head: ${vars.head}
+  post_process: {type: FCOSMultiStrideFilter, strides: [8, 16], for_compile: true,
+                 max_shape: [64, 64]}
+"""
+
+
+@pytest.fixture
+def host_and_config(tmp_path):
+    """A plugin host with the stand-ins registered, and the path of :data:`CONFIG`."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(CONFIG)
+    host = load_host(entry_points=False,
+                     plugins=[("test-stand-ins", StandIns(TinyBackbone, TinyNeck))])
+    return host, path

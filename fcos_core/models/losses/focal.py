@@ -78,7 +78,8 @@ class FocalLoss(nn.Module):
             pred: ``[N, C]`` logits (``C = num_classes - 1``), or any shape ``[*]`` when
                 ``target`` is a float tensor of the same shape.
             target: ``[N]`` int64 labels in ``0..num_classes-1`` (``num_classes - 1`` is
-                background), or a float ``[*]`` target like ``pred``.
+                background; negative labels are treated as background), or a float ``[*]``
+                target like ``pred``.
             weight: optional per-element ``[*]`` or per-row ``[N]`` weight.
             avg_factor: optional normaliser for ``mean`` (e.g. the number of positives).
 
@@ -90,8 +91,10 @@ class FocalLoss(nn.Module):
                 raise ValueError(f"pred has {pred.shape[-1]} class channels but num_classes="
                                  f"{self.num_classes} (classes + background) needs "
                                  f"{self.num_classes - 1}")
-            # one-hot over all labels, then drop the background column
-            target = F.one_hot(target.clamp(min=0), self.num_classes)[..., :-1].to(pred.dtype)
+            # one-hot over all labels, then drop the background column; a negative label
+            # (ignore) counts as background here: give it weight 0 to leave it out
+            target = torch.where(target < 0, self.num_classes - 1, target)
+            target = F.one_hot(target, self.num_classes)[..., :-1].to(pred.dtype)
         elif target.shape != pred.shape:
             raise ValueError(f"float target shape {tuple(target.shape)} must equal pred shape "
                              f"{tuple(pred.shape)}")

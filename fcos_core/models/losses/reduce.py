@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-
 from torch import Tensor
 
 REDUCTIONS = ("none", "mean", "sum")

@@ -7,8 +7,9 @@ cleaned records and the same decoder, so they give identical samples for the sam
 label ``i`` = ``i``-th smallest category id and -1 for crowd (ignore) regions; ``img_id``;
 ``ori_shape`` / ``img_shape`` / ``pad_shape`` = (h, w); ``scale_factor`` float32 [1, 1].
 
-Both are safe with ``num_workers > 0`` and DDP: the LMDB is opened lazily, once per process
-(a handle inherited through ``fork`` is never reused), and pickling drops the handle.
+Both are safe with ``num_workers > 0`` and DDP: a dataset object holds no file handle (it
+pickles as paths and metadata); the LMDB is opened on use, once per process, through
+:mod:`fcos_plugin_coco.lmdb_env` (a handle inherited through ``fork`` is never reused).
 """
 
 from __future__ import annotations
@@ -18,17 +19,18 @@ import logging
 import os
 from typing import Any, Callable, Optional, Sequence
 
-import lmdb
 import numpy as np
 from torch.utils.data import Dataset
 
 from fcos_core.errors import FcosUserError
+from fcos_plugin_coco import lmdb_env
 from fcos_plugin_coco import lmdb_format as fmt
 from fcos_plugin_coco.annotations import (DEFAULT_MAX_JSON_BYTES, ImageRecord, build_index,
                                           load_json)
 from fcos_plugin_coco.decode import DecodeError, ImageLimits, decode_image
 from fcos_plugin_coco.report import PackReport
 from fcos_plugin_coco.source import load_checked
+from fcos_plugin_coco.transforms.fused import fuse
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +86,9 @@ class _Base(Dataset):
         return len(self.cat_ids)
 
     def _finish(self, sample: dict[str, Any]) -> dict[str, Any]:
-        for t in self.transforms:
+        # Resize + RandomCrop run fused (same result, less resampling); the scan is cheap, and
+        # redoing it per call keeps it right when someone replaces ``transforms``
+        for t in fuse(self.transforms):
             sample = t(sample)
         return sample
 
@@ -119,25 +123,11 @@ class Coco(_Base):
         self.split_name: str = meta.get("split_name", "")
         self.img_ids: list[int] = ids
         self._cat_arr = np.asarray(self.cat_ids, dtype=np.int64)
-        self._env: Optional[lmdb.Environment] = None
-        self._pid: Optional[int] = None
-
-    def _open(self) -> lmdb.Environment:
-        try:
-            return lmdb.open(self.data_path, readonly=True, lock=False, subdir=True,
-                             readahead=True, meminit=False, max_readers=512)
-        except lmdb.Error as exc:
-            raise FcosUserError(f"{self.data_path} is not a readable LMDB: {exc}",
-                                hint="pack it with `fcos pack-coco`") from exc
 
     def _read_header(self) -> tuple[dict, list[int]]:
-        env = self._open()
-        try:
-            with env.begin() as txn:
-                meta, index, done = (txn.get(fmt.META_KEY), txn.get(fmt.INDEX_KEY),
-                                     txn.get(fmt.COMPLETE_KEY))
-        finally:
-            env.close()
+        with lmdb_env.reader(self.data_path).begin() as txn:
+            meta, index, done = (txn.get(fmt.META_KEY), txn.get(fmt.INDEX_KEY),
+                                 txn.get(fmt.COMPLETE_KEY))
         if meta is None:
             raise FcosUserError(f"{self.data_path} is an LMDB but not one written by "
                                 "`fcos pack-coco`", hint="pack your data with `fcos pack-coco`")
@@ -154,23 +144,10 @@ class Coco(_Base):
     def __len__(self) -> int:
         return len(self.img_ids)
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_env"] = None  # each process opens its own handle
-        state["_pid"] = None
-        return state
-
-    def _environment(self) -> lmdb.Environment:
-        # a handle inherited through fork must not be used: reopen in every new process
-        if self._env is None or self._pid != os.getpid():
-            self._env = self._open()
-            self._pid = os.getpid()
-        return self._env
-
     def read_record(self, idx: int) -> tuple[ImageRecord, np.ndarray]:
         """The stored record and decoded RGB pixels of item ``idx`` (no transforms)."""
         image_id = self.img_ids[idx]
-        with self._environment().begin() as txn:
+        with lmdb_env.reader(self.data_path).begin() as txn:
             value = txn.get(fmt.image_key(image_id))
         if value is None:
             raise FcosUserError(f"{self.data_path}: image {image_id} is in the index but has "

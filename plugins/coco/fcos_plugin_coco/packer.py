@@ -23,6 +23,7 @@ import lmdb
 from tqdm import tqdm
 
 from fcos_core.errors import FcosUserError
+from fcos_plugin_coco import lmdb_env
 from fcos_plugin_coco import lmdb_format as fmt
 from fcos_plugin_coco.annotations import (DEFAULT_MAX_JSON_BYTES, build_index, parse_json_bytes,
                                           read_bounded)
@@ -78,6 +79,7 @@ def pack_coco(
         raise FcosUserError(f"--out {out_dir} exists and is not a folder",
                             hint="choose a folder path for the LMDB")
     os.makedirs(out_dir, exist_ok=True)
+    lmdb_env.release(out_dir)  # a reader of this LMDB in this process would block the writer
     map_size = _estimate_map_size(images_dir, index.images, max_map_bytes)
     env = lmdb.open(out_dir, map_size=map_size, subdir=True, meminit=False, map_async=False)
     try:

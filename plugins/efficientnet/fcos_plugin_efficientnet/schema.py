@@ -11,7 +11,7 @@ from fcos_core.schema import arg
 
 @attrs.frozen(kw_only=True)
 class EfficientNetArgs:
-    """EfficientNet B0-B7 backbone: multi-stride features (strides 2-32) or an ImageNet classifier."""
+    """EfficientNet B0-B7 backbone: features at strides 2-32, or an ImageNet classifier."""
 
     model_type: Literal["b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7"] = arg(
         "b0", help="variant; sets the paper's width/depth multipliers")

@@ -1,0 +1,153 @@
+"""``MultiBatchProcessor``: what a loop does with one batch.
+
+Training (``need_grad_update: true``): zero the gradients; for each batch (a dict, or a list of
+dicts from several loaders) run the model, collect the loss tensors, check every loss term is
+finite, backward; clip the gradient norm when asked; step the optimizer once. The finiteness
+check happens before ``backward``, so a NaN never reaches the weights.
+
+Evaluation (``need_grad_update: false``): the forward pass under ``torch.no_grad``.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from typing import Any, Callable
+
+import torch
+
+from fcos_core.engine.device import to_device
+from fcos_core.engine.errors import NonFiniteLossError
+from fcos_core.engine.functions import collect_losses
+
+
+def _loss_terms(outputs: Any, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Named scalar views of the loss tensors in a model's output dict."""
+    terms: dict[str, torch.Tensor] = {}
+    if isinstance(outputs, dict):
+        for k, v in outputs.items():
+            name = f"{prefix}{k}"
+            if isinstance(v, torch.Tensor):
+                terms[name] = v
+            elif isinstance(v, (dict, list, tuple)):
+                terms.update(_loss_terms(v, f"{name}."))
+    elif isinstance(outputs, (list, tuple)):
+        for i, v in enumerate(outputs):
+            terms.update(_loss_terms(v, f"{prefix}{i}."))
+    return terms
+
+
+class MultiBatchProcessor:
+    """Forward, loss check, backward and optimizer step of one step's batch(es).
+
+    Args:
+        need_grad_update: train (backward + optimizer step) or only evaluate.
+        loss_collector: ``outputs -> list of loss tensors`` (default: every tensor in the dict).
+        grad_clip_max_norm: clip the total gradient norm to this value (None: no clipping).
+        amp: run the forward pass under ``torch.autocast``.
+        amp_dtype: ``float16`` (with a gradient scaler on CUDA) or ``bfloat16``.
+    """
+
+    def __init__(self, need_grad_update: bool = True,
+                 loss_collector: Callable[[Any], list[Any]] | None = None,
+                 grad_clip_max_norm: float | None = None, amp: bool = False,
+                 amp_dtype: str = "float16") -> None:
+        if grad_clip_max_norm is not None and not grad_clip_max_norm > 0:
+            raise ValueError(f"grad_clip_max_norm must be > 0, got {grad_clip_max_norm}")
+        if amp_dtype not in ("float16", "bfloat16"):
+            raise ValueError(f"amp_dtype must be float16 or bfloat16, got {amp_dtype!r}")
+        self.need_grad_update = need_grad_update
+        self.loss_collector = loss_collector or collect_losses
+        self.grad_clip_max_norm = grad_clip_max_norm
+        self.amp = amp
+        self.amp_dtype = getattr(torch, amp_dtype)
+        self._scaler: Any = None
+        self._scaler_state: dict[str, Any] | None = None
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _autocast(self, device: torch.device) -> Any:
+        if not self.amp:
+            return nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.amp_dtype)
+
+    def _get_scaler(self, device: torch.device) -> Any:
+        if not (self.amp and self.amp_dtype == torch.float16 and device.type == "cuda"):
+            return None
+        if self._scaler is None:
+            self._scaler = torch.amp.GradScaler("cuda")
+            if self._scaler_state:
+                self._scaler.load_state_dict(self._scaler_state)
+        return self._scaler
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scaler": self._scaler.state_dict()} if self._scaler is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._scaler_state = state.get("scaler") or None
+        if self._scaler is not None and self._scaler_state:
+            self._scaler.load_state_dict(self._scaler_state)
+
+    def _check_and_record(self, outputs: Any, loop: Any) -> None:
+        terms = _loss_terms(outputs)
+        if not terms:
+            return
+        # one device->host copy for all terms (a single synchronisation per step)
+        values = torch.stack([t.detach().float().sum() for t in terms.values()]).tolist()
+        named = dict(zip(terms, values))
+        for name, value in named.items():
+            if not math.isfinite(value):
+                st = getattr(loop, "state", None)
+                raise NonFiniteLossError(
+                    getattr(loop, "stage", "?"), getattr(st, "epoch", 0),
+                    getattr(st, "global_step", -1) + 1, name, value)
+        if loop is not None and getattr(loop, "state", None) is not None:
+            st = loop.state
+            st.last_losses = {**named, "loss": sum(named.values())}
+
+    # -- the step ---------------------------------------------------------------------------
+
+    def __call__(self, model: Any, batch: Any, device: torch.device, optimizer: Any = None,
+                 loop: Any = None) -> Any:
+        many = isinstance(batch, (list, tuple)) and bool(batch) and all(
+            isinstance(b, dict) for b in batch)
+        batches = list(batch) if many else [batch]
+        batches = [to_device(b, device) for b in batches]
+        if not self.need_grad_update:
+            with torch.no_grad(), self._autocast(device):
+                outs = [model(b) for b in batches]
+            return outs if many else outs[0]
+        if optimizer is None:
+            raise RuntimeError("MultiBatchProcessor with need_grad_update needs an optimizer; "
+                               "give the trainer an optimizer block")
+        scaler = self._get_scaler(device)
+        optimizer.zero_grad(set_to_none=True)
+        outs = []
+        for b in batches:
+            with self._autocast(device):
+                out = model(b)
+            losses = self.loss_collector(out)
+            if not losses:
+                raise RuntimeError("the loss collector found no loss tensors in the model's "
+                                   "output; in train mode the model must return a dict of losses")
+            self._check_and_record(out, loop)
+            total = sum(loss.sum() if loss.dim() else loss for loss in losses)
+            if scaler is not None:
+                scaler.scale(total).backward()
+            else:
+                total.backward()
+            outs.append(out)
+        if self.grad_clip_max_norm is not None:
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            params = [p for g in optimizer.param_groups for p in g["params"]
+                      if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip_max_norm)
+        if loop is not None and getattr(loop, "state", None) is not None:
+            loop.state.consistent = False  # weights change from here until the step's end
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        return outs if many else outs[0]

@@ -1,0 +1,88 @@
+"""The ``compile`` stage: the quantized deploy model handed to the compile backend of ``march``.
+
+Which model is compiled:
+
+* when the config has an ``int_infer_trainer``: its ``model`` through its
+  ``model_convert_pipeline`` -- exactly the quantized model of the int_infer stage, with the QAT
+  checkpoint loaded where that pipeline's ``LoadCheckpoint`` says;
+* otherwise ``deploy_model`` through ``deploy_model_convert_pipeline`` (a compile check; its
+  weights are trained only if that pipeline loads a checkpoint, and the log says so).
+
+The backend is ``cfg.compile_backend.load()()``; it is called as
+``backend.compile(model, example_inputs, options, out_dir)`` with random example inputs of the
+``deploy_inputs`` shapes, the ``compile_cfg`` options (without ``march``), and ``out_dir`` from
+the options or ``<ckpt_dir>/compile``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fcos_core.errors import FcosUserError
+from fcos_core.registry import KNOWN_PROVIDERS
+
+
+def _march(cfg: Any) -> str | None:
+    compile_cfg = cfg.data.get("compile_cfg") or {}
+    return compile_cfg.get("march") or cfg.data.get("march")
+
+
+def _has_load_checkpoint(pipeline: Any) -> bool:
+    return any(type(c).__name__ == "LoadCheckpoint" for c in getattr(pipeline, "converters", []))
+
+
+def deploy_model(cfg: Any, ctx: Any) -> tuple[Any, str]:
+    """The quantized model to compile and a phrase saying where it came from."""
+    from fcos_core.build import build
+
+    convert_ctx = ctx.convert_context("cpu")
+    node = cfg.node("int_infer_trainer")
+    if node is not None and node.kwargs.get("model") is not None:
+        model = build(node.kwargs["model"])
+        pipeline = build(node.kwargs.get("model_convert_pipeline"))
+        source = "int_infer_trainer model and model_convert_pipeline"
+    else:
+        if cfg.node("deploy_model") is None:
+            raise FcosUserError("the compile stage needs an int_infer_trainer or a deploy_model "
+                                "block", hint="add deploy_model (and "
+                                              "deploy_model_convert_pipeline) to the config")
+        model = build(cfg.values["deploy_model"])
+        pipeline = build(cfg.values.get("deploy_model_convert_pipeline"))
+        source = "deploy_model and deploy_model_convert_pipeline"
+        if not _has_load_checkpoint(pipeline):
+            ctx.logger.warning("compiling deploy_model without trained weights: neither an "
+                               "int_infer_trainer nor a LoadCheckpoint in "
+                               "deploy_model_convert_pipeline", stage="compile")
+    if pipeline is not None:
+        model = pipeline(model, convert_ctx)
+    return model.eval(), source
+
+
+def run_compile_stage(cfg: Any, ctx: Any) -> dict[str, Any] | None:
+    """Compile; returns ``{"out_dir", "result", "source"}``, or None when the config has no
+    ``compile_cfg`` (the stage is then skipped)."""
+    import torch
+
+    entry = cfg.compile_backend
+    if entry is None:
+        march = _march(cfg)
+        if cfg.data.get("compile_cfg") is None and march is None:
+            return None
+        dist = KNOWN_PROVIDERS.get(("compile_backends", str(march)))
+        raise FcosUserError(
+            f"no compile backend is registered for march {march!r}",
+            hint=(f"pip install {dist}" if dist else
+                  "install the plugin that provides this march (see `fcos plugins`)"))
+    backend = entry.load()()
+    model, source = deploy_model(cfg, ctx)
+    g = torch.Generator().manual_seed(0)
+    example_inputs = {k: torch.randn(tuple(shape), generator=g)
+                      for k, shape in ctx.example_inputs.items()}
+    options = dict(cfg.compile_options or {})
+    out_dir = Path(options.get("out_dir") or Path(ctx.ckpt_dir) / "compile")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx.logger.info("compiling", march=entry.name, backend=entry.provider, model=source,
+                    out_dir=str(out_dir))
+    result = backend.compile(model, example_inputs, options, out_dir)
+    return {"out_dir": str(out_dir), "result": result, "source": source}

@@ -1,0 +1,45 @@
+"""``LossShow``: running averages of each loss term (the training loop's metric)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fcos_core.engine.batch_processor import _loss_terms
+
+
+class LossShow:
+    """Averages every loss term of the model's output dict since the last ``reset``.
+
+    ``compute()`` returns ``{term: mean}`` plus ``loss``, the mean of the terms' sum. Sums stay
+    on the device between updates, so updating costs no host synchronisation.
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[str, torch.Tensor] = {}
+        self._count = 0
+
+    def reset(self) -> None:
+        self._sums = {}
+        self._count = 0
+
+    def update(self, batch: Any, outputs: Any) -> None:
+        many = isinstance(outputs, list) and all(isinstance(o, dict) for o in outputs)
+        for out in outputs if many else [outputs]:
+            terms = _loss_terms(out)
+            if not terms:
+                continue
+            for name, value in terms.items():
+                v = value.detach().float().sum()
+                self._sums[name] = self._sums[name] + v if name in self._sums else v
+            self._count += 1
+
+    def compute(self) -> dict[str, float]:
+        if not self._count:
+            return {}
+        names = list(self._sums)
+        values = torch.stack([self._sums[n] for n in names]).div(self._count).tolist()
+        out = dict(zip(names, values))
+        out["loss"] = sum(values)
+        return out

@@ -1,0 +1,175 @@
+"""``fcos run``: the stage pipeline float -> calibration -> qat -> int_infer -> compile.
+
+For each requested stage, in pipeline order:
+
+1. a stage whose ``<stage>_trainer`` block is absent (or, for ``compile``, without
+   ``compile_cfg``) is skipped with a note;
+2. the trainer is built from the config and run; its model_convert_pipeline loads the previous
+   stage's checkpoint where the config's ``LoadCheckpoint`` says (a missing file names the stage
+   that writes it);
+3. ``<stage>_predictor``, when configured, evaluates the result;
+4. the stage's numbers go to ``summary.json``: the predictor's metrics, else the trainer's last
+   validation; the stage's checkpoint is its ``best`` file (else ``last``).
+
+The run folder (default ``runs/<task_name>``, or ``--run-dir``) gets ``config.resolved.yaml``,
+``log.jsonl``, ``metrics.csv``, ``loss.png`` / ``lr.png`` / ``map.png`` and ``summary.json``;
+checkpoints go to the config's ``ckpt_dir``. The run ends with a table (stage, mAP, time,
+checkpoint). In distributed runs rank 0 writes the files.
+
+Each stage re-seeds the global generators with the config's ``seed`` before it builds anything,
+so running a stage alone gives what it gives inside ``--stage all``.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from fcos_core.config.run_config import STAGES
+from fcos_core.engine import distributed
+from fcos_core.engine.context import RunContext
+from fcos_core.engine.recorder import MetricsRecorder
+from fcos_core.engine.summary import format_table, load_summary, write_summary
+from fcos_core.logging_setup import configure_logging, get_logger
+
+
+def _write_resolved_config(run_dir: Path, data: dict[str, Any]) -> None:
+    path = run_dir / "config.resolved.yaml"
+    tmp = run_dir / ".config.resolved.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100),
+                   encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _stage_checkpoint(trainer: Any, ctx: RunContext) -> str | None:
+    candidates: list[Path] = []
+    for cb in getattr(trainer, "callbacks", []):
+        if hasattr(cb, "best_path") and hasattr(cb, "last_path"):
+            candidates += [cb.best_path(trainer), cb.last_path(trainer)]
+    candidates += [ctx.ckpt_dir / f"{ctx.stage}-checkpoint-best.pth.tar",
+                   ctx.ckpt_dir / f"{ctx.stage}-checkpoint-last.pth.tar"]
+    for path in candidates:
+        if path.is_file():
+            return str(path)
+    return None
+
+
+def _make_backend(cfg: Any, log: Any) -> Any:
+    """The compile backend object for the converters' quantization rules (None without one)."""
+    if cfg.compile_backend is None:
+        return None
+    try:
+        return cfg.compile_backend.load()()
+    except Exception as exc:  # training must not depend on the backend constructing
+        log.warning("the compile backend could not be created; converters use fcos's default "
+                    "quantization rules", backend=cfg.compile_backend.name, error=str(exc))
+        return None
+
+
+def _free_memory() -> None:
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_pipeline(cfg: Any, host: Any, stages: Sequence[str], run_dir: str | None = None,
+                 resume: bool = False) -> int:
+    """Run ``stages`` of the resolved config ``cfg``; returns the exit code (0)."""
+    from fcos_core.build import build
+    from fcos_core.engine.compile_stage import run_compile_stage
+    from fcos_core.engine.runtime import apply_runtime_settings, seed_everything
+
+    data = cfg.data
+    rank, world, local_rank = distributed.env_world()
+    started_group = distributed.init_from_env() and world > 1
+    folder = Path(run_dir) if run_dir else Path("runs") / str(data["task_name"])
+    configure_logging(folder, rank, bool(data.get("log_rank_zero_only", True)),
+                      world_size=world)
+    log = get_logger("fcos.pipeline")
+    if rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_resolved_config(folder, data)
+    apply_runtime_settings(data)
+    seed = data.get("seed")
+    if seed is None:  # one seed for the whole run, shared by all ranks
+        seed = distributed.broadcast_object(secrets.randbits(31))
+        fixed = False
+    else:
+        fixed = True
+    recorder = MetricsRecorder(folder, enabled=rank == 0)
+    recorder.load()
+    summary = load_summary(folder) if rank == 0 else {}
+    log.info("run", config=cfg.file, run_dir=str(folder), stages=",".join(stages),
+             resume=resume, world_size=world, seed=seed if fixed else f"{seed} (drawn)")
+    backend = _make_backend(cfg, log)
+    deploy_inputs = data.get("deploy_inputs") or {"img": [1, 3, 512, 512]}
+    try:
+        for stage in [s for s in STAGES if s in stages]:
+            ctx = RunContext(stage=stage, run_dir=folder, ckpt_dir=Path(data["ckpt_dir"]),
+                             logger=get_logger(f"fcos.{stage}"), seed=seed,
+                             deterministic=bool(data.get("deterministic", False)),
+                             resume=resume, config=cfg, rank=rank, world_size=world,
+                             local_rank=local_rank, example_inputs=deploy_inputs,
+                             recorder=recorder, backend=backend)
+            t0 = time.perf_counter()
+            seed_everything(seed)
+            if stage == "compile":
+                if rank != 0:
+                    continue
+                out = run_compile_stage(cfg, ctx)
+                if out is None:
+                    log.info("stage skipped: the config has no compile_cfg", stage=stage)
+                    continue
+                summary[stage] = {"metrics": {}, "seconds": time.perf_counter() - t0,
+                                  "checkpoint": out["out_dir"], "source": None}
+                write_summary(folder, summary)
+                continue
+            node = cfg.node(f"{stage}_trainer")
+            if node is None:
+                log.info(f"stage skipped: the config has no {stage}_trainer block", stage=stage)
+                continue
+            if not resume:
+                recorder.drop_stage(stage)
+            log.info("stage", stage=stage, trainer=node.entry.name)
+            trainer = build(node)
+            results = trainer.run(ctx)
+            source = "validation" if results else None
+            checkpoint = _stage_checkpoint(trainer, ctx)
+            del trainer
+            _free_memory()
+            pred_node = cfg.node(f"{stage}_predictor")
+            if pred_node is not None:
+                seed_everything(seed)
+                predictor = build(pred_node)
+                results = predictor.run(ctx)
+                source = "predictor"
+                del predictor
+                _free_memory()
+            seconds = time.perf_counter() - t0
+            log.info("stage done", stage=stage, seconds=round(seconds, 1), checkpoint=checkpoint,
+                     **{k: round(v, 4) for k, v in results.items()})
+            if rank == 0:
+                summary[stage] = {"metrics": results, "seconds": seconds,
+                                  "checkpoint": checkpoint, "source": source}
+                write_summary(folder, summary)
+                recorder.flush()
+                recorder.plot()
+            distributed.barrier()
+        if rank == 0:
+            table = format_table(summary, tuple(STAGES))
+            print(table, flush=True)
+            log.info("summary", table="\n" + table, summary=str(folder / "summary.json"))
+    finally:
+        if rank == 0:
+            recorder.flush()
+        if started_group:
+            distributed.destroy()
+    return 0

@@ -1,0 +1,63 @@
+"""The run's summary: ``summary.json`` and the table printed at the end of ``fcos run``.
+
+``summary.json`` maps each stage run so far to ``{"metrics": {...}, "seconds": float,
+"checkpoint": path or null, "source": "predictor" | "validation" | null}``; ``metrics`` holds the
+12 COCO numbers (``mAP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl``, ``AR1``, ``AR10``,
+``AR100``, ``ARs``, ``ARm``, ``ARl``) when the stage was evaluated with COCODetectionMetric.
+Stages run later (another ``fcos run --stage X``) are merged into the same file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+COCO_KEYS = ("mAP", "AP50", "AP75", "APs", "APm", "APl",
+             "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+MAX_SUMMARY_BYTES = 1 << 20
+
+
+def load_summary(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file() or path.stat().st_size > MAX_SUMMARY_BYTES:
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
+    path = Path(run_dir) / "summary.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".summary.json.tmp")
+    tmp.write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = int(round(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
+def format_table(summary: dict[str, Any], order: tuple[str, ...] = ()) -> str:
+    """A plain-text table: stage, mAP, time, checkpoint."""
+    stages = [s for s in order if s in summary] + [s for s in summary if s not in order]
+    rows = [("stage", "mAP", "time", "checkpoint")]
+    for stage in stages:
+        entry = summary[stage]
+        m = (entry.get("metrics") or {}).get("mAP")
+        rows.append((stage, "-" if m is None else f"{m:.4f}",
+                     _fmt_seconds(entry.get("seconds")), str(entry.get("checkpoint") or "-")))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,169 @@
+"""``Trainer``: the single-process training loop (the DDP trainer extends it).
+
+``trainer.run(ctx)`` converts the model (``model_convert_pipeline``), moves it to its device,
+builds the optimizer with the model's parameters, then fires the callback events of
+:mod:`fcos_core.engine.callbacks.base` around the epochs. ``num_epochs: 0`` trains nothing but
+still fires ``on_loop_begin``/``on_loop_end`` (the int_infer stage uses that to save the
+quantized weights and the traced model).
+
+Stopping:
+
+* a NaN or infinite loss term raises :class:`~fcos_core.engine.errors.NonFiniteLossError`
+  (``fcos run`` exits with code 2) before that step touches the weights; no checkpoint is
+  written, so the last good one stays;
+* Ctrl-C (``KeyboardInterrupt``) fires ``on_interrupt`` (``Checkpoint`` saves the position of
+  the last finished step) and re-raises, so ``fcos run`` exits with code 130;
+  ``--resume`` continues from there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fcos_core.engine.batch_processor import MultiBatchProcessor
+from fcos_core.engine.checkpoint_io import capture_rng
+from fcos_core.engine.device import batch_size_of
+from fcos_core.engine.errors import NonFiniteLossError
+from fcos_core.engine.loop import Loop, LoopState
+from fcos_core.engine.progress import Progress, progress_enabled
+from fcos_core.schema import LazyComponent
+
+
+class Trainer(Loop):
+    """Single-process training loop.
+
+    Args:
+        model: the model; in train mode ``model(batch)`` returns a dict of scalar losses.
+        num_epochs: epochs to train (0: no training).
+        model_convert_pipeline: converter applied before training (``converter(model, ctx)``).
+        data_loader: training data (needed when num_epochs > 0).
+        optimizer: a lazy optimizer block built with ``model=`` (or a built optimizer).
+        batch_processor: processes one batch (default: ``MultiBatchProcessor``).
+        device: torch device; None picks CUDA when present, else CPU.
+        callbacks: callbacks, see :mod:`fcos_core.engine.callbacks`.
+        train_metrics: metric(s) of the training loop (e.g. ``LossShow``).
+        val_metrics: metric(s) the ``Validation`` callback computes.
+    """
+
+    is_training = True
+
+    def __init__(self, model: Any, num_epochs: int, model_convert_pipeline: Any = None,
+                 data_loader: Any = None, optimizer: Any = None, batch_processor: Any = None,
+                 device: str | None = None, callbacks: Any = (), train_metrics: Any = None,
+                 val_metrics: Any = None) -> None:
+        super().__init__(model, model_convert_pipeline, callbacks, device)
+        if num_epochs < 0:
+            raise ValueError(f"num_epochs must be >= 0, got {num_epochs}")
+        if num_epochs > 0 and data_loader is None:
+            raise ValueError("num_epochs > 0 needs a data_loader (or set num_epochs: 0)")
+        if num_epochs > 0 and optimizer is None:
+            raise ValueError("num_epochs > 0 needs an optimizer block (e.g. type: SGD)")
+        if num_epochs > 0 and batch_processor is not None and not getattr(
+                batch_processor, "need_grad_update", True):
+            raise ValueError("the training batch_processor has need_grad_update: false, so "
+                             "nothing would be trained; set it to true")
+        self.num_epochs = num_epochs
+        self.data_loader = data_loader
+        self._optimizer_spec = optimizer
+        self.batch_processor = batch_processor if batch_processor is not None else (
+            MultiBatchProcessor(need_grad_update=True) if num_epochs > 0 else None)
+        self.metrics = self.as_list(train_metrics)
+        self.val_metrics = self.as_list(val_metrics)
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def wrap_model(self) -> None:
+        """Hook for the DDP trainer: wrap ``self.model`` into ``self.train_model``."""
+
+    def build_optimizer(self) -> None:
+        spec = self._optimizer_spec
+        if spec is None or self.num_epochs == 0:
+            self.optimizer = None
+        elif isinstance(spec, LazyComponent):
+            self.optimizer = spec.build(model=self.model)
+        elif callable(spec) and not hasattr(spec, "param_groups"):
+            self.optimizer = spec(model=self.model)  # a factory (tests, python users)
+        else:
+            self.optimizer = spec
+
+    def setup(self, ctx: Any) -> None:
+        self.prepare_model(ctx)
+        self.wrap_model()
+        self.build_optimizer()
+        if self.data_loader is not None and hasattr(self.data_loader, "set_seed") \
+                and ctx.seed is not None:
+            self.data_loader.set_seed(ctx.seed)
+        steps = len(self.data_loader) if self.data_loader is not None and self.num_epochs else 0
+        self.state = LoopState(num_epochs=self.num_epochs, steps_per_epoch=steps)
+
+    # -- run --------------------------------------------------------------------------------
+
+    def run(self, ctx: Any) -> dict[str, float]:
+        """Train; returns the last validation results (empty without validation)."""
+        self.setup(ctx)
+        ckpt = self.peek_resume()
+        if ckpt is not None and ckpt.get("finished"):
+            weights = ckpt.get("train_state_dict") or ckpt["state_dict"]
+            self.model.load_state_dict(weights, strict=False)
+            self.results = dict(ckpt.get("metrics") or {})
+            self.state.finished = True
+            self.logger.info("resume: this stage already finished; skipping it",
+                             stage=self.stage, checkpoint=ckpt.get("_path"))
+            return self.results
+        self.fire("on_loop_begin")
+        if ckpt is not None:
+            self.restore(ckpt)
+        self.state.rng_snapshot = capture_rng()
+        try:
+            self.train_epochs()
+            self.state.finished = True
+            self.fire("on_loop_end")
+        except KeyboardInterrupt:
+            self.logger.warning("interrupted (Ctrl-C)", stage=self.stage,
+                                epoch=self.state.epoch + 1, step=self.state.global_step)
+            for cb in self._order:
+                try:
+                    cb.on_interrupt(self)
+                except Exception as exc:  # saving must not hide the interrupt
+                    self.logger.error("callback failed while handling the interrupt",
+                                      callback=type(cb).__name__, error=str(exc))
+            raise
+        except NonFiniteLossError as exc:
+            self.logger.error("non-finite loss; stopping", stage=self.stage, term=exc.term,
+                              value=exc.value, step=exc.step, epoch=exc.epoch + 1)
+            raise
+        self.results = dict(self.state.val_results)
+        return self.results
+
+    def train_epochs(self) -> None:
+        st = self.state
+        if self.num_epochs == 0:
+            return
+        bar_on = progress_enabled(self.ctx.rank)
+        start_batch = st.batch_in_epoch
+        self.train_model.train()
+        for epoch in range(st.epoch, self.num_epochs):
+            st.epoch = epoch
+            st.batch_in_epoch = start_batch
+            self.data_loader.set_epoch(epoch)
+            self.fire("on_epoch_begin")
+            bar = Progress(st.steps_per_epoch, f"{self.stage} {epoch + 1}/{self.num_epochs}",
+                           bar_on, initial=start_batch)
+            try:
+                for batch in self.data_loader.iter_from(start_batch):
+                    self.fire("on_step_begin")
+                    outputs = self.batch_processor(self.train_model, batch, self.device,
+                                                   self.optimizer, self)
+                    st.last_batch_size = batch_size_of(batch)
+                    st.batch_in_epoch += 1
+                    st.global_step += 1
+                    self.fire("on_step_end", batch, outputs)
+                    st.consistent = True
+                    st.rng_snapshot = capture_rng()
+                    bar.update(st.last_losses)
+            finally:
+                bar.close()
+            self.fire("on_epoch_end")
+            st.rng_snapshot = capture_rng()
+            self.train_model.train()  # validation may have switched modes
+            start_batch = 0

@@ -1,0 +1,348 @@
+"""The quantization converters: ``Float2Calibration``, ``Float2QAT``, ``QAT2Quantize``.
+
+Each is a callable ``converter(model, ctx) -> model``. When the model has a ``body`` submodule
+(an FCOS detector) only the body is converted and replaced; otherwise the model itself is the
+body and the converted module is returned. The model's form is checked and recorded with
+:mod:`fcos_core.quantization_state`, so a wrong order is a clear error.
+
+Float2Calibration and Float2QAT build the *same* prepared graph (same keys in the state dict):
+a calibration checkpoint loads into a freshly Float2QAT-converted model and the QAT observers
+start from the calibrated ranges; a QAT checkpoint loads into Float2QAT's output for
+QAT2Quantize. See docs/quantization.md.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Optional
+
+from torch import fx, nn
+
+from fcos_core.convert_context import ConvertContext
+from fcos_core.errors import FcosUserError
+from fcos_core.quantization.histogram_observers import KLObserver, MSEObserver
+from fcos_core.quantization.observers import MinMaxObserver, PercentileObserver
+from fcos_core.quantization.rules import QuantRules, rules_for
+from fcos_core.quantization_state import get_qat_mode, require_qstate, set_qstate
+
+#: observer name -> class (the ``observers`` registry holds the same names)
+BUILTIN_OBSERVERS: dict[str, type] = {
+    "minmax": MinMaxObserver,
+    "percentile": PercentileObserver,
+    "mse": MSEObserver,
+    "kl": KLObserver,
+}
+
+_INFO_ATTR = "_fcos_quant_info"
+_REFERENCE_ATTR = "_fcos_reference"
+
+
+def resolve_observer(observer: str | type | Callable[..., Any], **options: Any
+                     ) -> Callable[..., Any]:
+    """Observer constructor from a name (``minmax|percentile|mse|kl``) or a class; ``options``
+    the class accepts are bound (others are ignored: they belong to other observers)."""
+    if isinstance(observer, str):
+        if observer not in BUILTIN_OBSERVERS:
+            raise ValueError(f"activation observer {observer!r} is unknown; use one of "
+                             f"{', '.join(BUILTIN_OBSERVERS)} or an observer class")
+        cls: Any = BUILTIN_OBSERVERS[observer]
+    else:
+        cls = observer
+    import inspect
+
+    try:
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        params = {}
+    bound = {k: v for k, v in options.items() if k in params and v is not None}
+    return cls.with_args(**bound) if bound and hasattr(cls, "with_args") else cls
+
+
+# -- locating the body and the head's output flags ------------------------------------------
+
+
+def body_of(model: nn.Module) -> nn.Module:
+    body = getattr(model, "body", None)
+    return body if isinstance(body, nn.Module) else model
+
+
+def _head_flags(model: nn.Module) -> dict[str, bool]:
+    """``int8_output``/``int16_output``/``dequant_output`` from the head, where present."""
+    candidates = []
+    body = getattr(model, "body", None)
+    for holder in (body, model):
+        head = getattr(holder, "head", None) if holder is not None else None
+        if head is not None:
+            candidates.append(head)
+    candidates += [c for c in (body, model) if c is not None]
+    flags: dict[str, bool] = {}
+    for obj in candidates:
+        for key in ("int8_output", "int16_output", "dequant_output"):
+            if key not in flags and isinstance(getattr(obj, key, None), bool):
+                flags[key] = getattr(obj, key)
+    return flags
+
+
+def output_dtype_for(model: nn.Module, rules: QuantRules) -> str:
+    """The rules' ``output_dtype``, else the head's choice: int16_output -> int16,
+    int8_output -> int8, a head with neither -> int32 (the last convs' accumulators); a model
+    without head flags -> the activation dtype."""
+    if rules.output_dtype is not None:
+        return rules.output_dtype
+    flags = _head_flags(model)
+    if flags.get("int16_output"):
+        return "int16"
+    if flags.get("int8_output"):
+        return "int8"
+    if "int16_output" in flags or "int8_output" in flags:
+        return "int32"
+    return rules.activation_dtype
+
+
+def dequant_output_for(model: nn.Module) -> bool:
+    return _head_flags(model).get("dequant_output", True)
+
+
+def _ctx(ctx: ConvertContext | None) -> ConvertContext:
+    return ctx if ctx is not None else ConvertContext()
+
+
+def _input_shape(ctx: ConvertContext) -> tuple[int, ...]:
+    shapes = ctx.example_inputs
+    if not shapes:
+        raise FcosUserError("the quantization converters need an example input shape",
+                            hint="set deploy_inputs: {img: [1, 3, H, W]} in the config")
+    if "img" in shapes:
+        return tuple(shapes["img"])
+    return tuple(next(iter(shapes.values())))
+
+
+def _log(ctx: ConvertContext, event: str, **kv: Any) -> None:
+    if ctx.logger is not None:
+        ctx.logger.info(event, **kv)
+
+
+def _replace_body(model: nn.Module, new_body: nn.Module) -> nn.Module:
+    if isinstance(getattr(model, "body", None), nn.Module) and model is not new_body:
+        model.body = new_body
+        return model
+    return new_body
+
+
+class _Float2Prepared:
+    """Shared part of Float2Calibration and Float2QAT."""
+
+    produces = "calibration"
+    mode = "calibration"
+    name = "Float2Calibration"
+
+    def __init__(self, qat_mode: Optional[str]) -> None:
+        from fcos_core.quantization.prepare import QAT_MODES
+
+        if qat_mode is not None and qat_mode not in QAT_MODES:
+            raise ValueError(f"qat_mode: {qat_mode!r} is not supported; use one of {QAT_MODES}")
+        self.qat_mode = qat_mode
+        self.fcos_requires_qstate = ("float",)
+        self.fcos_produces_qstate = self.produces
+
+    def _observer(self) -> Callable[..., Any]:
+        raise NotImplementedError
+
+    def _set_mode(self, gm: fx.GraphModule) -> None:
+        from fcos_core.quantization.prepare import set_mode
+
+        set_mode(gm, self.mode)
+
+    def __call__(self, model: nn.Module, ctx: ConvertContext | None = None) -> nn.Module:
+        from fcos_core.quantization.prepare import prepare_body
+
+        ctx = _ctx(ctx)
+        require_qstate(model, self.fcos_requires_qstate, self.name)
+        rules = rules_for(ctx.backend)
+        qat_mode = self.qat_mode or get_qat_mode(model) or "fuse_bn"
+        body = body_of(model)
+        out_dtype = output_dtype_for(model, rules)
+        try:
+            gm = prepare_body(body, _input_shape(ctx), rules, self._observer(), out_dtype,
+                              qat_mode)
+        except ValueError as exc:
+            raise FcosUserError(f"{self.name}: the model cannot be quantized: {exc}",
+                                hint="see docs/quantization.md for the supported ops") from exc
+        object.__setattr__(gm, _INFO_ATTR, {
+            "rules": rules, "output_dtype": out_dtype, "dequant_output": dequant_output_for(model),
+            "qat_mode": qat_mode, "input_shape": _input_shape(ctx),
+        })
+        self._set_mode(gm)
+        gm.train(model.training if gm is not body else False)
+        out = _replace_body(model, gm)
+        set_qstate(out, self.produces)
+        _log(ctx, f"{self.name.lower()}.done", output_dtype=out_dtype, qat_mode=qat_mode,
+             fake_quants=sum(1 for _ in _fake_quants(gm)))
+        return out
+
+
+def _fake_quants(gm: nn.Module) -> Any:
+    from fcos_core.quantization.prepare import fake_quants
+
+    return fake_quants(gm)
+
+
+class Float2Calibration(_Float2Prepared):
+    """Prepare the body for calibration: observers on, fake-quant on, no gradients.
+
+    Args:
+        activation_observer: ``mse`` (default, as HAT), ``minmax``, ``percentile``, ``kl``, or
+            an observer class.
+        percentile: percentile of |x| for the ``percentile`` observer.
+        histogram_bins: bins of the ``mse``/``kl`` histograms.
+        mse_candidates: clip candidates of the ``mse`` search.
+        kl_stride: evaluate every ``kl_stride``-th KL threshold.
+        qat_mode: ``fuse_bn`` (BN folded into the conv before quantization); None takes the
+            pipeline's ``qat_mode``.
+    """
+
+    produces = "calibration"
+    mode = "calibration"
+    name = "Float2Calibration"
+
+    def __init__(self, activation_observer: Any = "mse", percentile: float = 99.99,
+                 histogram_bins: int = 2048, mse_candidates: int = 100, kl_stride: int = 1,
+                 qat_mode: Optional[str] = None) -> None:
+        super().__init__(qat_mode)
+        # resolve now: a bad name is a construction-time (config) error
+        self.observer = resolve_observer(
+            activation_observer, percentile=percentile, bins=histogram_bins,
+            num_candidates=mse_candidates, stride=kl_stride)
+
+    def _observer(self) -> Callable[..., Any]:
+        return self.observer
+
+
+class Float2QAT(_Float2Prepared):
+    """Prepare the body for quantization-aware training: fake-quant on, observers tracking.
+
+    Args:
+        qat_observer: activation observer during QAT; ``minmax`` (default) is an exponential
+            moving average of min/max starting from the calibrated range.
+        averaging_constant: weight of a new batch in that moving average.
+        freeze_activation_scales: keep the activation scales fixed (those of the loaded
+            calibration checkpoint) instead of tracking them.
+        qat_mode: ``fuse_bn``; None takes the pipeline's ``qat_mode``.
+    """
+
+    produces = "qat"
+    mode = "qat"
+    name = "Float2QAT"
+
+    def __init__(self, qat_observer: Any = "minmax", averaging_constant: float = 0.01,
+                 freeze_activation_scales: bool = False, qat_mode: Optional[str] = None
+                 ) -> None:
+        super().__init__(qat_mode)
+        if not 0.0 < averaging_constant <= 1.0:
+            raise ValueError(f"averaging_constant: must be in (0, 1], got {averaging_constant}")
+        self.observer = resolve_observer(qat_observer, averaging_constant=averaging_constant)
+        self.freeze_activation_scales = freeze_activation_scales
+
+    def _observer(self) -> Callable[..., Any]:
+        return self.observer
+
+    def _set_mode(self, gm: fx.GraphModule) -> None:
+        from fcos_core.quantization.prepare import set_mode
+
+        set_mode(gm, "qat", freeze_activation_scales=self.freeze_activation_scales)
+
+
+class QAT2Quantize:
+    """Freeze the fake-quant graph, ``convert_pt2e`` it and lower it to an integer model.
+
+    Args:
+        dequant_output: None: the head's ``dequant_output`` (True when absent). True: float
+            outputs. False: integer outputs, scales from ``model.body.output_scales()``.
+        keep_reference: keep a copy of the frozen fake-quant graph on the integer model (for
+            :func:`quant_report` at the int_infer stage).
+    """
+
+    name = "QAT2Quantize"
+
+    def __init__(self, dequant_output: Optional[bool] = None, keep_reference: bool = True
+                 ) -> None:
+        self.dequant_output = dequant_output
+        self.keep_reference = keep_reference
+        self.fcos_requires_qstate = ("qat", "calibration")
+        self.fcos_produces_qstate = "quantized"
+
+    def __call__(self, model: nn.Module, ctx: ConvertContext | None = None) -> nn.Module:
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+        from fcos_core.quantization.bias_quant import remove_bias_fake_quant
+        from fcos_core.quantization.lower import lower_to_integer
+        from fcos_core.quantization.prepare import fake_quants, refresh_weight_ranges, set_mode
+
+        ctx = _ctx(ctx)
+        require_qstate(model, self.fcos_requires_qstate, self.name)
+        gm = body_of(model)
+        info = getattr(gm, _INFO_ATTR, None)
+        if not isinstance(gm, fx.GraphModule) or info is None:
+            raise FcosUserError(f"{self.name}: the model body is not a prepared fake-quant graph",
+                                hint="apply Float2QAT (or Float2Calibration) first")
+        set_mode(gm, "frozen")
+        refresh_weight_ranges(gm)  # the weights as loaded now, not as last observed
+        uncalibrated = [n for n, fq in fake_quants(gm)
+                        if not getattr(fq, "is_weight", False) and not fq.has_data()]
+        if uncalibrated:
+            _log(ctx, "qat2quantize.uncalibrated", count=len(uncalibrated),
+                 first=uncalibrated[:5], note="their scale is the minimum scale")
+        reference = copy.deepcopy(gm) if self.keep_reference else None
+        work = copy.deepcopy(gm)
+        remove_bias_fake_quant(work)
+        converted = convert_pt2e(work)
+        dequant = self.dequant_output if self.dequant_output is not None \
+            else bool(info["dequant_output"])
+        try:
+            int_model = lower_to_integer(converted, info["rules"], dequant_output=dequant)
+        except ValueError as exc:
+            raise FcosUserError(f"{self.name}: cannot lower to integer ops: {exc}",
+                                hint="see docs/quantization.md, 'Integer semantics'") from exc
+        object.__setattr__(int_model, _INFO_ATTR, dict(info, dequant_output=dequant))
+        object.__setattr__(int_model, _REFERENCE_ATTR, reference)
+        int_model.eval()
+        out = _replace_body(model, int_model)
+        set_qstate(out, "quantized")
+        _log(ctx, "qat2quantize.done", ops=len(int_model.program), dequant_output=dequant,
+             output_dtypes=list(int_model.output_dtypes()))
+        return out
+
+
+def float_reference(model: nn.Module) -> nn.Module | None:
+    """The frozen fake-quant graph QAT2Quantize kept on the integer model (None when not kept);
+    with its fake-quants off it is the float reference of the report."""
+    return getattr(body_of(model), _REFERENCE_ATTR, None)
+
+
+def quant_info(model: nn.Module) -> dict[str, Any] | None:
+    return getattr(body_of(model), _INFO_ATTR, None)
+
+
+def freeze_observers(model: nn.Module) -> None:
+    """Stop every observer of a calibration/QAT model (the scales stay as they are now).
+
+    The calibrator calls this after its last step, so validation data never moves the
+    calibrated ranges (observers keep updating in eval mode otherwise).
+    """
+    from fcos_core.quantization.prepare import fake_quants, refresh_weight_ranges
+
+    body = body_of(model)
+    if isinstance(body, fx.GraphModule):
+        refresh_weight_ranges(body)  # weight scales follow the weights as they are now
+    for _, fq in fake_quants(body):
+        if fq._stale:
+            fq.sync_qparams()
+        fq.enable_observer(False)
+
+
+def is_quantized_body(module: Any) -> bool:
+    return isinstance(module, nn.Module) and hasattr(module, _INFO_ATTR)
+
+
+__all__ = ["Float2Calibration", "Float2QAT", "QAT2Quantize", "BUILTIN_OBSERVERS",
+           "resolve_observer", "freeze_observers", "float_reference"]

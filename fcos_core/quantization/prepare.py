@@ -1,0 +1,143 @@
+"""Export the quantizable body and prepare it with fake-quant modules (PT2E), and switch the
+prepared graph between its modes.
+
+Float2Calibration and Float2QAT both call :func:`prepare_body` with the same rules, so their
+graphs (and state-dict keys) are identical; only the activation observer class and the mode
+differ. Modes:
+
+========== ================== ================ =========================================
+mode       weight observer    act. observer    fake-quant
+========== ================== ================ =========================================
+calibration on                on (calibration)  on (later layers see quantized inputs)
+qat        on (current w)     on (EMA min-max)  on; ``freeze_activation_scales`` -> act. off
+frozen     off                off              on (what ``convert_pt2e`` reproduces)
+========== ================== ================ =========================================
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import fx
+from torch.export import Dim
+from torchao.quantization.pt2e import allow_exported_model_train_eval
+from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+from fcos_core.quantization.bias_quant import insert_bias_fake_quant
+from fcos_core.quantization.fake_quantize import FcosFakeQuantize
+from fcos_core.quantization.graph_passes import check_no_random_ops, fold_conv_bn, remove_dropout
+from fcos_core.quantization.quantizer import FcosQuantizer
+from fcos_core.quantization.rules import QuantRules
+
+QAT_MODES = ("fuse_bn",)
+
+
+def export_float(body: torch.nn.Module, input_shape: tuple[int, ...]) -> fx.GraphModule:
+    """``torch.export`` the body in eval mode, with a dynamic batch.
+
+    Args:
+        body: module ``img [B, C, H, W] -> tuple of tensors``.
+        input_shape: example (B, C, H, W); the batch is exported at >= 2 so it stays dynamic.
+
+    The spatial size is fixed: FCOS-like bodies (a max-pooled map upsampled and added back)
+    impose shape relations torch.export cannot solve symbolically. The prepared model accepts
+    the config's ``deploy_inputs`` H x W at any batch size; the integer model accepts any size.
+    """
+    if len(input_shape) != 4:
+        raise ValueError(f"example_inputs: expected an image shape (B, C, H, W), got "
+                         f"{input_shape}")
+    was_training = body.training
+    body.eval()
+    b, c, h, w = input_shape
+    example = torch.zeros(max(2, b), c, h, w, device=_device_of(body))
+    try:
+        ep = torch.export.export(body, (example,), dynamic_shapes=({0: Dim.AUTO},))
+    except Exception as exc:  # noqa: BLE001 - export failures come in many types
+        first = str(exc).splitlines()[0][:300] if str(exc) else ""
+        raise ValueError(f"torch.export of the body failed ({type(exc).__name__}: {first})"
+                         ) from exc
+    finally:
+        body.train(was_training)
+    return ep.module()
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    for t in list(module.parameters()) + list(module.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def prepare_body(
+    body: torch.nn.Module,
+    input_shape: tuple[int, ...],
+    rules: QuantRules,
+    activation_observer: Callable[..., Any],
+    output_dtype: str,
+    qat_mode: str = "fuse_bn",
+) -> fx.GraphModule:
+    """Export ``body``, fold BN, annotate with :class:`FcosQuantizer` and ``prepare_pt2e``.
+
+    Returns the prepared GraphModule (fake-quant modules inserted, weight ranges initialised
+    from the current weights, all observers and fake-quants on).
+    """
+    if qat_mode not in QAT_MODES:
+        raise ValueError(f"qat_mode: {qat_mode!r} is not supported; use one of {QAT_MODES}")
+    gm = export_float(body, input_shape)
+    check_no_random_ops(gm)
+    remove_dropout(gm)
+    fold_conv_bn(gm)
+    quantizer = FcosQuantizer(rules, activation_observer, output_dtype)
+    prepared = prepare_pt2e(gm, quantizer)  # type: ignore[arg-type]
+    allow_exported_model_train_eval(prepared)
+    _tag_weight_fake_quants(prepared)
+    refresh_weight_ranges(prepared)
+    insert_bias_fake_quant(prepared)
+    return prepared
+
+
+def _tag_weight_fake_quants(gm: fx.GraphModule) -> None:
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        mod = gm.get_submodule(str(node.target))
+        if isinstance(mod, FcosFakeQuantize):
+            arg = node.args[0]
+            mod.is_weight = isinstance(arg, fx.Node) and arg.op == "get_attr"
+            mod.weight_target = str(arg.target) if mod.is_weight else None
+
+
+def fake_quants(gm: torch.nn.Module) -> Iterator[tuple[str, FcosFakeQuantize]]:
+    for name, mod in gm.named_modules():
+        if isinstance(mod, FcosFakeQuantize):
+            yield name, mod
+
+
+def refresh_weight_ranges(gm: fx.GraphModule) -> None:
+    """Observe every weight as it is now (before convert: the final weights)."""
+    with torch.no_grad():
+        for _, fq in fake_quants(gm):
+            if getattr(fq, "is_weight", False):
+                fq.activation_post_process(gm.get_parameter(fq.weight_target))
+                fq.sync_qparams()
+
+
+def set_mode(gm: fx.GraphModule, mode: str, freeze_activation_scales: bool = False) -> None:
+    """Switch observers/fake-quants for ``mode`` in ``calibration | qat | frozen``."""
+    if mode not in ("calibration", "qat", "frozen"):
+        raise ValueError(f"mode: {mode!r}; use calibration, qat or frozen")
+    for _, fq in fake_quants(gm):
+        weight = getattr(fq, "is_weight", False)
+        if mode == "frozen":
+            observe = False
+        elif mode == "qat" and freeze_activation_scales and not weight:
+            observe = False
+        else:
+            observe = True
+        if not observe and fq._stale:
+            fq.sync_qparams()
+        fq.enable_observer(observe)
+        fq.enable_fake_quant(True)
+    requires_grad = mode == "qat"
+    for p in gm.parameters():
+        p.requires_grad_(requires_grad)

@@ -1,0 +1,79 @@
+"""Argument schemas of the quantization converters and observers (torch-free)."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import attrs
+
+from fcos_core.schema import arg, named
+
+
+@attrs.frozen(kw_only=True)
+class Float2CalibrationArgs:
+    """Prepare the model for calibration: observers record activation ranges, fake-quant on."""
+
+    activation_observer: str = named(
+        "observers", "mse", help="activation observer: mse, minmax, percentile or kl")
+    percentile: float = arg(99.99, help="percentile of |x| used by the percentile observer")
+    histogram_bins: int = arg(2048, help="histogram bins of the mse and kl observers")
+    mse_candidates: int = arg(100, help="number of clip values the mse observer tries")
+    kl_stride: int = arg(1, help="the kl observer evaluates every kl_stride-th threshold")
+    qat_mode: Optional[Literal["fuse_bn"]] = arg(
+        None, help="BatchNorm handling (fuse_bn: folded into the conv); null: the pipeline's")
+
+
+@attrs.frozen(kw_only=True)
+class Float2QATArgs:
+    """Prepare the model for quantization-aware training (fake-quant, tracked ranges)."""
+
+    qat_observer: str = named(
+        "observers", "minmax", help="activation observer during QAT (minmax: moving average)")
+    averaging_constant: float = arg(
+        0.01, help="weight of a new batch in the moving-average min/max of QAT")
+    freeze_activation_scales: bool = arg(
+        False, help="keep the loaded (calibrated) activation scales fixed during QAT")
+    qat_mode: Optional[Literal["fuse_bn"]] = arg(
+        None, help="BatchNorm handling (fuse_bn: folded into the conv); null: the pipeline's")
+
+
+@attrs.frozen(kw_only=True)
+class QAT2QuantizeArgs:
+    """Convert a QAT (or calibrated) model into the integer deploy model."""
+
+    dequant_output: Optional[bool] = arg(
+        None, help="float outputs (true) or integer outputs plus scales (false); null: the "
+                   "head's dequant_output")
+    keep_reference: bool = arg(
+        True, help="keep the frozen fake-quant graph for the quantization report")
+
+
+@attrs.frozen(kw_only=True)
+class MinMaxObserverArgs:
+    """Observe the true min/max (or their moving average) of activations."""
+
+    averaging_constant: Optional[float] = arg(
+        None, help="null: running min/max; else weight of a new batch in a moving average")
+
+
+@attrs.frozen(kw_only=True)
+class PercentileObserverArgs:
+    """Clip activations at a percentile of |x| (numpy's linear interpolation)."""
+
+    percentile: float = arg(99.99, help="percentile in (0, 100]")
+
+
+@attrs.frozen(kw_only=True)
+class MSEObserverArgs:
+    """Clip activations where the quantization MSE is smallest (histogram search)."""
+
+    bins: int = arg(2048, help="histogram bins")
+    num_candidates: int = arg(100, help="clip values tried: hist_max * k / num_candidates")
+
+
+@attrs.frozen(kw_only=True)
+class KLObserverArgs:
+    """Clip activations by entropy (KL) calibration on a histogram of |x|."""
+
+    bins: int = arg(2048, help="histogram bins")
+    stride: int = arg(1, help="evaluate every stride-th threshold")

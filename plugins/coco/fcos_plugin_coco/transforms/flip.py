@@ -1,0 +1,53 @@
+"""RandomFlip."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fcos_plugin_coco.transforms._geometry import boxes_of
+
+
+def _probability(p: float, name: str) -> float:
+    p = float(p)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"{name} is a probability in [0, 1], got {p}")
+    return p
+
+
+class RandomFlip:
+    """Flip horizontally with probability ``px`` and vertically with probability ``py``.
+
+    The flip mirrors the *valid* image area (``img_shape``) and leaves padding at the bottom
+    and right, so ``img_shape`` keeps meaning "top-left valid area" even when the flip comes
+    after ``Pad`` (as in HAT's train config). A train-time augmentation: the metric does not
+    undo flips.
+    """
+
+    def __init__(self, px: float = 0.5, py: float = 0.0) -> None:
+        self.px = _probability(px, "px")
+        self.py = _probability(py, "py")
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        flip_x = self.px > 0 and np.random.random() < self.px
+        flip_y = self.py > 0 and np.random.random() < self.py
+        if not (flip_x or flip_y):
+            return sample
+        img = sample["img"]
+        vh, vw = sample.get("img_shape", img.shape[:2])
+        out = dict(sample)
+        new = img.copy()
+        boxes = boxes_of(sample).copy()
+        if flip_x:
+            new[:vh, :vw] = new[:vh, :vw][:, ::-1]
+            boxes[:, [0, 2]] = vw - boxes[:, [2, 0]]
+        if flip_y:
+            new[:vh, :vw] = new[:vh, :vw][::-1]
+            boxes[:, [1, 3]] = vh - boxes[:, [3, 1]]
+        out["img"] = new
+        out["gt_bboxes"] = boxes
+        return out
+
+    def __repr__(self) -> str:
+        return f"RandomFlip(px={self.px}, py={self.py})"

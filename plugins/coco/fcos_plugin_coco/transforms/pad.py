@@ -1,0 +1,53 @@
+"""Pad."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from fcos_plugin_coco.transforms._geometry import pair
+
+
+class Pad:
+    """Pad at the bottom and right (boxes and the valid area do not move), either to exactly
+    ``size`` = (height, width) or up to the next multiple of ``divisor``. ``img_shape`` keeps
+    the valid area; ``pad_shape`` becomes the padded size.
+    """
+
+    def __init__(self, divisor: Optional[int] = None, size: Optional[tuple[int, int]] = None,
+                 pad_val: int = 0) -> None:
+        if (divisor is None) == (size is None):
+            raise ValueError("Pad needs exactly one of divisor or size, got "
+                             f"divisor={divisor!r}, size={size!r}")
+        if divisor is not None and (not isinstance(divisor, int) or isinstance(divisor, bool)
+                                    or divisor <= 0):
+            raise ValueError(f"divisor must be a positive integer, got {divisor!r}")
+        if not 0 <= int(pad_val) <= 255:
+            raise ValueError(f"pad_val must be in 0..255 (uint8 image), got {pad_val!r}")
+        self.divisor = divisor
+        self.size = pair(size, "size") if size is not None else None
+        self.pad_val = int(pad_val)
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        img = sample["img"]
+        h, w = img.shape[:2]
+        if self.size is not None:
+            th, tw = self.size
+            if h > th or w > tw:
+                raise ValueError(f"Pad(size={self.size}) got a larger {h}x{w} image; put a "
+                                 "Resize with img_scale <= size (or a RandomCrop) before Pad")
+        else:
+            d = self.divisor
+            th, tw = -(-h // d) * d, -(-w // d) * d
+        out = dict(sample)
+        if (th, tw) != (h, w):
+            padded = np.full((th, tw) + img.shape[2:], self.pad_val, dtype=img.dtype)
+            padded[:h, :w] = img
+            out["img"] = padded
+        out["pad_shape"] = (th, tw)
+        out.setdefault("img_shape", (h, w))
+        return out
+
+    def __repr__(self) -> str:
+        return f"Pad(divisor={self.divisor}, size={self.size}, pad_val={self.pad_val})"

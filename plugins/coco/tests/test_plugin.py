@@ -1,0 +1,47 @@
+"""Registration: names, torch-free plugin and schema modules, command defaults."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import attrs
+
+from fcos_core.plugins import load_host
+
+
+def test_registered_components():
+    host = load_host()
+    r = host.registries
+    assert {"Coco", "CocoFolder"} <= set(r["datasets"].names())
+    assert {"Resize", "RandomCrop", "Pad", "RandomFlip", "AugmentHSV", "ToTensor",
+            "Normalize"} <= set(r["transforms"].names())
+    assert "collate_2d" in r["collates"] and r["collates"].get("collate_2d").schema is None
+    assert "COCODetectionMetric" in r["metrics"]
+    assert {"pack-coco", "demo-data"} <= set(r["commands"].names())
+    for kind in ("datasets", "transforms", "collates", "metrics", "commands"):
+        for entry in r[kind]:
+            if entry.plugin == "coco":
+                assert callable(entry.load()), entry.name
+                assert entry.doc, entry.name
+
+
+def test_plugin_and_schema_import_without_torch():
+    code = ("import sys, fcos_plugin_coco.plugin, fcos_plugin_coco.schema; "
+            "bad = [m for m in ('torch', 'lmdb', 'pycocotools', 'numpy', 'PIL') "
+            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_demo_command_defaults_match_demo_params():
+    import argparse
+
+    from fcos_plugin_coco.demo.generate import DemoParams
+    from fcos_plugin_coco.plugin import _demo_args
+
+    p = argparse.ArgumentParser()
+    _demo_args(p)
+    args = vars(p.parse_args(["--out", "x"]))
+    for field in attrs.fields(DemoParams):
+        assert args[field.name] == field.default, field.name

@@ -1,0 +1,377 @@
+"""The artifact: one versioned file holding a compiled program (fcos's own format).
+
+This is **not** Horizon's ``.hbm`` binary format (which is proprietary); the file only uses the
+``.hbm`` path the config names. Layout (all integers little-endian)::
+
+    header (64 bytes)
+      0   8  magic            b"FCOSNASH"
+      8   2  major version    1   (a reader refuses other majors)
+      10  2  minor version    0   (additive changes; readers accept any minor)
+      12  4  header size      64
+      16  8  file size        total bytes; must equal the real size
+      24  4  section count    1..MAX_SECTIONS
+      28  4  flags            0
+      32  28 reserved         zeros
+      60  4  CRC32 of bytes 0..59
+    section table (count x 64 bytes), then CRC32 of the table (4 bytes)
+      0   4  tag              b"META" | b"PARM" | b"PERF" (ASCII)
+      4   4  reserved         zeros
+      8   8  offset           from the start of the file, 64-byte aligned
+      16  8  length           bytes
+      24  4  CRC32            of the section bytes
+      28  4  reserved         zeros
+      32  32 SHA-256          of the section bytes
+    sections, in table order, non-overlapping, inside the file
+
+* ``META`` (required, UTF-8 JSON, <= 16 MiB): the program -- tensors, inputs, ops with their
+  attributes, parameter references into ``PARM`` (dtype, shape, offset, byte length), outputs --
+  plus model information for decoding (strides, classes, input size, thresholds) and the
+  compile options.
+* ``PARM`` (required, <= 1 GiB): raw little-endian parameter arrays, each 16-byte aligned.
+* ``PERF`` (optional, UTF-8 JSON, <= 16 MiB): the per-layer performance report.
+
+Reading checks, in order, before allocating anything that depends on the file's content: the
+real file size against :data:`MAX_FILE_BYTES`, the header CRC and fields, the table CRC, each
+section's bounds, CRC32 and SHA-256, the JSON structure field by field, every parameter
+reference against ``PARM`` and the hard limits, and finally the program's structure
+(:func:`~fcos_plugin_nash_e.ir.validate_program`). Any failure raises :class:`ArtifactError`
+naming the file and what is wrong. Torch-free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fcos_core.errors import FcosUserError
+from fcos_plugin_nash_e.ir import (DTYPES, MAX_OPS, MAX_PARAM_ELEMENTS, MAX_TENSORS, InputInfo,
+                                   Op, Program, ProgramError, TensorInfo, validate_program)
+
+MAGIC = b"FCOSNASH"
+MAJOR, MINOR = 1, 0
+HEADER_SIZE = 64
+ENTRY_SIZE = 64
+ALIGN = 64
+PARAM_ALIGN = 16
+MAX_SECTIONS = 8
+MAX_FILE_BYTES = 1 << 30
+MAX_JSON_BYTES = 16 << 20
+SECTION_LIMITS = {b"META": MAX_JSON_BYTES, b"PARM": MAX_FILE_BYTES, b"PERF": MAX_JSON_BYTES}
+REQUIRED = (b"META", b"PARM")
+_HEADER = struct.Struct("<8sHHIQII28s")  # 60 bytes, then the CRC32
+_ENTRY = struct.Struct("<4s4sQQI4s32s")  # 64 bytes
+
+
+class ArtifactError(FcosUserError):
+    """A damaged, truncated, oversized or foreign artifact file."""
+
+    def __init__(self, path: Path | str, what: str) -> None:
+        super().__init__(f"{path}: not a valid fcos NASH-E artifact: {what}",
+                         hint="recompile it with `fcos compile CONFIG` (the file may be "
+                              "truncated, corrupted or from another tool)")
+        self.path = str(path)
+        self.what = what
+
+
+# --- writing ------------------------------------------------------------------------------
+
+
+def _align(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
+
+
+def _program_to_json(prog: Program) -> tuple[dict[str, Any], bytes]:
+    blob = bytearray()
+    ops = []
+    for op in prog.ops:
+        refs = {}
+        for key, arr in op.params.items():
+            arr = np.ascontiguousarray(arr)
+            off = _align(len(blob), PARAM_ALIGN)
+            blob.extend(b"\0" * (off - len(blob)))
+            data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+            blob.extend(data)
+            refs[key] = {"dtype": str(arr.dtype), "shape": list(arr.shape), "offset": off,
+                         "nbytes": len(data)}
+        ops.append({"kind": op.kind, "name": op.name, "inputs": list(op.inputs),
+                    "outputs": list(op.outputs), "attrs": op.attrs, "params": refs,
+                    "fused": list(op.fused)})
+    meta = {
+        "format": "fcos-nash-e-program",
+        "name": prog.name,
+        "tensors": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype,
+                     "scale": float(t.scale), "zero_point": int(t.zero_point)}
+                    for t in prog.tensors.values()],
+        "inputs": [{"name": i.name, "tensor": i.tensor, "source": i.source,
+                    "shape": list(i.shape)} for i in prog.inputs],
+        "ops": ops,
+        "outputs": list(prog.outputs),
+        "meta": prog.meta,
+    }
+    return meta, bytes(blob)
+
+
+def write_artifact(path: Path | str, prog: Program, perf: dict[str, Any] | None = None) -> Path:
+    """Serialise ``prog`` (and the optional per-layer report) to ``path`` atomically."""
+    validate_program(prog)
+    meta, params = _program_to_json(prog)
+    sections = [(b"META", json.dumps(meta, separators=(",", ":"), allow_nan=False).encode()),
+                (b"PARM", params)]
+    if perf is not None:
+        sections.append((b"PERF", json.dumps(perf, separators=(",", ":")).encode()))
+    table_end = HEADER_SIZE + ENTRY_SIZE * len(sections) + 4
+    offset = _align(table_end, ALIGN)
+    entries, body = [], bytearray()
+    for tag, data in sections:
+        if len(data) > SECTION_LIMITS[tag]:
+            raise ValueError(f"section {tag.decode()} is {len(data)} bytes, over its limit")
+        entries.append(_ENTRY.pack(tag, b"\0" * 4, offset, len(data), zlib.crc32(data),
+                                   b"\0" * 4, hashlib.sha256(data).digest()))
+        body.extend(b"\0" * (offset - table_end - len(body)))
+        body.extend(data)
+        offset = _align(offset + len(data), ALIGN)
+    size = table_end + len(body)
+    head = _HEADER.pack(MAGIC, MAJOR, MINOR, HEADER_SIZE, size, len(sections), 0, b"\0" * 28)
+    table = b"".join(entries)
+    out = head + struct.pack("<I", zlib.crc32(head)) + table + \
+        struct.pack("<I", zlib.crc32(table)) + bytes(body)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(out)
+    os.replace(tmp, path)
+    return path
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def read_sections(path: Path | str, data: bytes | None = None) -> dict[bytes, bytes]:
+    """The verified sections of an artifact (``data``: its bytes, already read)."""
+    path = Path(path)
+    if data is None:
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise FcosUserError(f"{path}: cannot read the artifact: {exc.strerror or exc}",
+                                hint="check the path (compile_cfg.hbm)") from exc
+        if size > MAX_FILE_BYTES:
+            raise ArtifactError(path, f"file is {size} bytes, over the {MAX_FILE_BYTES}-byte "
+                                      "limit")
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ArtifactError(path, "file is over the size limit")
+    if len(data) < HEADER_SIZE:
+        raise ArtifactError(path, f"file is {len(data)} bytes, shorter than the "
+                                  f"{HEADER_SIZE}-byte header (truncated?)")
+    magic, major, minor, hsize, fsize, count, flags, reserved = _HEADER.unpack_from(data, 0)
+    if magic != MAGIC:
+        raise ArtifactError(path, f"bad magic {magic!r} (expected {MAGIC!r}); this is not an "
+                                  "fcos artifact (Horizon .hbm files are not supported)")
+    (crc,) = struct.unpack_from("<I", data, 60)
+    if crc != zlib.crc32(data[:60]):
+        raise ArtifactError(path, "header checksum mismatch (corrupted header)")
+    if major != MAJOR:
+        raise ArtifactError(path, f"format version {major}.{minor}; this fcos reads version "
+                                  f"{MAJOR}.x")
+    if hsize != HEADER_SIZE or flags != 0 or reserved != b"\0" * 28:
+        raise ArtifactError(path, "unsupported header fields")
+    if fsize != len(data):
+        raise ArtifactError(path, f"header says {fsize} bytes but the file has {len(data)} "
+                                  "(truncated or appended to)")
+    if not 1 <= count <= MAX_SECTIONS:
+        raise ArtifactError(path, f"section count {count} outside 1..{MAX_SECTIONS}")
+    table_end = HEADER_SIZE + ENTRY_SIZE * count + 4
+    if table_end > len(data):
+        raise ArtifactError(path, "section table runs past the end of the file")
+    table = data[HEADER_SIZE:table_end - 4]
+    (tcrc,) = struct.unpack_from("<I", data, table_end - 4)
+    if tcrc != zlib.crc32(table):
+        raise ArtifactError(path, "section table checksum mismatch")
+    sections: dict[bytes, bytes] = {}
+    last_end = table_end
+    for k in range(count):
+        tag, res1, off, length, scrc, res2, sha = _ENTRY.unpack_from(table, k * ENTRY_SIZE)
+        name = tag.decode("ascii", "replace")
+        if tag not in SECTION_LIMITS:
+            raise ArtifactError(path, f"unknown section {name!r}")
+        if tag in sections:
+            raise ArtifactError(path, f"section {name} appears twice")
+        if res1 != b"\0" * 4 or res2 != b"\0" * 4:
+            raise ArtifactError(path, f"section {name}: reserved fields are not zero")
+        if length > SECTION_LIMITS[tag]:
+            raise ArtifactError(path, f"section {name} is {length} bytes, over its limit "
+                                      f"{SECTION_LIMITS[tag]}")
+        if off % ALIGN or off < last_end or off + length > len(data):
+            raise ArtifactError(path, f"section {name} at offset {off} (+{length} bytes) is "
+                                      "misplaced or runs past the end of the file")
+        gap = data[last_end:off]
+        if len(gap) >= ALIGN or gap.count(0) != len(gap):
+            raise ArtifactError(path, f"unexpected bytes before section {name} (only zero "
+                                      "alignment padding may sit between sections)")
+        body = data[off:off + length]
+        if zlib.crc32(body) != scrc:
+            raise ArtifactError(path, f"section {name}: CRC32 mismatch (corrupted data)")
+        if hashlib.sha256(body).digest() != sha:
+            raise ArtifactError(path, f"section {name}: SHA-256 mismatch (corrupted data)")
+        sections[tag] = body
+        last_end = off + length
+    if last_end != len(data):
+        raise ArtifactError(path, f"{len(data) - last_end} unexpected bytes after the last "
+                                  "section")
+    for tag in REQUIRED:
+        if tag not in sections:
+            raise ArtifactError(path, f"required section {tag.decode()} is missing")
+    return sections
+
+
+def _json(path: Path, body: bytes, name: str) -> Any:
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ArtifactError(path, f"section {name} is not valid JSON: {exc}") from None
+
+
+class _Reader:
+    """Strict field access on decoded JSON: every wrong type becomes an ArtifactError."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, what: str) -> ArtifactError:
+        return ArtifactError(self.path, what)
+
+    def get(self, obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+        if not isinstance(obj, dict) or key not in obj:
+            raise self.fail(f"{where}: missing field {key!r}")
+        v = obj[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(v, bool) and bool not in kinds:
+            raise self.fail(f"{where}.{key}: wrong type bool")
+        if not isinstance(v, kinds):
+            raise self.fail(f"{where}.{key}: expected {'/'.join(k.__name__ for k in kinds)}, "
+                            f"got {type(v).__name__}")
+        return v
+
+    def int_list(self, obj: Any, key: str, where: str, max_len: int = 8) -> tuple[int, ...]:
+        v = self.get(obj, key, list, where)
+        if len(v) > max_len or not all(isinstance(x, int) and not isinstance(x, bool)
+                                       for x in v):
+            raise self.fail(f"{where}.{key}: expected at most {max_len} integers")
+        return tuple(v)
+
+    def str_list(self, obj: Any, key: str, where: str, max_len: int) -> list[str]:
+        v = self.get(obj, key, list, where)
+        if len(v) > max_len or not all(isinstance(x, str) for x in v):
+            raise self.fail(f"{where}.{key}: expected a list of at most {max_len} names")
+        return list(v)
+
+
+def _param(rd: _Reader, ref: Any, parm: bytes, where: str) -> np.ndarray:
+    dtype = rd.get(ref, "dtype", str, where)
+    if dtype not in DTYPES:
+        raise rd.fail(f"{where}: unknown dtype {dtype!r}")
+    shape = rd.int_list(ref, "shape", where, max_len=4)
+    off = rd.get(ref, "offset", int, where)
+    nbytes = rd.get(ref, "nbytes", int, where)
+    if any(d < 0 for d in shape):
+        raise rd.fail(f"{where}: negative dimension in {shape}")
+    elems = 1
+    for d in shape:
+        elems *= d
+    if elems > MAX_PARAM_ELEMENTS:
+        raise rd.fail(f"{where}: {elems} elements exceed the limit {MAX_PARAM_ELEMENTS}")
+    itemsize = DTYPES[dtype].itemsize
+    if nbytes != elems * itemsize:
+        raise rd.fail(f"{where}: {nbytes} bytes do not hold {dtype} {list(shape)}")
+    if off < 0 or off % PARAM_ALIGN or off + nbytes > len(parm):
+        raise rd.fail(f"{where}: bytes {off}..{off + nbytes} lie outside PARM "
+                      f"({len(parm)} bytes)")
+    arr = np.frombuffer(parm, dtype=DTYPES[dtype].newbyteorder("<"), count=elems, offset=off)
+    return arr.astype(DTYPES[dtype], copy=False).reshape(shape)
+
+
+def _attrs_ok(value: Any, depth: int = 0) -> bool:
+    """Attributes are small JSON values: scalars, short lists, shallow mappings."""
+    if depth > 3:
+        return False
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return not isinstance(value, str) or len(value) <= 256
+    if isinstance(value, list):
+        return len(value) <= 64 and all(_attrs_ok(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return len(value) <= 64 and all(isinstance(k, str) and _attrs_ok(v, depth + 1)
+                                        for k, v in value.items())
+    return False
+
+
+def program_from_sections(path: Path, sections: dict[bytes, bytes]) -> Program:
+    """Decode and validate the program of verified sections."""
+    rd = _Reader(path)
+    meta = _json(path, sections[b"META"], "META")
+    if not isinstance(meta, dict) or meta.get("format") != "fcos-nash-e-program":
+        raise rd.fail("META is not an fcos NASH-E program")
+    parm = sections[b"PARM"]
+    tensors: dict[str, TensorInfo] = {}
+    tlist = rd.get(meta, "tensors", list, "META")
+    if len(tlist) > MAX_TENSORS:
+        raise rd.fail(f"{len(tlist)} tensors exceed the limit {MAX_TENSORS}")
+    for k, t in enumerate(tlist):
+        where = f"tensors[{k}]"
+        name = rd.get(t, "name", str, where)
+        if name in tensors:
+            raise rd.fail(f"{where}: duplicate tensor name {name!r}")
+        scale = rd.get(t, "scale", (int, float), where)
+        tensors[name] = TensorInfo(name, rd.int_list(t, "shape", where, 4),
+                                   rd.get(t, "dtype", str, where), float(scale),
+                                   rd.get(t, "zero_point", int, where))
+    inputs = []
+    for k, i in enumerate(rd.get(meta, "inputs", list, "META")[:16]):
+        where = f"inputs[{k}]"
+        inputs.append(InputInfo(rd.get(i, "name", str, where), rd.get(i, "tensor", str, where),
+                                rd.get(i, "source", str, where),
+                                rd.int_list(i, "shape", where, 4)))
+    if not inputs or len(rd.get(meta, "inputs", list, "META")) > 16:
+        raise rd.fail("the program needs 1..16 inputs")
+    ops = []
+    olist = rd.get(meta, "ops", list, "META")
+    if len(olist) > MAX_OPS:
+        raise rd.fail(f"{len(olist)} ops exceed the limit {MAX_OPS}")
+    for k, o in enumerate(olist):
+        where = f"ops[{k}]"
+        attrs = rd.get(o, "attrs", dict, where)
+        if not _attrs_ok(attrs):
+            raise rd.fail(f"{where}: attributes are not small JSON values")
+        prefs = rd.get(o, "params", dict, where)
+        if len(prefs) > 8:
+            raise rd.fail(f"{where}: too many parameters")
+        params = {str(key): _param(rd, ref, parm, f"{where}.params.{key}")
+                  for key, ref in prefs.items()}
+        ops.append(Op(rd.get(o, "kind", str, where), rd.get(o, "name", str, where),
+                      rd.str_list(o, "inputs", where, 64), rd.str_list(o, "outputs", where, 1),
+                      attrs, params, rd.str_list(o, "fused", where, 64)))
+    outputs = rd.str_list(meta, "outputs", "META", 256)
+    info = rd.get(meta, "meta", dict, "META")
+    prog = Program(rd.get(meta, "name", str, "META"), tensors, inputs, ops, outputs, info)
+    try:
+        validate_program(prog)
+    except ProgramError as exc:
+        raise rd.fail(f"invalid program: {exc}") from None
+    return prog
+
+
+def read_artifact(path: Path | str) -> tuple[Program, dict[str, Any] | None]:
+    """Load, verify and decode an artifact: the program and its performance report (or None)."""
+    path = Path(path)
+    sections = read_sections(path)
+    prog = program_from_sections(path, sections)
+    perf = _json(path, sections[b"PERF"], "PERF") if b"PERF" in sections else None
+    return prog, perf

@@ -1,0 +1,149 @@
+"""``NashEBackend``: the ``nash_e`` compile backend (see :mod:`fcos_core.compile.backend`).
+
+check -> :mod:`.checker` (float models) or the lowering's checks (quantized models);
+compile -> :mod:`.lower` + :mod:`.optimize` + :mod:`.perf` + :mod:`.artifact` + :mod:`.report`;
+load / run -> :mod:`.artifact` + :mod:`.runtime` (numpy, no torch needed).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from fcos_core.compile.backend import CheckIssue, CompileBackend, CompileResult
+from fcos_core.errors import FcosUserError
+from fcos_plugin_nash_e import __version__
+from fcos_plugin_nash_e.artifact import read_artifact, write_artifact
+from fcos_plugin_nash_e.ir import Program
+from fcos_plugin_nash_e.optimize import optimize
+from fcos_plugin_nash_e.perf import estimate
+from fcos_plugin_nash_e.report import write_reports
+from fcos_plugin_nash_e.runtime import Runtime
+
+
+def _shapes(example_inputs: Mapping[str, Any]) -> dict[str, list[int]]:
+    out = {}
+    for name, value in example_inputs.items():
+        shape = getattr(value, "shape", value)
+        out[name] = [int(v) for v in shape]
+    return out
+
+
+def _is_quantized(model: Any) -> bool:
+    try:
+        from fcos_plugin_nash_e.lower import find_integer_model
+
+        find_integer_model(model)
+        return True
+    except FcosUserError:
+        return False
+
+
+def detection_meta(model: Any, program: Program, input_shape: Sequence[int],
+                   color: str) -> dict[str, Any]:
+    """What ``fcos infer`` needs to decode the outputs without the config."""
+    post = getattr(model, "post_process", None)
+    meta: dict[str, Any] = {"input_size": [int(input_shape[2]), int(input_shape[3])],
+                            "preprocess": {"color": color, "mean": 128.0, "std": 128.0}}
+    if post is None or not hasattr(post, "strides"):
+        return meta
+    s = len(post.strides)
+    first_cls = program.tensors[program.outputs[0]]
+    meta["detection"] = {
+        "strides": [int(v) for v in post.strides],
+        "num_classes": int(first_cls.shape[1]),
+        "threshold": float(post.threshold),
+        "score_threshold": float(post.score_threshold),
+        "iou_threshold": float(post.iou_threshold),
+        "nms_pre": int(post.nms_pre),
+        "max_per_img": int(post.max_per_img),
+        "max_shape": list(post.max_shape) if post.max_shape else None,
+        "bbox_upscaled": bool(getattr(model, "bbox_upscaled", False)),
+        "layout": "cls[S], box[S], ctr[S], max_logit[S]" if len(program.outputs) >= 4 * s
+                  else "cls[S], box[S], ctr[S]",
+    }
+    return meta
+
+
+class NashEBackend(CompileBackend):
+    """Integer-only NASH-E-like target: int8/int16 tensors, int32 accumulation, per-channel
+    multiplier/shift requantization; see the plugin README for the operator set and limits."""
+
+    name = "nash_e"
+
+    def __init__(self, **options: Any) -> None:
+        self.options = dict(options)  # optional defaults for compile()
+
+    def quantization_rules(self) -> Any:
+        from fcos_core.quantization.rules import QuantRules
+
+        return QuantRules(activation_dtype="int8", weight_dtype="int8", input_dtype="int8",
+                          input_scale=1.0 / 128.0, fuse_relu=True, multiplier_bits=31,
+                          max_shift=62)
+
+    # -- check ---------------------------------------------------------------------------
+
+    def check(self, model: Any, example_inputs: Mapping[str, Any]) -> Sequence[CheckIssue]:
+        if _is_quantized(model):
+            from fcos_plugin_nash_e.lower import CompileError, lower
+
+            try:
+                lower(model, _shapes(example_inputs), ["ddr"])
+            except CompileError as exc:
+                return exc.issues
+            return []
+        from fcos_plugin_nash_e.checker import check_float_model
+
+        return check_float_model(model, example_inputs)
+
+    # -- compile -------------------------------------------------------------------------
+
+    def compile(self, model: Any, example_inputs: Mapping[str, Any], options: Mapping[str, Any],
+                out_dir: Path) -> CompileResult:
+        from fcos_plugin_nash_e.lower import lower
+
+        opts = {**self.options, **dict(options)}
+        name = str(opts.get("name", "model"))
+        level = str(opts.get("opt", "O3"))
+        sources = list(opts.get("input_source") or ["ddr"])
+        hbm = Path(opts.get("hbm") or Path(out_dir) / f"{name}.hbm")
+        out_dir = Path(opts.get("out_dir") or out_dir)
+        shapes = _shapes(example_inputs)
+        t0 = time.perf_counter()
+        canonical = lower(model, shapes, sources, name=name)
+        program = optimize(canonical, level)
+        in_shape = next(iter(shapes.values()))
+        program.meta.update(detection_meta(model, program, in_shape,
+                                           str(opts.get("input_color", "yuv"))))
+        program.meta["compiler"] = {"fcos_plugin_nash_e": __version__, "opt": level}
+        perf = estimate(program)
+        write_artifact(hbm, program, perf if opts.get("layer_details") else None)
+        files: list[Path] = []
+        if opts.get("layer_details"):
+            files.extend(write_reports(perf, out_dir, name))
+        report = {
+            "artifact": str(hbm), "opt": level, "ops": len(program.ops),
+            "macs": perf["totals"]["macs"], "params": perf["totals"]["params"],
+            "estimated_latency_ms": perf["totals"]["latency_ms"],
+            "estimated_cycles": perf["totals"]["cycles"],
+            "artifact_bytes": hbm.stat().st_size,
+            "compile_seconds": time.perf_counter() - t0,
+        }
+        return CompileResult(artifact=hbm, report=report, files=tuple(files))
+
+    # -- execute -------------------------------------------------------------------------
+
+    def load(self, artifact: Path) -> Runtime:
+        program, _ = read_artifact(artifact)
+        return Runtime(program, validate=False)  # read_artifact validated it
+
+    def run(self, program: Any, inputs: Mapping[str, Any]) -> Any:
+        runtime = program if isinstance(program, Runtime) else Runtime(program)
+        return runtime.run({k: _to_numpy(v) for k, v in inputs.items()})
+
+
+def _to_numpy(value: Any) -> Any:
+    if hasattr(value, "detach"):  # a torch tensor, without importing torch here
+        return value.detach().cpu().numpy()
+    return value

@@ -1,0 +1,165 @@
+"""Bodies of ``fcos compile`` and ``fcos infer`` (imported only when the command runs)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fcos_core.errors import FcosUserError
+
+
+def compile_command(args: argparse.Namespace, host: Any) -> int:
+    """Load the config and run the engine's compile stage on it."""
+    from fcos_core.config import load_config
+
+    cfg = load_config(args.config, host, args.overrides)
+    if cfg.data.get("compile_cfg") is None:
+        raise FcosUserError(f"{args.config}: the config has no compile_cfg block",
+                            hint="add compile_cfg (march, hbm, out_dir, opt, ...)")
+    from fcos_core.engine.pipeline import run_pipeline
+
+    code = run_pipeline(cfg, host, ["compile"], run_dir=args.run_dir)
+    hbm = (cfg.compile_options or {}).get("hbm")
+    if code == 0 and hbm:
+        print(f"compiled: {hbm}")
+    return code
+
+
+# --- infer ----------------------------------------------------------------------------------
+
+
+def _rgb_to_yuv444(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB [H, W, 3] -> uint8 YUV444 [3, H, W], with the training pipeline's formula."""
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).to(torch.float32)
+    try:  # the data pipeline's own conversion, so infer sees what training saw
+        from fcos_plugin_coco.transforms.tensor import rgb_to_yuv444
+    except ImportError:  # same BT.601 full-range formula
+        m = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5],
+                          [0.5, -0.418688, -0.081312]], dtype=torch.float32)
+        off = torch.tensor([0.0, 128.0, 128.0])
+
+        def rgb_to_yuv444(img: torch.Tensor) -> torch.Tensor:
+            c, h, w = img.shape
+            yuv = (m @ img.reshape(3, -1) + off[:, None]).reshape(3, h, w)
+            return yuv.round_().clamp_(0.0, 255.0)
+    return rgb_to_yuv444(t).to(torch.uint8).numpy()
+
+
+def letterbox(rgb: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, float]:
+    """Resize keeping the aspect ratio to fit ``size`` (h, w), pad bottom/right with 0."""
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    scale = min(size[0] / h, size[1] / w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    resized = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.BILINEAR))
+    out = np.zeros((size[0], size[1], 3), np.uint8)
+    out[:nh, :nw] = resized
+    return out, scale
+
+
+def _load_image(path: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as exc:
+        raise FcosUserError(f"{path}: cannot read the image: {exc}",
+                            hint="pass JPEG or PNG files") from None
+
+
+def _decode(runtime: Any, outputs: tuple[np.ndarray, ...], det: dict[str, Any],
+            image_size: tuple[int, int], score_threshold: float | None) -> dict[str, Any]:
+    import torch
+
+    from fcos_core.models.post_process import FCOSMultiStrideFilter
+
+    prog = runtime.program
+    floats = []
+    for name, value in zip(prog.outputs, outputs):
+        info = prog.tensors[name]
+        if value.dtype.kind in "iu":  # integer codes: dequantize with the tensor's scale
+            value = value.astype(np.float64) * info.scale
+        floats.append(torch.from_numpy(np.asarray(value, dtype=np.float32)))
+    post = FCOSMultiStrideFilter(
+        det["strides"], threshold=det["threshold"],
+        score_threshold=det["score_threshold"] if score_threshold is None else score_threshold,
+        iou_threshold=det["iou_threshold"], nms_pre=det["nms_pre"],
+        max_per_img=det["max_per_img"], max_shape=det["max_shape"])
+    return post.detect(floats, image_size, bbox_upscaled=det["bbox_upscaled"])[0]
+
+
+def _draw(rgb: np.ndarray, dets: list[dict[str, Any]], path: Path) -> None:
+    from PIL import Image, ImageDraw
+
+    im = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(im)
+    for d in dets:
+        x1, y1, x2, y2 = d["box"]
+        hue = (d["label"] * 47) % 255
+        color = (255 - hue, hue, (hue * 3) % 255)
+        draw.rectangle([x1, y1, x2, y2], outline=color, width=2)
+        draw.text((x1 + 2, max(0, y1 - 11)), f"{d['label']}:{d['score']:.2f}", fill=color)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path)
+
+
+def infer_command(args: argparse.Namespace, host: Any) -> int:
+    """Run a compiled artifact on images; print (and optionally draw) the detections."""
+    from fcos_plugin_nash_e.artifact import read_artifact
+    from fcos_plugin_nash_e.runtime import Runtime
+
+    program, _ = read_artifact(args.artifact)
+    det = program.meta.get("detection")
+    if not det:
+        raise FcosUserError(f"{args.artifact}: the compiled model has no detection post-process "
+                            "information (compiled from a bare body?)",
+                            hint="compile the deploy model with its FCOSMultiStrideFilter "
+                                 "post_process (for_compile: true)")
+    runtime = Runtime(program, validate=False)
+    h, w = program.meta["input_size"]
+    color = program.meta.get("preprocess", {}).get("color", "yuv")
+    inp = program.inputs[0]
+    results = []
+    for path in args.images:
+        rgb = _load_image(path)
+        boxed, scale = letterbox(rgb, (h, w))
+        pixels = _rgb_to_yuv444(boxed) if (color == "yuv" or inp.source == "pyramid") \
+            else np.ascontiguousarray(boxed.transpose(2, 0, 1))
+        if inp.source == "pyramid":
+            feed: Any = pixels
+        else:
+            feed = ((pixels.astype(np.float32) - 128.0) / 128.0)[None]
+        outputs = runtime.run({inp.name: feed})
+        d = _decode(runtime, outputs, det, (h, w), args.score_threshold)
+        oh, ow = rgb.shape[:2]
+        dets = []
+        for box, score, label in zip(d["boxes"].tolist(), d["scores"].tolist(),
+                                     d["labels"].tolist()):
+            x1, y1, x2, y2 = (v / scale for v in box)
+            dets.append({"label": int(label), "score": round(float(score), 4),
+                         "box": [round(min(max(x1, 0), ow), 1), round(min(max(y1, 0), oh), 1),
+                                 round(min(max(x2, 0), ow), 1), round(min(max(y2, 0), oh), 1)]})
+        results.append({"image": path, "detections": dets})
+        if args.save_vis:
+            out = Path(args.save_vis) / (Path(path).stem + "_det.png")
+            _draw(rgb, dets, out)
+            results[-1]["vis"] = str(out)
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        for r in results:
+            print(f"{r['image']}: {len(r['detections'])} detection(s)"
+                  + (f" -> {r['vis']}" if "vis" in r else ""))
+            for d in r["detections"][:20]:
+                print(f"  class {d['label']:3d}  score {d['score']:.3f}  box {d['box']}")
+    sys.stdout.flush()
+    return 0

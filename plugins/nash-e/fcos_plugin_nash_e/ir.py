@@ -1,0 +1,344 @@
+"""The integer program: tensors, ops and their exact semantics (torch-free, numpy only).
+
+A :class:`Program` is what the compiler produces, the artifact stores and the runtime runs. Its
+ops form the target's instruction set (``OP_KINDS``); every op reads and writes integer tensors
+(int8 / int16 activations, int32 accumulators) except ``quantize`` (float input) and
+``dequantize`` (float output). The arithmetic of each kind is defined in
+:mod:`fcos_plugin_nash_e.kernels`; this module holds the structure, shape inference and the
+validation shared by the compiler and the artifact reader (a damaged or crafted file must fail
+here, before the runtime allocates anything).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attrs import define, field
+import numpy as np
+
+from fcos_plugin_nash_e.target import LIMITS, QRANGE
+
+#: dtypes a program tensor or parameter may have
+DTYPES: dict[str, np.dtype] = {
+    "int8": np.dtype(np.int8), "uint8": np.dtype(np.uint8), "int16": np.dtype(np.int16),
+    "int32": np.dtype(np.int32), "int64": np.dtype(np.int64), "float32": np.dtype(np.float32),
+    "float64": np.dtype(np.float64),
+}
+
+#: op kind -> (number of inputs, allowed input counts for fused variants) and the params it needs
+OP_KINDS: dict[str, dict[str, Any]] = {
+    "quantize": {"inputs": (1,), "params": ()},
+    "conv2d": {"inputs": (1, 2), "params": ("weight", "bias", "multiplier", "shift")},
+    "requant": {"inputs": (1,), "params": ("multiplier", "shift")},
+    "relu": {"inputs": (1,), "params": ()},
+    "add": {"inputs": (2,), "params": ()},
+    "maxpool2d": {"inputs": (1,), "params": ()},
+    "upsample_nearest2d": {"inputs": (1,), "params": ()},
+    "reduce_max": {"inputs": (1,), "params": ()},
+    "concat": {"inputs": tuple(range(2, 65)), "params": ()},
+    "dequantize": {"inputs": (1,), "params": ()},
+}
+
+#: hard limits that bound every allocation the runtime makes from a (possibly hostile) file
+MAX_TENSORS = 100_000
+MAX_OPS = 100_000
+MAX_ELEMENTS = 1 << 28  # per tensor (256 Mi elements)
+MAX_TOTAL_ACTIVATION_BYTES = 4 << 30
+MAX_PARAM_ELEMENTS = 1 << 27
+MAX_SHIFT = 62
+
+
+class ProgramError(ValueError):
+    """A program that breaks the structure rules (the message says which op and why)."""
+
+
+@define
+class TensorInfo:
+    """One tensor: NCHW shape (N = 1), dtype and per-tensor affine quantization."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    scale: float = 1.0  # real value = (q - zero_point) * scale; 1.0 for raw accumulators
+    zero_point: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * DTYPES[self.dtype].itemsize
+
+
+@define
+class Op:
+    """One instruction. ``name`` is the model layer it came from (qualified module name)."""
+
+    kind: str
+    name: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, Any] = field(factory=dict)
+    params: dict[str, np.ndarray] = field(factory=dict)
+    fused: list[str] = field(factory=list)  # source layers folded into this op
+
+
+@define
+class InputInfo:
+    """A model input: the tensor it feeds and where the frame comes from."""
+
+    name: str  # the model's input name (deploy_inputs key)
+    tensor: str  # program tensor written by the input's quantize op
+    source: str  # "pyramid" | "ddr"
+    shape: tuple[int, ...]  # float input shape [1, C, H, W]
+
+
+@define
+class Program:
+    """A compiled model: tensors, inputs, ops in execution order, outputs, metadata."""
+
+    name: str
+    tensors: dict[str, TensorInfo]
+    inputs: list[InputInfo]
+    ops: list[Op]
+    outputs: list[str]
+    meta: dict[str, Any] = field(factory=dict)  # opt level, model info for decoding ...
+
+    def producer(self) -> dict[str, int]:
+        """Tensor name -> index of the op writing it."""
+        return {t: i for i, op in enumerate(self.ops) for t in op.outputs}
+
+    def consumers(self) -> dict[str, list[int]]:
+        """Tensor name -> indices of the ops reading it."""
+        out: dict[str, list[int]] = {}
+        for i, op in enumerate(self.ops):
+            for t in op.inputs:
+                out.setdefault(t, []).append(i)
+        return out
+
+
+# --- shape inference ------------------------------------------------------------------------
+
+
+def conv_out_hw(h: int, w: int, k: tuple[int, int], stride: tuple[int, int],
+                pad: tuple[int, int, int, int]) -> tuple[int, int]:
+    """Output size of an undilated conv / pool; ``pad`` is (top, left, bottom, right)."""
+    oh = (h + pad[0] + pad[2] - k[0]) // stride[0] + 1
+    ow = (w + pad[1] + pad[3] - k[1]) // stride[1] + 1
+    return oh, ow
+
+
+def _ints(value: Any, n: int, what: str, op: Op) -> tuple[int, ...]:
+    if (not isinstance(value, (list, tuple)) or len(value) != n
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        raise ProgramError(f"op {op.name!r} ({op.kind}): attribute {what} must be {n} integers, "
+                           f"got {value!r}")
+    return tuple(value)
+
+
+def _attr(op: Op, key: str, kinds: type | tuple[type, ...]) -> Any:
+    if key not in op.attrs:
+        raise ProgramError(f"op {op.name!r} ({op.kind}): missing attribute {key!r}")
+    value = op.attrs[key]
+    if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
+        raise ProgramError(f"op {op.name!r} ({op.kind}): attribute {key!r} has the wrong type")
+    if not isinstance(value, kinds):
+        raise ProgramError(f"op {op.name!r} ({op.kind}): attribute {key!r} has the wrong type "
+                           f"({type(value).__name__})")
+    return value
+
+
+def _check_out_quant(op: Op, out: TensorInfo) -> None:
+    if out.dtype in QRANGE and out.dtype != "int32":
+        lo, hi = QRANGE[out.dtype]
+        if not lo <= out.zero_point <= hi:
+            raise ProgramError(f"op {op.name!r}: zero point {out.zero_point} outside {out.dtype}")
+
+
+def _check_requant_params(op: Op, channels: int) -> None:
+    m, s = op.params.get("multiplier"), op.params.get("shift")
+    if m is None or s is None:
+        raise ProgramError(f"op {op.name!r} ({op.kind}): missing multiplier/shift parameters")
+    if m.dtype != np.int32 or s.dtype != np.int8 or m.shape != s.shape or m.ndim != 1:
+        raise ProgramError(f"op {op.name!r}: multiplier must be int32 [C] and shift int8 [C]")
+    if m.shape[0] not in (1, channels):
+        raise ProgramError(f"op {op.name!r}: {m.shape[0]} requant channels for {channels} "
+                           "output channels")
+    if s.size and (int(s.min()) < 0 or int(s.max()) > MAX_SHIFT):
+        raise ProgramError(f"op {op.name!r}: shift outside 0..{MAX_SHIFT}")
+
+
+def _check_add_attrs(op: Op, spec: Any) -> None:
+    if not isinstance(spec, dict):
+        raise ProgramError(f"op {op.name!r}: add attributes must be a mapping")
+    for key in ("a_multiplier", "b_multiplier"):
+        v = spec.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or not -(2 ** 31) <= v < 2 ** 31:
+            raise ProgramError(f"op {op.name!r}: add {key} must be an int32, got {v!r}")
+    s = spec.get("shift")
+    if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= MAX_SHIFT:
+        raise ProgramError(f"op {op.name!r}: add shift must be in 0..{MAX_SHIFT}, got {s!r}")
+    if not isinstance(spec.get("relu", False), bool):
+        raise ProgramError(f"op {op.name!r}: add relu must be a boolean")
+
+
+def _check_fused_add(op: Op, spec: Any) -> None:
+    _check_add_attrs(op, spec)
+    if spec.get("conv_operand") not in (0, 1):
+        raise ProgramError(f"op {op.name!r}: fused add conv_operand must be 0 or 1")
+    dtype, zp = spec.get("mid_dtype"), spec.get("mid_zero_point")
+    if dtype not in ("int8", "int16") or not isinstance(zp, int) or isinstance(zp, bool):
+        raise ProgramError(f"op {op.name!r}: fused add needs mid_dtype int8/int16 and an "
+                           "integer mid_zero_point")
+    lo, hi = QRANGE[dtype]
+    if not lo <= zp <= hi:
+        raise ProgramError(f"op {op.name!r}: mid_zero_point {zp} outside {dtype}")
+
+
+def infer_shape(op: Op, ins: list[TensorInfo]) -> tuple[int, ...]:
+    """The output shape ``op`` computes from its input tensors; raises ProgramError."""
+    x = ins[0]
+    if op.kind == "requant":
+        _check_requant_params(op, x.shape[1] if len(x.shape) > 1 else 1)
+    if op.kind in ("quantize", "requant", "relu", "dequantize"):
+        if op.kind == "dequantize" and "scale" in op.params:
+            sc = op.params["scale"]
+            if (sc.dtype not in (np.float32, np.float64) or sc.shape != (x.shape[1],)
+                    or not np.all(np.isfinite(sc)) or not np.all(sc > 0)):
+                raise ProgramError(f"op {op.name!r}: per-channel scale must be positive "
+                                   f"float [{x.shape[1]}]")
+        return x.shape
+    if len(x.shape) != 4:
+        raise ProgramError(f"op {op.name!r} ({op.kind}): input must be 4-D NCHW, got {x.shape}")
+    n, c, h, w = x.shape
+    if op.kind == "conv2d":
+        wt = op.params["weight"]
+        if wt.ndim != 4:
+            raise ProgramError(f"op {op.name!r}: weight must be 4-D [O, I/groups, kh, kw]")
+        groups = _attr(op, "groups", int)
+        o, ipg, kh, kw = (int(v) for v in wt.shape)
+        if groups < 1 or c % groups or o % groups or ipg * groups != c:
+            raise ProgramError(f"op {op.name!r}: weight {wt.shape} with groups={groups} does not "
+                               f"fit {c} input channels")
+        stride = _ints(_attr(op, "stride", list), 2, "stride", op)
+        pad = _ints(_attr(op, "padding", list), 4, "padding", op)
+        if (min(stride) < 1 or min(pad) < 0 or max(pad[0], pad[2]) >= kh
+                or max(pad[1], pad[3]) >= kw):
+            raise ProgramError(f"op {op.name!r}: bad stride {stride} or padding {pad}")
+        oh, ow = conv_out_hw(h, w, (kh, kw), stride, pad)
+        if oh < 1 or ow < 1:
+            raise ProgramError(f"op {op.name!r}: output would be empty")
+        if op.params["bias"].shape != (o,) or op.params["bias"].dtype != np.int32:
+            raise ProgramError(f"op {op.name!r}: bias must be int32 [{o}]")
+        if wt.dtype not in (np.int8, np.int16):
+            raise ProgramError(f"op {op.name!r}: weight must be int8 or int16")
+        _check_requant_params(op, o)
+        if not isinstance(op.attrs.get("requant", True), bool):
+            raise ProgramError(f"op {op.name!r}: attribute 'requant' must be a boolean")
+        if len(ins) == 2:
+            _check_fused_add(op, op.attrs.get("add"))
+            if ins[1].shape != (n, o, oh, ow):
+                raise ProgramError(f"op {op.name!r}: fused add input {ins[1].shape} does not "
+                                   f"match the conv output {(n, o, oh, ow)}")
+        return (n, o, oh, ow)
+    if op.kind == "add":
+        if ins[1].shape != x.shape:
+            raise ProgramError(f"op {op.name!r}: add of shapes {x.shape} and {ins[1].shape}")
+        _check_add_attrs(op, op.attrs)
+        return x.shape
+    if op.kind == "maxpool2d":
+        k = _ints(_attr(op, "kernel", list), 2, "kernel", op)
+        stride = _ints(_attr(op, "stride", list), 2, "stride", op)
+        pad = _ints(_attr(op, "padding", list), 4, "padding", op)
+        if min(k) < 1 or max(k) > 16 or min(stride) < 1 or min(pad) < 0 or max(pad) >= max(k):
+            raise ProgramError(f"op {op.name!r}: bad pool kernel {k}, stride {stride}, "
+                               f"padding {pad}")
+        oh, ow = conv_out_hw(h, w, k, stride, pad)
+        if oh < 1 or ow < 1:
+            raise ProgramError(f"op {op.name!r}: output would be empty")
+        return (n, c, oh, ow)
+    if op.kind == "upsample_nearest2d":
+        f = _attr(op, "factor", int)
+        if not 1 <= f <= 16:
+            raise ProgramError(f"op {op.name!r}: upsample factor {f} outside 1..16")
+        return (n, c, h * f, w * f)
+    if op.kind == "reduce_max":
+        return (n, 1, h, w)
+    if op.kind == "concat":
+        for t in ins[1:]:
+            if len(t.shape) != 4 or t.shape[0] != n or t.shape[2:] != (h, w):
+                raise ProgramError(f"op {op.name!r}: concat of shapes "
+                                   f"{[i.shape for i in ins]}")
+            if t.dtype != x.dtype or t.scale != x.scale or t.zero_point != x.zero_point:
+                raise ProgramError(f"op {op.name!r}: concat inputs must share dtype and scale")
+        return (n, sum(t.shape[1] for t in ins), h, w)
+    raise ProgramError(f"op {op.name!r}: unknown kind {op.kind!r}")
+
+
+def validate_program(prog: Program) -> None:
+    """Check that ``prog`` is well formed: every tensor is written once before it is read,
+    shapes and dtypes agree with each op, and sizes stay within the hard limits."""
+    if len(prog.tensors) > MAX_TENSORS or len(prog.ops) > MAX_OPS:
+        raise ProgramError("too many tensors or ops")
+    total = 0
+    for t in prog.tensors.values():
+        if t.dtype not in DTYPES:
+            raise ProgramError(f"tensor {t.name!r}: unknown dtype {t.dtype!r}")
+        if (not 1 <= len(t.shape) <= 4 or any(not isinstance(d, int) or d < 1 for d in t.shape)
+                or any(d > max(LIMITS.max_spatial, LIMITS.max_channels) for d in t.shape)):
+            raise ProgramError(f"tensor {t.name!r}: bad shape {t.shape}")
+        elems = int(np.prod(t.shape, dtype=np.int64))
+        if elems > MAX_ELEMENTS:
+            raise ProgramError(f"tensor {t.name!r}: {elems} elements exceed the limit")
+        if not isinstance(t.zero_point, int) or abs(t.zero_point) > 1 << 16:
+            raise ProgramError(f"tensor {t.name!r}: zero point {t.zero_point!r} out of range")
+        if not (np.isfinite(t.scale) and t.scale > 0):
+            raise ProgramError(f"tensor {t.name!r}: scale must be positive and finite")
+        total += t.nbytes
+    if total > MAX_TOTAL_ACTIVATION_BYTES:
+        raise ProgramError(f"activations need {total} bytes, over the limit")
+    written: set[str] = set()
+    for inp in prog.inputs:
+        if inp.source not in ("pyramid", "ddr"):
+            raise ProgramError(f"input {inp.name!r}: unknown source {inp.source!r}")
+        if inp.tensor not in prog.tensors:
+            raise ProgramError(f"input {inp.name!r}: no tensor {inp.tensor!r}")
+    for op in prog.ops:
+        spec = OP_KINDS.get(op.kind)
+        if spec is None:
+            raise ProgramError(f"op {op.name!r}: unknown kind {op.kind!r}")
+        if len(op.inputs) not in spec["inputs"] or len(op.outputs) != 1:
+            raise ProgramError(f"op {op.name!r} ({op.kind}): wrong number of inputs/outputs")
+        for p in spec["params"]:
+            if p not in op.params:
+                raise ProgramError(f"op {op.name!r} ({op.kind}): missing parameter {p!r}")
+        for t in op.inputs + op.outputs:
+            if t not in prog.tensors:
+                raise ProgramError(f"op {op.name!r}: unknown tensor {t!r}")
+        ins = [prog.tensors[t] for t in op.inputs]
+        if op.kind == "quantize":
+            if op.inputs[0] in written or ins[0].dtype != "float32":
+                raise ProgramError(f"op {op.name!r}: quantize reads a float program input")
+        else:
+            for t in op.inputs:
+                if t not in written:
+                    raise ProgramError(f"op {op.name!r}: reads {t!r} before it is written")
+            for t in ins:
+                if t.dtype not in ("int8", "int16", "int32", "uint8"):
+                    raise ProgramError(f"op {op.name!r}: reads {t.dtype} tensor {t.name!r}")
+        out = prog.tensors[op.outputs[0]]
+        if op.outputs[0] in written:
+            raise ProgramError(f"op {op.name!r}: tensor {out.name!r} is written twice")
+        shape = infer_shape(op, ins)
+        if tuple(shape) != tuple(out.shape):
+            raise ProgramError(f"op {op.name!r}: output {out.name!r} has shape {out.shape}, "
+                               f"the op computes {shape}")
+        if op.kind == "dequantize" and out.dtype != "float32":
+            raise ProgramError(f"op {op.name!r}: dequantize must write float32")
+        if op.kind != "dequantize" and out.dtype not in ("int8", "int16", "int32", "uint8"):
+            raise ProgramError(f"op {op.name!r}: writes unsupported dtype {out.dtype}")
+        _check_out_quant(op, out)
+        for key, arr in op.params.items():
+            if not isinstance(arr, np.ndarray) or arr.size > MAX_PARAM_ELEMENTS:
+                raise ProgramError(f"op {op.name!r}: parameter {key!r} is not a bounded array")
+        written.add(op.outputs[0])
+    for t in prog.outputs:
+        if t not in written:
+            raise ProgramError(f"output {t!r} is never written")

@@ -1,0 +1,141 @@
+"""Small networks for the quantization tests: a conv-BN-ReLU-add net and a tiny FCOS-like
+detector (``body`` with a backbone, a BiFPN-like merge and the real FCOSHead)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fcos_core.convert_context import ConvertContext
+
+IMG = 32
+
+
+def randomise_bn(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BN statistics so folding is really exercised."""
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) * 0.6 - 0.3)
+    return module
+
+
+class SmallNet(nn.Module):
+    """conv-BN-ReLU -> depthwise conv-BN-ReLU -> 1x1 conv-BN + residual add -> ReLU ->
+    max-pool / nearest upsample / add -> two output convs. ``img [B,3,H,W]`` -> 2 maps."""
+
+    def __init__(self, int16_output: bool = False, int8_output: bool = True) -> None:
+        super().__init__()
+        self.int16_output = int16_output
+        self.int8_output = int8_output
+        self.dequant_output = True
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8),
+                                  nn.ReLU())
+        self.dw = nn.Sequential(nn.Conv2d(8, 8, 3, 1, 1, groups=8, bias=False),
+                                nn.BatchNorm2d(8), nn.ReLU())
+        self.pw = nn.Sequential(nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8))
+        self.out_a = nn.Conv2d(8, 4, 3, padding=1)
+        self.out_b = nn.Conv2d(8, 2, 1)
+
+    def forward(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.stem(img)
+        y = F.relu(x + self.pw(self.dw(x)))
+        p = F.max_pool2d(y, 2)
+        z = y + F.interpolate(p, scale_factor=2.0, mode="nearest")
+        return self.out_a(z), F.relu(self.out_b(p))
+
+
+class TinyBackbone(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.s1 = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.s2 = nn.Sequential(nn.Conv2d(8, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16),
+                                nn.ReLU())
+        self.mb = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, groups=16, bias=False),
+                                nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 1, bias=False),
+                                nn.BatchNorm2d(16))
+        self.s3 = nn.Sequential(nn.Conv2d(16, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16),
+                                nn.ReLU())
+
+    def forward(self, img: torch.Tensor) -> list[torch.Tensor]:
+        c2 = self.s2(self.s1(img))
+        c2 = c2 + self.mb(c2)  # MBConv residual
+        return [c2, self.s3(c2)]
+
+
+class TinyNeck(nn.Module):
+    """One BiFPN-like pass: top-down (upsample + add) and bottom-up (max-pool + add)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.td = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, groups=16, bias=False),
+                                nn.Conv2d(16, 16, 1, bias=False), nn.BatchNorm2d(16))
+        self.bu = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, groups=16, bias=False),
+                                nn.Conv2d(16, 16, 1, bias=False), nn.BatchNorm2d(16))
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        p4, p8 = feats
+        p4 = self.td(F.relu(p4 + F.interpolate(p8, scale_factor=2.0, mode="nearest")))
+        p8 = self.bu(F.relu(p8 + F.max_pool2d(p4, 2)))
+        return [p4, p8]
+
+
+class TinyBody(nn.Module):
+    def __init__(self, int16_output: bool = True) -> None:
+        super().__init__()
+        from fcos_core.models.head import FCOSHead
+
+        self.backbone = TinyBackbone()
+        self.neck = TinyNeck()
+        self.head = FCOSHead(num_classes=3, in_strides=[4, 8], out_strides=[4, 8],
+                             stride2channels={4: 16, 8: 16}, feat_channels=16, stacked_convs=2,
+                             int8_output=not int16_output, int16_output=int16_output)
+        for m in self.modules():  # the head's N(0, 0.01) init gives near-zero outputs
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_uniform_(m.weight, a=1.0)
+
+    def forward(self, img: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.head(self.neck(self.backbone(img)))
+
+
+class TinyDetector(nn.Module):
+    """FCOS-like wrapper: the converters quantize ``body`` and keep the rest."""
+
+    def __init__(self, int16_output: bool = True) -> None:
+        super().__init__()
+        self.body = TinyBody(int16_output)
+        self.extra = nn.Linear(2, 2)  # stands for the non-quantized parts (losses, decoding)
+
+    def forward(self, img: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.body(img)
+
+
+def make_small(seed: int = 0, **kwargs: bool) -> SmallNet:
+    torch.manual_seed(seed)
+    return randomise_bn(SmallNet(**kwargs), seed).eval()
+
+
+def make_detector(seed: int = 0, int16_output: bool = True) -> TinyDetector:
+    torch.manual_seed(seed)
+    return randomise_bn(TinyDetector(int16_output), seed).eval()
+
+
+def images(n: int, seed: int, size: int = IMG) -> torch.Tensor:
+    """Normalised images in [-1, 1) like Normalize(mean=128, std=128) produces."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, size, size, generator=g) * 2 - 1
+
+
+def make_ctx(size: int = IMG) -> ConvertContext:
+    return ConvertContext(example_inputs={"img": (1, 3, size, size)})
+
+
+def steps_apart(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """|a - b| in output steps (per-tensor or per-channel scale on dim 1)."""
+    s = scale.reshape(1, -1, 1, 1) if scale.numel() > 1 else scale
+    return (a.double() - b.double()).abs() / s.double()
