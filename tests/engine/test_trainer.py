@@ -1,0 +1,105 @@
+"""The training loop: NaN stop, Ctrl-C and exact resume, num_epochs 0, argument checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine_helpers import ctx_for, tiny_trainer, weights
+from engine_standins import TinySet
+from fcos_core.engine.callbacks.base import Callback, run_order
+from fcos_core.engine.callbacks.checkpoint import Checkpoint
+from fcos_core.engine.callbacks.ema import ExponentialMovingAverage
+from fcos_core.engine.callbacks.lr_updaters import CosLrUpdater
+from fcos_core.engine.checkpoint_io import load_file
+from fcos_core.engine.errors import NonFiniteLossError
+
+
+def _callbacks(tmp_path, **ckpt):
+    return [ExponentialMovingAverage(decay=0.9, ramp_steps=2.0), CosLrUpdater(warmup_len=1),
+            Checkpoint(save_dir=str(tmp_path / "ckpt"), **ckpt)]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    # the first item of epoch 0's third batch is NaN (the order is randperm seeded by 0 + 0)
+    bad = torch.randperm(12, generator=torch.Generator().manual_seed(0)).tolist()[8]
+    trainer = tiny_trainer(tmp_path, callbacks=_callbacks(tmp_path, save_interval_steps=1),
+                           dataset=TinySet(n=12, size=16, nan_index=bad), num_epochs=2)
+    with pytest.raises(NonFiniteLossError) as err:
+        trainer.run(ctx_for(tmp_path))
+    exc = err.value
+    assert exc.term in ("cls", "reg") and exc.stage == "float"
+    assert exc.step == 3 and "at step 3 (epoch 1)" in str(exc)
+    last = load_file(tmp_path / "ckpt" / "float-checkpoint-last.pth.tar")
+    assert last["global_step"] == exc.step - 1  # the step before the bad one
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(last["train_state_dict"][k], v)  # NaN never reached the weights
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values()
+               if v.is_floating_point())
+
+
+class _InterruptAt(Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_begin(self, loop):
+        if loop.state.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_saves_and_resume_is_exact(tmp_path):
+    ref = tiny_trainer(tmp_path / "a", callbacks=_callbacks(tmp_path / "a"), num_epochs=3,
+                       dataset=TinySet(n=12, size=16))
+    ref.run(ctx_for(tmp_path / "a"))
+    expected = weights(ref.model), weights(ref.ema_model)
+
+    b = tmp_path / "b"
+    first = tiny_trainer(b, callbacks=[*_callbacks(b), _InterruptAt(4)], num_epochs=3,
+                         dataset=TinySet(n=12, size=16))
+    with pytest.raises(KeyboardInterrupt):
+        first.run(ctx_for(b))
+    saved = load_file(b / "ckpt" / "float-checkpoint-last.pth.tar")
+    assert (saved["epoch"], saved["batch_in_epoch"], saved["global_step"]) == (1, 1, 4)
+
+    second = tiny_trainer(b, callbacks=_callbacks(b), num_epochs=3, seed=99,
+                          dataset=TinySet(n=12, size=16))
+    second.run(ctx_for(b, resume=True))
+    for got, want in zip((weights(second.model), weights(second.ema_model)), expected):
+        for k in want:
+            assert torch.equal(got[k], want[k]), k
+    # resuming a finished stage does nothing
+    third = tiny_trainer(b, callbacks=_callbacks(b), num_epochs=3, dataset=TinySet(n=12, size=16))
+    third.run(ctx_for(b, resume=True))
+    assert third.state.finished and third.state.global_step == 0
+    assert all(torch.equal(third.model.state_dict()[k], v) for k, v in expected[0].items())
+
+
+def test_num_epochs_zero_only_runs_loop_events(tmp_path):
+    events = []
+
+    class Spy(Callback):
+        def __getattribute__(self, name):
+            if name.startswith("on_"):
+                events.append(name)
+            return object.__getattribute__(self, name)
+
+    from engine_standins import TinyDet
+    from fcos_core.engine.trainer import Trainer
+
+    trainer = Trainer(model=TinyDet(4), num_epochs=0, device="cpu",
+                      callbacks=[Spy(), Checkpoint(save_dir=str(tmp_path / "ckpt"))])
+    trainer.run(ctx_for(tmp_path, stage="int_infer"))
+    assert events == ["on_loop_begin", "on_loop_end"]
+    assert (tmp_path / "ckpt" / "int_infer-checkpoint-best.pth.tar").is_file()
+
+
+def test_argument_errors_and_callback_order(tmp_path):
+    from engine_standins import TinyDet
+    from fcos_core.engine.trainer import Trainer
+
+    with pytest.raises(ValueError, match="needs a data_loader"):
+        Trainer(model=TinyDet(4), num_epochs=1)
+    with pytest.raises(ValueError, match="device"):
+        Trainer(model=TinyDet(4), num_epochs=0, device="tpu:x")
+    ckpt, a, b = Checkpoint(save_dir="x"), Callback(), Callback()
+    assert run_order([ckpt, a, b]) == [a, b, ckpt]
