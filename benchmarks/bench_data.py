@@ -4,7 +4,8 @@ Generates a COCO-like set of JPEGs (synthetic shapes scenes, 480..640 px sides, 
 640x480 photos) into a temporary folder, packs it with the real packer, then times
 ``dataset[i]`` for the LMDB (``Coco``) and the folder (``CocoFolder``) with HAT's train
 transforms at 512x512 (Resize 512 ratio 0.5-2, RandomCrop 512, Pad 512, RandomFlip, AugmentHSV,
-ToTensor to_yuv, Normalize 128/128), plus decode alone and each transform's share.
+ToTensor to_yuv, Normalize 128/128; the datasets run Resize + RandomCrop fused), plus decode
+alone and each transform's share.
 
     .venv/bin/python benchmarks/bench_data.py            # 200 images, 3 passes
     .venv/bin/python benchmarks/bench_data.py --quick    # smoke test (seconds)
@@ -48,6 +49,7 @@ from fcos_plugin_coco.dataset import Coco, CocoFolder  # noqa: E402
 from fcos_plugin_coco.demo.generate import DemoParams, ensure_demo  # noqa: E402
 from fcos_plugin_coco.transforms.crop import RandomCrop  # noqa: E402
 from fcos_plugin_coco.transforms.flip import RandomFlip  # noqa: E402
+from fcos_plugin_coco.transforms.fused import fuse  # noqa: E402
 from fcos_plugin_coco.transforms.hsv import AugmentHSV  # noqa: E402
 from fcos_plugin_coco.transforms.pad import Pad  # noqa: E402
 from fcos_plugin_coco.transforms.resize import Resize  # noqa: E402
@@ -125,7 +127,8 @@ def main() -> int:
         print(f"ratio LMDB / folder: decode {rows[0][1] / rows[1][1]:.2f}x, "
               f"full {rows[0][2] / rows[1][2]:.2f}x")
         print("\nper image (LMDB), ms: " + ", ".join(
-            f"{k} {v:.2f}" for k, v in transform_shares(lmdb_ds, train_transforms(ARGS.size))))
+            f"{k} {v:.2f}" for k, v in transform_shares(lmdb_ds,
+                                                       fuse(train_transforms(ARGS.size)))))
     return 0
 
 

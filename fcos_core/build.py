@@ -51,7 +51,7 @@ def _build_node(node: Node, extra: dict[str, Any]) -> Any:
             raise
         where = format_path(node.path)
         raise ConfigError([Problem(where, f"{node.entry.kind} {node.entry.name!r} rejected its "
-                                          f"arguments: {exc}", node.line, None)]) from exc
+                                          f"arguments: {exc}", node.line, node.file)]) from exc
 
 
 def _lazy(node: Any) -> Any:

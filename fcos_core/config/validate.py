@@ -26,6 +26,7 @@ class Node:
     path: PathKey
     fields: dict[str, FieldInfo]
     line: int | None = None
+    file: str | None = None
 
 
 @attrs.define
@@ -134,7 +135,7 @@ class Validator:
         if kwargs is None:
             return _BAD
         return Node(entry, kwargs, path, fields_of(entry.schema) if entry.schema else {},
-                    self.lines.line(path))
+                    self.lines.line(path), self.lines.file)
 
     def check_named(self, kind: str, value: Any, path: PathKey) -> Any:
         if not isinstance(value, str):

@@ -3,7 +3,8 @@
 Training (``need_grad_update: true``): zero the gradients; for each batch (a dict, or a list of
 dicts from several loaders) run the model, collect the loss tensors, check every loss term is
 finite, backward; clip the gradient norm when asked; step the optimizer once. The finiteness
-check happens before ``backward``, so a NaN never reaches the weights.
+check happens before ``backward``, so a NaN never reaches the parameters (BatchNorm running
+statistics, updated by the forward pass itself, may be; the trainer then stops without saving).
 
 Evaluation (``need_grad_update: false``): the forward pass under ``torch.no_grad``.
 """

@@ -96,6 +96,11 @@ class FCOS(nn.Module):
     @staticmethod
     def _check_body(backbone: nn.Module, neck: nn.Module, head: nn.Module) -> None:
         b_strides = getattr(backbone, "out_strides", None)
+        b_channels = getattr(backbone, "out_channels", None)
+        check_inputs = getattr(neck, "check_inputs", None)
+        if callable(check_inputs) and b_strides is not None and b_channels is not None:
+            # the neck knows best what it accepts (strides and channels), e.g. BiFPN
+            check_inputs(list(b_strides), list(b_channels))
         n_in = getattr(neck, "in_strides", None)
         if b_strides is not None and n_in is not None:
             missing = [s for s in n_in if s not in list(b_strides)]

@@ -281,3 +281,19 @@ def test_augment_hsv_leaves_padding_alone():
     out = AugmentHSV(0.5, 0.7, 0.4)(s)["img"]
     assert (out[8:] == 7).all() and (out[:, 10:] == 7).all()
     assert not np.array_equal(out[:8, :10], img[:8, :10])
+
+
+def test_augment_hsv_matches_pil_hsv_round_trip():
+    """The numpy HSV -> RGB equals PIL's convert("RGB") after the same lookup tables."""
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 256, (64, 48, 3)).astype(np.uint8)
+    np.random.seed(3)
+    got = AugmentHSV(0.5, 0.7, 0.4)({"img": img})["img"]
+    np.random.seed(3)
+    r = np.random.uniform(-1, 1, 3) * np.array([0.5, 0.7, 0.4]) + 1
+    luts = AugmentHSV.tables(r)
+    planes = Image.fromarray(img).convert("HSV").split()
+    ref = Image.merge("HSV", [p.point(t.tolist()) for p, t in zip(planes, luts)])
+    ref = np.asarray(ref.convert("RGB")).astype(int)
+    assert np.abs(got.astype(int) - ref).max() <= 1
+    assert (got.astype(int) == ref).mean() > 0.99

@@ -107,11 +107,11 @@ class NashEBackend(CompileBackend):
         name = str(opts.get("name", "model"))
         level = str(opts.get("opt", "O3"))
         sources = list(opts.get("input_source") or ["ddr"])
-        hbm = Path(opts.get("hbm") or Path(out_dir) / f"{name}.hbm")
-        out_dir = Path(opts.get("out_dir") or out_dir)
         shapes = _shapes(example_inputs)
         t0 = time.perf_counter()
         canonical = lower(model, shapes, sources, name=name)
+        out_dir = Path(opts.get("out_dir") or out_dir or ".")
+        hbm = Path(opts.get("hbm") or out_dir / f"{name}.hbm")
         program = optimize(canonical, level)
         in_shape = next(iter(shapes.values()))
         program.meta.update(detection_meta(model, program, in_shape,

@@ -131,15 +131,10 @@ def test_float_model_is_not_compiled():
 def test_seed_fcos_deploy_model_passes_and_swish_fails():
     """The reference model (EfficientNet-B0 relu no-SE, BiFPN sum, FCOS head, compile filter)
     is inside the target's limits; the swish variant is not."""
-    build = pytest.importorskip("fcos_core.testing").build_block
-    from fcos_core.testing import make_host
+    from fcos_core.plugins import load_host
+    from fcos_core.testing import build_block as build
 
-    host = make_host(entry_points=True) if "entry_points" in make_host.__code__.co_varnames \
-        else None
-    if host is None:
-        from fcos_core.plugins import load_host
-
-        host = load_host()
+    host = load_host()
     if "efficientnet" not in host.registries["backbones"].names() or \
             "BiFPN" not in host.registries["necks"].names():
         pytest.skip("efficientnet/bifpn plugins are not installed")
