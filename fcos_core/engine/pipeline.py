@@ -161,15 +161,15 @@ def run_pipeline(cfg: Any, host: Any, stages: Sequence[str], run_dir: str | None
                                   "checkpoint": checkpoint, "source": source}
                 write_summary(folder, summary)
                 recorder.flush()
-                recorder.plot()
             distributed.barrier()
         if rank == 0:
             table = format_table(summary, tuple(STAGES))
             print(table, flush=True)
             log.info("summary", table="\n" + table, summary=str(folder / "summary.json"))
     finally:
-        if rank == 0:
+        if rank == 0:  # also after a failure: the numbers so far are worth a look
             recorder.flush()
+            recorder.plot()
         if started_group:
             distributed.destroy()
     return 0

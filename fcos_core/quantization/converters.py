@@ -148,13 +148,13 @@ class _Float2Prepared:
     def _observer(self) -> Callable[..., Any]:
         raise NotImplementedError
 
-    def _set_mode(self, gm: fx.GraphModule) -> None:
+    def _set_mode(self, gm: nn.Module) -> None:
         from fcos_core.quantization.prepare import set_mode
 
         set_mode(gm, self.mode)
 
     def __call__(self, model: nn.Module, ctx: ConvertContext | None = None) -> nn.Module:
-        from fcos_core.quantization.prepare import prepare_body
+        from fcos_core.quantization.prepare import PreparedBody, prepare_body
 
         ctx = _ctx(ctx)
         require_qstate(model, self.fcos_requires_qstate, self.name)
@@ -168,16 +168,16 @@ class _Float2Prepared:
         except ValueError as exc:
             raise FcosUserError(f"{self.name}: the model cannot be quantized: {exc}",
                                 hint="see docs/quantization.md for the supported ops") from exc
-        object.__setattr__(gm, _INFO_ATTR, {
+        prepared = PreparedBody(gm, {
             "rules": rules, "output_dtype": out_dtype, "dequant_output": dequant_output_for(model),
             "qat_mode": qat_mode, "input_shape": _input_shape(ctx),
         })
-        self._set_mode(gm)
-        gm.train(model.training if gm is not body else False)
-        out = _replace_body(model, gm)
+        self._set_mode(prepared)
+        prepared.train(model.training if model is not body else False)
+        out = _replace_body(model, prepared)
         set_qstate(out, self.produces)
         _log(ctx, f"{self.name.lower()}.done", output_dtype=out_dtype, qat_mode=qat_mode,
-             fake_quants=sum(1 for _ in _fake_quants(gm)))
+             fake_quants=sum(1 for _ in _fake_quants(prepared)))
         return out
 
 
@@ -246,7 +246,7 @@ class Float2QAT(_Float2Prepared):
     def _observer(self) -> Callable[..., Any]:
         return self.observer
 
-    def _set_mode(self, gm: fx.GraphModule) -> None:
+    def _set_mode(self, gm: nn.Module) -> None:
         from fcos_core.quantization.prepare import set_mode
 
         set_mode(gm, "qat", freeze_activation_scales=self.freeze_activation_scales)
@@ -276,15 +276,21 @@ class QAT2Quantize:
 
         from fcos_core.quantization.bias_quant import remove_bias_fake_quant
         from fcos_core.quantization.lower import lower_to_integer
-        from fcos_core.quantization.prepare import fake_quants, refresh_weight_ranges, set_mode
+        from fcos_core.quantization.prepare import (
+            PreparedBody,
+            fake_quants,
+            refresh_weight_ranges,
+            set_mode,
+        )
 
         ctx = _ctx(ctx)
         require_qstate(model, self.fcos_requires_qstate, self.name)
-        gm = body_of(model)
-        info = getattr(gm, _INFO_ATTR, None)
-        if not isinstance(gm, fx.GraphModule) or info is None:
+        prepared = body_of(model)
+        if not isinstance(prepared, PreparedBody):
             raise FcosUserError(f"{self.name}: the model body is not a prepared fake-quant graph",
                                 hint="apply Float2QAT (or Float2Calibration) first")
+        info = prepared.info
+        gm = prepared.graph_module
         set_mode(gm, "frozen")
         refresh_weight_ranges(gm)  # the weights as loaded now, not as last observed
         uncalibrated = [n for n, fq in fake_quants(gm)
@@ -320,7 +326,9 @@ def float_reference(model: nn.Module) -> nn.Module | None:
 
 
 def quant_info(model: nn.Module) -> dict[str, Any] | None:
-    return getattr(body_of(model), _INFO_ATTR, None)
+    body = body_of(model)
+    info = getattr(body, "info", None)
+    return info if isinstance(info, dict) else getattr(body, _INFO_ATTR, None)
 
 
 def freeze_observers(model: nn.Module) -> None:
@@ -332,16 +340,11 @@ def freeze_observers(model: nn.Module) -> None:
     from fcos_core.quantization.prepare import fake_quants, refresh_weight_ranges
 
     body = body_of(model)
-    if isinstance(body, fx.GraphModule):
-        refresh_weight_ranges(body)  # weight scales follow the weights as they are now
+    refresh_weight_ranges(body)  # weight scales follow the weights as they are now
     for _, fq in fake_quants(body):
         if fq._stale:
             fq.sync_qparams()
         fq.enable_observer(False)
-
-
-def is_quantized_body(module: Any) -> bool:
-    return isinstance(module, nn.Module) and hasattr(module, _INFO_ATTR)
 
 
 __all__ = ["Float2Calibration", "Float2QAT", "QAT2Quantize", "BUILTIN_OBSERVERS",

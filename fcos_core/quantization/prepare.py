@@ -19,9 +19,8 @@ from __future__ import annotations
 from typing import Any, Callable, Iterator
 
 import torch
-from torch import fx
+from torch import fx, nn
 from torch.export import Dim
-from torchao.quantization.pt2e import allow_exported_model_train_eval
 from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
 from fcos_core.quantization.bias_quant import insert_bias_fake_quant
@@ -89,11 +88,39 @@ def prepare_body(
     fold_conv_bn(gm)
     quantizer = FcosQuantizer(rules, activation_observer, output_dtype)
     prepared = prepare_pt2e(gm, quantizer)  # type: ignore[arg-type]
-    allow_exported_model_train_eval(prepared)
     _tag_weight_fake_quants(prepared)
     refresh_weight_ranges(prepared)
     insert_bias_fake_quant(prepared)
     return prepared
+
+
+class PreparedBody(nn.Module):
+    """The prepared (fake-quant) graph of a body, plus what the converters need to know.
+
+    A plain module around the GraphModule because ``copy.deepcopy`` of a GraphModule keeps only
+    its graph and parameters: the conversion info (rules, output dtype) and the quantization
+    state recorded on this wrapper survive copies (EMA, DDP, ``deepcopy`` in tests). State-dict
+    keys are the graph's keys under ``graph_module.``.
+
+    Args:
+        graph_module: output of :func:`prepare_body`.
+        info: ``rules``, ``output_dtype``, ``dequant_output``, ``qat_mode``, ``input_shape``.
+    """
+
+    def __init__(self, graph_module: fx.GraphModule, info: dict[str, Any]) -> None:
+        super().__init__()
+        self.graph_module = graph_module
+        self.info = dict(info)
+
+    def forward(self, img: torch.Tensor) -> Any:
+        return self.graph_module(img)
+
+    def train(self, mode: bool = True) -> "PreparedBody":
+        # the graph has no mode-dependent op left (BN folded, dropout removed), and an
+        # exported GraphModule refuses .train()/.eval(): set the flags directly
+        for m in self.modules():
+            m.training = mode
+        return self
 
 
 def _tag_weight_fake_quants(gm: fx.GraphModule) -> None:
@@ -113,8 +140,10 @@ def fake_quants(gm: torch.nn.Module) -> Iterator[tuple[str, FcosFakeQuantize]]:
             yield name, mod
 
 
-def refresh_weight_ranges(gm: fx.GraphModule) -> None:
+def refresh_weight_ranges(gm: nn.Module) -> None:
     """Observe every weight as it is now (before convert: the final weights)."""
+    if isinstance(gm, PreparedBody):
+        gm = gm.graph_module
     with torch.no_grad():
         for _, fq in fake_quants(gm):
             if getattr(fq, "is_weight", False):
@@ -122,7 +151,7 @@ def refresh_weight_ranges(gm: fx.GraphModule) -> None:
                 fq.sync_qparams()
 
 
-def set_mode(gm: fx.GraphModule, mode: str, freeze_activation_scales: bool = False) -> None:
+def set_mode(gm: nn.Module, mode: str, freeze_activation_scales: bool = False) -> None:
     """Switch observers/fake-quants for ``mode`` in ``calibration | qat | frozen``."""
     if mode not in ("calibration", "qat", "frozen"):
         raise ValueError(f"mode: {mode!r}; use calibration, qat or frozen")

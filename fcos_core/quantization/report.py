@@ -29,6 +29,7 @@ from torch import fx, nn
 from fcos_core.quantization.converters import body_of, float_reference, quant_info
 from fcos_core.quantization.fake_quantize import FcosFakeQuantize
 from fcos_core.quantization.integer_model import IntegerModel
+from fcos_core.quantization.prepare import PreparedBody
 
 _QMAX = {"int8": 127, "int16": 32767, "int32": 2**31 - 1}
 _DTYPE_NAME = {torch.int8: "int8", torch.int16: "int16"}
@@ -67,8 +68,8 @@ def _float_values(float_model: nn.Module | None, quant_body: nn.Module, x: torch
         cap = _Capture(gm)
         outs = cap.run(x)
         return cap.values, tuple(outs)
-    ref = float_reference(quant_body) if not isinstance(quant_body, fx.GraphModule) \
-        else quant_body
+    ref = quant_body.graph_module if isinstance(quant_body, PreparedBody) \
+        else float_reference(quant_body)
     if not isinstance(ref, fx.GraphModule):
         raise ValueError("no float reference: pass float_model, or convert with "
                          "keep_reference=True")
@@ -103,9 +104,10 @@ def _quant_points(body: nn.Module, x: torch.Tensor
                            "scale": scale, "dtype": op.dtype, "kind": op.kind})
         outs = tuple(int_ops.dequantize(env[n], body.ops[n].scale) for n in body.outputs)
         return points, outs
-    if not isinstance(body, fx.GraphModule):
+    if not isinstance(body, PreparedBody):
         raise ValueError("quant_model: expected a model converted by Float2Calibration, "
                          "Float2QAT or QAT2Quantize")
+    body = body.graph_module
     cap = _Capture(body)
     observers = [(fq, int(fq.observer_enabled[0])) for _, fq in _fqs(body)]
     try:
