@@ -47,7 +47,14 @@ def main(argv: Sequence[str] | None = None, host=None) -> int:  # noqa: ANN001
         if host is None:
             host = load_host()
         parser = _parser(host)
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        # `fcos run CFG --stage float a.b=1`: overrides may follow options
+        overrides = [x for x in extra if "=" in x and not x.startswith("-")]
+        if overrides and isinstance(getattr(args, "overrides", None), list):
+            args.overrides.extend(overrides)
+            extra = [x for x in extra if x not in overrides]
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if getattr(args, "_entry", None) is None:
             parser.print_help()
             for line in host.failure_report():

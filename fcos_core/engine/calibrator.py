@@ -5,8 +5,8 @@ runs in eval mode under ``torch.no_grad``; its observers record activation range
 loader is restarted (next epoch's order) when it has fewer than ``num_steps`` batches. The
 events are those of one training epoch, so ``Validation`` and ``Checkpoint`` work as usual.
 
-Calibration runs in one process: in a distributed run rank 0 calibrates and saves, the other
-ranks wait. ``--resume`` does not resume a calibration midway (it is short); a finished one is
+In a distributed run every rank calibrates on the same batches (same seed, no sampler), so the
+observers agree; rank 0 saves. ``--resume`` does not resume a calibration midway (it is short); a finished one is
 skipped.
 """
 
@@ -19,6 +19,7 @@ from fcos_core.engine.batch_processor import MultiBatchProcessor
 from fcos_core.engine.checkpoint_io import capture_rng
 from fcos_core.engine.device import batch_size_of
 from fcos_core.engine.loop import Loop, LoopState
+from fcos_core.engine.modes import set_mode
 from fcos_core.engine.progress import Progress, progress_enabled
 
 
@@ -61,11 +62,7 @@ class Calibrator(Loop):
     def run(self, ctx: Any) -> dict[str, float]:
         """Calibrate; returns the last validation results (empty without validation)."""
         self.prepare_model(ctx)
-        results: dict[str, float] = {}
-        if ctx.rank == 0:
-            results = self._calibrate(ctx)
-        self.results = distributed.broadcast_object(results)
-        distributed.barrier()
+        self.results = distributed.broadcast_object(self._calibrate(ctx))
         return self.results
 
     def _calibrate(self, ctx: Any) -> dict[str, float]:
@@ -79,7 +76,7 @@ class Calibrator(Loop):
             self.data_loader.set_seed(ctx.seed if ctx.seed is not None else 0)
         self.state = LoopState(num_epochs=1, steps_per_epoch=self.num_steps)
         st = self.state
-        self.model.eval()
+        set_mode(self.model, False)
         self.fire("on_loop_begin")
         self.fire("on_epoch_begin")
         bar = Progress(self.num_steps, f"{self.stage} calibration", progress_enabled(ctx.rank))

@@ -56,7 +56,9 @@ def deploy_model(cfg: Any, ctx: Any) -> tuple[Any, str]:
                                "deploy_model_convert_pipeline", stage="compile")
     if pipeline is not None:
         model = pipeline(model, convert_ctx)
-    return model.eval(), source
+    from fcos_core.engine.modes import set_mode
+
+    return set_mode(model, False), source
 
 
 def run_compile_stage(cfg: Any, ctx: Any) -> dict[str, Any] | None:

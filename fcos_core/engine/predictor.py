@@ -6,7 +6,11 @@ the end. It fires the usual callback events with one "epoch" spanning all its da
 Metrics are fed by a ``MetricUpdater`` callback when there is one (the seed's configs always
 have one); without it the loop feeds them itself (``metric.update(batch, outputs)``).
 
-In a distributed run only rank 0 evaluates (the other ranks wait and receive the results).
+In a distributed run every rank evaluates (metrics such as COCODetectionMetric gather their
+predictions across ranks inside ``compute()``, so all ranks must take part) and rank 0's results
+are broadcast. A validation loader without a sampler is evaluated whole by every rank; give it
+``sampler: {type: DistributedSampler, shuffle: false}`` to split the work, with a metric that
+gathers across ranks.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from fcos_core.engine import distributed
 from fcos_core.engine.batch_processor import MultiBatchProcessor
 from fcos_core.engine.device import batch_size_of
 from fcos_core.engine.loop import Loop, LoopState
+from fcos_core.engine.modes import set_mode
 from fcos_core.engine.progress import Progress, progress_enabled
 
 
@@ -53,7 +58,7 @@ class EvalLoop(Loop):
             type(cb).__name__ == "MetricUpdater" for cb in self.callbacks)
 
     def run(self) -> dict[str, float]:
-        self.model.eval()
+        set_mode(self.model, False)
         for metric in self.metrics:
             metric.reset()
         total = sum(len(dl) for dl in self.data_loaders)
@@ -125,19 +130,15 @@ class Predictor(Loop):
         self.log_interval = log_interval
 
     def run(self, ctx: Any) -> dict[str, float]:
-        """Evaluate; returns the metrics (on every rank; computed on rank 0)."""
+        """Evaluate; returns the metrics (rank 0's, on every rank)."""
         self.prepare_model(ctx)
-        results: dict[str, float] = {}
-        if ctx.rank == 0:
-            _seed_loaders(self.data_loaders, ctx.seed)
-            loop = EvalLoop(self.model, self.data_loaders, self.batch_processor, self.metrics,
-                            self.callbacks, self.device, ctx, self.log_interval,
-                            desc=f"{ctx.stage} predict")
-            results = loop.run()
-            self.logger.info("predictor results", stage=ctx.stage, **results)
-            if ctx.recorder is not None:
-                ctx.recorder.log("predict", ctx.stage, 0, 0,
-                                 **{f"val_{k}": v for k, v in results.items()})
-        self.results = distributed.broadcast_object(results)
-        distributed.barrier()
+        _seed_loaders(self.data_loaders, ctx.seed)
+        loop = EvalLoop(self.model, self.data_loaders, self.batch_processor, self.metrics,
+                        self.callbacks, self.device, ctx, self.log_interval,
+                        desc=f"{ctx.stage} predict")
+        self.results = distributed.broadcast_object(loop.run())
+        self.logger.info("predictor results", stage=ctx.stage, **self.results)
+        if ctx.recorder is not None:
+            ctx.recorder.log("predict", ctx.stage, 0, 0,
+                             **{f"val_{k}": v for k, v in self.results.items()})
         return self.results

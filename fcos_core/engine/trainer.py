@@ -18,6 +18,7 @@ Stopping:
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from fcos_core.engine.batch_processor import MultiBatchProcessor
@@ -25,6 +26,7 @@ from fcos_core.engine.checkpoint_io import capture_rng
 from fcos_core.engine.device import batch_size_of
 from fcos_core.engine.errors import NonFiniteLossError
 from fcos_core.engine.loop import Loop, LoopState
+from fcos_core.engine.modes import set_mode
 from fcos_core.engine.progress import Progress, progress_enabled
 from fcos_core.schema import LazyComponent
 
@@ -141,16 +143,17 @@ class Trainer(Loop):
             return
         bar_on = progress_enabled(self.ctx.rank)
         start_batch = st.batch_in_epoch
-        self.train_model.train()
+        set_mode(self.train_model, True)
         for epoch in range(st.epoch, self.num_epochs):
             st.epoch = epoch
             st.batch_in_epoch = start_batch
-            self.data_loader.set_epoch(epoch)
+            if hasattr(self.data_loader, "set_epoch"):
+                self.data_loader.set_epoch(epoch)
             self.fire("on_epoch_begin")
             bar = Progress(st.steps_per_epoch, f"{self.stage} {epoch + 1}/{self.num_epochs}",
                            bar_on, initial=start_batch)
             try:
-                for batch in self.data_loader.iter_from(start_batch):
+                for batch in self._batches(start_batch):
                     self.fire("on_step_begin")
                     outputs = self.batch_processor(self.train_model, batch, self.device,
                                                    self.optimizer, self)
@@ -165,5 +168,15 @@ class Trainer(Loop):
                 bar.close()
             self.fire("on_epoch_end")
             st.rng_snapshot = capture_rng()
-            self.train_model.train()  # validation may have switched modes
+            set_mode(self.train_model, True)  # validation may have switched modes
             start_batch = 0
+
+    def _batches(self, start_batch: int) -> Any:
+        """The current epoch's batches from ``start_batch`` on."""
+        if hasattr(self.data_loader, "iter_from"):
+            return self.data_loader.iter_from(start_batch)
+        # a data loader from elsewhere: skip by reading (exact only if its order is seeded)
+        if start_batch:
+            self.logger.warning("this data loader cannot skip batches; reading and dropping "
+                                "the ones already trained on", skip=start_batch)
+        return itertools.islice(iter(self.data_loader), start_batch, None)

@@ -21,9 +21,12 @@ INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
 def fake_quantize_bias(bias: torch.Tensor, input_scale: torch.Tensor,
-                       weight_scale: torch.Tensor) -> torch.Tensor:
+                       weight_scale: torch.Tensor, enabled: torch.Tensor) -> torch.Tensor:
     """``float32(sat_int32(round_half_even(b / (s_in * s_w))) * s_in * s_w)`` in float64,
-    with a straight-through gradient to ``bias``."""
+    with a straight-through gradient to ``bias``; the float bias while the weight's
+    fake-quant is off (``enabled`` is its flag: calibration observes the float model)."""
+    if int(enabled[0]) == 0:
+        return bias
     acc_scale = input_scale.detach().double().reshape(()) * weight_scale.detach().double()
     q = torch.round(bias.detach().double() / acc_scale).clamp(INT32_MIN, INT32_MAX)
     fq = (q * acc_scale).to(bias.dtype)
@@ -54,7 +57,8 @@ def insert_bias_fake_quant(gm: fx.GraphModule) -> int:
         with gm.graph.inserting_before(conv):
             s_in = gm.graph.get_attr(f"{x_fq}.scale")
             s_w = gm.graph.get_attr(f"{w_fq}.scale")
-            fq_bias = gm.graph.call_function(fake_quantize_bias, (bias, s_in, s_w))
+            flag = gm.graph.get_attr(f"{w_fq}.fake_quant_enabled")
+            fq_bias = gm.graph.call_function(fake_quantize_bias, (bias, s_in, s_w, flag))
         args = list(conv.args)
         args[2] = fq_bias
         conv.args = tuple(args)

@@ -188,7 +188,9 @@ def _fake_quants(gm: nn.Module) -> Any:
 
 
 class Float2Calibration(_Float2Prepared):
-    """Prepare the body for calibration: observers on, fake-quant on, no gradients.
+    """Prepare the body for calibration: observers on, fake-quant off (the float model is
+    observed), no gradients. :func:`freeze_observers` ends calibration: ranges fixed,
+    fake-quant on (the calibrated model as it will be quantized).
 
     Args:
         activation_observer: ``mse`` (default, as HAT), ``minmax``, ``percentile``, ``kl``, or
@@ -314,6 +316,9 @@ class QAT2Quantize:
         int_model.eval()
         out = _replace_body(model, int_model)
         set_qstate(out, "quantized")
+        if int_model.warnings:
+            _log(ctx, "qat2quantize.accumulator_overflow_risk", convs=int_model.warnings[:5],
+                 count=len(int_model.warnings))
         _log(ctx, "qat2quantize.done", ops=len(int_model.program), dequant_output=dequant,
              output_dtypes=list(int_model.output_dtypes()))
         return out
@@ -332,10 +337,11 @@ def quant_info(model: nn.Module) -> dict[str, Any] | None:
 
 
 def freeze_observers(model: nn.Module) -> None:
-    """Stop every observer of a calibration/QAT model (the scales stay as they are now).
+    """Stop every observer of a calibration/QAT model and switch every fake-quant on.
 
-    The calibrator calls this after its last step, so validation data never moves the
-    calibrated ranges (observers keep updating in eval mode otherwise).
+    The calibrator calls this after its last step: validation then measures the quantized
+    model and never moves the calibrated ranges (observers keep updating in eval mode
+    otherwise). Weight ranges are refreshed from the current weights first.
     """
     from fcos_core.quantization.prepare import fake_quants, refresh_weight_ranges
 
@@ -345,6 +351,7 @@ def freeze_observers(model: nn.Module) -> None:
         if fq._stale:
             fq.sync_qparams()
         fq.enable_observer(False)
+        fq.enable_fake_quant(True)
 
 
 __all__ = ["Float2Calibration", "Float2QAT", "QAT2Quantize", "BUILTIN_OBSERVERS",

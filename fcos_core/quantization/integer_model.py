@@ -107,7 +107,8 @@ class IntegerModel(nn.Module):
         for op in ops:
             if op.kind not in OP_KINDS:
                 raise ValueError(f"ops: unknown integer op kind {op.kind!r}")
-            missing = set(OP_KINDS[op.kind]) - set(tensors.get(op.name, {})) - {"bias"}
+            optional = {"bias"} | ({"multiplier", "shift"} if op.dtype == "int32" else set())
+            missing = set(OP_KINDS[op.kind]) - set(tensors.get(op.name, {})) - optional
             if missing:
                 raise ValueError(f"op {op.name}: missing tensors {sorted(missing)}")
         self.program: tuple[IntOp, ...] = tuple(ops)

@@ -70,6 +70,7 @@ class _Lowerer:
         self.ops: list[IntOp] = []
         self.tensors: dict[str, dict[str, torch.Tensor]] = {}
         self.used_names: set[str] = {"img"}
+        self.warnings: list[str] = []
         self.source = ""  # float node whose value the op being lowered reproduces
 
     # -- helpers -----------------------------------------------------------------------------
@@ -183,7 +184,8 @@ class _Lowerer:
         in_qmax = 32767 if x.dtype == "int16" else 127
         bound = int_ops.acc_bound(w_q, in_qmax, tensors.get("bias"))
         if bound > int_ops.INT32_MAX:
-            raise ValueError(f"{conv.name}: the int32 accumulator may overflow (bound {bound})")
+            # only with degenerate scales (an uncalibrated model): reported, not fatal
+            self.warnings.append(f"{conv.name}: worst-case accumulator {bound} exceeds int32")
         if out is None:  # int32 output: the accumulator itself, scale s_in * s_w[c]
             tensors["scale"] = acc_scale
             return self._emit(conv.name, "conv2d", [x], "int32", tensors, relu=relu, **static)
@@ -256,7 +258,9 @@ class _Lowerer:
             elif node.op == "output":
                 for arg in node.args[0]:
                     outputs.append(self._output(arg))
-        return IntegerModel(self.ops, self.tensors, outputs, dequant_output=dequant_output)
+        model = IntegerModel(self.ops, self.tensors, outputs, dequant_output=dequant_output)
+        model.warnings = list(self.warnings)
+        return model
 
     def _output(self, arg: Any) -> str:
         if isinstance(arg, fx.Node) and arg in self.values:

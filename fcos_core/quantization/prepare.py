@@ -5,13 +5,16 @@ Float2Calibration and Float2QAT both call :func:`prepare_body` with the same rul
 graphs (and state-dict keys) are identical; only the activation observer class and the mode
 differ. Modes:
 
-========== ================== ================ =========================================
-mode       weight observer    act. observer    fake-quant
-========== ================== ================ =========================================
-calibration on                on (calibration)  on (later layers see quantized inputs)
-qat        on (current w)     on (EMA min-max)  on; ``freeze_activation_scales`` -> act. off
-frozen     off                off              on (what ``convert_pt2e`` reproduces)
-========== ================== ================ =========================================
+=========== ================== ================ ==========================================
+mode        weight observer    act. observer    fake-quant
+=========== ================== ================ ==========================================
+calibration on                 on (calibration) off: the float model is observed; the clip
+                                                search runs once, when the range is needed
+qat         on (current w)     on (EMA min-max) on; ``freeze_activation_scales`` -> act. obs off
+frozen      off                off              on (what ``convert_pt2e`` reproduces)
+=========== ================== ================ ==========================================
+
+``freeze_observers`` (end of calibration) switches a calibration model to ``frozen``.
 """
 
 from __future__ import annotations
@@ -166,7 +169,7 @@ def set_mode(gm: nn.Module, mode: str, freeze_activation_scales: bool = False) -
         if not observe and fq._stale:
             fq.sync_qparams()
         fq.enable_observer(observe)
-        fq.enable_fake_quant(True)
+        fq.enable_fake_quant(mode != "calibration")
     requires_grad = mode == "qat"
     for p in gm.parameters():
         p.requires_grad_(requires_grad)

@@ -192,12 +192,15 @@ def quant_report(float_model: nn.Module | None, quant_model: nn.Module,
             rec["noise"] += float(((p["value"].double() - ref.double()) ** 2).sum())
             local = _local_quant(ref, scale, p["dtype"])
             rec["local_noise"] += float(((local.double() - ref.double()) ** 2).sum())
-            limit = scale.double().max() * (_QMAX[p["dtype"]] + 0.5)
-            rec["clipped"] += int((ref.double().abs() > limit).sum())
+            s = scale.double().reshape(1, -1, 1, 1) if scale.numel() > 1 else scale.double()
+            qmax = _QMAX[p["dtype"]]
+            r64 = ref.double()
+            rec["clipped"] += int(((r64 > (qmax + 0.5) * s) | (r64 < -(qmax + 1.5) * s)).sum())
             rec["numel"] += ref.numel()
             rec["min"] = min(rec["min"], float(ref.min()))
             rec["max"] = max(rec["max"], float(ref.max()))
         for i, (r, q) in enumerate(zip(ref_outs, q_outs)):
+            r, q = r.detach(), q.detach()
             if len(out_acc) <= i:
                 out_acc.append({"index": i, "signal": 0.0, "noise": 0.0})
             out_acc[i]["signal"] += float((r.double() ** 2).sum())

@@ -71,3 +71,19 @@ def test_eval_mode_has_no_grad_and_loss_show_averages():
     assert show.compute() == pytest.approx({"a": 2.0, "b": 3.0, "loss": 5.0})
     show.reset()
     assert show.compute() == {}
+
+
+def test_bfloat16_autocast_step_on_cpu():
+    net = nn.Linear(4, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    before = net.weight.detach().clone()
+    seen = {}
+
+    def model(batch):
+        out = net(batch["x"])
+        seen["dtype"] = out.dtype
+        return {"l": out.float().pow(2).mean()}
+
+    MultiBatchProcessor(amp=True, amp_dtype="bfloat16")(model, {"x": torch.randn(3, 4)},
+                                                        torch.device("cpu"), opt)
+    assert seen["dtype"] == torch.bfloat16 and not torch.equal(net.weight, before)

@@ -77,3 +77,17 @@ def test_stage_alone_equals_stage_in_pipeline(tiny_cfg, host, tmp_path):
     run_pipeline(cfg, host, ["float"], run_dir=str(tmp_path / "b"))
     second = load_file(tmp_path / "ckpt" / "float-checkpoint-last.pth.tar")["state_dict"]
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_compile_without_a_backend_names_the_package(tmp_path):
+    from types import SimpleNamespace
+
+    from engine_helpers import ctx_for
+    from fcos_core.engine.compile_stage import run_compile_stage
+
+    cfg = SimpleNamespace(compile_backend=None, compile_options=None,
+                          data={"compile_cfg": {"march": "nash_e"}})
+    with pytest.raises(FcosUserError) as err:
+        run_compile_stage(cfg, ctx_for(tmp_path, stage="compile"))
+    assert "march 'nash_e'" in str(err.value) and "pip install fcos-plugin-nash-e" in err.value.hint
+    assert run_compile_stage(SimpleNamespace(compile_backend=None, data={}), None) is None

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from fcos_core.engine.callbacks.base import Callback
+from fcos_core.engine.modes import set_mode
 
 
 class ExponentialMovingAverage(Callback):
@@ -45,7 +46,7 @@ class ExponentialMovingAverage(Callback):
     def on_loop_begin(self, loop: Any) -> None:
         if not loop.is_training:
             return
-        self.model = copy.deepcopy(loop.model).eval()
+        self.model = set_mode(copy.deepcopy(loop.model), False)
         for p in self.model.parameters():
             p.requires_grad_(False)
         self._pair(loop.model)

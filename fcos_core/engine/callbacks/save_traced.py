@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from fcos_core.engine.callbacks.base import Callback
+from fcos_core.engine.modes import set_mode
 
 
 def _flatten(value: Any) -> list[torch.Tensor]:
@@ -86,7 +87,7 @@ class SaveTraced(Callback):
 
     def save(self, model: Any, prefix: str, device: Any, logger: Any = None) -> Path:
         """Trace/export ``model``, save it, reload and compare; returns the file."""
-        model.eval()
+        set_mode(model, False)
         inputs = self.example_inputs(device)
         args = (next(iter(inputs.values())),) if len(inputs) == 1 else ()
         kwargs = {} if len(inputs) == 1 else inputs

@@ -9,7 +9,8 @@ training weights first), else the loop's ``eval_model`` -- the EMA copy when an
 
 The results go to ``loop.state.val_results`` (``Checkpoint`` picks the best from them, the
 pipeline reports the last ones), to the log, and to ``metrics.csv`` as ``val_<name>``. In a
-distributed run rank 0 validates and broadcasts the results.
+distributed run every rank validates (see :mod:`fcos_core.engine.predictor`) and rank 0's
+results are broadcast.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from fcos_core.engine import distributed
 from fcos_core.engine.callbacks.base import Callback
+from fcos_core.engine.modes import set_mode
 
 
 class Validation(Callback):
@@ -74,22 +76,21 @@ class Validation(Callback):
         from fcos_core.engine.predictor import EvalLoop
 
         ctx = loop.ctx
-        results: dict[str, float] = {}
         t0 = time.perf_counter()
-        if ctx is None or ctx.rank == 0:
-            if hasattr(self.data_loader, "set_seed"):
-                self.data_loader.set_seed(ctx.seed if ctx is not None and ctx.seed is not None
-                                          else 0)
-            if not loop.val_metrics:
-                loop.logger.warning("Validation without val_metrics: nothing to compute; add "
-                                    "val_metrics to the trainer", stage=loop.stage)
-            model = self._model(loop)
-            was_training = model.training
-            inner = EvalLoop(model, [self.data_loader], self.batch_processor, loop.val_metrics,
-                             self.callbacks, loop.device, ctx, self.log_interval,
-                             desc=f"{loop.stage} validation")
-            results = inner.run()
-            model.train(was_training)
+        # every rank takes part: metrics may gather predictions across ranks in compute()
+        if hasattr(self.data_loader, "set_seed"):
+            self.data_loader.set_seed(ctx.seed if ctx is not None and ctx.seed is not None
+                                      else 0)
+        if not loop.val_metrics:
+            loop.logger.warning("Validation without val_metrics: nothing to compute; add "
+                                "val_metrics to the trainer", stage=loop.stage)
+        model = self._model(loop)
+        was_training = model.training
+        inner = EvalLoop(model, [self.data_loader], self.batch_processor, loop.val_metrics,
+                         self.callbacks, loop.device, ctx, self.log_interval,
+                         desc=f"{loop.stage} validation")
+        results = inner.run()
+        set_mode(model, was_training)
         results = distributed.broadcast_object(results)
         st = loop.state
         st.val_results = dict(results)

@@ -128,7 +128,7 @@ class COCODetectionMetric:
             rows[:, 6] = self._cat_arr[labels] if len(labels) else 0
             self._dets[img_id] = rows
 
-    def _gathered(self) -> Optional[dict[int, np.ndarray]]:
+    def _gathered(self) -> dict[int, np.ndarray]:
         """All ranks' detections on every rank (the local ones when not distributed)."""
         dist = torch.distributed
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):

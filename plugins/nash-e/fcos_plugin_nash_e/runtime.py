@@ -8,7 +8,7 @@ same bits. Torch-free.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -98,7 +98,6 @@ class Runtime:
 
     def _frame_input(self, inp, value: Any, b: int) -> np.ndarray:
         """One frame of one input as the float/int8 array its first op reads."""
-        prog = self.program
         _, c, h, w = inp.shape
         if inp.source == "pyramid":
             frame = value[b] if isinstance(value, (list, tuple)) else (
@@ -110,7 +109,6 @@ class Runtime:
             raise RuntimeInputError(f"input {inp.name!r} must be a numeric [B, {c}, {h}, {w}] "
                                     f"array, got {arr.dtype} {tuple(arr.shape)}",
                                     hint="pass the normalised image tensor the model takes")
-        del prog
         return arr[b:b + 1].astype(np.float32)
 
     def _batch_size(self, inputs: Mapping[str, Any]) -> int:
@@ -188,6 +186,3 @@ def check_pyramid_input(tensor: TensorInfo) -> str | None:
         return f"a pyramid input has 3 channels (YUV), the model input has {tensor.shape[1]}"
     return None
 
-
-def output_names(program: Program) -> Sequence[str]:
-    return list(program.outputs)

@@ -83,8 +83,8 @@ def _shape_mask(name: str, cx: float, cy: float, size: float, angle: float,
         a = r / (abs(math.cos(angle)) + abs(math.sin(angle)))
         d.polygon(_rotated([(-a, -a), (a, -a), (a, a), (-a, a)], cx, cy, angle), fill=255)
     elif name == "triangle":
-        pts = [(r * math.cos(angle + k * 2 * math.pi / 3), r * math.sin(angle + k * 2 * math.pi / 3))
-               for k in range(3)]
+        corners = [angle + k * 2 * math.pi / 3 for k in range(3)]
+        pts = [(r * math.cos(a), r * math.sin(a)) for a in corners]
         d.polygon([(cx + x, cy + y) for x, y in pts], fill=255)
     elif name == "cross":
         t = r * 0.32

@@ -23,7 +23,8 @@ class Resize:
     per-axis factors actually applied (after rounding the output size) and clipped to the image.
     """
 
-    def __init__(self, img_scale: tuple[int, int], ratio_range: Optional[tuple[float, float]] = None,
+    def __init__(self, img_scale: tuple[int, int],
+                 ratio_range: Optional[tuple[float, float]] = None,
                  keep_ratio: bool = True) -> None:
         self.img_scale = pair(img_scale, "img_scale")
         if ratio_range is not None:
