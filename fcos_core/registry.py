@@ -148,9 +148,11 @@ class Registry:
             hints.append(f"did you mean {near[0]!r}?")
         dist = KNOWN_PROVIDERS.get((self.kind, name))
         if dist is not None:
+            why = [b for b in broken if b.startswith(dist + ":")]
             hints.append(f"{name!r} comes from {dist}, which is not installed: pip install {dist}"
-                         if not broken else
-                         f"{name!r} comes from {dist}, which failed to load ({', '.join(broken)})")
+                         if not why else
+                         f"{name!r} comes from {dist}, which is installed but not loaded "
+                         f"({'; '.join(why)})")
         msg += f"; available: {', '.join(available) if available else '(none registered)'}"
         return msg, " ".join(hints) if hints else "check the spelling or install the plugin"
 

@@ -37,10 +37,11 @@ def _broken_kinds(host: PluginHost) -> dict[str, list[str]]:
     from fcos_core.registry import KNOWN_PROVIDERS
 
     broken: dict[str, list[str]] = {}
-    failed = {p.distribution for p in host.failed() if p.distribution}
+    reasons = {p.distribution: p.error or p.status for p in host.plugins.values()
+               if p.distribution and p.status != "loaded"}
     for (kind, _name), dist in KNOWN_PROVIDERS.items():
-        if dist in failed:
-            broken.setdefault(kind, []).append(dist)
+        if dist in reasons and dist not in broken.get(kind, []):
+            broken.setdefault(kind, []).append(f"{dist}: {reasons[dist]}")
     return broken
 
 
@@ -77,5 +78,26 @@ def load_config(path: str | os.PathLike[str], host: PluginHost,
     elif isinstance(data.get("march"), str):
         validator.lookup("compile_backends", data["march"], ("march",))
     if validator.problems:
-        raise ConfigError(validator.problems)
+        raise ConfigError(_merge_repeats(validator.problems))
     return resolved
+
+
+def _merge_repeats(problems: list) -> list:
+    """A block reused in several places fails the same way in each: report it once, listing
+    the other places, so the root cause is not buried."""
+    first: dict[tuple[str, str], int] = {}
+    merged: list = []
+    extra: dict[int, list[str]] = {}
+    for p in problems:
+        tail = p.path.rsplit(".", 1)[-1] if "." in p.path else p.path
+        key = (tail, p.message)
+        if key in first:
+            extra.setdefault(first[key], []).append(p.path)
+            continue
+        first[key] = len(merged)
+        merged.append(p)
+    for i, paths in extra.items():
+        more = ", ".join(paths[:4]) + (", ..." if len(paths) > 4 else "")
+        merged[i] = attrs.evolve(merged[i], message=merged[i].message +
+                                 f" (the same at {len(paths)} more place(s): {more})")
+    return merged

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Callable, Optional
 
-from torch import fx, nn
+from torch import nn
 
 from fcos_core.convert_context import ConvertContext
 from fcos_core.errors import FcosUserError
