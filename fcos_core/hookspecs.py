@@ -183,8 +183,9 @@ def register_functions(register: Register) -> None:
 def register_optimizers(register: Register) -> None:
     """Register optimizers (``optimizer:`` blocks, e.g. ``SGD``).
 
-    The factory is called as ``factory(params=..., **fields)`` by the trainer, which resolves
-    per-parameter-group options (``params: {weight: {weight_decay: 4e-5}}``) first.
+    The factory is called as ``factory(model=..., **fields)`` by the trainer (the optimizer
+    field is lazy); it resolves per-parameter-group options such as the seed's
+    ``params: {weight: {weight_decay: 4e-5}}`` against the model's parameter names.
     """
 
 

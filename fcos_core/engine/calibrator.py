@@ -21,6 +21,8 @@ from fcos_core.engine.device import batch_size_of
 from fcos_core.engine.loop import Loop, LoopState
 from fcos_core.engine.modes import set_mode
 from fcos_core.engine.progress import Progress, progress_enabled
+from fcos_core.engine.quant_report_writer import REPORT_BATCHES, write_stage_report
+from fcos_core.quantization_state import get_qstate
 
 
 class Calibrator(Loop):
@@ -81,11 +83,14 @@ class Calibrator(Loop):
         self.fire("on_epoch_begin")
         bar = Progress(self.num_steps, f"{self.stage} calibration", progress_enabled(ctx.rank))
         data_epoch = 0
+        report_images: list[Any] = []
         try:
             while st.global_step < self.num_steps:
                 self.data_loader.set_epoch(data_epoch)
                 before = st.global_step
                 for batch in self.data_loader:
+                    if len(report_images) < REPORT_BATCHES and isinstance(batch, dict):
+                        report_images.append(batch["img"])
                     self.fire("on_step_begin")
                     outputs = self.batch_processor(self.model, batch, self.device, None, self)
                     st.last_batch_size = batch_size_of(batch)
@@ -103,6 +108,13 @@ class Calibrator(Loop):
         finally:
             bar.close()
         st.rng_snapshot = capture_rng()
+        if get_qstate(self.model) == "calibration":
+            # fix the ranges and switch fake-quant on: validation then measures the
+            # calibrated (quantized) model, and eval-mode batches no longer move the ranges
+            from fcos_core.quantization.converters import freeze_observers
+
+            freeze_observers(self.model)
+            write_stage_report(self, ctx, report_images)
         self.fire("on_epoch_end")
         st.finished = True
         self.fire("on_loop_end")

@@ -28,6 +28,9 @@ class TrainerArgs:
     batch_processor: Any = component("batch_processors", None,
                                      help="forward/backward/step of one batch")
     num_epochs: int = arg(help="number of epochs; 0 skips training")
+    max_steps_per_epoch: Optional[int] = arg(
+        None, help="stop each epoch after this many steps (null: the whole data loader); "
+                   "e.g. a short QAT fine-tune")
     device: Optional[str] = arg(None, help="torch device; null: cuda when present, else cpu")
     callbacks: list[Any] = component_list("callbacks", help="callbacks, run in this order")
     train_metrics: Any = component("metrics", None, help="metrics of the training loop (LossShow)")

@@ -28,6 +28,7 @@ from fcos_core.engine.errors import NonFiniteLossError
 from fcos_core.engine.loop import Loop, LoopState
 from fcos_core.engine.modes import set_mode
 from fcos_core.engine.progress import Progress, progress_enabled
+from fcos_core.engine.quant_report_writer import REPORT_BATCHES, write_stage_report
 from fcos_core.schema import LazyComponent
 
 
@@ -52,8 +53,12 @@ class Trainer(Loop):
     def __init__(self, model: Any, num_epochs: int, model_convert_pipeline: Any = None,
                  data_loader: Any = None, optimizer: Any = None, batch_processor: Any = None,
                  device: str | None = None, callbacks: Any = (), train_metrics: Any = None,
-                 val_metrics: Any = None) -> None:
+                 val_metrics: Any = None, max_steps_per_epoch: int | None = None) -> None:
         super().__init__(model, model_convert_pipeline, callbacks, device)
+        if max_steps_per_epoch is not None and max_steps_per_epoch < 1:
+            raise ValueError(f"max_steps_per_epoch must be >= 1 or null, got "
+                             f"{max_steps_per_epoch}")
+        self.max_steps_per_epoch = max_steps_per_epoch
         if num_epochs < 0:
             raise ValueError(f"num_epochs must be >= 0, got {num_epochs}")
         if num_epochs > 0 and data_loader is None:
@@ -71,6 +76,7 @@ class Trainer(Loop):
             MultiBatchProcessor(need_grad_update=True) if num_epochs > 0 else None)
         self.metrics = self.as_list(train_metrics)
         self.val_metrics = self.as_list(val_metrics)
+        self._report_images: list[Any] = []  # a few training batches for the quant report
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -96,6 +102,8 @@ class Trainer(Loop):
                 and ctx.seed is not None:
             self.data_loader.set_seed(ctx.seed)
         steps = len(self.data_loader) if self.data_loader is not None and self.num_epochs else 0
+        if self.max_steps_per_epoch is not None:
+            steps = min(steps, self.max_steps_per_epoch)
         self.state = LoopState(num_epochs=self.num_epochs, steps_per_epoch=steps)
 
     # -- run --------------------------------------------------------------------------------
@@ -119,6 +127,7 @@ class Trainer(Loop):
         try:
             self.train_epochs()
             self.state.finished = True
+            write_stage_report(self, ctx, self._report_images)
             self.fire("on_loop_end")
         except KeyboardInterrupt:
             self.logger.warning("interrupted (Ctrl-C)", stage=self.stage,
@@ -154,6 +163,8 @@ class Trainer(Loop):
                            bar_on, initial=start_batch)
             try:
                 for batch in self._batches(start_batch):
+                    if len(self._report_images) < REPORT_BATCHES and isinstance(batch, dict):
+                        self._report_images.append(batch["img"])
                     self.fire("on_step_begin")
                     outputs = self.batch_processor(self.train_model, batch, self.device,
                                                    self.optimizer, self)
@@ -172,11 +183,12 @@ class Trainer(Loop):
             start_batch = 0
 
     def _batches(self, start_batch: int) -> Any:
-        """The current epoch's batches from ``start_batch`` on."""
+        """The current epoch's batches from ``start_batch`` on (at most steps_per_epoch)."""
+        remaining = max(0, self.state.steps_per_epoch - start_batch)
         if hasattr(self.data_loader, "iter_from"):
-            return self.data_loader.iter_from(start_batch)
+            return itertools.islice(self.data_loader.iter_from(start_batch), remaining)
         # a data loader from elsewhere: skip by reading (exact only if its order is seeded)
         if start_batch:
             self.logger.warning("this data loader cannot skip batches; reading and dropping "
                                 "the ones already trained on", skip=start_batch)
-        return itertools.islice(iter(self.data_loader), start_batch, None)
+        return itertools.islice(iter(self.data_loader), start_batch, start_batch + remaining)

@@ -1,0 +1,437 @@
+"""Translate fcos's integer program into a QDQ ONNX graph.
+
+The source is the quantized deploy model's :class:`~fcos_core.quantization.integer_model.
+IntegerModel`, read through the public :func:`~fcos_core.quantization.integer_model.
+integer_program` (ops, int8 weights, int32 biases, scales). Each integer op becomes the standard
+QDQ pattern ONNX Runtime recognises and fuses into integer kernels:
+
+=====================  ===============================================================
+fcos op                ONNX (``Q`` = QuantizeLinear, ``DQ`` = DequantizeLinear)
+=====================  ===============================================================
+quantize               Q(img, s)
+conv2d (int8/int16)    DQ(x), DQ_pc(w int8, axis 0), DQ_pc(b int32, s_in*s_w) -> Conv -> Q
+  ... with relu        Conv -> Q -> DQ -> Relu -> Q (same codes: relu(sat(v)) = sat0(v))
+conv2d (int32 out)     DQ(x), DQ_pc(w), DQ_pc(b) -> Conv [-> Relu]: the float accumulator
+add [relu]             DQ(a), DQ(b) -> Add -> Q [-> DQ -> Relu -> Q]
+requantize             DQ(x) -> Q(new scale / dtype)
+relu / max_pool2d /    DQ(x) -> Relu / MaxPool / Resize(nearest) / Concat -> Q(same scale)
+upsample / cat
+=====================  ===============================================================
+
+Why ReLU after the Q of a conv: fcos quantizes symmetrically (zero point 0), so a ReLU cannot be
+folded into ``Q`` as ONNX Runtime does for zero point = qmin; keeping ``DQ -> Conv -> Q``
+contiguous lets ORT fuse the conv into ``QLinearConv`` and the ReLU stays a cheap elementwise op.
+
+Numerics: the codes agree with the integer model up to rounding. fcos requantizes with an integer
+multiplier and rounds ties up; ORT multiplies by a float32 scale ratio and rounds ties to even,
+so an element can differ by one step per op, and differences propagate (see the README).
+
+The post-process of a ``for_compile`` deploy model (``FCOSMultiStrideFilter``) appends, per
+stride, the largest class logit (``ReduceMax`` over channels); that op is exact on codes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import attrs
+import numpy as np
+
+ONNX_TYPES = {"int8": 3, "int16": 5, "int32": 6, "float32": 1, "uint8": 2}  # TensorProto enums
+NP_TYPES = {"int8": np.int8, "int16": np.int16, "int32": np.int32, "uint8": np.uint8}
+
+#: op kinds of the integer program this exporter translates
+SUPPORTED_KINDS = frozenset({"quantize", "conv2d", "add", "requantize", "relu", "max_pool2d",
+                             "upsample_nearest2d", "cat"})
+
+#: lowest opset the exporter emits: per-axis DequantizeLinear (13), Resize/ReduceMax with axes
+#: as attribute/input (18); int16 QuantizeLinear needs 21
+MIN_OPSET = 18
+MIN_OPSET_INT16 = 21
+
+
+class ExportError(ValueError):
+    """The integer program holds something this exporter cannot express (names the op)."""
+
+
+@attrs.frozen
+class OutputSpec:
+    """One graph output of the exported model, in the deploy model's output order."""
+
+    name: str  # ONNX output name
+    value: str  # integer-program value it comes from
+    dtype: str  # int8 | int16 | int32 | float32 (dequantized)
+    scale: list[float]  # step of one code: per tensor [s], per channel [s_c] (int32 outputs)
+    kind: str  # "body" or "max_logit"
+
+
+@attrs.frozen
+class ExportedGraph:
+    """What :func:`build_qdq_model` produced: the ONNX model and the output description."""
+
+    model: Any  # onnx.ModelProto
+    outputs: tuple[OutputSpec, ...]
+    input_name: str
+    input_dtype: str  # float32 (normalised image) or uint8 (pyramid: raw YUV444 planes)
+    input_shape: tuple[Any, ...]
+    values: tuple[str, ...] = ()  # integer values exposed as extra outputs (debug export)
+
+
+def output_names(n_body: int, strides: Sequence[int] | None, with_max_logit: bool) -> list[str]:
+    """Readable names: ``cls_8, ..., box_8, ..., ctr_8, ...[, max_logit_8, ...]`` for an FCOS
+    body with strides, ``out_0..`` otherwise."""
+    s = len(strides) if strides else 0
+    if s and n_body == 3 * s:
+        names = [f"{kind}_{st}" for kind in ("cls", "box", "ctr") for st in strides]  # type: ignore[union-attr]
+        if with_max_logit:
+            names += [f"max_logit_{st}" for st in strides]  # type: ignore[union-attr]
+        return names
+    names = [f"out_{i}" for i in range(n_body)]
+    if with_max_logit:
+        names += [f"max_logit_{i}" for i in range(len(strides or []))]
+    return names
+
+
+class _Graph:
+    """Accumulates nodes and initializers with unique names."""
+
+    def __init__(self) -> None:
+        from onnx import helper, numpy_helper
+
+        self.helper = helper
+        self.numpy_helper = numpy_helper
+        self.nodes: list[Any] = []
+        self.inits: list[Any] = []
+        self._names: set[str] = set()
+        self._consts: dict[tuple[str, bytes, str], str] = {}
+
+    def unique(self, base: str) -> str:
+        name, k = base, 1
+        while name in self._names:
+            name = f"{base}_{k}"
+            k += 1
+        self._names.add(name)
+        return name
+
+    def const(self, base: str, array: np.ndarray) -> str:
+        """An initializer; identical small constants (scales, zero points) are shared."""
+        array = np.ascontiguousarray(array)
+        key = (str(array.dtype), array.tobytes(), str(array.shape))
+        if array.size <= 64 and key in self._consts:
+            return self._consts[key]
+        name = self.unique(base)
+        self.inits.append(self.numpy_helper.from_array(array, name))
+        if array.size <= 64:
+            self._consts[key] = name
+        return name
+
+    def node(self, op: str, inputs: Sequence[str], base: str, out: str | None = None,
+             **attributes: Any) -> str:
+        out = out if out is not None else self.unique(base)
+        self.nodes.append(self.helper.make_node(op, list(inputs), [out],
+                                                name=self.unique("n_" + base), **attributes))
+        return out
+
+
+def _scalar(t: Any) -> float:
+    return float(np.asarray(t.detach().cpu().numpy(), dtype=np.float64).reshape(-1)[0])
+
+
+def _np(t: Any) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+class _Builder:
+    def __init__(self, records: Sequence[Any], opset: int) -> None:
+        self.records = records
+        self.opset = opset
+        self.g = _Graph()
+        self.scale: dict[str, float] = {}  # value -> per-tensor scale (quantized values)
+        self.dtype: dict[str, str] = {}  # value -> int8 | int16 | int32
+        self.acc_scale: dict[str, np.ndarray] = {}  # int32 value -> per-channel scale
+        self.float_of: dict[str, str] = {}  # int32 value -> its float (accumulator) tensor
+        for rec in records:  # program value names are tensor names: reserve them first
+            self.g.unique(rec.op.name)
+
+    # -- quantization helpers ---------------------------------------------------------------
+
+    def _qparams(self, scale: float, dtype: str) -> tuple[str, str]:
+        s = self.g.const("scale", np.array(scale, dtype=np.float32))
+        z = self.g.const(f"zp_{dtype}", np.array(0, dtype=NP_TYPES[dtype]))
+        return s, z
+
+    def quantize(self, x: str, scale: float, dtype: str, out: str) -> str:
+        s, z = self._qparams(scale, dtype)
+        return self.g.node("QuantizeLinear", [x, s, z], out + "_q", out=out)
+
+    def dequantize(self, value: str) -> str:
+        """A fresh DQ node per consumer: ORT's QDQ fusion wants one DQ per consuming node."""
+        if self.dtype[value] == "int32":
+            return self.float_of[value]
+        s, z = self._qparams(self.scale[value], self.dtype[value])
+        return self.g.node("DequantizeLinear", [value, s, z], value + "_dq")
+
+    def _emit_q(self, float_tensor: str, op: Any, relu: bool) -> None:
+        """``float -> Q`` into the op's value, with the ReLU after the Q (see module doc)."""
+        scale = _scalar(self.tensors["scale"])
+        if relu:
+            pre = self.quantize(float_tensor, scale, op.dtype, self.g.unique(op.name + "_prerelu"))
+            self.scale[pre], self.dtype[pre] = scale, op.dtype
+            r = self.g.node("Relu", [self.dequantize(pre)], op.name + "_relu")
+            self.quantize(r, scale, op.dtype, op.name)
+        else:
+            self.quantize(float_tensor, scale, op.dtype, op.name)
+        self.scale[op.name], self.dtype[op.name] = scale, op.dtype
+
+    # -- ops --------------------------------------------------------------------------------
+
+    def op_quantize(self, op: Any, input_name: str) -> None:
+        self._emit_q(input_name, op, relu=False)
+
+    def op_conv2d(self, op: Any) -> None:
+        t, a = self.tensors, op.attrs
+        x = op.inputs[0]
+        w_q = _np(t["weight"]).astype(np.int8)
+        w_scale = _np(t["weight_scale"]).astype(np.float32).reshape(-1)
+        s_in = self.scale[x]
+        w = self.g.const(op.name + "_w", w_q)
+        ws = self.g.const(op.name + "_w_scale", w_scale)
+        wz = self.g.const(op.name + "_w_zp", np.zeros(w_scale.shape, np.int8))
+        w_dq = self.g.node("DequantizeLinear", [w, ws, wz], op.name + "_w_dq", axis=0)
+        inputs = [self.dequantize(x), w_dq]
+        # the accumulator scale, float64 in fcos: s_in * s_w[c]
+        acc_scale = (np.float64(s_in) * w_scale.astype(np.float64))
+        if "bias" in t:
+            b = self.g.const(op.name + "_b", _np(t["bias"]).astype(np.int32).reshape(-1))
+            bs = self.g.const(op.name + "_b_scale", acc_scale.astype(np.float32))
+            bz = self.g.const(op.name + "_b_zp", np.zeros(w_scale.shape, np.int32))
+            inputs.append(self.g.node("DequantizeLinear", [b, bs, bz], op.name + "_b_dq",
+                                      axis=0))
+        kh, kw = int(w_q.shape[2]), int(w_q.shape[3])
+        ph, pw = (int(v) for v in a["padding"])
+        conv = self.g.node("Conv", inputs, op.name + "_conv", kernel_shape=[kh, kw],
+                           strides=[int(v) for v in a["stride"]], pads=[ph, pw, ph, pw],
+                           dilations=[int(v) for v in a["dilation"]], group=int(a["groups"]))
+        if op.dtype == "int32":
+            # no requantization: the value is the (dequantized) accumulator itself
+            out = self.g.node("Relu", [conv], op.name + "_relu") if a.get("relu") else conv
+            self.float_of[op.name] = out
+            self.acc_scale[op.name] = acc_scale
+            self.dtype[op.name] = "int32"
+            return
+        self._emit_q(conv, op, relu=bool(a.get("relu")))
+
+    def op_add(self, op: Any) -> None:
+        a, b = op.inputs
+        s = self.g.node("Add", [self.dequantize(a), self.dequantize(b)], op.name + "_add")
+        self._emit_q(s, op, relu=bool(op.attrs.get("relu")))
+
+    def op_requantize(self, op: Any) -> None:
+        self._emit_q(self.dequantize(op.inputs[0]), op, relu=False)
+
+    def op_relu(self, op: Any) -> None:
+        self._emit_q(self.g.node("Relu", [self.dequantize(op.inputs[0])], op.name + "_f"), op,
+                     relu=False)
+
+    def op_max_pool2d(self, op: Any) -> None:
+        a = op.attrs
+        ph, pw = (int(v) for v in a["padding"])
+        y = self.g.node("MaxPool", [self.dequantize(op.inputs[0])], op.name + "_f",
+                        kernel_shape=[int(v) for v in a["kernel_size"]],
+                        strides=[int(v) for v in a["stride"]], pads=[ph, pw, ph, pw],
+                        dilations=[int(v) for v in a["dilation"]],
+                        ceil_mode=int(bool(a["ceil_mode"])))
+        self._emit_q(y, op, relu=False)
+
+    def op_upsample_nearest2d(self, op: Any) -> None:
+        a = op.attrs
+        x = self.dequantize(op.inputs[0])
+        # torch's nearest rule: src = floor(dst * in / out) = ONNX asymmetric + floor
+        kwargs = dict(mode="nearest", coordinate_transformation_mode="asymmetric",
+                      nearest_mode="floor", axes=[2, 3])
+        if a.get("output_size") is not None:
+            sizes = self.g.const(op.name + "_sizes",
+                                 np.array([int(v) for v in a["output_size"]], np.int64))
+            y = self.g.node("Resize", [x, "", "", sizes], op.name + "_f", **kwargs)
+        else:
+            factors = a.get("scale_factors")
+            if factors is None:
+                raise ExportError(f"{op.name} (upsample_nearest2d): neither output_size nor "
+                                  "scale_factors is set")
+            scales = self.g.const(op.name + "_scales",
+                                  np.array([float(v) for v in factors], np.float32))
+            y = self.g.node("Resize", [x, "", scales], op.name + "_f", **kwargs)
+        self._emit_q(y, op, relu=False)
+
+    def op_cat(self, op: Any) -> None:
+        ins = [self.dequantize(v) for v in op.inputs]
+        y = self.g.node("Concat", ins, op.name + "_f", axis=int(op.attrs["dim"]))
+        self._emit_q(y, op, relu=False)
+
+    # -- driver -----------------------------------------------------------------------------
+
+    def run(self, input_name: str) -> None:
+        for rec in self.records:
+            op = rec.op
+            if op.kind not in SUPPORTED_KINDS:
+                raise ExportError(f"{op.name}: integer op kind {op.kind!r} has no ONNX "
+                                  f"translation (supported: {sorted(SUPPORTED_KINDS)})")
+            self.tensors = rec.tensors
+            if op.kind == "quantize":
+                self.op_quantize(op, input_name)
+            else:
+                getattr(self, "op_" + op.kind)(op)
+
+
+def check_program(records: Sequence[Any], opset: int) -> list[tuple[str, str, str]]:
+    """``(value name, op kind, reason)`` for every op the exporter cannot express at ``opset``."""
+    problems = []
+    for rec in records:
+        op = rec.op
+        where = op.attrs.get("source") or op.name
+        if op.kind not in SUPPORTED_KINDS:
+            problems.append((where, op.kind, f"integer op kind {op.kind!r} has no ONNX "
+                                             "translation in fcos-plugin-onnx"))
+            continue
+        if op.dtype == "int16" and opset < MIN_OPSET_INT16:
+            problems.append((where, op.kind, f"int16 QuantizeLinear needs opset >= "
+                                             f"{MIN_OPSET_INT16}; compile_cfg.opset is {opset}"))
+        if op.kind == "upsample_nearest2d" and op.attrs.get("output_size") is None \
+                and op.attrs.get("scale_factors") is None:
+            problems.append((where, op.kind, "upsample without output_size or scale_factors"))
+        if op.kind == "max_pool2d" and op.dtype not in ("int8", "int16"):
+            problems.append((where, op.kind, f"max-pool of a {op.dtype} tensor"))
+    return problems
+
+
+def build_qdq_model(
+    records: Sequence[Any],
+    outputs: Sequence[str],
+    *,
+    input_shape: Sequence[int],
+    dequant_output: bool,
+    opset: int = 21,
+    strides: Sequence[int] | None = None,
+    max_logit: bool = False,
+    pyramid_input: bool = False,
+    expose_values: bool = False,
+    graph_name: str = "fcos",
+) -> ExportedGraph:
+    """The QDQ ONNX model of an integer program.
+
+    Args:
+        records: :func:`~fcos_core.quantization.integer_model.integer_program` of the model.
+        outputs: the integer model's output value names (``IntegerModel.outputs``).
+        input_shape: (B, C, H, W) of the example input; the batch becomes dynamic.
+        dequant_output: float32 outputs (``DequantizeLinear``) as the integer model returns
+            with ``dequant_output``; else the integer codes.
+        opset: ONNX opset (>= 18; >= 21 when any tensor is int16).
+        strides: FCOS output strides (names the outputs and sizes the max-logit outputs).
+        max_logit: append per-stride max class logits (a ``for_compile`` post-process).
+        pyramid_input: the input is raw uint8 YUV444 planes [B, 3, H, W]; the graph normalises
+            them with ``(x - 128) / 128`` (``DequantizeLinear(x, 1/128, 128)``, exact) before
+            the model's input quantization.
+        expose_values: also output every integer value (named as in the program), for a
+            layer-by-layer comparison with ``IntegerModel.run_all``.
+    """
+    import onnx
+    from onnx import helper
+
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset {opset} is too old: the exporter needs >= {MIN_OPSET}")
+    if opset > onnx.defs.onnx_opset_version():
+        raise ExportError(f"opset {opset} is newer than the installed onnx package supports "
+                          f"({onnx.defs.onnx_opset_version()})")
+    problems = check_program(records, opset)
+    if problems:
+        raise ExportError("; ".join(f"{w} ({k}): {r}" for w, k, r in problems))
+    if len(input_shape) != 4:
+        raise ExportError(f"input_shape must be (B, C, H, W), got {tuple(input_shape)}")
+    b = _Builder(records, opset)
+    in_name = "img"
+    shape: tuple[Any, ...] = ("batch", int(input_shape[1]), int(input_shape[2]),
+                              int(input_shape[3]))
+    if pyramid_input:
+        s, z = b.g.const("pyramid_scale", np.array(1.0 / 128.0, np.float32)), \
+            b.g.const("pyramid_zp", np.array(128, np.uint8))
+        first = b.g.node("DequantizeLinear", [in_name, s, z], "img_normalised")
+        in_type = "uint8"
+    else:
+        first = in_name
+        in_type = "float32"
+    b.g.unique(in_name)
+    b.run(first)
+
+    names = output_names(len(outputs), strides, max_logit)
+    specs: list[OutputSpec] = []
+    graph_outputs: list[tuple[str, str]] = []  # (onnx tensor, dtype)
+    body_tensors: list[tuple[str, str]] = []
+    for i, value in enumerate(outputs):
+        name = names[i]
+        dtype = b.dtype[value]
+        if dtype == "int32":
+            acc = b.float_of[value]
+            scale = [float(v) for v in b.acc_scale[value]]
+            if dequant_output:
+                t = b.g.node("Identity", [acc], name, out=name)
+                out_dtype = "float32"
+            else:  # codes of the accumulator: round(y / (s_in * s_w[c]))
+                c = len(scale)
+                sc = b.g.const(value + "_acc_scale",
+                               b.acc_scale[value].astype(np.float32).reshape(1, c, 1, 1))
+                r = b.g.node("Round", [b.g.node("Div", [acc, sc], value + "_codes_f")],
+                             value + "_codes_r")
+                t = b.g.node("Cast", [r], name, out=name, to=ONNX_TYPES["int32"])
+                out_dtype = "int32"
+        else:
+            scale = [b.scale[value]]
+            if dequant_output:
+                s, z = b._qparams(b.scale[value], dtype)
+                t = b.g.node("DequantizeLinear", [value, s, z], name, out=name)
+                out_dtype = "float32"
+            else:
+                t = b.g.node("Identity", [value], name, out=name)
+                out_dtype = dtype
+        specs.append(OutputSpec(name=name, value=value, dtype=out_dtype, scale=scale,
+                                kind="body"))
+        body_tensors.append((t, out_dtype))
+        graph_outputs.append((t, out_dtype))
+    if max_logit:
+        n_strides = len(strides or [])
+        if len(outputs) < n_strides:
+            raise ExportError("max_logit needs the cls outputs first (an FCOS body)")
+        axes = b.g.const("reduce_axes_c", np.array([1], np.int64))
+        for k in range(n_strides):
+            src, dtype = body_tensors[k]
+            name = names[len(outputs) + k]
+            if dtype == "int16":  # ReduceMax has no int16 kernel: exact via int32
+                wide = b.g.node("Cast", [src], name + "_i32", to=ONNX_TYPES["int32"])
+                m = b.g.node("ReduceMax", [wide, axes], name + "_max", keepdims=1)
+                t = b.g.node("Cast", [m], name, out=name, to=ONNX_TYPES["int16"])
+            else:
+                t = b.g.node("ReduceMax", [src, axes], name, out=name, keepdims=1)
+            scale = specs[k].scale
+            specs.append(OutputSpec(name=name, value=specs[k].value, dtype=dtype,
+                                    scale=scale if len(scale) == 1 else [], kind="max_logit"))
+            graph_outputs.append((t, dtype))
+    exposed: list[str] = []
+    if expose_values:
+        for rec in records:
+            v = rec.op.name
+            if b.dtype.get(v) in ("int8", "int16") and v not in outputs:
+                graph_outputs.append((v, b.dtype[v]))
+                exposed.append(v)
+
+    inputs = [helper.make_tensor_value_info(in_name, ONNX_TYPES[in_type], list(shape))]
+    # every output is [B, C, H, W]; shape inference fills in the sizes below
+    outs = [helper.make_tensor_value_info(t, ONNX_TYPES[d], [None] * 4) for t, d in graph_outputs]
+    graph = helper.make_graph(b.g.nodes, graph_name, inputs, outs, initializer=b.g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              producer_name="fcos-plugin-onnx")
+    model.ir_version = min(model.ir_version, 10)  # what onnxruntime >= 1.20 reads
+    onnx.checker.check_model(model, full_check=True)
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    for out in model.graph.output:
+        out.CopyFrom(next(o for o in inferred.graph.output if o.name == out.name))
+    return ExportedGraph(model=model, outputs=tuple(specs), input_name=in_name,
+                         input_dtype=in_type, input_shape=shape, values=tuple(exposed))
