@@ -71,3 +71,15 @@ class CompileBackend(abc.ABC):
     @abc.abstractmethod
     def run(self, program: Any, inputs: Mapping[str, Any]) -> Any:
         """Execute a loaded artifact on ``inputs``; same output structure as the model."""
+
+    def detect(self, program: Any, images: Any) -> list[dict[str, Any]] | None:
+        """Optional: detections of a loaded artifact for a batch of *normalised* images.
+
+        ``images`` is the ``[B, 3, H, W]`` float tensor the deploy model takes (after the
+        data pipeline's ``Normalize``); the backend converts it to its native input (e.g. a
+        camera pyramid frame) and decodes its outputs into one dict per image (``boxes``,
+        ``scores``, ``labels`` in network-input pixels), exactly like the model's eval mode.
+        The compile stage uses it to score the artifact on the validation data. The default
+        (None) means the backend cannot decode; the stage then reports no mAP for compile.
+        """
+        return None

@@ -87,4 +87,58 @@ def run_compile_stage(cfg: Any, ctx: Any) -> dict[str, Any] | None:
     ctx.logger.info("compiling", march=entry.name, backend=entry.provider, model=source,
                     out_dir=str(out_dir))
     result = backend.compile(model, example_inputs, options, out_dir)
-    return {"out_dir": str(out_dir), "result": result, "source": source}
+    metrics = evaluate_artifact(cfg, ctx, backend, result)
+    return {"out_dir": str(out_dir), "result": result, "source": source, "metrics": metrics}
+
+
+def evaluate_artifact(cfg: Any, ctx: Any, backend: Any, result: Any) -> dict[str, float]:
+    """COCO numbers of the compiled artifact itself, run by the backend's runtime on the data
+    and metric of ``int_infer_predictor`` (else ``val_data_loader`` + that predictor's or the
+    first trainer's ``val_metrics``). Empty when the backend cannot decode detections or the
+    config names no evaluation data."""
+    from fcos_core.build import build
+    from fcos_core.engine.progress import Progress, progress_enabled
+
+    node = cfg.node("int_infer_predictor")
+    loaders: list[Any] = []
+    metric_node = None
+    if node is not None:
+        loaders = node.kwargs.get("data_loader") or []
+        loaders = loaders if isinstance(loaders, list) else [loaders]
+        metric_node = node.kwargs.get("metrics")
+    if not loaders and cfg.node("val_data_loader") is not None:
+        loaders = [cfg.values["val_data_loader"]]
+    if metric_node is None:
+        for key in ("qat_trainer", "float_trainer"):
+            trainer = cfg.node(key)
+            if trainer is not None and trainer.kwargs.get("val_metrics") is not None:
+                metric_node = trainer.kwargs["val_metrics"]
+                break
+    if not loaders or metric_node is None:
+        ctx.logger.info("compile: no evaluation data/metric in the config; artifact not scored")
+        return {}
+    program = backend.load(result.artifact)
+    metrics = build(metric_node)
+    metrics = metrics if isinstance(metrics, list) else [metrics]
+    for m in metrics:
+        m.reset()
+    for loader in (build(n) for n in loaders):
+        bar = Progress(len(loader), "compile eval", progress_enabled(ctx.rank))
+        try:
+            for batch in loader:
+                dets = backend.detect(program, batch["img"])
+                if dets is None:
+                    ctx.logger.info("compile: the backend cannot decode detections; "
+                                    "artifact not scored")
+                    return {}
+                for m in metrics:
+                    m.update(batch, dets)
+                bar.update()
+        finally:
+            bar.close()
+    out: dict[str, float] = {}
+    for m in metrics:
+        out.update(m.compute())
+    ctx.logger.info("compiled artifact scored by its runtime", **{
+        k: round(v, 4) for k, v in out.items() if k in ("mAP", "AP50")})
+    return out

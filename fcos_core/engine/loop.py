@@ -124,6 +124,9 @@ class Loop:
         if self.model_convert_pipeline is not None:
             model = self.model_convert_pipeline(model, ctx.convert_context(str(self.device)))
         self.model = model.to(self.device)
+        if getattr(ctx, "channels_last", False):
+            # conv outputs follow the weights' format, so converting the model is enough
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.train_model = self.model
 
     @staticmethod

@@ -118,7 +118,8 @@ def run_pipeline(cfg: Any, host: Any, stages: Sequence[str], run_dir: str | None
                              deterministic=bool(data.get("deterministic", False)),
                              resume=resume, config=cfg, rank=rank, world_size=world,
                              local_rank=local_rank, example_inputs=deploy_inputs,
-                             recorder=recorder, backend=backend)
+                             recorder=recorder, backend=backend,
+                             channels_last=bool(data.get("channels_last", True)))
             t0 = time.perf_counter()
             seed_everything(seed)
             if stage == "compile":
@@ -128,7 +129,8 @@ def run_pipeline(cfg: Any, host: Any, stages: Sequence[str], run_dir: str | None
                 if out is None:
                     log.info("stage skipped: the config has no compile_cfg", stage=stage)
                     continue
-                summary[stage] = {"metrics": {}, "seconds": time.perf_counter() - t0,
+                summary[stage] = {"metrics": out.get("metrics") or {},
+                                  "seconds": time.perf_counter() - t0,
                                   "checkpoint": out["out_dir"], "source": None}
                 write_summary(folder, summary)
                 continue

@@ -142,8 +142,31 @@ class NashEBackend(CompileBackend):
         runtime = program if isinstance(program, Runtime) else Runtime(program)
         return runtime.run({k: _to_numpy(v) for k, v in inputs.items()})
 
+    def detect(self, program: Any, images: Any) -> list[dict[str, Any]] | None:
+        """Detections of a loaded artifact for normalised images ``[B, 3, H, W]``."""
+        import numpy as np
+
+        from fcos_plugin_nash_e.commands import _decode
+
+        runtime = program if isinstance(program, Runtime) else Runtime(program)
+        det = runtime.program.meta.get("detection")
+        if not det:
+            return None
+        arr = _to_numpy(images).astype(np.float32)
+        inp = runtime.program.inputs[0]
+        if inp.source == "pyramid":
+            # the normalised image is (yuv - 128) / 128 exactly, so this recovers the frame
+            feed: Any = np.clip(np.rint(arr * 128.0 + 128.0), 0, 255).astype(np.uint8)
+        else:
+            feed = arr
+        outputs = runtime.run({inp.name: feed})
+        h, w = int(arr.shape[2]), int(arr.shape[3])
+        return [_decode(runtime, tuple(o[b:b + 1] for o in outputs), det, (h, w), None)
+                for b in range(arr.shape[0])]
+
 
 def _to_numpy(value: Any) -> Any:
     if hasattr(value, "detach"):  # a torch tensor, without importing torch here
         return value.detach().cpu().numpy()
     return value
+

@@ -8,19 +8,30 @@ QDQ pattern ONNX Runtime recognises and fuses into integer kernels:
 =====================  ===============================================================
 fcos op                ONNX (``Q`` = QuantizeLinear, ``DQ`` = DequantizeLinear)
 =====================  ===============================================================
-quantize               Q(img, s)
+quantize               Q(img, 1/128)
 conv2d (int8/int16)    DQ(x), DQ_pc(w int8, axis 0), DQ_pc(b int32, s_in*s_w) -> Conv -> Q
-  ... with relu        Conv -> Q -> DQ -> Relu -> Q (same codes: relu(sat(v)) = sat0(v))
+  ... with relu        ... -> Q -> Clip(min = zero point): ReLU on the codes, exact
 conv2d (int32 out)     DQ(x), DQ_pc(w), DQ_pc(b) -> Conv [-> Relu]: the float accumulator
-add [relu]             DQ(a), DQ(b) -> Add -> Q [-> DQ -> Relu -> Q]
+add [relu]             DQ(a), DQ(b) -> Add -> Q [-> Clip]
 requantize             DQ(x) -> Q(new scale / dtype)
-relu / max_pool2d /    DQ(x) -> Relu / MaxPool / Resize(nearest) / Concat -> Q(same scale)
-upsample / cat
+relu                   Clip on the codes (int16: DQ -> Relu -> Q)
+max_pool2d / upsample  DQ(x) -> MaxPool / Resize(nearest, asymmetric, floor) / Concat -> Q,
+/ cat                  same scale
 =====================  ===============================================================
 
-Why ReLU after the Q of a conv: fcos quantizes symmetrically (zero point 0), so a ReLU cannot be
-folded into ``Q`` as ONNX Runtime does for zero point = qmin; keeping ``DQ -> Conv -> Q``
-contiguous lets ORT fuse the conv into ``QLinearConv`` and the ReLU stays a cheap elementwise op.
+Choices that make ORT run integer kernels (measured with onnxruntime 1.32 on x86):
+
+* int8 activations are stored as **uint8 with zero point 128** (``uint8_activations``): the same
+  codes shifted by 128, the same saturation. ORT's x86 ``QLinearConv`` takes uint8 activations;
+  with int8 ones it rewrites only some Q/DQ pairs to uint8 and leaves the other convs in float
+  (none of the 182 convs of the EfficientNet-B0 + BiFPN deploy model fused).
+* ReLU is applied **after** the conv's ``Q``, on the codes: fcos quantizes symmetrically, so ORT
+  cannot fold a ReLU into ``Q`` (it does that only when the zero point is the type minimum), and
+  a ReLU between ``Conv`` and ``Q`` would block the ``QLinearConv`` fusion.
+* One ``DQ`` per consumer, as ORT's QDQ node-unit selection wants.
+
+int16 tensors (the head's ``int16_output``) have no integer conv kernel in ORT: those convs run
+as float convs on dequantized inputs followed by an int16 ``Q``.
 
 Numerics: the codes agree with the integer model up to rounding. fcos requantizes with an integer
 multiplier and rounds ties up; ORT multiplies by a float32 scale ratio and rounds ties to even,
@@ -44,8 +55,8 @@ NP_TYPES = {"int8": np.int8, "int16": np.int16, "int32": np.int32, "uint8": np.u
 SUPPORTED_KINDS = frozenset({"quantize", "conv2d", "add", "requantize", "relu", "max_pool2d",
                              "upsample_nearest2d", "cat"})
 
-#: lowest opset the exporter emits: per-axis DequantizeLinear (13), Resize/ReduceMax with axes
-#: as attribute/input (18); int16 QuantizeLinear needs 21
+#: lowest opset the exporter emits: per-axis DequantizeLinear (13), Shape start/end (15),
+#: ReduceMax with axes as an input (18); int16 QuantizeLinear needs 21
 MIN_OPSET = 18
 MIN_OPSET_INT16 = 21
 
@@ -62,7 +73,8 @@ class OutputSpec:
     value: str  # integer-program value it comes from
     dtype: str  # int8 | int16 | int32 | float32 (dequantized)
     scale: list[float]  # step of one code: per tensor [s], per channel [s_c] (int32 outputs)
-    kind: str  # "body" or "max_logit"
+    kind: str  # "body", "max_logit" or "value" (an intermediate of a debug export)
+    zero_point: int = 0  # integer code = raw value - zero_point (128 for uint8 activations)
 
 
 @attrs.frozen
@@ -74,22 +86,18 @@ class ExportedGraph:
     input_name: str
     input_dtype: str  # float32 (normalised image) or uint8 (pyramid: raw YUV444 planes)
     input_shape: tuple[Any, ...]
-    values: tuple[str, ...] = ()  # integer values exposed as extra outputs (debug export)
+    values: tuple[OutputSpec, ...] = ()  # intermediates exposed as outputs (debug export)
 
 
 def output_names(n_body: int, strides: Sequence[int] | None, with_max_logit: bool) -> list[str]:
     """Readable names: ``cls_8, ..., box_8, ..., ctr_8, ...[, max_logit_8, ...]`` for an FCOS
     body with strides, ``out_0..`` otherwise."""
-    s = len(strides) if strides else 0
-    if s and n_body == 3 * s:
-        names = [f"{kind}_{st}" for kind in ("cls", "box", "ctr") for st in strides]  # type: ignore[union-attr]
-        if with_max_logit:
-            names += [f"max_logit_{st}" for st in strides]  # type: ignore[union-attr]
-        return names
+    st = list(strides or [])
+    if st and n_body == 3 * len(st):
+        names = [f"{kind}_{s}" for kind in ("cls", "box", "ctr") for s in st]
+        return names + ([f"max_logit_{s}" for s in st] if with_max_logit else [])
     names = [f"out_{i}" for i in range(n_body)]
-    if with_max_logit:
-        names += [f"max_logit_{i}" for i in range(len(strides or []))]
-    return names
+    return names + ([f"max_logit_{i}" for i in range(len(st))] if with_max_logit else [])
 
 
 class _Graph:
@@ -142,9 +150,10 @@ def _np(t: Any) -> np.ndarray:
 
 
 class _Builder:
-    def __init__(self, records: Sequence[Any], opset: int) -> None:
+    def __init__(self, records: Sequence[Any], opset: int, uint8_activations: bool) -> None:
         self.records = records
         self.opset = opset
+        self.uint8 = uint8_activations
         self.g = _Graph()
         self.scale: dict[str, float] = {}  # value -> per-tensor scale (quantized values)
         self.dtype: dict[str, str] = {}  # value -> int8 | int16 | int32
@@ -155,9 +164,20 @@ class _Builder:
 
     # -- quantization helpers ---------------------------------------------------------------
 
+    def zero_point(self, dtype: str) -> int:
+        return 128 if dtype == "int8" and self.uint8 else 0
+
+    def onnx_dtype(self, dtype: str) -> str:
+        return "uint8" if dtype == "int8" and self.uint8 else dtype
+
     def _qparams(self, scale: float, dtype: str) -> tuple[str, str]:
+        """Scale and zero point of an fcos ``dtype`` tensor. int8 codes ``q`` are stored as
+        uint8 ``q + 128`` when ``uint8`` is set: the same grid and the same saturation
+        (``sat_u8(round(x / s) + 128) = sat_i8(round(x / s)) + 128``), in the form ORT's x86
+        kernels take."""
         s = self.g.const("scale", np.array(scale, dtype=np.float32))
-        z = self.g.const(f"zp_{dtype}", np.array(0, dtype=NP_TYPES[dtype]))
+        odt = self.onnx_dtype(dtype)
+        z = self.g.const(f"zp_{odt}", np.array(self.zero_point(dtype), dtype=NP_TYPES[odt]))
         return s, z
 
     def quantize(self, x: str, scale: float, dtype: str, out: str) -> str:
@@ -177,11 +197,24 @@ class _Builder:
         if relu:
             pre = self.quantize(float_tensor, scale, op.dtype, self.g.unique(op.name + "_prerelu"))
             self.scale[pre], self.dtype[pre] = scale, op.dtype
-            r = self.g.node("Relu", [self.dequantize(pre)], op.name + "_relu")
-            self.quantize(r, scale, op.dtype, op.name)
+            self.relu_codes(pre, op.name)
         else:
             self.quantize(float_tensor, scale, op.dtype, op.name)
         self.scale[op.name], self.dtype[op.name] = scale, op.dtype
+
+    def relu_codes(self, value: str, out: str) -> str:
+        """ReLU of a quantized value, same scale: ``max(code, zero_point)``.
+
+        int8/uint8 codes: ``Clip`` in the integer domain (exact, no float round trip). int16
+        (ORT has no int16 Clip): ``DQ -> Relu -> Q``, also exact.
+        """
+        dtype = self.dtype[value]
+        if dtype == "int8":
+            odt = self.onnx_dtype(dtype)
+            lo = self.g.const(f"relu_min_{odt}", np.array(self.zero_point(dtype), NP_TYPES[odt]))
+            return self.g.node("Clip", [value, lo], out + "_clip", out=out)
+        r = self.g.node("Relu", [self.dequantize(value)], out + "_relu")
+        return self.quantize(r, self.scale[value], dtype, out)
 
     # -- ops --------------------------------------------------------------------------------
 
@@ -230,8 +263,11 @@ class _Builder:
         self._emit_q(self.dequantize(op.inputs[0]), op, relu=False)
 
     def op_relu(self, op: Any) -> None:
-        self._emit_q(self.g.node("Relu", [self.dequantize(op.inputs[0])], op.name + "_f"), op,
-                     relu=False)
+        x = op.inputs[0]
+        if self.dtype[x] != op.dtype or self.scale[x] != _scalar(self.tensors["scale"]):
+            raise ExportError(f"{op.name} (relu): output scale/dtype differ from the input's")
+        self.relu_codes(x, op.name)
+        self.scale[op.name], self.dtype[op.name] = self.scale[x], op.dtype
 
     def op_max_pool2d(self, op: Any) -> None:
         a = op.attrs
@@ -246,12 +282,15 @@ class _Builder:
     def op_upsample_nearest2d(self, op: Any) -> None:
         a = op.attrs
         x = self.dequantize(op.inputs[0])
-        # torch's nearest rule: src = floor(dst * in / out) = ONNX asymmetric + floor
+        # torch's nearest rule: src = floor(dst * in / out) = ONNX asymmetric + floor. Scales and
+        # sizes are given for all four axes: ORT 1.2x's layout optimizer mishandles Resize `axes`
         kwargs = dict(mode="nearest", coordinate_transformation_mode="asymmetric",
-                      nearest_mode="floor", axes=[2, 3])
+                      nearest_mode="floor")
         if a.get("output_size") is not None:
-            sizes = self.g.const(op.name + "_sizes",
-                                 np.array([int(v) for v in a["output_size"]], np.int64))
+            hw = self.g.const(op.name + "_hw", np.array([int(v) for v in a["output_size"]],
+                                                        np.int64))
+            nc = self.g.node("Shape", [x], op.name + "_nc", start=0, end=2)
+            sizes = self.g.node("Concat", [nc, hw], op.name + "_sizes", axis=0)
             y = self.g.node("Resize", [x, "", "", sizes], op.name + "_f", **kwargs)
         else:
             factors = a.get("scale_factors")
@@ -259,7 +298,7 @@ class _Builder:
                 raise ExportError(f"{op.name} (upsample_nearest2d): neither output_size nor "
                                   "scale_factors is set")
             scales = self.g.const(op.name + "_scales",
-                                  np.array([float(v) for v in factors], np.float32))
+                                  np.array([1.0, 1.0] + [float(v) for v in factors], np.float32))
             y = self.g.node("Resize", [x, "", scales], op.name + "_f", **kwargs)
         self._emit_q(y, op, relu=False)
 
@@ -314,6 +353,7 @@ def build_qdq_model(
     strides: Sequence[int] | None = None,
     max_logit: bool = False,
     pyramid_input: bool = False,
+    uint8_activations: bool = True,
     expose_values: bool = False,
     graph_name: str = "fcos",
 ) -> ExportedGraph:
@@ -331,6 +371,9 @@ def build_qdq_model(
         pyramid_input: the input is raw uint8 YUV444 planes [B, 3, H, W]; the graph normalises
             them with ``(x - 128) / 128`` (``DequantizeLinear(x, 1/128, 128)``, exact) before
             the model's input quantization.
+        uint8_activations: store int8 activations as uint8 with zero point 128 (identical
+            codes, see :meth:`_Builder._qparams`): ONNX Runtime's x86 integer convs take uint8
+            activations. False: plain symmetric int8 (zero point 0), as e.g. TensorRT wants.
         expose_values: also output every integer value (named as in the program), for a
             layer-by-layer comparison with ``IntegerModel.run_all``.
     """
@@ -347,7 +390,7 @@ def build_qdq_model(
         raise ExportError("; ".join(f"{w} ({k}): {r}" for w, k, r in problems))
     if len(input_shape) != 4:
         raise ExportError(f"input_shape must be (B, C, H, W), got {tuple(input_shape)}")
-    b = _Builder(records, opset)
+    b = _Builder(records, opset, uint8_activations)
     in_name = "img"
     shape: tuple[Any, ...] = ("batch", int(input_shape[1]), int(input_shape[2]),
                               int(input_shape[3]))
@@ -389,6 +432,11 @@ def build_qdq_model(
                 s, z = b._qparams(b.scale[value], dtype)
                 t = b.g.node("DequantizeLinear", [value, s, z], name, out=name)
                 out_dtype = "float32"
+            elif b.zero_point(dtype):  # uint8-stored int8 codes -> int8 (exact, same scale)
+                s = b.g.const("scale", np.array(b.scale[value], dtype=np.float32))
+                z = b.g.const("zp_int8", np.array(0, dtype=np.int8))
+                t = b.g.node("QuantizeLinear", [b.dequantize(value), s, z], name, out=name)
+                out_dtype = dtype
             else:
                 t = b.g.node("Identity", [value], name, out=name)
                 out_dtype = dtype
@@ -414,13 +462,15 @@ def build_qdq_model(
             specs.append(OutputSpec(name=name, value=specs[k].value, dtype=dtype,
                                     scale=scale if len(scale) == 1 else [], kind="max_logit"))
             graph_outputs.append((t, dtype))
-    exposed: list[str] = []
+    exposed: list[OutputSpec] = []
     if expose_values:
         for rec in records:
             v = rec.op.name
             if b.dtype.get(v) in ("int8", "int16") and v not in outputs:
-                graph_outputs.append((v, b.dtype[v]))
-                exposed.append(v)
+                odt = b.onnx_dtype(b.dtype[v])
+                graph_outputs.append((v, odt))
+                exposed.append(OutputSpec(name=v, value=v, dtype=odt, scale=[b.scale[v]],
+                                          kind="value", zero_point=b.zero_point(b.dtype[v])))
 
     inputs = [helper.make_tensor_value_info(in_name, ONNX_TYPES[in_type], list(shape))]
     # every output is [B, C, H, W]; shape inference fills in the sizes below

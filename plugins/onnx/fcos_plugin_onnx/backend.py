@@ -1,0 +1,279 @@
+"""``OnnxBackend``: the ``onnx`` compile backend (see :mod:`fcos_core.compile.backend`).
+
+check   -> :mod:`.checker` (float deploy models) or the exporter's program check (quantized);
+compile -> :mod:`.qdq_export` (integer program -> QDQ graph) + :mod:`.artifact` (one .onnx
+           file with fcos metadata) + :mod:`.session` (ORT latency at batch 1) +
+           :mod:`.agreement` (integer codes of ORT vs the fcos quantized model);
+load / run -> :class:`.artifact.OnnxProgram` (an ONNX Runtime session; numpy in and out).
+
+Only public fcos interfaces are used: the quantized deploy model's body is an
+``IntegerModel`` read through ``integer_program``; the rules come from
+``fcos_core.quantization.rules``.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from fcos_core.compile.backend import CheckIssue, CompileBackend, CompileResult
+from fcos_core.errors import FcosUserError
+from fcos_core.schema import fields_of
+from fcos_plugin_onnx import __version__
+from fcos_plugin_onnx.artifact import FORMAT_VERSION, OnnxProgram, read_artifact, write_artifact
+from fcos_plugin_onnx.schema import OnnxCompileOptions
+
+
+def find_integer_model(model: Any) -> tuple[Any, Any] | None:
+    """``(integer_model, compile_post_process_or_None)`` of a quantized deploy model; None for
+    a model that is not quantized."""
+    from fcos_core.quantization.integer_model import IntegerModel
+
+    if isinstance(model, IntegerModel):
+        return model, None
+    body = getattr(model, "body", None)
+    if isinstance(body, IntegerModel):
+        post = getattr(model, "post_process", None)
+        return body, post if getattr(post, "for_compile", False) else None
+    return None
+
+
+def detection_meta(model: Any) -> dict[str, Any] | None:
+    """FCOS decoding parameters of the model's post-process (None without one)."""
+    post = getattr(model, "post_process", None)
+    if post is None or not hasattr(post, "strides"):
+        return None
+    return {
+        "strides": [int(s) for s in post.strides],
+        "num_classes": int(getattr(model, "num_classes", 0)) or None,
+        "threshold": float(post.threshold),
+        "score_threshold": float(post.score_threshold),
+        "iou_threshold": float(post.iou_threshold),
+        "nms_pre": int(post.nms_pre),
+        "max_per_img": int(post.max_per_img),
+        "max_shape": list(post.max_shape) if post.max_shape else None,
+        "bbox_upscaled": bool(getattr(model, "bbox_upscaled", False)),
+    }
+
+
+def _resolve_options(defaults: Mapping[str, Any], options: Mapping[str, Any],
+                     out_dir: Path | None) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    for name, info in fields_of(OnnxCompileOptions).items():
+        if not info.required:
+            opts[name] = info.default
+    opts.update(defaults)
+    opts.update({k: v for k, v in options.items() if k != "march"})
+    if not opts.get("out_dir"):
+        if out_dir is None:
+            raise FcosUserError("compile_cfg.out_dir is not set", hint="set compile_cfg.out_dir")
+        opts["out_dir"] = str(out_dir)
+    unknown = set(opts) - set(fields_of(OnnxCompileOptions))
+    if unknown:
+        raise FcosUserError(f"compile_cfg: unknown option(s) {sorted(unknown)} for march onnx",
+                            hint=f"use {', '.join(sorted(fields_of(OnnxCompileOptions)))}")
+    if len(opts["input_source"]) != 1:
+        raise FcosUserError(f"compile_cfg.input_source: {opts['input_source']} lists "
+                            f"{len(opts['input_source'])} sources; the FCOS deploy model has "
+                            "one input", hint="use input_source: [ddr] or [pyramid]")
+    if int(opts["latency_runs"]) < 0 or int(opts["warmup_runs"]) < 0:
+        raise FcosUserError("compile_cfg.latency_runs and warmup_runs must be >= 0",
+                            hint="use 0 to skip the latency measurement")
+    return opts
+
+
+def _example_tensor(example_inputs: Mapping[str, Any]) -> Any:
+    """The example image batch as a float tensor (a shape gives uniform [-1, 1) data)."""
+    import torch
+
+    if len(example_inputs) != 1:
+        raise FcosUserError(f"example inputs {sorted(example_inputs)}: the FCOS deploy model "
+                            "has exactly one input", hint="deploy_inputs: {img: [1, 3, H, W]}")
+    value = next(iter(example_inputs.values()))
+    if isinstance(value, (list, tuple)):
+        g = torch.Generator().manual_seed(0)
+        return torch.rand(tuple(int(v) for v in value), generator=g) * 2 - 1
+    return torch.as_tensor(value).float()
+
+
+def _pyramid_pair(x: Any) -> tuple[Any, Any]:
+    """(raw uint8 planes for ORT, the normalised float image the torch model sees)."""
+    import torch
+
+    raw = torch.clamp(torch.round(x * 128.0 + 128.0), 0, 255).to(torch.uint8)
+    return raw, (raw.float() - 128.0) / 128.0
+
+
+class OnnxBackend(CompileBackend):
+    """QDQ ONNX export of the quantized deploy model, run and timed with ONNX Runtime."""
+
+    name = "onnx"
+
+    def __init__(self, **options: Any) -> None:
+        self.options = dict(options)  # defaults for compile() and check()
+
+    def quantization_rules(self) -> Any:
+        """fcos's default rules, spelled out: everything they produce has a QDQ form.
+
+        int8 activations (stored as uint8 + 128 in the graph, the same codes), per-channel int8
+        weights, fixed input scale 1/128, ReLU fused into the producing conv/add (exported as an
+        integer Clip after the QuantizeLinear), adds with their own input scales (QDQ adds
+        rescale each input), concat inputs on one shared scale (ORT's QLinearConcat).
+        """
+        from fcos_core.quantization.rules import QuantRules
+
+        return QuantRules(activation_dtype="int8", weight_dtype="int8", input_dtype="int8",
+                          input_scale=1.0 / 128.0, fuse_relu=True, add_inputs_share_scale=False)
+
+    # -- check ---------------------------------------------------------------------------
+
+    def check(self, model: Any, example_inputs: Mapping[str, Any]) -> Sequence[CheckIssue]:
+        from fcos_plugin_onnx.checker import check_float_model, check_quantized
+
+        opset = int(self.options.get("opset", 21))
+        found = find_integer_model(model)
+        if found is not None:
+            from fcos_core.quantization.integer_model import integer_program
+
+            return check_quantized(integer_program(found[0]), opset)
+        return check_float_model(model, example_inputs, self.quantization_rules().supported_ops)
+
+    # -- compile -------------------------------------------------------------------------
+
+    def compile(self, model: Any, example_inputs: Mapping[str, Any], options: Mapping[str, Any],
+                out_dir: Path) -> CompileResult:
+        import torch
+
+        from fcos_core.quantization.integer_model import integer_program
+        from fcos_plugin_onnx.agreement import code_agreement
+        from fcos_plugin_onnx.qdq_export import ExportError, build_qdq_model
+        from fcos_plugin_onnx.session import make_session, measure_latency
+
+        t0 = time.perf_counter()
+        opts = _resolve_options(self.options, options, Path(out_dir) if out_dir else None)
+        found = find_integer_model(model)
+        if found is None:
+            raise FcosUserError(
+                f"the model to compile ({type(model).__name__}) is not a quantized deploy "
+                "model: expected an IntegerModel or a detector whose body is one",
+                hint="run the int_infer stage (QAT2Quantize) first; `fcos check` checks float "
+                     "models")
+        int_model, post = found
+        records = integer_program(int_model)
+        x = _example_tensor(example_inputs)
+        pyramid = opts["input_source"] == ["pyramid"]
+        det = detection_meta(model)
+        strides = det["strides"] if det else None
+        try:
+            exported = build_qdq_model(
+                records, int_model.outputs, input_shape=tuple(x.shape),
+                dequant_output=bool(int_model.dequant_output), opset=int(opts["opset"]),
+                strides=strides, max_logit=post is not None, pyramid_input=pyramid,
+                uint8_activations=opts["activation_dtype"] == "uint8",
+                graph_name=str(opts["name"]))
+        except ExportError as exc:
+            raise FcosUserError(f"compile_cfg (march onnx): cannot export the quantized model: "
+                                f"{exc}", hint="see `fcos check CONFIG --model` and the "
+                                               "fcos-plugin-onnx README for the op set") from None
+        out = Path(opts["out_dir"])
+        path = Path(opts["onnx_file"])
+        path = path if path.is_absolute() else out / path
+        meta = {
+            "format": FORMAT_VERSION,
+            "producer": f"fcos-plugin-onnx {__version__}",
+            "name": str(opts["name"]),
+            "input": {"name": exported.input_name, "dtype": exported.input_dtype,
+                      "shape": list(exported.input_shape),
+                      "source": opts["input_source"][0],
+                      # pyramid planes are normalised inside the graph; ddr input arrives
+                      # normalised by the data pipeline (Normalize transform)
+                      "normalisation": "(x - 128) / 128 in the graph" if pyramid
+                      else "by the caller"},
+            "outputs": [_spec_dict(s) for s in exported.outputs],
+            "dequant_output": bool(int_model.dequant_output),
+            "activation_dtype": opts["activation_dtype"],
+            "detection": det,
+        }
+        write_artifact(path, exported.model, meta)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            opt_path = str(Path(tmp) / "optimized.onnx")
+            sess, threading = make_session(str(path), opts["providers"], opts["threads"],
+                                           optimized_path=opt_path)
+            optimized = _count_ops(opt_path)
+        program = OnnxProgram(session=sess, meta=meta, threading=threading)
+
+        feed, model_in = _pyramid_pair(x) if pyramid else (x, x)
+        agreement = None
+        if opts["agreement_check"]:
+            with torch.no_grad():
+                ref = model(model_in)
+            ref = ref if isinstance(ref, (tuple, list)) else (ref,)
+            agreement = code_agreement(ref, program.run({"img": feed}), meta["outputs"])
+
+        latency = None
+        if int(opts["latency_runs"]) > 0:
+            one = program.feed({"img": feed[:1]})
+            latency = measure_latency(lambda: sess.run(None, one), int(opts["latency_runs"]),
+                                      int(opts["warmup_runs"]))
+            latency = {"batch": 1, **latency, **threading}
+
+        nodes = collections.Counter(n.op_type for n in exported.model.graph.node)
+        report = {
+            "march": "onnx",
+            "artifact": str(path),
+            "artifact_bytes": path.stat().st_size,
+            "opset": int(opts["opset"]),
+            "input": meta["input"],
+            "outputs": [{"name": s.name, "dtype": s.dtype} for s in exported.outputs],
+            "nodes": sum(nodes.values()),
+            "nodes_by_op": dict(sorted(nodes.items())),
+            "ort_nodes_by_op": optimized,
+            "ort_fused_int8_convs": optimized.get("QLinearConv", 0),
+            "providers": threading["providers"],
+            "latency": latency,
+            "agreement": agreement,
+            "compile_seconds": time.perf_counter() - t0,
+        }
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(opts["name"])) or "model"
+        report_path = out / f"{safe}_onnx_report.json"
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        report_path.write_text(json.dumps(report, indent=1, sort_keys=True))
+        return CompileResult(artifact=path, report=report, files=(report_path,))
+
+    # -- execute -------------------------------------------------------------------------
+
+    def load(self, artifact: Path) -> OnnxProgram:
+        from fcos_plugin_onnx.session import make_session
+
+        model, meta = read_artifact(artifact)
+        sess, threading = make_session(model.SerializeToString(),
+                                       self.options.get("providers") or ["CPUExecutionProvider"],
+                                       self.options.get("threads"))
+        return OnnxProgram(session=sess, meta=meta, threading=threading)
+
+    def run(self, program: Any, inputs: Mapping[str, Any]) -> tuple[Any, ...]:
+        if not isinstance(program, OnnxProgram):
+            raise TypeError(f"run() takes what load() returned, got {type(program).__name__}")
+        return program.run(inputs)
+
+
+def _spec_dict(spec: Any) -> dict[str, Any]:
+    return {"name": spec.name, "value": spec.value, "dtype": spec.dtype,
+            "scale": list(spec.scale), "kind": spec.kind, "zero_point": spec.zero_point}
+
+
+def _count_ops(path: str) -> dict[str, int]:
+    """Op types of ORT's optimized graph (fused kernels such as QLinearConv show here)."""
+    import onnx
+
+    if not Path(path).is_file():
+        return {}
+    graph = onnx.load_model(path, load_external_data=False).graph
+    counts = collections.Counter(n.op_type for n in graph.node)
+    return dict(sorted(counts.items()))

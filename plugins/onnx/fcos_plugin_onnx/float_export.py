@@ -1,0 +1,53 @@
+"""Float ONNX export of a deploy model (``torch.onnx.export``, dynamo exporter), for comparing
+the quantized model with float ONNX Runtime or for runtimes that quantize themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from fcos_core.errors import FcosUserError
+
+
+def export_float_onnx(model: Any, example_inputs: Mapping[str, Any], path: str | Path,
+                      opset: int = 21) -> Path:
+    """Write the float ``model`` (eval mode) as one ONNX file and return its path.
+
+    Args:
+        model: a float deploy model ``img [B, 3, H, W] -> tuple of tensors`` (e.g. FCOS with a
+            ``for_compile`` post-process). A quantized model is refused: use the ``onnx``
+            compile backend for it.
+        example_inputs: ``{"img": tensor or shape}``; the batch dimension is exported dynamic.
+        path: the ``.onnx`` file to write (weights inside: ``external_data=False``).
+        opset: ONNX opset of the export.
+    """
+    import torch
+
+    from fcos_plugin_onnx.backend import find_integer_model
+
+    if find_integer_model(model) is not None:
+        raise FcosUserError("export_float_onnx got a quantized model",
+                            hint="export quantized models with the onnx compile backend "
+                                 "(compile_cfg.march: onnx)")
+    if len(example_inputs) != 1:
+        raise ValueError(f"example_inputs: expected one input, got {sorted(example_inputs)}")
+    name, value = next(iter(example_inputs.items()))
+    if isinstance(value, (list, tuple)):
+        value = torch.zeros(tuple(int(v) for v in value))
+    x = torch.as_tensor(value).float()
+    if x.dim() != 4:
+        raise ValueError(f"example_inputs[{name!r}]: expected [B, C, H, W], got {tuple(x.shape)}")
+    if x.shape[0] < 2:  # torch.export specialises a batch of 1; export at 2, dynamic
+        x = x.expand(2, *x.shape[1:]).contiguous()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            torch.onnx.export(model, (x,), str(out), input_names=[name], dynamo=True,
+                              opset_version=int(opset), external_data=False, verbose=False,
+                              dynamic_shapes=({0: torch.export.Dim.AUTO},))
+    finally:
+        model.train(was_training)
+    return out

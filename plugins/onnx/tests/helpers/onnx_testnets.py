@@ -1,0 +1,243 @@
+"""Small FCOS detectors, synthetic detection data and the public quantization flow, for the
+fcos-plugin-onnx tests.
+
+The stand-in neck uses every integer op kind the exporter translates: conv (dense, depthwise
+in the head, stride 1/2), ReLU fused into convs and adds, add, nearest upsampling by a factor
+and to a size, concat (shared scale) and max-pooling. Everything is built through fcos's public
+modules only, as a third-party plugin would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+from typing import Any, Sequence
+
+import attrs
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fcos_core.convert_context import ConvertContext
+from fcos_core.hooks import hookimpl
+from fcos_core.models.dynamic_target import DynamicFcosTarget
+from fcos_core.models.fcos import FCOS
+from fcos_core.models.head import FCOSHead
+from fcos_core.models.losses.cross_entropy import CrossEntropyLoss
+from fcos_core.models.losses.focal import FocalLoss
+from fcos_core.models.losses.giou import GIoULoss
+from fcos_core.models.post_process import FCOSMultiStrideFilter
+from fcos_core.quantization.converters import Float2QAT, QAT2Quantize, freeze_observers
+from fcos_core.schema import arg
+
+SIZE = 64
+STRIDES = [8, 16, 32]
+COLORS = np.array([[230, 40, 40], [40, 230, 40], [40, 40, 230]], np.uint8)  # one per class
+
+
+def _cbr(cin: int, cout: int, k: int = 3, s: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, s, k // 2, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU())
+
+
+class StandInBackbone(nn.Module):
+    """Four stride-2 conv+BN+ReLU stages; features at strides 8 and 16."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.stages = nn.Sequential(_cbr(3, width // 2, 3, 2), _cbr(width // 2, width, 3, 2))
+        self.s8 = _cbr(width, 2 * width, 3, 2)
+        self.s16 = _cbr(2 * width, 2 * width, 3, 2)
+        self.out_strides = [8, 16]
+        self.out_channels = [2 * width, 2 * width]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        a = self.s8(self.stages(x))
+        return [a, self.s16(a)]
+
+
+class StandInNeck(nn.Module):
+    """FPN-like: top-down add (x2 upsample), concat with a size-upsampled copy, max-pooled P32."""
+
+    def __init__(self, in_channels: Sequence[int] = (32, 32), out_channels: int = 32) -> None:
+        super().__init__()
+        c = out_channels
+        self.lat8 = nn.Sequential(nn.Conv2d(in_channels[0], c, 1, bias=False), nn.BatchNorm2d(c))
+        self.lat16 = nn.Sequential(nn.Conv2d(in_channels[1], c, 1, bias=False),
+                                   nn.BatchNorm2d(c))
+        self.fuse = _cbr(2 * c, c, 1)
+        self.in_strides = [8, 16]
+        self.out_strides = list(STRIDES)
+        self.out_channels = c
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        a, b = feats
+        p16 = self.lat16(b)
+        p8 = F.relu(self.lat8(a) + F.interpolate(p16, scale_factor=2.0, mode="nearest"))
+        up = F.interpolate(p16, size=(int(p8.shape[-2]), int(p8.shape[-1])), mode="nearest")
+        p8 = self.fuse(torch.cat([p8, up], 1))
+        return [p8, p16, F.max_pool2d(p16, 2, 2)]
+
+
+def make_fcos(seed: int = 0, num_classes: int = 3, train: bool = True,
+              for_compile: bool = False, dequant_output: bool = True,
+              int16_output: bool = True, int8_output: bool = False, act: str = "relu") -> FCOS:
+    """The test detector; ``act="silu"`` puts an op without integer form in the backbone."""
+    torch.manual_seed(seed)
+    backbone = StandInBackbone()
+    if act == "silu":
+        backbone.s16[2] = nn.SiLU()
+    neck = StandInNeck(backbone.out_channels)
+    head = FCOSHead(num_classes=num_classes, in_strides=STRIDES, out_strides=STRIDES,
+                    stride2channels={s: 32 for s in STRIDES}, feat_channels=32, stacked_convs=2,
+                    int8_output=int8_output, int16_output=int16_output,
+                    dequant_output=dequant_output)
+    post = FCOSMultiStrideFilter(strides=STRIDES, for_compile=for_compile,
+                                 max_shape=(SIZE, SIZE))
+    if not train:
+        return FCOS(backbone, neck, head, post_process=post)
+    targets = DynamicFcosTarget(
+        strides=STRIDES, cls_out_channels=num_classes, background_label=num_classes, topK=10,
+        loss_cls=FocalLoss(num_classes=num_classes + 1, reduction="none"),
+        loss_reg=GIoULoss(loss_weight=2.0, reduction="none"))
+    return FCOS(backbone, neck, head, targets=targets, post_process=post,
+                loss_cls=FocalLoss(num_classes=num_classes + 1),
+                loss_centerness=CrossEntropyLoss(use_sigmoid=True, loss_name="centerness"),
+                loss_reg=GIoULoss())
+
+
+def randomise_bn(model: nn.Module, seed: int) -> nn.Module:
+    """Non-trivial BN statistics, so an untrained model has varied activations."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+            m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+    return model
+
+
+def images(n: int, seed: int, size: int = SIZE) -> torch.Tensor:
+    """Normalised images in [-1, 1) as Normalize(mean=128, std=128) produces."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, size, size, generator=g) * 2 - 1
+
+
+def synthetic_batch(n: int = 8, seed: int = 0) -> dict[str, Any]:
+    """``n`` noisy grey images with 1-3 non-overlapping coloured rectangles; colour = class."""
+    g = np.random.default_rng(seed)
+    imgs, boxes, labels = [], [], []
+    for _ in range(n):
+        img = (110 + g.integers(0, 20, (SIZE, SIZE, 3))).astype(np.uint8)
+        bs: list[np.ndarray] = []
+        ls: list[int] = []
+        for _ in range(int(g.integers(1, 4))):
+            for _ in range(50):
+                w, h = g.integers(12, 36, 2)
+                x, y = g.integers(0, SIZE - w), g.integers(0, SIZE - h)
+                b = np.array([x, y, x + w, y + h], np.float32)
+                if all(min(b[2], o[2]) <= max(b[0], o[0]) or min(b[3], o[3]) <= max(b[1], o[1])
+                       for o in bs):
+                    break
+            else:
+                continue
+            c = int(g.integers(0, 3))
+            img[y:y + h, x:x + w] = COLORS[c]
+            bs.append(b)
+            ls.append(c)
+        imgs.append(torch.from_numpy(img).permute(2, 0, 1).float().sub(128).div(128))
+        boxes.append(torch.from_numpy(np.stack(bs)))
+        labels.append(torch.tensor(ls, dtype=torch.long))
+    return {"img": torch.stack(imgs), "gt_bboxes": boxes, "gt_classes": labels,
+            "img_shape": [(SIZE, SIZE)] * n}
+
+
+def train(model: FCOS, batch: dict[str, Any], steps: int = 150, lr: float = 5e-3) -> FCOS:
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    for _ in range(steps):
+        loss = sum(model(batch).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def quantize(model: nn.Module, calib: Sequence[torch.Tensor], backend: Any = None,
+             size: int = SIZE) -> nn.Module:
+    """Float2QAT -> a few calibration batches -> freeze -> QAT2Quantize (the public flow)."""
+    ctx = ConvertContext(example_inputs={"img": (1, 3, size, size)}, backend=backend)
+    qat = Float2QAT()(copy.deepcopy(model).eval(), ctx)
+    qat.eval()
+    with torch.no_grad():
+        for x in calib:
+            qat(x)
+    freeze_observers(qat)
+    return QAT2Quantize()(qat, ctx).eval()
+
+
+def coco_ap(gt_batch: dict[str, Any], detections: Sequence[dict[str, Any]],
+            num_classes: int) -> dict[str, float]:
+    """COCO box AP@[.5:.95] and AP50 of ``detections`` against the batch's boxes
+    (pycocotools, the reference implementation)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    imgs, anns, res = [], [], []
+    for i, (bx, lb) in enumerate(zip(gt_batch["gt_bboxes"], gt_batch["gt_classes"])):
+        imgs.append({"id": i + 1, "width": SIZE, "height": SIZE})
+        for (x1, y1, x2, y2), c in zip(bx.tolist(), lb.tolist()):
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": c + 1,
+                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
+                         "iscrowd": 0})
+    for i, d in enumerate(detections):
+        for (x1, y1, x2, y2), s, c in zip(d["boxes"].tolist(), d["scores"].tolist(),
+                                          d["labels"].tolist()):
+            res.append({"image_id": i + 1, "category_id": int(c) + 1,
+                        "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(s)})
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = {"images": imgs, "annotations": anns,
+                      "categories": [{"id": c + 1, "name": str(c)} for c in range(num_classes)]}
+        gt.createIndex()
+        if not res:
+            return {"AP": 0.0, "AP50": 0.0}
+        ev = COCOeval(gt, gt.loadRes(res), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {"AP": float(ev.stats[0]), "AP50": float(ev.stats[1])}
+
+
+# --- a test plugin: the stand-ins as registered components (for config-driven tests) --------
+
+
+@attrs.frozen(kw_only=True)
+class StandInBackboneArgs:
+    """Test stand-in backbone (strides 8, 16)."""
+
+    width: int = arg(16, help="channels of the stride-4 stage")
+
+
+@attrs.frozen(kw_only=True)
+class StandInNeckArgs:
+    """Test stand-in FPN-like neck (strides 8, 16, 32)."""
+
+    in_channels: list[int] = arg([32, 32], help="channels of the incoming features")
+    out_channels: int = arg(32, help="output channels")
+
+
+class StandIns:
+    """Registers ``onnx_test_backbone`` and ``onnx_test_neck``."""
+
+    @hookimpl
+    def register_backbones(self, register):
+        register("onnx_test_backbone", factory=StandInBackbone, schema=StandInBackboneArgs)
+
+    @hookimpl
+    def register_necks(self, register):
+        register("onnx_test_neck", factory=StandInNeck, schema=StandInNeckArgs)
