@@ -14,7 +14,8 @@ from fcos_core.plugins import PluginHost
 
 
 def plugins_command(args: argparse.Namespace, host: PluginHost) -> int:
-    rows = [p for p in host.plugins.values() if args.all or not p.builtin]
+    rows = sorted((p for p in host.plugins.values() if args.all or not p.builtin),
+                  key=lambda p: (not p.builtin, p.distribution or "", p.name))
     if args.json:
         out = [{"name": p.name, "distribution": p.distribution, "version": p.version,
                 "builtin": p.builtin, "status": p.status, "error": p.error,

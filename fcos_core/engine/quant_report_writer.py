@@ -32,9 +32,10 @@ def write_stage_report(loop: Any, ctx: Any, images: list[Any]) -> str | None:
 
     with open(path, encoding="utf-8") as f:
         report = json.load(f)
-    local = {layer["name"]: layer["local_sqnr_db"] for layer in report.get("layers", [])}
-    worst = ", ".join(f"{name} {local.get(name, float('nan')):.1f} dB"
-                      for name in report.get("worst", [])[:5])
+    layers = {layer["name"]: layer for layer in report.get("layers", [])}
+    worst = ", ".join(
+        f"{layers[n].get('module') or n} {float(layers[n]['local_sqnr_db']):.1f} dB"
+        for n in report.get("worst", [])[:5] if n in layers)
     loop.logger.info("quantization report written", stage=loop.stage, path=path,
                      worst_layers=worst)
     return path

@@ -89,6 +89,16 @@ def _float_values(float_model: nn.Module | None, quant_body: nn.Module, x: torch
     return cap.values, tuple(outs)
 
 
+def _module_of(node: fx.Node) -> str:
+    """Qualified name of the nn.Module whose forward produced ``node`` ('' if unknown), so a
+    report names ``backbone.blocks.3.conv`` rather than a graph node."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path = str(list(stack.values())[-1][0])
+    return path.replace("L['self'].", "").replace("L__self___", "")
+
+
 def _quant_points(body: nn.Module, x: torch.Tensor
                   ) -> tuple[list[dict[str, Any]], tuple[torch.Tensor, ...]]:
     """[{name, source, value (float), scale, dtype}] and the (float) outputs."""
@@ -129,7 +139,8 @@ def _quant_points(body: nn.Module, x: torch.Tensor
             continue
         if node.name not in cap.values:
             continue
-        points.append({"name": node.name, "source": src.name, "value": cap.values[node.name],
+        points.append({"name": node.name, "source": src.name, "module": _module_of(src),
+                       "value": cap.values[node.name],
                        "scale": fq.scale.detach().clone(), "dtype": _DTYPE_NAME[fq.dtype],
                        "kind": src.target.__name__ if callable(src.target) else str(src.op)})
     return points, tuple(outs)
@@ -182,7 +193,8 @@ def quant_report(float_model: nn.Module | None, quant_model: nn.Module,
             if ref is None or ref.shape != p["value"].shape:
                 continue
             rec = acc.setdefault(p["name"], {
-                "name": p["name"], "source": p["source"], "kind": p["kind"], "dtype": p["dtype"],
+                "name": p["name"], "source": p["source"], "module": p.get("module", ""),
+                "kind": p["kind"], "dtype": p["dtype"],
                 "signal": 0.0, "noise": 0.0, "local_noise": 0.0, "clipped": 0, "numel": 0,
                 "min": math.inf, "max": -math.inf})
             scale = p["scale"]
@@ -208,7 +220,8 @@ def quant_report(float_model: nn.Module | None, quant_model: nn.Module,
     layers = []
     for rec in acc.values():
         layers.append({
-            "name": rec["name"], "source": rec["source"], "kind": rec["kind"],
+            "name": rec["name"], "source": rec["source"], "module": rec["module"],
+            "kind": rec["kind"],
             "dtype": rec["dtype"], "scale": rec["scale"],
             "range": [rec["min"], rec["max"]],
             "sqnr_db": _sqnr(rec["signal"], rec["noise"]),
@@ -235,17 +248,21 @@ def _fmt_db(v: float) -> str:
 def format_report(report: dict[str, Any]) -> str:
     """A readable table: one line per layer, then the outputs and the worst layers."""
     lines = [f"quantization report ({report['stage']})",
-             f"{'layer':<32} {'kind':<22} {'dtype':<6} {'scale':>12} {'min':>10} {'max':>10} "
-             f"{'clip%':>7} {'SQNR':>7} {'local':>7}"]
+             f"{'layer (module)':<44} {'kind':<16} {'dtype':<6} {'scale':>12} {'min':>10} "
+             f"{'max':>10} {'clip%':>7} {'SQNR':>7} {'local':>7}"]
     for r in report["layers"]:
         s = r["scale"]
         scale = f"{s:12.6g}" if isinstance(s, float) else f"{'per-ch':>12}"
-        lines.append(f"{r['name'][:32]:<32} {str(r['kind'])[:22]:<22} {r['dtype']:<6} {scale} "
+        label = r.get("module") or r["name"]
+        label = label if len(label) <= 44 else "..." + label[-41:]  # the tail names the layer
+        lines.append(f"{label:<44} {str(r['kind'])[:16]:<16} {r['dtype']:<6} {scale} "
                      f"{r['range'][0]:10.4g} {r['range'][1]:10.4g} {100 * r['clipped']:7.3f} "
                      f"{_fmt_db(r['sqnr_db']):>7} {_fmt_db(r['local_sqnr_db']):>7}")
     lines.append("outputs: " + ", ".join(f"#{o['index']} {_fmt_db(o['sqnr_db'])} dB"
                                          for o in report["outputs"]))
-    lines.append("losing most (local SQNR): " + ", ".join(report["worst"]))
+    modules = {r["name"]: r.get("module") or r["name"] for r in report["layers"]}
+    lines.append("losing most (local SQNR): " + ", ".join(modules.get(w, w)
+                                                          for w in report["worst"]))
     return "\n".join(lines)
 
 
