@@ -94,7 +94,10 @@ class FcosFakeQuantize(FakeQuantizeBase):
         return bool(self.activation_post_process.has_data())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.observer_enabled[0] == 1:
+        # Ranges move in eval mode only while fake-quant is off (calibration runs the model in
+        # eval mode to collect them). Once fake-quant is on (QAT), they move only in training
+        # mode, so validating or predicting with a QAT model never changes it.
+        if self.observer_enabled[0] == 1 and (self.training or self.fake_quant_enabled[0] == 0):
             self.activation_post_process(x.detach())
             self._stale = True
         if self.fake_quant_enabled[0] == 1:

@@ -53,11 +53,13 @@ def main() -> int:
     float_model = build(cfg.values["deploy_model"]).eval()
     backend = OnnxBackend(threads=threads)
     ctx = ConvertContext(example_inputs={"img": (1, 3, size, size)}, backend=backend)
-    qat = Float2QAT()(build(cfg.values["deploy_model"]).eval(), ctx).eval()
+    qat = Float2QAT()(build(cfg.values["deploy_model"]).eval(), ctx)
+    qat.body.train()  # a QAT model's ranges move only in training mode
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for _ in range(2):
             qat(torch.rand(2, 3, size, size, generator=g) * 2 - 1)
+    qat.eval()
     freeze_observers(qat)
     quant = QAT2Quantize()(qat, ctx).eval()
     x = torch.rand(1, 3, size, size, generator=g) * 2 - 1

@@ -102,10 +102,12 @@ def setup(tmp_path_factory):
     cfg = load_config(str(path), host, [])
     model = nets.randomise_bn(build(cfg.values["model"]), 5).eval()
     ctx = ConvertContext(example_inputs={"img": (1, 3, 64, 64)})
-    qat = Float2QAT()(model, ctx).eval()
+    qat = Float2QAT()(model, ctx)
+    qat.body.train()  # a QAT model's ranges move only in training mode
     with torch.no_grad():
         for s in range(2):
             qat(nets.images(4, seed=s))
+    qat.eval()
     freeze_observers(qat)
     ckpt.mkdir()
     torch.save(qat.state_dict(), ckpt / "qat-checkpoint-best.pth.tar")

@@ -172,10 +172,13 @@ def quantize(model: nn.Module, calib: Sequence[torch.Tensor], backend: Any = Non
     """Float2QAT -> a few calibration batches -> freeze -> QAT2Quantize (the public flow)."""
     ctx = ConvertContext(example_inputs={"img": (1, 3, size, size)}, backend=backend)
     qat = Float2QAT()(copy.deepcopy(model).eval(), ctx)
-    qat.eval()
+    # a QAT model's ranges move only in training mode (evaluating it never changes it);
+    # BN is folded, so training mode changes nothing else here
+    qat.body.train()
     with torch.no_grad():
         for x in calib:
             qat(x)
+    qat.eval()
     freeze_observers(qat)
     return QAT2Quantize()(qat, ctx).eval()
 
