@@ -117,6 +117,10 @@ def evaluate_artifact(cfg: Any, ctx: Any, backend: Any, result: Any) -> dict[str
     if not loaders or metric_node is None:
         ctx.logger.info("compile: no evaluation data/metric in the config; artifact not scored")
         return {}
+    if not callable(getattr(backend, "detect", None)) or not callable(
+            getattr(backend, "load", None)):
+        ctx.logger.info("compile: the backend cannot run and decode its artifact; not scored")
+        return {}
     program = backend.load(result.artifact)
     metrics = build(metric_node)
     metrics = metrics if isinstance(metrics, list) else [metrics]

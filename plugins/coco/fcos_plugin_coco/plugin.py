@@ -70,13 +70,13 @@ def _pack_args(p: argparse.ArgumentParser) -> None:
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="folder to write the demo dataset into")
-    p.add_argument("--num-train", type=int, default=800, help="training images")
-    p.add_argument("--num-val", type=int, default=100, help="validation images")
-    p.add_argument("--image-size", type=int, default=224,
+    p.add_argument("--num-train", type=int, default=2000, help="training images")
+    p.add_argument("--num-val", type=int, default=200, help="validation images")
+    p.add_argument("--image-size", type=int, default=128,
                    help="longest image side in pixels (each side varies down to 3/4 of it)")
-    p.add_argument("--min-object", type=int, default=12, help="smallest object size (px)")
-    p.add_argument("--max-object", type=int, default=120, help="largest object size (px)")
-    p.add_argument("--max-objects", type=int, default=6, help="most objects per image (>= 1)")
+    p.add_argument("--min-object", type=int, default=10, help="smallest object size (px)")
+    p.add_argument("--max-object", type=int, default=64, help="largest object size (px)")
+    p.add_argument("--max-objects", type=int, default=5, help="most objects per image (>= 1)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
     p.add_argument("--force", action="store_true",
                    help="regenerate even if DIR holds demo data made with other settings")
