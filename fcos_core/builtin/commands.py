@@ -15,6 +15,13 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                    help="override config values, e.g. float_trainer.num_epochs=2")
 
 
+def _check_args(p: argparse.ArgumentParser) -> None:
+    _config_args(p)
+    p.add_argument("--model", action="store_true",
+                   help="also build deploy_model and ask the compile backend named by 'march' "
+                        "whether it can compile it (HAT's model checker; imports torch)")
+
+
 def _run_args(p: argparse.ArgumentParser) -> None:
     _config_args(p)
     p.add_argument("--stage", default=None,
@@ -44,8 +51,9 @@ def register_commands(register):
     register("run", factory="fcos_core.cli.commands:run_command", add_arguments=_run_args,
              doc="run the stage pipeline of a config (float, calibration, qat, int_infer, "
                  "compile)")
-    register("check", factory="fcos_core.cli.commands:check_command", add_arguments=_config_args,
-             doc="validate a config (all problems at once) without running anything")
+    register("check", factory="fcos_core.cli.commands:check_command", add_arguments=_check_args,
+             doc="validate a config (all problems at once) without running anything; "
+                 "--model: can deploy_model compile for the config's march?")
     register("plugins", factory="fcos_core.cli.commands:plugins_command",
              add_arguments=_plugins_args, doc="list installed plugins and what each registers")
     register("config", factory="fcos_core.cli.commands:config_command",

@@ -45,7 +45,44 @@ def check_command(args: argparse.Namespace, host: PluginHost) -> int:
         print(f"warning: {line}", file=sys.stderr)
     stages = [s for s in STAGES if _stage_key(s) in cfg.data and cfg.data[_stage_key(s)]]
     print(f"{args.config}: OK ({len(stages)} stage(s): {', '.join(stages) or 'none'})")
+    if getattr(args, "model", False):
+        return check_model(cfg)
     return 0
+
+
+def check_model(cfg: Any) -> int:
+    """Build ``deploy_model`` (float, untrained: the structure is what matters) and list every
+    layer the compile backend of ``march`` cannot compile. Exit 2 when there is one."""
+    from fcos_core.build import build
+
+    entry = cfg.compile_backend
+    if entry is None:
+        from fcos_core.registry import KNOWN_PROVIDERS
+
+        march = (cfg.data.get("compile_cfg") or {}).get("march") or cfg.data.get("march")
+        if march is None:
+            raise FcosUserError("--model needs a compile target", hint="set 'march' (and "
+                                                                      "compile_cfg) in the config")
+        dist = KNOWN_PROVIDERS.get(("compile_backends", str(march)))
+        raise FcosUserError(f"no compile backend is registered for march {march!r}",
+                            hint=f"pip install {dist}" if dist else "see `fcos plugins`")
+    if cfg.node("deploy_model") is None:
+        raise FcosUserError("--model checks the deploy_model block, which this config lacks",
+                            hint="add deploy_model (the model as it is compiled)")
+    import torch
+
+    model = build(cfg.values["deploy_model"]).eval()
+    shapes = cfg.data.get("deploy_inputs") or {"img": [1, 3, 512, 512]}
+    inputs = {k: torch.zeros(tuple(v)) for k, v in shapes.items()}
+    issues = list(entry.load()().check(model, inputs))
+    if not issues:
+        print(f"deploy_model: every layer can compile for {entry.name}")
+        return 0
+    print(f"deploy_model: {len(issues)} layer(s) cannot compile for {entry.name}:",
+          file=sys.stderr)
+    for issue in issues:
+        print(f"  - {issue.render()}", file=sys.stderr)
+    return 2
 
 
 def _stage_key(stage: str) -> str:
