@@ -36,7 +36,8 @@ def main() -> None:
     fcos = [sys.executable, "-m", "fcos_core"]
     base = timed([sys.executable, "-c", "import torch"], reps)
     print(f"{'command':<40} {'seconds':>8} {'x import torch':>15}")
-    print(f"{'python -c \"import torch\" (baseline)':<40} {base:8.3f} {1.0:15.2f}")
+    label = 'python -c "import torch" (baseline)'
+    print(f"{label:<40} {base:8.3f} {1.0:15.2f}")
     for args in (["--help"], ["plugins"], ["check", "configs/fcos_b0.yaml"],
                  ["check", "configs/fcos_b0_demo.yaml"]):
         t = timed(fcos + args, reps)
