@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from fcos_core.cli import export_cmd, predict_cmd
 from fcos_core.docs_gen import config_reference
 from fcos_core.hooks import hookimpl
 from fcos_core.scaffold import new_plugin
@@ -64,3 +65,10 @@ def register_commands(register):
     register("new-plugin", factory="fcos_core.scaffold.new_plugin:new_plugin_command",
              add_arguments=new_plugin.add_arguments,
              doc="create a working plugin distribution (pyproject, one transform, tests)")
+    register("export", factory="fcos_core.cli.export_cmd:export_command",
+             add_arguments=export_cmd.add_arguments,
+             doc="export the float model as TorchScript, torch.export or ONNX (verified by "
+                 "reloading); --list-formats")
+    register("predict", factory="fcos_core.cli.predict_cmd:predict_command",
+             add_arguments=predict_cmd.add_arguments,
+             doc="detect objects in image files with the float model; --save-vis draws them")

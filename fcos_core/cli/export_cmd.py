@@ -1,0 +1,103 @@
+"""``fcos export``: the float deploy model as TorchScript, a torch.export program or ONNX.
+
+Each artifact is loaded back and run on the example input; the command fails unless its
+outputs match the eager model (max abs difference <= 1e-4).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Callable
+
+from fcos_core.errors import FcosUserError
+
+#: format -> (file suffix, what it is)
+FORMATS: dict[str, tuple[str, str]] = {
+    "torchscript": (".pt", "TorchScript (torch.jit.trace); load with torch.jit.load"),
+    "export": (".pt2", "torch.export ExportedProgram; load with torch.export.load"),
+    "onnx": (".onnx", "ONNX opset 18 via torch.onnx.export(dynamo=True); run with onnxruntime"),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="YAML config")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    p.add_argument("--format", choices=sorted(FORMATS), default="export", help="artifact format")
+    p.add_argument("--out", default=None, help="output file (default: <ckpt_dir>/<block>.<ext>)")
+    p.add_argument("--block", default="deploy_model", choices=["deploy_model", "model"],
+                   help="which model block to export (its float form)")
+    p.add_argument("--checkpoint", default=None,
+                   help="weights (default: <ckpt_dir>/float-checkpoint-best.pth.tar if present)")
+    p.add_argument("--list-formats", action="store_true", help="list the formats and exit")
+
+
+def _torchscript(model: Any, x: Any, path: Path) -> Callable[[Any], Any]:
+    import torch
+
+    torch.jit.save(torch.jit.trace(model, x, check_trace=False), str(path))
+    loaded = torch.jit.load(str(path))
+    return lambda inp: loaded(inp)
+
+
+def _export(model: Any, x: Any, path: Path) -> Callable[[Any], Any]:
+    import torch
+
+    torch.export.save(torch.export.export(model, (x,)), str(path))
+    loaded = torch.export.load(str(path)).module()
+    return lambda inp: loaded(inp)
+
+
+def _onnx(model: Any, x: Any, path: Path) -> Callable[[Any], Any]:
+    import torch
+
+    try:
+        import onnxruntime as ort
+        import onnxscript  # noqa: F401 - torch.onnx's exporter needs it
+    except ImportError:
+        raise FcosUserError("ONNX export needs onnxscript and onnxruntime",
+                            hint="pip install onnx onnxscript onnxruntime "
+                                 "(or fcos-plugin-onnx)") from None
+    torch.onnx.export(model, (x,), str(path), dynamo=True, opset_version=18,
+                      input_names=["img"], external_data=False, verbose=False)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return lambda inp: tuple(torch.from_numpy(o) for o in sess.run(None, {name: inp.numpy()}))
+
+
+def export_command(args: argparse.Namespace, host: Any) -> int:
+    if args.list_formats:
+        for name, (suffix, what) in FORMATS.items():
+            print(f"{name:<12} {suffix:<6} {what}")
+        return 0
+    if not args.config:
+        raise FcosUserError("fcos export needs a CONFIG", hint="fcos export CONFIG --format onnx")
+    import torch
+
+    from fcos_core.cli.model_io import build_model
+    from fcos_core.config import load_config
+
+    cfg = load_config(args.config, host, args.overrides)
+    model = build_model(cfg, args.block, args.checkpoint, "float-checkpoint-best.pth.tar")
+    shape = tuple((cfg.data.get("deploy_inputs") or {}).get("img", (1, 3, 512, 512)))
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    suffix = FORMATS[args.format][0]
+    out = Path(args.out) if args.out else Path(cfg.data["ckpt_dir"]) / f"{args.block}{suffix}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        expected = model(x)
+        run = {"torchscript": _torchscript, "export": _export, "onnx": _onnx}[args.format](
+            model, x, out)
+        got = run(x)
+    expected = expected if isinstance(expected, (list, tuple)) else (expected,)
+    got = got if isinstance(got, (list, tuple)) else (got,)
+    if len(got) != len(expected):
+        raise FcosUserError(f"{out}: the {args.format} artifact returns {len(got)} outputs, the "
+                            f"model {len(expected)}", hint="report this as a bug")
+    diff = max(float((a - b).abs().max()) for a, b in zip(expected, got))
+    if diff > 1e-4:
+        raise FcosUserError(f"{out}: the {args.format} artifact differs from the model by {diff}",
+                            hint="try another --format, and report this as a bug")
+    print(f"wrote {out} ({args.format}; {len(got)} outputs; max |difference| to the model "
+          f"{diff:.2e})")
+    return 0
