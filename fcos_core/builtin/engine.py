@@ -26,6 +26,7 @@ def register_callbacks(register):
     cb = f"{_E}.callbacks"
     register("StatsMonitor", factory=f"{cb}.stats_monitor:StatsMonitor",
              schema=s.StatsMonitorArgs)
+    register("TensorBoard", factory=f"{cb}.tensorboard:TensorBoard", schema=s.TensorBoardArgs)
     register("Checkpoint", factory=f"{cb}.checkpoint:Checkpoint", schema=s.CheckpointArgs)
     register("Validation", factory=f"{cb}.validation:Validation", schema=s.ValidationArgs)
     register("ExponentialMovingAverage", factory=f"{cb}.ema:ExponentialMovingAverage",

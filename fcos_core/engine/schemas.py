@@ -109,6 +109,20 @@ class StatsMonitorArgs:
 
 
 @attrs.frozen(kw_only=True)
+class TensorBoardArgs:
+    """Writes loss terms, learning rate, validation metrics and detection images for
+    TensorBoard (needs the optional tensorboard package)."""
+
+    log_dir: Optional[str] = arg(None, help="event folder (null: <run folder>/tensorboard)")
+    log_freq: int = arg(10, help="write the loss terms and learning rate every this many steps")
+    num_images: int = arg(4, help="training images drawn with detections per epoch (0: none)")
+    score_threshold: float = arg(0.3, help="draw detections scoring at least this")
+    mean: float = arg(128.0, help="the Normalize mean the images went through")
+    std: float = arg(128.0, help="the Normalize std the images went through")
+    to_yuv: bool = arg(True, help="the images are YUV (ToTensor(to_yuv=True)); shown as RGB")
+
+
+@attrs.frozen(kw_only=True)
 class CheckpointArgs:
     """Saves ``<prefix>checkpoint-last.pth.tar`` and ``-best.pth.tar`` atomically."""
 
