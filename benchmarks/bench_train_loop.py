@@ -188,6 +188,8 @@ def run_bare(args: argparse.Namespace) -> dict:
     model, desc, collate = build_model(args.size)
     ds = SyntheticDetection(args.batch * (args.warmup + args.steps), args.size)
     loader = DataLoader(ds, batch_size=args.batch, shuffle=True, collate_fn=collate)
+    # the same measured lever the fcos engine applies (RunConfig.channels_last): a fair baseline
+    model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, nesterov=True)
     model.train()
 
@@ -247,6 +249,7 @@ def run_effdet(args: argparse.Namespace) -> dict:
     bench = create_model("efficientdet_d0", bench_task="train", num_classes=80,
                          pretrained=False, pretrained_backbone=False, bench_labeler=True,
                          image_size=(args.size, args.size))
+    bench = bench.to(memory_format=torch.channels_last)  # effdet gets the same lever
     bench.train()
     ds = SyntheticDetection(args.batch * 2, args.size)
     opt = torch.optim.SGD(bench.parameters(), lr=1e-4, momentum=0.9, nesterov=True)
