@@ -54,18 +54,9 @@ def check_model(cfg: Any) -> int:
     """Build ``deploy_model`` (float, untrained: the structure is what matters) and list every
     layer the compile backend of ``march`` cannot compile. Exit 2 when there is one."""
     from fcos_core.build import build
+    from fcos_core.engine.compile_stage import backend_entry
 
-    entry = cfg.compile_backend
-    if entry is None:
-        from fcos_core.registry import KNOWN_PROVIDERS
-
-        march = (cfg.data.get("compile_cfg") or {}).get("march") or cfg.data.get("march")
-        if march is None:
-            raise FcosUserError("--model needs a compile target", hint="set 'march' (and "
-                                                                      "compile_cfg) in the config")
-        dist = KNOWN_PROVIDERS.get(("compile_backends", str(march)))
-        raise FcosUserError(f"no compile backend is registered for march {march!r}",
-                            hint=f"pip install {dist}" if dist else "see `fcos plugins`")
+    entry = backend_entry(cfg)
     if cfg.node("deploy_model") is None:
         raise FcosUserError("--model checks the deploy_model block, which this config lacks",
                             hint="add deploy_model (the model as it is compiled)")

@@ -28,6 +28,22 @@ def _march(cfg: Any) -> str | None:
     return compile_cfg.get("march") or cfg.data.get("march")
 
 
+def backend_entry(cfg: Any) -> Any:
+    """The registry entry of the compile backend the config's ``march`` names; a clear error
+    (naming the package to install) when there is none."""
+    if cfg.compile_backend is not None:
+        return cfg.compile_backend
+    march = _march(cfg)
+    if march is None:
+        raise FcosUserError("the config names no compile target",
+                            hint="set 'march' (and compile_cfg) in the config")
+    dist = KNOWN_PROVIDERS.get(("compile_backends", str(march)))
+    raise FcosUserError(
+        f"no compile backend is registered for march {march!r}",
+        hint=(f"pip install {dist}" if dist else
+              "install the plugin that provides this march (see `fcos plugins`)"))
+
+
 def _has_load_checkpoint(pipeline: Any) -> bool:
     return any(type(c).__name__ == "LoadCheckpoint" for c in getattr(pipeline, "converters", []))
 
@@ -66,16 +82,10 @@ def run_compile_stage(cfg: Any, ctx: Any) -> dict[str, Any] | None:
     ``compile_cfg`` (the stage is then skipped)."""
     import torch
 
-    entry = cfg.compile_backend
-    if entry is None:
-        march = _march(cfg)
-        if cfg.data.get("compile_cfg") is None and march is None:
-            return None
-        dist = KNOWN_PROVIDERS.get(("compile_backends", str(march)))
-        raise FcosUserError(
-            f"no compile backend is registered for march {march!r}",
-            hint=(f"pip install {dist}" if dist else
-                  "install the plugin that provides this march (see `fcos plugins`)"))
+    if cfg.compile_backend is None and cfg.data.get("compile_cfg") is None \
+            and _march(cfg) is None:
+        return None
+    entry = backend_entry(cfg)
     backend = entry.load()()
     model, source = deploy_model(cfg, ctx)
     g = torch.Generator().manual_seed(0)

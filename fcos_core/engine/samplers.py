@@ -9,6 +9,8 @@ orders equal torch's for the same seed.
 
 from __future__ import annotations
 
+import abc
+
 import math
 from typing import Any, Iterator, Sized
 
@@ -26,7 +28,7 @@ def _permutation(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
-class _EpochSampler(Sampler[int]):
+class _EpochSampler(Sampler[int], abc.ABC):
     """Common state: the dataset, the epoch and the seed (set by the data loader)."""
 
     def __init__(self, dataset: Sized) -> None:
@@ -40,8 +42,9 @@ class _EpochSampler(Sampler[int]):
     def set_seed(self, seed: int) -> None:
         self.seed = int(seed)
 
+    @abc.abstractmethod
     def indices(self, epoch: int) -> list[int]:
-        raise NotImplementedError
+        """The dataset indices of ``epoch``, in order (deterministic for a seed)."""
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices(self.epoch))

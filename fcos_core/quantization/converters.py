@@ -13,6 +13,8 @@ QAT2Quantize. See docs/quantization.md.
 
 from __future__ import annotations
 
+import abc
+
 import copy
 from typing import Any, Callable, Optional
 
@@ -129,7 +131,7 @@ def _replace_body(model: nn.Module, new_body: nn.Module) -> nn.Module:
     return new_body
 
 
-class _Float2Prepared:
+class _Float2Prepared(abc.ABC):
     """Shared part of Float2Calibration and Float2QAT."""
 
     produces = "calibration"
@@ -145,8 +147,9 @@ class _Float2Prepared:
         self.fcos_requires_qstate = ("float",)
         self.fcos_produces_qstate = self.produces
 
+    @abc.abstractmethod
     def _observer(self) -> Callable[..., Any]:
-        raise NotImplementedError
+        """The activation observer class this conversion installs."""
 
     def _set_mode(self, gm: nn.Module) -> None:
         from fcos_core.quantization.prepare import set_mode

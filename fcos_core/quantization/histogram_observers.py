@@ -10,13 +10,15 @@ are written in docs/quantization.md ("Calibration observers").
 
 from __future__ import annotations
 
+import abc
+
 import numpy as np
 import torch
 
 from fcos_core.quantization.observers import SymmetricObserver
 
 
-class _AbsHistogramObserver(SymmetricObserver):
+class _AbsHistogramObserver(SymmetricObserver, abc.ABC):
     """Histogram of |x| (zeros counted apart) and a lazily chosen clip."""
 
     def __init__(self, bins: int = 2048, **kwargs: object) -> None:
@@ -75,8 +77,9 @@ class _AbsHistogramObserver(SymmetricObserver):
         self.hist_max.zero_()
         self._stale = False
 
+    @abc.abstractmethod
     def _choose_clip(self, hist: np.ndarray, zeros: float, hist_max: float) -> float:
-        raise NotImplementedError
+        """The clip value (|x| range) chosen from the histogram of |x|."""
 
 
 def _sawtooth_integral(u: np.ndarray) -> np.ndarray:

@@ -8,21 +8,24 @@ position, the schedule needs no state of its own to resume exactly.
 
 from __future__ import annotations
 
+import abc
+
 import math
 from typing import Any
 
 from fcos_core.engine.callbacks.base import Callback
 
 
-class _LrUpdater(Callback):
+class _LrUpdater(Callback, abc.ABC):
     def __init__(self, step_log_interval: int) -> None:
         if step_log_interval < 0:
             raise ValueError(f"step_log_interval must be >= 0, got {step_log_interval}")
         self.step_log_interval = step_log_interval
 
+    @abc.abstractmethod
     def factor(self, epoch: int, global_step: int, steps_per_epoch: int,
                num_epochs: int) -> float:
-        raise NotImplementedError
+        """Multiplier of the base learning rate at this point of the schedule."""
 
     def on_loop_begin(self, loop: Any) -> None:
         if loop.optimizer is None:
