@@ -5,49 +5,26 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from PIL import Image
+
+from fcos_plugin_coco.transforms._cv import cv2, scratch
 
 _X = np.arange(256, dtype=np.float64)
-
-
-def _hexcone() -> np.ndarray:
-    """[3, 256] weights g with channel = v * (1 - s * g[c][h]) (PIL's hsv2rgb, h in 0..255)."""
-    h6 = _X * 6.0 / 255.0
-    sector = np.floor(h6).astype(int) % 6
-    f = h6 - np.floor(h6)
-    # per sector: which of v (0), q (f), p (1), t (1 - f) each channel takes
-    table = {0: ("v", "t", "p"), 1: ("q", "v", "p"), 2: ("p", "v", "t"),
-             3: ("p", "q", "v"), 4: ("t", "p", "v"), 5: ("v", "p", "q")}
-    g = np.zeros((3, 256))
-    for i in range(256):
-        for c, name in enumerate(table[sector[i]]):
-            g[c, i] = {"v": 0.0, "q": f[i], "p": 1.0, "t": 1.0 - f[i]}[name]
-    return g
-
-
-_G = _hexcone()
-
-
-def hsv_to_rgb(h: np.ndarray, s_frac: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """uint8 RGB from PIL-convention hue ``h`` (uint8), saturation in [0, 1] and value 0..255
-    (float32 planes), with PIL's formula; numpy, about 3x faster than ``convert("RGB")``."""
-    a = v * s_frac
-    out = np.empty(h.shape + (3,), dtype=np.uint8)
-    for c in range(3):
-        g = _G[c].astype(np.float32)
-        out[..., c] = v - a * g[h] + 0.5  # in [0, 255.5): the cast truncates = rounds
-    return out
+_PLANE_KEYS = ("hsv0", "hsv1", "hsv2")
 
 
 class AugmentHSV:
     """Random gains in HSV space, as YOLO's ``augment_hsv`` (which HAT's AugmentHSV follows).
 
     Draws ``r = 1 + uniform(-1, 1, 3) * (hgain, sgain, vgain)`` and maps each HSV channel
-    through a lookup table: hue ``(h * r0) mod 256`` (PIL's hue is 0..255 for the full
-    circle, cv2's 0..179), saturation and value ``clip(x * r, 0, 255)``. Boxes do not change.
-    Only the valid area (``img_shape``) is augmented: padding keeps ``Pad``'s value (for the
-    default black padding this is what augmenting it would give anyway). RGB -> HSV is PIL's;
-    HSV -> RGB is PIL's formula in numpy with the tables folded in (same result up to rounding).
+    through a lookup table: hue ``(h * r0) mod 256`` (hue 0..255 for the full circle), saturation
+    and value ``clip(x * r, 0, 255)``. Boxes do not change. Only the valid area (``img_shape``)
+    is augmented: padding keeps ``Pad``'s value (for the default black padding this is what
+    augmenting it would give anyway).
+
+    The work is YOLO's: OpenCV's 8-bit HSV with the full-circle hue (``COLOR_RGB2HSV_FULL`` /
+    ``COLOR_HSV2RGB_FULL``: hue 0..255 for 0..360 degrees, so the tables need no 180 wrap),
+    one ``cv2.LUT`` per channel, all on uint8. The HSV round trip itself is lossy only by 8-bit
+    quantization (as PIL's, which this used before; tested against ``colorsys`` in float).
     """
 
     def __init__(self, hgain: float = 0.015, sgain: float = 0.7, vgain: float = 0.4) -> None:
@@ -65,17 +42,26 @@ class AugmentHSV:
         lut_v = np.clip(_X * r[2], 0, 255).astype(np.uint8)
         return lut_h, lut_s, lut_v
 
+    @classmethod
+    def apply(cls, rgb: np.ndarray, r: np.ndarray) -> np.ndarray:
+        """``rgb`` (uint8 [H, W, 3], may be a view) with gains ``r``: a new contiguous array."""
+        h, w = rgb.shape[:2]
+        hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV_FULL, dst=scratch("hsv", (h, w, 3)))
+        planes = cv2.split(hsv, [scratch(k, (h, w)) for k in _PLANE_KEYS])
+        for plane, lut in zip(planes, cls.tables(r)):  # per plane: cv2.LUT is slower on 3
+            cv2.LUT(plane, lut, dst=plane)
+        return cv2.cvtColor(cv2.merge(planes, dst=hsv), cv2.COLOR_HSV2RGB_FULL)
+
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         if not self.gains.any():
             return sample
         r = np.random.uniform(-1, 1, 3) * self.gains + 1
         img = sample["img"]
         vh, vw = sample.get("img_shape", img.shape[:2])
-        hsv = np.asarray(Image.fromarray(img[:vh, :vw]).convert("HSV"))
-        lut_h, lut_s, lut_v = self.tables(r)
-        rgb = hsv_to_rgb(lut_h[hsv[..., 0]], (lut_s / np.float32(255)).astype(np.float32)
-                         [hsv[..., 1]], lut_v.astype(np.float32)[hsv[..., 2]])
         out = dict(sample)
+        if vh == 0 or vw == 0:
+            return out
+        rgb = self.apply(img[:vh, :vw], r)
         if (vh, vw) == img.shape[:2]:
             out["img"] = rgb
         else:  # padding is not image content: leave it as Pad made it

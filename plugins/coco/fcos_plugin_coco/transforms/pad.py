@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from fcos_plugin_coco.transforms._cv import cv2
 from fcos_plugin_coco.transforms._geometry import pair
 
 
@@ -42,9 +43,15 @@ class Pad:
             th, tw = -(-h // d) * d, -(-w // d) * d
         out = dict(sample)
         if (th, tw) != (h, w):
-            padded = np.full((th, tw) + img.shape[2:], self.pad_val, dtype=img.dtype)
-            padded[:h, :w] = img
-            out["img"] = padded
+            if img.dtype == np.uint8 and img.ndim == 3 and 1 <= img.shape[2] <= 4 and h and w:
+                # one pass: copies the image and fills only the border
+                out["img"] = cv2.copyMakeBorder(img, 0, th - h, 0, tw - w, cv2.BORDER_CONSTANT,
+                                                value=(self.pad_val,) * 4).reshape(
+                                                    (th, tw) + img.shape[2:])
+            else:
+                padded = np.full((th, tw) + img.shape[2:], self.pad_val, dtype=img.dtype)
+                padded[:h, :w] = img
+                out["img"] = padded
         out["pad_shape"] = (th, tw)
         out.setdefault("img_shape", (h, w))
         return out

@@ -5,9 +5,33 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import numpy as np
-from PIL import Image
 
+from fcos_plugin_coco.transforms._cv import cv2
 from fcos_plugin_coco.transforms._geometry import boxes_of, clip_boxes, pair, rescale_state
+
+
+def resize_image(img: np.ndarray, nh: int, nw: int, dst: Optional[np.ndarray] = None
+                 ) -> np.ndarray:
+    """``img`` resampled to (nh, nw) with OpenCV: bilinear (``INTER_LINEAR``, pixel centres at
+    half-integers, as mmcv / HAT and PIL), except that a side shrunk below half its length
+    uses area averaging (``INTER_AREA``) so every source pixel counts (2-tap bilinear would
+    skip pixels and alias there). A new C-contiguous array, or ``dst`` (C-contiguous, of the
+    output's shape and dtype) filled in."""
+    h, w = img.shape[:2]
+    if (nh, nw) == (h, w):
+        if dst is None:
+            return img.copy()
+        np.copyto(dst, img)
+        return dst
+    flag = cv2.INTER_AREA if (2 * nh < h or 2 * nw < w) else cv2.INTER_LINEAR
+    if dst is not None and img.ndim == 3:
+        out = cv2.resize(img, (nw, nh), dst=dst, interpolation=flag)
+    else:
+        out = cv2.resize(img, (nw, nh), interpolation=flag)
+        if dst is not None:
+            np.copyto(dst, out.reshape(dst.shape))
+            return dst
+    return out if out.ndim == img.ndim else out.reshape(nh, nw, *img.shape[2:])
 
 
 class Resize:
@@ -19,7 +43,8 @@ class Resize:
     ``img_scale`` = (height, width). ``ratio_range`` = (lo, hi) first multiplies ``img_scale``
     by a ratio drawn uniformly from [lo, hi] (scale augmentation, as in HAT's train config).
 
-    Interpolation is bilinear (PIL, antialiased when shrinking). Boxes are multiplied by the
+    Interpolation is bilinear (OpenCV ``INTER_LINEAR``, as mmcv / HAT), with area averaging
+    for a side shrunk below half its length (:func:`resize_image`). Boxes are multiplied by the
     per-axis factors actually applied (after rounding the output size) and clipped to the image.
     """
 
@@ -72,7 +97,7 @@ class Resize:
         nh, nw = self.draw_size(*img.shape[:2])
         out = self.resize_meta(sample, nh, nw)
         if (nh, nw) != img.shape[:2]:
-            out["img"] = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
+            out["img"] = resize_image(img, nh, nw)
         return out
 
     def __repr__(self) -> str:
