@@ -35,6 +35,10 @@ BUILTIN_OBSERVERS: dict[str, type] = {
     "kl": KLObserver,
 }
 
+#: when the fake-quant graph computes its values with the integer ops' arithmetic
+#: (:mod:`fcos_core.quantization.integer_exact`); kept torch-free for the config schemas
+INTEGER_EXACT_MODES = ("eval", "always", "off")
+
 _INFO_ATTR = "_fcos_quant_info"
 _REFERENCE_ATTR = "_fcos_reference"
 
@@ -138,12 +142,16 @@ class _Float2Prepared(abc.ABC):
     mode = "calibration"
     name = "Float2Calibration"
 
-    def __init__(self, qat_mode: Optional[str]) -> None:
+    def __init__(self, qat_mode: Optional[str], integer_exact: str = "eval") -> None:
         from fcos_core.quantization.prepare import QAT_MODES
 
         if qat_mode is not None and qat_mode not in QAT_MODES:
             raise ValueError(f"qat_mode: {qat_mode!r} is not supported; use one of {QAT_MODES}")
+        if integer_exact not in INTEGER_EXACT_MODES:
+            raise ValueError(f"integer_exact: {integer_exact!r}; use one of "
+                             f"{', '.join(INTEGER_EXACT_MODES)}")
         self.qat_mode = qat_mode
+        self.integer_exact = integer_exact
         self.fcos_requires_qstate = ("float",)
         self.fcos_produces_qstate = self.produces
 
@@ -167,7 +175,7 @@ class _Float2Prepared(abc.ABC):
         out_dtype = output_dtype_for(model, rules)
         try:
             gm = prepare_body(body, _input_shape(ctx), rules, self._observer(), out_dtype,
-                              qat_mode)
+                              qat_mode, self.integer_exact)
         except ValueError as exc:
             raise FcosUserError(f"{self.name}: the model cannot be quantized: {exc}",
                                 hint="see docs/quantization.md for the supported ops") from exc
@@ -204,6 +212,9 @@ class Float2Calibration(_Float2Prepared):
         kl_stride: evaluate every ``kl_stride``-th KL threshold.
         qat_mode: ``fuse_bn`` (BN folded into the conv before quantization); None takes the
             pipeline's ``qat_mode``.
+        integer_exact: when the fake-quant graph computes conv/add/requantize outputs with the
+            integer model's arithmetic: ``eval`` (validation and prediction measure exactly
+            what will be deployed), ``always`` (training too) or ``off`` (plain fake-quant).
     """
 
     produces = "calibration"
@@ -212,8 +223,8 @@ class Float2Calibration(_Float2Prepared):
 
     def __init__(self, activation_observer: Any = "mse", percentile: float = 99.99,
                  histogram_bins: int = 2048, mse_candidates: int = 100, kl_stride: int = 1,
-                 qat_mode: Optional[str] = None) -> None:
-        super().__init__(qat_mode)
+                 qat_mode: Optional[str] = None, integer_exact: str = "eval") -> None:
+        super().__init__(qat_mode, integer_exact)
         # resolve now: a bad name is a construction-time (config) error
         self.observer = resolve_observer(
             activation_observer, percentile=percentile, bins=histogram_bins,
@@ -233,6 +244,8 @@ class Float2QAT(_Float2Prepared):
         freeze_activation_scales: keep the activation scales fixed (those of the loaded
             calibration checkpoint) instead of tracking them.
         qat_mode: ``fuse_bn``; None takes the pipeline's ``qat_mode``.
+        integer_exact: ``eval`` | ``always`` | ``off``, as for Float2Calibration; ``always``
+            trains on the integer values (straight-through gradient, one more conv per conv).
     """
 
     produces = "qat"
@@ -240,9 +253,9 @@ class Float2QAT(_Float2Prepared):
     name = "Float2QAT"
 
     def __init__(self, qat_observer: Any = "minmax", averaging_constant: float = 0.01,
-                 freeze_activation_scales: bool = False, qat_mode: Optional[str] = None
-                 ) -> None:
-        super().__init__(qat_mode)
+                 freeze_activation_scales: bool = False, qat_mode: Optional[str] = None,
+                 integer_exact: str = "eval") -> None:
+        super().__init__(qat_mode, integer_exact)
         if not 0.0 < averaging_constant <= 1.0:
             raise ValueError(f"averaging_constant: must be in (0, 1], got {averaging_constant}")
         self.observer = resolve_observer(qat_observer, averaging_constant=averaging_constant)
@@ -280,12 +293,14 @@ class QAT2Quantize:
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
         from fcos_core.quantization.bias_quant import remove_bias_fake_quant
+        from fcos_core.quantization.integer_exact import remove_integer_exact
         from fcos_core.quantization.lower import lower_to_integer
         from fcos_core.quantization.prepare import (
             PreparedBody,
             fake_quants,
             refresh_weight_ranges,
             set_mode,
+            strip_observe_flags,
         )
 
         ctx = _ctx(ctx)
@@ -305,7 +320,9 @@ class QAT2Quantize:
                  first=uncalibrated[:5], note="their scale is the minimum scale")
         reference = copy.deepcopy(gm) if self.keep_reference else None
         work = copy.deepcopy(gm)
+        remove_integer_exact(work)
         remove_bias_fake_quant(work)
+        strip_observe_flags(work)
         converted = convert_pt2e(work)
         dequant = self.dequant_output if self.dequant_output is not None \
             else bool(info["dequant_output"])

@@ -61,6 +61,9 @@ class FcosFakeQuantize(FakeQuantizeBase):
         self.ch_axis = -1 if ch_axis is None else int(ch_axis)
         self.is_per_channel = ch_axis is not None
         self.is_dynamic = False
+        # set by prepare_body: this fake-quant reads a parameter (see _tag_weight_fake_quants)
+        self.is_weight = False
+        self.weight_target: str | None = None
         # mode flags: buffers (they follow .to() and DDP) but never saved or loaded
         self.register_buffer("fake_quant_enabled", torch.tensor([1], dtype=torch.uint8),
                              persistent=False)
@@ -93,11 +96,23 @@ class FcosFakeQuantize(FakeQuantizeBase):
     def has_data(self) -> bool:
         return bool(self.activation_post_process.has_data())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Ranges move in eval mode only while fake-quant is off (calibration runs the model in
-        # eval mode to collect them). Once fake-quant is on (QAT), they move only in training
-        # mode, so validating or predicting with a QAT model never changes it.
-        if self.observer_enabled[0] == 1 and (self.training or self.fake_quant_enabled[0] == 0):
+    def forward(self, x: torch.Tensor, observe: bool = True) -> torch.Tensor:
+        """Observe (per the mode flags) and fake-quantize ``x``.
+
+        ``observe=False`` at the second and later call sites of a fake-quant shared by
+        several tensors (a max-pool or upsample output shares its input's): those values lie
+        inside the range already observed at the first site, and observing them again would
+        move a moving-average range several times per step, so later sites of the *same*
+        forward would quantize on another grid than earlier ones.
+        """
+        # Activation ranges move in eval mode only while fake-quant is off (calibration runs
+        # the model in eval mode to collect them). Once fake-quant is on (QAT), they move only
+        # in training mode, so validating or predicting with a QAT model never changes it.
+        # A weight's range is a function of the weight as it is now (no running state), so it
+        # always follows: after the last optimizer step, eval quantizes the weights exactly as
+        # QAT2Quantize will.
+        if observe and self.observer_enabled[0] == 1 and (
+                self.training or self.fake_quant_enabled[0] == 0 or self.is_weight):
             self.activation_post_process(x.detach())
             self._stale = True
         if self.fake_quant_enabled[0] == 1:

@@ -122,6 +122,20 @@ def add(a: torch.Tensor, b: torch.Tensor, mult_a: torch.Tensor, mult_b: torch.Te
     return saturate(v, 0 if relu else qmin, qmax, dtype)
 
 
+def add_multipliers(ratio_a: torch.Tensor, ratio_b: torch.Tensor, bits: int = 31,
+                    max_shift: int = 62) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(Ma, Mb, n)`` of an integer add with ``ratio_x = s_x / s_out`` (float64 scalars).
+
+    One shift for both inputs: the larger ratio gets the full ``bits``-bit multiplier (see
+    :func:`quantize_multiplier`), the other ``round(ratio * 2**n)``.
+    """
+    ra, rb = ratio_a.double(), ratio_b.double()
+    _, n = quantize_multiplier(torch.maximum(ra, rb), bits, max_shift)
+    ma = torch.round(ra * 2.0 ** n.double()).long()
+    mb = torch.round(rb * 2.0 ** n.double()).long()
+    return ma, mb, n
+
+
 def relu(x: torch.Tensor) -> torch.Tensor:
     """``max(x, 0)`` in the integer domain (same scale)."""
     return x.clamp_min(0)

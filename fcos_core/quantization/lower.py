@@ -198,11 +198,8 @@ class _Lowerer:
         a, b = self._dq(add.args[0], add), self._dq(add.args[1], add)
         ra = torch.tensor(a.scale / out.scale, dtype=torch.float64)
         rb = torch.tensor(b.scale / out.scale, dtype=torch.float64)
-        # one shift for both: the larger ratio gets the full multiplier width
-        _, n = int_ops.quantize_multiplier(torch.maximum(ra, rb), self.rules.multiplier_bits,
-                                           self.rules.max_shift)
-        ma = torch.round(ra * 2.0 ** n.double()).long()
-        mb = torch.round(rb * 2.0 ** n.double()).long()
+        ma, mb, n = int_ops.add_multipliers(ra, rb, self.rules.multiplier_bits,
+                                            self.rules.max_shift)
         return self._emit(add.name, "add", [a, b], out.dtype,
                           {"multiplier_a": ma, "multiplier_b": mb, "shift": n,
                            "scale": self._scale_t(out.scale)}, relu=relu)

@@ -28,6 +28,7 @@ from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
 from fcos_core.quantization.bias_quant import insert_bias_fake_quant
 from fcos_core.quantization.fake_quantize import FcosFakeQuantize
+from fcos_core.quantization.integer_exact import insert_integer_exact
 from fcos_core.quantization.graph_passes import check_no_random_ops, fold_conv_bn, remove_dropout
 from fcos_core.quantization.quantizer import FcosQuantizer
 from fcos_core.quantization.rules import QuantRules
@@ -77,11 +78,14 @@ def prepare_body(
     activation_observer: Callable[..., Any],
     output_dtype: str,
     qat_mode: str = "fuse_bn",
+    integer_exact: str = "eval",
 ) -> fx.GraphModule:
     """Export ``body``, fold BN, annotate with :class:`FcosQuantizer` and ``prepare_pt2e``.
 
     Returns the prepared GraphModule (fake-quant modules inserted, weight ranges initialised
-    from the current weights, all observers and fake-quants on).
+    from the current weights, all observers and fake-quants on, biases quantized as the
+    integer model quantizes them, and the integer-exact output nodes of
+    :mod:`fcos_core.quantization.integer_exact` in ``integer_exact`` mode).
     """
     if qat_mode not in QAT_MODES:
         raise ValueError(f"qat_mode: {qat_mode!r} is not supported; use one of {QAT_MODES}")
@@ -92,8 +96,10 @@ def prepare_body(
     quantizer = FcosQuantizer(rules, activation_observer, output_dtype)
     prepared = prepare_pt2e(gm, quantizer)  # type: ignore[arg-type]
     _tag_weight_fake_quants(prepared)
+    observe_once(prepared)
     refresh_weight_ranges(prepared)
     insert_bias_fake_quant(prepared)
+    insert_integer_exact(prepared, rules.multiplier_bits, rules.max_shift, integer_exact)
     return prepared
 
 
@@ -135,6 +141,32 @@ def _tag_weight_fake_quants(gm: fx.GraphModule) -> None:
             arg = node.args[0]
             mod.is_weight = isinstance(arg, fx.Node) and arg.op == "get_attr"
             mod.weight_target = str(arg.target) if mod.is_weight else None
+
+
+def observe_once(gm: fx.GraphModule) -> int:
+    """Pass ``observe=False`` at every call site of a fake-quant after its first one (see
+    :meth:`FcosFakeQuantize.forward`); returns how many sites were changed."""
+    seen: set[str] = set()
+    changed = 0
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(gm.get_submodule(str(node.target)),
+                                                      FcosFakeQuantize):
+            continue
+        mod_id = str(id(gm.get_submodule(str(node.target))))
+        if mod_id in seen:
+            node.kwargs = {**node.kwargs, "observe": False}
+            changed += 1
+        seen.add(mod_id)
+    gm.recompile()
+    return changed
+
+
+def strip_observe_flags(gm: fx.GraphModule) -> None:
+    """Undo :func:`observe_once` (``convert_pt2e`` expects plain fake-quant calls)."""
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and "observe" in node.kwargs:
+            node.kwargs = {k: v for k, v in node.kwargs.items() if k != "observe"}
+    gm.recompile()
 
 
 def fake_quants(gm: torch.nn.Module) -> Iterator[tuple[str, FcosFakeQuantize]]:

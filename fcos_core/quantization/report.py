@@ -28,6 +28,7 @@ from torch import fx, nn
 
 from fcos_core.quantization.converters import body_of, float_reference, quant_info
 from fcos_core.quantization.fake_quantize import FcosFakeQuantize
+from fcos_core.quantization.integer_exact import exact_node_of
 from fcos_core.quantization.integer_model import IntegerModel
 from fcos_core.quantization.prepare import PreparedBody
 
@@ -137,10 +138,13 @@ def _quant_points(body: nn.Module, x: torch.Tensor
         src = node.args[0]
         if not isinstance(src, fx.Node) or src.op == "get_attr":
             continue
-        if node.name not in cap.values:
+        # the value consumers see: the integer-exact node's where the graph has one
+        exact = exact_node_of(node)
+        value_name = exact.name if exact is not None else node.name
+        if value_name not in cap.values:
             continue
         points.append({"name": node.name, "source": src.name, "module": _module_of(src),
-                       "value": cap.values[node.name],
+                       "value": cap.values[value_name],
                        "scale": fq.scale.detach().clone(), "dtype": _DTYPE_NAME[fq.dtype],
                        "kind": src.target.__name__ if callable(src.target) else str(src.op)})
     return points, tuple(outs)

@@ -21,6 +21,10 @@ class Float2CalibrationArgs:
     kl_stride: int = arg(1, help="the kl observer evaluates every kl_stride-th threshold")
     qat_mode: Optional[Literal["fuse_bn"]] = arg(
         None, help="BatchNorm handling (fuse_bn: folded into the conv); null: the pipeline's")
+    integer_exact: Literal["eval", "always", "off"] = arg(
+        "eval", help="compute conv/add outputs with the integer model's arithmetic: eval "
+                     "(validation/prediction equal the deployed model), always (training too), "
+                     "off (plain fake-quant)")
 
 
 @attrs.frozen(kw_only=True)
@@ -35,6 +39,10 @@ class Float2QATArgs:
         False, help="keep the loaded (calibrated) activation scales fixed during QAT")
     qat_mode: Optional[Literal["fuse_bn"]] = arg(
         None, help="BatchNorm handling (fuse_bn: folded into the conv); null: the pipeline's")
+    integer_exact: Literal["eval", "always", "off"] = arg(
+        "eval", help="compute conv/add outputs with the integer model's arithmetic: eval "
+                     "(validation/prediction equal the deployed model), always (training too), "
+                     "off (plain fake-quant)")
 
 
 @attrs.frozen(kw_only=True)
