@@ -217,9 +217,17 @@ def _percentile_sorted(values: torch.Tensor, q: float) -> torch.Tensor:
     lo = int(math.floor(pos))
     hi = min(lo + 1, n - 1)
     frac = pos - lo
-    # kthvalue is 1-based and avoids sorting the whole tensor
-    v_lo = torch.kthvalue(values, lo + 1).values.double()
-    v_hi = torch.kthvalue(values, hi + 1).values.double() if hi != lo else v_lo
+    m = n - lo  # sorted ascending, a[lo] is the m-th largest value
+    if m <= 4096:
+        # calibration percentiles are high: the few largest values are all that is needed,
+        # and topk on them is an order of magnitude faster than two kthvalue selections
+        top = torch.topk(values, m, sorted=True).values
+        v_lo = top[m - 1].double()
+        v_hi = top[m - 2].double() if hi != lo else v_lo
+    else:
+        # kthvalue is 1-based and avoids sorting the whole tensor
+        v_lo = torch.kthvalue(values, lo + 1).values.double()
+        v_hi = torch.kthvalue(values, hi + 1).values.double() if hi != lo else v_lo
     return v_lo + (v_hi - v_lo) * frac
 
 

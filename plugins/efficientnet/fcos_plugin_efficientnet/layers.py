@@ -12,6 +12,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from fcos_core.models.fast_conv import sequential_forward
+
 #: activation name -> module class (swish is SiLU; hswish is x * relu6(x + 3) / 6)
 ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {
     "relu": nn.ReLU,
@@ -28,6 +30,10 @@ def make_activation(name: str) -> nn.Module:
 
 class ConvBNAct(nn.Sequential):
     """``conv`` (no bias) -> ``bn`` -> optional ``act``; 'same' padding for odd kernels.
+
+    In eager CPU training the conv's weight gradient may be computed by
+    :mod:`fcos_core.models.fast_conv` (same forward; a plain module call in every
+    traced or exported graph).
 
     Shape: [B, in_channels, H, W] -> [B, out_channels, ceil(H / stride), ceil(W / stride)].
     """
@@ -48,6 +54,9 @@ class ConvBNAct(nn.Sequential):
         self.bn = nn.BatchNorm2d(out_channels, **(bn_kwargs or {}))
         if activation is not None:
             self.act = make_activation(activation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return sequential_forward(self, x)
 
 
 class SqueezeExcite(nn.Module):
