@@ -179,24 +179,44 @@ def main() -> int:
     qat.train()
     rows.append((f"QAT train step (fwd+bwd; conversion {convert_s:.1f} s)",
                  timed(lambda: train_step(qat, x), ARGS.reps)))
+    exact_train = Float2QAT(integer_exact="always")(copy.deepcopy(body), ctx)
+    exact_train.load_state_dict(calibrated_sd)
+    exact_train.train()
+    rows.append(("QAT train step, integer_exact: always",
+                 timed(lambda: train_step(exact_train, x), ARGS.reps)))
+    del exact_train
     qat.eval()
     freeze_observers(qat)
+    plain = Float2QAT(integer_exact="off")(copy.deepcopy(body), ctx)
+    plain.load_state_dict(qat.state_dict())
+    freeze_observers(plain)
+    plain.eval()
     t = time.perf_counter()
     quantized = QAT2Quantize()(copy.deepcopy(qat), ctx)
     convert_s = time.perf_counter() - t
     with torch.no_grad():
+        rows.append(("QAT eval forward, plain fake-quant (integer_exact: off)",
+                     timed(lambda: plain(x), ARGS.reps)))
+        rows.append(("QAT eval forward, integer-exact (default)",
+                     timed(lambda: qat(x), ARGS.reps)))
         rows.append((f"integer model forward (QAT2Quantize {convert_s:.1f} s)",
                      timed(lambda: quantized(x), ARGS.reps)))
-        within = total = 0
-        for a, b, s in zip(qat(x), quantized(x), quantized.output_scales()):
-            d = (a.double() - b.double()).abs() / s.double().reshape(1, -1, 1, 1)
-            within += int((d <= 1.001).sum())
-            total += d.numel()
+        agreement = {}
+        for label, model in (("integer-exact", qat), ("plain fake-quant", plain)):
+            within = total = exact = 0
+            for a, b, s in zip(model(x), quantized(x), quantized.output_scales()):
+                d = (a.double() - b.double()).abs() / s.double().reshape(1, -1, 1, 1)
+                within += int((d <= 1.001).sum())
+                exact += int((d == 0).sum())
+                total += d.numel()
+            agreement[label] = (within / total, exact / total)
 
     base = rows[1][1]
     for label, sec in rows:
         print(f"{label:<66} {sec * 1000:10.1f} ms/img   {sec / base:5.2f}x float train step")
-    print(f"QAT vs integer model: {100 * within / total:.3f}% of output elements within one step")
+    for label, (within, exact) in agreement.items():
+        print(f"QAT ({label}) vs integer model: {100 * within:.3f}% of output elements within "
+              f"one step, {100 * exact:.3f}% equal")
     return 0
 
 

@@ -139,3 +139,22 @@ def steps_apart(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.
     """|a - b| in output steps (per-tensor or per-channel scale on dim 1)."""
     s = scale.reshape(1, -1, 1, 1) if scale.numel() > 1 else scale
     return (a.double() - b.double()).abs() / s.double()
+
+
+def fit_to_teacher(model: nn.Module, teacher: nn.Module, steps: int, lr: float, seed0: int = 200,
+                   batch: int = 4, optimizer: str = "sgd") -> nn.Module:
+    """A few optimizer steps of ``model`` towards the float ``teacher``'s outputs (moves the
+    weights and, in QAT, the ranges); returns the model in eval mode."""
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr) if optimizer == "adam" else \
+        torch.optim.SGD(params, lr=lr)
+    for i in range(steps):
+        x = images(batch, seed0 + i)
+        with torch.no_grad():
+            target = teacher(x)
+        loss = sum(((o - t) ** 2).mean() for o, t in zip(model(x), target))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()

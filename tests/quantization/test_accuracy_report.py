@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from quant_nets import images, make_ctx, make_small
+from quant_nets import fit_to_teacher, images, make_ctx, make_small
 
 from fcos_core.quantization.converters import (
     Float2Calibration,
@@ -30,18 +30,7 @@ def _task_loss(model, teacher, seeds) -> float:
 
 
 def _fit(model, teacher, steps, lr, seed0):
-    model.train()
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    for i in range(steps):
-        x = images(8, seed0 + i)
-        with torch.no_grad():
-            target = teacher(x)
-        loss = sum(((o - t) ** 2).mean() for o, t in zip(model(x), target))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    return model
+    return fit_to_teacher(model, teacher, steps, lr, seed0=seed0, batch=8, optimizer="adam")
 
 
 def _sqnr(ref, out) -> float:

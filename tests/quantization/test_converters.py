@@ -9,7 +9,14 @@ import io
 import numpy as np
 import pytest
 import torch
-from quant_nets import images, make_ctx, make_detector, make_small, steps_apart
+from quant_nets import (
+    fit_to_teacher,
+    images,
+    make_ctx,
+    make_detector,
+    make_small,
+    steps_apart,
+)
 
 from fcos_core.errors import FcosUserError
 from fcos_core.quantization.converters import (
@@ -48,18 +55,7 @@ def calibrate(model, steps=3, seed=100):
 
 def train_qat(model, teacher, steps=5, lr=1e-2):
     """A few SGD steps towards the float teacher's outputs (moves weights and ranges)."""
-    model.train()
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
-    for i in range(steps):
-        x = images(4, 200 + i)
-        with torch.no_grad():
-            target = teacher(x)
-        loss = sum(((o - t) ** 2).mean() for o, t in zip(model(x), target))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    return model
+    return fit_to_teacher(model, teacher, steps, lr, seed0=200)
 
 
 # -- module-scoped flow on the small net (conversions cost an export each) -------------------

@@ -10,7 +10,14 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from quant_nets import images, make_ctx, make_detector, make_small, steps_apart
+from quant_nets import (
+    fit_to_teacher,
+    images,
+    make_ctx,
+    make_detector,
+    make_small,
+    steps_apart,
+)
 
 from fcos_core.quantization import int_ops
 from fcos_core.quantization.converters import Float2Calibration, Float2QAT, QAT2Quantize, \
@@ -36,17 +43,7 @@ def _calibrated_qat(make, ctx, integer_exact="eval", seed=0):
 
 
 def _sgd_steps(model, teacher, steps=3, lr=5e-3):
-    model.train()
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
-    for i in range(steps):
-        x = images(4, 400 + i)
-        with torch.no_grad():
-            target = teacher(x)
-        loss = sum(((o - t) ** 2).mean() for o, t in zip(model(x), target))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+    return fit_to_teacher(model, teacher, steps, lr, seed0=400)
 
 
 @pytest.mark.parametrize("groups,cin,cout,k", [(1, 16, 8, 3), (16, 16, 16, 3), (1, 64, 32, 1)])
