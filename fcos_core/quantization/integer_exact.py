@@ -11,7 +11,8 @@ the integers the fake-quant graph already holds:
 
 * conv2d [+ fused ReLU]: ``k_x = round(x_q / s_in)`` (exact: ``x_q`` is ``float32(k * s)``),
   weights and bias quantized with the formulas ``convert_pt2e`` and the lowering use, the exact
-  accumulator, then :func:`int_ops.requantize` with the lowering's multiplier and shift;
+  accumulator (:func:`int_ops.conv2d_acc`), then :func:`int_ops.requantize` with the
+  lowering's multiplier and shift;
 * add [+ fused ReLU]: :func:`int_ops.add` with the lowering's two multipliers and one shift;
 * a fake-quant reading another fake-quant (a rescale): :func:`int_ops.requantize`;
 * a body output taken straight from a conv's accumulator (int32 output): the exact
@@ -31,7 +32,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
 from fcos_core.quantization import int_ops
@@ -39,8 +39,6 @@ from fcos_core.quantization.bias_quant import fake_quantize_bias
 from fcos_core.quantization.fake_quantize import FcosFakeQuantize
 
 EXACT_MODES = ("eval", "always", "off")
-_CONV = torch.ops.aten.conv2d.default
-_FLOAT32_EXACT = 2**24  # every integer of magnitude <= 2**24 is a float32
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -62,25 +60,6 @@ def _ints(value: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     if s.numel() > 1:
         s = s.reshape(1, -1, 1, 1)
     return torch.round(value.detach().double() / s)
-
-
-def exact_conv_acc(k_x: torch.Tensor, w_q: torch.Tensor, b_q: torch.Tensor | None,
-                   stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
-                   groups: int) -> torch.Tensor:
-    """The exact int64 accumulator of a conv on integer-valued inputs.
-
-    float32 holds every partial sum exactly while ``max|k_x| * max_c sum|w[c]|`` stays within
-    2**24 (the usual case for int8 x int8, and several times faster than float64); otherwise
-    the conv runs in float64 as :func:`int_ops.conv2d_acc` does.
-    """
-    bound = float(k_x.abs().max()) * float(w_q.abs().double().flatten(1).sum(1).max()) \
-        if k_x.numel() and w_q.numel() else 0.0
-    dtype = torch.float32 if bound <= _FLOAT32_EXACT else torch.float64
-    acc = F.conv2d(k_x.to(dtype), w_q.to(dtype), None, list(stride), list(padding),
-                   list(dilation), groups).long()
-    if b_q is not None:
-        acc = acc + b_q.long().reshape(1, -1, 1, 1)
-    return acc
 
 
 class IntegerExactOutput(nn.Module):
@@ -156,8 +135,8 @@ class IntegerExactOutput(nn.Module):
             w_q = self._weight_ints(weight, s_w32)
             b_q = None if bias is None else int_ops.quantize_bias(bias.detach(), acc_scale)
             c = self.conv
-            acc = exact_conv_acc(_ints(x_q, s_in64), w_q, b_q, c["stride"], c["padding"],
-                                 c["dilation"], c["groups"])
+            acc = int_ops.conv2d_acc(_ints(x_q, s_in64), w_q, b_q, c["stride"], c["padding"],
+                                     c["dilation"], c["groups"])
             if self.kind == "conv_acc":
                 lo, hi = int_ops.INT32_MIN, int_ops.INT32_MAX
                 q = (acc.clamp_min(0) if self.relu else acc).clamp(lo, hi)

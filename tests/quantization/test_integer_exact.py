@@ -22,7 +22,7 @@ from quant_nets import (
 from fcos_core.quantization import int_ops
 from fcos_core.quantization.converters import Float2Calibration, Float2QAT, QAT2Quantize, \
     freeze_observers
-from fcos_core.quantization.integer_exact import IntegerExactOutput, exact_conv_acc
+from fcos_core.quantization.integer_exact import IntegerExactOutput
 from fcos_core.quantization.prepare import fake_quants
 
 
@@ -52,8 +52,10 @@ def test_exact_accumulator_equals_float64_reference(groups, cin, cout, k):
     x = torch.randint(-128, 128, (2, cin, 9, 9), generator=g).double()
     w = torch.randint(-128, 128, (cout, cin // groups, k, k), generator=g).to(torch.int8)
     b = torch.randint(-5000, 5000, (cout,), generator=g).to(torch.int32)
-    got = exact_conv_acc(x, w, b, (1, 1), (k // 2, k // 2), (1, 1), groups)
-    ref = int_ops.conv2d_acc(x.to(torch.int8), w, b, (1, 1), (k // 2, k // 2), (1, 1), groups)
+    got = int_ops.conv2d_acc(x, w, b, (1, 1), (k // 2, k // 2), (1, 1), groups)
+    assert int_ops._float32_holds_partial_sums(x, w)  # the float32 path was taken
+    ref = F.conv2d(x, w.double(), None, 1, k // 2, 1, groups).long()
+    ref = ref + b.long().reshape(1, -1, 1, 1)
     assert got.dtype == torch.int64 and torch.equal(got, ref)
 
 
@@ -63,9 +65,20 @@ def test_large_accumulators_fall_back_to_float64():
     x[0, ::2] = -32767.0
     w = torch.full((1, 64, 1, 1), 127, dtype=torch.int8)
     w[0, 1::3] = -113
-    got = exact_conv_acc(x, w, None, (1, 1), (0, 0), (1, 1), 1)
+    assert not int_ops._float32_holds_partial_sums(x, w)
+    got = int_ops.conv2d_acc(x, w, None, (1, 1), (0, 0), (1, 1), 1)
     ref = F.conv2d(x, w.double()).long()
     assert torch.equal(got, ref)
+
+
+def test_traced_integer_conv_keeps_float64():
+    # a trace must not bake in the float32 choice made for one input
+    x = torch.full((1, 4, 3, 3), 3.0, dtype=torch.float64)
+    w = torch.ones(2, 4, 1, 1, dtype=torch.int8)
+    traced = torch.jit.trace(lambda a: int_ops.conv2d_acc(a, w, None, (1, 1), (0, 0), (1, 1), 1),
+                             (x,))
+    big = torch.full((1, 4, 3, 3), 2.0**40 + 1, dtype=torch.float64)
+    assert torch.equal(traced(big), F.conv2d(big, w.double()).long())
 
 
 def test_eval_outputs_equal_the_integer_model_after_training_steps():
