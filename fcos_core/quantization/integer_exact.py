@@ -29,11 +29,12 @@ The nodes hold no state (no state-dict keys) and are removed before ``convert_pt
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import fx, nn
 
+from fcos_core.graph_names import op_name
 from fcos_core.quantization import int_ops
 from fcos_core.quantization.bias_quant import fake_quantize_bias
 from fcos_core.quantization.fake_quantize import FcosFakeQuantize
@@ -191,9 +192,7 @@ def _quantized_input(gm: fx.GraphModule, node: Any) -> str | None:
 def _op(node: Any) -> str:
     if not (isinstance(node, fx.Node) and node.op == "call_function"):
         return ""
-    packet = getattr(node.target, "_overloadpacket", None)
-    name = getattr(packet, "__name__", "")
-    return name[:-1] if name.endswith("_") and not name.startswith("_") else name
+    return op_name(node)
 
 
 def _conv_static(conv: fx.Node) -> dict[str, Any]:

@@ -27,9 +27,9 @@ import attrs
 import torch
 from torch import fx
 
+from fcos_core.graph_names import op_name
 from fcos_core.quantization import int_ops
 from fcos_core.quantization.integer_model import IntegerModel, IntOp
-from fcos_core.quantization.quantizer import op_name
 from fcos_core.quantization.rules import QuantRules
 
 _qd = torch.ops.quantized_decomposed

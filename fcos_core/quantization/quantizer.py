@@ -31,18 +31,12 @@ from torchao.quantization.pt2e.quantizer import (
     SharedQuantizationSpec,
 )
 
+from fcos_core.graph_names import op_name
 from fcos_core.quantization.fake_quantize import FcosFakeQuantize
 from fcos_core.quantization.observers import FixedRangeObserver, PerChannelAbsMaxObserver, qrange
 from fcos_core.quantization.rules import QuantRules
 
 _DTYPES = {"int8": torch.int8, "int16": torch.int16}
-
-
-def op_name(node: fx.Node) -> str:
-    """aten op name without overload or in-place underscore (``add_`` -> ``add``)."""
-    packet = getattr(node.target, "_overloadpacket", None)
-    name = getattr(packet, "__name__", str(node.target))
-    return name[:-1] if name.endswith("_") and not name.startswith("_") else name
 
 
 def is_tensor_node(node: Any) -> bool:

@@ -26,6 +26,7 @@ from typing import Any, Iterable
 import torch
 from torch import fx, nn
 
+from fcos_core.graph_names import module_path
 from fcos_core.quantization.converters import body_of, float_reference, quant_info
 from fcos_core.quantization.fake_quantize import FcosFakeQuantize
 from fcos_core.quantization.integer_exact import exact_node_of
@@ -90,14 +91,6 @@ def _float_values(float_model: nn.Module | None, quant_body: nn.Module, x: torch
     return cap.values, tuple(outs)
 
 
-def _module_of(node: fx.Node) -> str:
-    """Qualified name of the nn.Module whose forward produced ``node`` ('' if unknown), so a
-    report names ``backbone.blocks.3.conv`` rather than a graph node."""
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return ""
-    path = str(list(stack.values())[-1][0])
-    return path.replace("L['self'].", "").replace("L__self___", "")
 
 
 def _quant_points(body: nn.Module, x: torch.Tensor
@@ -143,7 +136,7 @@ def _quant_points(body: nn.Module, x: torch.Tensor
         value_name = exact.name if exact is not None else node.name
         if value_name not in cap.values:
             continue
-        points.append({"name": node.name, "source": src.name, "module": _module_of(src),
+        points.append({"name": node.name, "source": src.name, "module": module_path(src),
                        "value": cap.values[value_name],
                        "scale": fq.scale.detach().clone(), "dtype": _DTYPE_NAME[fq.dtype],
                        "kind": src.target.__name__ if callable(src.target) else str(src.op)})

@@ -12,6 +12,7 @@ import operator
 from typing import Any, Mapping
 
 from fcos_core.compile.backend import CheckIssue
+from fcos_core.graph_names import layer_name, op_name
 from fcos_plugin_nash_e.target import LIMITS
 
 _CONV = {"conv2d", "convolution", "_convolution"}
@@ -31,26 +32,6 @@ _HINTS = {
     "mul": "element-wise multiplication is not supported (e.g. bifpn_fa weights or SE blocks: "
            "use fpn_name bifpn_sum and use_se_block false)",
 }
-
-
-def op_name(node: Any) -> str:
-    """ATen op name without overload and in-place underscore."""
-    packet = getattr(node.target, "_overloadpacket", None)
-    name = getattr(packet, "__name__", getattr(node.target, "__name__", str(node.target)))
-    return name[:-1] if name.endswith("_") and not name.startswith("_") else name
-
-
-def layer_name(node: Any) -> str:
-    """The qualified name of the innermost module that produced ``node``."""
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return node.name
-    qual = list(stack.values())[-1][0]
-    # older torch versions prefix the path with L['self'] / L__self__
-    for prefix in ("L['self'].", "L__self___", "L__self__."):
-        if qual.startswith(prefix):
-            qual = qual[len(prefix):]
-    return qual or "<model>"
 
 
 def _pair(v: Any, default: tuple[int, int]) -> tuple[int, int]:

@@ -16,6 +16,7 @@ import operator
 from typing import Any, Mapping
 
 from fcos_core.compile.backend import CheckIssue
+from fcos_core.graph_names import layer_name, op_name
 
 _CONV = {"conv2d", "convolution", "_convolution"}
 _BN = {"batch_norm", "_native_batch_norm_legit_no_training", "native_batch_norm",
@@ -35,25 +36,6 @@ _HINTS = {
     "layer_norm": "use BatchNorm after a conv (folded into the conv)",
     "group_norm": "use BatchNorm after a conv (folded into the conv)",
 }
-
-
-def op_name(node: Any) -> str:
-    """ATen op name without overload and in-place underscore."""
-    packet = getattr(node.target, "_overloadpacket", None)
-    name = getattr(packet, "__name__", getattr(node.target, "__name__", str(node.target)))
-    return name[:-1] if name.endswith("_") and not name.startswith("_") else name
-
-
-def layer_name(node: Any) -> str:
-    """Qualified name of the innermost ``nn.Module`` that produced ``node``."""
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return node.name
-    qual = str(list(stack.values())[-1][0])
-    for prefix in ("L['self'].", "L__self___", "L__self__."):
-        if qual.startswith(prefix):
-            qual = qual[len(prefix):]
-    return qual or "<model>"
 
 
 def check_quantized(records: Any, opset: int) -> list[CheckIssue]:
