@@ -15,10 +15,6 @@ from fcos_core.errors import FcosUserError
 
 #: refuse images above this many pixels (decompression bombs)
 MAX_PIXELS = 100_000_000
-_COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 190), (0, 128, 128)]
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML config (its `model` block and validation transforms)")
     p.add_argument("overrides", nargs="*", metavar="key.path=value")
@@ -69,24 +65,13 @@ def _class_names(cfg: Any) -> list[str] | None:
     return None
 
 
-def _draw(rgb: Any, dets: list[dict[str, Any]], path: Path) -> None:
-    from PIL import Image, ImageDraw
-
-    img = Image.fromarray(rgb)
-    draw = ImageDraw.Draw(img)
-    for d in dets:
-        colour = _COLOURS[d["label"] % len(_COLOURS)]
-        draw.rectangle(d["box"], outline=colour, width=2)
-        draw.text((d["box"][0] + 2, d["box"][1] + 1), f"{d['name']} {d['score']:.2f}",
-                  fill=colour)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
 
 
 def predict_command(args: argparse.Namespace, host: Any) -> int:
     import numpy as np
     import torch
 
+    from fcos_core.cli.detections_output import draw_detections, print_detections
     from fcos_core.cli.model_io import build_model
     from fcos_core.config import load_config
 
@@ -128,15 +113,8 @@ def predict_command(args: argparse.Namespace, host: Any) -> int:
         entry: dict[str, Any] = {"image": path, "detections": dets}
         if args.save_vis:
             out = Path(args.save_vis) / f"{Path(path).stem}_det.png"
-            _draw(rgb, dets, out)
+            draw_detections(rgb, dets, out)
             entry["vis"] = str(out)
         results.append(entry)
-    if args.json:
-        print(json.dumps(results, indent=1))
-    else:
-        for r in results:
-            print(f"{r['image']}: {len(r['detections'])} detection(s)"
-                  + (f" -> {r['vis']}" if "vis" in r else ""))
-            for d in r["detections"]:
-                print(f"    {d['name']:<12} {d['score']:.3f}  {d['box']}")
+    print_detections(results, args.json)
     return 0

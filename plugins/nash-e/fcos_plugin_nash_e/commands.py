@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -97,23 +96,11 @@ def _decode(runtime: Any, outputs: tuple[np.ndarray, ...], det: dict[str, Any],
     return post.detect(floats, image_size, bbox_upscaled=det["bbox_upscaled"])[0]
 
 
-def _draw(rgb: np.ndarray, dets: list[dict[str, Any]], path: Path) -> None:
-    from PIL import Image, ImageDraw
-
-    im = Image.fromarray(rgb)
-    draw = ImageDraw.Draw(im)
-    for d in dets:
-        x1, y1, x2, y2 = d["box"]
-        hue = (d["label"] * 47) % 255
-        color = (255 - hue, hue, (hue * 3) % 255)
-        draw.rectangle([x1, y1, x2, y2], outline=color, width=2)
-        draw.text((x1 + 2, max(0, y1 - 11)), f"{d['label']}:{d['score']:.2f}", fill=color)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    im.save(path)
 
 
 def infer_command(args: argparse.Namespace, host: Any) -> int:
     """Run a compiled artifact on images; print (and optionally draw) the detections."""
+    from fcos_core.cli.detections_output import draw_detections, print_detections
     from fcos_plugin_nash_e.artifact import read_artifact
     from fcos_plugin_nash_e.runtime import Runtime
 
@@ -151,15 +138,8 @@ def infer_command(args: argparse.Namespace, host: Any) -> int:
         results.append({"image": path, "detections": dets})
         if args.save_vis:
             out = Path(args.save_vis) / (Path(path).stem + "_det.png")
-            _draw(rgb, dets, out)
+            draw_detections(rgb, dets, out)
             results[-1]["vis"] = str(out)
-    if args.json:
-        print(json.dumps(results, indent=1))
-    else:
-        for r in results:
-            print(f"{r['image']}: {len(r['detections'])} detection(s)"
-                  + (f" -> {r['vis']}" if "vis" in r else ""))
-            for d in r["detections"][:20]:
-                print(f"  class {d['label']:3d}  score {d['score']:.3f}  box {d['box']}")
+    print_detections(results, args.json, max_per_image=20)
     sys.stdout.flush()
     return 0
