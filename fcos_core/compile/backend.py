@@ -83,3 +83,24 @@ class CompileBackend(abc.ABC):
         (None) means the backend cannot decode; the stage then reports no mAP for compile.
         """
         return None
+
+
+def post_process_params(model: Any) -> dict[str, Any] | None:
+    """The FCOS decoding parameters of ``model.post_process`` (FCOSMultiStrideFilter), as plain
+    values a compiled artifact can carry so that its runtime decodes without the config; None
+    when the model has no such post-process. ``num_classes`` is the model's (None when it does
+    not say); a backend that knows it from the program may replace it."""
+    post = getattr(model, "post_process", None)
+    if post is None or not hasattr(post, "strides"):
+        return None
+    return {
+        "strides": [int(s) for s in post.strides],
+        "num_classes": int(getattr(model, "num_classes", 0)) or None,
+        "threshold": float(post.threshold),
+        "score_threshold": float(post.score_threshold),
+        "iou_threshold": float(post.iou_threshold),
+        "nms_pre": int(post.nms_pre),
+        "max_per_img": int(post.max_per_img),
+        "max_shape": list(post.max_shape) if post.max_shape else None,
+        "bbox_upscaled": bool(getattr(model, "bbox_upscaled", False)),
+    }

@@ -11,7 +11,12 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from fcos_core.compile.backend import CheckIssue, CompileBackend, CompileResult
+from fcos_core.compile.backend import (
+    CheckIssue,
+    CompileBackend,
+    CompileResult,
+    post_process_params,
+)
 from fcos_core.errors import FcosUserError
 from fcos_plugin_nash_e import __version__
 from fcos_plugin_nash_e.artifact import read_artifact, write_artifact
@@ -43,26 +48,19 @@ def _is_quantized(model: Any) -> bool:
 def detection_meta(model: Any, program: Program, input_shape: Sequence[int],
                    color: str) -> dict[str, Any]:
     """What ``fcos infer`` needs to decode the outputs without the config."""
-    post = getattr(model, "post_process", None)
     meta: dict[str, Any] = {"input_size": [int(input_shape[2]), int(input_shape[3])],
                             "preprocess": {"color": color, "mean": 128.0, "std": 128.0}}
-    if post is None or not hasattr(post, "strides"):
+    params = post_process_params(model)
+    if params is None:
         return meta
-    s = len(post.strides)
+    s = len(params["strides"])
     first_cls = program.tensors[program.outputs[0]]
-    meta["detection"] = {
-        "strides": [int(v) for v in post.strides],
-        "num_classes": int(first_cls.shape[1]),
-        "threshold": float(post.threshold),
-        "score_threshold": float(post.score_threshold),
-        "iou_threshold": float(post.iou_threshold),
-        "nms_pre": int(post.nms_pre),
-        "max_per_img": int(post.max_per_img),
-        "max_shape": list(post.max_shape) if post.max_shape else None,
-        "bbox_upscaled": bool(getattr(model, "bbox_upscaled", False)),
-        "layout": "cls[S], box[S], ctr[S], max_logit[S]" if len(program.outputs) >= 4 * s
-                  else "cls[S], box[S], ctr[S]",
-    }
+    meta["detection"] = dict(
+        params,
+        num_classes=int(first_cls.shape[1]),  # the program's, whatever the model says
+        layout="cls[S], box[S], ctr[S], max_logit[S]" if len(program.outputs) >= 4 * s
+        else "cls[S], box[S], ctr[S]",
+    )
     return meta
 
 

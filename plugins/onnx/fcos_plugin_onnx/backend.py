@@ -21,7 +21,12 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from fcos_core.compile.backend import CheckIssue, CompileBackend, CompileResult
+from fcos_core.compile.backend import (
+    CheckIssue,
+    CompileBackend,
+    CompileResult,
+    post_process_params,
+)
 from fcos_core.errors import FcosUserError
 from fcos_core.schema import fields_of
 from fcos_plugin_onnx import __version__
@@ -45,20 +50,7 @@ def find_integer_model(model: Any) -> tuple[Any, Any] | None:
 
 def detection_meta(model: Any) -> dict[str, Any] | None:
     """FCOS decoding parameters of the model's post-process (None without one)."""
-    post = getattr(model, "post_process", None)
-    if post is None or not hasattr(post, "strides"):
-        return None
-    return {
-        "strides": [int(s) for s in post.strides],
-        "num_classes": int(getattr(model, "num_classes", 0)) or None,
-        "threshold": float(post.threshold),
-        "score_threshold": float(post.score_threshold),
-        "iou_threshold": float(post.iou_threshold),
-        "nms_pre": int(post.nms_pre),
-        "max_per_img": int(post.max_per_img),
-        "max_shape": list(post.max_shape) if post.max_shape else None,
-        "bbox_upscaled": bool(getattr(model, "bbox_upscaled", False)),
-    }
+    return post_process_params(model)
 
 
 def _resolve_options(defaults: Mapping[str, Any], options: Mapping[str, Any],
