@@ -6,41 +6,13 @@ import contextlib
 import io
 import time
 
-import numpy as np
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from fcos_core.testing.detection_data import synthetic_batch
+
 SIZE = 64
-COLORS = np.array([[230, 40, 40], [40, 230, 40], [40, 40, 230]], np.uint8)  # one per class
-
-
-def synthetic_batch(n: int = 8, seed: int = 0) -> dict:
-    """``n`` noisy grey images with 1-3 non-overlapping coloured rectangles; colour = class."""
-    g = np.random.default_rng(seed)
-    imgs, boxes, labels = [], [], []
-    for _ in range(n):
-        img = (110 + g.integers(0, 20, (SIZE, SIZE, 3))).astype(np.uint8)
-        bs, ls = [], []
-        for _ in range(g.integers(1, 4)):
-            for _ in range(50):
-                w, h = g.integers(12, 36, 2)
-                x, y = g.integers(0, SIZE - w), g.integers(0, SIZE - h)
-                b = np.array([x, y, x + w, y + h], np.float32)
-                if all(min(b[2], o[2]) <= max(b[0], o[0]) or min(b[3], o[3]) <= max(b[1], o[1])
-                       for o in bs):
-                    break
-            else:
-                continue
-            c = int(g.integers(0, 3))
-            img[y:y + h, x:x + w] = COLORS[c]
-            bs.append(b)
-            ls.append(c)
-        imgs.append(torch.from_numpy(img).permute(2, 0, 1).float().sub(128).div(128))
-        boxes.append(torch.from_numpy(np.stack(bs)))
-        labels.append(torch.tensor(ls, dtype=torch.long))
-    return {"img": torch.stack(imgs), "gt_bboxes": boxes, "gt_classes": labels,
-            "img_shape": [(SIZE, SIZE)] * n}
 
 
 def coco_ap(batch: dict, detections: list[dict], num_classes: int) -> dict[str, float]:

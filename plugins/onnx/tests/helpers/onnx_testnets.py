@@ -15,7 +15,6 @@ import io
 from typing import Any, Sequence
 
 import attrs
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,10 +30,10 @@ from fcos_core.models.losses.giou import GIoULoss
 from fcos_core.models.post_process import FCOSMultiStrideFilter
 from fcos_core.quantization.converters import Float2QAT, QAT2Quantize, freeze_observers
 from fcos_core.schema import arg
+from fcos_core.testing.detection_data import synthetic_batch  # noqa: F401 (nets.synthetic_batch)
 
 SIZE = 64
 STRIDES = [8, 16, 32]
-COLORS = np.array([[230, 40, 40], [40, 230, 40], [40, 40, 230]], np.uint8)  # one per class
 
 
 def _cbr(cin: int, cout: int, k: int = 3, s: int = 1) -> nn.Sequential:
@@ -125,35 +124,6 @@ def images(n: int, seed: int, size: int = SIZE) -> torch.Tensor:
     """Normalised images in [-1, 1) as Normalize(mean=128, std=128) produces."""
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, 3, size, size, generator=g) * 2 - 1
-
-
-def synthetic_batch(n: int = 8, seed: int = 0) -> dict[str, Any]:
-    """``n`` noisy grey images with 1-3 non-overlapping coloured rectangles; colour = class."""
-    g = np.random.default_rng(seed)
-    imgs, boxes, labels = [], [], []
-    for _ in range(n):
-        img = (110 + g.integers(0, 20, (SIZE, SIZE, 3))).astype(np.uint8)
-        bs: list[np.ndarray] = []
-        ls: list[int] = []
-        for _ in range(int(g.integers(1, 4))):
-            for _ in range(50):
-                w, h = g.integers(12, 36, 2)
-                x, y = g.integers(0, SIZE - w), g.integers(0, SIZE - h)
-                b = np.array([x, y, x + w, y + h], np.float32)
-                if all(min(b[2], o[2]) <= max(b[0], o[0]) or min(b[3], o[3]) <= max(b[1], o[1])
-                       for o in bs):
-                    break
-            else:
-                continue
-            c = int(g.integers(0, 3))
-            img[y:y + h, x:x + w] = COLORS[c]
-            bs.append(b)
-            ls.append(c)
-        imgs.append(torch.from_numpy(img).permute(2, 0, 1).float().sub(128).div(128))
-        boxes.append(torch.from_numpy(np.stack(bs)))
-        labels.append(torch.tensor(ls, dtype=torch.long))
-    return {"img": torch.stack(imgs), "gt_bboxes": boxes, "gt_classes": labels,
-            "img_shape": [(SIZE, SIZE)] * n}
 
 
 def train(model: FCOS, batch: dict[str, Any], steps: int = 150, lr: float = 5e-3) -> FCOS:
