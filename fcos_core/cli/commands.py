@@ -122,6 +122,10 @@ def run_command(args: argparse.Namespace, host: PluginHost) -> int:
         from fcos_core.engine.launch import launch_with_torchrun
 
         return launch_with_torchrun(args)
+    # before torch allocates anything: tensors of 2 MB and more on transparent huge pages, so
+    # a training step's large activations fault in 512x fewer pages (batch 4 on the seed's
+    # backbone: 100 MB tensors, see docs/benchmarks.md). The user's own setting wins.
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     from fcos_core.engine.pipeline import run_pipeline
 
     return run_pipeline(cfg, host, stages, run_dir=args.run_dir, resume=args.resume)

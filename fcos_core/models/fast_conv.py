@@ -1,11 +1,14 @@
 """Faster weight gradients for the convs of eager CPU training (forward unchanged).
 
-oneDNN's weight-gradient (backward-weights) pass is the slow part of a CPU training step at
-batch 1 for two kinds of conv this network is made of:
+oneDNN's weight-gradient (backward-weights) pass is the slow part of a CPU training step for
+the kinds of conv this network is made of:
 
 * depthwise convs with kernels larger than 3x3: oneDNN's depthwise kernel handles 3x3 only, so
   5x5 falls back to its generic grouped-conv kernel, which pads every group to a 16x16 block
   and runs on one thread;
+* small depthwise 3x3 convs (the BiFPN's coarse levels): a fixed cost of ~0.2 ms a call; and
+  for large ones, asking oneDNN for the input and the weight gradient in one call is slower
+  than two calls (1.95 vs 1.31 ms on [1, 144, 128, 128], docs/benchmarks.md);
 * 1x1 (pointwise) convs on channels-last tensors: the weight gradient is one matrix product of
   two views, ``grad_out[NHW, O]^T @ x[NHW, I]``; oneDNN's 1x1 backward-weights kernel stalls
   for ~4 ms per call at batch 1 with two threads and ``OMP_WAIT_POLICY=PASSIVE`` on shared
@@ -13,10 +16,13 @@ batch 1 for two kinds of conv this network is made of:
 
 :func:`conv2d` runs such a conv through :class:`_FastWeightGradConv2d`: the forward and the
 input gradient are the stock ``F.conv2d`` / ``convolution_backward`` calls (bit-identical), only
-the weight gradient is computed the faster way -- the same sum in a different order, so it
-agrees with oneDNN's to float32 rounding (relative ~1e-6; each is as close to the float64 value
-as the other). Everywhere else, and in every traced, scripted, compiled or exported graph, it is
-the plain module call, so graphs, quantization and state dicts see an ``nn.Conv2d``.
+the weight gradient is computed another way: the C++ kernel ``fcos_kernels.depthwise_weight_grad``
+(:mod:`fcos_core.models.cpu_kernels`) for channels-last depthwise convs, a depthwise conv of the
+input with the output gradient where the kernel is not built, a GEMM for 1x1 convs. The same sum
+in a different order, so it agrees with oneDNN's to float32 rounding (relative ~1e-6; each is as
+close to the float64 value as the other). Everywhere else, and in every traced, scripted,
+compiled or exported graph, it is the plain module call, so graphs, quantization and state
+dicts see an ``nn.Conv2d``.
 
 It lives in fcos-core so that every plugin made of such convs (fcos-plugin-efficientnet,
 fcos-plugin-bifpn, third-party backbones) shares one implementation.
@@ -29,8 +35,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from fcos_core.models import cpu_kernels, fast_batchnorm
+
 #: switch for A/B measurements (benchmarks/bench_backbone_neck.py --no-fast-weight-grad)
 ENABLED = True
+#: a depthwise 3x3 weight gradient goes to the C++ kernel up to this many output elements;
+#: above it oneDNN's own 3x3 kernel is faster (measured, docs/benchmarks.md)
+DEPTHWISE_3X3_KERNEL_MAX_ELEMENTS = 1 << 18
 
 
 def depthwise_weight_grad(grad_out: Tensor, x: Tensor, kernel_size: tuple[int, int],
@@ -99,20 +110,40 @@ class _FastWeightGradConv2d(torch.autograd.Function):
                         grad_out, x, weight, None, ctx.stride, ctx.padding, (1, 1), False,
                         (0, 0), 1, (False, True, False))[1]
             else:
-                grad_w = depthwise_weight_grad(grad_out, x, tuple(weight.shape[-2:]),
-                                               ctx.stride, ctx.padding)
+                grad_w = _depthwise_weight_grad(grad_out, x, weight, ctx.stride, ctx.padding)
         return grad_x, grad_w, None, None, None
 
 
+def _depthwise_weight_grad(grad_out: Tensor, x: Tensor, weight: Tensor,
+                           stride: tuple[int, int], padding: tuple[int, int]) -> Tensor:
+    """The fastest of the three ways for this depthwise conv (see the module docstring)."""
+    kh, kw = weight.shape[-2:]
+    cl = torch.channels_last
+    if (x.is_contiguous(memory_format=cl) and cpu_kernels.available()
+            and (kh * kw > 9 or grad_out.numel() <= DEPTHWISE_3X3_KERNEL_MAX_ELEMENTS)):
+        return torch.ops.fcos_kernels.depthwise_weight_grad(
+            grad_out.contiguous(memory_format=cl), x, kh, kw, stride[0], stride[1],
+            padding[0], padding[1], cpu_kernels.MIN_ELEMENTS_PER_THREAD)
+    if kh * kw > 9:
+        return depthwise_weight_grad(grad_out, x, (kh, kw), stride, padding)
+    return torch.ops.aten.convolution_backward(  # oneDNN's 3x3 kernel, asked for alone
+        grad_out, x, weight, None, stride, padding, (1, 1), False, (0, 0), weight.shape[0],
+        (False, True, False))[1]
+
+
 def _kind(conv: nn.Conv2d, x: Tensor) -> bool:
-    """Whether ``conv(x)`` is a depthwise conv with a kernel larger than 3x3 or a 1x1 conv on a
-    channels-last input (the two cases :class:`_FastWeightGradConv2d` speeds up)."""
+    """Whether ``conv(x)`` is a depthwise conv with a kernel larger than 3x3, a depthwise conv
+    on a channels-last input, or a 1x1 conv on a channels-last input (the cases
+    :class:`_FastWeightGradConv2d` speeds up)."""
     kh, kw = conv.kernel_size
+    channels_last = (x.is_contiguous(memory_format=torch.channels_last)
+                     and not x.is_contiguous())
     if conv.groups == conv.in_channels == conv.out_channels and conv.groups > 1:
-        return kh * kw > 9  # oneDNN's depthwise backward-weights kernel covers 3x3
+        # oneDNN's depthwise backward-weights kernel covers 3x3 well, but for channels-last
+        # inputs the C++ kernel or two separate oneDNN calls are faster still
+        return kh * kw > 9 or channels_last
     return (conv.groups == 1 and kh == kw == 1 and conv.stride == (1, 1)
-            and conv.padding == (0, 0)
-            and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+            and conv.padding == (0, 0) and channels_last)
 
 
 def use_fast_weight_grad(conv: nn.Module, x: Tensor) -> bool:
@@ -122,6 +153,10 @@ def use_fast_weight_grad(conv: nn.Module, x: Tensor) -> bool:
     test), under autocast, or when hooks watch the conv (a fused or QAT conv is not an
     ``nn.Conv2d``, so it keeps its own forward)."""
     if not ENABLED or type(conv) is not nn.Conv2d or type(x) is not torch.Tensor:
+        return False
+    # first, so that a trace never evaluates (and warns about) the tensor tests below
+    if (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+            or torch.is_autocast_enabled("cpu")):
         return False
     w = conv.weight
     return (
@@ -138,12 +173,8 @@ def use_fast_weight_grad(conv: nn.Module, x: Tensor) -> bool:
         and not (conv._forward_hooks or conv._forward_pre_hooks or conv._backward_hooks
                  or conv._backward_pre_hooks)
         and _kind(conv, x)
-        and not torch.jit.is_scripting()
-        and not torch.jit.is_tracing()
-        and not torch.compiler.is_compiling()
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
-        and not torch.is_autocast_enabled("cpu")
     )
 
 
@@ -157,7 +188,22 @@ def conv2d(conv: nn.Module, x: Tensor) -> Tensor:
 
 
 def sequential_forward(seq: nn.Sequential, x: Tensor) -> Tensor:
-    """``nn.Sequential.forward`` with every conv child called through :func:`conv2d`."""
-    for module in seq:
-        x = conv2d(module, x) if type(module) is nn.Conv2d else module(x)
+    """``nn.Sequential.forward`` for eager CPU training: every conv child is called through
+    :func:`conv2d`, and a ``BatchNorm2d`` (with the ``ReLU`` right after it, if any) through
+    the fused kernel of :mod:`fcos_core.models.fast_batchnorm` where it applies. Same
+    outputs; in eval, traced, exported and quantized graphs the children run as they are."""
+    modules = list(seq)
+    i = 0
+    while i < len(modules):
+        module = modules[i]
+        if type(module) is nn.Conv2d:
+            x = conv2d(module, x)
+        elif type(module) is nn.BatchNorm2d:
+            relu = modules[i + 1] if i + 1 < len(modules) else None
+            relu = relu if type(relu) is nn.ReLU else None
+            x = fast_batchnorm.batch_norm_relu(module, x, relu)
+            i += relu is not None  # the ReLU ran too
+        else:
+            x = module(x)
+        i += 1
     return x

@@ -24,6 +24,9 @@ from typing import Mapping, Sequence
 
 from torch import Tensor, nn
 
+from fcos_core.models.fast_batchnorm import batch_norm_relu
+from fcos_core.models.fast_conv import conv2d
+
 
 class SharedSeparableConv(nn.Module):
     """Depthwise 3x3 + pointwise 1x1 conv shared by all strides, BatchNorms per stride, ReLU.
@@ -45,8 +48,10 @@ class SharedSeparableConv(nn.Module):
 
     def forward(self, x: Tensor, level: int) -> Tensor:
         """``[B, in, H, W] -> [B, out, H, W]`` using the BatchNorms of stride index ``level``."""
-        x = self.dw_bn[level](self.dw(x))
-        return self.relu(self.pw_bn[level](self.pw(x)))
+        # eager CPU training: faster conv weight gradients and a fused BN-ReLU kernel
+        # (fcos_core.models.fast_conv / fast_batchnorm); plain module calls everywhere else
+        x = batch_norm_relu(self.dw_bn[level], conv2d(self.dw, x))
+        return batch_norm_relu(self.pw_bn[level], conv2d(self.pw, x), self.relu)
 
 
 class FCOSHead(nn.Module):

@@ -1,7 +1,9 @@
-"""The faster 1x1 weight gradients of eager CPU training (fcos_core.models.fast_conv).
+"""The faster weight gradients of eager CPU training (fcos_core.models.fast_conv).
 
-Outputs, running statistics and every gradient except those of the 1x1 conv weights are
-bit-identical to the plain ``nn.Conv2d`` path; those agree with oneDNN's to float32 rounding.
+With the fused BatchNorm kernel switched off (it has its own tests in
+tests/models/test_cpu_kernels.py), outputs, running statistics and every gradient except those
+of the 1x1 and depthwise conv weights are bit-identical to the plain ``nn.Conv2d`` path; those
+agree with oneDNN's to float32 rounding.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fcos_core.models import fast_conv
+from fcos_core.models import fast_batchnorm, fast_conv
 from fcos_plugin_bifpn.model import BiFPN
 
 SEED = dict(in_strides=[2, 4, 8, 16, 32], out_strides=[8, 16, 32, 64, 128],
@@ -44,10 +46,12 @@ def test_training_step_matches_the_plain_conv_path(fpn_name, batch, monkeypatch)
     real = fast_conv._FastWeightGradConv2d.apply
     monkeypatch.setattr(fast_conv._FastWeightGradConv2d, "apply",
                         lambda *a: calls.append(a[-1]) or real(*a))
+    monkeypatch.setattr(fast_batchnorm, "ENABLED", False)
     out_fast, in_grads_fast = step(fast)
     n_pw = sum(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1)
                for m in fast.modules())
-    assert calls == [1] * n_pw  # every 1x1 conv, no 3x3 depthwise
+    n_dw = sum(isinstance(m, torch.nn.Conv2d) and m.groups > 1 for m in fast.modules())
+    assert sorted(calls) == [1] * n_pw + [64] * n_dw  # every 1x1 and depthwise conv
     monkeypatch.setattr(fast_conv, "ENABLED", False)
     out_plain, in_grads_plain = step(plain)
 
@@ -56,7 +60,7 @@ def test_training_step_matches_the_plain_conv_path(fpn_name, batch, monkeypatch)
     plain_params = dict(plain.named_parameters())
     for name, p in fast.named_parameters():
         q = plain_params[name]
-        if p.dim() == 4 and p.shape[-1] == 1:
+        if p.dim() == 4 and (p.shape[-1] == 1 or p.shape[1] == 1):
             # sums of thousands of products: float32 rounding, relative to the largest entry
             assert (p.grad - q.grad).abs().max() <= 1e-4 * q.grad.abs().max(), name
         else:
