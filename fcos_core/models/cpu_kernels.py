@@ -20,6 +20,7 @@ uses the stock modules: slower, never different. ``FCOS_CPU_KERNELS=0`` switches
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -96,7 +97,16 @@ def available(verbose: bool = False) -> bool:
         start = time.perf_counter()
         try:
             import torch
-            from torch.utils import cpp_extension
+
+            # importing cpp_extension under a CUDA build of torch on a machine without CUDA
+            # logs "No CUDA runtime is found": true, and irrelevant to these CPU kernels
+            cpp_logger = logging.getLogger("torch.utils.cpp_extension")
+            level = cpp_logger.level
+            cpp_logger.setLevel(logging.ERROR)
+            try:
+                from torch.utils import cpp_extension
+            finally:
+                cpp_logger.setLevel(level)
 
             _put_ninja_on_path()
 
@@ -120,7 +130,8 @@ def available(verbose: bool = False) -> bool:
         if _state["available"] and seconds > 2.0:
             from fcos_core.logging_setup import get_logger
 
-            get_logger("fcos.kernels").info("cpu_kernels_built", seconds=round(seconds, 1))
+            # the first build takes ~15 s: say where the time went
+            get_logger("fcos.kernels").info("cpu_kernels_ready", seconds=round(seconds, 1))
         return _state["available"]
 
 

@@ -115,3 +115,41 @@ def test_exportable():
 def test_bad_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
         make_head(**kw)
+
+
+def test_training_forward_uses_the_cpu_kernels_and_matches_the_stock_modules(monkeypatch):
+    """In eager channels-last CPU training every tower BatchNorm (+ReLU) goes through the
+    fused kernel (fcos_core.models.fast_batchnorm); outputs and gradients match the stock
+    modules to float32 rounding."""
+    from fcos_core.models import cpu_kernels, fast_batchnorm, fast_conv
+
+    assert cpu_kernels.available(), cpu_kernels.error()
+    torch.manual_seed(0)
+    fused, stock = make_head().train(), make_head().train()
+    stock.load_state_dict(fused.state_dict())
+    cl = torch.channels_last
+    fused.to(memory_format=cl)
+    stock.to(memory_format=cl)
+    calls = []
+    real = fast_batchnorm._BatchNormAct.apply
+    monkeypatch.setattr(fast_batchnorm._BatchNormAct, "apply",
+                        lambda *a: calls.append(a[-1]) or real(*a))
+
+    def step(head, enabled):
+        xs = [f.to(memory_format=cl).requires_grad_() for f in feats()]
+        with monkeypatch.context() as m:
+            m.setattr(fast_batchnorm, "ENABLED", enabled)
+            m.setattr(fast_conv, "ENABLED", enabled)
+            outs = [o for group in head(xs) for o in group]
+        weights = torch.Generator().manual_seed(1)
+        sum((o * torch.randn(o.shape, generator=weights)).sum() for o in outs).backward()
+        return [o.detach() for o in outs], [x.grad for x in xs]
+
+    outs_f, grads_f = step(fused, True)
+    # 2 towers x 2 stacked convs x (dw BN, pw BN + ReLU), at each of 3 strides
+    assert sorted(calls) == [False] * 12 + [True] * 12
+    outs_s, grads_s = step(stock, False)
+    for a, b in zip(outs_f + grads_f, outs_s + grads_s):
+        assert (a - b).abs().max() <= 1e-4 * b.abs().max() + 1e-6
+    for (name, p), q in zip(fused.named_parameters(), stock.parameters()):
+        assert (p.grad - q.grad).abs().max() <= 1e-3 * q.grad.abs().max() + 1e-6, name

@@ -74,10 +74,9 @@ void block_sums(int64_t begin, int64_t end, int64_t C, double* out_a, double* ou
 // two length-C double accumulators, and returns their sums (2*C doubles: a then b).
 template <typename Body>
 std::vector<double> parallel_sums(int64_t R, int64_t C, int64_t grain, Body body) {
-  const int64_t slots = at::get_num_threads();
+  const int64_t slots = fcos_kernels::row_slots();
   std::vector<double> part(static_cast<size_t>(slots * 2 * C), 0.0);
-  at::parallel_for(0, R, grain, [&](int64_t begin, int64_t end) {
-    const int64_t t = at::get_thread_num();
+  fcos_kernels::parallel_rows(R, grain, slots, [&](int64_t begin, int64_t end, int64_t t) {
     double* a = part.data() + t * 2 * C;
     body(begin, end, a, a + C);
   });

@@ -113,10 +113,10 @@ at::Tensor depthwise_weight_grad(const at::Tensor& grad_out, const at::Tensor& x
   const int64_t taps = kh * kw;
   const int64_t rows = d.N * d.Ho;
   const int64_t grain = std::max<int64_t>(1, min_elements / std::max<int64_t>(1, d.Wo * C));
-  const int64_t slots = at::get_num_threads();
+  const int64_t slots = fcos_kernels::row_slots();
   std::vector<double> part(static_cast<size_t>(slots * taps * C), 0.0);
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    double* acc_d = part.data() + at::get_thread_num() * taps * C;
+  fcos_kernels::parallel_rows(rows, grain, slots, [&](int64_t begin, int64_t end, int64_t slot) {
+    double* acc_d = part.data() + slot * taps * C;
     std::vector<float> acc(static_cast<size_t>(taps * C));
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / d.Ho, oh = r % d.Ho;

@@ -144,3 +144,48 @@ def test_traced_and_exported_graphs_see_plain_convs():
     assert not any("FastWeightGrad" in str(n.target) for n in graph.nodes)
     n_convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
     assert sum(n.op == "call_module" and "conv" in str(n.target) for n in graph.nodes) == n_convs
+
+
+def test_every_batchnorm_trains_through_the_fused_kernel(monkeypatch):
+    """b0 without top has 48 BatchNorms (stem, 15 expansions, 16 depthwise, 16 projections);
+    all but the projections have a ReLU after them, which the kernel runs too. Outputs and
+    gradients of the training step are as close to the float64 model as the stock float32
+    modules are (48 BatchNorms over 8 values per channel at the 2x2 level amplify rounding, so
+    the stock path is the yardstick, not a fixed tolerance)."""
+    from fcos_core.models import cpu_kernels
+
+    assert cpu_kernels.available(), cpu_kernels.error()
+    torch.manual_seed(0)
+
+    def build():
+        return EfficientNet("b0", activation="relu", use_se_block=False, drop_connect_rate=0.0)
+
+    fused, stock, exact = build(), build(), build().double()
+    stock.load_state_dict(fused.state_dict())
+    exact.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 3, 64, 64).to(memory_format=torch.channels_last)
+    calls = []
+    real = fast_batchnorm._BatchNormAct.apply
+    monkeypatch.setattr(fast_batchnorm._BatchNormAct, "apply",
+                        lambda *a: calls.append(a[-1]) or real(*a))
+
+    def step(model, inp, enabled):
+        model.train().to(memory_format=torch.channels_last).zero_grad()
+        with monkeypatch.context() as m:
+            m.setattr(fast_batchnorm, "ENABLED", enabled)
+            m.setattr(fast_conv, "ENABLED", enabled)
+            outs = model(inp)
+        gen = torch.Generator().manual_seed(1)
+        sum((o * torch.randn(o.shape, generator=gen).to(o.dtype)).sum() for o in outs).backward()
+        return [o.detach() for o in outs] + [p.grad for p in model.parameters()]
+
+    ours = step(fused, x, True)
+    assert sorted(calls) == [False] * 16 + [True] * 32
+    theirs = step(stock, x, False)
+    ref = step(exact, x.double(), False)
+
+    def err(a, r):
+        return ((a.double() - r).abs().max() / r.abs().max().clamp_min(1e-30)).item()
+
+    for k, (o, t, r) in enumerate(zip(ours, theirs, ref)):
+        assert err(o, r) <= 4 * err(t, r) + 1e-5, k
