@@ -50,20 +50,30 @@ def enabled_by_environment() -> bool:
                                                                            "off")
 
 
+def _compile_flags() -> list[str]:
+    # no FMA contraction: batch_norm_act.cpp evaluates one expression in two loops and needs
+    # the same float result in both (the ReLU mask)
+    flags = ["-O3", "-ffp-contract=off"]
+    if platform.machine().lower() in ("x86_64", "amd64", "aarch64", "arm64"):
+        flags.append("-march=native")
+    return flags
+
+
 def _build_name() -> str:
-    """``fcos_kernels_<hash>`` of this CPU's instruction sets, torch's version and the
-    sources' contents."""
+    """``fcos_kernels_<hash>`` of this CPU's instruction sets, torch's version, the compile
+    flags and the sources' contents."""
     import torch
 
-    flags = ""
+    cpu_flags = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith(("flags", "Features")):
-                flags = line
+                cpu_flags = line
                 break
     except OSError:
         pass
-    digest = hashlib.sha1(f"{platform.machine()} {flags} {torch.__version__}".encode())
+    digest = hashlib.sha1(f"{platform.machine()} {cpu_flags} {torch.__version__} "
+                          f"{_compile_flags()}".encode())
     for source in SOURCES:
         digest.update(source.read_bytes())
     digest.update(SOURCES[0].with_name("common.h").read_bytes())
@@ -110,11 +120,9 @@ def available(verbose: bool = False) -> bool:
 
             _put_ninja_on_path()
 
-            flags = ["-O3"]
-            if platform.machine().lower() in ("x86_64", "amd64", "aarch64", "arm64"):
-                flags.append("-march=native")
             cpp_extension.load(name=_build_name(), sources=[str(s) for s in SOURCES],
-                               extra_cflags=flags, is_python_module=False, verbose=verbose)
+                               extra_cflags=_compile_flags(), is_python_module=False,
+                               verbose=verbose)
             missing = [op for op in OPS if not hasattr(torch.ops.fcos_kernels, op)]
             if missing:
                 raise RuntimeError(f"the built extension lacks {missing}")

@@ -13,9 +13,9 @@ It is also more accurate than ATen's float32 kernel: block sums in float joined 
 a shifted variance; tests compare both against float64 autograd.
 
 The kernel is built on first use (:mod:`fcos_core.models.cpu_kernels`); where it cannot be
-built, or ``FCOS_CPU_KERNELS=0`` is set, the plain modules run. Only eager CPU float32 training of a plain
-``nn.BatchNorm2d`` on a channels-last input takes this path; eval, SyncBatchNorm, QAT, traced,
-scripted, compiled and exported graphs see the stock modules.
+built, or ``FCOS_CPU_KERNELS=0`` is set, the plain modules run. Only eager CPU float32 training
+of a plain ``nn.BatchNorm2d`` on a channels-last input takes this path; eval, SyncBatchNorm,
+QAT, traced, scripted, compiled and exported graphs see the stock modules.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from torch.autograd.function import once_differentiable
 
 from fcos_core.models import cpu_kernels
 
-#: switch for A/B measurements (benchmarks/bench_backbone_neck.py) and tests
+#: switch for A/B measurements (the "ours, stock ops" row of benchmarks/bench_backbone_neck.py)
+#: and tests
 ENABLED = True
 
 class _BatchNormAct(torch.autograd.Function):
@@ -68,7 +69,8 @@ def use_fused_batch_norm(bn: nn.Module, x: Tensor) -> bool:
             or torch.is_autocast_enabled("cpu")):
         return False
     if not (bn.training and bn.affine and bn.track_running_stats
-            and bn.running_mean is not None and bn.running_var is not None):
+            and bn.running_mean is not None and bn.running_var is not None
+            and bn.num_batches_tracked is not None):
         return False
     w, b = bn.weight, bn.bias
     ok = (
@@ -91,8 +93,7 @@ def batch_norm_act(bn: nn.BatchNorm2d, x: Tensor, relu: bool) -> Tensor:
     """``relu(bn(x))`` (or ``bn(x)``) in training mode through the fused kernel; the caller
     checked :func:`use_fused_batch_norm`. Momentum ``None`` (a cumulative average) and
     ``num_batches_tracked`` behave as in ``nn.BatchNorm2d``."""
-    assert bn.num_batches_tracked is not None
-    bn.num_batches_tracked.add_(1)
+    bn.num_batches_tracked.add_(1)  # type: ignore[union-attr]  # tracked: checked by the caller
     if bn.momentum is None:
         factor = 1.0 / float(bn.num_batches_tracked)
     else:

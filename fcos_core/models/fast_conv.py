@@ -37,7 +37,7 @@ from torch.autograd.function import once_differentiable
 
 from fcos_core.models import cpu_kernels, fast_batchnorm
 
-#: switch for A/B measurements (benchmarks/bench_backbone_neck.py --no-fast-weight-grad)
+#: switch for A/B measurements (the "ours, stock ops" row of benchmarks/bench_backbone_neck.py)
 ENABLED = True
 #: a depthwise 3x3 weight gradient goes to the C++ kernel up to this many output elements;
 #: above it oneDNN's own 3x3 kernel is faster (measured, docs/benchmarks.md)

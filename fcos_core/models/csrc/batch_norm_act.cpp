@@ -29,7 +29,8 @@ namespace {
 
 constexpr int64_t kBlock = 64;  // rows summed in float before joining the double accumulator
 
-// Rows per thread below which one thread does the whole pass: R*C/grain elements each.
+// The smallest chunk of rows a thread is given: min_elements / C rows (so a tensor of fewer than
+// 2 * min_elements elements is done by the calling thread alone).
 int64_t row_grain(int64_t channels, int64_t min_elements) {
   return std::max<int64_t>(1, min_elements / std::max<int64_t>(1, channels));
 }
@@ -40,8 +41,8 @@ void check_input(const at::Tensor& x, const char* name) {
 
 // The normalised value before the ReLU, (x - mean) * scale + bias with scale = w * invstd. The
 // forward and the backward evaluate this same float expression from the saved float statistics,
-// so the ReLU masks agree bit for bit (ISO C++ mode keeps GCC from contracting it into an FMA in
-// one place only). Subtracting the mean first keeps the error relative to the output even when
+// so the ReLU masks agree bit for bit (the build passes -ffp-contract=off, so that the compiler
+// cannot turn it into an FMA in one loop and not in the other). Subtracting the mean first keeps the error relative to the output even when
 // the mean is large next to the spread (x * scale + shift would cancel).
 inline float normalised(float x, float mean, float scale, float bias) {
   return (x - mean) * scale + bias;
@@ -70,8 +71,8 @@ void block_sums(int64_t begin, int64_t end, int64_t C, double* out_a, double* ou
   }
 }
 
-// Runs `body(begin, end, slot)` over [0, R) in parallel chunks, each chunk with its own slot of
-// two length-C double accumulators, and returns their sums (2*C doubles: a then b).
+// Runs `body(begin, end, a, b)` over [0, R) in parallel chunks, each chunk with its own pair of
+// length-C double accumulators a and b, and returns their totals (2*C doubles: a then b).
 template <typename Body>
 std::vector<double> parallel_sums(int64_t R, int64_t C, int64_t grain, Body body) {
   const int64_t slots = fcos_kernels::row_slots();
