@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from fcos_core.models import cpu_kernels
+from fcos_core.models.graph_capture import capturing_or_autocast
 
 #: switch for A/B measurements (the "ours, stock ops" row of benchmarks/bench_backbone_neck.py)
 #: and tests
@@ -64,9 +65,7 @@ def use_fused_batch_norm(bn: nn.Module, x: Tensor) -> bool:
     scripting, compiling or exporting, under autocast, or once the kernel failed to build."""
     if not ENABLED or type(bn) is not nn.BatchNorm2d or type(x) is not torch.Tensor:
         return False
-    # first, so that a trace never evaluates (and warns about) the tensor tests below
-    if (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
-            or torch.is_autocast_enabled("cpu")):
+    if capturing_or_autocast():  # before the tensor tests below
         return False
     if not (bn.training and bn.affine and bn.track_running_stats
             and bn.running_mean is not None and bn.running_var is not None

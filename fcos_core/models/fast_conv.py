@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from fcos_core.models import cpu_kernels, fast_batchnorm
+from fcos_core.models.graph_capture import capturing_or_autocast
 
 #: switch for A/B measurements (the "ours, stock ops" row of benchmarks/bench_backbone_neck.py)
 ENABLED = True
@@ -154,9 +155,7 @@ def use_fast_weight_grad(conv: nn.Module, x: Tensor) -> bool:
     ``nn.Conv2d``, so it keeps its own forward)."""
     if not ENABLED or type(conv) is not nn.Conv2d or type(x) is not torch.Tensor:
         return False
-    # first, so that a trace never evaluates (and warns about) the tensor tests below
-    if (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
-            or torch.is_autocast_enabled("cpu")):
+    if capturing_or_autocast():  # before the tensor tests below
         return False
     w = conv.weight
     return (
