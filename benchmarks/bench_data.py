@@ -59,7 +59,7 @@ from fcos_plugin_coco.demo.generate import DemoParams, ensure_demo  # noqa: E402
 from fcos_plugin_coco.transforms._cv import cv2  # noqa: E402
 from fcos_plugin_coco.transforms.crop import RandomCrop  # noqa: E402
 from fcos_plugin_coco.transforms.flip import RandomFlip  # noqa: E402
-from fcos_plugin_coco.transforms.fused import fuse  # noqa: E402
+from fcos_plugin_coco.transforms.fused import ResizeCrop, fuse  # noqa: E402
 from fcos_plugin_coco.transforms.hsv import AugmentHSV  # noqa: E402
 from fcos_plugin_coco.transforms.pad import Pad  # noqa: E402
 from fcos_plugin_coco.transforms.resize import Resize  # noqa: E402
@@ -101,18 +101,13 @@ def _baseline_hexcone() -> np.ndarray:
 _BASELINE_G = _baseline_hexcone()
 
 
-class BaselineResizeCrop:
+class BaselineResizeCrop(ResizeCrop):
     """BASELINE: Resize + RandomCrop fused, PIL resampling only the window (``box=``)."""
-
-    def __init__(self, resize: Resize, crop: RandomCrop) -> None:
-        self.resize, self.crop = resize, crop
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         img = sample["img"]
         h, w = img.shape[:2]
-        nh, nw = self.resize.draw_size(h, w)
-        oy, ox, ch, cw = self.crop.draw_window(nh, nw)
-        out = self.crop.crop_meta(Resize.resize_meta(sample, nh, nw), (nh, nw), oy, ox, ch, cw)
+        out, nh, nw, oy, ox, ch, cw = self.draw(sample)
         if (nh, nw) == (h, w):
             out["img"] = np.ascontiguousarray(img[oy:oy + ch, ox:ox + cw])
         else:
@@ -129,8 +124,7 @@ class BaselinePad(Pad):
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         img = sample["img"]
         h, w = img.shape[:2]
-        d = self.divisor
-        th, tw = (-(-h // d) * d, -(-w // d) * d) if d else self.size
+        th, tw = self.target_size(h, w)
         out = dict(sample)
         if (th, tw) != (h, w):
             padded = np.full((th, tw) + img.shape[2:], self.pad_val, dtype=img.dtype)
@@ -145,8 +139,7 @@ class BaselineRandomFlip(RandomFlip):
     """BASELINE: numpy reversed-view copies."""
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
-        flip_x = self.px > 0 and np.random.random() < self.px
-        flip_y = self.py > 0 and np.random.random() < self.py
+        flip_x, flip_y = self.draw()
         if not (flip_x or flip_y):
             return sample
         img = sample["img"]
@@ -169,9 +162,9 @@ class BaselineAugmentHSV(AugmentHSV):
     in numpy."""
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
-        if not self.gains.any():
+        r = self.draw()
+        if r is None:
             return sample
-        r = np.random.uniform(-1, 1, 3) * self.gains + 1
         img = sample["img"]
         vh, vw = sample.get("img_shape", img.shape[:2])
         hsv = np.asarray(Image.fromarray(img[:vh, :vw]).convert("HSV"))

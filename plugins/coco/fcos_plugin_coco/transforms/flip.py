@@ -39,9 +39,14 @@ class RandomFlip:
         self.px = _probability(px, "px")
         self.py = _probability(py, "py")
 
-    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+    def draw(self) -> tuple[bool, bool]:
+        """This sample's random choice: (flip horizontally, flip vertically)."""
         flip_x = self.px > 0 and np.random.random() < self.px
         flip_y = self.py > 0 and np.random.random() < self.py
+        return flip_x, flip_y
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        flip_x, flip_y = self.draw()
         if not (flip_x or flip_y):
             return sample
         img = sample["img"]

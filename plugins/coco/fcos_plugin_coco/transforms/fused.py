@@ -72,12 +72,19 @@ class ResizeCrop:
         self.resize = resize
         self.crop = crop
 
-    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
-        img = sample["img"]
-        h, w = img.shape[:2]
+    def draw(self, sample: dict[str, Any]) -> tuple[dict[str, Any], int, int, int, int, int, int]:
+        """This sample's random size and window: (the output sample without its image, resized
+        height, width, window top, left, height, width)."""
+        h, w = sample["img"].shape[:2]
         nh, nw = self.resize.draw_size(h, w)
         oy, ox, ch, cw = self.crop.draw_window(nh, nw)
         out = self.crop.crop_meta(Resize.resize_meta(sample, nh, nw), (nh, nw), oy, ox, ch, cw)
+        return out, nh, nw, oy, ox, ch, cw
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        img = sample["img"]
+        h, w = img.shape[:2]
+        out, nh, nw, oy, ox, ch, cw = self.draw(sample)
         if (nh, nw) != (h, w):
             img = _resize_top_left(img, nh, nw, oy + ch, ox + cw)
         out["img"] = img[oy:oy + ch, ox:ox + cw].copy()

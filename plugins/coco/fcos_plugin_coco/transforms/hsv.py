@@ -52,10 +52,16 @@ class AugmentHSV:
             cv2.LUT(plane, lut, dst=plane)
         return cv2.cvtColor(cv2.merge(planes, dst=hsv), cv2.COLOR_HSV2RGB_FULL)
 
-    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+    def draw(self) -> np.ndarray | None:
+        """This sample's random hue/saturation/value gains, or None when every gain is 0."""
         if not self.gains.any():
+            return None
+        return np.random.uniform(-1, 1, 3) * self.gains + 1
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        r = self.draw()
+        if r is None:
             return sample
-        r = np.random.uniform(-1, 1, 3) * self.gains + 1
         img = sample["img"]
         vh, vw = sample.get("img_shape", img.shape[:2])
         out = dict(sample)

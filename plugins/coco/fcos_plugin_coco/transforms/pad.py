@@ -30,17 +30,21 @@ class Pad:
         self.size = pair(size, "size") if size is not None else None
         self.pad_val = int(pad_val)
 
-    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
-        img = sample["img"]
-        h, w = img.shape[:2]
+    def target_size(self, h: int, w: int) -> tuple[int, int]:
+        """The padded (height, width) of an ``h`` x ``w`` image."""
         if self.size is not None:
             th, tw = self.size
             if h > th or w > tw:
                 raise ValueError(f"Pad(size={self.size}) got a larger {h}x{w} image; put a "
                                  "Resize with img_scale <= size (or a RandomCrop) before Pad")
-        else:
-            d = self.divisor
-            th, tw = -(-h // d) * d, -(-w // d) * d
+            return th, tw
+        d = self.divisor
+        return -(-h // d) * d, -(-w // d) * d
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        img = sample["img"]
+        h, w = img.shape[:2]
+        th, tw = self.target_size(h, w)
         out = dict(sample)
         if (th, tw) != (h, w):
             if img.dtype == np.uint8 and img.ndim == 3 and 1 <= img.shape[2] <= 4 and h and w:
