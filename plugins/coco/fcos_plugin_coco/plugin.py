@@ -79,7 +79,8 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-objects", type=int, default=5, help="most objects per image (>= 1)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
     p.add_argument("--force", action="store_true",
-                   help="regenerate even if DIR holds demo data made with other settings")
+                   help="regenerate even if DIR holds demo data made with other settings "
+                        "(files the demo did not write are never replaced)")
 
 
 @hookimpl

@@ -124,3 +124,97 @@ def test_demo_data_command(tmp_path, capsys):
     assert len(Coco(os.path.join(out, "train_lmdb"))) == 5
     assert main(["demo-data", "--out", out, "--min-object", "50", "--max-object", "20"]) == 2
     assert "min_object" in capsys.readouterr().err
+
+
+# --- never deletes or overwrites what it did not create (issue 14) --------------------------
+
+
+def _user_folder(root) -> dict[str, bytes]:
+    """A folder with a user's own photo and json where the demo would write."""
+    files = {os.path.join("images", "train", "my_photo.jpg"): b"\xff\xd8 my own photo bytes",
+             "instances_train.json": b'{"images": [], "mine": true}'}
+    for rel, data in files.items():
+        os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)
+        with open(os.path.join(root, rel), "wb") as f:
+            f.write(data)
+    return files
+
+
+def _snapshot(root) -> dict[str, bytes]:
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = f.read()
+    return out
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_demo_data_command_refuses_a_users_files(tmp_path, capsys, force):
+    from fcos_core.cli.main import main
+
+    root = tmp_path / "mine"
+    _user_folder(root)
+    before = _snapshot(root)
+    argv = ["demo-data", "--out", str(root), "--num-train", "4", "--num-val", "2",
+            "--image-size", "64", "--min-object", "8", "--max-object", "30"]
+    assert main(argv + (["--force"] if force else [])) == 2
+    err = capsys.readouterr().err
+    assert "images" in err and "instances_train.json" in err and "fix:" in err
+    assert _snapshot(root) == before  # same files, same bytes, nothing added
+
+
+@pytest.mark.parametrize("kind", ["Coco", "CocoFolder", "COCODetectionMetric"])
+def test_demo_if_missing_refuses_a_folder_with_users_files(tmp_path, kind):
+    from fcos_plugin_coco.metric import COCODetectionMetric
+
+    root = tmp_path / "data"
+    _user_folder(root)
+    before = _snapshot(root)
+    with pytest.raises(FcosUserError, match="instances_train.json"):
+        if kind == "Coco":
+            Coco(str(root / "train_lmdb"), demo_if_missing=True)
+        elif kind == "CocoFolder":
+            CocoFolder(str(root / "images" / "val"), str(root / "instances_val.json"),
+                       demo_if_missing=True)
+        else:
+            COCODetectionMetric(str(root / "instances_val.json"), demo_if_missing=True)
+    assert _snapshot(root) == before
+
+
+def test_force_keeps_files_added_to_a_demo_folder(tmp_path):
+    root = str(tmp_path / "f")
+    ensure_demo(root, SMALL)
+    extra = os.path.join(root, "images", "train", "holiday.jpg")
+    with open(extra, "wb") as f:
+        f.write(b"precious")
+    other = DemoParams(num_train=9, num_val=4, image_size=96, min_object=8, max_object=48)
+    with pytest.raises(FcosUserError, match="holiday.jpg"):
+        ensure_demo(root, other, force=True)
+    with open(extra, "rb") as f:
+        assert f.read() == b"precious"
+    assert len(Coco(os.path.join(root, "train_lmdb"))) == 8  # the old demo is untouched
+
+
+def test_an_interrupted_generation_is_redone(tmp_path, monkeypatch):
+    import fcos_plugin_coco.packer as packer
+
+    root = str(tmp_path / "cut")
+    real = packer.pack_coco
+    calls = {"n": 0}
+
+    def cut_short(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:  # train packed, val cut short
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(packer, "pack_coco", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_demo(root, SMALL)
+    assert not os.path.exists(os.path.join(root, MARKER))
+    monkeypatch.setattr(packer, "pack_coco", real)
+    ensure_demo(root, SMALL)  # its own half-written targets are replaced, no error
+    assert len(Coco(os.path.join(root, "val_lmdb"))) == 4
+    assert not os.path.exists(os.path.join(root, ".fcos-demo-pending.json"))

@@ -12,6 +12,11 @@ i])``, so the same parameters give the same bytes. :func:`ensure_demo` is idempo
 when several processes (DDP ranks, DataLoader workers) call it at once: an exclusive lock file
 serialises them, images and jsons are written to a temporary folder and renamed into place,
 and the marker is written last (a generation cut short is redone by the next call).
+
+It never deletes or overwrites what it did not create: a target that exists in a folder
+without the demo's marker (or the pending marker of a generation cut short) is an error naming
+it, whatever ``force`` says; ``force`` only regenerates a folder that carries the marker, and
+only when its targets hold nothing but the files the demo writes.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import glob
 import io
 import json
 import os
+import re
 import shutil
 import time
 from typing import Any, Iterator, Optional
@@ -33,7 +39,13 @@ from fcos_core.errors import FcosUserError
 from fcos_plugin_coco.demo.shapes import CLASSES, render_scene
 
 MARKER = ".fcos-demo.json"
+#: written before the first target and removed after the marker: the targets are the demo's own
+PENDING = ".fcos-demo-pending.json"
 LOCK = ".fcos-demo.lock"
+#: what the demo writes into its folder (and may therefore replace)
+TARGETS = ("images", "instances_train.json", "instances_val.json", "train_lmdb", "val_lmdb",
+           "train_lmdb.summary.json", "val_lmdb.summary.json")
+_DEMO_IMAGE = re.compile(r"\d{6}\.jpg")
 _TMP_PREFIX = ".fcos-demo-tmp-"
 _SPLITS = (("train", 0), ("val", 1))
 #: categories are written in this (unsorted) order so readers must sort the ids themselves
@@ -167,12 +179,79 @@ def _remove(path: str) -> None:
         os.remove(path)
 
 
+def _existing_targets(root: str) -> list[str]:
+    return [os.path.join(root, name) for name in TARGETS
+            if os.path.lexists(os.path.join(root, name))]
+
+
+def _foreign_files(root: str) -> list[str]:
+    """Paths inside the targets that the demo does not write (a user's files)."""
+    foreign: list[str] = []
+
+    def walk(folder: str, allowed: Any) -> None:
+        if os.path.islink(folder) or not os.path.isdir(folder):
+            foreign.append(folder)
+            return
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            if not allowed(name, path):
+                foreign.append(path)
+
+    images = os.path.join(root, "images")
+    if os.path.lexists(images):
+        walk(images, lambda name, path: name in ("train", "val"))
+        for split in ("train", "val"):
+            if os.path.lexists(os.path.join(images, split)):
+                walk(os.path.join(images, split),
+                     lambda name, path: bool(_DEMO_IMAGE.fullmatch(name))
+                     and os.path.isfile(path) and not os.path.islink(path))
+    for split in ("train", "val"):
+        lmdb_dir = os.path.join(root, f"{split}_lmdb")
+        if os.path.lexists(lmdb_dir):
+            walk(lmdb_dir, lambda name, path: name in ("data.mdb", "lock.mdb")
+                 and os.path.isfile(path) and not os.path.islink(path))
+    for name in ("instances_train.json", "instances_val.json", "train_lmdb.summary.json",
+                 "val_lmdb.summary.json"):
+        path = os.path.join(root, name)
+        if os.path.lexists(path) and (os.path.islink(path) or not os.path.isfile(path)):
+            foreign.append(path)
+    return foreign
+
+
+def _listing(paths: list[str], limit: int = 8) -> str:
+    more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
+    return ", ".join(paths[:limit]) + more
+
+
+def _refuse_foreign(root: str, own: bool) -> None:
+    """Raise unless every existing target in ``root`` is the demo's own (``own``: the folder
+    carries the demo's marker or pending marker) and holds only files the demo writes."""
+    existing = _existing_targets(root)
+    if not existing:
+        return
+    if not own:
+        raise FcosUserError(
+            f"{root} already holds {_listing(existing)}, not written by `fcos demo-data` (no "
+            f"{MARKER} marker); the demo data would replace them, so nothing was written",
+            hint="choose an empty or new folder for the demo data (--out, or the parent folder "
+                 "of data_path/ann_file with demo_if_missing), or move these files away; "
+                 "--force does not replace files the demo did not create")
+    foreign = _foreign_files(root)
+    if foreign:
+        raise FcosUserError(
+            f"{root} holds demo data plus files the demo did not write: {_listing(foreign)}; "
+            "regenerating would delete them, so nothing was changed",
+            hint="move these files out of the demo folder, or use another folder")
+
+
 def ensure_demo(root: str, params: Optional[DemoParams] = None, *, force: bool = False,
                 progress: bool = False) -> dict[str, Any]:
     """Make sure ``root`` holds the demo dataset for ``params``; returns the marker content.
 
     Returns at once when it is already there. A demo made with other parameters is an error
-    unless ``force``. Any other existing target (e.g. a half-written one) is replaced.
+    unless ``force``. A generation cut short (pending marker) is redone. Existing targets in a
+    folder without either marker are never touched: that is an error naming them, whatever
+    ``force`` says (:class:`~fcos_core.errors.FcosUserError`).
     """
     from fcos_plugin_coco.packer import pack_coco
 
@@ -182,6 +261,12 @@ def ensure_demo(root: str, params: Optional[DemoParams] = None, *, force: bool =
     marker = _read_marker(root)
     if marker == wanted:
         return marker
+    if os.path.lexists(root) and not os.path.isdir(root):
+        raise FcosUserError(f"{root} exists and is not a folder",
+                            hint="choose a folder path for the demo data")
+    own = marker is not None or os.path.lexists(os.path.join(root, PENDING))
+    # checked before anything (even the lock file) is created in a folder that is not ours
+    _refuse_foreign(root, own)
     os.makedirs(root, exist_ok=True)
     with _exclusive(os.path.join(root, LOCK)):
         marker = _read_marker(root)
@@ -191,8 +276,11 @@ def ensure_demo(root: str, params: Optional[DemoParams] = None, *, force: bool =
             raise FcosUserError(f"{root} holds demo data made with other settings "
                                 f"({marker.get('params')})",
                                 hint="pass --force to regenerate it, or use another folder")
+        _refuse_foreign(root, marker is not None
+                        or os.path.lexists(os.path.join(root, PENDING)))
         for stale in glob.glob(os.path.join(root, _TMP_PREFIX + "*")):
             _remove(stale)
+        _write_json(os.path.join(root, PENDING), wanted)
         _remove(os.path.join(root, MARKER))
         tmp = os.path.join(root, f"{_TMP_PREFIX}{os.getpid()}")
         os.makedirs(tmp)
@@ -205,7 +293,7 @@ def ensure_demo(root: str, params: Optional[DemoParams] = None, *, force: bool =
                 os.replace(os.path.join(tmp, name), os.path.join(root, name))
             for split, _ in _SPLITS:
                 # packed in place: readers refuse an LMDB without its completion key, and the
-                # marker (written last) makes the next call redo an interrupted generation
+                # pending marker makes the next call redo an interrupted generation
                 out = os.path.join(root, f"{split}_lmdb")
                 _remove(out)
                 pack_coco(os.path.join(root, "images", split),
@@ -213,8 +301,19 @@ def ensure_demo(root: str, params: Optional[DemoParams] = None, *, force: bool =
                           split_name=split, on_error="stop", progress=progress)
         finally:
             _remove(tmp)
-        tmp_marker = os.path.join(root, MARKER + f".tmp{os.getpid()}")
-        with open(tmp_marker, "w") as f:
-            json.dump(wanted, f)
-        os.replace(tmp_marker, os.path.join(root, MARKER))
+        _write_json(os.path.join(root, MARKER), wanted)
+        _remove(os.path.join(root, PENDING))
     return wanted
+
+
+def _write_json(path: str, data: Any) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
