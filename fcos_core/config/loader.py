@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +63,9 @@ def _walk(node: yaml.Node, path: PathKey, lines: LineMap, budget: list[int]) -> 
     budget[0] -= 1
     if budget[0] < 0:
         raise FcosUserError(
-            f"{lines.file}: the YAML expands to more than {MAX_ALIAS_NODES} nodes through "
-            "anchors and aliases", hint="reuse blocks with ${...} references instead")
+            f"{lines.file}: the YAML has more than {MAX_ALIAS_NODES} nodes once anchors and "
+            "aliases are expanded", hint="a config is a few thousand values; reuse blocks with "
+                                         "${...} references instead of aliases")
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key: Any = key_node.value
@@ -99,21 +101,64 @@ def parse_yaml_text(text: str, file: str | None = None) -> tuple[Any, LineMap]:
     return data, lines
 
 
-def load_yaml(path: str | os.PathLike[str]) -> tuple[dict[str, Any], LineMap]:
-    """Read a config file: a YAML mapping at the top level, at most 4 MiB."""
-    p = Path(path)
-    if not p.exists():
+def _read_capped(p: Path) -> bytes:
+    """The bytes of the regular file ``p``, at most :data:`MAX_CONFIG_BYTES` of them.
+
+    ``stat`` is only a first check: the read itself is capped (a file that grows, or a device
+    that claims size 0 such as /dev/zero, cannot make it read without bound), and only regular
+    files are read (a FIFO would block, a device never ends, a directory is no config).
+    """
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
         raise FcosUserError(f"config file {str(p)!r} does not exist",
                             hint="check the path (configs live in configs/, e.g. "
-                                 "configs/fcos_b0_demo.yaml)")
-    if p.is_dir():
+                                 "configs/fcos_b0_demo.yaml)") from None
+    except OSError as exc:
+        raise FcosUserError(f"config file {str(p)!r} cannot be read: {exc.strerror or exc}",
+                            hint="check the path and its permissions") from None
+    if stat.S_ISDIR(st.st_mode):
         raise FcosUserError(f"config path {str(p)!r} is a directory", hint="pass a .yaml file")
-    size = p.stat().st_size
-    if size > MAX_CONFIG_BYTES:
-        raise FcosUserError(f"config file {str(p)!r} is {size} bytes; the limit is "
+    if not stat.S_ISREG(st.st_mode):
+        raise FcosUserError(f"config path {str(p)!r} is not a regular file (a device, FIFO or "
+                            "socket)", hint="pass a .yaml file")
+    if st.st_size > MAX_CONFIG_BYTES:
+        raise FcosUserError(f"config file {str(p)!r} is {st.st_size} bytes; the limit is "
                             f"{MAX_CONFIG_BYTES}", hint="a config should be a few KiB of YAML")
     try:
-        text = p.read_text(encoding="utf-8")
+        # O_NONBLOCK: should the path be swapped for a FIFO after the stat, open does not block
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise FcosUserError(f"config file {str(p)!r} cannot be read: {exc.strerror or exc}",
+                            hint="check the path and its permissions") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FcosUserError(f"config path {str(p)!r} is not a regular file",
+                                hint="pass a .yaml file")
+        chunks, total = [], 0
+        while total <= MAX_CONFIG_BYTES:
+            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - total)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    except OSError as exc:
+        raise FcosUserError(f"config file {str(p)!r} cannot be read: {exc.strerror or exc}",
+                            hint="check the path and its permissions") from None
+    finally:
+        os.close(fd)
+    if total > MAX_CONFIG_BYTES:
+        raise FcosUserError(f"config file {str(p)!r} is over the limit of {MAX_CONFIG_BYTES} "
+                            "bytes", hint="a config should be a few KiB of YAML")
+    return b"".join(chunks)
+
+
+def load_yaml(path: str | os.PathLike[str]) -> tuple[dict[str, Any], LineMap]:
+    """Read a config file: a YAML mapping at the top level, at most 4 MiB, a regular file."""
+    p = Path(path)
+    raw = _read_capped(p)
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise FcosUserError(f"config file {str(p)!r} is not UTF-8 text ({exc.reason})",
                             hint="save the file as UTF-8 YAML") from None

@@ -10,6 +10,10 @@ Rules (documented in docs/config.md):
   (``ckpt_dir: ./tmp_models/${task_name}``).
 * ``$${`` writes a literal ``${``.
 * References may chain; a cycle is an error that lists the whole cycle.
+* Expansion has a budget: references that copy blocks which themselves copy blocks grow
+  exponentially (each level doubling the document), so at most :data:`MAX_REFERENCE_NODES`
+  values and :data:`MAX_REFERENCE_CHARS` characters of formatted strings may be produced while
+  resolving; beyond that the config is refused with an error naming the key.
 * Overrides are applied to the raw document before references resolve, so overriding
   ``task_name`` changes every path made from it.
 """
@@ -28,6 +32,11 @@ from fcos_core.errors import ConfigError, FcosUserError, Problem
 _REF = re.compile(r"(?<!\$)\$\{([^}]*)\}")
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(-?\d+)\]")
 MAX_DEPTH = 64
+#: values (mappings, lists, scalars) resolving may produce, copies included; a real config
+#: resolves to a few thousand (configs/fcos_b0*.yaml: about 3,000)
+MAX_REFERENCE_NODES = 200_000
+#: characters of strings formatted from references (``a-${b}-${b}``), all strings together
+MAX_REFERENCE_CHARS = 4 * 1024 * 1024
 
 
 def parse_path(text: str) -> PathKey | None:
@@ -71,10 +80,27 @@ class _Resolver:
         self.lines = lines
         self.problems: list[Problem] = []
         self.done: dict[PathKey, Any] = {}
+        self.sizes: dict[PathKey, int] = {}  # values in done[target], copies included
+        self.nodes = 0  # values produced so far (the expansion budget)
+        self.chars = 0  # characters of formatted strings produced so far
+
+    def _charge(self, nodes: int, site: PathKey) -> None:
+        """Count ``nodes`` more produced values; over the budget is an error at ``site``."""
+        self.nodes += nodes
+        if self.nodes > MAX_REFERENCE_NODES:
+            raise _Abort(self.lines.problem(
+                site, f"${{...}} references expand to more than {MAX_REFERENCE_NODES} values "
+                      f"(the reference expansion budget) while resolving {format_path(site)!r}; "
+                      "references that copy blocks which copy blocks grow exponentially -- "
+                      "reference the block once instead of copying copies"), fatal=True)
+
+    def _copy(self, target: PathKey, site: PathKey) -> Any:
+        self._charge(self.sizes.get(target, 1), site)  # before the copy is made
+        return copy.deepcopy(self.done[target])
 
     def resolve_path(self, target: PathKey, stack: list[PathKey], site: PathKey) -> Any:
         if target in self.done:
-            return copy.deepcopy(self.done[target])
+            return self._copy(target, site)
         if target in stack:
             cycle = " -> ".join(format_path(p) for p in [*stack[stack.index(target):], target])
             raise _Abort(self.lines.problem(site, f"reference cycle: {cycle}"))
@@ -88,7 +114,8 @@ class _Resolver:
                 + self._near(target))) from None
         value = self.resolve_value(raw, target, [*stack, target])
         self.done[target] = value
-        return copy.deepcopy(value)
+        self.sizes[target] = _count(value)
+        return self._copy(target, site)
 
     def _near(self, target: PathKey) -> str:
         import difflib
@@ -105,6 +132,7 @@ class _Resolver:
         return ""
 
     def resolve_value(self, value: Any, path: PathKey, stack: list[PathKey]) -> Any:
+        self._charge(1, path)
         if isinstance(value, dict):
             return {k: self.resolve_value(v, (*path, k), stack) for k, v in value.items()}
         if isinstance(value, list):
@@ -129,7 +157,15 @@ class _Resolver:
                 raise _Abort(self.lines.problem(
                     path, f"{m.group(0)} names a {type(got).__name__}, which cannot be placed "
                           "inside a string; use the reference alone as the whole value"))
-            return "" if got is None else str(got)
+            text = "" if got is None else str(got)
+            self.chars += len(text)
+            if self.chars > MAX_REFERENCE_CHARS:
+                raise _Abort(self.lines.problem(
+                    path, f"strings formatted from ${{...}} references exceed "
+                          f"{MAX_REFERENCE_CHARS} characters (the reference expansion budget) "
+                          f"while resolving {format_path(path)!r}; strings built from strings "
+                          "built from references grow exponentially"), fatal=True)
+            return text
 
         out = _REF.sub(sub, value)
         if "${" in out.replace("$${", ""):
@@ -137,9 +173,23 @@ class _Resolver:
         return out.replace("$${", "${")
 
 
+def _count(value: Any) -> int:
+    """Mappings, lists and scalars in ``value`` (what a deep copy of it produces)."""
+    n, todo = 0, [value]
+    while todo:
+        v = todo.pop()
+        n += 1
+        if isinstance(v, dict):
+            todo.extend(v.values())
+        elif isinstance(v, list):
+            todo.extend(v)
+    return n
+
+
 class _Abort(Exception):
-    def __init__(self, problem: Problem) -> None:
+    def __init__(self, problem: Problem, fatal: bool = False) -> None:
         self.problem = problem
+        self.fatal = fatal  # the expansion budget is spent: resolving other keys is pointless
 
 
 def resolve_references(data: dict[str, Any], lines: LineMap) -> dict[str, Any]:
@@ -151,6 +201,8 @@ def resolve_references(data: dict[str, Any], lines: LineMap) -> dict[str, Any]:
             out[key] = resolver.resolve_value(value, (key,), [(key,)])
         except _Abort as abort:
             resolver.problems.append(abort.problem)
+            if abort.fatal:
+                break
     if resolver.problems:
         raise ConfigError(resolver.problems)
     return out
