@@ -24,8 +24,12 @@ $(STAMP): pyproject.toml $(PLUGINS) Makefile
 # tcmalloc speeds up CPU training 1.1-1.6x; used when installed (Debian: libgoogle-perftools4)
 TCMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc.so.4 /usr/lib/aarch64-linux-gnu/libtcmalloc.so.4 /usr/lib64/libtcmalloc.so.4))
 
+# --overwrite: the demo is reproducible (generated data, fixed seed), so a second `make demo`
+# trains it again and replaces its own checkpoints in tmp_models/fcos_b0_demo/; without the flag
+# `fcos run` refuses to replace existing checkpoints (continue a stopped demo with
+# `.venv/bin/fcos run configs/fcos_b0_demo.yaml --resume` instead)
 demo: setup
-	OMP_WAIT_POLICY=PASSIVE $(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC)) $(VENV)/bin/fcos run configs/fcos_b0_demo.yaml --stage all
+	OMP_WAIT_POLICY=PASSIVE $(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC)) $(VENV)/bin/fcos run configs/fcos_b0_demo.yaml --stage all --overwrite
 
 test: setup
 	OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1 $(PY) -m pytest -q

@@ -30,6 +30,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                         "(default: $FCOS_STAGE, else all)")
     p.add_argument("--run-dir", default=None, help="run folder (default: runs/<task_name>)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train the stages again, replacing their existing checkpoints (without "
+                        "--resume or --overwrite, existing checkpoints stop the run)")
     p.add_argument("--nproc-per-node", type=int, default=None,
                    help="train with N processes on this machine (torchrun's launcher)")
 

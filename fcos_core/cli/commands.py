@@ -117,6 +117,10 @@ def run_command(args: argparse.Namespace, host: PluginHost) -> int:
     from fcos_core.config import load_config
 
     stages = parse_stages(args.stage)
+    if args.resume and getattr(args, "overwrite", False):
+        raise FcosUserError("--resume and --overwrite exclude each other",
+                            hint="--resume continues from the existing checkpoints; "
+                                 "--overwrite trains again and replaces them")
     cfg = load_config(args.config, host, args.overrides)
     if args.nproc_per_node and args.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
         from fcos_core.engine.launch import launch_with_torchrun
@@ -128,4 +132,5 @@ def run_command(args: argparse.Namespace, host: PluginHost) -> int:
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     from fcos_core.engine.pipeline import run_pipeline
 
-    return run_pipeline(cfg, host, stages, run_dir=args.run_dir, resume=args.resume)
+    return run_pipeline(cfg, host, stages, run_dir=args.run_dir, resume=args.resume,
+                        overwrite=getattr(args, "overwrite", False))

@@ -1,7 +1,8 @@
 """``fcos``: the entry point. Subcommands come from the ``register_commands`` hook.
 
 A user mistake (:class:`~fcos_core.errors.FcosUserError`) exits with code 2 and a short message
-naming the cause and the fix; ``--debug`` adds the traceback.
+naming the cause and the fix; ``--debug`` adds the traceback. Ctrl-C exits with code 130;
+SIGTERM during ``fcos run`` (which saves a checkpoint first) with 143.
 """
 
 from __future__ import annotations
@@ -67,9 +68,11 @@ def main(argv: Sequence[str] | None = None, host=None) -> int:  # noqa: ANN001
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C: 130; SIGTERM during `fcos run`: 143
+        name = getattr(exc, "signal_name", None)
+        print(f"terminated ({name}); continue from the last saved checkpoint with --resume"
+              if name else "interrupted", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 130))
     except BrokenPipeError:  # `fcos plugins | head`
         return 0
 

@@ -6,6 +6,13 @@ finite, backward; clip the gradient norm when asked; step the optimizer once. Th
 check happens before ``backward``, so a NaN never reaches the parameters (BatchNorm running
 statistics, updated by the forward pass itself, may be; the trainer then stops without saving).
 
+A finite loss can still give a NaN or infinite gradient. After ``backward`` the total gradient
+norm (the one clipping computes, else ``torch.nn.utils.get_total_norm``) is checked; when it is
+not finite the optimizer step is skipped, the gradients are zeroed and ``last_step_skipped`` is
+set -- the trainer then counts the step, does not fire ``on_step_end`` (no EMA update, no step
+checkpoint) and stops after ``max_nonfinite_steps`` such steps in a row. With AMP's gradient
+scaler (float16 on CUDA) the scaler skips those steps itself and they are not counted.
+
 Evaluation (``need_grad_update: false``): the forward pass under ``torch.no_grad``.
 """
 
@@ -64,6 +71,9 @@ class MultiBatchProcessor:
         self.amp_dtype = getattr(torch, amp_dtype)
         self._scaler: Any = None
         self._scaler_state: dict[str, Any] | None = None
+        #: the last training step's gradient was NaN/inf, so its optimizer step was skipped
+        self.last_step_skipped = False
+        self.last_grad_norm: float | None = None
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -123,6 +133,7 @@ class MultiBatchProcessor:
                                "give the trainer an optimizer block")
         scaler = self._get_scaler(device)
         optimizer.zero_grad(set_to_none=True)
+        self.last_step_skipped = False
         outs = []
         for b in batches:
             with self._autocast(device):
@@ -138,12 +149,20 @@ class MultiBatchProcessor:
             else:
                 total.backward()
             outs.append(out)
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        norm = None
         if self.grad_clip_max_norm is not None:
             if scaler is not None:
                 scaler.unscale_(optimizer)
-            params = [p for g in optimizer.param_groups for p in g["params"]
-                      if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, self.grad_clip_max_norm)
+            norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip_max_norm)
+        elif scaler is None and params:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        # the gradient scaler skips steps with inf/NaN gradients itself (and lowers its scale)
+        if scaler is None and norm is not None and not bool(torch.isfinite(norm)):
+            optimizer.zero_grad(set_to_none=True)
+            self.last_step_skipped = True
+            self.last_grad_norm = float(norm)
+            return outs if many else outs[0]
         if loop is not None and getattr(loop, "state", None) is not None:
             loop.state.consistent = False  # weights change from here until the step's end
         if scaler is not None:

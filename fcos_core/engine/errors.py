@@ -26,3 +26,28 @@ class NonFiniteLossError(FcosUserError):
                  "gradient clipping (MultiBatchProcessor grad_clip_max_norm), check the data "
                  "for empty/degenerate boxes; continue from the last checkpoint with --resume",
         )
+
+
+class NonFiniteGradientError(FcosUserError):
+    """The gradient was NaN or infinite in ``max_nonfinite_steps`` consecutive steps.
+
+    Those optimizer steps were skipped, so the weights are still finite; training stops without
+    writing a checkpoint (the last saved one stays). ``fcos run`` exits with code 2.
+    """
+
+    def __init__(self, stage: str, epoch: int, step: int, consecutive: int, total: int) -> None:
+        self.stage = stage
+        self.epoch = epoch
+        self.step = step
+        self.consecutive = consecutive
+        self.total = total
+        super().__init__(
+            f"stage {stage}: the gradient was NaN or infinite in {consecutive} consecutive steps "
+            f"(the last at step {step}, epoch {epoch + 1}; {total} in this run); those optimizer "
+            "steps were skipped, so the weights stayed finite, and training stopped without "
+            "saving (the last saved checkpoint was kept)",
+            hint="lower the learning rate or add warm-up (CosLrUpdater warmup_len), enable "
+                 "gradient clipping (MultiBatchProcessor grad_clip_max_norm), check the data "
+                 "for degenerate boxes; the trainer's max_nonfinite_steps sets how many skipped "
+                 "steps in a row are tolerated; continue from the last checkpoint with --resume",
+        )

@@ -34,6 +34,8 @@ def child_argv(args: argparse.Namespace) -> list[str]:
         out += ["--run-dir", str(args.run_dir)]
     if getattr(args, "resume", False):
         out.append("--resume")
+    if getattr(args, "overwrite", False):
+        out.append("--overwrite")
     return out
 
 

@@ -18,6 +18,16 @@ checkpoint). In distributed runs rank 0 writes the files.
 
 Each stage re-seeds the global generators with the config's ``seed`` before it builds anything,
 so running a stage alone gives what it gives inside ``--stage all``.
+
+Before anything is trained (see :mod:`fcos_core.engine.run_guard`): ``ckpt_dir`` and the run
+folder must be writable (exit 2 naming the path and the cause otherwise); ``ckpt_dir/.fcos.lock``
+is locked for the whole run (a second run on the same ``ckpt_dir`` exits 2); and when a stage to
+be trained already has checkpoints, the run needs ``--resume`` (continue them) or
+``--overwrite`` (replace them), else it exits 2 listing them -- before touching the run folder.
+Checkpoints a stage writes during this same run (``--stage all``: float's, read by calibration)
+are of course used. SIGTERM is handled like Ctrl-C (the ``last`` checkpoint is saved; exit code
+143). A trainer's count of steps skipped for a NaN/inf gradient goes to ``summary.json`` as the
+stage's ``nonfinite_grad_steps``.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from __future__ import annotations
 import gc
 import os
 import secrets
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,16 +46,53 @@ from fcos_core.config.run_config import STAGES
 from fcos_core.engine import distributed
 from fcos_core.engine.context import RunContext
 from fcos_core.engine.recorder import MetricsRecorder
+from fcos_core.engine.run_guard import (RunLock, existing_checkpoints, os_error_text,
+                                        probe_writable, refuse_to_replace, sigterm_as_interrupt,
+                                        stage_checkpoint_paths)
 from fcos_core.engine.summary import format_table, load_summary, write_summary
+from fcos_core.errors import FcosUserError
 from fcos_core.logging_setup import configure_logging, get_logger
 
 
 def _write_resolved_config(run_dir: Path, data: dict[str, Any]) -> None:
     path = run_dir / "config.resolved.yaml"
-    tmp = run_dir / ".config.resolved.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100),
-                   encoding="utf-8")
-    os.replace(tmp, path)
+    text = yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
+    # a temp name of its own: two runs sharing a run folder never write into the same temp file
+    fd, tmp = tempfile.mkstemp(prefix=".config.resolved.", suffix=".yaml.tmp", dir=run_dir)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _preflight(cfg: Any, stages: Sequence[str], run_dir: Path, ckpt_dir: Path, resume: bool,
+               overwrite: bool) -> RunLock:
+    """Rank 0's checks before any training (module docstring); returns the held lock."""
+    probe_writable(ckpt_dir, "checkpoint folder (ckpt_dir)",
+                   "set ckpt_dir=FOLDER to a writable folder")
+    lock = RunLock(ckpt_dir).acquire()
+    try:
+        probe_writable(run_dir, "run folder", "pass --run-dir FOLDER with a writable folder")
+        trained = [s for s in stages if s != "compile" and cfg.node(f"{s}_trainer") is not None]
+        others = {p.parent for s in trained for p in stage_checkpoint_paths(cfg, s, ckpt_dir)}
+        for folder in sorted(others - {ckpt_dir}, key=str):
+            probe_writable(folder, "checkpoint folder (a Checkpoint callback's save_dir)",
+                           "set that save_dir to a writable folder")
+        if not resume and not overwrite:
+            refuse_to_replace(existing_checkpoints(cfg, trained, ckpt_dir))
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _user_path_error(exc: OSError) -> FcosUserError:
+    return FcosUserError(f"cannot write or read {str(exc.filename)!r}: {os_error_text(exc)}",
+                         hint="free disk space or fix the path's permissions; continue with "
+                              "--resume from the last checkpoint")
 
 
 def _stage_checkpoint(trainer: Any, ctx: RunContext) -> str | None:
@@ -81,22 +129,69 @@ def _free_memory() -> None:
 
 
 def run_pipeline(cfg: Any, host: Any, stages: Sequence[str], run_dir: str | None = None,
-                 resume: bool = False) -> int:
-    """Run ``stages`` of the resolved config ``cfg``; returns the exit code (0)."""
+                 resume: bool = False, overwrite: bool = False) -> int:
+    """Run ``stages`` of the resolved config ``cfg``; returns the exit code (0).
+
+    ``resume``: continue each stage from its ``last`` checkpoint; ``overwrite``: train again
+    and replace existing checkpoints. With neither, existing checkpoints of a stage to train
+    stop the run before anything is written (see the module docstring).
+    """
+    if resume and overwrite:
+        raise FcosUserError("--resume and --overwrite exclude each other",
+                            hint="--resume continues from the existing checkpoints; "
+                                 "--overwrite trains again and replaces them")
+    data = cfg.data
+    rank, world, local_rank = distributed.env_world()
+    started_group = distributed.init_from_env() and world > 1
+    folder = Path(run_dir) if run_dir else Path("runs") / str(data["task_name"])
+    ckpt_dir = Path(data["ckpt_dir"])
+    lock: RunLock | None = None
+    error: FcosUserError | None = None
+    if rank == 0:
+        try:
+            lock = _preflight(cfg, stages, folder, ckpt_dir, resume, overwrite)
+        except FcosUserError as exc:
+            error = exc
+    # every rank stops, not only rank 0
+    problem = distributed.broadcast_object(None if error is None else (error.message, error.hint))
+    if problem is not None:
+        if started_group:
+            distributed.destroy()
+        raise error if error is not None else FcosUserError(*problem)
+    try:
+        with sigterm_as_interrupt():
+            return _run_stages(cfg, stages, folder, ckpt_dir, resume, overwrite, rank, world,
+                               local_rank)
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        raise _user_path_error(exc) from exc
+    finally:
+        if lock is not None:
+            lock.release()
+        if started_group:
+            distributed.destroy()
+
+
+def _run_stages(cfg: Any, stages: Sequence[str], folder: Path, ckpt_dir: Path, resume: bool,
+                overwrite: bool, rank: int, world: int, local_rank: int) -> int:
     from fcos_core.build import build
     from fcos_core.engine.compile_stage import run_compile_stage
     from fcos_core.engine.runtime import apply_runtime_settings, seed_everything
 
     data = cfg.data
-    rank, world, local_rank = distributed.env_world()
-    started_group = distributed.init_from_env() and world > 1
-    folder = Path(run_dir) if run_dir else Path("runs") / str(data["task_name"])
     configure_logging(folder, rank, bool(data.get("log_rank_zero_only", True)),
                       world_size=world)
     log = get_logger("fcos.pipeline")
     if rank == 0:
         folder.mkdir(parents=True, exist_ok=True)
         _write_resolved_config(folder, data)
+        if overwrite:
+            trained = [s for s in stages if s != "compile"]
+            replaced = existing_checkpoints(cfg, trained, ckpt_dir)
+            if replaced:
+                log.warning("--overwrite: these checkpoints are replaced as the stages save",
+                            files=[str(p) for p in replaced])
     apply_runtime_settings(data)
     seed = data.get("seed")
     if seed is None:  # one seed for the whole run, shared by all ranks
@@ -108,12 +203,13 @@ def run_pipeline(cfg: Any, host: Any, stages: Sequence[str], run_dir: str | None
     recorder.load()
     summary = load_summary(folder) if rank == 0 else {}
     log.info("run", config=cfg.file, run_dir=str(folder), stages=",".join(stages),
-             resume=resume, world_size=world, seed=seed if fixed else f"{seed} (drawn)")
+             resume=resume, overwrite=overwrite, world_size=world,
+             seed=seed if fixed else f"{seed} (drawn)")
     backend = _make_backend(cfg, log)
     deploy_inputs = data.get("deploy_inputs") or {"img": [1, 3, 512, 512]}
     try:
         for stage in [s for s in STAGES if s in stages]:
-            ctx = RunContext(stage=stage, run_dir=folder, ckpt_dir=Path(data["ckpt_dir"]),
+            ctx = RunContext(stage=stage, run_dir=folder, ckpt_dir=ckpt_dir,
                              logger=get_logger(f"fcos.{stage}"), seed=seed,
                              deterministic=bool(data.get("deterministic", False)),
                              resume=resume, config=cfg, rank=rank, world_size=world,
@@ -145,6 +241,7 @@ def run_pipeline(cfg: Any, host: Any, stages: Sequence[str], run_dir: str | None
             results = trainer.run(ctx)
             source = "validation" if results else None
             checkpoint = _stage_checkpoint(trainer, ctx)
+            skipped = getattr(trainer, "nonfinite_steps", None)
             del trainer
             _free_memory()
             pred_node = cfg.node(f"{stage}_predictor")
@@ -161,6 +258,8 @@ def run_pipeline(cfg: Any, host: Any, stages: Sequence[str], run_dir: str | None
             if rank == 0:
                 summary[stage] = {"metrics": results, "seconds": seconds,
                                   "checkpoint": checkpoint, "source": source}
+                if skipped is not None:
+                    summary[stage]["nonfinite_grad_steps"] = int(skipped)
                 write_summary(folder, summary)
                 recorder.flush()
             distributed.barrier()
@@ -170,8 +269,10 @@ def run_pipeline(cfg: Any, host: Any, stages: Sequence[str], run_dir: str | None
             log.info("summary", table="\n" + table, summary=str(folder / "summary.json"))
     finally:
         if rank == 0:  # also after a failure: the numbers so far are worth a look
-            recorder.flush()
-            recorder.plot()
-        if started_group:
-            distributed.destroy()
+            try:
+                recorder.flush()
+                recorder.plot()
+            except OSError as exc:  # must not hide the error that got us here
+                log.warning("could not write metrics.csv / the plots", error=os_error_text(exc),
+                            path=str(exc.filename or folder))
     return 0

@@ -31,6 +31,10 @@ class TrainerArgs:
     max_steps_per_epoch: Optional[int] = arg(
         None, help="stop each epoch after this many steps (null: the whole data loader); "
                    "e.g. a short QAT fine-tune")
+    max_nonfinite_steps: int = arg(
+        10, help="a step whose gradient is NaN/inf is skipped (weights and EMA unchanged, "
+                 "counted in metrics.csv and summary.json); stop with an error after this "
+                 "many such steps in a row")
     device: Optional[str] = arg(None, help="torch device; null: cuda when present, else cpu")
     callbacks: list[Any] = component_list("callbacks", help="callbacks, run in this order")
     train_metrics: Any = component("metrics", None, help="metrics of the training loop (LossShow)")

@@ -4,6 +4,8 @@
 "checkpoint": path or null, "source": "predictor" | "validation" | null}``; ``metrics`` holds the
 12 COCO numbers (``mAP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl``, ``AR1``, ``AR10``,
 ``AR100``, ``ARs``, ``ARm``, ``ARl``) when the stage was evaluated with COCODetectionMetric.
+A trained stage also has ``"nonfinite_grad_steps"``: its optimizer steps skipped for a NaN or
+infinite gradient (see :mod:`fcos_core.engine.trainer`).
 Stages run later (another ``fcos run --stage X``) are merged into the same file.
 """
 

@@ -11,9 +11,16 @@ Stopping:
 * a NaN or infinite loss term raises :class:`~fcos_core.engine.errors.NonFiniteLossError`
   (``fcos run`` exits with code 2) before that step touches the weights; no checkpoint is
   written, so the last good one stays;
+* a NaN or infinite gradient (with a finite loss) skips that optimizer step: the gradients are
+  zeroed, ``on_step_end`` is not fired (no EMA update, no step checkpoint), one warning is
+  logged and the count goes to ``metrics.csv`` (``nonfinite_grad_steps``) and ``summary.json``;
+  after ``max_nonfinite_steps`` such steps in a row
+  :class:`~fcos_core.engine.errors.NonFiniteGradientError` stops training (exit code 2) without
+  saving;
 * Ctrl-C (``KeyboardInterrupt``) fires ``on_interrupt`` (``Checkpoint`` saves the position of
-  the last finished step) and re-raises, so ``fcos run`` exits with code 130;
-  ``--resume`` continues from there.
+  the last finished step) and re-raises, so ``fcos run`` exits with code 130; SIGTERM (a
+  cluster scheduler, ``docker stop``) takes the same path during ``fcos run`` and exits with
+  code 143. ``--resume`` continues from there.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from typing import Any
 from fcos_core.engine.batch_processor import MultiBatchProcessor
 from fcos_core.engine.checkpoint_io import capture_rng
 from fcos_core.engine.device import batch_size_of
-from fcos_core.engine.errors import NonFiniteLossError
+from fcos_core.engine.errors import NonFiniteGradientError, NonFiniteLossError
 from fcos_core.engine.loop import Loop, LoopState
 from fcos_core.engine.modes import set_mode
 from fcos_core.engine.progress import Progress, progress_enabled
@@ -46,6 +53,8 @@ class Trainer(Loop):
         callbacks: callbacks, see :mod:`fcos_core.engine.callbacks`.
         train_metrics: metric(s) of the training loop (e.g. ``LossShow``).
         val_metrics: metric(s) the ``Validation`` callback computes.
+        max_nonfinite_steps: stop after this many consecutive steps whose gradient was NaN or
+            infinite (each is skipped; see the module docstring).
     """
 
     is_training = True
@@ -53,8 +62,14 @@ class Trainer(Loop):
     def __init__(self, model: Any, num_epochs: int, model_convert_pipeline: Any = None,
                  data_loader: Any = None, optimizer: Any = None, batch_processor: Any = None,
                  device: str | None = None, callbacks: Any = (), train_metrics: Any = None,
-                 val_metrics: Any = None, max_steps_per_epoch: int | None = None) -> None:
+                 val_metrics: Any = None, max_steps_per_epoch: int | None = None,
+                 max_nonfinite_steps: int = 10) -> None:
         super().__init__(model, model_convert_pipeline, callbacks, device)
+        if max_nonfinite_steps < 1:
+            raise ValueError(f"max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self.nonfinite_steps = 0  # steps skipped for a NaN/inf gradient (this process's run)
+        self._nonfinite_in_a_row = 0
         if max_steps_per_epoch is not None and max_steps_per_epoch < 1:
             raise ValueError(f"max_steps_per_epoch must be >= 1 or null, got "
                              f"{max_steps_per_epoch}")
@@ -129,9 +144,10 @@ class Trainer(Loop):
             self.state.finished = True
             write_stage_report(self, ctx, self._report_images)
             self.fire("on_loop_end")
-        except KeyboardInterrupt:
-            self.logger.warning("interrupted (Ctrl-C)", stage=self.stage,
-                                epoch=self.state.epoch + 1, step=self.state.global_step)
+        except KeyboardInterrupt as exc:
+            self.logger.warning(f"interrupted ({getattr(exc, 'signal_name', 'Ctrl-C')})",
+                                stage=self.stage, epoch=self.state.epoch + 1,
+                                step=self.state.global_step)
             for cb in self._order:
                 try:
                     cb.on_interrupt(self)
@@ -142,6 +158,11 @@ class Trainer(Loop):
         except NonFiniteLossError as exc:
             self.logger.error("non-finite loss; stopping", stage=self.stage, term=exc.term,
                               value=exc.value, step=exc.step, epoch=exc.epoch + 1)
+            raise
+        except NonFiniteGradientError as exc:
+            self.logger.error("non-finite gradients; stopping", stage=self.stage, step=exc.step,
+                              epoch=exc.epoch + 1, consecutive=exc.consecutive,
+                              skipped=exc.total)
             raise
         self.results = dict(self.state.val_results)
         return self.results
@@ -171,7 +192,11 @@ class Trainer(Loop):
                     st.last_batch_size = batch_size_of(batch)
                     st.batch_in_epoch += 1
                     st.global_step += 1
-                    self.fire("on_step_end", batch, outputs)
+                    if getattr(self.batch_processor, "last_step_skipped", False):
+                        self._skipped_step()
+                    else:
+                        self._nonfinite_in_a_row = 0
+                        self.fire("on_step_end", batch, outputs)
                     st.consistent = True
                     st.rng_snapshot = capture_rng()
                     bar.update(st.last_losses)
@@ -181,6 +206,22 @@ class Trainer(Loop):
             st.rng_snapshot = capture_rng()
             set_mode(self.train_model, True)  # validation may have switched modes
             start_batch = 0
+
+    def _skipped_step(self) -> None:
+        """The batch processor skipped this step's optimizer step (NaN/inf gradient)."""
+        st = self.state
+        self.nonfinite_steps += 1
+        self._nonfinite_in_a_row += 1
+        self.logger.warning("non-finite gradient; skipped the optimizer step", stage=self.stage,
+                            epoch=st.epoch + 1, step=st.global_step,
+                            grad_norm=getattr(self.batch_processor, "last_grad_norm", None),
+                            skipped=self.nonfinite_steps, in_a_row=self._nonfinite_in_a_row)
+        if self.ctx is not None and self.ctx.recorder is not None:
+            self.ctx.recorder.log("step", self.stage, st.epoch, st.global_step,
+                                  nonfinite_grad_steps=self.nonfinite_steps)
+        if self._nonfinite_in_a_row >= self.max_nonfinite_steps:
+            raise NonFiniteGradientError(self.stage, st.epoch, st.global_step,
+                                         self._nonfinite_in_a_row, self.nonfinite_steps)
 
     def _batches(self, start_batch: int) -> Any:
         """The current epoch's batches from ``start_batch`` on (at most steps_per_epoch)."""

@@ -25,6 +25,8 @@ def test_torchrun_argv():
     args = argparse.Namespace(config="c.yaml", overrides=["a=1"], stage="float", run_dir="r",
                               resume=True, nproc_per_node=2, debug=False)
     argv = torchrun_argv(args)
+    overwrite = argparse.Namespace(**{**vars(args), "resume": False, "overwrite": True})
+    assert torchrun_argv(overwrite)[-1] == "--overwrite"
     assert argv[:3] == ["--nproc-per-node", "2", "--standalone"]
     assert argv[3:] == ["-m", "fcos_core", "run", "c.yaml", "a=1", "--stage", "float",
                         "--run-dir", "r", "--resume"]
@@ -39,6 +41,12 @@ def test_two_process_ddp_equals_one_process(tiny_cfg, host, tmp_path, monkeypatc
                               stage="float", run_dir=str(tmp_path / "ddp" / "run"),
                               resume=False, nproc_per_node=2, debug=True)
     assert launch_with_torchrun(args, entry_module="engine_fcos_main") == 0
+    # the same run again would replace those checkpoints: rank 0 checks, every rank stops with
+    # exit code 2 (none waits for the others forever), the checkpoint is untouched
+    last = tmp_path / "ddp" / "ckpt" / "float-checkpoint-last.pth.tar"
+    saved = last.read_bytes()
+    assert launch_with_torchrun(args, entry_module="engine_fcos_main") == 2
+    assert last.read_bytes() == saved
 
     cfg = tiny_cfg(*_overrides(tmp_path, "one", 4))
     run_pipeline(cfg, host, ["float"], run_dir=str(tmp_path / "one" / "run"))

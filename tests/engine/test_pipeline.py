@@ -74,7 +74,7 @@ def test_stage_alone_equals_stage_in_pipeline(tiny_cfg, host, tmp_path):
     cfg = tiny_cfg("calibration_trainer=null", "qat_trainer=null", "int_infer_trainer=null")
     run_pipeline(cfg, host, ALL, run_dir=str(tmp_path / "a"))
     first = load_file(tmp_path / "ckpt" / "float-checkpoint-last.pth.tar")["state_dict"]
-    run_pipeline(cfg, host, ["float"], run_dir=str(tmp_path / "b"))
+    run_pipeline(cfg, host, ["float"], run_dir=str(tmp_path / "b"), overwrite=True)
     second = load_file(tmp_path / "ckpt" / "float-checkpoint-last.pth.tar")["state_dict"]
     assert all(torch.equal(first[k], second[k]) for k in first)
 

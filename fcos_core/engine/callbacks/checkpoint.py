@@ -11,7 +11,7 @@ is atomic, see :mod:`fcos_core.engine.checkpoint_io`):
   and a stage that never validated gets its final weights as ``best``);
 * ``on_loop_end``: ``last`` marked finished (and ``best`` as above; with ``num_epochs: 0``
   this is the only save);
-* ``on_interrupt`` (Ctrl-C): ``last`` at the last finished step -- unless the interrupt came
+* ``on_interrupt`` (Ctrl-C; SIGTERM during ``fcos run``): ``last`` at the last finished step -- unless the interrupt came
   while the optimizer was changing the weights, in which case the previous ``last`` is kept.
 
 The prefix defaults to ``<stage>-``, giving the paths the next stage's ``LoadCheckpoint``
@@ -26,6 +26,7 @@ from typing import Any
 
 from fcos_core.engine.callbacks.base import Callback
 from fcos_core.engine.checkpoint_io import atomic_save
+from fcos_core.errors import FcosUserError
 
 
 class Checkpoint(Callback):
@@ -153,9 +154,21 @@ class Checkpoint(Callback):
                                     metric=metric)
         last = self.last_path(loop)
         if self.save_last:
-            atomic_save(ckpt, last)
+            _save(ckpt, last)
         if write_best:
-            atomic_save(ckpt, self.best_path(loop))
+            _save(ckpt, self.best_path(loop))
             loop.logger.info("new best checkpoint", path=str(self.best_path(loop)),
                              **({self.monitor_metric_key: metric} if metric is not None else {}))
         return last if self.save_last else None
+
+
+def _save(ckpt: dict[str, Any], path: Path) -> None:
+    """``atomic_save``; a full disk or a missing permission names the file and the cause."""
+    try:
+        atomic_save(ckpt, path)
+    except OSError as exc:
+        raise FcosUserError(
+            f"cannot write the checkpoint {str(path)!r}: {exc.strerror or exc}; the previous "
+            "file (if any) is unchanged",
+            hint="free disk space or fix the folder's permissions, then continue with --resume "
+                 "(from the last checkpoint that was written)") from None
