@@ -27,7 +27,8 @@ def pack_coco_command(args: argparse.Namespace, host: object = None) -> int:
                        on_error=args.on_error, summary_path=summary_path, limits=limits,
                        max_json_bytes=int(args.max_json_mb * 2**20),
                        max_map_bytes=int(args.max_map_gb * 2**30),
-                       progress=not args.no_progress and sys.stderr.isatty())
+                       progress=not args.no_progress and sys.stderr.isatty(),
+                       replace=args.replace)
     print(f"packed {args.ann} into {args.out} in {time.perf_counter() - start:.1f} s")
     print(report.render())
     print(f"summary: {summary_path}")

@@ -4,6 +4,11 @@
 * Resumable: records are committed in chunks; a rerun on the same ``--out`` with the same json
   keeps what is there and packs the rest. Skipped images are not stored, so a rerun re-checks
   them (a fixed file gets packed).
+* Never writes into a *complete* LMDB: readers open it with ``lock=False`` (training,
+  evaluation), so writing into it in place would corrupt what they read. A complete ``--out``
+  is refused; with ``replace`` the new LMDB is packed into the sibling folder
+  ``<out>.fcos-pack-new`` (itself resumable) and swapped in when complete (an atomic exchange
+  where the OS has one); processes that have the old one open keep reading its data.
 * Never crashes on bad input: every skipped image and dropped box is reported with the file and
   the reason (:class:`~fcos_plugin_coco.report.PackReport`); ``on_error="stop"`` stops at the
   first problem instead. Counts reconcile: packed + skipped = images in the json, kept +
@@ -14,9 +19,12 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import os
+import shutil
 from typing import Optional
 
 import lmdb
@@ -35,6 +43,9 @@ from fcos_plugin_coco.source import load_checked
 _CHUNK_IMAGES = 64
 _CHUNK_BYTES = 32 * 1024 * 1024
 _MIN_MAP = 64 * 1024 * 1024
+#: suffix of the sibling folder a ``replace`` packs into before swapping it in
+NEW_SUFFIX = ".fcos-pack-new"
+_OLD_SUFFIX = ".fcos-pack-old-"
 
 
 def default_summary_path(out_dir: str) -> str:
@@ -54,8 +65,13 @@ def pack_coco(
     max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
     max_map_bytes: int = 1024**4,
     progress: bool = True,
+    replace: bool = False,
 ) -> PackReport:
-    """Pack (or finish packing) ``ann_file``'s images from ``images_dir`` into ``out_dir``."""
+    """Pack (or finish packing) ``ann_file``'s images from ``images_dir`` into ``out_dir``.
+
+    An existing complete LMDB at ``out_dir`` is refused unless ``replace``: then the new one is
+    packed next to it and swapped in when complete (``out_dir`` is never written in place).
+    """
     if on_error not in ("skip", "stop"):
         raise ValueError(f"on_error must be 'skip' or 'stop', got {on_error!r}")
     if not os.path.isdir(images_dir):
@@ -75,9 +91,123 @@ def pack_coco(
                    "images_dir": os.path.abspath(images_dir)},
         "limits": {"max_pixels": limits.max_pixels, "max_bytes": limits.max_bytes},
     }
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    out_dir = os.path.normpath(out_dir)
+    final_summary = summary_path or default_summary_path(out_dir)
+    state, old_meta = _inspect(out_dir)
+    if replace and state in ("partial", "complete"):
+        _only_lmdb_files(out_dir)
+        new_dir = out_dir + NEW_SUFFIX
+        new_state, new_meta = _inspect(new_dir)
+        if os.path.lexists(new_dir):
+            _only_lmdb_files(new_dir)
+        if new_state != "absent" and not _same_source(new_meta, meta):
+            # our own replacement cut short, for another json: start it again
+            lmdb_env.release(new_dir)
+            shutil.rmtree(new_dir)
+        summary = _pack_into(new_dir, images_dir, index, meta, report, split_name, limits,
+                             max_map_bytes, progress, out_dir)
+        _swap_in(new_dir, out_dir)
+    else:
+        if state != "absent" and old_meta is not None and not _same_source(old_meta, meta):
+            raise FcosUserError(f"{out_dir} holds an LMDB packed from another annotation file "
+                                "(or another format version), so it cannot be resumed",
+                                hint="choose another --out folder, or pass --replace to pack "
+                                     "a new one next to it and swap it in when done")
+        if state == "complete":
+            raise FcosUserError(
+                f"{out_dir} is a complete LMDB already; training or evaluation may be reading "
+                "it, and packing into it in place would corrupt what they read, so nothing was "
+                "written",
+                hint="pass --replace to pack into a new folder next to it and swap it in when "
+                     "complete (processes reading the old one keep their data), or choose "
+                     "another --out")
+        summary = _pack_into(out_dir, images_dir, index, meta, report, split_name, limits,
+                             max_map_bytes, progress, out_dir)
+    _write_summary(final_summary, summary)
+    return report
+
+
+def _inspect(out_dir: str) -> tuple[str, Optional[dict]]:
+    """``(state, meta)`` of ``out_dir``: ``absent`` (no folder, or a folder without an LMDB),
+    ``partial`` (packing did not finish) or ``complete``; refuses anything else."""
+    if not os.path.lexists(out_dir):
+        return "absent", None
+    if not os.path.isdir(out_dir):
         raise FcosUserError(f"--out {out_dir} exists and is not a folder",
                             hint="choose a folder path for the LMDB")
+    if not os.path.exists(os.path.join(out_dir, "data.mdb")):
+        return "absent", None
+    try:  # this process's shared read-only handle (py-lmdb opens an LMDB once per process)
+        env = lmdb_env.reader(out_dir)
+        with env.begin() as txn:
+            raw_meta, done = txn.get(fmt.META_KEY), txn.get(fmt.COMPLETE_KEY)
+            entries = txn.stat()["entries"]
+    except (FcosUserError, lmdb.Error) as exc:
+        raise FcosUserError(f"--out {out_dir} holds a data.mdb that is not a readable LMDB "
+                            f"({exc})", hint="choose another --out folder") from None
+    if raw_meta is None:
+        if entries == 0:
+            return "partial", None  # created by an interrupted run before its first commit
+        raise FcosUserError(f"--out {out_dir} holds an LMDB not written by `fcos pack-coco`",
+                            hint="choose another --out folder")
+    try:
+        meta = json.loads(raw_meta)
+    except ValueError:
+        meta = {}
+    return ("complete" if done is not None else "partial"), meta
+
+
+def _only_lmdb_files(folder: str) -> None:
+    """Refuse to replace (delete) a folder holding anything besides the LMDB's own files."""
+    other = sorted(set(os.listdir(folder)) - {"data.mdb", "lock.mdb"})
+    if other:
+        raise FcosUserError(f"{folder} holds files besides the LMDB ({', '.join(other[:5])}"
+                            f"{' ...' if len(other) > 5 else ''}); replacing it would delete "
+                            "them, so nothing was written",
+                            hint="move those files away, or choose another --out")
+
+
+def _same_source(old: Optional[dict], new: dict) -> bool:
+    if old is None:
+        return True  # an empty LMDB: nothing written yet
+    try:
+        return (old.get("format") == fmt.FORMAT_NAME and old.get("version") == fmt.FORMAT_VERSION
+                and old["source"]["sha256"] == new["source"]["sha256"])
+    except (KeyError, TypeError, AttributeError):
+        return False
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Atomically swap the paths ``a`` and ``b`` (Linux ``renameat2(RENAME_EXCHANGE)``)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _swap_in(new_dir: str, out_dir: str) -> None:
+    """Put the complete LMDB ``new_dir`` at ``out_dir`` and delete the replaced one (open
+    readers keep their mapping of its data; this process's cached reader notices the new
+    inode and reopens)."""
+    if _exchange(new_dir, out_dir):
+        old = new_dir
+    else:  # no atomic exchange here: two renames, out_dir missing for a moment
+        old = f"{out_dir}{_OLD_SUFFIX}{os.getpid()}"
+        os.rename(out_dir, old)
+        os.rename(new_dir, out_dir)
+    shutil.rmtree(old)
+
+
+def _pack_into(out_dir: str, images_dir: str, index, meta: dict, report: PackReport,
+               split_name: str, limits: ImageLimits, max_map_bytes: int, progress: bool,
+               final_dir: str) -> dict:
+    """Pack (or resume packing) into ``out_dir``, which is absent, empty or partial (or a
+    replacement's sibling folder); the summary names ``final_dir``."""
     os.makedirs(out_dir, exist_ok=True)
     lmdb_env.release(out_dir)  # a reader of this LMDB in this process would block the writer
     map_size = _estimate_map_size(images_dir, index.images, max_map_bytes)
@@ -89,7 +219,7 @@ def pack_coco(
         report.check()
         summary = report.to_dict()
         summary["split_name"] = split_name
-        summary["lmdb"] = os.path.abspath(out_dir)
+        summary["lmdb"] = os.path.abspath(final_dir)
         summary["cat_ids"] = index.cat_ids
         _put_all(env, [(fmt.INDEX_KEY, fmt.dumps(packed_ids)),
                        (fmt.SUMMARY_KEY, fmt.dumps(summary)),
@@ -97,8 +227,7 @@ def pack_coco(
         env.sync()
     finally:
         env.close()
-    _write_summary(summary_path or default_summary_path(out_dir), summary)
-    return report
+    return summary
 
 
 def _estimate_map_size(images_dir: str, records: list, cap: int) -> int:

@@ -50,7 +50,9 @@ def register_metrics(register):
 def _pack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", required=True, help="folder of the images named by file_name")
     p.add_argument("--ann", required=True, help="COCO instances json")
-    p.add_argument("--out", required=True, help="LMDB folder to write (resumed if it exists)")
+    p.add_argument("--out", required=True,
+                   help="LMDB folder to write (an interrupted packing is resumed; a complete "
+                        "LMDB is refused unless --replace)")
     p.add_argument("--split-name", default=None, help="name stored in the LMDB (default: the "
                                                       "--out folder name)")
     p.add_argument("--on-error", choices=("skip", "stop"), default="skip",
@@ -65,6 +67,9 @@ def _pack_args(p: argparse.ArgumentParser) -> None:
                    help="refuse image files larger than this (MiB)")
     p.add_argument("--max-map-gb", type=float, default=1024.0,
                    help="upper bound of the LMDB map size (GiB)")
+    p.add_argument("--replace", action="store_true",
+                   help="replace an existing LMDB at --out: pack into <out>.fcos-pack-new and "
+                        "swap it in when complete (readers of the old one are not disturbed)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -286,3 +286,110 @@ def test_pack_coco_command(tmp_path, clean_coco, capsys):
     assert main(["pack-coco", "--images", str(tmp_path / "nope"), "--ann", ann, "--out",
                  out]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# --- a complete LMDB is never written in place (readers use lock=False; issue 14) -----------
+
+
+def _file_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_a_complete_lmdb_is_refused_not_written_in_place(tmp_path, clean_coco, capsys):
+    from fcos_core.cli.main import main
+
+    img_dir, ann = clean_coco()
+    out = str(tmp_path / "busy_lmdb")
+    pack_coco(img_dir, ann, out, progress=False)
+    assert len(Coco(out)) == 6  # a reader has it open (lock=False, as in training)
+    data = _file_bytes(os.path.join(out, "data.mdb"))
+    summary = _file_bytes(default_summary_path(out))
+    with pytest.raises(FcosUserError, match="--replace"):
+        pack_coco(img_dir, ann, out, progress=False)
+    assert main(["pack-coco", "--images", img_dir, "--ann", ann, "--out", out,
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert out in err and "complete" in err and "--replace" in err
+    assert _file_bytes(os.path.join(out, "data.mdb")) == data
+    assert _file_bytes(default_summary_path(out)) == summary
+    assert sorted(os.listdir(tmp_path)) == ["busy_lmdb", "busy_lmdb.summary.json", "clean0"]
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+def test_replace_packs_next_to_it_and_swaps_it_in(tmp_path, clean_coco, capsys, monkeypatch,
+                                                  exchange):
+    from fcos_core.cli.main import main
+    from fcos_plugin_coco import lmdb_env
+    import fcos_plugin_coco.packer as packer
+
+    swaps = []
+    real_exchange = packer._exchange
+    monkeypatch.setattr(packer, "_exchange", lambda a, b: swaps.append(a) or (
+        real_exchange(a, b) if exchange else False))
+
+    img_a, ann_a = clean_coco(n=6, seed=0)
+    img_b, ann_b = clean_coco(n=4, seed=1)
+    out = str(tmp_path / "swap_lmdb")
+    pack_coco(img_a, ann_a, out, progress=False)
+    held = lmdb_env.reader(out)  # a reader that keeps the old LMDB open
+    with held.begin() as txn:
+        old_items = {bytes(k): bytes(v) for k, v in txn.cursor()}
+    assert main(["pack-coco", "--images", img_b, "--ann", ann_b, "--out", out, "--replace",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    with held.begin() as txn:  # the open reader still sees the old data, intact
+        assert {bytes(k): bytes(v) for k, v in txn.cursor()} == old_items
+    assert len(Coco(out)) == 4  # new readers get the new LMDB
+    assert not [n for n in os.listdir(tmp_path) if "fcos-pack" in n]
+    assert swaps == [out + packer.NEW_SUFFIX]
+    summary = json.load(open(default_summary_path(out)))
+    assert summary["lmdb"] == os.path.abspath(out) and summary["images"]["packed"] == 4
+
+
+def test_an_interrupted_replace_keeps_the_old_lmdb_and_resumes(tmp_path, clean_coco,
+                                                                monkeypatch):
+    import fcos_plugin_coco.packer as packer
+
+    img_a, ann_a = clean_coco(n=6, seed=0)
+    img_b, ann_b = clean_coco(n=6, seed=1)
+    out = str(tmp_path / "r_lmdb")
+    pack_coco(img_a, ann_a, out, progress=False)
+    data = _file_bytes(os.path.join(out, "data.mdb"))
+    monkeypatch.setattr(packer, "_CHUNK_IMAGES", 2)
+    real = packer.load_checked
+    calls = {"n": 0}
+
+    def interrupted(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(packer, "load_checked", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pack_coco(img_b, ann_b, out, progress=False, replace=True)
+    assert _file_bytes(os.path.join(out, "data.mdb")) == data  # old one untouched
+    assert len(Coco(out)) == 6
+    monkeypatch.setattr(packer, "load_checked", real)
+    report = pack_coco(img_b, ann_b, out, progress=False, replace=True)
+    assert report.images_resumed == 2 and report.images_read == 4
+    ref = str(tmp_path / "ref_lmdb")
+    pack_coco(img_b, ann_b, ref, split_name="r_lmdb", progress=False)
+    a, b = _lmdb_items(ref), _lmdb_items(out)
+    a.pop(fmt.SUMMARY_KEY), b.pop(fmt.SUMMARY_KEY)
+    assert a == b
+
+
+def test_replace_never_deletes_other_files(tmp_path, clean_coco):
+    img_dir, ann = clean_coco()
+    out = str(tmp_path / "mixed_lmdb")
+    pack_coco(img_dir, ann, out, progress=False)
+    notes = os.path.join(out, "notes.txt")
+    with open(notes, "wb") as f:
+        f.write(b"mine")
+    data = _file_bytes(os.path.join(out, "data.mdb"))
+    with pytest.raises(FcosUserError, match="notes.txt"):
+        pack_coco(img_dir, ann, out, progress=False, replace=True)
+    assert _file_bytes(notes) == b"mine"
+    assert _file_bytes(os.path.join(out, "data.mdb")) == data
