@@ -44,6 +44,7 @@ import hashlib
 import json
 import os
 import struct
+import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -144,10 +145,34 @@ def write_artifact(path: Path | str, prog: Program, perf: dict[str, Any] | None 
         struct.pack("<I", zlib.crc32(table)) + bytes(body)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(out)
-    os.replace(tmp, path)
+    _write_atomic(path, out)
     return path
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a unique temporary file next to ``path``, fsync it and rename it over
+    ``path`` (then fsync the folder); on any failure the temporary file is removed."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:  # some filesystems refuse fsync on a folder; the rename is still atomic
+        pass
 
 
 # --- reading ------------------------------------------------------------------------------

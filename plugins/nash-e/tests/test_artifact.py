@@ -194,3 +194,47 @@ def test_foreign_and_missing_files(tmp_path):
     assert "magic" in err.what
     with pytest.raises(FcosUserError, match="cannot read"):
         read_artifact(tmp_path / "missing.hbm")
+
+
+# --- the write: fsynced temp file, renamed into place, removed on failure (issue 14) --------
+
+
+def test_write_fsyncs_before_the_rename_and_leaves_no_temp(artifact, tmp_path, monkeypatch):
+    import os
+
+    import fcos_plugin_nash_e.artifact as art
+
+    prog, perf = read_artifact(artifact[0])
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(art.os, "fsync", lambda fd: events.append("fsync") or real_fsync(fd))
+    monkeypatch.setattr(art.os, "replace",
+                        lambda a, b: events.append(("replace", os.path.basename(a)))
+                        or real_replace(a, b))
+    out = tmp_path / "m.hbm"
+    art.write_artifact(out, prog, perf)
+    assert events[0] == "fsync" and events[1][0] == "replace"
+    assert events[1][1].startswith(".m.hbm.") and events[1][1].endswith(".tmp")
+    assert os.listdir(tmp_path) == ["m.hbm"]
+    assert read_artifact(out)[0].meta == prog.meta
+
+
+@pytest.mark.parametrize("fail_at", ["fsync", "replace"])
+def test_a_failed_write_removes_the_temp_and_keeps_the_old_file(artifact, tmp_path,
+                                                                 monkeypatch, fail_at):
+    import os
+
+    import fcos_plugin_nash_e.artifact as art
+
+    prog, perf = read_artifact(artifact[0])
+    out = tmp_path / "m.hbm"
+    out.write_bytes(b"the previous artifact")
+
+    def boom(*a):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(art.os, fail_at, boom)
+    with pytest.raises(OSError, match="No space"):
+        art.write_artifact(out, prog, perf)
+    assert os.listdir(tmp_path) == ["m.hbm"]
+    assert out.read_bytes() == b"the previous artifact"
