@@ -9,9 +9,11 @@ from fcos_core.errors import FcosUserError
 
 
 def build_model(cfg: Any, block: str, checkpoint: str | None, default_ckpt: str | None,
-                log: Any = print) -> Any:
+                log: Any = print, allow_untrained: bool = False) -> Any:
     """Build ``block`` (``model`` or ``deploy_model``) in eval mode, with weights from
-    ``checkpoint`` (or ``default_ckpt`` in ``ckpt_dir`` when it exists)."""
+    ``checkpoint`` (or ``default_ckpt`` in ``ckpt_dir``). A missing checkpoint is an error
+    naming it, unless ``allow_untrained`` (and no ``checkpoint`` was named): then the model
+    keeps its random initial weights."""
     import torch
 
     from fcos_core.build import build
@@ -42,7 +44,17 @@ def build_model(cfg: Any, block: str, checkpoint: str | None, default_ckpt: str 
         log(f"weights: {path}")
     elif checkpoint:
         raise FcosUserError(f"checkpoint {checkpoint!r} does not exist",
-                            hint="run the float stage first, or pass --checkpoint PATH")
+                            hint="pass the path of an existing float checkpoint to "
+                                 "--checkpoint (or leave --checkpoint out and pass "
+                                 "--allow-untrained to use random weights)")
+    elif allow_untrained:
+        log(f"weights: none ({path or 'no checkpoint'} does not exist; --allow-untrained): the "
+            "model is untrained")
     else:
-        log(f"weights: none found ({path}); the model is untrained")
+        where = f"the default checkpoint {str(path)!r} does not exist" if path is not None \
+            else "no checkpoint was given"
+        raise FcosUserError(f"{where}, and an untrained model gives meaningless results",
+                            hint="train the float stage first (`fcos run CONFIG --stage float`) "
+                                 "or pass --checkpoint PATH; pass --allow-untrained to use "
+                                 "random weights on purpose (e.g. to test the pipeline)")
     return model.eval()

@@ -20,9 +20,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key.path=value")
     p.add_argument("--images", nargs="+", required=True, help="image files (JPEG, PNG, ...)")
     p.add_argument("--checkpoint", default=None,
-                   help="weights (default: <ckpt_dir>/float-checkpoint-best.pth.tar)")
+                   help="weights (default: <ckpt_dir>/float-checkpoint-best.pth.tar; one of "
+                        "them must exist unless --allow-untrained)")
+    p.add_argument("--allow-untrained", action="store_true",
+                   help="run random weights when no checkpoint exists (to test the pipeline)")
     p.add_argument("--save-vis", default=None, metavar="DIR",
-                   help="write each image with its detections drawn into DIR")
+                   help="write each image with its detections drawn into DIR as "
+                        "<stem>_det.png (<stem>_det-2.png, ... when taken: never overwrites)")
     p.add_argument("--score-threshold", type=float, default=0.3,
                    help="print and draw detections scoring at least this")
     p.add_argument("--json", action="store_true", help="print the detections as JSON")
@@ -71,13 +75,16 @@ def predict_command(args: argparse.Namespace, host: Any) -> int:
     import numpy as np
     import torch
 
-    from fcos_core.cli.detections_output import draw_detections, print_detections
+    from fcos_core.cli.detections_output import prepare_vis_folder, print_detections, save_vis
     from fcos_core.cli.model_io import build_model
     from fcos_core.config import load_config
 
     cfg = load_config(args.config, host, args.overrides)
     model = build_model(cfg, "model", args.checkpoint, "float-checkpoint-best.pth.tar",
-                        log=lambda m: None if args.json else print(m))
+                        log=lambda m: None if args.json else print(m),
+                        allow_untrained=args.allow_untrained)
+    if args.save_vis:
+        prepare_vis_folder(args.save_vis)
     transforms = _val_transforms(cfg)
     names = _class_names(cfg)
     results = []
@@ -112,9 +119,7 @@ def predict_command(args: argparse.Namespace, host: Any) -> int:
                          "box": clip})
         entry: dict[str, Any] = {"image": path, "detections": dets}
         if args.save_vis:
-            out = Path(args.save_vis) / f"{Path(path).stem}_det.png"
-            draw_detections(rgb, dets, out)
-            entry["vis"] = str(out)
+            entry["vis"] = str(save_vis(rgb, dets, args.save_vis, path))
         results.append(entry)
     print_detections(results, args.json)
     return 0

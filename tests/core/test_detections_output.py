@@ -37,3 +37,33 @@ def test_drawing_puts_label_coloured_boxes_on_the_image(tmp_path):
     img = np.asarray(Image.open(out))
     assert img.shape == (20, 20, 3)
     assert tuple(img[2, 5]) == COLOURS[1]  # top edge of the first box
+
+
+def test_save_vis_names_are_unique_and_never_overwrite(tmp_path):
+    from fcos_core.cli.detections_output import save_vis
+
+    vis = tmp_path / "vis"
+    vis.mkdir()
+    mine = vis / "x_det.png"
+    mine.write_bytes(b"a file of the user's")
+    red, green = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8)
+    red[..., 0], green[..., 1] = 255, 255
+    a = save_vis(red, [], vis, str(tmp_path / "a" / "x.jpg"))
+    b = save_vis(green, [], vis, str(tmp_path / "b" / "x.jpg"))
+    assert mine.read_bytes() == b"a file of the user's"
+    assert a != b and {a.name, b.name} == {"x_det-2.png", "x_det-3.png"}
+    assert tuple(np.asarray(Image.open(a))[0, 0]) == (255, 0, 0)
+    assert tuple(np.asarray(Image.open(b))[0, 0]) == (0, 255, 0)
+
+
+def test_save_vis_into_a_file_is_a_user_error(tmp_path):
+    import pytest
+
+    from fcos_core.cli.detections_output import prepare_vis_folder
+    from fcos_core.errors import FcosUserError
+
+    f = tmp_path / "taken"
+    f.write_bytes(b"x")
+    with pytest.raises(FcosUserError, match="is a file"):
+        prepare_vis_folder(f)
+    assert f.read_bytes() == b"x"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -100,11 +99,13 @@ def _decode(runtime: Any, outputs: tuple[np.ndarray, ...], det: dict[str, Any],
 
 def infer_command(args: argparse.Namespace, host: Any) -> int:
     """Run a compiled artifact on images; print (and optionally draw) the detections."""
-    from fcos_core.cli.detections_output import draw_detections, print_detections
+    from fcos_core.cli.detections_output import prepare_vis_folder, print_detections, save_vis
     from fcos_plugin_nash_e.artifact import read_artifact
     from fcos_plugin_nash_e.runtime import Runtime
 
     program, _ = read_artifact(args.artifact)
+    if args.save_vis:
+        prepare_vis_folder(args.save_vis)
     det = program.meta.get("detection")
     if not det:
         raise FcosUserError(f"{args.artifact}: the compiled model has no detection post-process "
@@ -137,9 +138,7 @@ def infer_command(args: argparse.Namespace, host: Any) -> int:
                                  round(min(max(x2, 0), ow), 1), round(min(max(y2, 0), oh), 1)]})
         results.append({"image": path, "detections": dets})
         if args.save_vis:
-            out = Path(args.save_vis) / (Path(path).stem + "_det.png")
-            draw_detections(rgb, dets, out)
-            results[-1]["vis"] = str(out)
+            results[-1]["vis"] = str(save_vis(rgb, dets, args.save_vis, path))
     print_detections(results, args.json, max_per_image=20)
     sys.stdout.flush()
     return 0

@@ -29,7 +29,8 @@ def _infer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("artifact", help="a compiled model file (compile_cfg.hbm)")
     p.add_argument("images", nargs="+", help="image files (JPEG/PNG)")
     p.add_argument("--save-vis", default=None, metavar="DIR",
-                   help="draw the detections on the images and save them in DIR")
+                   help="draw the detections on the images and save them in DIR as "
+                        "<stem>_det.png (<stem>_det-2.png, ... when taken: never overwrites)")
     p.add_argument("--json", action="store_true", help="print detections as JSON")
     p.add_argument("--score-threshold", type=float, default=None,
                    help="override the score threshold stored in the artifact")

@@ -114,3 +114,34 @@ def test_infer_reports_a_damaged_artifact(tmp_path, host, capsys):
     assert main(["infer", str(bad), str(img)], host=host) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "fcos compile" in err
+
+
+def test_infer_save_vis_keeps_same_stem_images_apart_and_never_overwrites(tmp_path, nash, host,
+                                                                         capsys):
+    det = nash.MiniDetector(nash.make_mini_fcos(seed=9, size=64), [4, 8]).eval()
+    art = tmp_path / "m.hbm"
+    NashEBackend().compile(det, {"img": torch.zeros(1, 3, 64, 64)},
+                           {"name": "m", "out_dir": str(tmp_path), "hbm": str(art),
+                            "opt": "O3", "input_source": ["ddr"]}, tmp_path)
+    rng = np.random.default_rng(1)
+    imgs = [tmp_path / "a" / "x.png", tmp_path / "b" / "x.png"]
+    for p in imgs:
+        p.parent.mkdir()
+        _png(p, rng, 40, 56)
+    vis = tmp_path / "vis"
+    vis.mkdir()
+    (vis / "x_det.png").write_bytes(b"drawn by me earlier")
+    assert main(["infer", str(art), *map(str, imgs), "--json", "--save-vis", str(vis)],
+                host=host) == 0
+    out = json.loads(capsys.readouterr().out)
+    written = [r["vis"] for r in out]
+    assert len(set(written)) == 2 and str(vis / "x_det.png") not in written
+    assert (vis / "x_det.png").read_bytes() == b"drawn by me earlier"
+    from PIL import Image
+
+    for r, p in zip(out, imgs):  # each file is its own image, drawn at the original size
+        assert Image.open(r["vis"]).size == (56, 40)
+        drawn = np.asarray(Image.open(r["vis"]).convert("RGB"))
+        source = np.asarray(Image.open(p).convert("RGB"))
+        if not r["detections"]:
+            assert np.array_equal(drawn, source)
