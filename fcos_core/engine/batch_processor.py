@@ -14,6 +14,10 @@ checkpoint) and stops after ``max_nonfinite_steps`` such steps in a row. With AM
 scaler (float16 on CUDA) the scaler skips those steps itself and they are not counted.
 
 Evaluation (``need_grad_update: false``): the forward pass under ``torch.no_grad``.
+
+``loop.state.last_losses`` gets each loss term, their sum ``loss``, and the output's logged-only
+values (:class:`~fcos_core.models.loss_dict.LossDict` ``monitor``, e.g. ``centerness_floor``),
+which are not in ``loss`` and not back-propagated.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch
 from fcos_core.engine.device import to_device
 from fcos_core.engine.errors import NonFiniteLossError
 from fcos_core.engine.functions import collect_losses
+from fcos_core.models.loss_dict import monitor_values
 
 
 def _loss_terms(outputs: Any, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -103,9 +108,15 @@ class MultiBatchProcessor:
         terms = _loss_terms(outputs)
         if not terms:
             return
+        # logged-only values (LossDict.monitor, e.g. centerness_floor): recorded next to the
+        # terms, but neither checked nor part of the total
+        monitor = {k: v for k, v in monitor_values(outputs).items()
+                   if isinstance(v, torch.Tensor) and k not in terms and k != "loss"}
         # one device->host copy for all terms (a single synchronisation per step)
-        values = torch.stack([t.detach().float().sum() for t in terms.values()]).tolist()
-        named = dict(zip(terms, values))
+        values = torch.stack([t.detach().float().sum()
+                              for t in [*terms.values(), *monitor.values()]]).tolist()
+        named = dict(zip(terms, values[:len(terms)]))
+        extra = dict(zip(monitor, values[len(terms):]))
         for name, value in named.items():
             if not math.isfinite(value):
                 st = getattr(loop, "state", None)
@@ -114,7 +125,7 @@ class MultiBatchProcessor:
                     getattr(st, "global_step", -1) + 1, name, value)
         if loop is not None and getattr(loop, "state", None) is not None:
             st = loop.state
-            st.last_losses = {**named, "loss": sum(named.values())}
+            st.last_losses = {**named, "loss": sum(named.values()), **extra}
 
     # -- the step ---------------------------------------------------------------------------
 

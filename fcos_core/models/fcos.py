@@ -14,6 +14,10 @@ divided by the number of positives; GIoU loss on decoded boxes of positives weig
 geometric centerness and divided by the sum of those weights; centerness BCE against the IoU
 target, divided by the number of positives. Counts are per process (not all-reduced across
 distributed ranks).
+
+The loss dict is a :class:`~fcos_core.models.loss_dict.LossDict`: with a sigmoid centerness loss
+its ``monitor`` holds ``<centerness loss_name>_floor``, the least value the centerness loss can
+reach on the step's targets (see :meth:`FCOS.centerness_floor`), logged but not optimised.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from torch import Tensor, nn
 
 from fcos_core.models.body import FCOSBody
 from fcos_core.models.layout import flatten_outputs
+from fcos_core.models.loss_dict import LossDict
 from fcos_core.models.points import distances_to_boxes
 
 
@@ -200,7 +205,28 @@ class FCOS(nn.Module):
         weights = t["bbox_weights"][bidx, pidx]
         loss_reg = self.loss_reg(pred_boxes, t["bbox_targets"][bidx, pidx], weight=weights,
                                  avg_factor=weights.sum().clamp(min=1e-6))
-        loss_ctr = self.loss_centerness(flat.ctr[bidx, pidx], t["centerness_targets"][bidx, pidx],
-                                        avg_factor=num_pos)
-        return {self.loss_cls.loss_name: loss_cls, self.loss_reg.loss_name: loss_reg,
-                self.loss_centerness.loss_name: loss_ctr}
+        ctr_targets = t["centerness_targets"][bidx, pidx]
+        loss_ctr = self.loss_centerness(flat.ctr[bidx, pidx], ctr_targets, avg_factor=num_pos)
+        ctr_name = self.loss_centerness.loss_name
+        losses = LossDict({self.loss_cls.loss_name: loss_cls, self.loss_reg.loss_name: loss_reg,
+                           ctr_name: loss_ctr})
+        if getattr(self.loss_centerness, "use_sigmoid", False):
+            losses.monitor[f"{ctr_name}_floor"] = self.centerness_floor(ctr_targets, num_pos)
+        return losses
+
+    @torch.no_grad()
+    def centerness_floor(self, targets: Tensor, num_pos: Tensor) -> Tensor:
+        """The least centerness loss any prediction reaches on these soft targets.
+
+        Binary cross-entropy against a target ``t`` is smallest when the prediction equals
+        ``t``, where it is the binary entropy ``H(t) = -t ln t - (1-t) ln(1-t)``; so the loss
+        (``loss_weight * sum(BCE) / num_pos``) cannot go below
+        ``loss_weight * sum(H(t)) / num_pos``. Logged as ``<centerness loss_name>_floor``
+        (a :class:`~fcos_core.models.loss_dict.LossDict` ``monitor`` value, never
+        back-propagated): the gap ``centerness - centerness_floor`` is what training can still
+        reduce.
+        """
+        t = targets.detach().float().clamp(0.0, 1.0)
+        entropy = -(torch.xlogy(t, t) + torch.xlogy(1.0 - t, 1.0 - t))
+        weight = float(getattr(self.loss_centerness, "loss_weight", 1.0))
+        return weight * entropy.sum() / num_pos.detach().float()
