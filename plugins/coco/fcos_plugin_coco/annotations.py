@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -93,7 +94,13 @@ def read_bounded(path: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_JSON
                                 hint="raise the limit (pack-coco --max-json-mb) if the file is "
                                      "real")
         with open(path, "rb") as f:
-            data = f.read(max_bytes + 1)
+            # read(n) allocates n bytes up front: ask for the file's size, not the limit
+            data = f.read(min(max_bytes, size) + 1)
+            while len(data) <= max_bytes:  # the file grew while we read it: bounded chunks
+                more = f.read(min(1 << 24, max_bytes + 1 - len(data)))
+                if not more:
+                    break
+                data += more
     except OSError as exc:
         raise FcosUserError(f"cannot read annotation file {path}: {exc.strerror}",
                             hint="check the path") from exc
@@ -113,6 +120,14 @@ def parse_json_bytes(data: bytes, path: str) -> Any:
     except (UnicodeDecodeError, RecursionError) as exc:
         raise FcosUserError(f"annotation file {path} is not valid JSON: {exc}",
                             hint="fix or regenerate the file") from exc
+    except ValueError as exc:  # an integer over Python's digit limit (int_max_str_digits)
+        limit = getattr(sys, "get_int_max_str_digits", lambda: 4300)()
+        what = (f"holds an integer of more than {limit} digits, over Python's limit for "
+                "reading integers" if "digits" in str(exc) else f"cannot be read ({exc})")
+        raise FcosUserError(f"annotation file {path} {what}",
+                            hint="ids, sizes and boxes of a COCO json are small numbers; an "
+                                 "integer that long means the file is damaged: fix or "
+                                 "regenerate it") from exc
 
 
 def check_coco_layout(data: Any, source: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -14,13 +15,16 @@ def pack_coco_command(args: argparse.Namespace, host: object = None) -> int:
     from fcos_plugin_coco.decode import ImageLimits
     from fcos_plugin_coco.packer import default_summary_path, pack_coco
 
+    for option, value in (("--max-image-mb", args.max_image_mb),
+                          ("--max-json-mb", args.max_json_mb), ("--max-map-gb", args.max_map_gb)):
+        if not (math.isfinite(value) and value > 0):  # nan/inf would fail in int() below
+            raise FcosUserError(f"{option} must be a finite number > 0, got {value}",
+                                hint=f"pass a size such as {option} 64")
     try:
         limits = ImageLimits(max_pixels=args.max_pixels,
                              max_bytes=int(args.max_image_mb * 2**20))
     except ValueError as exc:
         raise FcosUserError(str(exc), hint="--max-pixels and --max-image-mb must be > 0") from exc
-    if args.max_json_mb <= 0 or args.max_map_gb <= 0:
-        raise FcosUserError("--max-json-mb and --max-map-gb must be > 0")
     summary_path = args.summary or default_summary_path(args.out)
     start = time.perf_counter()
     report = pack_coco(args.images, args.ann, args.out, split_name=args.split_name,
@@ -44,7 +48,9 @@ def demo_data_command(args: argparse.Namespace, host: object = None) -> int:
                             max_object=args.max_object, max_objects=args.max_objects,
                             seed=args.seed)
     except ValueError as exc:
-        raise FcosUserError(f"demo-data: {exc}", hint="see `fcos demo-data --help`") from exc
+        raise FcosUserError(f"demo-data: {exc}",
+                            hint="change --image-size / --min-object / --max-object / "
+                                 "--max-objects (see `fcos demo-data --help`)") from exc
     start = time.perf_counter()
     ensure_demo(args.out, params, force=args.force, progress=sys.stderr.isatty())
     root = os.path.abspath(args.out)

@@ -211,7 +211,12 @@ def _pack_into(out_dir: str, images_dir: str, index, meta: dict, report: PackRep
     os.makedirs(out_dir, exist_ok=True)
     lmdb_env.release(out_dir)  # a reader of this LMDB in this process would block the writer
     map_size = _estimate_map_size(images_dir, index.images, max_map_bytes)
-    env = lmdb.open(out_dir, map_size=map_size, subdir=True, meminit=False, map_async=False)
+    try:
+        env = lmdb.open(out_dir, map_size=map_size, subdir=True, meminit=False, map_async=False)
+    except lmdb.Error as exc:  # disk full, read-only filesystem...
+        raise FcosUserError(f"cannot open the LMDB {out_dir} for writing: {exc}",
+                            hint="check that the disk has room and --out is writable, then "
+                                 "rerun the same command") from None
     try:
         _check_or_write_meta(env, meta, out_dir, max_map_bytes)
         packed_ids = _pack_images(env, images_dir, index.images, report, limits, max_map_bytes,
@@ -224,7 +229,10 @@ def _pack_into(out_dir: str, images_dir: str, index, meta: dict, report: PackRep
         _put_all(env, [(fmt.INDEX_KEY, fmt.dumps(packed_ids)),
                        (fmt.SUMMARY_KEY, fmt.dumps(summary)),
                        (fmt.COMPLETE_KEY, b"1")], max_map_bytes)
-        env.sync()
+        try:
+            env.sync()
+        except lmdb.Error as exc:
+            raise _write_error(env, exc) from None
     finally:
         env.close()
     return summary
@@ -322,13 +330,43 @@ def _put_all(env: lmdb.Environment, items: list, cap: int) -> None:
         except lmdb.MapFullError:
             size = env.info()["map_size"]
             if size >= cap:
-                raise FcosUserError(f"the LMDB reached its map-size limit ({cap / 2**30:.1f} "
-                                    "GiB)", hint="raise --max-map-gb") from None
+                raise FcosUserError(f"the LMDB {env.path()} reached its map-size limit "
+                                    f"({cap / 2**30:.1f} GiB); {_CONSISTENT}",
+                                    hint="raise --max-map-gb and rerun the same command: it "
+                                         "resumes where it stopped") from None
             env.set_mapsize(min(cap, size * 2))
+        except lmdb.Error as exc:  # disk full (ENOSPC), quota, I/O error...
+            raise _write_error(env, exc) from None
+
+
+#: what a failed write leaves behind (LMDB commits are atomic)
+_CONSISTENT = ("the images committed before it are kept and the LMDB is consistent (a failed "
+               "transaction is rolled back)")
+
+
+def _write_error(env: lmdb.Environment, exc: Exception) -> FcosUserError:
+    full = "No space left" in str(exc) or "quota" in str(exc).lower()
+    cause = "the disk is full" if full else "the write failed"
+    return FcosUserError(f"writing the LMDB {env.path()} failed: {exc}; {cause}, and "
+                         f"{_CONSISTENT}",
+                         hint=("free disk space (or pass an --out on a disk with room), then "
+                               "rerun the same command: it resumes where it stopped"
+                               if full else "fix the cause, then rerun the same command: it "
+                                            "resumes where it stopped"))
 
 
 def _write_summary(path: str, summary: dict) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(summary, f, indent=1)
+        os.replace(tmp, path)
+    except OSError as exc:  # the LMDB is complete; only its summary file is missing
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise FcosUserError(f"the LMDB is complete, but its summary {path} could not be "
+                            f"written: {exc.strerror or exc}",
+                            hint="the LMDB can be used as it is (the summary is stored "
+                                 "inside it too); free disk space for later runs") from None

@@ -7,6 +7,7 @@ lmdb or pycocotools through this module.
 from __future__ import annotations
 
 import argparse
+import math
 
 from fcos_core import hookimpl
 from fcos_plugin_coco import schema as s
@@ -47,6 +48,24 @@ def register_metrics(register):
              schema=s.COCODetectionMetricArgs)
 
 
+def _size(unit: str, limit: float):
+    """argparse type: a finite number in (0, ``limit``] (nan, inf and 0 are refused here, so
+    they never reach the byte arithmetic as a traceback)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number of {unit}, got {text!r}") \
+                from None
+        if not math.isfinite(value) or value <= 0 or value > limit:
+            raise argparse.ArgumentTypeError(
+                f"must be a finite number of {unit} > 0 and <= {limit:g}, got {text!r}")
+        return value
+
+    return parse
+
+
 def _pack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", required=True, help="folder of the images named by file_name")
     p.add_argument("--ann", required=True, help="COCO instances json")
@@ -59,13 +78,13 @@ def _pack_args(p: argparse.ArgumentParser) -> None:
                    help="bad image or annotation: skip it and report it (default), or stop")
     p.add_argument("--summary", default=None,
                    help="JSON summary path (default: <out>.summary.json next to the LMDB)")
-    p.add_argument("--max-json-mb", type=float, default=2048.0,
+    p.add_argument("--max-json-mb", type=_size("MiB", 2.0**20), default=2048.0,
                    help="refuse annotation files larger than this (MiB)")
     p.add_argument("--max-pixels", type=int, default=64_000_000,
                    help="refuse images with more pixels (decompression-bomb guard)")
-    p.add_argument("--max-image-mb", type=float, default=64.0,
+    p.add_argument("--max-image-mb", type=_size("MiB", 2.0**20), default=64.0,
                    help="refuse image files larger than this (MiB)")
-    p.add_argument("--max-map-gb", type=float, default=1024.0,
+    p.add_argument("--max-map-gb", type=_size("GiB", 2.0**20), default=1024.0,
                    help="upper bound of the LMDB map size (GiB)")
     p.add_argument("--replace", action="store_true",
                    help="replace an existing LMDB at --out: pack into <out>.fcos-pack-new and "

@@ -74,6 +74,9 @@ class DemoParams:
     def __attrs_post_init__(self) -> None:
         if self.image_size < 32:
             raise ValueError(f"image_size must be >= 32, got {self.image_size}")
+        if self.max_object < 4:
+            raise ValueError(f"max_object must be >= 4, got {self.max_object} (a smaller shape "
+                             "covers under 16 pixels and is never annotated)")
         if self.min_object > self.max_object:
             raise ValueError(f"min_object ({self.min_object}) must be <= max_object "
                              f"({self.max_object})")

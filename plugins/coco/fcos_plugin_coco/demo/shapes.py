@@ -102,7 +102,7 @@ def _distractor_mask(rng: np.random.Generator, hw: tuple[int, int], max_size: fl
     im = Image.new("L", (w, h), 0)
     d = ImageDraw.Draw(im)
     cx, cy = rng.uniform(0, w), rng.uniform(0, h)
-    size = rng.uniform(8, max_size)
+    size = rng.uniform(min(8.0, max_size), max_size)  # small max_object: max_size below 8
     kind = 2 if thin else rng.integers(3)
     if kind == 0:  # elongated ellipse: never a circle
         a, b = size / 2, size / 2 * rng.uniform(0.15, 0.5)
@@ -175,7 +175,9 @@ def render_scene(rng: np.random.Generator, width: int, height: int, min_object: 
         place(crowd_mask, cat, 1, None)
 
     n_obj = int(rng.integers(1, max_objects + 1))
-    lo, hi = math.log(min_object), math.log(min(max_object, 0.9 * min(width, height)))
+    lo = math.log(min_object)
+    # an image side can be smaller than min_object / 0.9: then every object is min_object
+    hi = max(lo, math.log(min(max_object, 0.9 * min(width, height))))
     for _ in range(n_obj):
         cat, name, hue = CLASSES[int(rng.integers(len(CLASSES)))]
         for _attempt in range(20):
