@@ -6,6 +6,7 @@ Torch-free: factories are import strings; schemas live in :mod:`fcos_core.engine
 from __future__ import annotations
 
 from fcos_core.engine import schemas as s
+from fcos_core.engine.callbacks.training_health_schema import TrainingHealthArgs
 from fcos_core.hooks import hookimpl
 
 _E = "fcos_core.engine"
@@ -38,6 +39,8 @@ def register_callbacks(register):
     register("SaveTraced", factory=f"{cb}.save_traced:SaveTraced", schema=s.SaveTracedArgs)
     register("MetricUpdater", factory=f"{cb}.metric_updater:MetricUpdater",
              schema=s.MetricUpdaterArgs)
+    register("TrainingHealth", factory=f"{cb}.training_health:TrainingHealth",
+             schema=TrainingHealthArgs)
 
 
 @hookimpl

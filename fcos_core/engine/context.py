@@ -37,6 +37,8 @@ class RunContext:
         backend: the compile backend object (quantization rules), or None.
         channels_last: keep conv weights (and so activations) in channels-last memory
             format, measured 1.3-1.5x faster on CPU (the config's ``channels_last``).
+        summary_extra: entries callbacks add to the stage's ``summary.json`` record (e.g.
+            ``TrainingHealth``'s ``health_warnings``); JSON-able values.
     """
 
     stage: str
@@ -56,6 +58,7 @@ class RunContext:
     recorder: MetricsRecorder = attrs.field(default=None)
     backend: Any = None
     channels_last: bool = True
+    summary_extra: dict[str, Any] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         if self.recorder is None:

@@ -27,7 +27,8 @@ be trained already has checkpoints, the run needs ``--resume`` (continue them) o
 Checkpoints a stage writes during this same run (``--stage all``: float's, read by calibration)
 are of course used. SIGTERM is handled like Ctrl-C (the ``last`` checkpoint is saved; exit code
 143). A trainer's count of steps skipped for a NaN/inf gradient goes to ``summary.json`` as the
-stage's ``nonfinite_grad_steps``.
+stage's ``nonfinite_grad_steps``; what callbacks put in ``RunContext.summary_extra`` (the
+``TrainingHealth`` callback's ``health_warnings``) is added to the stage's entry.
 """
 
 from __future__ import annotations
@@ -260,6 +261,7 @@ def _run_stages(cfg: Any, stages: Sequence[str], folder: Path, ckpt_dir: Path, r
                                   "checkpoint": checkpoint, "source": source}
                 if skipped is not None:
                     summary[stage]["nonfinite_grad_steps"] = int(skipped)
+                summary[stage].update(ctx.summary_extra)  # e.g. TrainingHealth's warnings
                 write_summary(folder, summary)
                 recorder.flush()
             distributed.barrier()

@@ -5,7 +5,9 @@
 12 COCO numbers (``mAP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl``, ``AR1``, ``AR10``,
 ``AR100``, ``ARs``, ``ARm``, ``ARl``) when the stage was evaluated with COCODetectionMetric.
 A trained stage also has ``"nonfinite_grad_steps"``: its optimizer steps skipped for a NaN or
-infinite gradient (see :mod:`fcos_core.engine.trainer`).
+infinite gradient (see :mod:`fcos_core.engine.trainer`), and, when its trainer has the
+``TrainingHealth`` callback, ``"health_warnings"``: a list of ``{"kind": "plateau" | "jump",
+"term", "stage", "epoch", "step", "message", ...}`` (empty when training looked healthy).
 Stages run later (another ``fcos run --stage X``) are merged into the same file.
 """
 

@@ -19,6 +19,9 @@ What each callback does at which event:
 * ``Checkpoint`` (last): ``on_step_end`` every ``save_interval_steps``, ``on_epoch_end`` every
   ``save_interval`` epochs, ``on_loop_end`` and ``on_interrupt``.
 * ``SaveTraced``: ``on_loop_end``.
+* ``TrainingHealth``: ``on_step_end`` reads the loss terms, ``on_epoch_end`` checks them; warns
+  once per term when one stays at its starting value or jumps right after warmup
+  (``summary.json``'s ``health_warnings``).
 
 The package imports nothing heavy itself; each callback module imports torch.
 """
