@@ -30,19 +30,26 @@ This is **not** Horizon's ``.hbm`` binary format (which is proprietary); the fil
 * ``PARM`` (required, <= 1 GiB): raw little-endian parameter arrays, each 16-byte aligned.
 * ``PERF`` (optional, UTF-8 JSON, <= 16 MiB): the per-layer performance report.
 
-Reading checks, in order, before allocating anything that depends on the file's content: the
-real file size against :data:`MAX_FILE_BYTES`, the header CRC and fields, the table CRC, each
-section's bounds, CRC32 and SHA-256, the JSON structure field by field, every parameter
-reference against ``PARM`` and the hard limits, and finally the program's structure
-(:func:`~fcos_plugin_nash_e.ir.validate_program`). Any failure raises :class:`ArtifactError`
-naming the file and what is wrong. Torch-free.
+Reading checks, in order, before allocating anything that depends on the file's content: that
+the path is a regular file (never a directory, FIFO or device; the open does not block), the
+real file size against :data:`MAX_FILE_BYTES` (the read itself is capped too), the header CRC
+and fields, the table CRC, each section's bounds, CRC32 and SHA-256, the JSON structure field by
+field, every parameter reference against ``PARM`` and the hard limits, then the program's
+structure against the target's limits with shapes inferred through every op and the runtime's
+memory bounded (:func:`~fcos_plugin_nash_e.ir.validate_program`), and finally the model
+information against its schema and the graph (:func:`check_meta`). The checksums only catch
+accidents -- anyone can recompute them -- so every one of these checks assumes hostile content.
+Any failure, and anything else that escapes decoding, raises :class:`ArtifactError` naming the
+file and what is wrong. Torch-free.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import stat
 import struct
 import tempfile
 import zlib
@@ -54,6 +61,7 @@ import numpy as np
 from fcos_core.errors import FcosUserError
 from fcos_plugin_nash_e.ir import (DTYPES, MAX_OPS, MAX_PARAM_ELEMENTS, MAX_TENSORS, InputInfo,
                                    Op, Program, ProgramError, TensorInfo, validate_program)
+from fcos_plugin_nash_e.target import LIMITS
 
 MAGIC = b"FCOSNASH"
 MAJOR, MINOR = 1, 0
@@ -119,14 +127,9 @@ def _program_to_json(prog: Program) -> tuple[dict[str, Any], bytes]:
     return meta, bytes(blob)
 
 
-def write_artifact(path: Path | str, prog: Program, perf: dict[str, Any] | None = None) -> Path:
-    """Serialise ``prog`` (and the optional per-layer report) to ``path`` atomically."""
-    validate_program(prog)
-    meta, params = _program_to_json(prog)
-    sections = [(b"META", json.dumps(meta, separators=(",", ":"), allow_nan=False).encode()),
-                (b"PARM", params)]
-    if perf is not None:
-        sections.append((b"PERF", json.dumps(perf, separators=(",", ":")).encode()))
+def pack_artifact(sections: list[tuple[bytes, bytes]]) -> bytes:
+    """The container bytes of ``(tag, body)`` sections, in order, with every size, offset and
+    checksum computed (what :func:`write_artifact` writes; tests use it to re-seal edits)."""
     table_end = HEADER_SIZE + ENTRY_SIZE * len(sections) + 4
     offset = _align(table_end, ALIGN)
     entries, body = [], bytearray()
@@ -141,8 +144,19 @@ def write_artifact(path: Path | str, prog: Program, perf: dict[str, Any] | None 
     size = table_end + len(body)
     head = _HEADER.pack(MAGIC, MAJOR, MINOR, HEADER_SIZE, size, len(sections), 0, b"\0" * 28)
     table = b"".join(entries)
-    out = head + struct.pack("<I", zlib.crc32(head)) + table + \
+    return head + struct.pack("<I", zlib.crc32(head)) + table + \
         struct.pack("<I", zlib.crc32(table)) + bytes(body)
+
+
+def write_artifact(path: Path | str, prog: Program, perf: dict[str, Any] | None = None) -> Path:
+    """Serialise ``prog`` (and the optional per-layer report) to ``path`` atomically."""
+    validate_program(prog)
+    meta, params = _program_to_json(prog)
+    sections = [(b"META", json.dumps(meta, separators=(",", ":"), allow_nan=False).encode()),
+                (b"PARM", params)]
+    if perf is not None:
+        sections.append((b"PERF", json.dumps(perf, separators=(",", ":")).encode()))
+    out = pack_artifact(sections)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(path, out)
@@ -178,20 +192,58 @@ def _write_atomic(path: Path, data: bytes) -> None:
 # --- reading ------------------------------------------------------------------------------
 
 
+def _read_file(path: Path) -> bytes:
+    """The bytes of the regular file ``path``, at most :data:`MAX_FILE_BYTES` + 1 of them.
+
+    Only regular files are read (``os.stat`` first: a directory, FIFO or device is refused
+    before it is opened), the open does not block (``O_NONBLOCK``, should the path become a FIFO
+    after the check) and the read is capped whatever ``stat`` said.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise FcosUserError(f"{path}: cannot read the artifact: {exc.strerror or exc}",
+                            hint="check the path (compile_cfg.hbm)") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ArtifactError(path, "it is a directory, not an artifact file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ArtifactError(path, "it is not a regular file (a FIFO, socket or device)")
+    if st.st_size > MAX_FILE_BYTES:
+        raise ArtifactError(path, f"file is {st.st_size} bytes, over the {MAX_FILE_BYTES}-byte "
+                                  "limit")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+                     | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise FcosUserError(f"{path}: cannot read the artifact: {exc.strerror or exc}",
+                            hint="check the path and its permissions") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ArtifactError(path, "it is not a regular file")
+        chunks, total = [], 0
+        want = st.st_size + 1  # one read of the stated size, then one that finds the end
+        while total <= MAX_FILE_BYTES:
+            chunk = os.read(fd, min(MAX_FILE_BYTES + 1 - total, want))
+            want = 64 << 20
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    except OSError as exc:
+        raise FcosUserError(f"{path}: cannot read the artifact: {exc.strerror or exc}",
+                            hint="check the path and its permissions") from None
+    finally:
+        os.close(fd)
+    if total > MAX_FILE_BYTES:
+        raise ArtifactError(path, "file is over the size limit")
+    return b"".join(chunks)
+
+
 def read_sections(path: Path | str, data: bytes | None = None) -> dict[bytes, bytes]:
     """The verified sections of an artifact (``data``: its bytes, already read)."""
     path = Path(path)
     if data is None:
-        try:
-            size = path.stat().st_size
-        except OSError as exc:
-            raise FcosUserError(f"{path}: cannot read the artifact: {exc.strerror or exc}",
-                                hint="check the path (compile_cfg.hbm)") from exc
-        if size > MAX_FILE_BYTES:
-            raise ArtifactError(path, f"file is {size} bytes, over the {MAX_FILE_BYTES}-byte "
-                                      "limit")
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_FILE_BYTES + 1)
+        data = _read_file(path)
     if len(data) > MAX_FILE_BYTES:
         raise ArtifactError(path, "file is over the size limit")
     if len(data) < HEADER_SIZE:
@@ -293,6 +345,17 @@ class _Reader:
             raise self.fail(f"{where}.{key}: expected at most {max_len} integers")
         return tuple(v)
 
+    def number(self, obj: Any, key: str, where: str) -> float:
+        """A finite JSON number as a float (huge integers and NaN/Infinity are refused)."""
+        v = self.get(obj, key, (int, float), where)
+        try:
+            f = float(v)
+        except OverflowError:
+            f = math.inf
+        if not math.isfinite(f):
+            raise self.fail(f"{where}.{key}: {str(v)[:40]} is not a finite number")
+        return f
+
     def str_list(self, obj: Any, key: str, where: str, max_len: int) -> list[str]:
         v = self.get(obj, key, list, where)
         if len(v) > max_len or not all(isinstance(x, str) for x in v):
@@ -339,7 +402,22 @@ def _attrs_ok(value: Any, depth: int = 0) -> bool:
 
 
 def program_from_sections(path: Path, sections: dict[bytes, bytes]) -> Program:
-    """Decode and validate the program of verified sections."""
+    """Decode and validate the program of verified sections: its structure
+    (:func:`~fcos_plugin_nash_e.ir.validate_program`: target limits, shapes through the program,
+    inputs, memory) and its metadata (:func:`check_meta`). Whatever else escapes decoding is
+    reported as an :class:`ArtifactError` too: the content is untrusted even when its
+    checksums are right (anyone can recompute them)."""
+    try:
+        return _program_from_sections(path, sections)
+    except ArtifactError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, ArithmeticError,
+            MemoryError, RecursionError) as exc:
+        raise ArtifactError(path, f"the program cannot be decoded ({type(exc).__name__}: "
+                                  f"{str(exc)[:200]})") from None
+
+
+def _program_from_sections(path: Path, sections: dict[bytes, bytes]) -> Program:
     rd = _Reader(path)
     meta = _json(path, sections[b"META"], "META")
     if not isinstance(meta, dict) or meta.get("format") != "fcos-nash-e-program":
@@ -354,9 +432,9 @@ def program_from_sections(path: Path, sections: dict[bytes, bytes]) -> Program:
         name = rd.get(t, "name", str, where)
         if name in tensors:
             raise rd.fail(f"{where}: duplicate tensor name {name!r}")
-        scale = rd.get(t, "scale", (int, float), where)
+        scale = rd.number(t, "scale", where)
         tensors[name] = TensorInfo(name, rd.int_list(t, "shape", where, 4),
-                                   rd.get(t, "dtype", str, where), float(scale),
+                                   rd.get(t, "dtype", str, where), scale,
                                    rd.get(t, "zero_point", int, where))
     inputs = []
     for k, i in enumerate(rd.get(meta, "inputs", list, "META")[:16]):
@@ -390,7 +468,118 @@ def program_from_sections(path: Path, sections: dict[bytes, bytes]) -> Program:
         validate_program(prog)
     except ProgramError as exc:
         raise rd.fail(f"invalid program: {exc}") from None
+    check_meta(rd, prog)
     return prog
+
+
+#: what ``fcos infer`` may be asked to keep / consider per image
+MAX_DETECTIONS = 100_000
+MAX_LEVELS = 8
+
+
+def _fin(rd: _Reader, obj: dict, key: str, where: str, lo: float, hi: float,
+         lo_open: bool = False, hi_open: bool = False) -> float:
+    v = rd.number(obj, key, where)
+    if v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi):
+        raise rd.fail(f"{where}.{key}: {v} outside {'(' if lo_open else '['}{lo}, {hi}"
+                      f"{')' if hi_open else ']'}")
+    return v
+
+
+def _int(rd: _Reader, obj: dict, key: str, where: str, lo: int, hi: int) -> int:
+    v = rd.get(obj, key, int, where)
+    if not lo <= v <= hi:
+        raise rd.fail(f"{where}.{key}: {v} outside {lo}..{hi}")
+    return v
+
+
+def _pair(rd: _Reader, obj: dict, key: str, where: str, hi: int) -> tuple[int, int]:
+    v = rd.int_list(obj, key, where, max_len=2)
+    if len(v) != 2 or not all(1 <= x <= hi for x in v):
+        raise rd.fail(f"{where}.{key}: expected [height, width] in 1..{hi}, got {list(v)}")
+    return v[0], v[1]
+
+
+def check_meta(rd: _Reader, prog: Program) -> None:
+    """The model information ``fcos infer`` decodes with, against its schema and the graph:
+    ``input_size`` is the input's size, ``preprocess`` names a known colour space, and
+    ``detection`` has valid decoder parameters and strides matching the outputs (3 or 4 groups
+    of one tensor per stride: class logits, boxes, centerness, max logits, with the feature-map
+    size of each stride). Keys it does not know are allowed (additive minor versions)."""
+    info, where = prog.meta, "META.meta"
+    for key, kind in (("dequant_output", bool), ("input_source", str), ("opt", str),
+                      ("memory_plan", dict), ("compiler", dict), ("preprocess", dict),
+                      ("detection", dict)):
+        if key in info:
+            rd.get(info, key, kind, where)
+    size = None
+    if "input_size" in info:
+        size = _pair(rd, info, "input_size", where, LIMITS.max_spatial)
+        shape = prog.inputs[0].shape
+        if tuple(shape[2:]) != size:
+            raise rd.fail(f"{where}.input_size {list(size)} is not the input's size "
+                          f"{list(shape[2:])}")
+    pre = info.get("preprocess")
+    if pre is not None:
+        color = pre.get("color", "yuv")
+        if color not in ("yuv", "rgb"):
+            raise rd.fail(f"{where}.preprocess.color: {str(color)[:40]!r} is not yuv or rgb")
+        for key in ("mean", "std"):
+            if key in pre:
+                _fin(rd, pre, key, f"{where}.preprocess", 0.0 if key == "mean" else 1e-6, 1e6)
+    det = info.get("detection")
+    if det is None:
+        return
+    w = f"{where}.detection"
+    if size is None:
+        raise rd.fail(f"{w}: needs {where}.input_size")
+    if len(prog.inputs) != 1:
+        raise rd.fail(f"{w}: a detector has one image input, the program has "
+                      f"{len(prog.inputs)}")
+    strides = rd.int_list(det, "strides", w, max_len=MAX_LEVELS)
+    if (not strides or not all(1 <= v <= LIMITS.max_spatial for v in strides)
+            or sorted(set(strides)) != list(strides)):
+        raise rd.fail(f"{w}.strides: expected 1..{MAX_LEVELS} strictly increasing strides in "
+                      f"1..{LIMITS.max_spatial}, got {list(strides)}")
+    _fin(rd, det, "threshold", w, -1e6, 1e6)
+    _fin(rd, det, "score_threshold", w, 0.0, 1.0, hi_open=True)
+    _fin(rd, det, "iou_threshold", w, 0.0, 1.0, lo_open=True)
+    _int(rd, det, "nms_pre", w, 1, MAX_DETECTIONS)
+    _int(rd, det, "max_per_img", w, 1, MAX_DETECTIONS)
+    if det.get("max_shape") is not None:
+        _pair(rd, det, "max_shape", w, 1 << 16)
+    rd.get(det, "bbox_upscaled", bool, w)
+    num_classes = det.get("num_classes")
+    if num_classes is not None:
+        num_classes = _int(rd, det, "num_classes", w, 1, LIMITS.max_channels)
+    if "layout" in det:
+        rd.get(det, "layout", str, w)
+    n = len(strides)
+    if len(prog.outputs) not in (3 * n, 4 * n):
+        raise rd.fail(f"{w}.strides: {n} strides need 3 x {n} or 4 x {n} outputs (class, box, "
+                      f"centerness[, max logit] per stride); the program has "
+                      f"{len(prog.outputs)}")
+    groups = ("class", "box", "centerness", "max logit")
+    for lvl, stride in enumerate(strides):
+        hw = None
+        for g in range(len(prog.outputs) // n):
+            t = prog.tensors[prog.outputs[g * n + lvl]]
+            want = {0: num_classes, 1: 4, 2: 1, 3: 1}[g]
+            if want is None:
+                want = num_classes = t.shape[1]
+            if t.shape[1] != want:
+                raise rd.fail(f"{w}: {groups[g]} output {t.name!r} of stride {stride} has "
+                              f"{t.shape[1]} channels, expected {want}")
+            if hw is None:
+                hw = tuple(t.shape[2:])
+                for dim, full in zip(hw, size):
+                    if not full // stride <= dim <= -(-full // stride):
+                        raise rd.fail(f"{w}: output {t.name!r} is {hw[0]}x{hw[1]}, which is "
+                                      f"not stride {stride} of the {size[0]}x{size[1]} input")
+            elif tuple(t.shape[2:]) != hw:
+                raise rd.fail(f"{w}: output {t.name!r} of stride {stride} is "
+                              f"{t.shape[2]}x{t.shape[3]}, the other outputs of that stride "
+                              f"are {hw[0]}x{hw[1]}")
 
 
 def read_artifact(path: Path | str) -> tuple[Program, dict[str, Any] | None]:

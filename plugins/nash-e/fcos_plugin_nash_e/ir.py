@@ -7,6 +7,13 @@ ops form the target's instruction set (``OP_KINDS``); every op reads and writes 
 :mod:`fcos_plugin_nash_e.kernels`; this module holds the structure, shape inference and the
 validation shared by the compiler and the artifact reader (a damaged or crafted file must fail
 here, before the runtime allocates anything).
+
+A file's checksums can be recomputed, so nothing in a program is trusted: :func:`validate_program`
+checks every op against the target's limits (:data:`~fcos_plugin_nash_e.target.LIMITS`: kernel
+sizes, strides, padding, channels, feature-map sizes, batch 1), infers every shape through the
+program, checks each op's parameters against the channel counts, ties every input to its
+quantize op, and bounds the memory the CPU runtime would need (:func:`runtime_bytes`) -- all
+without allocating anything that depends on the sizes it checks.
 """
 
 from __future__ import annotations
@@ -16,7 +23,8 @@ from typing import Any
 from attrs import define, field
 import numpy as np
 
-from fcos_plugin_nash_e.target import LIMITS, QRANGE
+from fcos_plugin_nash_e.pyramid import PYRAMID_SCALE
+from fcos_plugin_nash_e.target import ACTIVATION_DTYPES, LIMITS, QRANGE
 
 #: dtypes a program tensor or parameter may have
 DTYPES: dict[str, np.dtype] = {
@@ -46,6 +54,13 @@ MAX_ELEMENTS = 1 << 28  # per tensor (256 Mi elements)
 MAX_TOTAL_ACTIVATION_BYTES = 4 << 30
 MAX_PARAM_ELEMENTS = 1 << 27
 MAX_SHIFT = 62
+#: the CPU runtime's estimated peak working memory (live tensors plus one op's temporaries, see
+#: :func:`runtime_bytes`): FCOS-EfficientNet-B0 + BiFPN is estimated at 21 MB at 128x128 (13 MB
+#: measured), so about 0.33 GiB at 512x512 and 1.3 GiB at 1024x1024
+MAX_RUNTIME_BYTES = 2 << 30
+#: scales are float32 on the target: positive, finite and normal
+MIN_SCALE, MAX_SCALE = 1e-30, 1e30
+MAX_INPUTS = 16
 
 
 class ProgramError(ValueError):
@@ -195,13 +210,18 @@ def _check_fused_add(op: Op, spec: Any) -> None:
 def infer_shape(op: Op, ins: list[TensorInfo]) -> tuple[int, ...]:
     """The output shape ``op`` computes from its input tensors; raises ProgramError."""
     x = ins[0]
+    for t in ins:
+        if len(t.shape) != 4:
+            raise ProgramError(f"op {op.name!r} ({op.kind}): input {t.name!r} must be 4-D NCHW, "
+                               f"got {tuple(t.shape)}")
     if op.kind == "requant":
-        _check_requant_params(op, x.shape[1] if len(x.shape) > 1 else 1)
+        _check_requant_params(op, x.shape[1])
     if op.kind in ("quantize", "requant", "relu", "dequantize"):
         if op.kind == "dequantize" and "scale" in op.params:
             sc = op.params["scale"]
             if (sc.dtype not in (np.float32, np.float64) or sc.shape != (x.shape[1],)
-                    or not np.all(np.isfinite(sc)) or not np.all(sc > 0)):
+                    or not np.all(np.isfinite(sc)) or not np.all(sc >= MIN_SCALE)
+                    or not np.all(sc <= MAX_SCALE)):
                 raise ProgramError(f"op {op.name!r}: per-channel scale must be positive "
                                    f"float [{x.shape[1]}]")
         return x.shape
@@ -212,16 +232,27 @@ def infer_shape(op: Op, ins: list[TensorInfo]) -> tuple[int, ...]:
         wt = op.params["weight"]
         if wt.ndim != 4:
             raise ProgramError(f"op {op.name!r}: weight must be 4-D [O, I/groups, kh, kw]")
+        if x.dtype not in ACTIVATION_DTYPES:
+            raise ProgramError(f"op {op.name!r}: a conv reads int8 or int16, not {x.dtype}")
         groups = _attr(op, "groups", int)
         o, ipg, kh, kw = (int(v) for v in wt.shape)
+        if not (1 <= kh <= LIMITS.max_kernel and 1 <= kw <= LIMITS.max_kernel):
+            raise ProgramError(f"op {op.name!r}: kernel {kh}x{kw} exceeds the target's "
+                               f"{LIMITS.max_kernel}x{LIMITS.max_kernel} limit")
+        if not 1 <= o <= LIMITS.max_channels:
+            raise ProgramError(f"op {op.name!r}: {o} output channels outside "
+                               f"1..{LIMITS.max_channels}")
         if groups < 1 or c % groups or o % groups or ipg * groups != c:
             raise ProgramError(f"op {op.name!r}: weight {wt.shape} with groups={groups} does not "
                                f"fit {c} input channels")
         stride = _ints(_attr(op, "stride", list), 2, "stride", op)
         pad = _ints(_attr(op, "padding", list), 4, "padding", op)
-        if (min(stride) < 1 or min(pad) < 0 or max(pad[0], pad[2]) >= kh
+        if (any(v not in LIMITS.conv_strides for v in stride) or min(pad) < 0
+                or max(pad) > LIMITS.max_padding or max(pad[0], pad[2]) >= kh
                 or max(pad[1], pad[3]) >= kw):
-            raise ProgramError(f"op {op.name!r}: bad stride {stride} or padding {pad}")
+            raise ProgramError(f"op {op.name!r}: stride {stride} or padding {pad} outside the "
+                               f"target's limits (strides {LIMITS.conv_strides}, padding "
+                               f"0..{LIMITS.max_padding} and below the kernel size)")
         oh, ow = conv_out_hw(h, w, (kh, kw), stride, pad)
         if oh < 1 or ow < 1:
             raise ProgramError(f"op {op.name!r}: output would be empty")
@@ -247,23 +278,27 @@ def infer_shape(op: Op, ins: list[TensorInfo]) -> tuple[int, ...]:
         k = _ints(_attr(op, "kernel", list), 2, "kernel", op)
         stride = _ints(_attr(op, "stride", list), 2, "stride", op)
         pad = _ints(_attr(op, "padding", list), 4, "padding", op)
-        if min(k) < 1 or max(k) > 16 or min(stride) < 1 or min(pad) < 0 or max(pad) >= max(k):
-            raise ProgramError(f"op {op.name!r}: bad pool kernel {k}, stride {stride}, "
-                               f"padding {pad}")
+        if (any(v not in LIMITS.pool_kernels for v in k)
+                or any(v not in LIMITS.pool_strides for v in stride) or min(pad) < 0
+                or max(pad[0], pad[2]) >= k[0] or max(pad[1], pad[3]) >= k[1]):
+            raise ProgramError(f"op {op.name!r}: pool kernel {k}, stride {stride}, padding {pad} "
+                               f"outside the target's limits (kernels {LIMITS.pool_kernels}, "
+                               f"strides {LIMITS.pool_strides}, padding below the kernel)")
         oh, ow = conv_out_hw(h, w, k, stride, pad)
         if oh < 1 or ow < 1:
             raise ProgramError(f"op {op.name!r}: output would be empty")
         return (n, c, oh, ow)
     if op.kind == "upsample_nearest2d":
         f = _attr(op, "factor", int)
-        if not 1 <= f <= 16:
-            raise ProgramError(f"op {op.name!r}: upsample factor {f} outside 1..16")
+        if f not in LIMITS.upsample_factors:
+            raise ProgramError(f"op {op.name!r}: upsample factor {f} is not one of the target's "
+                               f"{LIMITS.upsample_factors}")
         return (n, c, h * f, w * f)
     if op.kind == "reduce_max":
         return (n, 1, h, w)
     if op.kind == "concat":
         for t in ins[1:]:
-            if len(t.shape) != 4 or t.shape[0] != n or t.shape[2:] != (h, w):
+            if t.shape[0] != n or tuple(t.shape[2:]) != (h, w):
                 raise ProgramError(f"op {op.name!r}: concat of shapes "
                                    f"{[i.shape for i in ins]}")
             if t.dtype != x.dtype or t.scale != x.scale or t.zero_point != x.zero_point:
@@ -274,32 +309,33 @@ def infer_shape(op: Op, ins: list[TensorInfo]) -> tuple[int, ...]:
 
 def validate_program(prog: Program) -> None:
     """Check that ``prog`` is well formed: every tensor is written once before it is read,
-    shapes and dtypes agree with each op, and sizes stay within the hard limits."""
+    shapes and dtypes agree with each op, every op and tensor is within the target's limits,
+    every input feeds exactly one quantize op, and the runtime's memory stays bounded."""
     if len(prog.tensors) > MAX_TENSORS or len(prog.ops) > MAX_OPS:
         raise ProgramError("too many tensors or ops")
     total = 0
-    for t in prog.tensors.values():
+    for key, t in prog.tensors.items():
+        if t.name != key:
+            raise ProgramError(f"tensor {key!r} is named {t.name!r}")
         if t.dtype not in DTYPES:
             raise ProgramError(f"tensor {t.name!r}: unknown dtype {t.dtype!r}")
-        if (not 1 <= len(t.shape) <= 4 or any(not isinstance(d, int) or d < 1 for d in t.shape)
-                or any(d > max(LIMITS.max_spatial, LIMITS.max_channels) for d in t.shape)):
-            raise ProgramError(f"tensor {t.name!r}: bad shape {t.shape}")
+        _check_tensor_shape(f"tensor {t.name!r}", t.shape)
         elems = int(np.prod(t.shape, dtype=np.int64))
         if elems > MAX_ELEMENTS:
             raise ProgramError(f"tensor {t.name!r}: {elems} elements exceed the limit")
-        if not isinstance(t.zero_point, int) or abs(t.zero_point) > 1 << 16:
+        if (not isinstance(t.zero_point, int) or isinstance(t.zero_point, bool)
+                or abs(t.zero_point) > 1 << 16):
             raise ProgramError(f"tensor {t.name!r}: zero point {t.zero_point!r} out of range")
-        if not (np.isfinite(t.scale) and t.scale > 0):
-            raise ProgramError(f"tensor {t.name!r}: scale must be positive and finite")
+        if (not isinstance(t.scale, (int, float)) or not np.isfinite(t.scale)
+                or not MIN_SCALE <= t.scale <= MAX_SCALE):
+            raise ProgramError(f"tensor {t.name!r}: scale {t.scale!r} must be positive, finite "
+                               f"and within {MIN_SCALE:g}..{MAX_SCALE:g}")
         total += t.nbytes
     if total > MAX_TOTAL_ACTIVATION_BYTES:
         raise ProgramError(f"activations need {total} bytes, over the limit")
+    _check_inputs(prog)
+    input_names = {i.name for i in prog.inputs}  # fed by the runtime, written by no op
     written: set[str] = set()
-    for inp in prog.inputs:
-        if inp.source not in ("pyramid", "ddr"):
-            raise ProgramError(f"input {inp.name!r}: unknown source {inp.source!r}")
-        if inp.tensor not in prog.tensors:
-            raise ProgramError(f"input {inp.name!r}: no tensor {inp.tensor!r}")
     for op in prog.ops:
         spec = OP_KINDS.get(op.kind)
         if spec is None:
@@ -324,7 +360,7 @@ def validate_program(prog: Program) -> None:
                 if t.dtype not in ("int8", "int16", "int32", "uint8"):
                     raise ProgramError(f"op {op.name!r}: reads {t.dtype} tensor {t.name!r}")
         out = prog.tensors[op.outputs[0]]
-        if op.outputs[0] in written:
+        if op.outputs[0] in written or op.outputs[0] in input_names:
             raise ProgramError(f"op {op.name!r}: tensor {out.name!r} is written twice")
         shape = infer_shape(op, ins)
         if tuple(shape) != tuple(out.shape):
@@ -342,3 +378,104 @@ def validate_program(prog: Program) -> None:
     for t in prog.outputs:
         if t not in written:
             raise ProgramError(f"output {t!r} is never written")
+    peak, where = runtime_bytes(prog)
+    if peak > MAX_RUNTIME_BYTES:
+        raise ProgramError(f"running the program needs about {peak} bytes of memory (at op "
+                           f"{where!r}), over the limit of {MAX_RUNTIME_BYTES}")
+
+
+def _check_tensor_shape(what: str, shape: Any) -> None:
+    """A feature map of the target: ``[1, C, H, W]`` within the channel and size limits."""
+    if (not isinstance(shape, (tuple, list)) or len(shape) != 4
+            or any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in shape)):
+        raise ProgramError(f"{what}: shape {shape!r} is not [N, C, H, W] with positive sizes")
+    n, c, h, w = shape
+    if n > LIMITS.max_batch or c > LIMITS.max_channels or max(h, w) > LIMITS.max_spatial:
+        raise ProgramError(f"{what}: shape {list(shape)} outside the target's limits (batch "
+                           f"{LIMITS.max_batch}, at most {LIMITS.max_channels} channels, "
+                           f"sizes up to {LIMITS.max_spatial})")
+
+
+def _check_inputs(prog: Program) -> None:
+    """Each input: a float tensor of its shape, read by exactly one quantize op that writes the
+    input's tensor; every quantize op reads an input (the runtime feeds nothing else)."""
+    if not 1 <= len(prog.inputs) <= MAX_INPUTS:
+        raise ProgramError(f"the program needs 1..{MAX_INPUTS} inputs, got {len(prog.inputs)}")
+    names = [i.name for i in prog.inputs]
+    if len(set(names)) != len(names) or len({i.tensor for i in prog.inputs}) != len(names):
+        raise ProgramError(f"input names or tensors repeat: {names}")
+    quantizers: dict[str, list[Op]] = {}
+    for op in prog.ops:
+        if op.kind == "quantize":
+            if len(op.inputs) != 1 or op.inputs[0] not in names:
+                raise ProgramError(f"op {op.name!r}: quantize reads {op.inputs}, which is not a "
+                                   f"program input ({names})")
+            quantizers.setdefault(op.inputs[0], []).append(op)
+    for inp in prog.inputs:
+        if inp.source not in ("pyramid", "ddr"):
+            raise ProgramError(f"input {inp.name!r}: unknown source {inp.source!r}")
+        _check_tensor_shape(f"input {inp.name!r}", inp.shape)
+        src = prog.tensors.get(inp.name)
+        if src is None or src.dtype != "float32" or tuple(src.shape) != tuple(inp.shape):
+            raise ProgramError(f"input {inp.name!r}: needs a float32 tensor {inp.name!r} of shape "
+                               f"{list(inp.shape)}")
+        if inp.tensor not in prog.tensors:
+            raise ProgramError(f"input {inp.name!r}: no tensor {inp.tensor!r}")
+        qs = quantizers.get(inp.name, [])
+        if len(qs) != 1 or qs[0].outputs != [inp.tensor]:
+            raise ProgramError(f"input {inp.name!r}: needs exactly one quantize op reading "
+                               f"{inp.name!r} and writing {inp.tensor!r}, found "
+                               f"{[(q.name, q.outputs) for q in qs]}")
+        if inp.source == "pyramid":
+            t = prog.tensors[inp.tensor]
+            if (t.dtype != "int8" or t.zero_point != 0 or t.scale != PYRAMID_SCALE
+                    or inp.shape[1] != 3):
+                raise ProgramError(f"input {inp.name!r}: a pyramid input is 3-channel YUV "
+                                   f"quantized to int8 with scale 1/128 and zero point 0")
+
+
+def op_workspace_bytes(op: Op, ins: list[TensorInfo], out: TensorInfo) -> int:
+    """An upper estimate of the temporaries the CPU runtime allocates to run ``op`` (float64
+    padded input, im2col columns, int64 accumulators and requantization steps); shapes must
+    have been validated."""
+    out_elems = int(np.prod(out.shape, dtype=np.int64))
+    in_elems = max(int(np.prod(t.shape, dtype=np.int64)) for t in ins)
+    if op.kind == "conv2d":
+        _, c, h, w = ins[0].shape
+        _, ipg, kh, kw = (int(v) for v in op.params["weight"].shape)
+        t, l, b, r = op.attrs["padding"]
+        _, o, oh, ow = out.shape
+        padded = c * (h + t + b) * (w + l + r)
+        cols = ipg * kh * kw * oh * ow  # one group's im2col matrix
+        return 8 * (c * h * w + padded + cols + 6 * out_elems)
+    if op.kind == "maxpool2d":
+        _, c, h, w = ins[0].shape
+        t, l, b, r = op.attrs["padding"]
+        return ins[0].nbytes // max(1, h * w) * (h + t + b) * (w + l + r) + 2 * out.nbytes
+    # element-wise ops run in int64 with a few temporaries
+    return 8 * 6 * max(out_elems, in_elems)
+
+
+def runtime_bytes(prog: Program) -> tuple[int, str]:
+    """The CPU runtime's estimated peak memory for one frame and the op where it peaks: the
+    tensors alive at each op (freed after their last reader, as the runtime does) plus the op's
+    temporaries. Needs a validated structure (every op's shapes consistent)."""
+    last: dict[str, int] = {}
+    for i, op in enumerate(prog.ops):
+        for t in op.inputs:
+            last[t] = len(prog.ops) if op.kind == "dequantize" else i  # kept for codes=True
+    for t in prog.outputs:
+        last[t] = len(prog.ops)
+    live = sum(prog.tensors[i.name].nbytes for i in prog.inputs)
+    peak, where = live, "<inputs>"
+    for i, op in enumerate(prog.ops):
+        ins = [prog.tensors[t] for t in op.inputs]
+        out = prog.tensors[op.outputs[0]]
+        need = live + out.nbytes + op_workspace_bytes(op, ins, out)
+        if need > peak:
+            peak, where = need, op.name
+        live += out.nbytes
+        for t in set(op.inputs):
+            if last.get(t, -1) <= i:
+                live -= prog.tensors[t].nbytes
+    return peak, where
