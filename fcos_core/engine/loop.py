@@ -37,6 +37,16 @@ from fcos_core.errors import FcosUserError
 from fcos_core.quantization_state import get_qstate
 
 
+_RESUME_HINT = ("--resume continues a run with the config that wrote its checkpoints: restore "
+                "the model (and optimizer) settings of that run; to train the changed model, "
+                "start a new run without --resume (another ckpt_dir / --run-dir, or --overwrite "
+                "to replace these checkpoints)")
+
+
+def _first(names: list[str], n: int = 10) -> str:
+    return ", ".join(names[:n]) + (f", ... ({len(names) - n} more)" if len(names) > n else "")
+
+
 @attrs.define
 class LoopState:
     """Where a loop is; callbacks read it, checkpoints save it."""
@@ -194,7 +204,42 @@ class Loop:
                                 "callback; it cannot be resumed from",
                                 hint="move it away, or run without --resume")
         ckpt["_path"] = str(path)
+        self._check_resume_fits(ckpt, path)
         return ckpt
+
+    def _check_resume_fits(self, ckpt: dict[str, Any], path: Path) -> None:
+        """Refuse a checkpoint whose tensors do not fit the model (exit 2 naming them), instead
+        of load_state_dict's RuntimeError: --resume needs the model config that wrote it."""
+        own = self.model.state_dict()
+        strict = self.strict_resume()
+        problems: list[str] = []
+        for label in ("train_state_dict", "state_dict"):
+            weights = ckpt.get(label)
+            if not isinstance(weights, dict):
+                continue
+            mismatched = [f"{k} (checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)})"
+                          for k, v in weights.items()
+                          if isinstance(v, torch.Tensor) and isinstance(own.get(k), torch.Tensor)
+                          and v.shape != own[k].shape]
+            if mismatched:
+                problems.append(f"{len(mismatched)} tensor(s) of other shapes: "
+                                f"{_first(mismatched)}")
+            if strict:  # the Checkpoint callback's strict_match: names must match too
+                missing = [k for k in own if k not in weights]
+                unexpected = [k for k in weights if k not in own]
+                if missing:
+                    problems.append(f"{len(missing)} tensor(s) of the model not in the "
+                                    f"checkpoint: {_first(missing)}")
+                if unexpected:
+                    problems.append(f"{len(unexpected)} tensor(s) of the checkpoint not in the "
+                                    f"model: {_first(unexpected)}")
+            if problems:
+                break
+        if problems:
+            raise FcosUserError(
+                f"--resume of stage '{self.stage}': {path} does not fit the model, which has "
+                "changed since the checkpoint was written: " + "; ".join(problems),
+                hint=_RESUME_HINT)
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         """Put the model, optimizer, callbacks, position and generators back (on resume)."""
@@ -204,7 +249,14 @@ class Loop:
             self.logger.warning("resume: the model and the checkpoint differ",
                                 missing=list(missing)[:10], unexpected=list(unexpected)[:10])
         if self.optimizer is not None and ckpt.get("optimizer"):
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            try:
+                self.optimizer.load_state_dict(ckpt["optimizer"])
+            except (ValueError, KeyError) as exc:  # other parameter groups or counts
+                raise FcosUserError(
+                    f"--resume of stage '{self.stage}': the optimizer state in "
+                    f"{ckpt.get('_path')} does not fit this stage's optimizer ({exc}); the "
+                    "model or the optimizer's params groups changed since it was written",
+                    hint=_RESUME_HINT) from None
         if hasattr(self.batch_processor, "load_state_dict") and ckpt.get("batch_processor"):
             self.batch_processor.load_state_dict(ckpt["batch_processor"])
         saved = ckpt.get("callbacks") or {}

@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fcos_core.errors import FcosUserError
+
 _KEY_COLUMNS = ("kind", "stage", "epoch", "step")
 
 
@@ -69,15 +71,32 @@ class MetricsRecorder:
         path = self.csv_path
         if path is None or not path.is_file():
             return
-        with open(path, newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                try:
-                    key = (row["kind"], row["stage"], int(row["epoch"]), int(row["step"]))
-                except (KeyError, ValueError):
-                    continue
-                values = {k: float(v) for k, v in row.items()
-                          if k not in _KEY_COLUMNS and v not in ("", None)}
-                self._rows.setdefault(key, {}).update(values)
+        fix = ("correct that value, or move the file away to run without the earlier rows "
+               "(checkpoints and log.jsonl are not affected)")
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                for row in reader:
+                    try:
+                        key = (row["kind"], row["stage"], int(row["epoch"]), int(row["step"]))
+                    except (KeyError, TypeError, ValueError):
+                        continue
+                    values = {}
+                    for k, v in row.items():
+                        if k in _KEY_COLUMNS or k is None or v in ("", None):
+                            continue
+                        try:
+                            values[k] = float(v)
+                        except ValueError:
+                            raise FcosUserError(
+                                f"{path}, line {reader.line_num}: column {k!r} holds {v[:40]!r}, "
+                                "not a number, so the earlier rows cannot be read back (the "
+                                "run continues its metrics.csv)", hint=fix) from None
+                    self._rows.setdefault(key, {}).update(values)
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise FcosUserError(f"{path} is not a readable metrics table ({exc}), so the "
+                                "earlier rows cannot be read back (the run continues its "
+                                "metrics.csv)", hint=fix) from None
 
     def columns(self) -> list[str]:
         names: set[str] = set()
