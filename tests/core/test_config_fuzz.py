@@ -224,16 +224,22 @@ def generate_cases(seed: int = SEED, n: int = N_CASES) -> list[tuple[str, bytes]
 # --- the fuzz test ------------------------------------------------------------------------
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        return int(next(x for x in fh if x.startswith(field + ":")).split()[1])
 
 
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+def _reset_peak_rss() -> bool:
+    """Reset the process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
 
 
-@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc")
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
 def test_fuzzed_configs_exit_cleanly(host, tmp_path, capsys):
     assert main(["check", str(DEMO)], host=host) == 0, capsys.readouterr().err  # the base is OK
     capsys.readouterr()
@@ -244,16 +250,18 @@ def test_fuzzed_configs_exit_cleanly(host, tmp_path, capsys):
     for name, data in cases:
         path = tmp_path / f"{name}.yaml"
         path.write_bytes(data)
-        rss_before = _rss_bytes()
+        exact = _reset_peak_rss()
+        rss_before = _status_kib("VmRSS") * 1024
         t0 = time.perf_counter()
         try:
             code = main(["check", str(path)], host=host)
         except BaseException as exc:  # noqa: BLE001 - any escape is the failure under test
             code = f"{type(exc).__name__}: {str(exc)[:200]}"
         elapsed = time.perf_counter() - t0
-        # the process's peak so far minus what it held before: an upper bound of the case's
-        # own peak (cheap, unlike tracemalloc)
-        grown = _peak_rss_bytes() - rss_before
+        # the peak RSS during the case (reset before it) minus what the process held before
+        # (cheap, unlike tracemalloc); without the reset, the peak since start bounds it
+        grown = (_status_kib("VmHWM") * 1024 - rss_before if exact
+                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before)
         out = capsys.readouterr()
         path.unlink()
         if code not in (0, 2):
