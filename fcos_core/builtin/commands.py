@@ -35,6 +35,11 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                         "--resume or --overwrite, existing checkpoints stop the run)")
     p.add_argument("--nproc-per-node", type=int, default=None,
                    help="train with N processes on this machine (torchrun's launcher)")
+    p.add_argument("--thp", action=argparse.BooleanOptionalAction, default=None,
+                   help="put CPU tensors of 2 MB and more on transparent huge pages (default: "
+                        "on, measured faster; else $FCOS_THP=1|0, or your own "
+                        "THP_MEM_ALLOC_ENABLE). Only this run's processes use it; it is not "
+                        "exported to the programs they start")
 
 
 def _plugins_args(p: argparse.ArgumentParser) -> None:

@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from fcos_core.config.run_config import STAGES
-from fcos_core.errors import FcosUserError
+from fcos_core.errors import ConfigError, FcosUserError
 from fcos_core.plugins import PluginHost
 
 
@@ -43,6 +43,11 @@ def check_command(args: argparse.Namespace, host: PluginHost) -> int:
     cfg = load_config(args.config, host, args.overrides)
     for line in host.failure_report():
         print(f"warning: {line}", file=sys.stderr)
+    from fcos_core.engine.stage_checks import param_key_typos
+
+    typos = param_key_typos(cfg, STAGES)  # torch-free; `fcos run` matches the real names
+    if typos:
+        raise ConfigError(typos)
     stages = [s for s in STAGES if _stage_key(s) in cfg.data and cfg.data[_stage_key(s)]]
     print(f"{args.config}: OK ({len(stages)} stage(s): {', '.join(stages) or 'none'})")
     if getattr(args, "model", False):
@@ -122,14 +127,20 @@ def run_command(args: argparse.Namespace, host: PluginHost) -> int:
                             hint="--resume continues from the existing checkpoints; "
                                  "--overwrite trains again and replaces them")
     cfg = load_config(args.config, host, args.overrides)
+    # before torch allocates anything: tensors of 2 MB and more on transparent huge pages, so
+    # a training step's large activations fault in 512x fewer pages (batch 4 on the seed's
+    # backbone: 100 MB tensors, see docs/benchmarks.md); this process only, never exported
+    from fcos_core.engine import hugepages
+
+    hugepages.setup(getattr(args, "thp", None))
+    # every stage's optimizer against its model now, not when the stage starts hours later
+    from fcos_core.engine.stage_checks import check_stage_optimizers
+
+    check_stage_optimizers(cfg, stages)
     if args.nproc_per_node and args.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
         from fcos_core.engine.launch import launch_with_torchrun
 
         return launch_with_torchrun(args)
-    # before torch allocates anything: tensors of 2 MB and more on transparent huge pages, so
-    # a training step's large activations fault in 512x fewer pages (batch 4 on the seed's
-    # backbone: 100 MB tensors, see docs/benchmarks.md). The user's own setting wins.
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     from fcos_core.engine.pipeline import run_pipeline
 
     return run_pipeline(cfg, host, stages, run_dir=args.run_dir, resume=args.resume,

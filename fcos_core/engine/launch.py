@@ -36,6 +36,9 @@ def child_argv(args: argparse.Namespace) -> list[str]:
         out.append("--resume")
     if getattr(args, "overwrite", False):
         out.append("--overwrite")
+    thp = getattr(args, "thp", None)
+    if thp is not None:  # the children decide for themselves (it is not exported)
+        out.append("--thp" if thp else "--no-thp")
     return out
 
 

@@ -14,6 +14,7 @@ and a KEY that selects no parameter is an error (usually a typo). Parameters wit
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Iterable
 
 import torch
@@ -62,13 +63,27 @@ def param_groups(model: Any, params: dict[str, dict[str, Any]] | None,
     empty = [k for k, ps in groups.items() if not ps]
     if empty:
         sample = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        near = [f"{k!r} -> {m[0]!r}" for k in empty
+                if (m := difflib.get_close_matches(k, _suffixes(names), n=1, cutoff=0.75))]
         raise ValueError(f"params key(s) {', '.join(map(repr, empty))} select no parameter; a "
                          f"key must be a parameter name or its dotted suffix (names look like: "
-                         f"{sample})")
+                         f"{sample})" + (f"; did you mean {', '.join(near)}?" if near else ""))
     out = [{"params": ps, **params[k], "group": k} for k, ps in groups.items()]
     if default:
         out.append({"params": default, "group": "default"})
     return out
+
+
+def _suffixes(names: list[str]) -> list[str]:
+    """Every key that would select something: each name's dotted suffixes (``weight``,
+    ``conv.weight``, ... the name itself), shortest first."""
+    out: dict[str, None] = {}
+    split = [name.split(".") for name in names]
+    for depth in range(1, max((len(p) for p in split), default=0) + 1):
+        for parts in split:
+            if len(parts) >= depth:
+                out[".".join(parts[-depth:])] = None
+    return list(out)
 
 
 def _check_common(lr: float, weight_decay: float) -> None:

@@ -24,6 +24,10 @@ def apply_runtime_settings(data: dict[str, Any]) -> None:
     workspace setting it needs, when CUDA has not started yet) and turns cuDNN benchmarking
     off; with a fixed seed a resumed run then ends with the weights of an uninterrupted one.
     """
+    from fcos_core.engine import hugepages
+    from fcos_core.logging_setup import get_logger
+
+    hugepages.log_state(get_logger("fcos.runtime"))
     threads = data.get("num_threads")
     if threads:
         torch.set_num_threads(int(threads))
