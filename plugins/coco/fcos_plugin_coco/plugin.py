@@ -10,6 +10,7 @@ import argparse
 import math
 
 from fcos_core import hookimpl
+from fcos_plugin_coco import analyze_cmd
 from fcos_plugin_coco import schema as s
 
 _PKG = "fcos_plugin_coco"
@@ -113,3 +114,7 @@ def register_commands(register):
              doc="pack a COCO image folder + instances json into an LMDB, reporting bad input")
     register("demo-data", factory=f"{_PKG}.commands:demo_data_command", add_arguments=_demo_args,
              doc="generate the synthetic shapes detection dataset (COCO json + JPEGs + LMDBs)")
+    register("analyze-data", factory=f"{_PKG}.analyze_cmd:analyze_data_command",
+             add_arguments=analyze_cmd.add_arguments,
+             doc="box sizes, points per stride, boxes per image and class balance of a "
+                 "config's training data, against its input size and strides (JSON + PNG)")
