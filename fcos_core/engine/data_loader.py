@@ -114,7 +114,12 @@ class DataLoader:
         pin_memory: page-locked batches (only when CUDA is available).
         collate_fn: list of items -> batch; None uses torch's default collate.
         drop_last: drop the last incomplete batch.
-        persistent_workers: keep workers between epochs (needs num_workers > 0).
+        persistent_workers: keep workers between epochs; None (the default) keeps them
+            whenever ``num_workers > 0``. Why: starting workers forks the training process,
+            and after every fork each page the parent writes to is copied on first touch; with
+            a model of a few GB that cost the kernel more time than the training itself on
+            small data sets (many short epochs, a validation fork every epoch). Items are
+            seeded per (seed, epoch, index), so kept workers change no sample.
         prefetch_factor: batches each worker loads ahead (needs num_workers > 0).
         seed: seed of order and augmentation; None takes the run's seed (``set_seed``).
     """
@@ -122,7 +127,7 @@ class DataLoader:
     def __init__(self, dataset: Any, sampler: Any = None, batch_size: int = 1,
                  shuffle: bool = False, num_workers: int = 0, pin_memory: bool = False,
                  collate_fn: Callable[[list], Any] | None = None, drop_last: bool = False,
-                 persistent_workers: bool = False, prefetch_factor: int | None = None,
+                 persistent_workers: bool | None = None, prefetch_factor: int | None = None,
                  seed: int | None = None) -> None:
         if not isinstance(dataset, Sized):
             raise TypeError(f"dataset must be a map-style dataset with len(), got "
@@ -131,6 +136,8 @@ class DataLoader:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if persistent_workers is None:
+            persistent_workers = num_workers > 0
         if num_workers == 0 and persistent_workers:
             raise ValueError("persistent_workers: true needs num_workers > 0; set num_workers "
                              "or drop persistent_workers")

@@ -22,7 +22,10 @@ class DataLoaderArgs:
     pin_memory: bool = arg(False, help="page-locked batches for faster copies to CUDA")
     collate_fn: Any = named("collates", None, help="list of items -> batch (null: torch default)")
     drop_last: bool = arg(False, help="drop the last incomplete batch")
-    persistent_workers: bool = arg(False, help="keep workers alive between epochs")
+    persistent_workers: Optional[bool] = arg(
+        None, help="keep workers alive between epochs (null: yes when num_workers > 0, which "
+                   "saves a fork of the training process, and its copy-on-write page faults, "
+                   "per epoch and per validation)")
     prefetch_factor: Optional[int] = arg(None, help="batches each worker loads ahead")
     seed: Optional[int] = arg(None, help="seed of order and augmentation (null: the run's seed)")
 

@@ -35,6 +35,10 @@ class TrainerArgs:
         10, help="a step whose gradient is NaN/inf is skipped (weights and EMA unchanged, "
                  "counted in metrics.csv and summary.json); stop with an error after this "
                  "many such steps in a row")
+    lr_base_batch_size: Optional[int] = arg(
+        None, help="linear lr scaling (mmdet's auto_scale_lr): the optimizer's lr is the lr at "
+                   "this total batch size and is multiplied by (batch size x processes) / this; "
+                   "null: the lr is used as written")
     device: Optional[str] = arg(None, help="torch device; null: cuda when present, else cpu")
     callbacks: list[Any] = component_list("callbacks", help="callbacks, run in this order")
     train_metrics: Any = component("metrics", None, help="metrics of the training loop (LossShow)")
@@ -174,6 +178,10 @@ class CosLrUpdaterArgs:
     warmup_len: int = arg(0, help="length of the warm-up, in units of warmup_by")
     warmup_by: Literal["epoch", "step"] = arg("epoch", help="unit of warmup_len")
     warmup_start_ratio: float = arg(0.1, help="warm-up starts at this fraction of the lr")
+    min_warmup_steps: int = arg(
+        0, help="floor on the warm-up length in steps; when warmup_len is shorter, the warm-up "
+                "ramps linearly per step over this many steps (on a small data set one epoch "
+                "is only a few steps)")
     min_lr_ratio: float = arg(0.0, help="final lr as a fraction of each group's initial lr")
     step_log_interval: int = arg(1, help="log the lr every this many steps (0: never)")
 

@@ -55,6 +55,11 @@ class Trainer(Loop):
         val_metrics: metric(s) the ``Validation`` callback computes.
         max_nonfinite_steps: stop after this many consecutive steps whose gradient was NaN or
             infinite (each is skipped; see the module docstring).
+        lr_base_batch_size: when set, every parameter group's lr is multiplied by
+            ``total batch / lr_base_batch_size`` (the linear scaling rule, mmdet's
+            ``auto_scale_lr``), the total batch being the data loader's batch size times the
+            number of processes: the configured lr is the lr *at* that batch size, so changing
+            ``batch_size_per_gpu`` or the GPU count keeps the per-image step size.
     """
 
     is_training = True
@@ -63,8 +68,11 @@ class Trainer(Loop):
                  data_loader: Any = None, optimizer: Any = None, batch_processor: Any = None,
                  device: str | None = None, callbacks: Any = (), train_metrics: Any = None,
                  val_metrics: Any = None, max_steps_per_epoch: int | None = None,
-                 max_nonfinite_steps: int = 10) -> None:
+                 max_nonfinite_steps: int = 10, lr_base_batch_size: int | None = None) -> None:
         super().__init__(model, model_convert_pipeline, callbacks, device)
+        if lr_base_batch_size is not None and lr_base_batch_size < 1:
+            raise ValueError(f"lr_base_batch_size must be >= 1 or null, got {lr_base_batch_size}")
+        self.lr_base_batch_size = lr_base_batch_size
         if max_nonfinite_steps < 1:
             raise ValueError(f"max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
         self.max_nonfinite_steps = max_nonfinite_steps
@@ -108,6 +116,24 @@ class Trainer(Loop):
             self.optimizer = spec(model=self.model)  # a factory (tests, python users)
         else:
             self.optimizer = spec
+        if self.optimizer is not None and self.lr_base_batch_size is not None:
+            self._scale_lr(self.optimizer)
+
+    def _scale_lr(self, optimizer: Any) -> None:
+        """The linear scaling rule (see ``lr_base_batch_size``); logged, and applied before
+        the lr updaters record each group's ``initial_lr``."""
+        from fcos_core.engine import distributed
+
+        per_process = getattr(self.data_loader, "batch_size", None)
+        if per_process is None:
+            raise ValueError("lr_base_batch_size needs a data_loader with a batch_size")
+        total = int(per_process) * distributed.get_world_size()
+        factor = total / self.lr_base_batch_size
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * factor
+        self.logger.info("lr scaled to the total batch", stage=self.stage, total_batch=total,
+                         lr_base_batch_size=self.lr_base_batch_size, factor=round(factor, 4),
+                         lr=optimizer.param_groups[0]["lr"])
 
     def setup(self, ctx: Any) -> None:
         self.prepare_model(ctx)

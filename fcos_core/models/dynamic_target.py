@@ -11,8 +11,9 @@ For every image ``b``, ground truth ``g`` and output position ``p`` (all strides
    + ``loss_reg`` (e.g. ``GIoULoss`` with ``loss_weight=2.0``, ``reduction="none"``) between the
    predicted box at ``p`` and box ``g``; infinite (never chosen) where ``p`` is not a
    candidate.
-3. **Dynamic k**: ``k_g = max(1, floor(sum of the topK largest IoUs))`` between box ``g`` and the
-   predicted boxes at its candidates; ``g`` claims its ``k_g`` cheapest candidates.
+3. **Dynamic k**: ``k_g = max(min_k, floor(sum of the topK largest IoUs))`` between box ``g``
+   and the predicted boxes at its candidates (``min_k = 1`` is SimOTA's rule); ``g`` claims its
+   ``k_g`` cheapest candidates.
 4. **Conflicts**: a position claimed by several boxes goes to the one with the lowest cost.
 5. **Ignore regions**: boxes with a negative label (crowd) take no part in matching; negative
    positions strictly inside one are ignored (weight 0 in the classification loss). Positives
@@ -20,7 +21,8 @@ For every image ``b``, ground truth ``g`` and output position ``p`` (all strides
 
 Targets: the class of the matched box (``background_label`` elsewhere); the matched box in
 pixels (the regression loss compares decoded boxes); centerness target = IoU of the predicted
-box with the matched box; box-loss weight = geometric centerness
+box with the matched box (``centerness_target="geometric"``: the geometric centerness below,
+FCOS's original target); box-loss weight = geometric centerness
 ``sqrt(min(l,r)/max(l,r) * min(t,b)/max(t,b))`` of the position in the matched box (1.0 for a
 tiny box's fallback position, which lies outside it).
 
@@ -75,11 +77,18 @@ class DynamicFcosTarget(nn.Module):
         loss_reg: elementwise box cost module (``reduction="none"``); called as
             ``loss_reg(pred_boxes, gt_boxes)`` with broadcasting ``[..., 4]`` xyxy boxes.
         center_sampling_radius: optional FCOS centre-sampling radius in strides.
+        min_k: floor on the dynamic k (>= 1; SimOTA's is 1). At initialisation the predicted
+            boxes overlap nothing, so every box gets k = 1 until they improve.
+        centerness_target: ``"iou"`` (IoU of the predicted box with its match, HAT's) or
+            ``"geometric"`` (FCOS's centerness of the point in its box). IoU targets stay near
+            0 until the predicted boxes are good, and since the score multiplies in the
+            centerness, early models then score every detection near 0.
     """
 
     def __init__(self, strides: Sequence[int], cls_out_channels: int, background_label: int,
                  topK: int, loss_cls: nn.Module, loss_reg: nn.Module,
-                 center_sampling_radius: float | None = None) -> None:
+                 center_sampling_radius: float | None = None, min_k: int = 1,
+                 centerness_target: str = "iou") -> None:
         super().__init__()
         strides = list(strides)
         if not strides or sorted(set(strides)) != strides:
@@ -91,6 +100,12 @@ class DynamicFcosTarget(nn.Module):
                              f"{cls_out_channels} (background is the label after the last class)")
         if topK < 1:
             raise ValueError(f"topK must be >= 1, got {topK}")
+        if min_k < 1:
+            raise ValueError(f"min_k must be >= 1, got {min_k}")
+        if centerness_target not in ("iou", "geometric"):
+            raise ValueError(f"centerness_target must be 'iou' or 'geometric', got "
+                             f"{centerness_target!r}")
+        self.centerness_target = centerness_target
         for name, loss in (("loss_cls", loss_cls), ("loss_reg", loss_reg)):
             if loss is None:
                 raise ValueError(f"{name} is required: the matching cost is computed with it")
@@ -111,6 +126,7 @@ class DynamicFcosTarget(nn.Module):
         self.loss_cls = loss_cls
         self.loss_reg = loss_reg
         self.center_sampling_radius = center_sampling_radius
+        self.min_k = min_k
 
     @torch.no_grad()
     def forward(self, outputs: Sequence[Tensor], gt_bboxes: Sequence[Tensor],
@@ -214,7 +230,7 @@ class DynamicFcosTarget(nn.Module):
         top = rank < self.topK
         iou_sum = torch.zeros(ngroups, device=device).index_add_(0, group[order][top],
                                                                   iou[order][top])
-        k = iou_sum.floor().long().clamp(min=1)  # [B*G]
+        k = iou_sum.floor().long().clamp(min=self.min_k)  # [B*G]
         # --- each box claims its k cheapest candidates ---
         order, rank = _rank_within(group, cost, start_of, descending=False)
         chosen = order[rank < k[group[order]]]  # pair indices
@@ -244,7 +260,8 @@ class DynamicFcosTarget(nn.Module):
         out["matched_gt"][wb, wp] = wg
         out["bbox_targets"][wb, wp] = tb
         out["bbox_weights"][wb, wp] = geo
-        out["centerness_targets"][wb, wp] = iou[win]
+        out["centerness_targets"][wb, wp] = (geo if self.centerness_target == "geometric"
+                                             else iou[win])
         out["label_weights"] = (~(in_ignore & ~out["pos_mask"])).float()
         return out
 

@@ -71,6 +71,10 @@ class FCOSHead(nn.Module):
             may be set; neither means the quantized convs keep int32 accumulators).
         dequant_output: the quantized body returns float (dequantized) outputs.
         prior_prob: initial foreground probability; the cls bias is ``-log((1-p)/p)``.
+        conv_init: tower conv init, ``"normal"`` (HAT's Normal(0, 0.01)) or ``"kaiming"`` (He
+            normal, fan-out: every tower conv feeds a BatchNorm, which is scale-invariant, so a
+            0.01 weight makes early SGD steps far larger in effect); the three predictor convs
+            are Normal(0, 0.01) either way.
 
     Forward:
         ``feats``: list of ``[B, stride2channels[s], H_s, W_s]`` at ``in_strides``.
@@ -93,6 +97,7 @@ class FCOSHead(nn.Module):
         int16_output: bool = False,
         dequant_output: bool = True,
         prior_prob: float = 0.01,
+        conv_init: str = "normal",
     ) -> None:
         super().__init__()
         in_strides, out_strides = list(in_strides), list(out_strides)
@@ -125,6 +130,9 @@ class FCOSHead(nn.Module):
                              "(int16_output=true for 16-bit head outputs)")
         if not 0.0 < prior_prob < 1.0:
             raise ValueError(f"prior_prob must be in (0, 1), got {prior_prob}")
+        if conv_init not in ("normal", "kaiming"):
+            raise ValueError(f"conv_init must be 'normal' or 'kaiming', got {conv_init!r}")
+        self.conv_init = conv_init
 
         self.num_classes = num_classes
         self.in_strides = in_strides
@@ -154,9 +162,13 @@ class FCOSHead(nn.Module):
         self._init_weights(prior_prob)
 
     def _init_weights(self, prior_prob: float) -> None:
+        predictors = {self.conv_cls, self.conv_reg, self.conv_centerness}
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, std=0.01)
+                if self.conv_init == "kaiming" and m not in predictors:
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                else:
+                    nn.init.normal_(m.weight, std=0.01)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         # start with every point at foreground probability prior_prob (RetinaNet): without it

@@ -48,6 +48,10 @@ class FCOSHeadArgs:
     int16_output: bool = arg(False, help="quantization: last convs give int16 outputs")
     dequant_output: bool = arg(True, help="quantization: dequantize outputs to float")
     prior_prob: float = arg(0.01, help="initial foreground probability of the class bias")
+    conv_init: Literal["normal", "kaiming"] = arg(
+        "normal", help="tower conv init: HAT's Normal(0, 0.01), or kaiming (fan-out, ReLU gain) "
+                       "for the BatchNorm-followed tower convs; the predictors keep Normal(0, "
+                       "0.01) either way")
 
 
 @attrs.frozen(kw_only=True)
@@ -62,6 +66,15 @@ class DynamicFcosTargetArgs:
     loss_reg: Any = component("losses", help="box matching cost, e.g. GIoULoss (reduction none)")
     center_sampling_radius: Optional[float] = arg(
         None, help="candidates must also lie within radius*stride of the box centre (null: off)")
+    centerness_target: Literal["iou", "geometric"] = arg(
+        "iou", help="centerness target of positives: the IoU of the predicted box with its "
+                    "match (HAT), or FCOS's geometric centerness of the point in the box, which "
+                    "is learnable from the first step (IoU targets are ~0 until the boxes are "
+                    "good, and a low centerness hides every detection)")
+    min_k: int = arg(1, help="floor on each box's dynamic k (SimOTA's is 1): early in "
+                             "training predicted boxes overlap nothing, so k = 1 for every box "
+                             "until the boxes improve; a floor gives small data and short "
+                             "schedules more positives from the start")
 
 
 @attrs.frozen(kw_only=True)

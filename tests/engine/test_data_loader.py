@@ -92,3 +92,18 @@ def test_lazy_sampler_and_argument_errors():
         DataLoader(ds, persistent_workers=True)
     with pytest.raises(ValueError, match="batch_size"):
         DataLoader(ds, batch_size=0)
+
+
+def test_workers_are_kept_between_epochs_by_default():
+    ds = TinySet(n=8, size=8, augment=True)
+    kept = DataLoader(ds, batch_size=2, shuffle=True, seed=3, num_workers=1)
+    assert kept._loader.persistent_workers is True
+    first = _collect(kept, 0)
+    second = _collect(kept, 1)
+    # a kept worker serves the next epoch, and its items are still seeded per (epoch, index)
+    fresh = DataLoader(ds, batch_size=2, shuffle=True, seed=3, num_workers=1,
+                       persistent_workers=False)
+    assert fresh._loader.persistent_workers is False
+    for a, b in zip(first + second, _collect(fresh, 0) + _collect(fresh, 1)):
+        assert torch.equal(a["img"], b["img"])
+    assert DataLoader(ds, batch_size=2)._loader.persistent_workers is False  # no workers

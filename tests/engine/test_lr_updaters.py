@@ -93,3 +93,24 @@ def test_groups_keep_their_ratio_and_bad_arguments():
         CosLrUpdater(warmup_by="iter")
     with pytest.raises(ValueError, match="lr_decay_factor"):
         StepDecayLrUpdater(lr_decay_id=[1], lr_decay_factor=0)
+
+
+def test_min_warmup_steps_floors_a_short_epoch_warmup_like_torch():
+    # one warm-up epoch of 2 steps is floored to a per-step ramp over 7 steps
+    epochs, spe, floor, start = 10, 2, 7, 0.1
+    ours = _lrs(CosLrUpdater(warmup_len=1, warmup_by="epoch", warmup_start_ratio=start,
+                             min_warmup_steps=floor), epochs, spe)
+    total = epochs * spe
+    ref = _torch_lrs(lambda o: torch.optim.lr_scheduler.SequentialLR(o, [
+        torch.optim.lr_scheduler.LinearLR(o, start_factor=start, total_iters=floor),
+        torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=total - floor)],
+        milestones=[floor]), total)
+    assert ours == pytest.approx(ref, rel=1e-9, abs=1e-12)
+    # a warm-up already longer than the floor is unchanged; the floor never exceeds half the run
+    long = CosLrUpdater(warmup_len=2, warmup_by="epoch", min_warmup_steps=3)
+    assert _lrs(long, 4, 3) == _lrs(CosLrUpdater(warmup_len=2, warmup_by="epoch"), 4, 3)
+    capped = _lrs(CosLrUpdater(warmup_len=0, warmup_by="step", min_warmup_steps=1000), 2, 5)
+    assert capped[:5] == pytest.approx([0.1 * (0.1 + 0.9 * t / 5) for t in range(5)])
+    assert capped[5] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="min_warmup_steps"):
+        CosLrUpdater(min_warmup_steps=-1)

@@ -103,3 +103,13 @@ def test_argument_errors_and_callback_order(tmp_path):
         Trainer(model=TinyDet(4), num_epochs=0, device="tpu:x")
     ckpt, a, b = Checkpoint(save_dir="x"), Callback(), Callback()
     assert run_order([ckpt, a, b]) == [a, b, ckpt]
+
+
+def test_lr_base_batch_size_scales_the_lr_linearly(tmp_path):
+    for batch, base, want in ((4, 8, 0.025), (4, 2, 0.1), (4, None, 0.05)):
+        tr = tiny_trainer(tmp_path / f"b{batch}_{base}", batch_size=batch, lr=0.05,
+                          lr_base_batch_size=base)
+        tr.setup(ctx_for(tmp_path / f"b{batch}_{base}"))
+        assert [g["lr"] for g in tr.optimizer.param_groups] == pytest.approx([want])
+    with pytest.raises(ValueError, match="lr_base_batch_size"):
+        tiny_trainer(tmp_path, lr_base_batch_size=0)

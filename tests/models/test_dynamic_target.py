@@ -226,3 +226,45 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="strides"):
         DynamicFcosTarget([16, 8], 2, 2, 10, FocalLoss(3, reduction="none"),
                           GIoULoss(reduction="none"))
+
+
+def _target(**kw):
+    return DynamicFcosTarget(
+        strides=STRIDES, cls_out_channels=C, background_label=C, topK=10,
+        loss_cls=FocalLoss(num_classes=C + 1, reduction="none"),
+        loss_reg=GIoULoss(loss_weight=2.0, reduction="none"), **kw)
+
+
+def test_min_k_floors_the_dynamic_k():
+    outs = outputs()  # degenerate predicted boxes: every IoU is 0, so SimOTA's k is 1
+    gb, gl = gts(([2, 2, 14, 14], 1))
+    assert len(positives(_target()(outs, gb, gl))) == 1
+    # 5 candidates (4 at stride 8, 1 at stride 16); min_k=3 takes the 3 cheapest, min_k=9 all
+    t3 = _target(min_k=3)(outs, gb, gl)
+    assert len(positives(t3)) == 3
+    assert len(positives(_target(min_k=9)(outs, gb, gl))) == 5
+    cost_order = positives(_target(min_k=5)(outs, gb, gl))
+    assert set(positives(t3)) <= set(cost_order)
+    with pytest.raises(ValueError, match="min_k"):
+        _target(min_k=0)
+
+
+def test_geometric_centerness_target_is_fcos_centerness():
+    outs = outputs()
+    gt = [2.0, 2, 14, 14]
+    set_box(outs, (12, 12), [2, 2, 14, 13])  # some IoU, so the IoU target would be nonzero
+    gb, gl = gts((gt, 0))
+    iou_t = _target(min_k=4)(outs, gb, gl)
+    geo_t = _target(min_k=4, centerness_target="geometric")(outs, gb, gl)
+    pos = geo_t["pos_mask"][0]
+    assert torch.equal(pos, iou_t["pos_mask"][0])
+    # sqrt(min(l, r)/max(l, r) * min(t, b)/max(t, b)) of each positive point in the box
+    pts = geo_t["points"][pos]
+    l, r = pts[:, 0] - gt[0], gt[2] - pts[:, 0]
+    top, bot = pts[:, 1] - gt[1], gt[3] - pts[:, 1]
+    ref = torch.sqrt(torch.minimum(l, r) / torch.maximum(l, r)
+                     * torch.minimum(top, bot) / torch.maximum(top, bot))
+    torch.testing.assert_close(geo_t["centerness_targets"][0][pos], ref)
+    assert not torch.equal(iou_t["centerness_targets"][0][pos], ref)
+    with pytest.raises(ValueError, match="centerness_target"):
+        _target(centerness_target="giou")

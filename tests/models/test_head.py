@@ -153,3 +153,16 @@ def test_training_forward_uses_the_cpu_kernels_and_matches_the_stock_modules(mon
         assert (a - b).abs().max() <= 1e-4 * b.abs().max() + 1e-6
     for (name, p), q in zip(fused.named_parameters(), stock.parameters()):
         assert (p.grad - q.grad).abs().max() <= 1e-3 * q.grad.abs().max() + 1e-6, name
+
+
+def test_kaiming_conv_init_for_the_towers_only():
+    head = make_head(conv_init="kaiming", feat_channels=64, stacked_convs=2)
+    pw = head.cls_convs[1].pw.weight  # 64 -> 64 1x1: He normal, fan-out, std sqrt(2 / 64)
+    assert pw.std().item() == pytest.approx(math.sqrt(2 / 64), rel=0.1)
+    dw = head.reg_convs[0].dw.weight  # depthwise 3x3 over 16 channels: torch's fan-out 16 * 9
+    assert dw.std().item() == pytest.approx(math.sqrt(2 / (16 * 9)), rel=0.25)
+    for conv in (head.conv_cls, head.conv_reg, head.conv_centerness):
+        assert conv.weight.std().item() == pytest.approx(0.01, rel=0.25)
+    assert make_head().cls_convs[1].pw.weight.std().item() == pytest.approx(0.01, rel=0.25)
+    with pytest.raises(ValueError, match="conv_init"):
+        make_head(conv_init="xavier")

@@ -58,11 +58,16 @@ class CosLrUpdater(_LrUpdater):
 
     i.e. torch's ``LinearLR(start_factor=s, total_iters=W)`` followed by
     ``CosineAnnealingLR(T_max=T - W, eta_min=m * lr)``.
+
+    ``min_warmup_steps`` is a floor on ``W``: when the configured warm-up is shorter (one epoch
+    of a 30-image data set is 4 steps), the warm-up becomes a per-step ramp over
+    ``min_warmup_steps`` steps (capped at half the run), so the jump to the full lr happens
+    after the early, large gradients have settled rather than at the first epoch boundary.
     """
 
     def __init__(self, warmup_len: int = 0, warmup_by: str = "epoch",
                  warmup_start_ratio: float = 0.1, min_lr_ratio: float = 0.0,
-                 step_log_interval: int = 1) -> None:
+                 step_log_interval: int = 1, min_warmup_steps: int = 0) -> None:
         super().__init__(step_log_interval)
         if warmup_len < 0:
             raise ValueError(f"warmup_len must be >= 0, got {warmup_len}")
@@ -72,6 +77,9 @@ class CosLrUpdater(_LrUpdater):
             raise ValueError(f"warmup_start_ratio must be in [0, 1], got {warmup_start_ratio}")
         if not 0.0 <= min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+        if min_warmup_steps < 0:
+            raise ValueError(f"min_warmup_steps must be >= 0, got {min_warmup_steps}")
+        self.min_warmup_steps = min_warmup_steps
         self.warmup_len = warmup_len
         self.warmup_by = warmup_by
         self.warmup_start_ratio = warmup_start_ratio
@@ -81,14 +89,17 @@ class CosLrUpdater(_LrUpdater):
                num_epochs: int) -> float:
         s, m = self.warmup_start_ratio, self.min_lr_ratio
         total = num_epochs * steps_per_epoch
-        if self.warmup_by == "epoch":
-            warm = self.warmup_len * steps_per_epoch
-            if epoch < self.warmup_len:
-                return s + (1 - s) * epoch / self.warmup_len
-        else:
-            warm = self.warmup_len
+        warm = self.warmup_len * (steps_per_epoch if self.warmup_by == "epoch" else 1)
+        floor = min(self.min_warmup_steps, total // 2)
+        if warm < floor:  # too short: a per-step ramp over the floor instead
+            warm = floor
             if global_step < warm:
                 return s + (1 - s) * global_step / warm
+        elif self.warmup_by == "epoch":
+            if epoch < self.warmup_len:
+                return s + (1 - s) * epoch / self.warmup_len
+        elif global_step < warm:
+            return s + (1 - s) * global_step / warm
         progress = (global_step - warm) / max(total - warm, 1)
         return m + (1 - m) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 

@@ -102,6 +102,7 @@ class BiFPN(nn.Module):
         fpn_name: ``"bifpn_sum"`` (plain addition) or ``"bifpn_fa"`` (fast normalised fusion).
         activation: ``"relu"`` or ``"swish"``, before each node's separable conv.
         bn_kwargs: extra ``nn.BatchNorm2d`` arguments.
+        conv_init: ``"normal"`` (HAT's Normal(0, 0.01)) or ``"kaiming"`` (He normal, fan-out).
 
     Attributes:
         out_strides, out_channels: lists of ``num_outs`` entries describing the outputs.
@@ -110,7 +111,9 @@ class BiFPN(nn.Module):
     for ``s_i`` in ``in_strides`` -> list of ``num_outs`` tensors
     ``[B, out_channels, H / s, W / s]`` for ``s`` in ``out_strides``.
 
-    Initialisation: every conv weight Normal(0, 0.01) (biases, where present, 0), BatchNorm
+    Initialisation: every conv weight Normal(0, 0.01) (``conv_init="kaiming"``: He normal with
+    fan-out; every conv here feeds a BatchNorm, which is scale-invariant, so a 0.01 weight
+    makes the first SGD steps act with a far larger effective step; biases, where present, 0), BatchNorm
     weight 1 and bias 0, fast-attention weights 1 (equal weighting at the start).
     """
 
@@ -127,8 +130,12 @@ class BiFPN(nn.Module):
         fpn_name: str = "bifpn_sum",
         activation: str = "relu",
         bn_kwargs: Optional[dict[str, Any]] = None,
+        conv_init: str = "normal",
     ) -> None:
         super().__init__()
+        if conv_init not in ("normal", "kaiming"):
+            raise ValueError(f"conv_init must be 'normal' or 'kaiming', got {conv_init!r}")
+        self.conv_init = conv_init
         in_strides = [int(s) for s in in_strides]
         out_strides = [int(s) for s in out_strides]
         stride2channels = {int(k): int(v) for k, v in stride2channels.items()}
@@ -211,7 +218,10 @@ class BiFPN(nn.Module):
         """The documented initialisation (see the class docstring)."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, mean=0.0, std=0.01)
+                if self.conv_init == "kaiming":
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                else:
+                    nn.init.normal_(m.weight, mean=0.0, std=0.01)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm2d):

@@ -43,3 +43,18 @@ def test_check_inputs_names_the_wrong_argument():
         neck.check_inputs([2, 4, 8, 16, 32], [16, 24, 48, 120, 352])  # a b2 backbone
     with pytest.raises(ValueError, match="in_strides"):
         neck.check_inputs([4, 8, 16, 32], [24, 40, 112, 320])
+
+
+def test_kaiming_conv_init():
+    import math
+
+    import torch.nn as nn
+
+    normal, kaiming = BiFPN(**SEED), BiFPN(**{**SEED, "conv_init": "kaiming"})
+    for a, b in zip(normal.modules(), kaiming.modules()):
+        if isinstance(a, nn.Conv2d) and a.weight.numel() >= 4096:
+            fan_out = b.out_channels * b.kernel_size[0] * b.kernel_size[1]  # torch's rule
+            assert a.weight.std().item() == pytest.approx(0.01, rel=0.1)
+            assert b.weight.std().item() == pytest.approx(math.sqrt(2 / fan_out), rel=0.1)
+    with pytest.raises(ValueError, match="conv_init"):
+        BiFPN(**{**SEED, "conv_init": "xavier"})
