@@ -13,22 +13,35 @@ every DDP rank). ``python -m fcos_core.models.cpu_kernels`` builds them ahead of
 uses ``-march=native``, so the extension's name carries a hash of this CPU's instruction sets
 and of torch's version: a shared home folder never hands one machine's build to another.
 
+Builds and loads happen under an OS file lock (``.<name>.fcos-lock`` next to the build folder,
+``flock``: released by the kernel when its holder dies, so a build killed half-way never blocks
+later runs; waiting for another process's build gives up after ``FCOS_CPU_KERNELS_LOCK_TIMEOUT``
+seconds, default 600). Under that lock a FileBaton ``lock`` file (what older torch releases
+lock with, and wait on forever) can only be left over from a killed build, so it is
+removed. A cached build that cannot be loaded (a truncated library from a killed build, a
+partial one) is deleted -- only when the folder is the one torch made for this extension and
+holds nothing but build outputs -- and rebuilt once, instead of warning in every later run.
+
 Where they cannot be built (no C++ compiler, say) a warning names the cause once and training
 uses the stock modules: slower, never different. ``FCOS_CPU_KERNELS=0`` switches them off.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import platform
+import re
 import shutil
+import struct
+import sys
 import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 SOURCES = tuple(Path(__file__).with_name("csrc") / name
                 for name in ("batch_norm_act.cpp", "depthwise_weight_grad.cpp"))
@@ -92,6 +105,149 @@ def _put_ninja_on_path() -> None:
     os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
+class _MissingOps(RuntimeError):
+    """The library loaded but does not register every op of :data:`OPS`."""
+
+
+#: what torch's build leaves in an extension's cache folder (anything else: not ours to delete)
+_BUILD_FILES = re.compile(r"(build\.ninja|\.ninja_log|\.ninja_deps|lock|.+\.(o|so|d))")
+
+
+def _lock_timeout() -> float:
+    try:
+        return max(0.0, float(os.environ.get("FCOS_CPU_KERNELS_LOCK_TIMEOUT", "600")))
+    except ValueError:
+        return 600.0
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path, timeout: float) -> Iterator[None]:
+    """An OS lock (``flock``) on ``path``, held while building or loading: the kernel drops it
+    when its holder dies, so a killed build never blocks later runs; waiting is bounded."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: torch's own lock only
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise RuntimeError(
+                        f"waited {timeout:.0f} s for another process building the kernels "
+                        f"(lock {path}); set FCOS_CPU_KERNELS_LOCK_TIMEOUT to wait longer")
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _build_directory(cpp_extension: Any, name: str) -> Path:
+    """The folder torch builds extension ``name`` in (its own rule; created if missing)."""
+    get = getattr(cpp_extension, "_get_build_directory", None)
+    if get is not None:
+        return Path(get(name, False))
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
+    path = Path(root) / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _is_our_cache(build_dir: Path, name: str) -> bool:
+    """``build_dir`` is the cache folder torch made for our extension ``name`` and holds only
+    build outputs (so deleting it deletes nothing else)."""
+    if build_dir.name != name or build_dir.is_symlink() or not build_dir.is_dir():
+        return False
+    if not re.fullmatch(r"fcos_kernels_[0-9a-f]{12}", name):
+        return False
+    return all(_BUILD_FILES.fullmatch(p.name) and p.is_file() and not p.is_symlink()
+               for p in build_dir.iterdir())
+
+
+def _library_cut_short(lib: Path) -> bool:
+    """An ELF library shorter than its own header says (a link killed half-way): loading it
+    would crash the process (SIGBUS), not raise."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        with open(lib, "rb") as f:
+            head = f.read(64)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return False
+    if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] not in (1, 2) or head[5] not in (1, 2):
+        return True
+    order = "<" if head[5] == 1 else ">"
+    if head[4] == 2:  # 64-bit: e_shoff at 0x28, e_shentsize/e_shnum at 0x3A/0x3C
+        (shoff,) = struct.unpack_from(order + "Q", head, 0x28)
+        shentsize, shnum = struct.unpack_from(order + "HH", head, 0x3A)
+    else:
+        (shoff,) = struct.unpack_from(order + "I", head, 0x20)
+        shentsize, shnum = struct.unpack_from(order + "HH", head, 0x2E)
+    return shoff + shentsize * shnum > size
+
+
+def _load_once(cpp_extension: Any, kwargs: dict[str, Any]) -> None:
+    import torch
+
+    cpp_extension.load(**kwargs)
+    missing = [op for op in OPS if not hasattr(torch.ops.fcos_kernels, op)]
+    if missing:
+        raise _MissingOps(f"the built extension lacks {missing}")
+
+
+def _load(cpp_extension: Any, verbose: bool) -> None:
+    """Build (if needed) and load the extension under our lock. A cached build that cannot be
+    loaded (a truncated library from a killed build, say) is deleted and rebuilt once, instead
+    of failing the same way in every later run."""
+    name = _build_name()
+    build_dir = _build_directory(cpp_extension, name)
+    kwargs = dict(name=name, sources=[str(s) for s in SOURCES], extra_cflags=_compile_flags(),
+                  is_python_module=False, verbose=verbose, build_directory=str(build_dir))
+    with _build_lock(build_dir.parent / f".{name}.fcos-lock", _lock_timeout()):
+        baton = build_dir / "lock"
+        if not hasattr(cpp_extension, "FileLock") and baton.is_file():
+            # a torch that locks with FileBaton (a file whose mere existence blocks, forever):
+            # every fcos build holds our lock, so this one was left by a killed build
+            baton.unlink()
+        lib = build_dir / f"{name}.so"
+        if lib.is_file() and _library_cut_short(lib) and _is_our_cache(build_dir, name):
+            _clear_cache(cpp_extension, build_dir, name, "the cached library is cut short")
+        had_build = any(build_dir.glob("*.so")) or any(build_dir.glob("*.o"))
+        try:
+            _load_once(cpp_extension, kwargs)
+        except Exception as exc:
+            names_cache = isinstance(exc, _MissingOps) or str(build_dir) in str(exc)
+            if not (had_build and names_cache and _is_our_cache(build_dir, name)):
+                raise
+            _clear_cache(cpp_extension, build_dir, name,
+                         f"{type(exc).__name__}: {str(exc)[:300]}")
+            _load_once(cpp_extension, kwargs)
+
+
+def _clear_cache(cpp_extension: Any, build_dir: Path, name: str, cause: str) -> None:
+    """Delete our extension's cache folder so that the next load builds it afresh."""
+    from fcos_core.logging_setup import get_logger
+
+    get_logger("fcos.kernels").warning(
+        "cpu_kernels: the cached build cannot be loaded; deleting it and rebuilding",
+        folder=str(build_dir), cause=cause)
+    shutil.rmtree(build_dir)
+    build_dir.mkdir(parents=True)
+    versions = getattr(getattr(cpp_extension, "JIT_EXTENSION_VERSIONER", None), "entries", None)
+    if isinstance(versions, dict):  # else torch thinks this process built it already
+        versions.pop(name, None)
+
+
 def available(verbose: bool = False) -> bool:
     """Build (the first time on this machine) and load the kernels; True once every op of
     :data:`OPS` is registered. A failure is reported once (``RuntimeWarning``) and not
@@ -119,13 +275,7 @@ def available(verbose: bool = False) -> bool:
                 cpp_logger.setLevel(level)
 
             _put_ninja_on_path()
-
-            cpp_extension.load(name=_build_name(), sources=[str(s) for s in SOURCES],
-                               extra_cflags=_compile_flags(), is_python_module=False,
-                               verbose=verbose)
-            missing = [op for op in OPS if not hasattr(torch.ops.fcos_kernels, op)]
-            if missing:
-                raise RuntimeError(f"the built extension lacks {missing}")
+            _load(cpp_extension, verbose)
             _state["available"] = True
         except Exception as exc:  # no compiler, no ninja, an unwritable cache folder...
             _state["available"], _state["error"] = False, f"{type(exc).__name__}: {exc}"
