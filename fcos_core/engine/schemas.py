@@ -35,6 +35,9 @@ class TrainerArgs:
         10, help="a step whose gradient is NaN/inf is skipped (weights and EMA unchanged, "
                  "counted in metrics.csv and summary.json); stop with an error after this "
                  "many such steps in a row")
+    min_total_steps: Optional[int] = arg(
+        None, help="train at least this many steps: num_epochs is raised when its epochs (capped "
+                   "by max_steps_per_epoch) are fewer, e.g. a QAT fine-tune on a small data set")
     lr_base_batch_size: Optional[int] = arg(
         None, help="linear lr scaling (mmdet's auto_scale_lr): the optimizer's lr is the lr at "
                    "this total batch size and is multiplied by (batch size x processes) / this; "

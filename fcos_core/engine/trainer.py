@@ -55,6 +55,10 @@ class Trainer(Loop):
         val_metrics: metric(s) the ``Validation`` callback computes.
         max_nonfinite_steps: stop after this many consecutive steps whose gradient was NaN or
             infinite (each is skipped; see the module docstring).
+        min_total_steps: train at least this many steps: when ``num_epochs`` epochs of the data
+            loader (capped by ``max_steps_per_epoch``) are fewer, the number of epochs is raised
+            (logged). A fine-tune sized in steps (QAT) then also works on a data set of a few
+            batches per epoch.
         lr_base_batch_size: when set, every parameter group's lr is multiplied by
             ``total batch / lr_base_batch_size`` (the linear scaling rule, mmdet's
             ``auto_scale_lr``), the total batch being the data loader's batch size times the
@@ -68,11 +72,15 @@ class Trainer(Loop):
                  data_loader: Any = None, optimizer: Any = None, batch_processor: Any = None,
                  device: str | None = None, callbacks: Any = (), train_metrics: Any = None,
                  val_metrics: Any = None, max_steps_per_epoch: int | None = None,
-                 max_nonfinite_steps: int = 10, lr_base_batch_size: int | None = None) -> None:
+                 max_nonfinite_steps: int = 10, lr_base_batch_size: int | None = None,
+                 min_total_steps: int | None = None) -> None:
         super().__init__(model, model_convert_pipeline, callbacks, device)
         if lr_base_batch_size is not None and lr_base_batch_size < 1:
             raise ValueError(f"lr_base_batch_size must be >= 1 or null, got {lr_base_batch_size}")
         self.lr_base_batch_size = lr_base_batch_size
+        if min_total_steps is not None and min_total_steps < 1:
+            raise ValueError(f"min_total_steps must be >= 1 or null, got {min_total_steps}")
+        self.min_total_steps = min_total_steps
         if max_nonfinite_steps < 1:
             raise ValueError(f"max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
         self.max_nonfinite_steps = max_nonfinite_steps
@@ -145,6 +153,13 @@ class Trainer(Loop):
         steps = len(self.data_loader) if self.data_loader is not None and self.num_epochs else 0
         if self.max_steps_per_epoch is not None:
             steps = min(steps, self.max_steps_per_epoch)
+        if self.min_total_steps and steps and self.num_epochs \
+                and self.num_epochs * steps < self.min_total_steps:
+            raised = -(-self.min_total_steps // steps)
+            self.logger.info("epochs raised to reach min_total_steps", stage=self.stage,
+                             num_epochs=self.num_epochs, steps_per_epoch=steps,
+                             min_total_steps=self.min_total_steps, now=raised)
+            self.num_epochs = raised
         self.state = LoopState(num_epochs=self.num_epochs, steps_per_epoch=steps)
 
     # -- run --------------------------------------------------------------------------------

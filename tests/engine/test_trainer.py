@@ -113,3 +113,16 @@ def test_lr_base_batch_size_scales_the_lr_linearly(tmp_path):
         assert [g["lr"] for g in tr.optimizer.param_groups] == pytest.approx([want])
     with pytest.raises(ValueError, match="lr_base_batch_size"):
         tiny_trainer(tmp_path, lr_base_batch_size=0)
+
+
+def test_min_total_steps_raises_the_epochs_of_a_small_data_set(tmp_path):
+    # 8 items, batch 4: 2 steps an epoch; 1 epoch raised to 4 to reach 7 steps
+    tr = tiny_trainer(tmp_path / "a", num_epochs=1, n=8, batch_size=4, min_total_steps=7)
+    tr.run(ctx_for(tmp_path / "a"))
+    assert tr.num_epochs == 4 and tr.state.global_step == 8
+    # enough steps already: unchanged
+    tr = tiny_trainer(tmp_path / "b", num_epochs=2, n=8, batch_size=4, min_total_steps=3)
+    tr.run(ctx_for(tmp_path / "b"))
+    assert tr.num_epochs == 2 and tr.state.global_step == 4
+    with pytest.raises(ValueError, match="min_total_steps"):
+        tiny_trainer(tmp_path, min_total_steps=0)
