@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from fcos_core.bounded_read import ReadRefused, read_regular_file
 from fcos_core.errors import ConfigError, FcosUserError, Problem
 
 #: a config larger than this is not a config (bounded parsing of every format we read)
@@ -104,55 +104,29 @@ def parse_yaml_text(text: str, file: str | None = None) -> tuple[Any, LineMap]:
 
 
 def _read_capped(p: Path) -> bytes:
-    """The bytes of the regular file ``p``, at most :data:`MAX_CONFIG_BYTES` of them.
-
-    ``stat`` is only a first check: the read itself is capped (a file that grows, or a device
-    that claims size 0 such as /dev/zero, cannot make it read without bound), and only regular
-    files are read (a FIFO would block, a device never ends, a directory is no config).
-    """
+    """The bytes of the regular file ``p``, at most :data:`MAX_CONFIG_BYTES` of them
+    (:func:`fcos_core.bounded_read.read_regular_file`: regular files only, the read capped
+    whatever ``stat`` says)."""
     try:
-        st = os.stat(p)
-    except FileNotFoundError:
-        raise FcosUserError(f"config file {str(p)!r} does not exist",
-                            hint="check the path (configs live in configs/, e.g. "
-                                 "configs/fcos_b0_demo.yaml)") from None
-    except OSError as exc:
-        raise FcosUserError(f"config file {str(p)!r} cannot be read: {exc.strerror or exc}",
+        return read_regular_file(p, MAX_CONFIG_BYTES)
+    except ReadRefused as why:
+        name = str(p)
+        if why.kind == "missing":
+            raise FcosUserError(f"config file {name!r} does not exist",
+                                hint="check the path (configs live in configs/, e.g. "
+                                     "configs/fcos_b0_demo.yaml)") from None
+        if why.kind == "directory":
+            raise FcosUserError(f"config path {name!r} is a directory",
+                                hint="pass a .yaml file") from None
+        if why.kind == "not_regular":
+            raise FcosUserError(f"config path {name!r} is not a regular file (a device, FIFO "
+                                "or socket)", hint="pass a .yaml file") from None
+        if why.kind == "too_large":
+            raise FcosUserError(f"config file {name!r} is over the limit of {MAX_CONFIG_BYTES} "
+                                f"bytes ({why.detail})",
+                                hint="a config should be a few KiB of YAML") from None
+        raise FcosUserError(f"config file {name!r} cannot be read: {why.detail}",
                             hint="check the path and its permissions") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise FcosUserError(f"config path {str(p)!r} is a directory", hint="pass a .yaml file")
-    if not stat.S_ISREG(st.st_mode):
-        raise FcosUserError(f"config path {str(p)!r} is not a regular file (a device, FIFO or "
-                            "socket)", hint="pass a .yaml file")
-    if st.st_size > MAX_CONFIG_BYTES:
-        raise FcosUserError(f"config file {str(p)!r} is {st.st_size} bytes; the limit is "
-                            f"{MAX_CONFIG_BYTES}", hint="a config should be a few KiB of YAML")
-    try:
-        # O_NONBLOCK: should the path be swapped for a FIFO after the stat, open does not block
-        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise FcosUserError(f"config file {str(p)!r} cannot be read: {exc.strerror or exc}",
-                            hint="check the path and its permissions") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise FcosUserError(f"config path {str(p)!r} is not a regular file",
-                                hint="pass a .yaml file")
-        chunks, total = [], 0
-        while total <= MAX_CONFIG_BYTES:
-            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - total)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-    except OSError as exc:
-        raise FcosUserError(f"config file {str(p)!r} cannot be read: {exc.strerror or exc}",
-                            hint="check the path and its permissions") from None
-    finally:
-        os.close(fd)
-    if total > MAX_CONFIG_BYTES:
-        raise FcosUserError(f"config file {str(p)!r} is over the limit of {MAX_CONFIG_BYTES} "
-                            "bytes", hint="a config should be a few KiB of YAML")
-    return b"".join(chunks)
 
 
 def load_yaml(path: str | os.PathLike[str]) -> tuple[dict[str, Any], LineMap]:

@@ -49,7 +49,6 @@ import hashlib
 import json
 import math
 import os
-import stat
 import struct
 import tempfile
 import zlib
@@ -58,6 +57,7 @@ from typing import Any
 
 import numpy as np
 
+from fcos_core.bounded_read import ReadRefused, read_regular_file
 from fcos_core.errors import FcosUserError
 from fcos_plugin_nash_e.ir import (DTYPES, MAX_OPS, MAX_PARAM_ELEMENTS, MAX_TENSORS, InputInfo,
                                    Op, Program, ProgramError, TensorInfo, validate_program)
@@ -193,50 +193,25 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def _read_file(path: Path) -> bytes:
-    """The bytes of the regular file ``path``, at most :data:`MAX_FILE_BYTES` + 1 of them.
-
-    Only regular files are read (``os.stat`` first: a directory, FIFO or device is refused
-    before it is opened), the open does not block (``O_NONBLOCK``, should the path become a FIFO
-    after the check) and the read is capped whatever ``stat`` said.
-    """
+    """The bytes of the regular file ``path``, at most :data:`MAX_FILE_BYTES` of them
+    (:func:`fcos_core.bounded_read.read_regular_file`: a directory, FIFO or device is refused
+    before it is opened, the open does not block, the read is capped whatever ``stat`` said)."""
     try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise FcosUserError(f"{path}: cannot read the artifact: {exc.strerror or exc}",
-                            hint="check the path (compile_cfg.hbm)") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise ArtifactError(path, "it is a directory, not an artifact file")
-    if not stat.S_ISREG(st.st_mode):
-        raise ArtifactError(path, "it is not a regular file (a FIFO, socket or device)")
-    if st.st_size > MAX_FILE_BYTES:
-        raise ArtifactError(path, f"file is {st.st_size} bytes, over the {MAX_FILE_BYTES}-byte "
-                                  "limit")
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
-                     | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise FcosUserError(f"{path}: cannot read the artifact: {exc.strerror or exc}",
-                            hint="check the path and its permissions") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ArtifactError(path, "it is not a regular file")
-        chunks, total = [], 0
-        want = st.st_size + 1  # one read of the stated size, then one that finds the end
-        while total <= MAX_FILE_BYTES:
-            chunk = os.read(fd, min(MAX_FILE_BYTES + 1 - total, want))
-            want = 64 << 20
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-    except OSError as exc:
-        raise FcosUserError(f"{path}: cannot read the artifact: {exc.strerror or exc}",
-                            hint="check the path and its permissions") from None
-    finally:
-        os.close(fd)
-    if total > MAX_FILE_BYTES:
-        raise ArtifactError(path, "file is over the size limit")
-    return b"".join(chunks)
+        return read_regular_file(path, MAX_FILE_BYTES)
+    except ReadRefused as why:
+        if why.kind == "missing":
+            raise FcosUserError(f"{path}: cannot read the artifact: No such file or directory",
+                                hint="check the path (compile_cfg.hbm)") from None
+        if why.kind == "unreadable":
+            raise FcosUserError(f"{path}: cannot read the artifact: {why.detail}",
+                                hint="check the path and its permissions") from None
+        if why.kind == "directory":
+            raise ArtifactError(path, "it is a directory, not an artifact file") from None
+        if why.kind == "not_regular":
+            raise ArtifactError(path, "it is not a regular file (a FIFO, socket or "
+                                      "device)") from None
+        raise ArtifactError(path, f"file is over the {MAX_FILE_BYTES}-byte limit "
+                                  f"({why.detail})") from None
 
 
 def read_sections(path: Path | str, data: bytes | None = None) -> dict[bytes, bytes]:
