@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fcos_core.atomic_write import write_atomically
 from fcos_core.errors import FcosUserError
 
 #: version of the checkpoint layout written by the Checkpoint callback
@@ -25,28 +26,9 @@ FORMAT_VERSION = 1
 
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save`` to ``path`` through a temporary file, fsync and rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:  # some filesystems refuse fsync on a folder; the rename is still atomic
-        pass
-    return path
+    """``torch.save`` to ``path`` through a temporary file, fsync and rename
+    (:func:`fcos_core.atomic_write.write_atomically`)."""
+    return write_atomically(path, lambda f: torch.save(obj, f))
 
 
 def load_file(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:

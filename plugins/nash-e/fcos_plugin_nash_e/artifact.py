@@ -50,13 +50,13 @@ import json
 import math
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fcos_core.atomic_write import write_atomically
 from fcos_core.bounded_read import ReadRefused, read_regular_file
 from fcos_core.errors import FcosUserError
 from fcos_plugin_nash_e.ir import (DTYPES, MAX_OPS, MAX_PARAM_ELEMENTS, MAX_TENSORS, InputInfo,
@@ -164,29 +164,9 @@ def write_artifact(path: Path | str, prog: Program, perf: dict[str, Any] | None 
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a unique temporary file next to ``path``, fsync it and rename it over
-    ``path`` (then fsync the folder); on any failure the temporary file is removed."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:  # some filesystems refuse fsync on a folder; the rename is still atomic
-        pass
+    """Write ``data`` to ``path`` atomically (:func:`fcos_core.atomic_write.write_atomically`:
+    a unique fsynced temporary file renamed over ``path``, removed on any failure)."""
+    write_atomically(path, lambda f: f.write(data))
 
 
 # --- reading ------------------------------------------------------------------------------

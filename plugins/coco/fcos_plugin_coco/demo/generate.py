@@ -35,6 +35,7 @@ import attrs
 import numpy as np
 from PIL import Image
 
+from fcos_core.atomic_write import write_atomically
 from fcos_core.errors import FcosUserError
 from fcos_plugin_coco.demo.shapes import CLASSES, render_scene
 
@@ -310,13 +311,4 @@ def ensure_demo(root: str, params: Optional[DemoParams] = None, *, force: bool =
 
 
 def _write_json(path: str, data: Any) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
+    write_atomically(path, lambda f: f.write(json.dumps(data).encode()))
