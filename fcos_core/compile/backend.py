@@ -11,6 +11,8 @@ A backend is selected by the config's ``march`` and is the one place that knows 
   ``compile_cfg`` options -> one artifact file and a report.
 * :meth:`CompileBackend.load` / :meth:`CompileBackend.run` -- execute an artifact on this
   machine; outputs have the deploy model's output structure.
+* optional: :meth:`CompileBackend.detect` (decoded detections of an artifact, to score it) and
+  :meth:`CompileBackend.artifact_path` (where :meth:`CompileBackend.compile` puts the artifact).
 
 The module is torch-free so registration stays cheap; implementations import torch lazily.
 """
@@ -82,6 +84,12 @@ class CompileBackend(abc.ABC):
         The compile stage uses it to score the artifact on the validation data. The default
         (None) means the backend cannot decode; the stage then reports no mAP for compile.
         """
+        return None
+
+    def artifact_path(self, options: Mapping[str, Any], out_dir: Path) -> Path | None:
+        """Optional: the file :meth:`compile` writes for these ``options`` and ``out_dir``,
+        so ``fcos val --stage compile`` finds the compile stage's artifact without compiling
+        again. The default (None) means the user names it (``--checkpoint``)."""
         return None
 
 

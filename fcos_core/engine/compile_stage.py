@@ -78,8 +78,9 @@ def deploy_model(cfg: Any, ctx: Any) -> tuple[Any, str]:
 
 
 def run_compile_stage(cfg: Any, ctx: Any) -> dict[str, Any] | None:
-    """Compile; returns ``{"out_dir", "result", "source"}``, or None when the config has no
-    ``compile_cfg`` (the stage is then skipped)."""
+    """Compile; returns ``{"out_dir", "result", "source", "metrics"}``, or None when the
+    config has no ``compile_cfg`` (the stage is then skipped). The artifact's per-class
+    results, when its metric has them, are in ``ctx.summary_extra["per_class"]``."""
     import torch
 
     if cfg.compile_backend is None and cfg.data.get("compile_cfg") is None \
@@ -101,14 +102,10 @@ def run_compile_stage(cfg: Any, ctx: Any) -> dict[str, Any] | None:
     return {"out_dir": str(out_dir), "result": result, "source": source, "metrics": metrics}
 
 
-def evaluate_artifact(cfg: Any, ctx: Any, backend: Any, result: Any) -> dict[str, float]:
-    """COCO numbers of the compiled artifact itself, run by the backend's runtime on the data
-    and metric of ``int_infer_predictor`` (else ``val_data_loader`` + that predictor's or the
-    first trainer's ``val_metrics``). Empty when the backend cannot decode detections or the
-    config names no evaluation data."""
-    from fcos_core.build import build
-    from fcos_core.engine.progress import Progress, progress_enabled
-
+def artifact_eval_nodes(cfg: Any) -> tuple[list[Any], Any]:
+    """The data loader blocks and the metric block the compiled artifact is scored with: those
+    of ``int_infer_predictor``, else ``val_data_loader`` + the first trainer's ``val_metrics``
+    (qat, then float). Empty / None when the config names none."""
     node = cfg.node("int_infer_predictor")
     loaders: list[Any] = []
     metric_node = None
@@ -124,6 +121,43 @@ def evaluate_artifact(cfg: Any, ctx: Any, backend: Any, result: Any) -> dict[str
             if trainer is not None and trainer.kwargs.get("val_metrics") is not None:
                 metric_node = trainer.kwargs["val_metrics"]
                 break
+    return loaders, metric_node
+
+
+def score_artifact(backend: Any, program: Any, loaders: list[Any], metrics: list[Any],
+                   ctx: Any) -> dict[str, float] | None:
+    """Run the loaded artifact ``program`` on every batch of ``loaders`` with the backend's
+    runtime and feed ``metrics``; their merged results, or None when the backend cannot
+    decode detections."""
+    from fcos_core.engine.progress import Progress, progress_enabled
+
+    for m in metrics:
+        m.reset()
+    for loader in loaders:
+        bar = Progress(len(loader), "compile eval", progress_enabled(ctx.rank))
+        try:
+            for batch in loader:
+                dets = backend.detect(program, batch["img"])
+                if dets is None:
+                    return None
+                for m in metrics:
+                    m.update(batch, dets)
+                bar.update()
+        finally:
+            bar.close()
+    out: dict[str, float] = {}
+    for m in metrics:
+        out.update(m.compute())
+    return out
+
+
+def evaluate_artifact(cfg: Any, ctx: Any, backend: Any, result: Any) -> dict[str, float]:
+    """COCO numbers of the compiled artifact itself, run by the backend's runtime on the data
+    and metric of :func:`artifact_eval_nodes`. Empty when the backend cannot decode
+    detections or the config names no evaluation data."""
+    from fcos_core.build import build
+
+    loaders, metric_node = artifact_eval_nodes(cfg)
     if not loaders or metric_node is None:
         ctx.logger.info("compile: no evaluation data/metric in the config; artifact not scored")
         return {}
@@ -134,25 +168,13 @@ def evaluate_artifact(cfg: Any, ctx: Any, backend: Any, result: Any) -> dict[str
     program = backend.load(result.artifact)
     metrics = build(metric_node)
     metrics = metrics if isinstance(metrics, list) else [metrics]
-    for m in metrics:
-        m.reset()
-    for loader in (build(n) for n in loaders):
-        bar = Progress(len(loader), "compile eval", progress_enabled(ctx.rank))
-        try:
-            for batch in loader:
-                dets = backend.detect(program, batch["img"])
-                if dets is None:
-                    ctx.logger.info("compile: the backend cannot decode detections; "
-                                    "artifact not scored")
-                    return {}
-                for m in metrics:
-                    m.update(batch, dets)
-                bar.update()
-        finally:
-            bar.close()
-    out: dict[str, float] = {}
-    for m in metrics:
-        out.update(m.compute())
+    out = score_artifact(backend, program, [build(n) for n in loaders], metrics, ctx)
+    if out is None:
+        ctx.logger.info("compile: the backend cannot decode detections; artifact not scored")
+        return {}
     ctx.logger.info("compiled artifact scored by its runtime", **{
         k: round(v, 4) for k, v in out.items() if k in ("mAP", "AP50")})
+    from fcos_core.engine import per_class
+
+    per_class.report(ctx, ctx.logger, "compile", per_class.collect(metrics), "artifact")
     return out

@@ -138,6 +138,11 @@ class Predictor(Loop):
                         desc=f"{ctx.stage} predict")
         self.results = distributed.broadcast_object(loop.run())
         self.logger.info("predictor results", stage=ctx.stage, **self.results)
+        if ctx.is_main:  # the per-class table of a metric that has one (rank 0 computes it)
+            from fcos_core.engine import per_class
+
+            per_class.report(ctx, self.logger, ctx.stage, per_class.collect(self.metrics),
+                             "predictor")
         if ctx.recorder is not None:
             ctx.recorder.log("predict", ctx.stage, 0, 0,
                              **{f"val_{k}": v for k, v in self.results.items()})

@@ -8,6 +8,10 @@ A trained stage also has ``"nonfinite_grad_steps"``: its optimizer steps skipped
 infinite gradient (see :mod:`fcos_core.engine.trainer`), and, when its trainer has the
 ``TrainingHealth`` callback, ``"health_warnings"``: a list of ``{"kind": "plateau" | "jump",
 "term", "stage", "epoch", "step", "message", ...}`` (empty when training looked healthy).
+A stage scored with a metric that breaks its numbers down by class (COCODetectionMetric) has
+``"per_class"``: ``[{"category_id", "name", "AP", "AP50", "AR100", "gt_boxes"}, ...]`` (AP
+None: no ground truth of that class), from the same evaluation as its ``metrics`` (see
+:mod:`fcos_core.engine.per_class`).
 Stages run later (another ``fcos run --stage X``) are merged into the same file.
 """
 

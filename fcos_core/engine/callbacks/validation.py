@@ -8,7 +8,10 @@ training weights first), else the loop's ``eval_model`` -- the EMA copy when an
 ``ExponentialMovingAverage`` callback keeps one, else the training model.
 
 The results go to ``loop.state.val_results`` (``Checkpoint`` picks the best from them, the
-pipeline reports the last ones), to the log, and to ``metrics.csv`` as ``val_<name>``. In a
+pipeline reports the last ones), to the log, and to ``metrics.csv`` as ``val_<name>``. When a
+metric breaks its numbers down by class (COCODetectionMetric), the last validation's per-class
+table is logged when the stage ends and goes to the stage's ``summary.json`` entry as
+``per_class`` (see :mod:`fcos_core.engine.per_class`). In a
 distributed run every rank validates (see :mod:`fcos_core.engine.predictor`) and rank 0's
 results are broadcast.
 """
@@ -47,6 +50,7 @@ class Validation(Callback):
         self.val_on_train_end = val_on_train_end
         self.log_interval = log_interval
         self._last_validated: tuple[int, int] | None = None
+        self._per_class: list[dict[str, Any]] = []
 
     def on_epoch_end(self, loop: Any) -> None:
         if (loop.state.epoch + 1) % self.val_interval == 0:
@@ -55,6 +59,11 @@ class Validation(Callback):
     def on_loop_end(self, loop: Any) -> None:
         if self.val_on_train_end and self._last_validated != self._position(loop):
             self.validate(loop)
+        if self._per_class and getattr(loop.ctx, "is_main", True):
+            from fcos_core.engine import per_class
+
+            per_class.report(loop.ctx, loop.logger, loop.stage, self._per_class,
+                             "last validation")
 
     @staticmethod
     def _position(loop: Any) -> tuple[int, int]:
@@ -90,6 +99,9 @@ class Validation(Callback):
                          self.callbacks, loop.device, ctx, self.log_interval,
                          desc=f"{loop.stage} validation")
         results = inner.run()
+        from fcos_core.engine import per_class
+
+        self._per_class = per_class.collect(loop.val_metrics)
         set_mode(model, was_training)
         results = distributed.broadcast_object(results)
         st = loop.state

@@ -10,7 +10,8 @@ import torch
 
 from fcos_core.errors import FcosUserError
 from fcos_plugin_coco.annotations import DEFAULT_MAX_JSON_BYTES, check_coco_layout, load_json
-from fcos_plugin_coco.coco_eval import STAT_KEYS, evaluate_bbox, resolve_backend
+from fcos_plugin_coco.coco_eval import (STAT_KEYS, BboxEvaluation, evaluate_bbox_full,
+                                        resolve_backend)
 
 
 def _rows(x: Any, n: int) -> np.ndarray:
@@ -43,6 +44,11 @@ class COCODetectionMetric:
     ``ARm``, ``ARl``; -1 is pycocotools' "no ground truth in this area range", and an empty
     prediction set gives all zeros. Under ``torch.distributed`` predictions are gathered from
     every rank, evaluated on rank 0 and the result broadcast.
+
+    After :meth:`compute`, :meth:`per_class` gives the per-category table of that evaluation
+    (AP, AP50, AR100 and the number of ground-truth boxes; rank 0 only), :attr:`evaluation` its
+    :class:`~fcos_plugin_coco.coco_eval.BboxEvaluation` (precision/recall arrays) and
+    :meth:`detections` the evaluated detections (``fcos val`` draws its report from them).
 
     Args:
         ann_file: the COCO instances json of the evaluated split.
@@ -92,6 +98,8 @@ class COCODetectionMetric:
 
     def reset(self) -> None:
         self._dets: dict[int, np.ndarray] = {}  # image id -> [N, 7] rows, insertion-ordered
+        self.evaluation: Optional[BboxEvaluation] = None
+        self._evaluated: dict[int, np.ndarray] = {}
 
     def update(self, batch: dict[str, Any], outputs: Sequence[dict[str, Any]]) -> None:
         """Add one batch of detections (``outputs[i]``: ``boxes`` [N, 4] xyxy in the input
@@ -149,14 +157,52 @@ class COCODetectionMetric:
         if not distributed or dist.get_rank() == 0:
             img_ids = list(dets) or None
             rows = np.concatenate(list(dets.values())) if dets else np.zeros((0, 7))
-            stats = evaluate_bbox(self.gt, rows, img_ids, self.backend)
-            result = {k: float(v) for k, v in zip(STAT_KEYS, stats)}
+            self.evaluation = evaluate_bbox_full(self.gt, rows, img_ids, self.backend)
+            self._evaluated = dict(dets) if dets else {i: np.zeros((0, 7))
+                                                       for i in sorted(self._known_imgs)}
+            result = {k: float(v) for k, v in zip(STAT_KEYS, self.evaluation.stats)}
         if distributed:
             box = [result]
             dist.broadcast_object_list(box, src=0)
             result = box[0]
         assert result is not None
         return result
+
+    def detections(self) -> dict[int, np.ndarray]:
+        """The last :meth:`compute`'s detections: image id -> ``[N, 7]`` rows ``[image_id, x, y,
+        w, h, score, category_id]`` in original-image pixels (every evaluated image, empty
+        arrays included; empty before a compute and on ranks other than 0)."""
+        return dict(self._evaluated)
+
+    def category_names(self) -> dict[int, str]:
+        """Category id -> name (the id as text when the json gives no name)."""
+        return {int(c["id"]): str(c.get("name", c["id"])) for c in self.gt["categories"]}
+
+    def gt_counts(self, img_ids: Optional[Sequence[int]] = None) -> dict[int, int]:
+        """Category id -> non-crowd ground-truth boxes in ``img_ids`` (default: the last
+        evaluated images): the boxes pycocotools scores against (crowd ones are ignored)."""
+        wanted = set(self._evaluated if img_ids is None else (int(i) for i in img_ids))
+        counts = {c: 0 for c in self.cat_ids}
+        for a in self.gt["annotations"]:
+            if int(a["image_id"]) in wanted and not a.get("iscrowd", 0):
+                counts[int(a["category_id"])] = counts.get(int(a["category_id"]), 0) + 1
+        return counts
+
+    def per_class(self) -> list[dict[str, Any]]:
+        """Per category of the last :meth:`compute`: ``category_id``, ``name``, ``AP``
+        (IoU .50:.95), ``AP50``, ``AR100`` (None: no ground truth of it in the evaluated images)
+        and ``gt_boxes``; in category-id order. Empty before a compute (and off rank 0)."""
+        if self.evaluation is None:
+            return []
+        names = self.category_names()
+        counts = self.gt_counts()
+        rows = []
+        for row in self.evaluation.per_class():
+            cat = row["category_id"]
+            rows.append({"category_id": cat, "name": names.get(cat, str(cat)),
+                         "AP": row["AP"], "AP50": row["AP50"], "AR100": row["AR100"],
+                         "gt_boxes": int(counts.get(cat, 0))})
+        return rows
 
     def __repr__(self) -> str:
         return f"COCODetectionMetric({self.ann_file!r}, backend={self.backend!r})"

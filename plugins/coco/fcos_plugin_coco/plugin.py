@@ -10,7 +10,7 @@ import argparse
 import math
 
 from fcos_core import hookimpl
-from fcos_plugin_coco import analyze_cmd
+from fcos_plugin_coco import analyze_cmd, val_cmd
 from fcos_plugin_coco import schema as s
 
 _PKG = "fcos_plugin_coco"
@@ -118,3 +118,7 @@ def register_commands(register):
              add_arguments=analyze_cmd.add_arguments,
              doc="box sizes, points per stride, boxes per image and class balance of a "
                  "config's training data, against its input size and strides (JSON + PNG)")
+    register("val", factory=f"{_PKG}.val_cmd:val_command", add_arguments=val_cmd.add_arguments,
+             doc="score one stage's model (or the compiled artifact) on the validation set or "
+                 "other COCO data: COCO summary, per-class AP, PR curves, confusion matrix and "
+                 "the worst images, in a run folder")

@@ -109,7 +109,7 @@ class NashEBackend(CompileBackend):
         t0 = time.perf_counter()
         canonical = lower(model, shapes, sources, name=name)
         out_dir = Path(opts.get("out_dir") or out_dir or ".")
-        hbm = Path(opts.get("hbm") or out_dir / f"{name}.hbm")
+        hbm = self.artifact_path(opts, out_dir)
         program = optimize(canonical, level)
         in_shape = next(iter(shapes.values()))
         program.meta.update(detection_meta(model, program, in_shape,
@@ -129,6 +129,12 @@ class NashEBackend(CompileBackend):
             "compile_seconds": time.perf_counter() - t0,
         }
         return CompileResult(artifact=hbm, report=report, files=tuple(files))
+
+    def artifact_path(self, options: Mapping[str, Any], out_dir: Path) -> Path:
+        """``options["hbm"]``, else ``<out_dir>/<name>.hbm``."""
+        opts = {**self.options, **dict(options)}
+        out_dir = Path(opts.get("out_dir") or out_dir or ".")
+        return Path(opts.get("hbm") or out_dir / f"{opts.get('name', 'model')}.hbm")
 
     # -- execute -------------------------------------------------------------------------
 
