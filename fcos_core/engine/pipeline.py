@@ -229,6 +229,7 @@ def _run_stages(cfg: Any, stages: Sequence[str], folder: Path, ckpt_dir: Path, r
                 summary[stage] = {"metrics": out.get("metrics") or {},
                                   "seconds": time.perf_counter() - t0,
                                   "checkpoint": out["out_dir"], "source": None}
+                summary[stage].update(ctx.summary_extra)  # the artifact's per-class results
                 write_summary(folder, summary)
                 continue
             node = cfg.node(f"{stage}_trainer")
