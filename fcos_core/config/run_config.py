@@ -24,6 +24,9 @@ class RunConfig:
     log_rank_zero_only: bool = arg(True, help="in distributed runs, only rank 0 logs")
     cudnn_benchmark: bool = arg(True, help="set torch.backends.cudnn.benchmark on CUDA")
     num_threads: Optional[int] = arg(None, help="torch intra-op threads (null: torch default)")
+    dist_timeout_s: float = arg(
+        1800.0, help="distributed runs: seconds a process waits in a collective for a silent "
+                     "peer before it stops with an error (a peer that exits is noticed at once)")
     channels_last: bool = arg(True, help="channels-last memory format for the model "
                                          "(1.3-1.5x faster convolutions on CPU)")
     march: Optional[str] = arg(None, help="deployment target: the compile backend to use")

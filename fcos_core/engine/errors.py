@@ -51,3 +51,30 @@ class NonFiniteGradientError(FcosUserError):
                  "for degenerate boxes; the trainer's max_nonfinite_steps sets how many skipped "
                  "steps in a row are tolerated; continue from the last checkpoint with --resume",
         )
+
+
+class PeerLostError(FcosUserError):
+    """Another process of a distributed run stopped or stopped answering.
+
+    Raised on the surviving processes instead of torch's low-level error (gloo's "Connection
+    closed by peer", a collective timing out after the process group's timeout, NCCL's
+    errors), so every machine ends with one line saying what happened and how to continue.
+    ``fcos run`` exits with code 2.
+    """
+
+    def __init__(self, rank: int, world_size: int, backend: str, timeout_s: float,
+                 cause: str) -> None:
+        self.rank = rank
+        self.world_size = world_size
+        self.backend = backend
+        self.timeout_s = timeout_s
+        first = next((line.strip() for line in cause.splitlines() if line.strip()), "")
+        super().__init__(
+            f"distributed run: another process stopped or stopped answering (seen by rank "
+            f"{rank} of {world_size}, backend {backend}): {first[:300]}; this process stopped "
+            "too",
+            hint="the cause is in the output of the process that stopped first (another "
+                 "machine's log); continue every node from the last checkpoint with --resume "
+                 f"(a silent peer is waited for dist_timeout_s = {timeout_s:g} s; set "
+                 "dist_timeout_s=SECONDS in the config or on the command line to change it)",
+        )

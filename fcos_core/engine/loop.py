@@ -134,6 +134,11 @@ class Loop:
         if self.model_convert_pipeline is not None:
             model = self.model_convert_pipeline(model, ctx.convert_context(str(self.device)))
         self.model = model.to(self.device)
+        if get_qstate(self.model) != "float":
+            # calibration, QAT, the integer model: exact float32 (no TF32) on CUDA
+            from fcos_core.quantization.exact_float import require_exact_float32
+
+            require_exact_float32(f"{self.stage} ({get_qstate(self.model)} model)")
         if getattr(ctx, "channels_last", False):
             # conv outputs follow the weights' format, so converting the model is enough
             self.model = self.model.to(memory_format=torch.channels_last)

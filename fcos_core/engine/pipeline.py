@@ -29,6 +29,10 @@ are of course used. SIGTERM is handled like Ctrl-C (the ``last`` checkpoint is s
 143). A trainer's count of steps skipped for a NaN/inf gradient goes to ``summary.json`` as the
 stage's ``nonfinite_grad_steps``; what callbacks put in ``RunContext.summary_extra`` (the
 ``TrainingHealth`` callback's ``health_warnings``) is added to the stage's entry.
+
+In a distributed run (torchrun), a process that exits or stops answering stops the others at
+their next collective with :class:`~fcos_core.engine.errors.PeerLostError` (exit code 2, one
+line, no traceback); a silent peer is waited for the config's ``dist_timeout_s`` seconds.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ import yaml
 from fcos_core.config.run_config import STAGES
 from fcos_core.engine import distributed
 from fcos_core.engine.context import RunContext
+from fcos_core.engine.errors import PeerLostError
 from fcos_core.engine.recorder import MetricsRecorder
 from fcos_core.engine.run_guard import (RunLock, existing_checkpoints, os_error_text,
                                         probe_writable, refuse_to_replace, sigterm_as_interrupt,
@@ -121,6 +126,16 @@ def _make_backend(cfg: Any, log: Any) -> Any:
         return None
 
 
+def _dist_timeout(data: dict[str, Any]) -> float:
+    """The config's ``dist_timeout_s`` (the process-group timeout), checked."""
+    value = data.get("dist_timeout_s", distributed.DEFAULT_TIMEOUT_S)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise FcosUserError(f"dist_timeout_s is {value!r}; it must be a number of seconds > 0",
+                            hint="set dist_timeout_s=1800 (the default) or another positive "
+                                 "number in the config or on the command line")
+    return float(value)
+
+
 def _free_memory() -> None:
     gc.collect()
     import torch
@@ -143,7 +158,8 @@ def run_pipeline(cfg: Any, host: Any, stages: Sequence[str], run_dir: str | None
                                  "--overwrite trains again and replaces them")
     data = cfg.data
     rank, world, local_rank = distributed.env_world()
-    started_group = distributed.init_from_env() and world > 1
+    timeout_s = _dist_timeout(data)
+    started_group = distributed.init_from_env(timeout_s) and world > 1
     folder = Path(run_dir) if run_dir else Path("runs") / str(data["task_name"])
     ckpt_dir = Path(data["ckpt_dir"])
     lock: RunLock | None = None
@@ -167,6 +183,12 @@ def run_pipeline(cfg: Any, host: Any, stages: Sequence[str], run_dir: str | None
         if exc.filename is None:
             raise
         raise _user_path_error(exc) from exc
+    except Exception as exc:
+        # another process died or went silent: one clear line on every survivor, no traceback
+        if started_group and distributed.is_peer_failure(exc):
+            raise PeerLostError(rank, world, distributed.backend_name(), timeout_s,
+                                str(exc)) from exc
+        raise
     finally:
         if lock is not None:
             lock.release()

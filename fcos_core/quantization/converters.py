@@ -22,6 +22,7 @@ from torch import nn
 
 from fcos_core.convert_context import ConvertContext
 from fcos_core.errors import FcosUserError
+from fcos_core.quantization.exact_float import require_exact_float32
 from fcos_core.quantization.histogram_observers import KLObserver, MSEObserver
 from fcos_core.quantization.observers import MinMaxObserver, PercentileObserver
 from fcos_core.quantization.rules import QuantRules, rules_for
@@ -169,6 +170,7 @@ class _Float2Prepared(abc.ABC):
 
         ctx = _ctx(ctx)
         require_qstate(model, self.fcos_requires_qstate, self.name)
+        require_exact_float32(self.name)  # fake quant is matched to the integer model
         rules = rules_for(ctx.backend)
         qat_mode = self.qat_mode or get_qat_mode(model) or "fuse_bn"
         body = body_of(model)
@@ -334,6 +336,7 @@ class QAT2Quantize:
         object.__setattr__(int_model, _INFO_ATTR, dict(info, dequant_output=dequant))
         object.__setattr__(int_model, _REFERENCE_ATTR, reference)
         int_model.eval()
+        require_exact_float32(self.name)  # the integer ops' accumulators are float convs
         out = _replace_body(model, int_model)
         set_qstate(out, "quantized")
         if int_model.warnings:

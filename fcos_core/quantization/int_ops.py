@@ -117,6 +117,11 @@ def conv2d_acc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     integer dtype, or a float one with integer values); ``weight`` integers.
     """
     dtype = torch.float32 if _float32_holds_partial_sums(x, weight) else torch.float64
+    if dtype == torch.float32 and x.is_cuda and torch.backends.cudnn.allow_tf32:
+        # TF32 keeps 10 mantissa bits of each input: an int16 activation would be rounded
+        from fcos_core.quantization.exact_float import require_exact_float32
+
+        require_exact_float32("int_ops.conv2d_acc on CUDA")
     acc = F.conv2d(x.to(dtype), weight.to(dtype), None, list(stride), list(padding),
                    list(dilation), groups)
     acc = acc.long()  # exact: every value is an integer the float type holds
