@@ -15,7 +15,7 @@ TCMALLOC_LIB := $(firstword $(wildcard $(TCMALLOC_PATHS)))
 # installed by `setup` in the same `make demo` is used
 PRELOAD_TCMALLOC = lib=$$(ls $(TCMALLOC_PATHS) 2>/dev/null | head -n 1); if [ -n "$$lib" ]; then export LD_PRELOAD="$$lib$${LD_PRELOAD:+:$$LD_PRELOAD}"; fi;
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -51,6 +51,11 @@ test: setup
 
 bench: setup
 	for b in benchmarks/bench_*.py; do OMP_WAIT_POLICY=PASSIVE $(PY) $$b --quick || exit 1; done
+
+# the prepared GPU check (benchmarks/gpu_check.py, docs/gpu.md): CUDA vs CPU agreement,
+# throughput, peak memory, quantized models bit for bit, DDP on nccl; one table, ~5 min on one GPU
+gpu-check: setup
+	OMP_WAIT_POLICY=PASSIVE $(PY) benchmarks/gpu_check.py --device cuda --json runs/gpu_check.json
 
 clean:
 	rm -rf $(VENV) runs tmp_models tmp_data
