@@ -173,6 +173,17 @@ def match_all(gt: dict, dets: dict[int, np.ndarray], iou_threshold: float = 0.5,
     return out
 
 
+def coco_results(dets: dict[int, np.ndarray]) -> list[dict[str, Any]]:
+    """Metric rows as COCO's results format: ``[{"image_id", "category_id", "bbox": [x, y, w,
+    h], "score"}]`` (what ``COCO.loadRes`` reads), in image-id order."""
+    out = []
+    for img_id in sorted(dets):
+        for r in np.asarray(dets[img_id], np.float64).reshape(-1, 7).tolist():
+            out.append({"image_id": int(img_id), "category_id": int(r[6]),
+                        "bbox": [r[1], r[2], r[3], r[4]], "score": r[5]})
+    return out
+
+
 def confusion_matrix(matches: Sequence[ImageMatch], cat_ids: Sequence[int]) -> np.ndarray:
     """``[(K + 1), (K + 1)]`` counts: rows ground-truth class (+ background last), columns
     predicted class (+ background last); see the module docstring."""

@@ -11,7 +11,8 @@ with ``--ann JSON``.
 The run folder (``--out``, default ``runs/<task_name>/val-<stage>``, ``-2``, ``-3`` ... when taken;
 an existing ``--out`` must be empty: nothing is ever replaced) gets ``val.json`` (every number
 below), ``coco_summary.txt``, ``per_class.csv``, ``pr_curves.png``, ``confusion_matrix.png`` /
-``.csv``, ``worst/NN_img<id>.png`` and ``log.jsonl``. The figures and their matching rules are
+``.csv``, ``worst/NN_img<id>.png``, ``detections.json`` (every detection scored, in COCO's
+results format, unless ``--no-detections``) and ``log.jsonl``. The figures and their matching rules are
 described in :mod:`fcos_plugin_coco.eval_report`.
 
 Importing this module is cheap (argparse only): ``fcos --help`` builds the parser from
@@ -65,6 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "ground-truth box")
     p.add_argument("--worst", type=int, default=10, metavar="N",
                    help="draw the N images with the most false positives + missed boxes")
+    p.add_argument("--no-detections", action="store_true",
+                   help="do not write detections.json (every detection, COCO results format)")
     p.add_argument("--json", action="store_true", help="print val.json instead of the tables")
 
 
@@ -238,7 +241,7 @@ def _coco_metric(metrics: list[Any]) -> Any:
 
 def write_report(folder: Path, metric: Any, results: dict[str, float], head: dict[str, Any],
                  read_image: Any, score_threshold: float, iou_threshold: float,
-                 worst_n: int) -> dict[str, Any]:
+                 worst_n: int, save_detections: bool = True) -> dict[str, Any]:
     """Write every file of the report for an evaluated ``metric``; returns val.json's dict."""
     from fcos_plugin_coco import eval_report as er
 
@@ -257,6 +260,9 @@ def write_report(folder: Path, metric: Any, results: dict[str, float], head: dic
     er.plot_confusion(folder / "confusion_matrix.png", cm, labels, GENERATOR, iou_threshold,
                       score_threshold)
     drawn = er.write_worst_images(folder / "worst", worst, names, read_image)
+    if save_detections:  # COCO's results format: re-score with any COCO tool
+        results_json = json.dumps(er.coco_results(metric.detections())).encode("utf-8")
+        er.write_file(folder / "detections.json", lambda f: f.write(results_json))
     report = {
         **head,
         "metrics": results,
@@ -314,7 +320,8 @@ def val_command(args: argparse.Namespace, host: Any) -> int:
             gt = json.dumps(metric.gt).encode("utf-8")
             write_file(folder / "ground_truth.json", lambda f: f.write(gt))
         report = write_report(folder, metric, results, head, _image_reader(ev.loaders),
-                              args.score_threshold, args.iou_threshold, args.worst)
+                              args.score_threshold, args.iou_threshold, args.worst,
+                              not args.no_detections)
     else:
         log.warning("no COCODetectionMetric among the stage's metrics: only its numbers are "
                     "written (no per-class table, curves or confusion matrix)")
