@@ -50,9 +50,13 @@ def _plugins_args(p: argparse.ArgumentParser) -> None:
 def _config_cmd_args(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     show = sub.add_parser("show", help="print a config (with --resolved: after overrides and "
-                                       "references, with defaults filled in)")
+                                       "references, each value followed by a comment saying "
+                                       "where it came from)")
     _config_args(show)
-    show.add_argument("--resolved", action="store_true", help="resolve references and defaults")
+    show.add_argument("--resolved", action="store_true",
+                      help="resolve overrides and references; a '# line N', '# override ...' or "
+                           "'# KEY, line N' (reached through a ${...} reference) comment after "
+                           "each value says where it came from")
 
 
 @hookimpl

@@ -93,11 +93,17 @@ def config_command(args: argparse.Namespace, host: PluginHost) -> int:
     from fcos_core.config.references import apply_overrides
 
     if args.resolved:
+        from fcos_core.config.origins import dump_with_origins, value_origins
+
         cfg = load_config(args.config, host, args.overrides)
-        data: Any = cfg.data
-    else:
-        data, _ = load_yaml(args.config)
-        apply_overrides(data, args.overrides, args.config)
+        # each value followed by where it came from: a line, an override, a ${...} reference
+        origins = value_origins(cfg.raw or {}, cfg.lines, cfg.overrides)
+        print(dump_with_origins(cfg.data, origins), end="")
+        return 0
+    data, _ = load_yaml(args.config)
+    for record in apply_overrides(data, args.overrides, args.config):
+        if record.note():
+            print(f"note: {record.note()}", file=sys.stderr)
     print(yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100), end="")
     return 0
 

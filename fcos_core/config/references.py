@@ -15,7 +15,8 @@ Rules (documented in docs/config.md):
   values and :data:`MAX_REFERENCE_CHARS` characters of formatted strings may be produced while
   resolving; beyond that the config is refused with an error naming the key.
 * Overrides are applied to the raw document before references resolve, so overriding
-  ``task_name`` changes every path made from it.
+  ``task_name`` changes every path made from it. An override whose path runs through a key
+  holding a whole-value reference is applied where the reference points (and says so).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import copy
 import re
 from typing import Any
 
+import attrs
 import yaml
 
 from fcos_core.config.loader import LineMap, PathKey, format_path
@@ -208,9 +210,80 @@ def resolve_references(data: dict[str, Any], lines: LineMap) -> dict[str, Any]:
     return out
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str], file: str | None) -> None:
-    """Apply ``key.path=value`` overrides in place; values are parsed as YAML scalars/lists."""
+@attrs.frozen
+class AppliedOverride:
+    """One ``key.path=value`` override as applied: ``path`` is where the value went, which
+    differs from the path written when the written one runs through a ``${...}`` reference
+    (``model.backbone.use_se_block`` with ``model.backbone: ${vars.backbone}`` lands on
+    ``vars.backbone.use_se_block``); ``via`` lists the references followed, as
+    ``(key that holds the reference, key it names)``."""
+
+    text: str
+    path: PathKey
+    via: tuple[tuple[PathKey, PathKey], ...] = ()
+
+    def note(self) -> str | None:
+        """What to tell the user when the override went somewhere else than written."""
+        if not self.via:
+            return None
+        hops = "; ".join(f"{format_path(src)} is ${{{format_path(dst)}}}" for src, dst in self.via)
+        return (f"override {self.text!r} applied to {format_path(self.path)} ({hops}): every "
+                f"key that references {format_path(self.via[-1][1])} sees the new value")
+
+
+def _whole_reference(value: Any) -> PathKey | None:
+    """The path a string that is exactly one ``${...}`` reference names, else None."""
+    if isinstance(value, str):
+        m = _REF.fullmatch(value)
+        if m:
+            return parse_path(m.group(1))
+    return None
+
+
+def _descend(data: dict[str, Any], path: PathKey, text: str,
+             file: str | None) -> tuple[Any, PathKey, list[tuple[PathKey, PathKey]]] | Problem:
+    """Walk to the parent of ``path``'s last part, creating missing mappings and following
+    whole-value references on the way; returns (parent, final path, references followed)."""
+    via: list[tuple[PathKey, PathKey]] = []
+    done: PathKey = ()
+    todo = list(path[:-1])
+    cur: Any = data
+    while todo:
+        part = todo.pop(0)
+        if isinstance(cur, dict):
+            if part not in cur:
+                cur[part] = {}
+            nxt = cur[part]
+        elif isinstance(cur, list) and isinstance(part, int) and -len(cur) <= part < len(cur):
+            nxt = cur[part]
+        else:
+            return Problem(format_path((*done, part)), f"override {text!r}: cannot descend here",
+                           None, file)
+        done = (*done, part)
+        target = _whole_reference(nxt)
+        if target is not None:
+            # the key holds ``${target}``: the override means the referenced block
+            if len(via) >= MAX_DEPTH or any(dst == target for _, dst in via):
+                return Problem(format_path(done), f"override {text!r}: the references from "
+                                                  "here form a cycle", None, file)
+            via.append((done, target))
+            todo = [*target, *todo]
+            done, cur = (), data
+            continue
+        cur = nxt
+    return cur, (*done, path[-1]), via
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str],
+                    file: str | None) -> list[AppliedOverride]:
+    """Apply ``key.path=value`` overrides in place; values are parsed as YAML scalars/lists.
+
+    A path that runs through a key holding a whole-value reference (``model.backbone:
+    ${vars.backbone}``) is applied where the reference points (``vars.backbone.x``), so every
+    user of that block sees it; the returned records say where each override went
+    (:meth:`AppliedOverride.note` tells the user)."""
     problems: list[Problem] = []
+    applied: list[AppliedOverride] = []
     for text in overrides:
         key, sep, raw = text.partition("=")
         path = parse_path(key)
@@ -222,26 +295,25 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], file: str | None
         except yaml.YAMLError as exc:
             raise FcosUserError(f"override {text!r}: the value is not valid YAML ({exc})",
                                 hint="quote strings that contain ':' or '#'") from None
-        cur: Any = data
-        for i, part in enumerate(path[:-1]):
-            if isinstance(cur, dict):
-                if part not in cur:
-                    cur[part] = {}
-                cur = cur[part]
-            elif isinstance(cur, list) and isinstance(part, int) and -len(cur) <= part < len(cur):
-                cur = cur[part]
-            else:
-                problems.append(Problem(format_path(path[: i + 1]),
-                                        f"override {text!r}: cannot descend here", None, file))
-                break
+        got = _descend(data, path, text, file)
+        if isinstance(got, Problem):
+            problems.append(got)
+            continue
+        cur, final, via = got
+        last = final[-1]
+        if isinstance(cur, dict):
+            cur[last] = value
+        elif isinstance(cur, list) and isinstance(last, int) and -len(cur) <= last < len(cur):
+            cur[last] = value
         else:
-            last = path[-1]
-            if isinstance(cur, dict):
-                cur[last] = value
-            elif isinstance(cur, list) and isinstance(last, int) and -len(cur) <= last < len(cur):
-                cur[last] = value
-            else:
-                problems.append(Problem(format_path(path), f"override {text!r}: no such item",
-                                        None, file))
+            what = f"a list of {len(cur)}" if isinstance(cur, list) else \
+                f"the value {cur!r}" if not isinstance(cur, str) or len(cur) < 60 else "a string"
+            problems.append(Problem(
+                format_path(final), f"override {text!r}: no such item: "
+                                    f"{format_path(final[:-1]) or 'the top level'} is {what}",
+                None, file))
+            continue
+        applied.append(AppliedOverride(text, final, tuple(via)))
     if problems:
         raise ConfigError(problems)
+    return applied

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import TYPE_CHECKING, Any, Sequence
 
 import attrs
 
 from fcos_core.config.loader import LineMap, load_yaml
-from fcos_core.config.references import apply_overrides, resolve_references
+from fcos_core.config.references import AppliedOverride, apply_overrides, resolve_references
 from fcos_core.config.run_config import RunConfig
 from fcos_core.config.validate import Node, Validator
 from fcos_core.errors import ConfigError
@@ -27,6 +28,8 @@ class ResolvedConfig:
     lines: LineMap
     compile_backend: Any = None  # registry Entry of compile_cfg's march, when set
     compile_options: dict[str, Any] | None = None
+    raw: dict[str, Any] | None = None  # the document after overrides, before references
+    overrides: list[AppliedOverride] = attrs.field(factory=list)  # where each override went
 
     def node(self, key: str) -> Node | None:
         value = self.values.get(key)
@@ -50,7 +53,11 @@ def load_config(path: str | os.PathLike[str], host: PluginHost,
     """Read, override, resolve and validate ``path``; raises :class:`ConfigError` with all
     problems at once."""
     raw, lines = load_yaml(path)
-    apply_overrides(raw, list(overrides), str(path))
+    applied = apply_overrides(raw, list(overrides), str(path))
+    for record in applied:
+        note = record.note()
+        if note:  # an override that went through a reference: say where it landed
+            print(f"note: {note}", file=sys.stderr)
     data = resolve_references(raw, lines)
     validator = Validator(host.registries, lines, _broken_kinds(host))
     hint = "; put your own values and reusable blocks under 'vars:'"
@@ -61,7 +68,8 @@ def load_config(path: str | os.PathLike[str], host: PluginHost,
         if p.path.count(".") == 0 and p.message.startswith("unknown key") else p
         for p in validator.problems
     ]
-    resolved = ResolvedConfig(str(path), data, values or {}, lines)
+    resolved = ResolvedConfig(str(path), data, values or {}, lines, raw=raw,  # resolving reads raw, never changes it
+                              overrides=applied)
     compile_cfg = data.get("compile_cfg")
     if isinstance(compile_cfg, dict):
         march = compile_cfg.get("march", data.get("march"))
