@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fcos_core.cli import export_cmd, predict_cmd
+from fcos_core.cli import export_cmd, predict_cmd, runs_cmd
 from fcos_core.docs_gen import config_reference
 from fcos_core.hooks import hookimpl
 from fcos_core.scaffold import new_plugin
@@ -84,3 +84,7 @@ def register_commands(register):
     register("predict", factory="fcos_core.cli.predict_cmd:predict_command",
              add_arguments=predict_cmd.add_arguments,
              doc="detect objects in image files with the float model; --save-vis draws them")
+    register("runs", factory="fcos_core.cli.runs_cmd:runs_command",
+             add_arguments=runs_cmd.add_arguments,
+             doc="compare run folders' summary.json stage tables side by side (mAP or "
+                 "--metrics, time, early stopping)")

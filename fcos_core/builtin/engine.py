@@ -6,6 +6,7 @@ Torch-free: factories are import strings; schemas live in :mod:`fcos_core.engine
 from __future__ import annotations
 
 from fcos_core.engine import schemas as s
+from fcos_core.engine.callbacks.early_stopping_schema import EarlyStoppingArgs
 from fcos_core.engine.callbacks.training_health_schema import TrainingHealthArgs
 from fcos_core.hooks import hookimpl
 
@@ -41,6 +42,8 @@ def register_callbacks(register):
              schema=s.MetricUpdaterArgs)
     register("TrainingHealth", factory=f"{cb}.training_health:TrainingHealth",
              schema=TrainingHealthArgs)
+    register("EarlyStopping", factory=f"{cb}.early_stopping:EarlyStopping",
+             schema=EarlyStoppingArgs)
 
 
 @hookimpl

@@ -62,6 +62,7 @@ class LoopState:
     val_results: dict[str, float] = attrs.field(factory=dict)
     val_count: int = 0  # validations run so far (lets Checkpoint see a new one)
     finished: bool = False
+    stop_reason: str | None = None  # a callback ended training early (EarlyStopping)
     consistent: bool = True  # False while an optimizer step is half-applied
     rng_snapshot: Any = None  # generator states after the last finished step
 

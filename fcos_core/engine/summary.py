@@ -12,6 +12,8 @@ A stage scored with a metric that breaks its numbers down by class (COCODetectio
 ``"per_class"``: ``[{"category_id", "name", "AP", "AP50", "AR100", "gt_boxes"}, ...]`` (AP
 None: no ground truth of that class), from the same evaluation as its ``metrics`` (see
 :mod:`fcos_core.engine.per_class`).
+A stage whose trainer has the ``EarlyStopping`` callback has ``"early_stopping"``: ``{"monitor",
+"mode", "best", "best_epoch", "stopped_epoch" (null: all epochs ran), "patience", "min_delta"}``.
 Stages run later (another ``fcos run --stage X``) are merged into the same file.
 """
 

@@ -8,6 +8,9 @@ quantized weights and the traced model).
 
 Stopping:
 
+* a callback may end training after an epoch by setting ``state.stop_reason``
+  (``EarlyStopping``, when the monitored metric stalls): the loop then ends as after its last
+  epoch (``on_loop_end``, ``last`` marked finished);
 * a NaN or infinite loss term raises :class:`~fcos_core.engine.errors.NonFiniteLossError`
   (``fcos run`` exits with code 2) before that step touches the weights; no checkpoint is
   written, so the last good one stays;
@@ -247,6 +250,10 @@ class Trainer(Loop):
             st.rng_snapshot = capture_rng()
             set_mode(self.train_model, True)  # validation may have switched modes
             start_batch = 0
+            if st.stop_reason:  # a callback (EarlyStopping) ended training after this epoch
+                self.logger.info("training stopped early", stage=self.stage, epoch=epoch + 1,
+                                 of=self.num_epochs, reason=st.stop_reason)
+                break
 
     def _skipped_step(self) -> None:
         """The batch processor skipped this step's optimizer step (NaN/inf gradient)."""

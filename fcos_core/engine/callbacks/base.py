@@ -16,9 +16,9 @@ Events, in the order a training loop fires them::
     on_interrupt                        (instead of the rest, on Ctrl-C)
 
 At every event the callbacks run in the order the config lists them, with one exception:
-callbacks whose class sets ``run_last = True`` (``Checkpoint``) run after all the others, so a
-checkpoint always captures what the others did at that event (the EMA update of the step, the
-validation metric of the epoch). Evaluation loops (``Predictor``, and ``Validation``'s inner
+callbacks whose class sets ``run_last = True`` (``Checkpoint``, ``EarlyStopping``) run after all
+the others, so a checkpoint always captures what the others did at that event (the EMA update of
+the step, the validation metric of the epoch). Evaluation loops (``Predictor``, and ``Validation``'s inner
 loop) fire the same events with a single "epoch" covering all their data loaders.
 """
 
