@@ -102,11 +102,12 @@ class _FreezeCalibration:
 
 def prepare(cfg: Any, stage: str, ctx: Any, checkpoint: str | None = None,
             make_loader: Builder = build, make_metric: Builder = build) -> StageEvaluation:
-    """The evaluation of ``stage`` (see the module docstring); nothing is run yet."""
+    """The evaluation of ``stage`` (see the module docstring); nothing is run yet (a
+    compiled artifact is loaded). ``ctx`` is the :func:`stage_context` it will run with."""
     if stage not in EVAL_STAGES:
         raise FcosUserError(f"unknown stage {stage!r}", hint=f"use one of {', '.join(EVAL_STAGES)}")
     if stage == "compile":
-        return _prepare_compile(cfg, ctx, checkpoint, make_loader, make_metric)
+        return _prepare_compile(cfg, checkpoint, make_loader, make_metric)
     node = cfg.node(f"{stage}_predictor")
     if node is not None:
         return _prepare_predictor(cfg, stage, node, checkpoint, make_loader, make_metric)
@@ -181,7 +182,7 @@ def _prepare_from_trainer(cfg: Any, stage: str, checkpoint: str | None, make_loa
                            metrics=metrics, loaders=loaders, predictor=predictor)
 
 
-def _prepare_compile(cfg: Any, ctx: Any, artifact: str | None, make_loader: Builder,
+def _prepare_compile(cfg: Any, artifact: str | None, make_loader: Builder,
                      make_metric: Builder) -> StageEvaluation:
     from fcos_core.engine.compile_stage import artifact_eval_nodes, backend_entry
 

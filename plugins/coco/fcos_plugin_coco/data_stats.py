@@ -91,9 +91,10 @@ def _from_lists(source: str, categories: list, hw: list, boxes: list, image: lis
                        image=np.asarray(image, dtype=np.int64), labels=labels)
 
 
-def read_lmdb(path: str) -> Annotations:
-    """The annotations of an LMDB written by ``fcos pack-coco`` (headers only: no image bytes
-    are read past each record's JSON header)."""
+def read_lmdb_records(path: str) -> tuple[dict, list[int], list[dict]]:
+    """The metadata, image ids (index order) and per-image JSON headers (``id``, ``width``,
+    ``height``, ``boxes`` xyxy, ``category_ids``, ``iscrowd``, ...) of an LMDB written by
+    ``fcos pack-coco``; no image bytes are read past each record's header."""
     from fcos_plugin_coco import lmdb_env
     from fcos_plugin_coco import lmdb_format as fmt
 
@@ -116,8 +117,9 @@ def read_lmdb(path: str) -> Annotations:
         if done is None or index is None:
             raise FcosUserError(f"packing of {path} did not finish",
                                 hint="rerun the same `fcos pack-coco` command: it resumes")
-        for image_id in json.loads(bytes(index)):
-            value = txn.get(fmt.image_key(int(image_id)))
+        ids = [int(i) for i in json.loads(bytes(index))]
+        for image_id in ids:
+            value = txn.get(fmt.image_key(image_id))
             if value is None or bytes(value[:len(fmt.MAGIC)]) != fmt.MAGIC:
                 raise FcosUserError(f"{path}: image {image_id} is in the index but has no "
                                     "valid record", hint="re-pack the data")
@@ -125,7 +127,13 @@ def read_lmdb(path: str) -> Annotations:
             headers.append(bytes(value[head:head + length]))
     # one parse of all headers: per-call overhead was a third of the time
     recs = json.loads(b"[" + b",".join(headers) + b"]")
-    del headers
+    return meta_d, ids, recs
+
+
+def read_lmdb(path: str) -> Annotations:
+    """The annotations of an LMDB written by ``fcos pack-coco`` (headers only: no image bytes
+    are read past each record's JSON header)."""
+    meta_d, _, recs = read_lmdb_records(path)
     counts = [len(r["boxes"]) for r in recs]
     flat = itertools.chain.from_iterable(itertools.chain.from_iterable(r["boxes"] for r in recs))
     boxes = np.fromiter(flat, dtype=np.float32, count=4 * sum(counts)).reshape(-1, 4)

@@ -12,8 +12,8 @@ The run folder (``--out``, default ``runs/<task_name>/val-<stage>``, ``-2``, ``-
 an existing ``--out`` must be empty: nothing is ever replaced) gets ``val.json`` (every number
 below), ``coco_summary.txt``, ``per_class.csv``, ``pr_curves.png``, ``confusion_matrix.png`` /
 ``.csv``, ``worst/NN_img<id>.png``, ``detections.json`` (every detection scored, in COCO's
-results format, unless ``--no-detections``) and ``log.jsonl``. The figures and their matching rules are
-described in :mod:`fcos_plugin_coco.eval_report`.
+results format, unless ``--no-detections``) and ``log.jsonl``. The figures and their matching
+rules are described in :mod:`fcos_plugin_coco.eval_report`.
 
 Importing this module is cheap (argparse only): ``fcos --help`` builds the parser from
 :func:`add_arguments`.
@@ -144,24 +144,20 @@ def make_run_folder(out: Optional[str], task_name: str, stage: str) -> Path:
 
 def gt_from_lmdb(path: str) -> dict[str, Any]:
     """A COCO instances dict of the ground truth packed in an LMDB (the boxes the dataset
-    gives: cleaned and clipped by the packer)."""
-    from fcos_plugin_coco.data_stats import read_lmdb
-    from fcos_plugin_coco.dataset import Coco
+    gives: cleaned and clipped by the packer; crowd regions kept as crowd)."""
+    from fcos_plugin_coco.data_stats import read_lmdb_records
 
-    ann = read_lmdb(path)
-    ids = Coco(path).img_ids  # the LMDB's index order, as read_lmdb's image numbers
-    images = [{"id": int(i), "width": int(w), "height": int(h), "file_name": str(i)}
-              for i, h, w in zip(ids, ann.heights, ann.widths)]
-    cats = [int(c["id"]) for c in ann.categories]
-    anns = []
-    for n, (box, img, label) in enumerate(zip(ann.boxes.tolist(), ann.image.tolist(),
-                                              ann.labels.tolist())):
-        x1, y1, x2, y2 = box
-        anns.append({"id": n + 1, "image_id": int(ids[img]), "bbox": [x1, y1, x2 - x1, y2 - y1],
-                     "area": (x2 - x1) * (y2 - y1), "iscrowd": int(label < 0),
-                     # a crowd region keeps a category for pycocotools; label -1 lost it
-                     "category_id": cats[label] if label >= 0 else cats[0]})
-    return {"images": images, "annotations": anns, "categories": list(ann.categories)}
+    meta, _, recs = read_lmdb_records(path)
+    images, anns = [], []
+    for rec in recs:
+        images.append({"id": int(rec["id"]), "width": int(rec["width"]),
+                       "height": int(rec["height"]), "file_name": str(rec["file_name"])})
+        for (x1, y1, x2, y2), cat, crowd in zip(rec["boxes"], rec["category_ids"],
+                                                rec["iscrowd"]):
+            anns.append({"id": len(anns) + 1, "image_id": int(rec["id"]),
+                         "category_id": int(cat), "bbox": [x1, y1, x2 - x1, y2 - y1],
+                         "area": (x2 - x1) * (y2 - y1), "iscrowd": int(bool(crowd))})
+    return {"images": images, "annotations": anns, "categories": list(meta["categories"])}
 
 
 class _DataSwap:

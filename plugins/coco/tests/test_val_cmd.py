@@ -467,3 +467,26 @@ def test_default_run_folders_are_numbered(host, pipeline, monkeypatch, tmp_path)
         assert _val(host, config, "--stage", "float") == 0
     assert sorted(p.name for p in (tmp_path / "runs" / "colour").iterdir()) == [
         "val-float", "val-float-2"]
+
+
+def test_ground_truth_from_an_lmdb_equals_its_json(clean_coco, tmp_path):
+    """An LMDB scored without --ann: its packed ground truth, crowd regions with their class."""
+    from fcos_plugin_coco.packer import pack_coco
+    from fcos_plugin_coco.val_cmd import gt_from_lmdb
+
+    images, ann = clean_coco()
+    pack_coco(images, ann, str(tmp_path / "lmdb"))
+    src = json.loads(Path(ann).read_text())
+    got = gt_from_lmdb(str(tmp_path / "lmdb"))
+    assert sorted(c["id"] for c in got["categories"]) == sorted(c["id"] for c in src["categories"])
+    assert {i["id"]: (i["width"], i["height"]) for i in got["images"]} == {
+        i["id"]: (i["width"], i["height"]) for i in src["images"]}
+
+    def key(a):
+        return (a["image_id"], a["category_id"], a["iscrowd"], *a["bbox"])
+
+    mine, theirs = sorted(map(key, got["annotations"])), sorted(map(key, src["annotations"]))
+    assert [k[:3] for k in mine] == [k[:3] for k in theirs]
+    np.testing.assert_allclose([k[3:] for k in mine], [k[3:] for k in theirs],
+                               atol=1e-4)  # the LMDB stores float32 boxes
+    assert any(a["iscrowd"] for a in got["annotations"])
