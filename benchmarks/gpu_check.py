@@ -19,6 +19,9 @@ Runs in one process and prints one table (and ``--json PATH`` writes the rows):
     synchronised BatchNorm steps exactly like the plain model; two processes on one GPU are not
     possible with nccl, so several processes stay covered by the gloo tests
     (tests/engine/test_distributed.py, tests/integration/test_multinode.py).
+(f) fcos-plugin-tensorrt (where the ``tensorrt`` package is installed): its tests, then the
+    demo's deploy model (int8 head outputs) quantized, built into an engine, its agreement with
+    the integer model, batch-1 latency and decoding; skipped with the reason elsewhere.
 
 ``--device cpu --quick`` runs every section on CPU at 128x128 with a few steps (CI runs it, see
 tests/integration/test_gpu_check.py, so the script cannot rot); there CPU is compared with
@@ -130,7 +133,7 @@ def _tf32(enabled: bool) -> Any:
 
 
 def load_demo(host: Any, data_root: Path, batch: int, size: int, classes: int | None = None,
-              workers: int = 0, pin: bool = False) -> Any:
+              workers: int = 0, pin: bool = False, extra: tuple[str, ...] = ()) -> Any:
     """The demo config, pointed at ``data_root``, at ``size`` with ``batch`` images a step."""
     from fcos_core.config import load_config
 
@@ -143,7 +146,7 @@ def load_demo(host: Any, data_root: Path, batch: int, size: int, classes: int | 
     if classes is not None:  # the seed's 80 COCO classes for the throughput rows
         overrides += [f"vars.num_classes={classes}",
                       f"vars.num_classes_with_background={classes + 1}"]
-    return load_config(DEMO, host, overrides)
+    return load_config(DEMO, host, [*overrides, *extra])
 
 
 def first_batches(cfg: Any, n: int) -> list[Any]:
@@ -603,6 +606,69 @@ def check_ddp(report: Report, host: Any, data_root: Path, device: Any) -> None:
                "test_multinode.py): nccl needs one GPU per process", "info")
 
 
+# --- (f) the TensorRT backend ----------------------------------------------------------------
+
+
+def check_tensorrt(report: Report, host: Any, data_root: Path, device: Any, args: Any) -> None:
+    """fcos-plugin-tensorrt on the GPU: its tests, then the demo's deploy model as an engine."""
+    import subprocess
+
+    import torch
+
+    from fcos_core.build import build
+    from fcos_core.convert_context import ConvertContext
+    from fcos_core.quantization.converters import Float2QAT, QAT2Quantize, freeze_observers
+
+    try:
+        from fcos_plugin_tensorrt.backend import TensorRTBackend
+        from fcos_plugin_tensorrt.runtime import tensorrt_missing
+    except ImportError as exc:
+        report.add("f", "TensorRT backend", f"skipped: fcos-plugin-tensorrt not installed "
+                   f"({exc})", "skip")
+        return
+    why = tensorrt_missing() if device.type == "cuda" else "a CPU run"
+    if why is not None:
+        report.add("f", "TensorRT backend", f"skipped: {why}", "skip")
+        return
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                            str(ROOT / "plugins" / "tensorrt" / "tests")],
+                           capture_output=True, text=True, cwd=ROOT, check=False)
+    last = (tests.stdout.strip().splitlines() or ["no output"])[-1]
+    report.add("f", "plugins/tensorrt/tests on this GPU", last,
+               "ok" if tests.returncode == 0 else "FAIL")
+    # TensorRT's Q/DQ is int8 only: the demo's head with int8 outputs
+    cfg = load_demo(host, data_root, 2, 128, extra=("vars.head.int8_output=true",
+                                                      "vars.head.int16_output=false"))
+    backend = TensorRTBackend()
+    ctx = ConvertContext(example_inputs={"img": (1, 3, 128, 128)}, backend=backend,
+                         device="cpu", stage="int_infer")
+    batch = first_batches(cfg, 1)[0]
+    torch.manual_seed(0)
+    qat = Float2QAT()(build(cfg.node("deploy_model")).eval(), ctx)
+    with torch.no_grad():
+        qat(batch["img"])  # activation ranges from one batch
+    freeze_observers(qat)
+    quantized = QAT2Quantize()(qat, ctx)
+    with tempfile.TemporaryDirectory(prefix="fcos-trt-") as tmp:
+        result = backend.compile(quantized, {"img": batch["img"]},
+                                 {"out_dir": tmp, "name": "demo", "device": device.index or 0,
+                                  "latency_runs": 200, "warmup_runs": 20}, Path(tmp))
+        rep = result.report
+        agree = rep["agreement"]
+        report.add("f", "TensorRT int8 engine vs fcos integer model, demo deploy model (within "
+                   "1 step >= 0.99)", f"within 0: {agree['within_0']:.4f}, within 1: "
+                   f"{agree['within_1']:.4f}, max {agree['max_steps']} steps",
+                   "ok" if agree["within_1"] >= 0.99 else "FAIL")
+        lat = rep["latency"]
+        report.add("f", "TensorRT engine latency, batch 1, 128x128",
+                   f"p50 {lat['p50_ms']:.3f} ms, p90 {lat['p90_ms']:.3f} ms "
+                   f"(TensorRT {rep['build']['tensorrt']})")
+        program = backend.load(result.artifact)
+        dets = backend.detect(program, batch["img"])
+        report.add("f", "TensorRT engine: load + detect", f"{len(dets)} images decoded",
+                   "ok" if len(dets) == int(batch["img"].shape[0]) else "FAIL")
+
+
 # --- driver -----------------------------------------------------------------------------------
 
 
@@ -672,6 +738,8 @@ def main(argv: list[str] | None = None) -> int:
             train_ips = check_throughput(report, host, data_root, device, args)
         with report.guard("b", "data pipeline section"):
             check_data_pipeline(report, host, data_root, device, args, train_ips)
+        with report.guard("f", "TensorRT section"):
+            check_tensorrt(report, host, data_root, device, args)
     if device.type != "cuda":
         report.add("c", "process peak RSS", f"{_peak_mib(device):.0f} MiB", "info")
     report.add("-", "wall time", f"{time.perf_counter() - t_start:.0f} s", "info")

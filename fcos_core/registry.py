@@ -55,6 +55,7 @@ KNOWN_PROVIDERS: dict[tuple[str, str], str] = {
     ("commands", "demo-data"): "fcos-plugin-coco",
     ("compile_backends", "nash_e"): "fcos-plugin-nash-e",
     ("compile_backends", "onnx"): "fcos-plugin-onnx",
+    ("compile_backends", "tensorrt"): "fcos-plugin-tensorrt",
     **{("transforms", t): "fcos-plugin-coco" for t in (
         "Resize", "RandomCrop", "Pad", "RandomFlip", "AugmentHSV", "ToTensor", "Normalize")},
 }
