@@ -7,7 +7,8 @@ import json
 import numpy as np
 from PIL import Image
 
-from fcos_core.cli.detections_output import COLOURS, draw_detections, print_detections
+from fcos_core.cli.detections_output import (COLOURS, draw_detections, draw_scale,
+                                             print_detections)
 
 RESULTS = [{"image": "a.jpg", "detections": [
     {"label": 1, "name": "car", "score": 0.9, "box": [1.0, 2.0, 10.0, 12.0]},
@@ -35,8 +36,9 @@ def test_drawing_puts_label_coloured_boxes_on_the_image(tmp_path):
     out = tmp_path / "vis" / "a_det.png"
     draw_detections(rgb, RESULTS[0]["detections"], out)
     img = np.asarray(Image.open(out))
-    assert img.shape == (20, 20, 3)
-    assert tuple(img[2, 5]) == COLOURS[1]  # top edge of the first box
+    k = draw_scale(20, 20)  # a small image is drawn enlarged so that its labels are readable
+    assert k == 26 and img.shape == (20 * k, 20 * k, 3)
+    assert tuple(img[2 * k, 5 * k]) == COLOURS[1]  # top edge of the first box
 
 
 def test_save_vis_names_are_unique_and_never_overwrite(tmp_path):

@@ -61,8 +61,11 @@ def test_predict_draws_detections(tmp_path):
     results = json.loads(run.stdout)
     assert [r["image"] for r in results] == paths
     for r, (h, w) in zip(results, [(96, 160), (200, 120)]):
+        from fcos_core.cli.detections_output import draw_scale
+
         vis = Image.open(r["vis"])
-        assert vis.size == (w, h)  # drawn on the original image
+        k = draw_scale(h, w)  # drawn on the original image, enlarged when small
+        assert vis.size == (w * k, h * k) and k > 1
         for d in r["detections"]:
             x1, y1, x2, y2 = d["box"]
             assert 0 <= x1 <= x2 <= w and 0 <= y1 <= y2 <= h  # mapped back and clipped

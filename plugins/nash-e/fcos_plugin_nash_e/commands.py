@@ -63,17 +63,6 @@ def letterbox(rgb: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, float
     return out, scale
 
 
-def _load_image(path: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as exc:
-        raise FcosUserError(f"{path}: cannot read the image: {exc}",
-                            hint="pass JPEG or PNG files") from None
-
-
 def _decode(runtime: Any, outputs: tuple[np.ndarray, ...], det: dict[str, Any],
             image_size: tuple[int, int], score_threshold: float | None) -> dict[str, Any]:
     import torch
@@ -98,14 +87,15 @@ def _decode(runtime: Any, outputs: tuple[np.ndarray, ...], det: dict[str, Any],
 
 
 def infer_command(args: argparse.Namespace, host: Any) -> int:
-    """Run a compiled artifact on images; print (and optionally draw) the detections."""
-    from fcos_core.cli.detections_output import prepare_vis_folder, print_detections, save_vis
+    """Run a compiled artifact on pictures -- files, folders, globs, an LMDB or a video, the
+    front end ``fcos predict`` uses (:mod:`fcos_core.cli.detect_frontend`) -- and print,
+    write (``--out``: predictions.json) and draw (``--save-vis``) the detections."""
+    from fcos_core.cli.detect_frontend import check_arguments, run_frontend
     from fcos_plugin_nash_e.artifact import read_artifact
     from fcos_plugin_nash_e.runtime import Runtime
 
+    check_arguments(args)
     program, _ = read_artifact(args.artifact)
-    if args.save_vis:
-        prepare_vis_folder(args.save_vis)
     det = program.meta.get("detection")
     if not det:
         raise FcosUserError(f"{args.artifact}: the compiled model has no detection post-process "
@@ -116,9 +106,8 @@ def infer_command(args: argparse.Namespace, host: Any) -> int:
     h, w = program.meta["input_size"]
     color = program.meta.get("preprocess", {}).get("color", "yuv")
     inp = program.inputs[0]
-    results = []
-    for path in args.images:
-        rgb = _load_image(path)
+
+    def detect_one(rgb: np.ndarray) -> list[dict[str, Any]]:
         boxed, scale = letterbox(rgb, (h, w))
         pixels = _rgb_to_yuv444(boxed) if (color == "yuv" or inp.source == "pyramid") \
             else np.ascontiguousarray(boxed.transpose(2, 0, 1))
@@ -128,7 +117,7 @@ def infer_command(args: argparse.Namespace, host: Any) -> int:
             feed = ((pixels.astype(np.float32) - 128.0) / 128.0)[None]
         outputs = runtime.run({inp.name: feed})
         d = _decode(runtime, outputs, det, (h, w), args.score_threshold)
-        oh, ow = rgb.shape[:2]
+        oh, ow = float(rgb.shape[0]), float(rgb.shape[1])
         dets = []
         for box, score, label in zip(d["boxes"].tolist(), d["scores"].tolist(),
                                      d["labels"].tolist()):
@@ -136,9 +125,9 @@ def infer_command(args: argparse.Namespace, host: Any) -> int:
             dets.append({"label": int(label), "score": round(float(score), 4),
                          "box": [round(min(max(x1, 0), ow), 1), round(min(max(y1, 0), oh), 1),
                                  round(min(max(x2, 0), ow), 1), round(min(max(y2, 0), oh), 1)]})
-        results.append({"image": path, "detections": dets})
-        if args.save_vis:
-            results[-1]["vis"] = str(save_vis(rgb, dets, args.save_vis, path))
-    print_detections(results, args.json, max_per_image=20)
+        return dets
+
+    # the CPU runtime takes one picture per run: a batch is run picture by picture
+    code = run_frontend(args, lambda rgbs: [detect_one(rgb) for rgb in rgbs])
     sys.stdout.flush()
-    return 0
+    return code

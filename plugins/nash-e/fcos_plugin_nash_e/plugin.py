@@ -26,14 +26,10 @@ def _compile_args(p: argparse.ArgumentParser) -> None:
 
 
 def _infer_args(p: argparse.ArgumentParser) -> None:
+    from fcos_core.cli.detect_frontend import add_source_arguments
+
     p.add_argument("artifact", help="a compiled model file (compile_cfg.hbm)")
-    p.add_argument("images", nargs="+", help="image files (JPEG/PNG)")
-    p.add_argument("--save-vis", default=None, metavar="DIR",
-                   help="draw the detections on the images and save them in DIR as "
-                        "<stem>_det.png (<stem>_det-2.png, ... when taken: never overwrites)")
-    p.add_argument("--json", action="store_true", help="print detections as JSON")
-    p.add_argument("--score-threshold", type=float, default=None,
-                   help="override the score threshold stored in the artifact")
+    add_source_arguments(p, positional=True, score_default=None)
 
 
 @hookimpl
@@ -43,4 +39,5 @@ def register_commands(register):
              doc="compile a config's quantized deploy model (the pipeline's compile stage)")
     register("infer", factory="fcos_plugin_nash_e.commands:infer_command",
              add_arguments=_infer_args,
-             doc="run a compiled model on images with the CPU runtime and print detections")
+             doc="run a compiled model with the CPU runtime on images, folders, globs, an LMDB or a "
+                 "video (the fcos predict front end); print, write and draw the detections")

@@ -139,9 +139,12 @@ def test_infer_save_vis_keeps_same_stem_images_apart_and_never_overwrites(tmp_pa
     assert (vis / "x_det.png").read_bytes() == b"drawn by me earlier"
     from PIL import Image
 
-    for r, p in zip(out, imgs):  # each file is its own image, drawn at the original size
-        assert Image.open(r["vis"]).size == (56, 40)
+    from fcos_core.cli.detections_output import draw_scale
+
+    k = draw_scale(40, 56)  # small images are drawn enlarged by a whole factor (readable labels)
+    for r, p in zip(out, imgs):  # each file is its own image
+        assert Image.open(r["vis"]).size == (56 * k, 40 * k)
         drawn = np.asarray(Image.open(r["vis"]).convert("RGB"))
-        source = np.asarray(Image.open(p).convert("RGB"))
+        source = np.asarray(Image.open(p).convert("RGB")).repeat(k, 0).repeat(k, 1)
         if not r["detections"]:
             assert np.array_equal(drawn, source)
