@@ -83,7 +83,8 @@ def register_commands(register):
                  "reloading); --list-formats")
     register("predict", factory="fcos_core.cli.predict_cmd:predict_command",
              add_arguments=predict_cmd.add_arguments,
-             doc="detect objects in image files with the float model; --save-vis draws them")
+             doc="detect objects in images, folders, globs, an LMDB or a video with any "
+                 "stage's model (batched); --out: predictions.json, --save-vis: drawings")
     register("runs", factory="fcos_core.cli.runs_cmd:runs_command",
              add_arguments=runs_cmd.add_arguments,
              doc="compare run folders' summary.json stage tables side by side (mAP or "
