@@ -617,7 +617,8 @@ def check_tensorrt(report: Report, host: Any, data_root: Path, device: Any, args
 
     from fcos_core.build import build
     from fcos_core.convert_context import ConvertContext
-    from fcos_core.quantization.converters import Float2QAT, QAT2Quantize, freeze_observers
+    from fcos_core.quantization.converters import Float2Calibration, QAT2Quantize, \
+        freeze_observers
 
     try:
         from fcos_plugin_tensorrt.backend import TensorRTBackend
@@ -637,18 +638,19 @@ def check_tensorrt(report: Report, host: Any, data_root: Path, device: Any, args
     report.add("f", "plugins/tensorrt/tests on this GPU", last,
                "ok" if tests.returncode == 0 else "FAIL")
     # TensorRT's Q/DQ is int8 only: the demo's head with int8 outputs
-    cfg = load_demo(host, data_root, 2, 128, extra=("vars.head.int8_output=true",
-                                                      "vars.head.int16_output=false"))
+    cfg = load_demo(host, data_root, 2, 128, extra=("deploy_model.head.int8_output=true",
+                                                      "deploy_model.head.int16_output=false"))
     backend = TensorRTBackend()
     ctx = ConvertContext(example_inputs={"img": (1, 3, 128, 128)}, backend=backend,
                          device="cpu", stage="int_infer")
     batch = first_batches(cfg, 1)[0]
     torch.manual_seed(0)
-    qat = Float2QAT()(build(cfg.node("deploy_model")).eval(), ctx)
+    calib = Float2Calibration(activation_observer="percentile", percentile=99.99)(
+        build(cfg.node("deploy_model")).eval(), ctx)
     with torch.no_grad():
-        qat(batch["img"])  # activation ranges from one batch
-    freeze_observers(qat)
-    quantized = QAT2Quantize()(qat, ctx)
+        calib(batch["img"])  # activation ranges from one batch
+    freeze_observers(calib)
+    quantized = QAT2Quantize()(calib, ctx)
     with tempfile.TemporaryDirectory(prefix="fcos-trt-") as tmp:
         result = backend.compile(quantized, {"img": batch["img"]},
                                  {"out_dir": tmp, "name": "demo", "device": device.index or 0,

@@ -4,7 +4,8 @@ check   -> fcos-plugin-onnx's checks (the engine is built from its QDQ export) p
            own limit: explicit quantization takes int8 Q/DQ pairs only, so no int16 or int32
            value may reach the graph (the FCOS head needs ``int8_output: true``);
 compile -> fcos-plugin-onnx's :func:`~fcos_plugin_onnx.qdq_export.build_qdq_model` (symmetric
-           int8, float outputs) -> :func:`.runtime.build_engine` (TensorRT's ONNX parser and
+           int8, float outputs; int32 bias codes folded to float by :mod:`.onnx_prep`) ->
+           :func:`.runtime.build_engine` (TensorRT's ONNX parser and
            builder, dynamic batch) -> :func:`.engine_file.write_engine_file` (one file with the
            metadata), then the engine is run on the example inputs: its outputs against the fcos
            quantized model in quantization steps, and its batch-1 latency on the GPU;
@@ -39,9 +40,10 @@ from fcos_plugin_tensorrt.schema import TensorRTCompileOptions
 
 #: integer dtypes TensorRT's explicit quantization accepts in a Q/DQ pair
 TRT_QDQ_DTYPES = ("int8",)
-_INT8_HINT = ("TensorRT's explicit quantization takes int8 Q/DQ only: set the FCOS head's "
-              "int8_output: true and int16_output: false (vars.head in the shipped configs) "
-              "and quantize again")
+_INT8_HINT = ("TensorRT's explicit quantization takes int8 Q/DQ only: set int8_output: true "
+              "and int16_output: false on the FCOS head of both model and deploy_model (in the "
+              "shipped configs vars.head and deploy_model.head, which copies it when the file "
+              "is read) and run QAT and int_infer again")
 
 
 def resolve_options(defaults: Mapping[str, Any], options: Mapping[str, Any],
@@ -162,6 +164,7 @@ class TensorRTBackend(CompileBackend):
         from fcos_plugin_onnx.qdq_export import ExportError, build_qdq_model
         from fcos_plugin_onnx.session import measure_latency
         from fcos_plugin_tensorrt.engine_file import write_engine_file
+        from fcos_plugin_tensorrt.onnx_prep import fold_int32_dequantize
         from fcos_plugin_tensorrt.runtime import EngineRunner, build_engine, gpu_name, \
             require_tensorrt
 
@@ -197,6 +200,7 @@ class TensorRTBackend(CompileBackend):
         out = Path(str(opts["out_dir"]))
         out.mkdir(parents=True, exist_ok=True)
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(opts["name"])) or "model"
+        fold_int32_dequantize(exported.model)  # int32 bias codes -> float32 constants
         onnx_bytes = exported.model.SerializeToString()
         onnx_path = write_atomically(out / f"{safe}.qdq.onnx", lambda f: f.write(onnx_bytes))
         device = int(opts["device"])

@@ -137,3 +137,42 @@ def test_engine_builds_runs_agrees_and_detects(quantized, tmp_path):
     dets = backend.detect(program, x)
     assert len(dets) == 2 and all(set(d) >= {"boxes", "scores", "labels"} for d in dets)
     assert np.isfinite(outs[0]).all()
+
+
+def test_folding_int32_bias_dequantize_keeps_the_graphs_outputs(quantized):
+    """What TensorRT is given computes what the onnx plugin's export computes (ONNX Runtime as
+    the reference), with no int32 DequantizeLinear left and only int8 Q/DQ pairs."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from fcos_core.compile.backend import post_process_params
+    from fcos_core.quantization.integer_model import integer_program
+    from fcos_plugin_onnx.backend import find_integer_model
+    from fcos_plugin_onnx.qdq_export import build_qdq_model
+    from fcos_plugin_tensorrt.onnx_prep import fold_int32_dequantize
+
+    model = quantized["int8"]
+    int_model, post = find_integer_model(model)
+    x = nets.images(2, seed=3).numpy()
+    exported = build_qdq_model(
+        integer_program(int_model), int_model.outputs, input_shape=x.shape, dequant_output=True,
+        strides=post_process_params(model)["strides"], max_logit=post is not None,
+        uint8_activations=False)
+
+    def run(m):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(m.SerializeToString(), opts,
+                                    providers=["CPUExecutionProvider"])
+        return sess.run(None, {exported.input_name: x})
+
+    before = run(exported.model)
+    assert fold_int32_dequantize(exported.model) > 0
+    after = run(exported.model)
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    inits = {i.name: numpy_helper.to_array(i).dtype for i in exported.model.graph.initializer}
+    for node in exported.model.graph.node:
+        if node.op_type in ("DequantizeLinear", "QuantizeLinear"):
+            src = node.input[0] if node.op_type == "DequantizeLinear" else node.input[2]
+            assert inits.get(src, np.dtype("int8")) == np.int8, node.name
