@@ -102,6 +102,8 @@ def run_frontend(args: argparse.Namespace, detect: Detect, *,
     cat_ids = [int(c["id"]) for c in categories] if categories else None
     total = sum(s.count or 0 for s in sources)
     bar = Progress(total, "predict", progress_enabled(0))
+    if log is None:
+        say = bar.write  # reports go above the bar, not into it
     results: list[dict[str, Any]] = []
     images: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []

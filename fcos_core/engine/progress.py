@@ -36,6 +36,13 @@ class Progress:
             self._bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()}, refresh=False)
         self._bar.update(1)
 
+    def write(self, message: str) -> None:
+        """A line on stderr that does not break the bar (printed above it)."""
+        if self._bar is None:
+            print(message, file=sys.stderr)
+        else:
+            self._bar.write(message, file=sys.stderr)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
