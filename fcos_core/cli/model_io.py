@@ -38,9 +38,15 @@ def build_model(cfg: Any, block: str, checkpoint: str | None, default_ckpt: str 
         # a deploy model has no targets/losses: only missing body keys matter
         missing = [k for k in result.missing_keys if k.startswith("body.")]
         if missing:
+            stage = ckpt.get("stage") if isinstance(ckpt, dict) else None
+            qstate = ckpt.get("qstate") if isinstance(ckpt, dict) else None
+            hint = "use a float checkpoint of the same model configuration"
+            if isinstance(stage, str) and qstate not in (None, "float"):
+                # a quantized stage's weights: fcos predict runs those with --stage
+                hint = (f"this is a {stage} checkpoint ({qstate} model): `fcos predict` runs "
+                        f"it with --stage {stage}; here use a float checkpoint")
             raise FcosUserError(f"{path}: {len(missing)} weights of the model are not in the "
-                                f"checkpoint (first: {missing[:3]})",
-                                hint="use a float checkpoint of the same model configuration")
+                                f"checkpoint (first: {missing[:3]})", hint=hint)
         log(f"weights: {path}")
     elif checkpoint:
         raise FcosUserError(f"checkpoint {checkpoint!r} does not exist",

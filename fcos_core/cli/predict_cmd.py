@@ -94,9 +94,13 @@ def _stage_model(cfg: Any, args: argparse.Namespace, say: Any) -> tuple[Any, Any
         raise FcosUserError(f"--allow-untrained applies to --stage float only; stage "
                             f"{args.stage} needs its checkpoint",
                             hint="train the stage first, or pass --checkpoint PATH")
-    from fcos_core.engine import stage_eval
-    from fcos_core.logging_setup import get_logger
+    import sys
 
+    from fcos_core.engine import stage_eval
+    from fcos_core.logging_setup import configure_logging, get_logger
+
+    # the converters log what they do: to stderr, so stdout stays the results (--json)
+    configure_logging(None, level="warning" if args.json else "info", stream=sys.stderr)
     ctx = stage_eval.stage_context(cfg, args.stage, None, get_logger("fcos.predict"))
     # no data loaders or metrics: predict feeds its own pictures
     ev = stage_eval.prepare(cfg, args.stage, ctx, args.checkpoint,

@@ -63,3 +63,21 @@ def test_a_stage_without_its_files_is_a_clear_error(stage, tmp_path, monkeypatch
                  f"ckpt_dir={tmp_path / 'ckpts'}"]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "Traceback" not in err
+
+
+def test_a_quantized_stage_checkpoint_for_the_float_model_names_the_stage(tmp_path, monkeypatch,
+                                                                         capsys):
+    import torch
+
+    from fcos_core.build import build
+    from fcos_core.config import load_config
+    from fcos_core.plugins import load_host
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(DEMO, load_host(), [f"ckpt_dir={tmp_path}"])
+    state = {f"qat_{k}": v for k, v in build(cfg.values["model"]).state_dict().items()}
+    torch.save({"stage": "qat", "qstate": "qat", "state_dict": state}, tmp_path / "q.pth.tar")
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "x.png")
+    assert main(["predict", DEMO, "--images", str(tmp_path / "x.png"), "--checkpoint",
+                 str(tmp_path / "q.pth.tar"), f"ckpt_dir={tmp_path}"]) == 2
+    assert "--stage qat" in capsys.readouterr().err
