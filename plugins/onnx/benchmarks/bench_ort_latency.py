@@ -68,14 +68,17 @@ def main() -> int:
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, {runs} runs")
     rows: list[tuple[str, dict, str]] = []
     tmp = Path(tempfile.mkdtemp(prefix="fcos_ort_bench_"))
-    for storage in ("uint8", "int8"):
+    for requant, storage in (("integer", "uint8"), ("float", "uint8"), ("float", "int8")):
         res = backend.compile(quant, {"img": x}, {"latency_runs": runs, "warmup_runs": 3,
                                                   "activation_dtype": storage,
-                                                  "onnx_file": f"q_{storage}.onnx"}, tmp)
+                                                  "requantization": requant,
+                                                  "onnx_file": f"q_{requant}_{storage}.onnx"},
+                              tmp)
         r = res.report
-        note = (f"{r['ort_fused_int8_convs']} QLinearConv, codes within 1 step: "
-                f"{r['agreement']['within_1']:.4%}")
-        rows.append((f"ORT QDQ int8 ({storage} activations)", r["latency"], note))
+        note = (f"{r['ort_fused_int8_convs']} QLinearConv, {r['ort_integer_convs']} "
+                f"ConvInteger, codes equal: {r['agreement']['within_0']:.4%}")
+        rows.append((f"ORT {requant} requantization ({storage} activations)", r["latency"],
+                     note))
     fpath = export_float_onnx(float_model, {"img": x}, tmp / "float.onnx")
     sess, _ = make_session(str(fpath), threads=threads)
     name = sess.get_inputs()[0].name

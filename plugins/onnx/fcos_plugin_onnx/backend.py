@@ -69,6 +69,11 @@ def _resolve_options(defaults: Mapping[str, Any], options: Mapping[str, Any],
     if unknown:
         raise FcosUserError(f"compile_cfg: unknown option(s) {sorted(unknown)} for march onnx",
                             hint=f"use {', '.join(sorted(fields_of(OnnxCompileOptions)))}")
+    if opts["requantization"] == "integer" and opts["activation_dtype"] != "uint8":
+        raise FcosUserError("compile_cfg.requantization: integer needs activation_dtype: "
+                            "uint8 (ConvInteger's exact uint8 kernel)",
+                            hint="set compile_cfg.activation_dtype: uint8, or "
+                                 "requantization: float")
     if len(opts["input_source"]) != 1:
         raise FcosUserError(f"compile_cfg.input_source: {opts['input_source']} lists "
                             f"{len(opts['input_source'])} sources; the FCOS deploy model has "
@@ -167,6 +172,7 @@ class OnnxBackend(CompileBackend):
                 dequant_output=bool(int_model.dequant_output), opset=int(opts["opset"]),
                 strides=strides, max_logit=post is not None, pyramid_input=pyramid,
                 uint8_activations=opts["activation_dtype"] == "uint8",
+                requantization=str(opts["requantization"]),
                 graph_name=str(opts["name"]))
         except ExportError as exc:
             raise FcosUserError(f"compile_cfg (march onnx): cannot export the quantized model: "
@@ -189,6 +195,7 @@ class OnnxBackend(CompileBackend):
             "outputs": [_spec_dict(s) for s in exported.outputs],
             "dequant_output": bool(int_model.dequant_output),
             "activation_dtype": opts["activation_dtype"],
+            "requantization": opts["requantization"],
             "detection": det,
         }
         write_artifact(path, exported.model, meta)
@@ -227,6 +234,8 @@ class OnnxBackend(CompileBackend):
             "nodes_by_op": dict(sorted(nodes.items())),
             "ort_nodes_by_op": optimized,
             "ort_fused_int8_convs": optimized.get("QLinearConv", 0),
+            "ort_integer_convs": optimized.get("ConvInteger", 0),
+            "requantization": opts["requantization"],
             "providers": threading["providers"],
             "latency": latency,
             "agreement": agreement,

@@ -19,12 +19,21 @@ max_pool2d / upsample  DQ(x) -> MaxPool / Resize(nearest, asymmetric, floor) / C
 / cat                  same scale
 =====================  ===============================================================
 
+``requantization="integer"`` replaces the float requantization of the table by fcos's own
+integer arithmetic, bit-exact with the integer model: ``ConvInteger`` (uint8 x uint8, zero
+points 128) -> int32 accumulator -> int64 ``+ bias``, ``* M[c]``, ``+ 2**(n-1)``, floor
+division by ``2**n`` (``t - Mod(t, 2**n)`` then ``Div``: exact), ``Clip`` (saturation, fused
+ReLU) and ``Cast`` to the storage type; adds ``a * Ma + b * Mb`` and requantizations likewise.
+
 Choices that make ORT run integer kernels (measured with onnxruntime 1.32 on x86):
 
 * int8 activations are stored as **uint8 with zero point 128** (``uint8_activations``): the same
   codes shifted by 128, the same saturation. ORT's x86 ``QLinearConv`` takes uint8 activations;
   with int8 ones it rewrites only some Q/DQ pairs to uint8 and leaves the other convs in float
   (none of the 182 convs of the EfficientNet-B0 + BiFPN deploy model fused).
+* int8 weights are stored as **uint8 with zero point 128** as well (``uint8_weights``, the
+  default with uint8 activations): on x86 without AVX-512 VNNI, ORT's u8 x s8 kernel uses
+  ``VPMADDUBSW``, whose pairwise int16 sums saturate; its u8 x u8 kernel is exact.
 * ReLU is applied **after** the conv's ``Q``, on the codes: fcos quantizes symmetrically, so ORT
   cannot fold a ReLU into ``Q`` (it does that only when the zero point is the type minimum), and
   a ReLU between ``Conv`` and ``Q`` would block the ``QLinearConv`` fusion.
@@ -33,9 +42,10 @@ Choices that make ORT run integer kernels (measured with onnxruntime 1.32 on x86
 int16 tensors (the head's ``int16_output``) have no integer conv kernel in ORT: those convs run
 as float convs on dequantized inputs followed by an int16 ``Q``.
 
-Numerics: the codes agree with the integer model up to rounding. fcos requantizes with an integer
-multiplier and rounds ties up; ORT multiplies by a float32 scale ratio and rounds ties to even,
-so an element can differ by one step per op, and differences propagate (see the README).
+Numerics of ``requantization="float"``: the codes agree with the integer model up to rounding.
+fcos requantizes with an integer multiplier and rounds ties up; ORT multiplies by a float32
+scale ratio and rounds ties to even, so an element can differ by one step per op, and a deep
+model amplifies the differences (see the README). ``requantization="integer"`` is exact.
 
 The post-process of a ``for_compile`` deploy model (``FCOSMultiStrideFilter``) appends, per
 stride, the largest class logit (``ReduceMax`` over channels); that op is exact on codes.
@@ -48,7 +58,7 @@ from typing import Any, Sequence
 import attrs
 import numpy as np
 
-ONNX_TYPES = {"int8": 3, "int16": 5, "int32": 6, "float32": 1, "uint8": 2}  # TensorProto enums
+ONNX_TYPES = {"int8": 3, "int16": 5, "int32": 6, "int64": 7, "float32": 1, "uint8": 2}  # TensorProto enums
 NP_TYPES = {"int8": np.int8, "int16": np.int16, "int32": np.int32, "uint8": np.uint8}
 
 #: op kinds of the integer program this exporter translates
@@ -58,6 +68,11 @@ SUPPORTED_KINDS = frozenset({"quantize", "conv2d", "add", "requantize", "relu", 
 #: lowest opset the exporter emits: per-axis DequantizeLinear (13), Shape start/end (15),
 #: ReduceMax with axes as an input (18); int16 QuantizeLinear needs 21
 MIN_OPSET = 18
+
+#: ``float``: the standard QDQ pattern (runtimes fuse it into QLinearConv and friends, which
+#: requantize with a float32 ratio, ties to even); ``integer``: ConvInteger and int64
+#: arithmetic with fcos's multipliers and shifts, bit-exact with the integer model
+REQUANTIZATIONS = ("float", "integer")
 MIN_OPSET_INT16 = 21
 
 
@@ -150,10 +165,13 @@ def _np(t: Any) -> np.ndarray:
 
 
 class _Builder:
-    def __init__(self, records: Sequence[Any], opset: int, uint8_activations: bool) -> None:
+    def __init__(self, records: Sequence[Any], opset: int, uint8_activations: bool,
+                 uint8_weights: bool = False, integer_requant: bool = False) -> None:
         self.records = records
         self.opset = opset
         self.uint8 = uint8_activations
+        self.uint8_weights = uint8_weights
+        self.integer_requant = integer_requant
         self.g = _Graph()
         self.scale: dict[str, float] = {}  # value -> per-tensor scale (quantized values)
         self.dtype: dict[str, str] = {}  # value -> int8 | int16 | int32
@@ -216,6 +234,76 @@ class _Builder:
         r = self.g.node("Relu", [self.dequantize(value)], out + "_relu")
         return self.quantize(r, self.scale[value], dtype, out)
 
+    # -- integer requantization (requantization="integer") -------------------------------
+
+    def _i64(self, base: str, values: Any, per_channel: bool) -> str:
+        arr = np.asarray(values, dtype=np.int64).reshape(-1)
+        if per_channel and arr.size > 1:
+            arr = arr.reshape(1, -1, 1, 1)
+        else:
+            arr = np.array(arr[0], dtype=np.int64) if arr.size == 1 else arr.reshape(1, -1, 1, 1)
+        return self.g.const(base, arr)
+
+    def codes64(self, value: str) -> str:
+        """The int64 codes of a stored int8/int16 value (``raw - zero point``)."""
+        c = self.g.node("Cast", [value], value + "_i64", to=ONNX_TYPES["int64"])
+        zp = self.zero_point(self.dtype[value])
+        if zp:
+            c = self.g.node("Sub", [c, self.g.const("zp_i64", np.array(zp, np.int64))],
+                            value + "_codes")
+        return c
+
+    def requant_codes(self, v: str, shift: Any, op: Any, relu: bool) -> None:
+        """fcos's ``sat(round_half_up(v / 2**n))`` of the int64 product ``v = acc * M`` into
+        the op's value, in integer arithmetic: ``t = v + 2**(n-1)``, ``floor(t / 2**n) =
+        (t - Mod(t, 2**n)) / 2**n`` (``Mod`` with ``fmod=0`` takes the divisor's sign, so the
+        division is exact), then the saturation bounds and the storage type."""
+        n = np.asarray(shift, dtype=np.int64).reshape(-1)
+        if int(n.min()) < 1 or int(n.max()) > 62:
+            raise ExportError(f"{op.name}: shift {n.tolist()} outside 1..62")
+        name = op.name
+        off = self._i64(name + "_round", np.left_shift(np.int64(1), n - 1), True)
+        div = self._i64(name + "_div", np.left_shift(np.int64(1), n), True)
+        t = self.g.node("Add", [v, off], name + "_t")
+        r = self.g.node("Mod", [t, div], name + "_mod", fmod=0)
+        q = self.g.node("Div", [self.g.node("Sub", [t, r], name + "_floor"), div], name + "_q")
+        qmin, qmax = {"int8": (-128, 127), "int16": (-32768, 32767)}[op.dtype]
+        zp = self.zero_point(op.dtype)
+        if zp:
+            q = self.g.node("Add", [q, self.g.const("zp_i64", np.array(zp, np.int64))],
+                            name + "_zp")
+        lo = self.g.const("clip_i64", np.array((0 if relu else qmin) + zp, np.int64))
+        hi = self.g.const("clip_i64", np.array(qmax + zp, np.int64))
+        c = self.g.node("Clip", [q, lo, hi], name + "_sat")
+        odt = self.onnx_dtype(op.dtype)
+        self.g.node("Cast", [c], name + "_cast", out=name, to=ONNX_TYPES[odt])
+        self.scale[name], self.dtype[name] = _scalar(self.tensors["scale"]), op.dtype
+
+    def conv_integer(self, op: Any, w_name: str) -> None:
+        """``ConvInteger`` (uint8 x uint8, zero points 128: MLAS's exact u8u8 kernel) -> the
+        int32 accumulator -> ``+ bias`` -> ``* M[c]`` in int64 -> :meth:`requant_codes`."""
+        t, a = self.tensors, op.attrs
+        x = op.inputs[0]
+        if self.dtype[x] != "int8" or not self.uint8:
+            raise ExportError(f"{op.name} (conv2d): integer requantization takes int8 inputs "
+                              f"stored as uint8 (input {x} is {self.dtype[x]}); use "
+                              "requantization 'float'")
+        kh, kw = int(t["weight"].shape[2]), int(t["weight"].shape[3])
+        ph, pw = (int(v) for v in a["padding"])
+        xz = self.g.const("zp_uint8", np.array(128, np.uint8))
+        wz = self.g.const("zp_uint8", np.array(128, np.uint8))
+        acc = self.g.node("ConvInteger", [x, w_name, xz, wz], op.name + "_acc",
+                          kernel_shape=[kh, kw], strides=[int(v) for v in a["stride"]],
+                          pads=[ph, pw, ph, pw], dilations=[int(v) for v in a["dilation"]],
+                          group=int(a["groups"]))
+        v = self.g.node("Cast", [acc], op.name + "_acc64", to=ONNX_TYPES["int64"])
+        if "bias" in t:
+            b = self._i64(op.name + "_b64", _np(t["bias"]).astype(np.int64), True)
+            v = self.g.node("Add", [v, b], op.name + "_accb")
+        m = self._i64(op.name + "_mult", _np(t["multiplier"]), True)
+        v = self.g.node("Mul", [v, m], op.name + "_prod")
+        self.requant_codes(v, _np(t["shift"]), op, relu=bool(a.get("relu")))
+
     # -- ops --------------------------------------------------------------------------------
 
     def op_quantize(self, op: Any, input_name: str) -> None:
@@ -227,9 +315,19 @@ class _Builder:
         w_q = _np(t["weight"]).astype(np.int8)
         w_scale = _np(t["weight_scale"]).astype(np.float32).reshape(-1)
         s_in = self.scale[x]
-        w = self.g.const(op.name + "_w", w_q)
         ws = self.g.const(op.name + "_w_scale", w_scale)
-        wz = self.g.const(op.name + "_w_zp", np.zeros(w_scale.shape, np.int8))
+        if self.integer_requant and op.dtype != "int32":
+            w = self.g.const(op.name + "_w", (w_q.astype(np.int16) + 128).astype(np.uint8))
+            self.conv_integer(op, w)
+            return
+        if self.uint8_weights:
+            # int8 code w stored as uint8 w + 128, zero point 128: the same values, and ORT's
+            # x86 kernel for uint8 x uint8 is exact (see the module doc: u8 x s8 saturates)
+            w = self.g.const(op.name + "_w", (w_q.astype(np.int16) + 128).astype(np.uint8))
+            wz = self.g.const(op.name + "_w_zp", np.full(w_scale.shape, 128, np.uint8))
+        else:
+            w = self.g.const(op.name + "_w", w_q)
+            wz = self.g.const(op.name + "_w_zp", np.zeros(w_scale.shape, np.int8))
         w_dq = self.g.node("DequantizeLinear", [w, ws, wz], op.name + "_w_dq", axis=0)
         inputs = [self.dequantize(x), w_dq]
         # the accumulator scale, float64 in fcos: s_in * s_w[c]
@@ -256,10 +354,25 @@ class _Builder:
 
     def op_add(self, op: Any) -> None:
         a, b = op.inputs
+        if self.integer_requant:
+            t = self.tensors
+            pa = self.g.node("Mul", [self.codes64(a), self._i64(
+                op.name + "_mult_a", _np(t["multiplier_a"]), False)], op.name + "_pa")
+            pb = self.g.node("Mul", [self.codes64(b), self._i64(
+                op.name + "_mult_b", _np(t["multiplier_b"]), False)], op.name + "_pb")
+            v = self.g.node("Add", [pa, pb], op.name + "_sum")
+            self.requant_codes(v, _np(t["shift"]), op, relu=bool(op.attrs.get("relu")))
+            return
         s = self.g.node("Add", [self.dequantize(a), self.dequantize(b)], op.name + "_add")
         self._emit_q(s, op, relu=bool(op.attrs.get("relu")))
 
     def op_requantize(self, op: Any) -> None:
+        if self.integer_requant:
+            t = self.tensors
+            v = self.g.node("Mul", [self.codes64(op.inputs[0]), self._i64(
+                op.name + "_mult", _np(t["multiplier"]), True)], op.name + "_prod")
+            self.requant_codes(v, _np(t["shift"]), op, relu=False)
+            return
         self._emit_q(self.dequantize(op.inputs[0]), op, relu=False)
 
     def op_relu(self, op: Any) -> None:
@@ -354,6 +467,8 @@ def build_qdq_model(
     max_logit: bool = False,
     pyramid_input: bool = False,
     uint8_activations: bool = True,
+    uint8_weights: bool | None = None,
+    requantization: str = "float",
     expose_values: bool = False,
     graph_name: str = "fcos",
 ) -> ExportedGraph:
@@ -371,6 +486,11 @@ def build_qdq_model(
         pyramid_input: the input is raw uint8 YUV444 planes [B, 3, H, W]; the graph normalises
             them with ``(x - 128) / 128`` (``DequantizeLinear(x, 1/128, 128)``, exact) before
             the model's input quantization.
+        uint8_weights: store the int8 weights as uint8 with zero point 128 (identical values;
+            ORT's exact u8 x u8 kernel instead of the saturating u8 x s8 one on x86 without
+            VNNI). None: the same as ``uint8_activations``.
+        requantization: ``"float"`` (QDQ, see the table) or ``"integer"`` (bit-exact integer
+            arithmetic; needs ``uint8_activations``).
         uint8_activations: store int8 activations as uint8 with zero point 128 (identical
             codes, see :meth:`_Builder._qparams`): ONNX Runtime's x86 integer convs take uint8
             activations. False: plain symmetric int8 (zero point 0), as e.g. TensorRT wants.
@@ -390,7 +510,15 @@ def build_qdq_model(
         raise ExportError("; ".join(f"{w} ({k}): {r}" for w, k, r in problems))
     if len(input_shape) != 4:
         raise ExportError(f"input_shape must be (B, C, H, W), got {tuple(input_shape)}")
-    b = _Builder(records, opset, uint8_activations)
+    if uint8_weights is None:
+        uint8_weights = uint8_activations
+    if requantization not in REQUANTIZATIONS:
+        raise ExportError(f"requantization {requantization!r}: use one of {REQUANTIZATIONS}")
+    if requantization == "integer" and not uint8_activations:
+        raise ExportError("requantization 'integer' needs uint8 activation storage "
+                          "(ConvInteger's exact uint8 x uint8 kernel)")
+    b = _Builder(records, opset, uint8_activations, uint8_weights,
+                 integer_requant=requantization == "integer")
     in_name = "img"
     shape: tuple[Any, ...] = ("batch", int(input_shape[1]), int(input_shape[2]),
                               int(input_shape[3]))

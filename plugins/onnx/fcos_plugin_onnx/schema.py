@@ -28,6 +28,12 @@ class OnnxCompileOptions:
     activation_dtype: Literal["uint8", "int8"] = arg(
         "uint8", help="storage of int8 activations: uint8 with zero point 128 (identical codes; "
                       "what ORT's x86 integer convs take) or int8 with zero point 0")
+    requantization: Literal["integer", "float"] = arg(
+        "integer", help="'integer': convs as ConvInteger + int64 multiplier/shift arithmetic, "
+                        "bit-exact with the fcos integer model on every CPU; 'float': the "
+                        "standard QDQ pattern ORT fuses into QLinearConv (faster; requantizes "
+                        "with a float32 ratio, ties to even: single-step differences that a "
+                        "deep model can amplify, more of them at larger input sizes)")
     input_source: list[InputSource] = arg(
         ["ddr"], help="per model input: 'ddr' (the normalised float image) or 'pyramid' (raw "
                       "uint8 YUV444 planes [B, 3, H, W], normalised inside the model)")
