@@ -92,7 +92,10 @@ def _key_typo(rng, base):
     keys = [p for p in _paths(data) if isinstance(p[-1], str)]
     for _ in range(rng.randint(1, 3)):
         path = rng.choice(keys)
-        parent = _parent(data, path)
+        try:
+            parent = _parent(data, path)
+        except (KeyError, IndexError, TypeError):
+            continue  # an earlier typo in this case renamed one of the path's ancestors
         if path[-1] in parent:
             parent[_typo(rng, path[-1])] = parent.pop(path[-1])
     return _dump(data)

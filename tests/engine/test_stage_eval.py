@@ -4,6 +4,7 @@ the tiny pipeline with stand-ins, every stage, with and without a predictor bloc
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -18,13 +19,13 @@ ALL = ["float", "calibration", "qat", "int_infer", "compile"]
 @pytest.fixture(scope="module")
 def ran(host, tmp_path_factory):
     """The tiny pipeline run once for the module: (config, summary.json, checkpoint folder)."""
-    from conftest import TINY_CONFIG
-
+    # by path, not `from conftest import`: at run time `conftest` may name another folder's
+    tiny_config = Path(__file__).resolve().parent / "tiny_pipeline.yaml"
     from fcos_core.config import load_config
     from fcos_core.logging_setup import close_logging, configure_logging
 
     root = tmp_path_factory.mktemp("stage_eval")
-    cfg = load_config(TINY_CONFIG, host, [f"ckpt_dir={root / 'ckpt'}"])
+    cfg = load_config(tiny_config, host, [f"ckpt_dir={root / 'ckpt'}"])
     configure_logging(None, level="warning")
     try:
         assert run_pipeline(cfg, host, ALL, run_dir=str(root / "run")) == 0
