@@ -112,3 +112,28 @@ def post_process_params(model: Any) -> dict[str, Any] | None:
         "max_shape": list(post.max_shape) if post.max_shape else None,
         "bbox_upscaled": bool(getattr(model, "bbox_upscaled", False)),
     }
+
+
+def resolve_compile_options(schema: type, march: str, defaults: Mapping[str, Any],
+                            options: Mapping[str, Any], out_dir: Path | None) -> dict[str, Any]:
+    """A backend's options for one compile: the schema's defaults, then the backend's own
+    ``defaults``, then the config's ``compile_cfg`` (without ``march``); ``out_dir`` falls back
+    to the argument. Names the schema does not know are a user error that lists the valid
+    ones. Backend-specific value checks come after this, in the backend."""
+    from fcos_core.errors import FcosUserError
+    from fcos_core.schema import fields_of
+
+    fields = fields_of(schema)
+    opts: dict[str, Any] = {name: info.default for name, info in fields.items()
+                            if not info.required}
+    opts.update(defaults)
+    opts.update({k: v for k, v in options.items() if k != "march"})
+    if not opts.get("out_dir"):
+        if out_dir is None:
+            raise FcosUserError("compile_cfg.out_dir is not set", hint="set compile_cfg.out_dir")
+        opts["out_dir"] = str(out_dir)
+    unknown = set(opts) - set(fields)
+    if unknown:
+        raise FcosUserError(f"compile_cfg: unknown option(s) {sorted(unknown)} for march "
+                            f"{march}", hint=f"use {', '.join(sorted(fields))}")
+    return opts

@@ -32,9 +32,9 @@ from fcos_core.compile.backend import (
     CompileBackend,
     CompileResult,
     post_process_params,
+    resolve_compile_options,
 )
 from fcos_core.errors import FcosUserError
-from fcos_core.schema import fields_of
 from fcos_plugin_tensorrt import __version__
 from fcos_plugin_tensorrt.schema import TensorRTCompileOptions
 
@@ -49,21 +49,7 @@ _INT8_HINT = ("TensorRT's explicit quantization takes int8 Q/DQ only: set int8_o
 def resolve_options(defaults: Mapping[str, Any], options: Mapping[str, Any],
                     out_dir: Path | None) -> dict[str, Any]:
     """The backend's defaults, then the config's ``compile_cfg`` (without ``march``), checked."""
-    opts: dict[str, Any] = {}
-    for name, info in fields_of(TensorRTCompileOptions).items():
-        if not info.required:
-            opts[name] = info.default
-    opts.update(defaults)
-    opts.update({k: v for k, v in options.items() if k != "march"})
-    if not opts.get("out_dir"):
-        if out_dir is None:
-            raise FcosUserError("compile_cfg.out_dir is not set", hint="set compile_cfg.out_dir")
-        opts["out_dir"] = str(out_dir)
-    unknown = set(opts) - set(fields_of(TensorRTCompileOptions))
-    if unknown:
-        raise FcosUserError(f"compile_cfg: unknown option(s) {sorted(unknown)} for march "
-                            "tensorrt",
-                            hint=f"use {', '.join(sorted(fields_of(TensorRTCompileOptions)))}")
+    opts = resolve_compile_options(TensorRTCompileOptions, "tensorrt", defaults, options, out_dir)
     if not 1 <= int(opts["opt_batch"]) <= int(opts["max_batch"]):
         raise FcosUserError(f"compile_cfg: opt_batch {opts['opt_batch']} must be between 1 and "
                             f"max_batch {opts['max_batch']}", hint="e.g. opt_batch: 1, "
