@@ -137,3 +137,20 @@ def resolve_compile_options(schema: type, march: str, defaults: Mapping[str, Any
         raise FcosUserError(f"compile_cfg: unknown option(s) {sorted(unknown)} for march "
                             f"{march}", hint=f"use {', '.join(sorted(fields))}")
     return opts
+
+
+def example_image_tensor(example_inputs: Mapping[str, Any]) -> Any:
+    """The one example image batch of an FCOS deploy model as a float tensor; a shape
+    (``[1, 3, H, W]``, as ``deploy_inputs`` gives it) becomes seeded uniform [-1, 1) data."""
+    import torch
+
+    from fcos_core.errors import FcosUserError
+
+    if len(example_inputs) != 1:
+        raise FcosUserError(f"example inputs {sorted(example_inputs)}: the FCOS deploy model "
+                            "has exactly one input", hint="deploy_inputs: {img: [1, 3, H, W]}")
+    value = next(iter(example_inputs.values()))
+    if isinstance(value, (list, tuple)):
+        g = torch.Generator().manual_seed(0)
+        return torch.rand(tuple(int(v) for v in value), generator=g) * 2 - 1
+    return torch.as_tensor(value).float()

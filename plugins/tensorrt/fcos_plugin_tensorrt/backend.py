@@ -31,6 +31,7 @@ from fcos_core.compile.backend import (
     CheckIssue,
     CompileBackend,
     CompileResult,
+    example_image_tensor,
     post_process_params,
     resolve_compile_options,
 )
@@ -72,20 +73,6 @@ def int8_only_issues(records: Sequence[Any]) -> list[CheckIssue]:
     return [CheckIssue(layer=r.op.name, op=r.op.kind,
                        reason=f"produces an {r.op.dtype} value; {_INT8_HINT}")
             for r in records if r.op.kind != "quantize" and r.op.dtype not in TRT_QDQ_DTYPES]
-
-
-def _example_tensor(example_inputs: Mapping[str, Any]) -> Any:
-    """The example image batch as a float tensor (a shape gives uniform [-1, 1) data)."""
-    import torch
-
-    if len(example_inputs) != 1:
-        raise FcosUserError(f"example inputs {sorted(example_inputs)}: the FCOS deploy model "
-                            "has exactly one input", hint="deploy_inputs: {img: [1, 3, H, W]}")
-    value = next(iter(example_inputs.values()))
-    if isinstance(value, (list, tuple)):
-        g = torch.Generator().manual_seed(0)
-        return torch.rand(tuple(int(v) for v in value), generator=g) * 2 - 1
-    return torch.as_tensor(value).float()
 
 
 @attrs.define
@@ -171,7 +158,7 @@ class TensorRTBackend(CompileBackend):
             raise FcosUserError(
                 f"compile_cfg (march tensorrt): {len(wide)} value(s) are not int8, e.g. "
                 + "; ".join(i.render() for i in wide[:3]), hint=_INT8_HINT)
-        x = _example_tensor(example_inputs)
+        x = example_image_tensor(example_inputs)
         det = post_process_params(model)
         try:
             exported = build_qdq_model(
