@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import re
 import tempfile
 import time
@@ -244,7 +245,21 @@ class OnnxBackend(CompileBackend):
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(opts["name"])) or "model"
         report_path = out / f"{safe}_onnx_report.json"
         report_path.parent.mkdir(parents=True, exist_ok=True)
+        problem = disagreement(agreement)
+        report["agreement_ok"] = problem is None if agreement is not None else None
         report_path.write_text(json.dumps(report, indent=1, sort_keys=True))
+        if problem is not None:
+            where = f"{path} (report: {report_path})"
+            if not opts["allow_disagreement"]:
+                raise FcosUserError(
+                    f"compile (march onnx): the ONNX Runtime artifact disagrees with the fcos "
+                    f"integer model: {problem}; {where}",
+                    hint="use compile_cfg.requantization: integer (bit-exact), or set "
+                         "compile_cfg.allow_disagreement: true to keep the artifact with a "
+                         "warning")
+            logging.getLogger("fcos.compile.onnx").warning(
+                "the ONNX Runtime artifact disagrees with the fcos integer model: %s; %s "
+                "(kept: compile_cfg.allow_disagreement is true)", problem, where)
         return CompileResult(artifact=path, report=report, files=(report_path,))
 
     # -- execute -------------------------------------------------------------------------
@@ -262,6 +277,74 @@ class OnnxBackend(CompileBackend):
         if not isinstance(program, OnnxProgram):
             raise TypeError(f"run() takes what load() returned, got {type(program).__name__}")
         return program.run(inputs)
+
+    def artifact_path(self, options: Mapping[str, Any], out_dir: Path) -> Path:
+        """``compile_cfg.onnx_file`` (relative to out_dir, or a path), as :meth:`compile`
+        writes it."""
+        opts = {**self.options, **dict(options)}
+        path = Path(opts.get("onnx_file") or "model.onnx")
+        return path if path.is_absolute() else Path(opts.get("out_dir") or out_dir) / path
+
+    def detect(self, program: Any, images: Any) -> list[dict[str, Any]] | None:
+        """Detections of a loaded artifact for normalised images ``[B, 3, H, W]``: ORT runs
+        the artifact (pyramid artifacts get the uint8 frame back, ``x * 128 + 128`` exactly),
+        its codes are dequantized with the artifact's scales and decoded by fcos's
+        ``FCOSMultiStrideFilter`` with the decoding parameters stored in the artifact."""
+        import numpy as np
+        import torch
+
+        from fcos_core.models.post_process import FCOSMultiStrideFilter
+
+        if not isinstance(program, OnnxProgram):
+            raise TypeError(f"detect() takes what load() returned, got {type(program).__name__}")
+        det = program.meta.get("detection")
+        if not det:
+            return None
+        arr = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
+        arr = arr.astype(np.float32, copy=False)
+        if program.meta["input"]["dtype"] == "uint8":
+            feed = np.clip(np.rint(arr * 128.0 + 128.0), 0, 255).astype(np.uint8)
+        else:
+            feed = arr
+        outputs = program.run({"img": feed})
+        floats = []
+        for spec, value in zip(program.meta["outputs"], outputs):
+            if spec["kind"] == "max_logit" and not spec.get("scale"):
+                continue  # a max over per-channel scales: the decoder works without it
+            if value.dtype.kind in "iu":
+                scale = np.asarray(spec["scale"], np.float64)
+                if scale.size > 1:
+                    scale = scale.reshape(1, -1, 1, 1)
+                value = (value.astype(np.float64) - int(spec.get("zero_point", 0))) * scale
+            floats.append(torch.from_numpy(np.asarray(value, dtype=np.float32)))
+        s = len(det["strides"])
+        floats = floats if len(floats) == 4 * s else floats[:3 * s]
+        post = FCOSMultiStrideFilter(
+            det["strides"], threshold=det["threshold"], score_threshold=det["score_threshold"],
+            iou_threshold=det["iou_threshold"], nms_pre=det["nms_pre"],
+            max_per_img=det["max_per_img"], max_shape=det["max_shape"])
+        return post.detect(floats, (int(arr.shape[2]), int(arr.shape[3])),
+                           bbox_upscaled=bool(det.get("bbox_upscaled", False)))
+
+
+#: the least fraction of output codes within one step of the integer model's
+AGREEMENT_WITHIN_1 = 0.999
+
+
+def disagreement(agreement: Mapping[str, Any] | None) -> str | None:
+    """None when at least :data:`AGREEMENT_WITHIN_1` of the codes are within one step of the
+    integer model's (or nothing was compared); else what is wrong, naming the worst outputs."""
+    if not agreement or not agreement.get("elements") \
+            or agreement["within_1"] >= AGREEMENT_WITHIN_1:
+        return None
+    bad = sorted((p for p in agreement["per_output"]
+                  if p.get("compared") and p["within_1"] < AGREEMENT_WITHIN_1),
+                 key=lambda p: p["within_1"])
+    names = ", ".join(f"{p['name']} {p['within_1']:.2%} (max {p['max_steps']})"
+                      for p in bad[:6])
+    return (f"{agreement['within_1']:.2%} of {agreement['elements']} output codes within one "
+            f"step (needs {AGREEMENT_WITHIN_1:.1%}), largest gap {agreement['max_steps']} "
+            f"steps; outputs: {names}")
 
 
 def _spec_dict(spec: Any) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx_testnets as nets
@@ -56,16 +57,18 @@ def test_compile_writes_one_onnx_file_and_a_report(compiled):
     assert r["artifact_bytes"] == res.artifact.stat().st_size
     assert r["march"] == "onnx" and r["opset"] == 21
     assert r["nodes"] == sum(r["nodes_by_op"].values())
-    assert {"QuantizeLinear", "DequantizeLinear", "Conv", "MaxPool", "Resize", "Concat",
-            "Add", "ReduceMax"} <= set(r["nodes_by_op"])
-    assert r["ort_fused_int8_convs"] == r["ort_nodes_by_op"]["QLinearConv"] > 0
+    # integer requantization (the default): ConvInteger + int64 multiplier/shift arithmetic
+    assert r["requantization"] == "integer"
+    assert {"QuantizeLinear", "DequantizeLinear", "ConvInteger", "Mul", "Mod", "Div", "Clip",
+            "MaxPool", "Resize", "Concat", "ReduceMax"} <= set(r["nodes_by_op"])
+    assert r["ort_integer_convs"] == r["nodes_by_op"]["ConvInteger"] > 0
     lat = r["latency"]
     assert lat["batch"] == 1 and lat["runs"] == 10 and lat["threads"] == 1
     assert 0 < lat["min_ms"] <= lat["p50_ms"] <= lat["p90_ms"] <= lat["max_ms"]
     assert lat["min_ms"] <= lat["mean_ms"] <= lat["max_ms"]
     agr = r["agreement"]
     assert agr["elements"] == sum(p["elements"] for p in agr["per_output"])
-    assert agr["within_1"] >= 0.999 and agr["within_2"] == 1.0
+    assert agr["within_0"] == 1.0 and agr["max_steps"] == 0  # bit-exact
     on_disk = json.loads(res.files[0].read_text())
     assert res.files[0].name == "tiny_onnx_report.json" and on_disk["nodes"] == r["nodes"]
 
@@ -142,6 +145,9 @@ def test_compile_refuses_a_float_model_and_bad_options(tmp_path, trained):
     with pytest.raises(FcosUserError, match="input_source"):
         backend.compile(trained["deploy"], {"img": (1, 3, 64, 64)},
                         {"input_source": ["ddr", "ddr"]}, tmp_path)
+    with pytest.raises(FcosUserError, match="requantization: integer needs activation_dtype"):
+        backend.compile(trained["deploy"], {"img": (1, 3, 64, 64)},
+                        {"activation_dtype": "int8"}, tmp_path)
 
 
 def test_pyramid_compile_reports_agreement_on_uint8_planes(trained, tmp_path):
@@ -187,3 +193,56 @@ def test_check_of_a_quantized_model_uses_the_configured_opset(trained):
     assert OnnxBackend().check(trained["deploy"], {"img": (1, 3, 64, 64)}) == []
     issues = OnnxBackend(opset=20).check(trained["deploy"], {"img": (1, 3, 64, 64)})
     assert len(issues) == 9 and all("int16" in i.reason for i in issues)
+
+
+def test_artifact_path_is_where_compile_writes(compiled):
+    out = compiled["out"]
+    backend = compiled["backend"]
+    assert backend.artifact_path({"out_dir": str(out)}, out) == compiled["result"].artifact
+    assert backend.artifact_path({"onnx_file": "/abs/m.onnx"}, out) == Path("/abs/m.onnx")
+
+
+def test_detect_decodes_like_the_quantized_eval_model(compiled, trained):
+    """The compile stage scores the artifact with detect(): ORT's codes (equal to the integer
+    model's), dequantized with the artifact's scales and decoded by FCOSMultiStrideFilter,
+    give the detections of the quantized model in eval mode (same weights and scales)."""
+    backend = compiled["backend"]
+    program = backend.load(compiled["result"].artifact)
+    x = trained["batch"]["img"][:4]
+    got = backend.detect(program, x)
+    with torch.no_grad():
+        want = trained["eval_model"](x)
+    assert len(got) == len(want) == 4
+    assert sum(len(d["scores"]) for d in got) > 0
+    for g, w in zip(got, want):
+        assert torch.equal(g["labels"], w["labels"])
+        assert torch.allclose(g["boxes"], w["boxes"], atol=1e-4)
+        assert torch.allclose(g["scores"], w["scores"], atol=1e-5)
+
+
+def test_disagreement_fails_the_compile_unless_allowed(trained, tmp_path, monkeypatch, caplog):
+    """More than 0.1 % of the codes beyond one step: a user error naming the worst outputs
+    (report and artifact kept); allow_disagreement turns it into a warning."""
+    import fcos_plugin_onnx.agreement as agreement_mod
+    from fcos_plugin_onnx.backend import disagreement
+
+    real = agreement_mod.code_agreement
+
+    def shifted(ref, cand, specs):  # ORT's first output moved by 5 steps
+        cand = list(cand)
+        cand[0] = cand[0] + 5
+        return real(ref, cand, specs)
+
+    monkeypatch.setattr(agreement_mod, "code_agreement", shifted)
+    backend = OnnxBackend()
+    with pytest.raises(FcosUserError, match=r"disagrees with the fcos integer model: .*cls_8"):
+        backend.compile(trained["deploy"], {"img": (1, 3, 64, 64)}, {"latency_runs": 0},
+                        tmp_path)
+    report = json.loads((tmp_path / "model_onnx_report.json").read_text())
+    assert report["agreement_ok"] is False and (tmp_path / "model.onnx").is_file()
+    with caplog.at_level("WARNING", logger="fcos.compile.onnx"):
+        res = backend.compile(trained["deploy"], {"img": (1, 3, 64, 64)},
+                              {"latency_runs": 0, "allow_disagreement": True}, tmp_path)
+    assert res.report["agreement_ok"] is False
+    assert "allow_disagreement is true" in caplog.text
+    assert disagreement({"elements": 10, "within_1": 1.0, "max_steps": 0}) is None

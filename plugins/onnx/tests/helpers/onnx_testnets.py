@@ -126,6 +126,46 @@ def images(n: int, seed: int, size: int = SIZE) -> torch.Tensor:
     return torch.rand(n, 3, size, size, generator=g) * 2 - 1
 
 
+def scenes(n: int, seed: int, height: int = SIZE, width: int | None = None) -> torch.Tensor:
+    """Photo-like normalised images ``[n, 3, height, width]``: a smooth lit background
+    (low-frequency gradients), textured rectangles and discs of several colours and sizes,
+    soft edges and sensor noise, as 8-bit pixels normalised like Normalize(128, 128).
+
+    Unlike uniform noise, neighbouring pixels correlate and large flat and strongly textured
+    regions alternate, so the activations cover the ranges real images produce."""
+    import numpy as np
+
+    width = height if width is None else width
+    g = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    yy, xx = yy / max(height - 1, 1), xx / max(width - 1, 1)
+    out = np.empty((n, 3, height, width), np.float32)
+    for i in range(n):
+        img = np.empty((3, height, width), np.float32)
+        base = g.uniform(60, 190, 3)
+        for c in range(3):  # a sky-to-ground gradient and a broad light blob
+            fy, fx = g.uniform(0.5, 2.5, 2)
+            img[c] = base[c] + 40 * (yy - 0.5) * g.choice([-1, 1]) \
+                + 25 * np.sin(2 * np.pi * (fy * yy + fx * xx) + g.uniform(0, 6.3))
+        for _ in range(int(g.integers(4, 12))):
+            h = int(g.integers(max(4, height // 16), max(5, height // 2)))
+            w = int(g.integers(max(4, width // 16), max(5, width // 2)))
+            y0, x0 = int(g.integers(0, height - h)), int(g.integers(0, width - w))
+            colour = g.uniform(0, 255, 3).astype(np.float32)
+            if g.random() < 0.5:
+                mask = np.zeros((height, width), np.float32)
+                mask[y0:y0 + h, x0:x0 + w] = 1.0
+            else:
+                cy, cx = (y0 + h / 2) / height, (x0 + w / 2) / width
+                r2 = ((yy - cy) * height / h) ** 2 + ((xx - cx) * width / w) ** 2
+                mask = np.clip(4.0 * (1.0 - 4.0 * r2), 0.0, 1.0)  # a disc with a soft rim
+            stripes = 20 * np.sin(2 * np.pi * g.uniform(2, 12) * (xx + yy)) * (g.random() < 0.4)
+            img = img * (1 - mask) + (colour[:, None, None] + stripes) * mask
+        img += g.normal(0.0, 3.0, img.shape)
+        out[i] = np.clip(np.round(img), 0, 255)
+    return torch.from_numpy(out).sub_(128.0).div_(128.0)
+
+
 def train(model: FCOS, batch: dict[str, Any], steps: int = 150, lr: float = 5e-3) -> FCOS:
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
@@ -151,6 +191,28 @@ def quantize(model: nn.Module, calib: Sequence[torch.Tensor], backend: Any = Non
     qat.eval()
     freeze_observers(qat)
     return QAT2Quantize()(qat, ctx).eval()
+
+
+def quantize_for_size(model: nn.Module, calib: Sequence[torch.Tensor], calib_size: int,
+                      deploy_hw: tuple[int, int], backend: Any = None) -> nn.Module:
+    """The quantized model of ``model`` calibrated at ``calib_size`` and rebuilt for a
+    ``deploy_hw`` input, as the pipeline does when a config's input size changes after QAT:
+    a QAT model at the new size loads the calibrated QAT state (scales included), then
+    QAT2Quantize traces it at that size."""
+    ctx = ConvertContext(example_inputs={"img": (1, 3, calib_size, calib_size)}, backend=backend)
+    qat = Float2QAT()(copy.deepcopy(model).eval(), ctx)
+    qat.body.train()
+    with torch.no_grad():
+        for x in calib:
+            qat(x)
+    qat.eval()
+    freeze_observers(qat)
+    ctx_d = ConvertContext(example_inputs={"img": (1, 3, *deploy_hw)}, backend=backend)
+    qat_d = Float2QAT()(copy.deepcopy(model).eval(), ctx_d)
+    qat_d.load_state_dict(qat.state_dict())
+    qat_d.eval()
+    freeze_observers(qat_d)
+    return QAT2Quantize()(qat_d, ctx_d).eval()
 
 
 def coco_ap(gt_batch: dict[str, Any], detections: Sequence[dict[str, Any]],
