@@ -26,10 +26,11 @@ from fcos_core.compile.backend import (
     CheckIssue,
     CompileBackend,
     CompileResult,
+    example_image_tensor,
     post_process_params,
+    resolve_compile_options,
 )
 from fcos_core.errors import FcosUserError
-from fcos_core.schema import fields_of
 from fcos_plugin_onnx import __version__
 from fcos_plugin_onnx.artifact import FORMAT_VERSION, OnnxProgram, read_artifact, write_artifact
 from fcos_plugin_onnx.schema import OnnxCompileOptions
@@ -56,20 +57,7 @@ def detection_meta(model: Any) -> dict[str, Any] | None:
 
 def _resolve_options(defaults: Mapping[str, Any], options: Mapping[str, Any],
                      out_dir: Path | None) -> dict[str, Any]:
-    opts: dict[str, Any] = {}
-    for name, info in fields_of(OnnxCompileOptions).items():
-        if not info.required:
-            opts[name] = info.default
-    opts.update(defaults)
-    opts.update({k: v for k, v in options.items() if k != "march"})
-    if not opts.get("out_dir"):
-        if out_dir is None:
-            raise FcosUserError("compile_cfg.out_dir is not set", hint="set compile_cfg.out_dir")
-        opts["out_dir"] = str(out_dir)
-    unknown = set(opts) - set(fields_of(OnnxCompileOptions))
-    if unknown:
-        raise FcosUserError(f"compile_cfg: unknown option(s) {sorted(unknown)} for march onnx",
-                            hint=f"use {', '.join(sorted(fields_of(OnnxCompileOptions)))}")
+    opts = resolve_compile_options(OnnxCompileOptions, "onnx", defaults, options, out_dir)
     if opts["requantization"] == "integer" and opts["activation_dtype"] != "uint8":
         raise FcosUserError("compile_cfg.requantization: integer needs activation_dtype: "
                             "uint8 (ConvInteger's exact uint8 kernel)",
@@ -83,20 +71,6 @@ def _resolve_options(defaults: Mapping[str, Any], options: Mapping[str, Any],
         raise FcosUserError("compile_cfg.latency_runs and warmup_runs must be >= 0",
                             hint="use 0 to skip the latency measurement")
     return opts
-
-
-def _example_tensor(example_inputs: Mapping[str, Any]) -> Any:
-    """The example image batch as a float tensor (a shape gives uniform [-1, 1) data)."""
-    import torch
-
-    if len(example_inputs) != 1:
-        raise FcosUserError(f"example inputs {sorted(example_inputs)}: the FCOS deploy model "
-                            "has exactly one input", hint="deploy_inputs: {img: [1, 3, H, W]}")
-    value = next(iter(example_inputs.values()))
-    if isinstance(value, (list, tuple)):
-        g = torch.Generator().manual_seed(0)
-        return torch.rand(tuple(int(v) for v in value), generator=g) * 2 - 1
-    return torch.as_tensor(value).float()
 
 
 def _pyramid_pair(x: Any) -> tuple[Any, Any]:
@@ -163,7 +137,7 @@ class OnnxBackend(CompileBackend):
                      "models")
         int_model, post = found
         records = integer_program(int_model)
-        x = _example_tensor(example_inputs)
+        x = example_image_tensor(example_inputs)
         pyramid = opts["input_source"] == ["pyramid"]
         det = detection_meta(model)
         strides = det["strides"] if det else None

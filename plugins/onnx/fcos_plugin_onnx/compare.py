@@ -172,8 +172,9 @@ def evaluate_onnx_vs_int_infer(
         "mAP_difference": float(res_ort["mAP"]) - float(res_int["mAP"]),
         "agreement": tally.summary(),
         "images": n_images,
-        "onnx_report": {k: report.get(k) for k in ("artifact_bytes", "nodes",
-                                                   "ort_fused_int8_convs", "latency")},
+        "onnx_report": {k: report.get(k) for k in ("artifact_bytes", "nodes", "requantization",
+                                                   "ort_fused_int8_convs", "ort_integer_convs",
+                                                   "latency")},
     }
     log(f"images: {n_images}")
     log(f"int_infer mAP: {float(res_int['mAP']):.4f}  AP50: {float(res_int.get('AP50', 0)):.4f}")

@@ -211,7 +211,9 @@ def test_detect_decodes_like_the_quantized_eval_model(compiled, trained):
     x = trained["batch"]["img"][:4]
     got = backend.detect(program, x)
     with torch.no_grad():
-        want = trained["eval_model"](x)
+        raw = trained["eval_model"](x)  # the body's dequantized outputs, 3 per stride
+    # decoded by the model's own post-process, as the Predictor of the quantized stage does
+    want = trained["float"].post_process.detect(list(raw), (int(x.shape[2]), int(x.shape[3])))
     assert len(got) == len(want) == 4
     assert sum(len(d["scores"]) for d in got) > 0
     for g, w in zip(got, want):
