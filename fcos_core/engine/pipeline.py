@@ -38,9 +38,7 @@ line, no traceback); a silent peer is waited for the config's ``dist_timeout_s``
 from __future__ import annotations
 
 import gc
-import os
 import secrets
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -61,17 +59,11 @@ from fcos_core.logging_setup import configure_logging, get_logger
 
 
 def _write_resolved_config(run_dir: Path, data: dict[str, Any]) -> None:
-    path = run_dir / "config.resolved.yaml"
+    from fcos_core.atomic_write import write_atomically
+
     text = yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
-    # a temp name of its own: two runs sharing a run folder never write into the same temp file
-    fd, tmp = tempfile.mkstemp(prefix=".config.resolved.", suffix=".yaml.tmp", dir=run_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # a unique temp name: two runs sharing a run folder never write into the same temp file
+    write_atomically(run_dir / "config.resolved.yaml", lambda f: f.write(text.encode("utf-8")))
 
 
 def _preflight(cfg: Any, stages: Sequence[str], run_dir: Path, ckpt_dir: Path, resume: bool,

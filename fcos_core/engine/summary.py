@@ -20,7 +20,6 @@ Stages run later (another ``fcos run --stage X``) are merged into the same file.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +40,12 @@ def load_summary(run_dir: Path) -> dict[str, Any]:
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
-    path = Path(run_dir) / "summary.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".summary.json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    from fcos_core.atomic_write import write_atomically
+
+    text = json.dumps(summary, indent=2, sort_keys=False) + "\n"
+    # a unique temp name (not a fixed .summary.json.tmp that two writers would share)
+    return write_atomically(Path(run_dir) / "summary.json",
+                            lambda f: f.write(text.encode("utf-8")))
 
 
 def _fmt_seconds(s: float | None) -> str:

@@ -50,6 +50,19 @@ def find_integer_model(model: Any) -> tuple[Any, Any] | None:
     return None
 
 
+def require_integer_model(model: Any) -> tuple[Any, Any]:
+    """:func:`find_integer_model` for a compile: a model that is not quantized is a user
+    error that says which stage makes one."""
+    found = find_integer_model(model)
+    if found is None:
+        raise FcosUserError(
+            f"the model to compile ({type(model).__name__}) is not a quantized deploy "
+            "model: expected an IntegerModel or a detector whose body is one",
+            hint="run the int_infer stage (QAT2Quantize) first; `fcos check` checks float "
+                 "models")
+    return found
+
+
 def detection_meta(model: Any) -> dict[str, Any] | None:
     """FCOS decoding parameters of the model's post-process (None without one)."""
     return post_process_params(model)
@@ -128,14 +141,7 @@ class OnnxBackend(CompileBackend):
 
         t0 = time.perf_counter()
         opts = _resolve_options(self.options, options, Path(out_dir) if out_dir else None)
-        found = find_integer_model(model)
-        if found is None:
-            raise FcosUserError(
-                f"the model to compile ({type(model).__name__}) is not a quantized deploy "
-                "model: expected an IntegerModel or a detector whose body is one",
-                hint="run the int_infer stage (QAT2Quantize) first; `fcos check` checks float "
-                     "models")
-        int_model, post = found
+        int_model, post = require_integer_model(model)
         records = integer_program(int_model)
         x = example_image_tensor(example_inputs)
         pyramid = opts["input_source"] == ["pyramid"]

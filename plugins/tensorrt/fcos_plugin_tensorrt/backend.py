@@ -133,7 +133,7 @@ class TensorRTBackend(CompileBackend):
         from fcos_core.atomic_write import write_atomically
         from fcos_core.quantization.integer_model import integer_program
         from fcos_plugin_onnx.agreement import code_agreement
-        from fcos_plugin_onnx.backend import find_integer_model
+        from fcos_plugin_onnx.backend import require_integer_model
         from fcos_plugin_onnx.qdq_export import ExportError, build_qdq_model
         from fcos_plugin_onnx.session import measure_latency
         from fcos_plugin_tensorrt.engine_file import write_engine_file
@@ -144,14 +144,7 @@ class TensorRTBackend(CompileBackend):
         t0 = time.perf_counter()
         opts = resolve_options(self.options, options, Path(out_dir) if out_dir else None)
         require_tensorrt()  # before any work: says what to install
-        found = find_integer_model(model)
-        if found is None:
-            raise FcosUserError(
-                f"the model to compile ({type(model).__name__}) is not a quantized deploy "
-                "model: expected an IntegerModel or a detector whose body is one",
-                hint="run the int_infer stage (QAT2Quantize) first; `fcos check` checks float "
-                     "models")
-        int_model, post = found
+        int_model, post = require_integer_model(model)
         records = integer_program(int_model)
         wide = int8_only_issues(records)
         if wide:
