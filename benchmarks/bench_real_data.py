@@ -10,8 +10,12 @@ scored on the same validation split with the same pycocotools evaluation
   ``fcos run CONFIG --stage float`` with ``vars.data_root``, ``vars.val_ann_file``,
   ``vars.num_classes`` and ``vars.input_size`` set. Its cosine schedule needs a length in
   epochs, so a short probe run (not counted) measures seconds per epoch and the real run gets
-  as many epochs as fit the budget. Scored: the last checkpoint (EMA weights), never the
-  best-on-validation one, which would select on the test split.
+  as many epochs as fit the budget; the ``TimeLimit`` callback, added to a copy of the config,
+  ends it before the budget is crossed if later epochs run slower than the probe's. The
+  budget is training-loop time for every contender (the peers' clock also starts after their
+  model and images are loaded), and no contender validates while it trains. Scored: the last
+  checkpoint (EMA weights), never the best-on-validation one, which would select on the test
+  split.
 * ``tv_r50`` -- ``torchvision.models.detection.fcos_resnet50_fpn(weights=None,
   weights_backbone=None)`` (GroupNorm head, BatchNorm backbone trained from scratch).
 * ``tv_mbv3`` -- torchvision's ``FCOS`` on ``mobilenet_backbone("mobilenet_v3_large",
@@ -253,29 +257,56 @@ def run_fcos(paths: dict[str, Path], minutes: float, size: int, seed: int, confi
               f"vars.num_classes_with_background={len(cat_ids) + 1}",
               f"vars.input_size={size}", f"seed={seed}"] + extra
 
-    def run(tag: str, epochs: int) -> tuple[float, Path]:
+    def run(tag: str, epochs: int, cfg_path: Path) -> tuple[float, Path]:
         log = work / f"fcos_{tag}.log"
-        secs = _fcos(["run", str(config), "--stage", "float", "--run-dir", str(work / tag),
+        # no validation inside the loop (the peers validate once, after training, too): the
+        # last checkpoint is scored below, so per-epoch validation would only spend budget
+        secs = _fcos(["run", str(cfg_path), "--stage", "float", "--run-dir", str(work / tag),
                       f"ckpt_dir={work / tag / 'ckpt'}", f"task_name=bench_{tag}",
-                      f"float_trainer.num_epochs={epochs}"] + common, env, log)
+                      f"float_trainer.num_epochs={epochs}",
+                      f"vars.val_callback.val_interval={epochs + 1}"] + common, env, log)
         return secs, log
 
     probe_epochs = 6
-    probe_s, probe_log = run("probe", probe_epochs)
+    _, probe_log = run("probe", probe_epochs, config)
     stamps = _epoch_times(probe_log)
     if len(stamps) < probe_epochs:
         raise SystemExit(f"error: could not read epoch times from {probe_log}")
     per_epoch = (stamps[-1] - stamps[1]) / (len(stamps) - 2)
-    startup = probe_s - probe_epochs * per_epoch
-    epochs = max(1, int((minutes * 60.0 - startup) / per_epoch))
-    train_s, log = run("main", epochs)
+    # the budget is training-loop time, as for the peers (whose clock starts after their model
+    # and images are loaded): the cosine schedule is sized to it from the probe, and TimeLimit
+    # ends the run before it is crossed when later epochs turn out slower than the probe's
+    epochs = max(1, int(minutes * 60.0 / per_epoch))
+    train_s, log = run("main", epochs, with_time_limit(config, minutes, work))
+    loop_min = json.loads((work / "main" / "summary.json").read_text())["float"][
+        "time_limit"]["elapsed_minutes"]
     per_epoch_images = _images_per_epoch(work / "main", len(load_split(
         paths["train_json"], paths["train_images"])[0]))
     ckpt = work / "main" / "ckpt" / "float-checkpoint-last.pth.tar"
     res = score_fcos(config, common, ckpt, paths["val_json"])
-    return {"AP": res["mAP"], "AP50": res["AP50"], "epochs": epochs,
-            "images_seen": epochs * per_epoch_images,
-            "train_s": round(train_s, 1), "probe_s_per_epoch": round(per_epoch, 2)}
+    done = _epochs_done(log)
+    return {"AP": res["mAP"], "AP50": res["AP50"], "epochs": done, "epochs_planned": epochs,
+            "images_seen": done * per_epoch_images, "train_s": round(loop_min * 60.0, 1),
+            "process_s": round(train_s, 1), "probe_s_per_epoch": round(per_epoch, 2)}
+
+
+def with_time_limit(config: Path, minutes: float, work: Path) -> Path:
+    """A copy of ``config`` whose float trainer also has ``TimeLimit(max_minutes=minutes)``."""
+    import yaml
+
+    cfg = yaml.safe_load(config.read_text())
+    trainer = cfg.get("float_trainer") or {}
+    callbacks = list(trainer.get("callbacks") or [])
+    callbacks.append({"type": "TimeLimit", "max_minutes": float(minutes)})
+    trainer["callbacks"] = callbacks
+    cfg["float_trainer"] = trainer
+    out = work / f"{config.stem}.time_limit.yaml"
+    out.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return out
+
+
+def _epochs_done(log: Path) -> int:
+    return len(_epoch_times(log))
 
 
 def _images_per_epoch(run_dir: Path, num_images: int) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from fcos_core.engine import schemas as s
 from fcos_core.engine.callbacks.early_stopping_schema import EarlyStoppingArgs
+from fcos_core.engine.callbacks.time_limit_schema import TimeLimitArgs
 from fcos_core.engine.callbacks.training_health_schema import TrainingHealthArgs
 from fcos_core.hooks import hookimpl
 
@@ -44,6 +45,7 @@ def register_callbacks(register):
              schema=TrainingHealthArgs)
     register("EarlyStopping", factory=f"{cb}.early_stopping:EarlyStopping",
              schema=EarlyStoppingArgs)
+    register("TimeLimit", factory=f"{cb}.time_limit:TimeLimit", schema=TimeLimitArgs)
 
 
 @hookimpl

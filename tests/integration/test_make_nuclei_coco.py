@@ -83,10 +83,44 @@ def test_wheel_with_other_pixels_is_refused(tool, tmp_path):
         tool.load_image_and_mask(str(wheel))
 
 
+def _cv2_view(arr: np.ndarray, turns: int, mirrored: bool) -> np.ndarray:
+    """The reference orientation by OpenCV's own flip and rotate (not the tool's numpy)."""
+    out = cv2.flip(arr, 1) if mirrored else arr
+    for _ in range(turns):
+        out = cv2.rotate(out, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    return out
+
+
+def test_val_views_are_the_quadrants_8_orientations_with_their_boxes(tool, tmp_path):
+    mask = _instances(1)
+    img = (np.arange(512 * 512) % 200).astype(np.uint8).reshape(512, 512)
+    summary = tool.write_dataset(str(tmp_path / "out"), img, mask)  # the default: 8 views
+    val = json.loads((tmp_path / "out" / "val.json").read_text())
+    quadrant, pixels = mask[256:, 256:], img[256:, 256:]
+    n = len(np.unique(quadrant[quadrant > 0]))
+    assert summary["val"] == {"images": 8, "boxes": 8 * n} and len(val["annotations"]) == 8 * n
+    seen = set()
+    for (tag, turns, mirrored), info in zip(tool.ORIENTATIONS, val["images"]):
+        assert info["file_name"].endswith(f"_{tag}.png")
+        pix = cv2.imread(str(tmp_path / "out" / "images" / "val" / info["file_name"]),
+                         cv2.IMREAD_UNCHANGED)
+        ref_pix = _cv2_view(pixels, turns, mirrored)
+        np.testing.assert_array_equal(pix, ref_pix)
+        seen.add(pix.tobytes())
+        # boxes: torchvision's masks_to_boxes on OpenCV's view of the instance mask
+        view = _cv2_view(quadrant.astype(np.int32), turns, mirrored)
+        labels = [lab for lab in np.unique(view) if lab > 0]
+        ref = masks_to_boxes(torch.from_numpy(np.stack([view == lab for lab in labels])))
+        got = [a["bbox"] for a in val["annotations"] if a["image_id"] == info["id"]]
+        xyxy = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in got])
+        torch.testing.assert_close(xyxy, ref + torch.tensor([0.0, 0.0, 1.0, 1.0]))
+    assert len(seen) == 8  # eight different views
+
+
 def test_written_set_is_coco_and_counts_every_instance(tool, tmp_path):
     mask = _instances(1)
     img = (np.arange(512 * 512) % 200).astype(np.uint8).reshape(512, 512)
-    summary = tool.write_dataset(str(tmp_path / "out"), img, mask)
+    summary = tool.write_dataset(str(tmp_path / "out"), img, mask, val_orientations=1)
     val = json.loads((tmp_path / "out" / "val.json").read_text())
     quadrant = mask[256:, 256:]
     assert len(val["annotations"]) == len(np.unique(quadrant[quadrant > 0]))
