@@ -79,14 +79,14 @@ else:
     os.environ.pop("THP_MEM_ALLOC_ENABLE", None)
 
 import types  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
-from typing import Callable, Iterator  # noqa: E402
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from fcos_plugin_bifpn.model import BiFPN  # noqa: E402
 from fcos_core.models import cpu_kernels, fast_batchnorm, fast_conv  # noqa: E402
+from fcos_plugin_bifpn.model import BiFPN  # noqa: E402
 from fcos_plugin_efficientnet.model import EfficientNet  # noqa: E402
 
 CLOCK = time.process_time if ARGS.clock == "cpu" else time.perf_counter

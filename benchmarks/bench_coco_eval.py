@@ -20,9 +20,9 @@ import time
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before numpy/torch start OpenMP
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from fcos_plugin_coco.coco_eval import STAT_KEYS, evaluate_bbox, fast_backend_available  # noqa
+from fcos_plugin_coco.coco_eval import STAT_KEYS, evaluate_bbox, fast_backend_available
 
 #: COCO's 80 category ids (1..90 with gaps)
 COCO_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]

@@ -18,13 +18,13 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import traceback  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,8 +129,12 @@ def main() -> int:
         return _time(lambda: sess.run(None, feed), iters, warmup)
 
     def ort_int8():
-        from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                              quantize_static)
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
 
         src = onnx_export()
         name = ort_session(src).get_inputs()[0].name
@@ -141,7 +145,7 @@ def main() -> int:
                 self.items = iter([{name: g.uniform(-1, 1, (1, 3, size, size))
                                     .astype(np.float32)} for _ in range(4)])
 
-            def get_next(self):  # noqa: ANN201
+            def get_next(self):
                 return next(self.items, None)
 
         dst = tmp / "int8.onnx"

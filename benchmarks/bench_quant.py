@@ -94,11 +94,10 @@ class StandIn(nn.Module):
 def build_body() -> tuple[nn.Module, str]:
     if not ARGS.standin:
         try:
-            from fcos_plugin_bifpn.model import BiFPN
-            from fcos_plugin_efficientnet.model import EfficientNet
-
             from fcos_core.models.body import FCOSBody
             from fcos_core.models.head import FCOSHead
+            from fcos_plugin_bifpn.model import BiFPN
+            from fcos_plugin_efficientnet.model import EfficientNet
 
             neck = dict(in_strides=[2, 4, 8, 16, 32], out_strides=[8, 16, 32, 64, 128],
                         stride2channels={2: 16, 4: 24, 8: 40, 16: 112, 32: 320},
@@ -106,7 +105,7 @@ def build_body() -> tuple[nn.Module, str]:
                         fpn_name="bifpn_sum")
             head = FCOSHead(num_classes=80, in_strides=[8, 16, 32, 64, 128],
                             out_strides=[8, 16, 32, 64, 128],
-                            stride2channels={s: 64 for s in (8, 16, 32, 64, 128)},
+                            stride2channels=dict.fromkeys((8, 16, 32, 64, 128), 64),
                             feat_channels=64, stacked_convs=4, int8_output=False,
                             int16_output=True, dequant_output=True)
             body = FCOSBody(EfficientNet("b0", activation="relu", use_se_block=False),

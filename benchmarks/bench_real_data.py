@@ -46,16 +46,16 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: no busy-waiting threads
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import re  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import json
+import math
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ("tv_r50", "tv_mbv3")
@@ -414,7 +414,7 @@ def report(results: dict[str, dict[str, Any]], ns: argparse.Namespace, data: Pat
           f"input {ns.input_size}, seed {ns.seed}, data {data if ns.data else 'nuclei'}")
     print(f"{'contender':<10} {'AP':>6} {'AP50':>6} {'images seen':>12} {'train s':>8}")
     for name, r in results.items():
-        print(f"{name:<10} {r['AP']:>6.3f} {r['AP50']:>6.3f} {str(r.get('images_seen')):>12} "
+        print(f"{name:<10} {r['AP']:>6.3f} {r['AP50']:>6.3f} {r.get('images_seen')!s:>12} "
               f"{r['train_s']:>8}")
     if "fcos" in results and peers:
         for k in ("AP", "AP50"):

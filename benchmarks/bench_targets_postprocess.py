@@ -25,22 +25,27 @@ import os
 # busy-waiting OpenMP threads slow down many times when cores are shared (see DESIGN-NOTES)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402
-import math  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from typing import Any, Callable, Sequence  # noqa: E402
+import argparse
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
-import torch  # noqa: E402
-from torchvision.ops import batched_nms, box_iou, generalized_box_iou_loss  # noqa: E402
-from torchvision.ops import sigmoid_focal_loss  # noqa: E402
+import torch
+from torchvision.ops import (
+    batched_nms,
+    box_iou,
+    generalized_box_iou_loss,
+    sigmoid_focal_loss,
+)
 
-from fcos_core.models.dynamic_target import DynamicFcosTarget  # noqa: E402
-from fcos_core.models.layout import flatten_outputs  # noqa: E402
-from fcos_core.models.losses.focal import FocalLoss  # noqa: E402
-from fcos_core.models.losses.giou import GIoULoss  # noqa: E402
-from fcos_core.models.points import distances_to_boxes, grid_points  # noqa: E402
-from fcos_core.models.post_process import FCOSMultiStrideFilter  # noqa: E402
+from fcos_core.models.dynamic_target import DynamicFcosTarget
+from fcos_core.models.layout import flatten_outputs
+from fcos_core.models.losses.focal import FocalLoss
+from fcos_core.models.losses.giou import GIoULoss
+from fcos_core.models.points import distances_to_boxes, grid_points
+from fcos_core.models.post_process import FCOSMultiStrideFilter
 
 STRIDES = [8, 16, 32, 64, 128]
 NUM_CLASSES = 80
@@ -240,7 +245,7 @@ def seed_model_step_time(batch: int, size: int, repeats: int) -> float | None:
                  "out_channels": 64, "num_outs": 5, "stack": 3, "start_level": 2,
                  "end_level": -1, "fpn_name": "bifpn_sum"},
         "head": {"type": "FCOSHead", "num_classes": NUM_CLASSES, "in_strides": STRIDES,
-                 "out_strides": STRIDES, "stride2channels": {s: 64 for s in STRIDES},
+                 "out_strides": STRIDES, "stride2channels": dict.fromkeys(STRIDES, 64),
                  "upscale_bbox_pred": False, "feat_channels": 64, "stacked_convs": 4,
                  "int8_output": False, "int16_output": True, "dequant_output": True},
         "targets": {"type": "DynamicFcosTarget", "strides": STRIDES,

@@ -25,14 +25,14 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: no busy-waiting threads
 
-import argparse  # noqa: E402
-import copy  # noqa: E402
-import json  # noqa: E402
-import resource  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import copy
+import json
+import resource
+import subprocess
+import sys
+import time
+from typing import Any
 
 SEED_MODEL = {
     "type": "FCOS",

@@ -41,20 +41,21 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: no busy-waiting threads
 os.environ.setdefault("FCOS_PROGRESS", "0")
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import copy  # noqa: E402
-import datetime  # noqa: E402
-import json  # noqa: E402
-import resource  # noqa: E402
-import socket  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import types  # noqa: E402
-import warnings  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Callable  # noqa: E402
+import argparse
+import contextlib
+import copy
+import datetime
+import json
+import resource
+import socket
+import sys
+import tempfile
+import time
+import types
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "fcos_b0_demo.yaml"
@@ -490,8 +491,12 @@ def check_quantized(report: Report, host: Any, data_root: Path, device: Any, arg
 
     from fcos_core.build import build
     from fcos_core.convert_context import ConvertContext
-    from fcos_core.quantization.converters import (Float2Calibration, Float2QAT, QAT2Quantize,
-                                                   freeze_observers)
+    from fcos_core.quantization.converters import (
+        Float2Calibration,
+        Float2QAT,
+        QAT2Quantize,
+        freeze_observers,
+    )
     from fcos_core.quantization.exact_float import tf32_enabled
 
     cfg = load_demo(host, data_root, 2, 128)
@@ -617,8 +622,7 @@ def check_tensorrt(report: Report, host: Any, data_root: Path, device: Any, args
 
     from fcos_core.build import build
     from fcos_core.convert_context import ConvertContext
-    from fcos_core.quantization.converters import Float2Calibration, QAT2Quantize, \
-        freeze_observers
+    from fcos_core.quantization.converters import Float2Calibration, QAT2Quantize, freeze_observers
 
     try:
         from fcos_plugin_tensorrt.backend import TensorRTBackend

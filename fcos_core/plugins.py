@@ -22,8 +22,9 @@ import importlib
 import importlib.metadata
 import os
 import re
+from collections.abc import Callable, Iterable, Sequence
 from types import ModuleType
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import attrs
 import pluggy
@@ -170,7 +171,7 @@ class PluginHost:
                     kind, impl.plugin_name, info.distribution, info.version)
                 before = set(self.registries[kind].names())
                 try:
-                    impl.function(**{arg: register for arg in impl.argnames})
+                    impl.function(**dict.fromkeys(impl.argnames, register))
                 except FcosUserError:  # duplicates and bad registrations already say who
                     raise
                 except Exception as exc:

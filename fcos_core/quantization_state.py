@@ -18,7 +18,8 @@ This module imports no torch: it only reads and writes plain attributes.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from fcos_core.errors import FcosUserError
 

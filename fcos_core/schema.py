@@ -24,7 +24,8 @@ Field kinds:
 from __future__ import annotations
 
 import typing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 

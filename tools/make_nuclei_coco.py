@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -257,7 +257,7 @@ def _write_json(path: str, obj: Any) -> None:
         raise
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="output folder (new or empty)")
     ap.add_argument("--wheel", help="a downloaded stardist wheel (default: pip download it)")

@@ -24,8 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from fcos_core.errors import FcosUserError
 
@@ -86,8 +86,13 @@ def run_frontend(args: argparse.Namespace, detect: Detect, *,
     """Detect on every picture of ``args.images`` with ``detect``; print, write, draw.
     ``categories`` (``[{"id", "name"}]`` sorted by id) name the labels and give the COCO
     category ids. Returns the exit code (0, also when pictures were skipped)."""
-    from fcos_core.cli.detections_output import (VideoVis, claim_path, prepare_vis_folder,
-                                                 print_detections, save_vis)
+    from fcos_core.cli.detections_output import (
+        VideoVis,
+        claim_path,
+        prepare_vis_folder,
+        print_detections,
+        save_vis,
+    )
     from fcos_core.cli.image_source import open_sources
     from fcos_core.engine.progress import Progress, progress_enabled
 

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 import traceback
-from typing import Sequence
+from collections.abc import Sequence
 
 import fcos_core
 from fcos_core.errors import FcosUserError
@@ -19,7 +19,7 @@ from fcos_core.errors import FcosUserError
 EXIT_USER_ERROR = 2
 
 
-def _parser(host) -> argparse.ArgumentParser:  # noqa: ANN001 - PluginHost
+def _parser(host) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fcos",
         description="Train, quantize and deploy FCOS detectors. Components and commands come "
@@ -38,7 +38,7 @@ def _parser(host) -> argparse.ArgumentParser:  # noqa: ANN001 - PluginHost
     return parser
 
 
-def main(argv: Sequence[str] | None = None, host=None) -> int:  # noqa: ANN001
+def main(argv: Sequence[str] | None = None, host=None) -> int:
     """Run the CLI; ``host`` (a PluginHost) replaces plugin discovery in tests."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("FCOS_DEBUG", "") not in ("", "0")

@@ -20,8 +20,9 @@ The module is torch-free so registration stays cheap; implementations import tor
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import attrs
 

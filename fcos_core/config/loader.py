@@ -93,7 +93,7 @@ def parse_yaml_text(text: str, file: str | None = None) -> tuple[Any, LineMap]:
         node = yaml.compose(text, Loader=_Loader)
         if node is not None:
             _walk(node, (), lines, [MAX_ALIAS_NODES])
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        data = yaml.load(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None

@@ -301,9 +301,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str],
             continue
         cur, final, via = got
         last = final[-1]
-        if isinstance(cur, dict):
-            cur[last] = value
-        elif isinstance(cur, list) and isinstance(last, int) and -len(cur) <= last < len(cur):
+        if isinstance(cur, dict) or (isinstance(cur, list) and isinstance(last, int) and -len(cur) <= last < len(cur)):
             cur[last] = value
         else:
             what = f"a list of {len(cur)}" if isinstance(cur, list) else \

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import attrs
 
@@ -19,17 +19,17 @@ class RunConfig:
     task_name: str = arg(help="name of the task; the default run folder is runs/<task_name>")
     ckpt_dir: str = arg(help="where checkpoints, traced models and the compile output go")
     vars: dict[str, Any] = arg({}, help="free-form values and blocks to reuse through ${vars.x}")
-    seed: Optional[int] = arg(None, help="random seed (null: not seeded)")
+    seed: int | None = arg(None, help="random seed (null: not seeded)")
     deterministic: bool = arg(False, help="use deterministic algorithms (exact resume)")
     log_rank_zero_only: bool = arg(True, help="in distributed runs, only rank 0 logs")
     cudnn_benchmark: bool = arg(True, help="set torch.backends.cudnn.benchmark on CUDA")
-    num_threads: Optional[int] = arg(None, help="torch intra-op threads (null: torch default)")
+    num_threads: int | None = arg(None, help="torch intra-op threads (null: torch default)")
     dist_timeout_s: float = arg(
         1800.0, help="distributed runs: seconds a process waits in a collective for a silent "
                      "peer before it stops with an error (a peer that exits is noticed at once)")
     channels_last: bool = arg(True, help="channels-last memory format for the model "
                                          "(1.3-1.5x faster convolutions on CPU)")
-    march: Optional[str] = arg(None, help="deployment target: the compile backend to use")
+    march: str | None = arg(None, help="deployment target: the compile backend to use")
     model: Any = component("models", None, help="the training model (with targets and losses)")
     deploy_model: Any = component("models", None, help="the model that is quantized and compiled")
     deploy_inputs: dict[str, list[int]] = arg(
@@ -46,5 +46,5 @@ class RunConfig:
     calibration_predictor: Any = component("trainers", None, help="evaluates calibration")
     qat_predictor: Any = component("trainers", None, help="evaluates the QAT checkpoint")
     int_infer_predictor: Any = component("trainers", None, help="evaluates the quantized model")
-    compile_cfg: Optional[dict[str, Any]] = arg(
+    compile_cfg: dict[str, Any] | None = arg(
         None, help="compile settings; 'march' picks the compile backend, the rest are its options")

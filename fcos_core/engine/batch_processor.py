@@ -23,8 +23,9 @@ which are not in ``loss`` and not back-propagated.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

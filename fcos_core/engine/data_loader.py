@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import random
 import secrets
-from typing import Any, Callable, Iterator, Sized
+from collections.abc import Callable, Iterator, Sized
+from typing import Any
 
 import numpy as np
 import torch

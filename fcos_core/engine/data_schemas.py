@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import attrs
 
@@ -22,12 +22,12 @@ class DataLoaderArgs:
     pin_memory: bool = arg(False, help="page-locked batches for faster copies to CUDA")
     collate_fn: Any = named("collates", None, help="list of items -> batch (null: torch default)")
     drop_last: bool = arg(False, help="drop the last incomplete batch")
-    persistent_workers: Optional[bool] = arg(
+    persistent_workers: bool | None = arg(
         None, help="keep workers alive between epochs (null: yes when num_workers > 0, which "
                    "saves a fork of the training process, and its copy-on-write page faults, "
                    "per epoch and per validation)")
-    prefetch_factor: Optional[int] = arg(None, help="batches each worker loads ahead")
-    seed: Optional[int] = arg(None, help="seed of order and augmentation (null: the run's seed)")
+    prefetch_factor: int | None = arg(None, help="batches each worker loads ahead")
+    seed: int | None = arg(None, help="seed of order and augmentation (null: the run's seed)")
 
 
 @attrs.frozen(kw_only=True)
@@ -36,8 +36,8 @@ class DistributedSamplerArgs:
 
     shuffle: bool = arg(True, help="shuffle the whole dataset each epoch before splitting")
     drop_last: bool = arg(False, help="drop the tail instead of padding it with repeated items")
-    num_replicas: Optional[int] = arg(None, help="number of processes (null: the world size)")
-    rank: Optional[int] = arg(None, help="this process's rank (null: from torch.distributed)")
+    num_replicas: int | None = arg(None, help="number of processes (null: the world size)")
+    rank: int | None = arg(None, help="this process's rank (null: from torch.distributed)")
 
 
 @attrs.frozen(kw_only=True)

@@ -36,7 +36,6 @@ from fcos_core.engine.device import resolve_device
 from fcos_core.errors import FcosUserError
 from fcos_core.quantization_state import get_qstate
 
-
 _RESUME_HINT = ("--resume continues a run with the config that wrote its checkpoints: restore "
                 "the model (and optimizer) settings of that run; to train the changed model, "
                 "start a new run without --resume (another ckpt_dir / --run-dir, or --overwrite "

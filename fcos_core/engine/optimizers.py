@@ -15,7 +15,8 @@ and a KEY that selects no parameter is an error (usually a typo). Parameters wit
 from __future__ import annotations
 
 import difflib
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 

@@ -13,7 +13,8 @@ the stage's ``metrics``).
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 #: the columns shown, in order, when a row has them (others are kept in summary.json only)
 COLUMNS = ("AP", "AP50", "AR100", "gt_boxes")

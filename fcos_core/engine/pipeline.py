@@ -40,8 +40,9 @@ from __future__ import annotations
 import gc
 import secrets
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -50,9 +51,15 @@ from fcos_core.engine import distributed
 from fcos_core.engine.context import RunContext
 from fcos_core.engine.errors import PeerLostError
 from fcos_core.engine.recorder import MetricsRecorder
-from fcos_core.engine.run_guard import (RunLock, existing_checkpoints, os_error_text,
-                                        probe_writable, refuse_to_replace, sigterm_as_interrupt,
-                                        stage_checkpoint_paths)
+from fcos_core.engine.run_guard import (
+    RunLock,
+    existing_checkpoints,
+    os_error_text,
+    probe_writable,
+    refuse_to_replace,
+    sigterm_as_interrupt,
+    stage_checkpoint_paths,
+)
 from fcos_core.engine.summary import format_table, load_summary, write_summary
 from fcos_core.errors import FcosUserError
 from fcos_core.logging_setup import configure_logging, get_logger

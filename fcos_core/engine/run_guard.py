@@ -26,9 +26,10 @@ import os
 import signal
 import tempfile
 import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from fcos_core.errors import FcosUserError
 

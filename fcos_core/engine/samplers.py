@@ -10,9 +10,9 @@ orders equal torch's for the same seed.
 from __future__ import annotations
 
 import abc
-
 import math
-from typing import Any, Iterator, Sized
+from collections.abc import Iterator, Sized
+from typing import Any
 
 import torch
 from torch.utils.data import Sampler

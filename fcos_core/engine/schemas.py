@@ -6,7 +6,7 @@ class documents one component; its fields are the factory's keyword arguments.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import attrs
 
@@ -28,21 +28,21 @@ class TrainerArgs:
     batch_processor: Any = component("batch_processors", None,
                                      help="forward/backward/step of one batch")
     num_epochs: int = arg(help="number of epochs; 0 skips training")
-    max_steps_per_epoch: Optional[int] = arg(
+    max_steps_per_epoch: int | None = arg(
         None, help="stop each epoch after this many steps (null: the whole data loader); "
                    "e.g. a short QAT fine-tune")
     max_nonfinite_steps: int = arg(
         10, help="a step whose gradient is NaN/inf is skipped (weights and EMA unchanged, "
                  "counted in metrics.csv and summary.json); stop with an error after this "
                  "many such steps in a row")
-    min_total_steps: Optional[int] = arg(
+    min_total_steps: int | None = arg(
         None, help="train at least this many steps: num_epochs is raised when its epochs (capped "
                    "by max_steps_per_epoch) are fewer, e.g. a QAT fine-tune on a small data set")
-    lr_base_batch_size: Optional[int] = arg(
+    lr_base_batch_size: int | None = arg(
         None, help="linear lr scaling (mmdet's auto_scale_lr): the optimizer's lr is the lr at "
                    "this total batch size and is multiplied by (batch size x processes) / this; "
                    "null: the lr is used as written")
-    device: Optional[str] = arg(None, help="torch device; null: cuda when present, else cpu")
+    device: str | None = arg(None, help="torch device; null: cuda when present, else cpu")
     callbacks: list[Any] = component_list("callbacks", help="callbacks, run in this order")
     train_metrics: Any = component("metrics", None, help="metrics of the training loop (LossShow)")
     val_metrics: Any = component("metrics", None, help="metrics the Validation callback computes")
@@ -67,7 +67,7 @@ class CalibratorArgs:
     batch_processor: Any = component("batch_processors", None,
                                      help="forward of one batch (need_grad_update: false)")
     num_steps: int = arg(help="number of calibration batches")
-    device: Optional[str] = arg(None, help="torch device; null: cuda when present, else cpu")
+    device: str | None = arg(None, help="torch device; null: cuda when present, else cpu")
     callbacks: list[Any] = component_list("callbacks", help="callbacks, run in this order")
     val_metrics: Any = component("metrics", None, help="metrics the Validation callback computes")
     log_interval: int = arg(1, help="log every this many steps (0: never)")
@@ -82,7 +82,7 @@ class PredictorArgs:
         "converters", None, help="conversions before evaluation (e.g. LoadCheckpoint)")
     data_loader: list[Any] = component_list("data_loaders", help="data loaders, evaluated in turn")
     batch_processor: Any = component("batch_processors", None, help="forward of one batch")
-    device: Optional[str] = arg(None, help="torch device; null: cuda when present, else cpu")
+    device: str | None = arg(None, help="torch device; null: cuda when present, else cpu")
     metrics: Any = component("metrics", None, help="metric to compute (e.g. COCODetectionMetric)")
     callbacks: list[Any] = component_list("callbacks", help="callbacks (e.g. MetricUpdater)")
     log_interval: int = arg(50, help="log progress every this many batches (0: never)")
@@ -98,7 +98,7 @@ class MultiBatchProcessorArgs:
     need_grad_update: bool = arg(True, help="compute gradients and step the optimizer")
     loss_collector: Any = named("functions", None,
                                 help="outputs -> list of loss tensors (default: collect_losses)")
-    grad_clip_max_norm: Optional[float] = arg(None, help="clip the gradient norm to this value")
+    grad_clip_max_norm: float | None = arg(None, help="clip the gradient norm to this value")
     amp: bool = arg(False, help="automatic mixed precision (autocast) for the forward pass")
     amp_dtype: Literal["float16", "bfloat16"] = arg(
         "float16", help="autocast dtype; float16 on CUDA uses a gradient scaler")
@@ -124,7 +124,7 @@ class TensorBoardArgs:
     """Writes loss terms, learning rate, validation metrics and detection images for
     TensorBoard (needs the optional tensorboard package)."""
 
-    log_dir: Optional[str] = arg(None, help="event folder (null: <run folder>/tensorboard)")
+    log_dir: str | None = arg(None, help="event folder (null: <run folder>/tensorboard)")
     log_freq: int = arg(10, help="write the loss terms and learning rate every this many steps")
     num_images: int = arg(4, help="training images drawn with detections per epoch (0: none)")
     score_threshold: float = arg(0.3, help="draw detections scoring at least this")
@@ -138,13 +138,13 @@ class CheckpointArgs:
     """Saves ``<prefix>checkpoint-last.pth.tar`` and ``-best.pth.tar`` atomically."""
 
     save_dir: str = arg(help="folder of the checkpoints (usually the config's ckpt_dir)")
-    name_prefix: Optional[str] = arg(None, help="file name prefix; null: '<stage>-'")
+    name_prefix: str | None = arg(None, help="file name prefix; null: '<stage>-'")
     save_interval: int = arg(1, help="save every this many epochs")
-    save_interval_steps: Optional[int] = arg(
+    save_interval_steps: int | None = arg(
         None, help="also save 'last' every this many steps (exact mid-epoch resume)")
     strict_match: bool = arg(False, help="on --resume, the model must match the checkpoint exactly")
     mode: Literal["max", "min"] = arg("max", help="whether a larger or a smaller metric is better")
-    monitor_metric_key: Optional[str] = arg(
+    monitor_metric_key: str | None = arg(
         None, help="validation metric that picks 'best' (null: the last save is the best)")
     save_last: bool = arg(True, help="write the 'last' checkpoint")
     keep_best: bool = arg(True, help="write the 'best' checkpoint")
@@ -204,7 +204,7 @@ class SaveTracedArgs:
 
     save_dir: str = arg(help="output folder (usually the config's ckpt_dir)")
     trace_inputs: dict[str, list[int]] = arg(help="input name -> shape of the example input")
-    name_prefix: Optional[str] = arg(None, help="file name prefix; null: '<stage>-'")
+    name_prefix: str | None = arg(None, help="file name prefix; null: '<stage>-'")
     method: Literal["auto", "jit", "export"] = arg(
         "auto", help="torch.jit.trace, torch.export, or jit with export as the fallback")
     atol: float = arg(1e-5, help="tolerance of the reload check")
@@ -269,7 +269,7 @@ class AdamArgs:
 class ModelConvertPipelineArgs:
     """Applies converters in order, checking the quantization order (float->qat->quantized)."""
 
-    qat_mode: Optional[str] = arg(None, help="how QAT treats BatchNorm (e.g. fuse_bn)")
+    qat_mode: str | None = arg(None, help="how QAT treats BatchNorm (e.g. fuse_bn)")
     converters: list[Any] = component_list("converters", help="converters, applied in order")
 
 

@@ -20,7 +20,8 @@ Importing this module does not import torch.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from fcos_core.config.loader import format_path
 from fcos_core.config.validate import Node

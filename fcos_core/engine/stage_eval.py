@@ -21,8 +21,9 @@ configured); ``fcos val --data`` uses them to evaluate other data with the same 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import attrs
 
@@ -254,5 +255,11 @@ def parse_stage(stage: str) -> str:
                         hint=f"did you mean {near[0]!r}?" if near else None)
 
 
-__all__: Sequence[str] = ("EVAL_STAGES", "StageEvaluation", "prepare", "default_artifact",
-                          "stage_context", "parse_stage")
+__all__: Sequence[str] = (
+    "EVAL_STAGES",
+    "StageEvaluation",
+    "default_artifact",
+    "parse_stage",
+    "prepare",
+    "stage_context",
+)

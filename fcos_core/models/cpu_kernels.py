@@ -40,8 +40,9 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 SOURCES = tuple(Path(__file__).with_name("csrc") / name
                 for name in ("batch_norm_act.cpp", "depthwise_weight_grad.cpp"))
@@ -262,7 +263,6 @@ def available(verbose: bool = False) -> bool:
             return False
         start = time.perf_counter()
         try:
-            import torch
 
             # importing cpp_extension under a CUDA build of torch on a machine without CUDA
             # logs "No CUDA runtime is found": true, and irrelevant to these CPU kernels

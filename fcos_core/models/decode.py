@@ -10,7 +10,7 @@ scoring everything.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -61,9 +61,9 @@ def decode_level(cls: Tensor, box: Tensor, ctr: Tensor, max_logit: Tensor, strid
 
 def decode(cls: Sequence[Tensor], box: Sequence[Tensor], ctr: Sequence[Tensor],
            strides: Sequence[int], *, threshold: float, score_threshold: float, nms_pre: int,
-           iou_threshold: float, max_per_img: int, clamp_shape: Optional[tuple[int, int]],
+           iou_threshold: float, max_per_img: int, clamp_shape: tuple[int, int] | None,
            bbox_upscaled: bool = False,
-           max_logits: Optional[Sequence[Tensor]] = None) -> list[Detections]:
+           max_logits: Sequence[Tensor] | None = None) -> list[Detections]:
     """Detections of every image of a batch.
 
     Args:

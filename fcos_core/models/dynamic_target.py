@@ -38,7 +38,8 @@ The 1e8 "outside" cost of SimOTA is implicit: non-candidates are never in the pa
 
 from __future__ import annotations
 
-from typing import Sequence, TypedDict
+from collections.abc import Sequence
+from typing import TypedDict
 
 import torch
 from torch import Tensor, nn

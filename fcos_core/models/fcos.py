@@ -22,7 +22,8 @@ reach on the step's targets (see :meth:`FCOS.centerness_floor`), logged but not 
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -53,10 +54,10 @@ class FCOS(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, neck: nn.Module, head: nn.Module,
-                 targets: Optional[nn.Module] = None, post_process: Optional[nn.Module] = None,
-                 loss_cls: Optional[nn.Module] = None,
-                 loss_centerness: Optional[nn.Module] = None,
-                 loss_reg: Optional[nn.Module] = None) -> None:
+                 targets: nn.Module | None = None, post_process: nn.Module | None = None,
+                 loss_cls: nn.Module | None = None,
+                 loss_centerness: nn.Module | None = None,
+                 loss_reg: nn.Module | None = None) -> None:
         super().__init__()
         for name in ("num_classes", "out_strides", "in_strides"):
             if not hasattr(head, name):
@@ -125,7 +126,7 @@ class FCOS(nn.Module):
                              "neck out_channels per stride", dict(zip(n_out, per)),
                              "set stride2channels to the neck's out_channels")
 
-    def _check_losses(self, losses: Mapping[str, Optional[nn.Module]], head: nn.Module) -> None:
+    def _check_losses(self, losses: Mapping[str, nn.Module | None], head: nn.Module) -> None:
         names: dict[str, str] = {}
         for field, loss in losses.items():
             assert loss is not None

@@ -20,7 +20,7 @@ and whether the quantized body returns float (dequantized) or integer tensors.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
 

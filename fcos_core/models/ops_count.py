@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,7 +44,7 @@ def count_macs(model: nn.Module, example: torch.Tensor,
     for name, group in groups.items():
         for m in group.modules():
             owner.setdefault(id(m), name)
-    per = {name: 0 for name in groups}
+    per = dict.fromkeys(groups, 0)
     total = [0]
 
     def hook(mod: nn.Module, _inp: Any, out: torch.Tensor) -> None:

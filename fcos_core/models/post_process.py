@@ -15,7 +15,7 @@ decoder (:meth:`FCOSMultiStrideFilter.detect`) reads only kept positions.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -42,7 +42,7 @@ class FCOSMultiStrideFilter(nn.Module):
     def __init__(self, strides: Sequence[int], threshold: float = -2.944,
                  for_compile: bool = False, score_threshold: float = 0.05,
                  iou_threshold: float = 0.6, nms_pre: int = 1000, max_per_img: int = 100,
-                 max_shape: Optional[Sequence[int]] = None) -> None:
+                 max_shape: Sequence[int] | None = None) -> None:
         super().__init__()
         strides = list(strides)
         if not strides or sorted(set(strides)) != strides:
@@ -71,7 +71,7 @@ class FCOSMultiStrideFilter(nn.Module):
         max_logits = [c.max(dim=1, keepdim=True).values for c in cls]
         return (*cls, *box, *ctr, *max_logits)
 
-    def detect(self, outputs: Sequence[Tensor], image_size: Optional[tuple[int, int]] = None,
+    def detect(self, outputs: Sequence[Tensor], image_size: tuple[int, int] | None = None,
                bbox_upscaled: bool = False) -> list[Detections]:
         """Detections per image from the body's outputs (3S tensors) or the compile tuple (4S).
 
@@ -91,7 +91,7 @@ class FCOSMultiStrideFilter(nn.Module):
                           clamp_shape=self.max_shape or image_size,
                           bbox_upscaled=bbox_upscaled, max_logits=max_logits)
 
-    def forward(self, outputs: Sequence[Tensor], image_size: Optional[tuple[int, int]] = None,
+    def forward(self, outputs: Sequence[Tensor], image_size: tuple[int, int] | None = None,
                 bbox_upscaled: bool = False) -> tuple[Tensor, ...] | list[Detections]:
         """``for_compile``: :meth:`compile_outputs`; else :meth:`detect`."""
         if self.for_compile:

@@ -7,7 +7,7 @@ arguments and re-check combinations that a type cannot express (raising ``ValueE
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import attrs
 
@@ -64,7 +64,7 @@ class DynamicFcosTargetArgs:
     topK: int = arg(10, help="IoUs summed to pick each box's number of positives k")
     loss_cls: Any = component("losses", help="classification matching cost (reduction none)")
     loss_reg: Any = component("losses", help="box matching cost, e.g. GIoULoss (reduction none)")
-    center_sampling_radius: Optional[float] = arg(
+    center_sampling_radius: float | None = arg(
         None, help="candidates must also lie within radius*stride of the box centre (null: off)")
     centerness_target: Literal["iou", "geometric"] = arg(
         "iou", help="centerness target of positives: the IoU of the predicted box with its "
@@ -122,5 +122,5 @@ class FCOSMultiStrideFilterArgs:
     iou_threshold: float = arg(0.6, help="IoU threshold of the class-wise NMS")
     nms_pre: int = arg(1000, help="candidates kept per stride level before NMS")
     max_per_img: int = arg(100, help="detections kept per image after NMS")
-    max_shape: Optional[tuple[int, int]] = arg(
+    max_shape: tuple[int, int] | None = arg(
         None, help="(h, w) boxes are clamped to (null: the network input size)")

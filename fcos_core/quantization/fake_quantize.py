@@ -17,7 +17,8 @@ different scales in training than ``convert_pt2e`` does, plain fake-quant matche
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torchao.quantization.pt2e import FakeQuantizeBase

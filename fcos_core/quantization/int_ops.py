@@ -14,7 +14,7 @@ in docs/quantization.md ("Integer semantics").
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

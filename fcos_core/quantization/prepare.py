@@ -19,7 +19,8 @@ frozen      off                off              on (what ``convert_pt2e`` reprod
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -28,8 +29,8 @@ from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
 from fcos_core.quantization.bias_quant import insert_bias_fake_quant
 from fcos_core.quantization.fake_quantize import FcosFakeQuantize
-from fcos_core.quantization.integer_exact import insert_integer_exact
 from fcos_core.quantization.graph_passes import check_no_random_ops, fold_conv_bn, remove_dropout
+from fcos_core.quantization.integer_exact import insert_integer_exact
 from fcos_core.quantization.quantizer import FcosQuantizer
 from fcos_core.quantization.rules import QuantRules
 
@@ -56,7 +57,7 @@ def export_float(body: torch.nn.Module, input_shape: tuple[int, ...]) -> fx.Grap
     example = torch.zeros(max(2, b), c, h, w, device=_device_of(body))
     try:
         ep = torch.export.export(body, (example,), dynamic_shapes=({0: Dim.AUTO},))
-    except Exception as exc:  # noqa: BLE001 - export failures come in many types
+    except Exception as exc:
         first = str(exc).splitlines()[0][:300] if str(exc) else ""
         raise ValueError(f"torch.export of the body failed ({type(exc).__name__}: {first})"
                          ) from exc
@@ -124,7 +125,7 @@ class PreparedBody(nn.Module):
     def forward(self, img: torch.Tensor) -> Any:
         return self.graph_module(img)
 
-    def train(self, mode: bool = True) -> "PreparedBody":
+    def train(self, mode: bool = True) -> PreparedBody:
         # the graph has no mode-dependent op left (BN folded, dropout removed), and an
         # exported GraphModule refuses .train()/.eval(): set the flags directly
         for m in self.modules():
@@ -192,9 +193,7 @@ def set_mode(gm: nn.Module, mode: str, freeze_activation_scales: bool = False) -
         raise ValueError(f"mode: {mode!r}; use calibration, qat or frozen")
     for _, fq in fake_quants(gm):
         weight = getattr(fq, "is_weight", False)
-        if mode == "frozen":
-            observe = False
-        elif mode == "qat" and freeze_activation_scales and not weight:
+        if mode == "frozen" or (mode == "qat" and freeze_activation_scales and not weight):
             observe = False
         else:
             observe = True

@@ -10,7 +10,7 @@ This module is torch-free: a backend plugin can build its rules without importin
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 import attrs
 
@@ -54,7 +54,7 @@ class QuantRules:
     weight_dtype: Literal["int8"] = attrs.field(default="int8")
     input_dtype: Literal["int8", "int16"] = attrs.field(default="int8")
     input_scale: float = attrs.field(default=1.0 / 128.0, validator=_check_positive)
-    output_dtype: Optional[Literal["int8", "int16", "int32"]] = attrs.field(default=None)
+    output_dtype: Literal["int8", "int16", "int32"] | None = attrs.field(default=None)
     fuse_relu: bool = attrs.field(default=True)
     add_inputs_share_scale: bool = attrs.field(default=False)
     same_scale_ops: frozenset[str] = attrs.field(

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import attrs
 
@@ -74,7 +75,7 @@ def registered(host: PluginHost, plugin: Any, name: str) -> Iterator[PluginHost]
     The host's registries are rebuilt on entry and on exit, so a test sees exactly what the
     plugin adds and leaves nothing behind.
     """
-    host._collected = False  # noqa: SLF001 - the kit is part of the core
+    host._collected = False
     host.add_plugin(plugin, name)
     _recollect(host)
     try:
@@ -91,7 +92,7 @@ def _recollect(host: PluginHost) -> None:
     host.registries = Registries()
     for info in host.plugins.values():
         info.components.clear()
-    host._collected = False  # noqa: SLF001 - the kit is part of the core
+    host._collected = False
     host.collect()
 
 

@@ -7,9 +7,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import toy_plugin  # noqa: E402
+import toy_plugin
 
-from fcos_core.testing import make_host  # noqa: E402
+from fcos_core.testing import make_host
 
 
 @pytest.fixture

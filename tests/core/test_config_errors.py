@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import GOOD
+
 from fcos_core.cli.main import main
 
 BASE = "task_name: t\nckpt_dir: d\n"

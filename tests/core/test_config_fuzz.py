@@ -12,9 +12,9 @@ from __future__ import annotations
 import copy
 import os
 import random
+import resource
 import stat
 import time
-import resource
 from pathlib import Path
 
 import pytest

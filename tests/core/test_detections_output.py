@@ -7,8 +7,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from fcos_core.cli.detections_output import (COLOURS, draw_detections, draw_scale,
-                                             print_detections)
+from fcos_core.cli.detections_output import COLOURS, draw_detections, draw_scale, print_detections
 
 RESULTS = [{"image": "a.jpg", "detections": [
     {"label": 1, "name": "car", "score": 0.9, "box": [1.0, 2.0, 10.0, 12.0]},

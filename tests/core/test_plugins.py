@@ -6,8 +6,8 @@ import json
 import types
 
 import pytest
-
 import toy_plugin
+
 from fcos_core import hookimpl
 from fcos_core.cli.main import main
 from fcos_core.errors import PluginError, RegistryError

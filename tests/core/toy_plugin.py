@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 import attrs
 
@@ -38,7 +38,7 @@ class ToyModelArgs:
     neck: object = component("necks", None, help="neck")
     transforms: list = component_list("transforms", help="transforms")
     collate: object = named("collates", None, help="collate function")
-    name: Optional[str] = arg(None, help="a name")
+    name: str | None = arg(None, help="a name")
 
 
 @attrs.frozen(kw_only=True)

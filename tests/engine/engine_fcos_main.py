@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 import engine_standins
+
 from fcos_core import plugins
 from fcos_core.cli import main as cli
 

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from engine_standins import TinyDet, TinySet
+
 from fcos_core.engine.context import RunContext
 from fcos_core.engine.data_loader import DataLoader
 from fcos_core.engine.optimizers import SGD

@@ -11,18 +11,17 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import attrs
 import numpy as np
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from fcos_core import hookimpl
 from fcos_core.quantization_state import get_qstate
 from fcos_core.schema import arg
-
 
 # --- model ------------------------------------------------------------------------------------
 
@@ -82,7 +81,7 @@ class TinySet(torch.utils.data.Dataset):
     drawn from numpy (so worker/resume seeding matters)."""
 
     def __init__(self, n: int = 16, size: int = 32, augment: bool = True,
-                 nan_index: Optional[int] = None, delay: float = 0.0) -> None:
+                 nan_index: int | None = None, delay: float = 0.0) -> None:
         self.n, self.size, self.augment = n, size, augment
         self.nan_index, self.delay = nan_index, delay
 
@@ -114,7 +113,7 @@ class TinySetArgs:
     n: int = arg(16, help="items")
     size: int = arg(32, help="image side")
     augment: bool = arg(True, help="random flip + noise")
-    nan_index: Optional[int] = arg(None, help="item whose image is NaN")
+    nan_index: int | None = arg(None, help="item whose image is NaN")
     delay: float = arg(0.0, help="seconds of sleep per item")
     transforms: list[Any] = arg([], help="ignored")
 
@@ -142,7 +141,7 @@ class TinyMetric:
 
     def compute(self) -> dict[str, float]:
         acc = self.right / max(self.total, 1)
-        return {k: acc for k in COCO_KEYS}
+        return dict.fromkeys(COCO_KEYS, acc)
 
 
 @attrs.frozen(kw_only=True)
@@ -222,7 +221,7 @@ class TinyBackendArgs:
     """Stand-in compile backend."""
 
     name: str = arg("tiny", help="artifact name")
-    out_dir: Optional[str] = arg(None, help="output folder")
+    out_dir: str | None = arg(None, help="output folder")
 
 
 # --- registration -----------------------------------------------------------------------------

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from engine_helpers import ctx_for, tiny_trainer
+
 from fcos_core.engine.callbacks.base import Callback
 from fcos_core.engine.callbacks.checkpoint import Checkpoint
 from fcos_core.engine.checkpoint_io import atomic_save, load_file

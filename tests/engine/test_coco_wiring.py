@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from engine_helpers import ctx_for
 from torch import nn
 
-from engine_helpers import ctx_for
 from fcos_core.engine.callbacks.checkpoint import Checkpoint
 from fcos_core.engine.callbacks.metric_updater import MetricUpdater
 from fcos_core.engine.callbacks.validation import Validation

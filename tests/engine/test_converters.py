@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from engine_standins import StandinFloat2QAT, StandinQAT2Quantize, TinyDet
 from torch import nn
 
-from engine_standins import StandinFloat2QAT, StandinQAT2Quantize, TinyDet
 from fcos_core.convert_context import ConvertContext
 from fcos_core.engine.checkpoint_io import atomic_save
 from fcos_core.engine.convert_pipeline import ModelConvertPipeline

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.utils.data as tud
-
 from engine_standins import TinySet
+
 from fcos_core.engine.data_loader import DataLoader
 from fcos_core.engine.samplers import DistributedSampler, RandomSampler, SequentialSampler
 

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import HERE, TINY_CONFIG
+
 from fcos_core.engine.checkpoint_io import load_file
 from fcos_core.engine.launch import launch_with_torchrun, torchrun_argv
 from fcos_core.engine.pipeline import run_pipeline

@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-
 from engine_helpers import ctx_for, tiny_trainer
+
 from fcos_core.engine.callbacks.base import Callback
 from fcos_core.engine.callbacks.ema import ExponentialMovingAverage
 

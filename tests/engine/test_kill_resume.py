@@ -12,8 +12,8 @@ import time
 
 import pytest
 import torch
-
 from conftest import HERE, TINY_CONFIG
+
 from fcos_core.engine.checkpoint_io import load_file
 from fcos_core.engine.pipeline import run_pipeline
 

@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
-
 from engine_helpers import ctx_for, tiny_trainer, weights
 from engine_standins import TinySet
+
 from fcos_core.engine.batch_processor import MultiBatchProcessor
 from fcos_core.engine.callbacks.base import Callback
 from fcos_core.engine.callbacks.checkpoint import Checkpoint

@@ -83,6 +83,7 @@ def test_compile_without_a_backend_names_the_package(tmp_path):
     from types import SimpleNamespace
 
     from engine_helpers import ctx_for
+
     from fcos_core.engine.compile_stage import run_compile_stage
 
     cfg = SimpleNamespace(compile_backend=None, compile_options=None,

@@ -4,10 +4,10 @@ the fix, never a traceback (issue 14, item 10)."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import TINY_CONFIG
 from engine_helpers import ctx_for, tiny_trainer
 from engine_standins import TinyDet, TinySet
+
 from fcos_core.engine.callbacks.checkpoint import Checkpoint
 from fcos_core.engine.checkpoint_io import atomic_save, load_file
 from fcos_core.engine.data_loader import DataLoader

@@ -13,8 +13,8 @@ import time
 
 import pytest
 import torch
-
 from conftest import HERE, TINY_CONFIG
+
 from fcos_core.cli.main import main
 from fcos_core.engine.checkpoint_io import load_file
 from fcos_core.engine.pipeline import run_pipeline
@@ -142,6 +142,7 @@ def test_unwritable_folders_stop_the_run_before_any_training(tiny_cfg, host, tmp
 
 def test_a_failing_checkpoint_write_names_the_file(tmp_path, monkeypatch):
     from engine_helpers import ctx_for, tiny_trainer
+
     from fcos_core.engine.callbacks import checkpoint as ckpt_mod
 
     def full(obj, path):
@@ -216,9 +217,8 @@ def test_sigterm_handler_raises_terminated_once_and_is_restored():
     from fcos_core.engine.run_guard import sigterm_as_interrupt
 
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(Terminated) as err:
-        with sigterm_as_interrupt():
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(1)
+    with pytest.raises(Terminated) as err, sigterm_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)
     assert isinstance(err.value, KeyboardInterrupt) and err.value.exit_code == 143
     assert signal.getsignal(signal.SIGTERM) == before

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from engine_standins import TinyBody
+
 from fcos_core.engine.callbacks.save_traced import SaveTraced
 
 

@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import TINY_CONFIG
 from engine_standins import TinyDet
+
 from fcos_core.engine import hugepages
 from fcos_core.engine.launch import child_argv
 from fcos_core.engine.optimizers import SGD
@@ -64,8 +64,8 @@ def test_fcos_run_checks_later_stages_optimizers_before_training(host, tmp_path,
 
 
 def test_fcos_run_skips_the_check_for_stages_it_does_not_run(host, tmp_path):
-    from fcos_core.engine.stage_checks import check_stage_optimizers
     from fcos_core.config import load_config
+    from fcos_core.engine.stage_checks import check_stage_optimizers
 
     cfg = load_config(TINY_CONFIG, host, [f"ckpt_dir={tmp_path}",
                                           "qat_trainer.optimizer.params={conv9.weight: {}}"])
@@ -131,8 +131,9 @@ def test_thp_applies_to_this_process_and_is_not_exported(flag, on):
 
 
 def test_thp_setting_is_logged_and_not_left_in_the_environment(host, tmp_path, monkeypatch):
-    from fcos_core.cli.main import main
     import json
+
+    from fcos_core.cli.main import main
 
     monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
     monkeypatch.delenv("FCOS_THP", raising=False)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from engine_helpers import ctx_for, tiny_trainer
 from engine_standins import TinySet
+
 from fcos_core.engine.callbacks.base import Callback
 from fcos_core.engine.callbacks.tensorboard import TensorBoard, _to_rgb
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from engine_helpers import ctx_for, tiny_trainer, weights
 from engine_standins import TinySet
+
 from fcos_core.engine.callbacks.base import Callback, run_order
 from fcos_core.engine.callbacks.checkpoint import Checkpoint
 from fcos_core.engine.callbacks.ema import ExponentialMovingAverage
@@ -84,6 +84,7 @@ def test_num_epochs_zero_only_runs_loop_events(tmp_path):
             return object.__getattribute__(self, name)
 
     from engine_standins import TinyDet
+
     from fcos_core.engine.trainer import Trainer
 
     trainer = Trainer(model=TinyDet(4), num_epochs=0, device="cpu",
@@ -95,6 +96,7 @@ def test_num_epochs_zero_only_runs_loop_events(tmp_path):
 
 def test_argument_errors_and_callback_order(tmp_path):
     from engine_standins import TinyDet
+
     from fcos_core.engine.trainer import Trainer
 
     with pytest.raises(ValueError, match="needs a data_loader"):

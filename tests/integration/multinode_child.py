@@ -17,7 +17,7 @@ from fcos_core.engine import trainer as trainer_module
 _run = trainer_module.Trainer.run
 
 
-def _run_and_save_weights(self, ctx):  # noqa: ANN001, ANN202 - Trainer.run's signature
+def _run_and_save_weights(self, ctx):
     import torch
 
     results = _run(self, ctx)

@@ -50,7 +50,7 @@ def test_folder_and_video_batched_into_one_predictions_file(tmp_path, monkeypatc
     for p in preds:  # COCO results: x, y, w, h inside the picture, ids known
         x, y, w, h = p["bbox"]
         W, H = sizes[p["image_id"]]
-        assert 0 <= x and 0 <= y and w >= 0 and h >= 0 and x + w <= W + 0.01 \
+        assert x >= 0 and y >= 0 and w >= 0 and h >= 0 and x + w <= W + 0.01 \
             and y + h <= H + 0.01
         assert 1 <= p["category_id"] <= 5 and 0 <= p["score"] <= 1
 

@@ -7,7 +7,7 @@ the neck maps them to ``out_strides`` features of ``out_channels`` channels.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import attrs
 import pytest
@@ -74,7 +74,7 @@ def make_fcos(num_classes: int = 3, strides: Sequence[int] = (8, 16), channels: 
     backbone = TinyBackbone(strides)
     neck = TinyNeck(strides, backbone.out_channels, channels)
     head = FCOSHead(num_classes=num_classes, in_strides=strides, out_strides=strides,
-                    stride2channels={s: channels for s in strides},
+                    stride2channels=dict.fromkeys(strides, channels),
                     upscale_bbox_pred=upscale_bbox_pred, feat_channels=channels,
                     stacked_convs=stacked_convs, int8_output=False, int16_output=True)
     post = FCOSMultiStrideFilter(strides=strides, for_compile=for_compile)

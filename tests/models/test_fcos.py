@@ -140,7 +140,7 @@ def test_any_number_of_classes(tiny, num_classes):
 def _parts(tiny, num_classes=3, strides=(8, 16)):
     backbone = tiny.TinyBackbone(strides)
     neck = tiny.TinyNeck(strides, backbone.out_channels, 32)
-    head = FCOSHead(num_classes, list(strides), list(strides), {s: 32 for s in strides},
+    head = FCOSHead(num_classes, list(strides), list(strides), dict.fromkeys(strides, 32),
                     feat_channels=32, stacked_convs=1)
     return backbone, neck, head
 

@@ -15,7 +15,7 @@ STRIDES = [8, 16, 32]
 
 def make_head(**kw):
     args = dict(num_classes=7, in_strides=STRIDES, out_strides=STRIDES,
-                stride2channels={s: 16 for s in STRIDES}, feat_channels=24, stacked_convs=2)
+                stride2channels=dict.fromkeys(STRIDES, 16), feat_channels=24, stacked_convs=2)
     args.update(kw)
     return FCOSHead(**args)
 

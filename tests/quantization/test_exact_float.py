@@ -13,12 +13,12 @@ import types
 
 import pytest
 import torch
+from quant_nets import make_ctx, make_small
 
 from fcos_core.engine.loop import Loop
 from fcos_core.quantization import int_ops
 from fcos_core.quantization.converters import Float2Calibration, Float2QAT, QAT2Quantize
 from fcos_core.quantization.exact_float import require_exact_float32, tf32_enabled
-from quant_nets import make_ctx, make_small
 
 
 @pytest.fixture

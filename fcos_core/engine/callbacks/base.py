@@ -24,7 +24,8 @@ loop) fire the same events with a single "epoch" covering all their data loaders
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 
 class Callback:

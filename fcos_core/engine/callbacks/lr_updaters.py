@@ -9,7 +9,6 @@ position, the schedule needs no state of its own to resume exactly.
 from __future__ import annotations
 
 import abc
-
 import math
 from typing import Any
 

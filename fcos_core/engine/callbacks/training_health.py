@@ -29,7 +29,7 @@ a resumed run neither forgets nor repeats a warning.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Optional
+from typing import Any
 
 from fcos_core.engine.callbacks.base import Callback
 
@@ -68,7 +68,7 @@ class TrainingHealth(Callback):
 
     def __init__(self, plateau_tolerance: float = 0.05, plateau_epochs: int = 3,
                  jump_factor: float = 3.0, window: int = 20,
-                 warmup_steps: Optional[int] = None) -> None:
+                 warmup_steps: int | None = None) -> None:
         if not plateau_tolerance > 0:
             raise ValueError(f"plateau_tolerance must be > 0, got {plateau_tolerance}")
         if plateau_epochs < 1:
@@ -115,7 +115,7 @@ class TrainingHealth(Callback):
     # -- the values -------------------------------------------------------------------------
 
     @staticmethod
-    def _terms(losses: dict[str, float]) -> dict[str, tuple[float, Optional[float]]]:
+    def _terms(losses: dict[str, float]) -> dict[str, tuple[float, float | None]]:
         """term -> (value, floor or None); the total and the floors themselves are no terms."""
         out = {}
         for name, value in losses.items():

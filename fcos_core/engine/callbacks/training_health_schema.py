@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import attrs
 
 from fcos_core.schema import arg
@@ -24,6 +22,6 @@ class TrainingHealthArgs:
         3.0, help="warn when a term's mean right after warmup reaches this multiple of its mean "
                   "at the end of warmup")
     window: int = arg(20, help="steps averaged at the end of warmup and right after it")
-    warmup_steps: Optional[int] = arg(
+    warmup_steps: int | None = arg(
         None, help="length of the warmup in steps (null: where the lr updaters' schedule first "
                    "peaks; 0 without an lr updater)")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -32,8 +30,8 @@ class CrossEntropyLoss(nn.Module):
         self.loss_weight = loss_weight
         self.reduction = reduction
 
-    def forward(self, pred: Tensor, target: Tensor, weight: Optional[Tensor] = None,
-                avg_factor: Optional[float | Tensor] = None) -> Tensor:
+    def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None = None,
+                avg_factor: float | Tensor | None = None) -> Tensor:
         """Compute the loss.
 
         Args:

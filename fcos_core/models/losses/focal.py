@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -70,8 +68,8 @@ class FocalLoss(nn.Module):
         self.reduction = reduction
         self.loss_name = loss_name
 
-    def forward(self, pred: Tensor, target: Tensor, weight: Optional[Tensor] = None,
-                avg_factor: Optional[float | Tensor] = None) -> Tensor:
+    def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None = None,
+                avg_factor: float | Tensor | None = None) -> Tensor:
         """Compute the loss.
 
         Args:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor, nn
 
@@ -63,8 +61,8 @@ class GIoULoss(nn.Module):
         self.reduction = reduction
         self.eps = eps
 
-    def forward(self, pred: Tensor, target: Tensor, weight: Optional[Tensor] = None,
-                avg_factor: Optional[float | Tensor] = None) -> Tensor:
+    def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None = None,
+                avg_factor: float | Tensor | None = None) -> Tensor:
         """Compute the loss.
 
         Args:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from torch import Tensor
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -17,9 +15,9 @@ def check_reduction(reduction: str) -> None:
 
 def weight_reduce(
     loss: Tensor,
-    weight: Optional[Tensor],
+    weight: Tensor | None,
     reduction: str,
-    avg_factor: Optional[float | Tensor],
+    avg_factor: float | Tensor | None,
 ) -> Tensor:
     """Apply an element weight, then reduce.
 

@@ -8,7 +8,8 @@ tensor add/mul, 2x2 max-pool and x2 nearest upsampling. Every one is a module, s
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn

@@ -24,7 +24,8 @@ Input sizes must be multiples of the largest output stride (128 in the seed), as
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -44,7 +45,7 @@ class BiFPNLayer(nn.Module):
     """
 
     def __init__(self, in_channels: Sequence[int], channels: int, fpn_name: str,
-                 activation: str, bn_kwargs: Optional[dict[str, Any]] = None) -> None:
+                 activation: str, bn_kwargs: dict[str, Any] | None = None) -> None:
         super().__init__()
         levels = len(in_channels)
         if levels < 2:
@@ -129,7 +130,7 @@ class BiFPN(nn.Module):
         end_level: int = -1,
         fpn_name: str = "bifpn_sum",
         activation: str = "relu",
-        bn_kwargs: Optional[dict[str, Any]] = None,
+        bn_kwargs: dict[str, Any] | None = None,
         conv_init: str = "normal",
     ) -> None:
         super().__init__()

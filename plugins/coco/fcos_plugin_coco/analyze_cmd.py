@@ -17,7 +17,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Optional
+from typing import Any
 
 from fcos_core.errors import FcosUserError
 
@@ -69,7 +69,7 @@ def _train_dataset(cfg: Any) -> Any:
     return trainer, dataset
 
 
-def _strides(cfg: Any, trainer: Any) -> tuple[list[int], Optional[float]]:
+def _strides(cfg: Any, trainer: Any) -> tuple[list[int], float | None]:
     model = trainer.kwargs.get("model")
     if not _is_node(model):
         raise FcosUserError(f"{cfg.file}: float_trainer has no model block to take the strides "

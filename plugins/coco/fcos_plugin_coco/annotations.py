@@ -54,7 +54,7 @@ class ImageRecord:
         }
 
     @classmethod
-    def from_header(cls, h: dict[str, Any]) -> "ImageRecord":
+    def from_header(cls, h: dict[str, Any]) -> ImageRecord:
         return cls(
             id=int(h["id"]), file_name=str(h["file_name"]), width=int(h["width"]),
             height=int(h["height"]),

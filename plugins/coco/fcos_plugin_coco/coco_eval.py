@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Any, Literal, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import attrs
 import numpy as np
@@ -89,7 +90,7 @@ def _mean_valid(x: np.ndarray) -> float | None:
     return float(valid.mean()) if valid.size else None
 
 
-def evaluate_bbox(gt: dict, dets: np.ndarray, img_ids: Optional[Sequence[int]] = None,
+def evaluate_bbox(gt: dict, dets: np.ndarray, img_ids: Sequence[int] | None = None,
                   backend: Backend = "pycocotools") -> np.ndarray:
     """The 12 COCO summary numbers (see :data:`STAT_KEYS`) for ``dets`` against ``gt``.
 
@@ -99,7 +100,7 @@ def evaluate_bbox(gt: dict, dets: np.ndarray, img_ids: Optional[Sequence[int]] =
     return evaluate_bbox_full(gt, dets, img_ids, backend).stats
 
 
-def evaluate_bbox_full(gt: dict, dets: np.ndarray, img_ids: Optional[Sequence[int]] = None,
+def evaluate_bbox_full(gt: dict, dets: np.ndarray, img_ids: Sequence[int] | None = None,
                        backend: Backend = "pycocotools") -> BboxEvaluation:
     """:func:`evaluate_bbox` with the per-category arrays kept (:class:`BboxEvaluation`)."""
     cat_ids = tuple(sorted(int(c["id"]) for c in gt.get("categories", [])))
@@ -151,7 +152,7 @@ def _summary_lines(printed: str) -> str:
     return "\n".join(lines)
 
 
-def _empty_evaluation(gt: dict, img_ids: Optional[Sequence[int]],
+def _empty_evaluation(gt: dict, img_ids: Sequence[int] | None,
                       cat_ids: tuple[int, ...]) -> BboxEvaluation:
     iou_thrs = np.linspace(0.5, 0.95, 10)
     rec_thrs = np.linspace(0.0, 1.0, 101)

@@ -31,7 +31,8 @@ import json
 import math
 import os
 import struct
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import attrs
 import numpy as np
@@ -66,8 +67,8 @@ class Geometry:
     ops: tuple  # (("resize", (sh, sw), keep_ratio, ratio_range) | ("crop", (h, w))
     #              | ("pad_size", (h, w)) | ("pad_divisor", d), ...)
     strides: tuple[int, ...]
-    center_sampling_radius: Optional[float] = None
-    fallback_input: Optional[tuple[int, int]] = None  # used when no op fixes the input size
+    center_sampling_radius: float | None = None
+    fallback_input: tuple[int, int] | None = None  # used when no op fixes the input size
     ignored: tuple[str, ...] = ()  # transform names whose geometry is not modelled
 
 
@@ -144,7 +145,7 @@ def read_lmdb(path: str) -> Annotations:
     return _from_lists(path, list(meta_d["categories"]), hw, boxes, image, cat_ids, crowd)
 
 
-def read_json(path: str, max_json_bytes: Optional[int] = None) -> Annotations:
+def read_json(path: str, max_json_bytes: int | None = None) -> Annotations:
     """The annotations of a COCO instances json, cleaned with the packer's rules (what
     ``CocoFolder`` trains on).
 
@@ -155,8 +156,13 @@ def read_json(path: str, max_json_bytes: Optional[int] = None) -> Annotations:
     instead (degenerate boxes dropped, boxes clipped to the image and dropped when nothing is
     left, as there); any other json goes through ``build_index`` itself.
     """
-    from fcos_plugin_coco.annotations import (DEFAULT_MAX_JSON_BYTES, build_index,
-                                              check_coco_layout, load_json, parse_categories)
+    from fcos_plugin_coco.annotations import (
+        DEFAULT_MAX_JSON_BYTES,
+        build_index,
+        check_coco_layout,
+        load_json,
+        parse_categories,
+    )
     from fcos_plugin_coco.report import PackReport
 
     data = load_json(path, max_json_bytes or DEFAULT_MAX_JSON_BYTES)
@@ -198,7 +204,7 @@ def _ints(values: list, positive: bool = False) -> bool:
     return set(map(type, values)) == {int} and (not positive or min(values) > 0)
 
 
-def _fast_index(data: dict, categories: list) -> Optional[tuple]:
+def _fast_index(data: dict, categories: list) -> tuple | None:
     """``(hw, boxes, image, cat_ids, crowd)`` of a well-formed json under ``build_index``'s
     rules and in its order (images in json order; boxes per image, in json order); None when
     any entry needs its slow path (which reports and drops it)."""
@@ -318,7 +324,7 @@ def points_inside(lo: np.ndarray, hi: np.ndarray, stride: int, size: np.ndarray)
 
 
 def candidate_points(boxes: np.ndarray, in_h: np.ndarray, in_w: np.ndarray, stride: int,
-                     radius: Optional[float] = None) -> np.ndarray:
+                     radius: float | None = None) -> np.ndarray:
     """Per box (``[N, 4]`` xyxy in input pixels; ``in_h``/``in_w`` the input size of each
     box's image), the stride-``stride`` points that are its candidates (module docstring)."""
     x1, y1, x2, y2 = (boxes[:, i].astype(np.float64) for i in range(4))
@@ -409,7 +415,7 @@ def analyze(ann: Annotations, geo: Geometry) -> dict[str, Any]:
         "center_sampling_radius": geo.center_sampling_radius,
         "transforms_not_modelled": list(geo.ignored),
         "resize": _describe_resize(geo, g),
-        "images": int(len(ann.heights)),
+        "images": len(ann.heights),
         "images_without_objects": int((per_image == 0).sum()),
         "objects": n_obj,
         "crowd_boxes": int((~obj).sum()),
@@ -483,8 +489,8 @@ def _warnings(fig: dict[str, Any], longer: np.ndarray, max_in: int) -> list[str]
 
 
 def geometry_from_transforms(transforms: Sequence[tuple[str, dict[str, Any]]],
-                             strides: Sequence[int], radius: Optional[float] = None,
-                             fallback_input: Optional[tuple[int, int]] = None) -> Geometry:
+                             strides: Sequence[int], radius: float | None = None,
+                             fallback_input: tuple[int, int] | None = None) -> Geometry:
     """A :class:`Geometry` from ``(transform type, its arguments)`` pairs."""
     ops: list = []
     ignored: list[str] = []

@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -25,8 +26,7 @@ from torch.utils.data import Dataset
 from fcos_core.errors import FcosUserError
 from fcos_plugin_coco import lmdb_env
 from fcos_plugin_coco import lmdb_format as fmt
-from fcos_plugin_coco.annotations import (DEFAULT_MAX_JSON_BYTES, ImageRecord, build_index,
-                                          load_json)
+from fcos_plugin_coco.annotations import DEFAULT_MAX_JSON_BYTES, ImageRecord, build_index, load_json
 from fcos_plugin_coco.decode import DecodeError, ImageLimits, decode_image
 from fcos_plugin_coco.report import PackReport
 from fcos_plugin_coco.source import load_checked
@@ -54,7 +54,7 @@ def make_sample(rgb: np.ndarray, rec: ImageRecord, cat_ids: np.ndarray) -> dict[
     }
 
 
-def _check_transforms(transforms: Optional[Sequence[Transform]]) -> list[Transform]:
+def _check_transforms(transforms: Sequence[Transform] | None) -> list[Transform]:
     out = list(transforms or [])
     for i, t in enumerate(out):
         if not callable(t):
@@ -104,7 +104,7 @@ class Coco(_Base):
         limits: decoding bounds (pixels, bytes).
     """
 
-    def __init__(self, data_path: str, transforms: Optional[Sequence[Transform]] = None,
+    def __init__(self, data_path: str, transforms: Sequence[Transform] | None = None,
                  demo_if_missing: bool = False, limits: ImageLimits = ImageLimits()) -> None:
         data_path = os.fspath(data_path)
         if not os.path.exists(data_path):
@@ -173,7 +173,7 @@ class CocoFolder(_Base):
     """
 
     def __init__(self, data_path: str, ann_file: str,
-                 transforms: Optional[Sequence[Transform]] = None,
+                 transforms: Sequence[Transform] | None = None,
                  demo_if_missing: bool = False, limits: ImageLimits = ImageLimits(),
                  max_json_bytes: int = DEFAULT_MAX_JSON_BYTES) -> None:
         data_path, ann_file = os.fspath(data_path), os.fspath(ann_file)

@@ -16,7 +16,6 @@ with an EXIF orientation and which frame it used.
 from __future__ import annotations
 
 import io
-from typing import Optional
 
 import attrs
 import numpy as np
@@ -81,14 +80,14 @@ def probe(data: bytes, limits: ImageLimits = ImageLimits()) -> ImageInfo:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise DecodeError("not_an_image", str(exc)) from exc
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types on garbage input
+    except Exception as exc:
         raise DecodeError("corrupt_image", f"{type(exc).__name__}: {exc}") from exc
     if orientation not in range(1, 9):
         orientation = 1
     return ImageInfo(fmt, mode, width, height, orientation)
 
 
-def choose_orientation(info: ImageInfo, width: int, height: int) -> Optional[int]:
+def choose_orientation(info: ImageInfo, width: int, height: int) -> int | None:
     """The EXIF orientation to apply so the decoded size is the json's (width, height).
 
     Returns 1 (stored frame, the COCO convention), the EXIF orientation (apply it), or None when
@@ -125,7 +124,7 @@ def decode_image(data: bytes, orientation: int = 1,
     return _apply_orientation(rgb, orientation)
 
 
-def _decode_jpeg_fast(data: bytes, limits: ImageLimits) -> Optional[np.ndarray]:
+def _decode_jpeg_fast(data: bytes, limits: ImageLimits) -> np.ndarray | None:
     """simplejpeg for gray/YCbCr/RGB JPEGs; None to let PIL handle the rest (CMYK, YCCK)."""
     try:
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
@@ -151,7 +150,7 @@ def _decode_pil(data: bytes, limits: ImageLimits) -> np.ndarray:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise DecodeError("not_an_image", str(exc)) from exc
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types on garbage input
+    except Exception as exc:
         raise DecodeError("corrupt_image", f"{type(exc).__name__}: {exc}") from exc
 
 

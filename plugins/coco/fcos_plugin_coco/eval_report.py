@@ -29,8 +29,9 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import attrs
 import numpy as np
@@ -385,14 +386,14 @@ def draw_match(rgb: np.ndarray, m: ImageMatch, names: dict[int, str]) -> Any:
 
 
 def write_worst_images(folder: Path, worst: Sequence[ImageMatch], names: dict[int, str],
-                       read_image: Callable[[int], Optional[np.ndarray]]) -> list[dict[str, Any]]:
+                       read_image: Callable[[int], np.ndarray | None]) -> list[dict[str, Any]]:
     """Draw each of ``worst`` into ``folder`` as ``NN_img<id>.png`` (rank order); an image
     ``read_image`` cannot give (None) is listed without a drawing."""
     out = []
     for rank, m in enumerate(worst, 1):
         entry: dict[str, Any] = {"rank": rank, "img_id": m.img_id,
                                  "false_positives": m.false_positives, "missed": m.missed,
-                                 "gt_boxes": int(len(m.gt_cats)),
+                                 "gt_boxes": len(m.gt_cats),
                                  "detections": int((~m.det_ignored).sum())}
         rgb = read_image(m.img_id)
         if rgb is not None:

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from fcos_core.errors import FcosUserError
 from fcos_plugin_coco.annotations import DEFAULT_MAX_JSON_BYTES, check_coco_layout, load_json
-from fcos_plugin_coco.coco_eval import (STAT_KEYS, BboxEvaluation, evaluate_bbox_full,
-                                        resolve_backend)
+from fcos_plugin_coco.coco_eval import (
+    STAT_KEYS,
+    BboxEvaluation,
+    evaluate_bbox_full,
+    resolve_backend,
+)
 
 
 def _rows(x: Any, n: int) -> np.ndarray:
@@ -98,7 +103,7 @@ class COCODetectionMetric:
 
     def reset(self) -> None:
         self._dets: dict[int, np.ndarray] = {}  # image id -> [N, 7] rows, insertion-ordered
-        self.evaluation: Optional[BboxEvaluation] = None
+        self.evaluation: BboxEvaluation | None = None
         self._evaluated: dict[int, np.ndarray] = {}
 
     def update(self, batch: dict[str, Any], outputs: Sequence[dict[str, Any]]) -> None:
@@ -153,7 +158,7 @@ class COCODetectionMetric:
         dets = self._gathered()
         dist = torch.distributed
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        result: Optional[dict[str, float]] = None
+        result: dict[str, float] | None = None
         if not distributed or dist.get_rank() == 0:
             img_ids = list(dets) or None
             rows = np.concatenate(list(dets.values())) if dets else np.zeros((0, 7))
@@ -178,11 +183,11 @@ class COCODetectionMetric:
         """Category id -> name (the id as text when the json gives no name)."""
         return {int(c["id"]): str(c.get("name", c["id"])) for c in self.gt["categories"]}
 
-    def gt_counts(self, img_ids: Optional[Sequence[int]] = None) -> dict[int, int]:
+    def gt_counts(self, img_ids: Sequence[int] | None = None) -> dict[int, int]:
         """Category id -> non-crowd ground-truth boxes in ``img_ids`` (default: the last
         evaluated images): the boxes pycocotools scores against (crowd ones are ignored)."""
         wanted = set(self._evaluated if img_ids is None else (int(i) for i in img_ids))
-        counts = {c: 0 for c in self.cat_ids}
+        counts = dict.fromkeys(self.cat_ids, 0)
         for a in self.gt["annotations"]:
             if int(a["image_id"]) in wanted and not a.get("iscrowd", 0):
                 counts[int(a["category_id"])] = counts.get(int(a["category_id"]), 0) + 1

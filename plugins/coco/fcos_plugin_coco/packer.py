@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import shutil
-from typing import Optional
 
 import lmdb
 from tqdm import tqdm
@@ -33,8 +32,12 @@ from tqdm import tqdm
 from fcos_core.errors import FcosUserError
 from fcos_plugin_coco import lmdb_env
 from fcos_plugin_coco import lmdb_format as fmt
-from fcos_plugin_coco.annotations import (DEFAULT_MAX_JSON_BYTES, build_index, parse_json_bytes,
-                                          read_bounded)
+from fcos_plugin_coco.annotations import (
+    DEFAULT_MAX_JSON_BYTES,
+    build_index,
+    parse_json_bytes,
+    read_bounded,
+)
 from fcos_plugin_coco.decode import DecodeError, ImageLimits
 from fcos_plugin_coco.report import OnError, PackReport
 from fcos_plugin_coco.source import load_checked
@@ -58,9 +61,9 @@ def pack_coco(
     ann_file: str,
     out_dir: str,
     *,
-    split_name: Optional[str] = None,
+    split_name: str | None = None,
     on_error: OnError = "skip",
-    summary_path: Optional[str] = None,
+    summary_path: str | None = None,
     limits: ImageLimits = ImageLimits(),
     max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
     max_map_bytes: int = 1024**4,
@@ -127,7 +130,7 @@ def pack_coco(
     return report
 
 
-def _inspect(out_dir: str) -> tuple[str, Optional[dict]]:
+def _inspect(out_dir: str) -> tuple[str, dict | None]:
     """``(state, meta)`` of ``out_dir``: ``absent`` (no folder, or a folder without an LMDB),
     ``partial`` (packing did not finish) or ``complete``; refuses anything else."""
     if not os.path.lexists(out_dir):
@@ -167,7 +170,7 @@ def _only_lmdb_files(folder: str) -> None:
                             hint="move those files away, or choose another --out")
 
 
-def _same_source(old: Optional[dict], new: dict) -> bool:
+def _same_source(old: dict | None, new: dict) -> bool:
     if old is None:
         return True  # an empty LMDB: nothing written yet
     try:

@@ -8,7 +8,7 @@ written. With ``on_error="stop"`` the first problem raises :class:`PackStopped`.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import attrs
 
@@ -28,7 +28,7 @@ class Problem:
     kind: Literal["image", "box", "category", "note"]
     reason: str
     detail: str
-    file: Optional[str] = None
+    file: str | None = None
     image_id: Any = None
     ann_id: Any = None
 
@@ -71,7 +71,7 @@ class PackReport:
                               hint="fix the input, or pass --on-error skip to skip and report "
                                    "bad items")
 
-    def skip_image(self, reason: str, detail: str, *, file: Optional[str] = None,
+    def skip_image(self, reason: str, detail: str, *, file: str | None = None,
                    image_id: Any = None, boxes: int = 0, crowd: int = 0) -> None:
         """An image left out; its ``boxes`` (already counted as kept, ``crowd`` of them crowd
         regions) become dropped."""
@@ -82,7 +82,7 @@ class PackReport:
             self.boxes_dropped[f"image_skipped:{reason}"] += boxes
         self._stop(Problem("image", reason, detail, file, image_id))
 
-    def drop_box(self, reason: str, detail: str, *, file: Optional[str] = None,
+    def drop_box(self, reason: str, detail: str, *, file: str | None = None,
                  image_id: Any = None, ann_id: Any = None) -> None:
         self.boxes_dropped[reason] += 1
         self._stop(Problem("box", reason, detail, file, image_id, ann_id))
@@ -91,7 +91,7 @@ class PackReport:
         self.categories_skipped[reason] += 1
         self._stop(Problem("category", reason, detail))
 
-    def note(self, reason: str, detail: str, *, file: Optional[str] = None,
+    def note(self, reason: str, detail: str, *, file: str | None = None,
              image_id: Any = None, ann_id: Any = None) -> None:
         """Something changed but nothing dropped (clipped box, converted image, EXIF frame)."""
         self.notes[reason] += 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 import attrs
 
@@ -44,7 +44,7 @@ class ResizeArgs:
 
     img_scale: tuple[int, int] = arg(help="target (height, width); with keep_ratio the long "
                                           "and short edges fit max/min of it")
-    ratio_range: Optional[tuple[float, float]] = arg(
+    ratio_range: tuple[float, float] | None = arg(
         None, help="(min, max) random multiplier of img_scale for scale augmentation")
     keep_ratio: bool = arg(True, help="keep the aspect ratio (else stretch to img_scale)")
 
@@ -61,8 +61,8 @@ class RandomCropArgs:
 class PadArgs:
     """Pad the image at the bottom and right to a fixed size or a multiple of divisor."""
 
-    divisor: Optional[int] = arg(None, help="pad height and width up to a multiple of this")
-    size: Optional[tuple[int, int]] = arg(None, help="pad to exactly (height, width)")
+    divisor: int | None = arg(None, help="pad height and width up to a multiple of this")
+    size: tuple[int, int] | None = arg(None, help="pad to exactly (height, width)")
     pad_val: int = arg(0, help="value of padded pixels (0..255)")
 
 

@@ -12,8 +12,15 @@ import attrs
 import numpy as np
 
 from fcos_plugin_coco.annotations import ImageRecord
-from fcos_plugin_coco.decode import (DecodeError, ImageInfo, ImageLimits, choose_orientation,
-                                     decode_image, describe, probe)
+from fcos_plugin_coco.decode import (
+    DecodeError,
+    ImageInfo,
+    ImageLimits,
+    choose_orientation,
+    decode_image,
+    describe,
+    probe,
+)
 
 
 @attrs.frozen(eq=False)

@@ -28,7 +28,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from fcos_core.errors import FcosUserError
 
@@ -105,7 +105,7 @@ def _is_lmdb(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "data.mdb"))
 
 
-def make_run_folder(out: Optional[str], task_name: str, stage: str) -> Path:
+def make_run_folder(out: str | None, task_name: str, stage: str) -> Path:
     """A new (or empty) folder for the report; never one holding files already."""
     if out is not None:
         path = Path(out)
@@ -165,7 +165,7 @@ class _DataSwap:
     without ``--ann`` is scored against its own ground truth, put in ``scratch`` (the metric
     reads it once, when it is built)."""
 
-    def __init__(self, data: str, ann: Optional[str], scratch: Path) -> None:
+    def __init__(self, data: str, ann: str | None, scratch: Path) -> None:
         self.data = data
         self.ann = ann
         if ann is None:

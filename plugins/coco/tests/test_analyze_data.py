@@ -69,7 +69,7 @@ def _direct(resize: bool) -> dict:
             n += 1
             x1, y1 = max(0.0, x * sx), max(0.0, y * sy)
             x2, y2 = min(float(nw), (x + bw) * sx), min(float(nh), (y + bh) * sy)
-            inside = {s: 0 for s in STRIDES}
+            inside = dict.fromkeys(STRIDES, 0)
             for (px, py), s in zip(pts, pstr):
                 if x1 < px < x2 and y1 < py < y2:
                     inside[int(s)] += 1

@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from fcos_plugin_coco.decode import (DecodeError, ImageInfo, ImageLimits, choose_orientation,
-                                     decode_image, probe)
+from fcos_plugin_coco.decode import (
+    DecodeError,
+    ImageInfo,
+    ImageLimits,
+    choose_orientation,
+    decode_image,
+    probe,
+)
 
 
 def _save(arr: np.ndarray, fmt: str, mode: str | None = None, **kw) -> bytes:

@@ -140,7 +140,7 @@ def test_empty_predictions_give_zeros(fixture_data, backend):
         pytest.importorskip("faster_coco_eval")
     ann_file, images, _ = fixture_data
     got = _run(COCODetectionMetric(ann_file, backend=backend), images, [])
-    assert got == {k: 0.0 for k in STAT_KEYS}
+    assert got == dict.fromkeys(STAT_KEYS, 0.0)
     assert COCODetectionMetric(ann_file, backend=backend).compute()["mAP"] == 0.0
 
 

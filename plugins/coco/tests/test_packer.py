@@ -319,9 +319,9 @@ def test_a_complete_lmdb_is_refused_not_written_in_place(tmp_path, clean_coco, c
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
 def test_replace_packs_next_to_it_and_swaps_it_in(tmp_path, clean_coco, capsys, monkeypatch,
                                                   exchange):
+    import fcos_plugin_coco.packer as packer
     from fcos_core.cli.main import main
     from fcos_plugin_coco import lmdb_env
-    import fcos_plugin_coco.packer as packer
 
     swaps = []
     real_exchange = packer._exchange

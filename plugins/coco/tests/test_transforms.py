@@ -6,7 +6,6 @@ A box is painted white on a black image; after a transform the white pixels must
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch

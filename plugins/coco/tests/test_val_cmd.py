@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import attrs
 import numpy as np
@@ -156,8 +156,8 @@ class NoArgs:
 class BackendArgs:
     """The colourmarch compile options."""
 
-    name: Optional[str] = arg(None, help="artifact name")
-    out_dir: Optional[str] = arg(None, help="output folder")
+    name: str | None = arg(None, help="artifact name")
+    out_dir: str | None = arg(None, help="output folder")
 
 
 @hookimpl
@@ -292,7 +292,6 @@ ALL = ["float", "calibration", "qat", "int_infer", "compile"]
 @pytest.fixture(scope="module")
 def host():
     import fcos_plugin_coco.plugin as coco_plugin
-
     from fcos_core.plugins import load_host
 
     return load_host(entry_points=False, plugins=[("coco", coco_plugin),

@@ -7,7 +7,8 @@ patterns they know, and nothing in ``forward`` depends on tensor values.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn

@@ -16,7 +16,7 @@ The image is expected normalised as the data pipeline does it (mean 128, std 128
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -68,9 +68,9 @@ class EfficientNet(nn.Module):
         include_top: bool = False,
         activation: str = "relu",
         use_se_block: bool = False,
-        bn_kwargs: Optional[dict[str, Any]] = None,
+        bn_kwargs: dict[str, Any] | None = None,
         drop_connect_rate: float = 0.2,
-        dropout: Optional[float] = None,
+        dropout: float | None = None,
     ) -> None:
         super().__init__()
         if model_type not in VARIANTS:
@@ -202,10 +202,10 @@ def build_efficientnet(
     include_top: bool = False,
     activation: str = "relu",
     use_se_block: bool = False,
-    bn_kwargs: Optional[dict[str, Any]] = None,
+    bn_kwargs: dict[str, Any] | None = None,
     drop_connect_rate: float = 0.2,
-    dropout: Optional[float] = None,
-    pretrained: Optional[str] = None,
+    dropout: float | None = None,
+    pretrained: str | None = None,
 ) -> EfficientNet:
     """The registered factory: an :class:`EfficientNet`, optionally loaded from ``pretrained``.
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fcos_core import hookimpl
-
 from fcos_plugin_efficientnet.schema import EfficientNetArgs
 
 

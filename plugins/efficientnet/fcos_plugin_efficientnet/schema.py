@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 import attrs
 
@@ -25,7 +25,7 @@ class EfficientNetArgs:
         {}, help="extra BatchNorm2d arguments (eps, momentum); {} means torch's defaults")
     drop_connect_rate: float = arg(
         0.2, help="stochastic-depth rate of the last block (linear in block index); 0 disables")
-    dropout: Optional[float] = arg(
+    dropout: float | None = arg(
         None, help="dropout before the classifier; null means the variant's paper value")
-    pretrained: Optional[str] = arg(
+    pretrained: str | None = arg(
         None, help="path of a torchvision-format or fcos state dict to start from")

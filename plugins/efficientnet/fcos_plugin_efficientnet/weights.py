@@ -25,7 +25,8 @@ Files are read with ``torch.load(weights_only=True)``: no code in a weights file
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 import torch

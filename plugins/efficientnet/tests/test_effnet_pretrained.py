@@ -16,7 +16,7 @@ def tv_b0():
     return torchvision.models.efficientnet_b0().eval()
 
 
-@pytest.fixture()
+@pytest.fixture
 def tv_file(tmp_path, tv_b0):
     path = tmp_path / "efficientnet_b0_tv.pth"
     torch.save(tv_b0.state_dict(), path)

@@ -48,7 +48,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import struct
 import zlib
 from pathlib import Path
@@ -59,8 +58,18 @@ import numpy as np
 from fcos_core.atomic_write import write_atomically
 from fcos_core.bounded_read import ReadRefused, read_regular_file
 from fcos_core.errors import FcosUserError
-from fcos_plugin_nash_e.ir import (DTYPES, MAX_OPS, MAX_PARAM_ELEMENTS, MAX_TENSORS, InputInfo,
-                                   Op, Program, ProgramError, TensorInfo, validate_program)
+from fcos_plugin_nash_e.ir import (
+    DTYPES,
+    MAX_OPS,
+    MAX_PARAM_ELEMENTS,
+    MAX_TENSORS,
+    InputInfo,
+    Op,
+    Program,
+    ProgramError,
+    TensorInfo,
+    validate_program,
+)
 from fcos_plugin_nash_e.target import LIMITS
 
 MAGIC = b"FCOSNASH"

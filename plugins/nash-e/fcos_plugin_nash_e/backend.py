@@ -8,8 +8,9 @@ load / run -> :mod:`.artifact` + :mod:`.runtime` (numpy, no torch needed).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from fcos_core.compile.backend import (
     CheckIssue,

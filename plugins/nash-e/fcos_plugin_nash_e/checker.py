@@ -9,7 +9,8 @@ the op and the reason, so a user can fix the model before training it.
 from __future__ import annotations
 
 import operator
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from fcos_core.compile.backend import CheckIssue
 from fcos_core.graph_names import layer_name, op_name
@@ -52,7 +53,7 @@ def _shape(node: Any) -> tuple[int, ...] | None:
         return None
 
 
-def _check_conv(node: Any, issue) -> None:  # noqa: ANN001
+def _check_conv(node: Any, issue) -> None:
     a = list(node.args) + [None] * 9
     name = op_name(node)
     weight = _shape(a[1])

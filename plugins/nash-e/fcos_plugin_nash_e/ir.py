@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from attrs import define, field
 import numpy as np
+from attrs import define, field
 
 from fcos_plugin_nash_e.pyramid import PYRAMID_SCALE
 from fcos_plugin_nash_e.target import ACTIVATION_DTYPES, LIMITS, QRANGE

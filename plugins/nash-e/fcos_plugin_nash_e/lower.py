@@ -14,14 +14,15 @@ the kernels' formulas with zero points 0. Every op is checked against the target
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from fcos_core.compile.backend import CheckIssue
 from fcos_core.errors import FcosUserError
 from fcos_plugin_nash_e.ir import InputInfo, Op, Program, TensorInfo, infer_shape
-from fcos_plugin_nash_e.target import LIMITS, QRANGE
+from fcos_plugin_nash_e.target import LIMITS
 
 
 class CompileError(FcosUserError):

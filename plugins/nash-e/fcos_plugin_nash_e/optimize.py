@@ -28,8 +28,6 @@ import copy
 import heapq
 from typing import Any
 
-
-
 from fcos_plugin_nash_e.ir import Op, Program, TensorInfo
 
 OPT_LEVELS = ("O0", "O1", "O2", "O3")

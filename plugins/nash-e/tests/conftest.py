@@ -203,7 +203,7 @@ class MiniDetector(torch.nn.Module):
         self.post_process = FCOSMultiStrideFilter(strides, threshold=-2.944, for_compile=True,
                                                   max_shape=(64, 64))
 
-    def forward(self, img):  # noqa: ANN001, ANN201
+    def forward(self, img):
         return self.post_process(self.body(img))
 
 
@@ -223,7 +223,7 @@ def random_images(n: int, size: tuple[int, int], seed: int) -> np.ndarray:
     return out
 
 
-def to_float_input(yuv: np.ndarray) -> "torch.Tensor":
+def to_float_input(yuv: np.ndarray) -> torch.Tensor:
     """The float pipeline's input: (yuv - 128) / 128."""
     return (torch.from_numpy(yuv.astype(np.float32)) - 128.0) / 128.0
 

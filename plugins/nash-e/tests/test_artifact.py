@@ -15,8 +15,15 @@ import pytest
 import torch
 
 from fcos_core.errors import FcosUserError
-from fcos_plugin_nash_e.artifact import (ENTRY_SIZE, HEADER_SIZE, MAX_FILE_BYTES, ArtifactError,
-                                         read_artifact, read_sections, program_from_sections)
+from fcos_plugin_nash_e.artifact import (
+    ENTRY_SIZE,
+    HEADER_SIZE,
+    MAX_FILE_BYTES,
+    ArtifactError,
+    program_from_sections,
+    read_artifact,
+    read_sections,
+)
 from fcos_plugin_nash_e.backend import NashEBackend
 
 

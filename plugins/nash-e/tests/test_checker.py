@@ -17,7 +17,7 @@ class Block(nn.Module):
         self.bn = nn.BatchNorm2d(self.conv.out_channels)
         self.act = act or nn.ReLU()
 
-    def forward(self, x):  # noqa: ANN001, ANN201
+    def forward(self, x):
         return self.act(self.bn(self.conv(x)))
 
 
@@ -33,7 +33,7 @@ class Net(nn.Module):
         self.up = nn.Upsample(scale_factor=2.0, mode="nearest")
         self.head = nn.Conv2d(16, 4, 3, padding=1)
 
-    def forward(self, x):  # noqa: ANN001, ANN201
+    def forward(self, x):
         y = self.block(self.stem(x))
         z = self.up(self.pool(self.dw(y))) + y
         out = self.head(torch.cat([y, z], dim=1))
@@ -77,7 +77,7 @@ def test_layer_norm_and_standalone_bn_are_rejected():
             self.norm = nn.GroupNorm(1, 8)
             self.bn = nn.BatchNorm2d(8)
 
-        def forward(self, x):  # noqa: ANN001, ANN201
+        def forward(self, x):
             y = self.conv(x)
             return self.bn(self.norm(y) + y)
 
@@ -94,7 +94,7 @@ def test_broadcast_add_and_scalar_mul_are_rejected():
             super().__init__()
             self.conv = nn.Conv2d(3, 8, 3, padding=1)
 
-        def forward(self, x):  # noqa: ANN001, ANN201
+        def forward(self, x):
             y = self.conv(x)
             return (y + y.mean(dim=(2, 3), keepdim=True)) * 2.0
 

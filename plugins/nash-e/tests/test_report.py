@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import tempfile
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 import torch
@@ -76,19 +75,19 @@ class _Table(HTMLParser):
         self.headers: list[str] = []
         self._th = False
 
-    def handle_starttag(self, tag, attrs):  # noqa: ANN001
+    def handle_starttag(self, tag, attrs):
         if tag == "table" and ("id", "layers") in attrs:
             self.in_layers = True
         if self.in_layers and tag == "tr":
             self.rows += 1
         self._th = self.in_layers and tag == "th"
 
-    def handle_endtag(self, tag):  # noqa: ANN001
+    def handle_endtag(self, tag):
         if tag == "table":
             self.in_layers = False
         self._th = False
 
-    def handle_data(self, data):  # noqa: ANN001
+    def handle_data(self, data):
         if self._th:
             self.headers.append(data.strip())
 

@@ -15,10 +15,10 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch / onnxruntime are imported
 
-import argparse  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import sys
+import tempfile
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -9,7 +9,8 @@ fraction of elements that are equal, within 1 step and within 2 steps, and the l
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -9,8 +9,9 @@ pyramid planes), and the FCOS decoding parameters, so an artifact is usable with
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import attrs
 import numpy as np

@@ -19,8 +19,9 @@ import logging
 import re
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from fcos_core.compile.backend import (
     CheckIssue,

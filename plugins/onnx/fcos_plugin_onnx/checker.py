@@ -13,7 +13,8 @@
 from __future__ import annotations
 
 import operator
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from fcos_core.compile.backend import CheckIssue
 from fcos_core.graph_names import layer_name, op_name

@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from fcos_core.errors import FcosUserError
 

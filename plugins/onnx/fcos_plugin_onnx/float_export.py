@@ -3,8 +3,9 @@ the quantized model with float ONNX Runtime or for runtimes that quantize themse
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from fcos_core.errors import FcosUserError
 

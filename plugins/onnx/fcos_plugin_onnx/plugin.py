@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 
 from fcos_core import hookimpl
-
 from fcos_plugin_onnx.schema import OnnxCompileOptions
 
 

@@ -53,7 +53,8 @@ stride, the largest class logit (``ReduceMax`` over channels); that op is exact 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import attrs
 import numpy as np

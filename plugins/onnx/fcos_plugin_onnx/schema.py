@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 import attrs
 
@@ -23,7 +23,7 @@ class OnnxCompileOptions:
                                help="ONNX Runtime execution providers, in priority order")
     latency_runs: int = arg(50, help="timed batch-1 runs for the latency report (0: skip)")
     warmup_runs: int = arg(5, help="untimed runs before the timed ones")
-    threads: Optional[int] = arg(
+    threads: int | None = arg(
         None, help="ORT intra-op threads; null: OMP_NUM_THREADS, else the usable CPU cores")
     activation_dtype: Literal["uint8", "int8"] = arg(
         "uint8", help="storage of int8 activations: uint8 with zero point 128 (identical codes; "

@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from fcos_core.errors import FcosUserError
 

@@ -22,8 +22,9 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import attrs
 
@@ -138,8 +139,12 @@ class TensorRTBackend(CompileBackend):
         from fcos_plugin_onnx.session import measure_latency
         from fcos_plugin_tensorrt.engine_file import write_engine_file
         from fcos_plugin_tensorrt.onnx_prep import fold_int32_dequantize
-        from fcos_plugin_tensorrt.runtime import EngineRunner, build_engine, gpu_name, \
-            require_tensorrt
+        from fcos_plugin_tensorrt.runtime import (
+            EngineRunner,
+            build_engine,
+            gpu_name,
+            require_tensorrt,
+        )
 
         t0 = time.perf_counter()
         opts = resolve_options(self.options, options, Path(out_dir) if out_dir else None)

@@ -7,7 +7,6 @@ and ``fcos check`` work on machines without a GPU or the ``tensorrt`` package.
 from __future__ import annotations
 
 from fcos_core import hookimpl
-
 from fcos_plugin_tensorrt.schema import TensorRTCompileOptions
 
 

@@ -10,8 +10,9 @@ tensors, so no other CUDA binding is needed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from fcos_core.errors import FcosUserError
 

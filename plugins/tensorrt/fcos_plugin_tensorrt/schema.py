@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import attrs
 
 from fcos_core.schema import arg
@@ -29,6 +27,6 @@ class TensorRTCompileOptions:
     agreement_check: bool = arg(
         True, help="compare the engine's outputs with the fcos quantized model on the example "
                    "inputs, in quantization steps")
-    timing_cache: Optional[str] = arg(
+    timing_cache: str | None = arg(
         None, help="a TensorRT timing cache file to read and update (faster rebuilds); null: "
                    "none")

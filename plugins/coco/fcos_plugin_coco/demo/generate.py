@@ -29,7 +29,8 @@ import os
 import re
 import shutil
 import time
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import attrs
 import numpy as np
@@ -168,7 +169,7 @@ def _exclusive(lock_path: str, timeout_s: float = 1800.0) -> Iterator[None]:
         os.remove(lock_path + ".x")
 
 
-def _read_marker(root: str) -> Optional[dict]:
+def _read_marker(root: str) -> dict | None:
     try:
         with open(os.path.join(root, MARKER)) as f:
             return json.load(f)
@@ -248,7 +249,7 @@ def _refuse_foreign(root: str, own: bool) -> None:
             hint="move these files out of the demo folder, or use another folder")
 
 
-def ensure_demo(root: str, params: Optional[DemoParams] = None, *, force: bool = False,
+def ensure_demo(root: str, params: DemoParams | None = None, *, force: bool = False,
                 progress: bool = False) -> dict[str, Any]:
     """Make sure ``root`` holds the demo dataset for ``params``; returns the marker content.
 

@@ -19,7 +19,7 @@ def _probability(p: float, name: str) -> float:
 
 def _flip(img: np.ndarray, code: int) -> np.ndarray:
     """cv2.flip (one pass, ~15x numpy's reversed-view copy) for the [H, W, C<=4] images."""
-    if img.ndim == 3 and img.shape[2] <= 4 or img.ndim == 2:
+    if (img.ndim == 3 and img.shape[2] <= 4) or img.ndim == 2:
         out = cv2.flip(img, code)
         return out.reshape(img.shape)
     axes = {1: (1,), 0: (0,), -1: (0, 1)}[code]

@@ -19,15 +19,15 @@ transforms.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from fcos_plugin_coco.transforms._cv import cv2, scratch
 from fcos_plugin_coco.transforms.crop import RandomCrop
 from fcos_plugin_coco.transforms.resize import Resize, resize_image
-from fcos_plugin_coco.transforms.tensor import Normalize, ToTensor, to_chw_float, \
-    targets_to_tensors
+from fcos_plugin_coco.transforms.tensor import Normalize, ToTensor, targets_to_tensors, to_chw_float
 
 
 def _resize_top_left(img: np.ndarray, nh: int, nw: int, need_h: int, need_w: int) -> np.ndarray:

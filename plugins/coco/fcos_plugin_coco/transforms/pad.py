@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -16,7 +16,7 @@ class Pad:
     the valid area; ``pad_shape`` becomes the padded size.
     """
 
-    def __init__(self, divisor: Optional[int] = None, size: Optional[tuple[int, int]] = None,
+    def __init__(self, divisor: int | None = None, size: tuple[int, int] | None = None,
                  pad_val: int = 0) -> None:
         if (divisor is None) == (size is None):
             raise ValueError("Pad needs exactly one of divisor or size, got "

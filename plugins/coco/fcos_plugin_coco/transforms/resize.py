@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -10,7 +10,7 @@ from fcos_plugin_coco.transforms._cv import cv2
 from fcos_plugin_coco.transforms._geometry import boxes_of, clip_boxes, pair, rescale_state
 
 
-def resize_image(img: np.ndarray, nh: int, nw: int, dst: Optional[np.ndarray] = None
+def resize_image(img: np.ndarray, nh: int, nw: int, dst: np.ndarray | None = None
                  ) -> np.ndarray:
     """``img`` resampled to (nh, nw) with OpenCV: bilinear (``INTER_LINEAR``, pixel centres at
     half-integers, as mmcv / HAT and PIL), except that a side shrunk below half its length
@@ -49,7 +49,7 @@ class Resize:
     """
 
     def __init__(self, img_scale: tuple[int, int],
-                 ratio_range: Optional[tuple[float, float]] = None,
+                 ratio_range: tuple[float, float] | None = None,
                  keep_ratio: bool = True) -> None:
         self.img_scale = pair(img_scale, "img_scale")
         if ratio_range is not None:

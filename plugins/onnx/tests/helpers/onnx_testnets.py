@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import attrs
 import torch
@@ -90,7 +91,7 @@ def make_fcos(seed: int = 0, num_classes: int = 3, train: bool = True,
         backbone.s16[2] = nn.SiLU()
     neck = StandInNeck(backbone.out_channels)
     head = FCOSHead(num_classes=num_classes, in_strides=STRIDES, out_strides=STRIDES,
-                    stride2channels={s: 32 for s in STRIDES}, feat_channels=32, stacked_convs=2,
+                    stride2channels=dict.fromkeys(STRIDES, 32), feat_channels=32, stacked_convs=2,
                     int8_output=int8_output, int16_output=int16_output,
                     dequant_output=dequant_output)
     post = FCOSMultiStrideFilter(strides=STRIDES, for_compile=for_compile,
