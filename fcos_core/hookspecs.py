@@ -209,7 +209,16 @@ def register_converters(register: Register) -> None:
 
 @hookspec
 def register_observers(register: Register) -> None:
-    """Register calibration observers (e.g. ``minmax``, ``percentile``, ``mse``, ``kl``)."""
+    """Register activation range observers (e.g. ``minmax``, ``percentile``, ``mse``, ``kl``),
+    chosen by ``Float2Calibration``'s ``activation_observer`` and ``Float2QAT``'s
+    ``qat_observer`` blocks (``{type: percentile, percentile: 99.99}``).
+
+    The factory is a subclass of ``fcos_core.quantization.observers.SymmetricObserver``. The
+    observer field is lazy: the converter calls ``factory(dtype=..., quant_min=...,
+    quant_max=..., qscheme=..., is_dynamic=..., **fields)`` once per quantized tensor, so the
+    factory passes the keyword arguments it does not own on to ``SymmetricObserver``.
+    ``schema`` holds only the observer's own options.
+    """
 
 
 @hookspec

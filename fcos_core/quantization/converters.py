@@ -18,23 +18,15 @@ import abc
 import copy
 from typing import Any, Callable, Optional
 
+import torch
 from torch import nn
 
 from fcos_core.convert_context import ConvertContext
 from fcos_core.errors import FcosUserError
 from fcos_core.quantization.exact_float import require_exact_float32
-from fcos_core.quantization.histogram_observers import KLObserver, MSEObserver
-from fcos_core.quantization.observers import MinMaxObserver, PercentileObserver
 from fcos_core.quantization.rules import QuantRules, rules_for
 from fcos_core.quantization_state import get_qat_mode, require_qstate, set_qstate
-
-#: observer name -> class (the ``observers`` registry holds the same names)
-BUILTIN_OBSERVERS: dict[str, type] = {
-    "minmax": MinMaxObserver,
-    "percentile": PercentileObserver,
-    "mse": MSEObserver,
-    "kl": KLObserver,
-}
+from fcos_core.schema import LazyComponent
 
 #: when the fake-quant graph computes its values with the integer ops' arithmetic
 #: (:mod:`fcos_core.quantization.integer_exact`); kept torch-free for the config schemas
@@ -43,26 +35,41 @@ INTEGER_EXACT_MODES = ("eval", "always", "off")
 _INFO_ATTR = "_fcos_quant_info"
 _REFERENCE_ATTR = "_fcos_reference"
 
+#: an observer constructor: called per tensor with ``dtype`` (and the spec's ``quant_min``,
+#: ``quant_max``, ``qscheme``, ``is_dynamic``); returns a SymmetricObserver
+ObserverFactory = Callable[..., Any]
 
-def resolve_observer(observer: str | type | Callable[..., Any], **options: Any
-                     ) -> Callable[..., Any]:
-    """Observer constructor from a name (``minmax|percentile|mse|kl``) or a class; ``options``
-    the class accepts are bound (others are ignored: they belong to other observers)."""
-    if isinstance(observer, str):
-        if observer not in BUILTIN_OBSERVERS:
-            raise ValueError(f"activation observer {observer!r} is unknown; use one of "
-                             f"{', '.join(BUILTIN_OBSERVERS)} or an observer class")
-        cls: Any = BUILTIN_OBSERVERS[observer]
+
+def observer_factory(observer: Any, default: ObserverFactory, what: str) -> ObserverFactory:
+    """The activation observer constructor a converter installs.
+
+    ``observer`` is a config's observer block (``{type: percentile, percentile: 99.9}``, built
+    lazily: the converter adds the per-tensor ``dtype``), an observer class or a
+    ``Class.with_args(...)`` constructor, or None for ``default``. One observer is built now,
+    so a bad option is an error when the converter is constructed, not mid-calibration.
+    """
+    from fcos_core.quantization.observers import SymmetricObserver
+
+    if observer is None:
+        factory = default
+    elif isinstance(observer, LazyComponent):
+        factory = observer.build
+    elif isinstance(observer, str):
+        raise TypeError(f"{what}: {observer!r} is an observer name; names are resolved in a "
+                        f"config ({what}: {{type: {observer}}}); in Python pass the observer "
+                        f"class or Class.with_args(...)")
+    elif callable(observer):
+        factory = observer
     else:
-        cls = observer
-    import inspect
-
-    try:
-        params = inspect.signature(cls.__init__).parameters
-    except (TypeError, ValueError):
-        params = {}
-    bound = {k: v for k, v in options.items() if k in params and v is not None}
-    return cls.with_args(**bound) if bound and hasattr(cls, "with_args") else cls
+        raise TypeError(f"{what}: expected an observer block, class or constructor, got "
+                        f"{type(observer).__name__}")
+    probe = factory(dtype=torch.int8)
+    if not isinstance(probe, SymmetricObserver):
+        raise FcosUserError(
+            f"{what}: the observer is a {type(probe).__name__}, not a SymmetricObserver",
+            hint="derive observers from fcos_core.quantization.observers.SymmetricObserver "
+                 "(its min_val/max_val state is what calibration checkpoints hold)")
+    return factory
 
 
 # -- locating the body and the head's output flags ------------------------------------------
@@ -206,12 +213,9 @@ class Float2Calibration(_Float2Prepared):
     fake-quant on (the calibrated model as it will be quantized).
 
     Args:
-        activation_observer: ``mse`` (default, as HAT), ``minmax``, ``percentile``, ``kl``, or
-            an observer class.
-        percentile: percentile of |x| for the ``percentile`` observer.
-        histogram_bins: bins of the ``mse``/``kl`` histograms.
-        mse_candidates: clip candidates of the ``mse`` search.
-        kl_stride: evaluate every ``kl_stride``-th KL threshold.
+        activation_observer: the activation observer: a config's ``observers`` block (e.g.
+            ``{type: percentile, percentile: 99.99}``), an observer class or
+            ``Class.with_args(...)``; None: ``MSEObserver`` with its defaults (as HAT).
         qat_mode: ``fuse_bn`` (BN folded into the conv before quantization); None takes the
             pipeline's ``qat_mode``.
         integer_exact: when the fake-quant graph computes conv/add/requantize outputs with the
@@ -223,14 +227,13 @@ class Float2Calibration(_Float2Prepared):
     mode = "calibration"
     name = "Float2Calibration"
 
-    def __init__(self, activation_observer: Any = "mse", percentile: float = 99.99,
-                 histogram_bins: int = 2048, mse_candidates: int = 100, kl_stride: int = 1,
-                 qat_mode: Optional[str] = None, integer_exact: str = "eval") -> None:
+    def __init__(self, activation_observer: Any = None, qat_mode: Optional[str] = None,
+                 integer_exact: str = "eval") -> None:
+        from fcos_core.quantization.histogram_observers import MSEObserver
+
         super().__init__(qat_mode, integer_exact)
-        # resolve now: a bad name is a construction-time (config) error
-        self.observer = resolve_observer(
-            activation_observer, percentile=percentile, bins=histogram_bins,
-            num_candidates=mse_candidates, stride=kl_stride)
+        self.observer = observer_factory(activation_observer, MSEObserver,
+                                         "activation_observer")
 
     def _observer(self) -> Callable[..., Any]:
         return self.observer
@@ -240,9 +243,9 @@ class Float2QAT(_Float2Prepared):
     """Prepare the body for quantization-aware training: fake-quant on, observers tracking.
 
     Args:
-        qat_observer: activation observer during QAT; ``minmax`` (default) is an exponential
-            moving average of min/max starting from the calibrated range.
-        averaging_constant: weight of a new batch in that moving average.
+        qat_observer: activation observer during QAT, as ``activation_observer`` of
+            Float2Calibration; None: ``MinMaxObserver(averaging_constant=0.01)``, a moving
+            average of min/max starting from the calibrated range.
         freeze_activation_scales: keep the activation scales fixed (those of the loaded
             calibration checkpoint) instead of tracking them.
         qat_mode: ``fuse_bn``; None takes the pipeline's ``qat_mode``.
@@ -254,13 +257,16 @@ class Float2QAT(_Float2Prepared):
     mode = "qat"
     name = "Float2QAT"
 
-    def __init__(self, qat_observer: Any = "minmax", averaging_constant: float = 0.01,
-                 freeze_activation_scales: bool = False, qat_mode: Optional[str] = None,
-                 integer_exact: str = "eval") -> None:
+    #: the moving-average weight of the default QAT observer
+    DEFAULT_AVERAGING_CONSTANT = 0.01
+
+    def __init__(self, qat_observer: Any = None, freeze_activation_scales: bool = False,
+                 qat_mode: Optional[str] = None, integer_exact: str = "eval") -> None:
+        from fcos_core.quantization.observers import MinMaxObserver
+
         super().__init__(qat_mode, integer_exact)
-        if not 0.0 < averaging_constant <= 1.0:
-            raise ValueError(f"averaging_constant: must be in (0, 1], got {averaging_constant}")
-        self.observer = resolve_observer(qat_observer, averaging_constant=averaging_constant)
+        default = MinMaxObserver.with_args(averaging_constant=self.DEFAULT_AVERAGING_CONSTANT)
+        self.observer = observer_factory(qat_observer, default, "qat_observer")
         self.freeze_activation_scales = freeze_activation_scales
 
     def _observer(self) -> Callable[..., Any]:
@@ -377,5 +383,5 @@ def freeze_observers(model: nn.Module) -> None:
         fq.enable_fake_quant(True)
 
 
-__all__ = ["Float2Calibration", "Float2QAT", "QAT2Quantize", "BUILTIN_OBSERVERS",
-           "resolve_observer", "freeze_observers", "float_reference"]
+__all__ = ["Float2Calibration", "Float2QAT", "QAT2Quantize", "observer_factory",
+           "freeze_observers", "float_reference"]

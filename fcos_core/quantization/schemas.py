@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import attrs
 
-from fcos_core.schema import arg, named
+from fcos_core.schema import arg, component
 
 
 @attrs.frozen(kw_only=True)
 class Float2CalibrationArgs:
     """Prepare the model for calibration: observers record activation ranges, fake-quant on."""
 
-    activation_observer: str = named(
-        "observers", "mse", help="activation observer: mse, minmax, percentile or kl")
-    percentile: float = arg(99.99, help="percentile of |x| used by the percentile observer")
-    histogram_bins: int = arg(2048, help="histogram bins of the mse and kl observers")
-    mse_candidates: int = arg(100, help="number of clip values the mse observer tries")
-    kl_stride: int = arg(1, help="the kl observer evaluates every kl_stride-th threshold")
+    activation_observer: Any = component(
+        "observers", None, lazy=True,
+        help="activation observer block, e.g. {type: percentile, percentile: 99.99} or a bare "
+             "name (mse, minmax, percentile, kl); null: mse with its defaults")
     qat_mode: Optional[Literal["fuse_bn"]] = arg(
         None, help="BatchNorm handling (fuse_bn: folded into the conv); null: the pipeline's")
     integer_exact: Literal["eval", "always", "off"] = arg(
@@ -31,10 +29,10 @@ class Float2CalibrationArgs:
 class Float2QATArgs:
     """Prepare the model for quantization-aware training (fake-quant, tracked ranges)."""
 
-    qat_observer: str = named(
-        "observers", "minmax", help="activation observer during QAT (minmax: moving average)")
-    averaging_constant: float = arg(
-        0.01, help="weight of a new batch in the moving-average min/max of QAT")
+    qat_observer: Any = component(
+        "observers", None, lazy=True,
+        help="activation observer block during QAT; null: {type: minmax, averaging_constant: "
+             "0.01} (a moving average from the calibrated range)")
     freeze_activation_scales: bool = arg(
         False, help="keep the loaded (calibrated) activation scales fixed during QAT")
     qat_mode: Optional[Literal["fuse_bn"]] = arg(

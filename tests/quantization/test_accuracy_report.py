@@ -17,6 +17,7 @@ from fcos_core.quantization.converters import (
     QAT2Quantize,
     freeze_observers,
 )
+from fcos_core.quantization.observers import MinMaxObserver
 from fcos_core.quantization.report import format_report, quant_report, write_quant_report
 
 
@@ -87,7 +88,7 @@ def test_calibration_is_close_to_float_and_qat_recovers(trained):
 @pytest.fixture(scope="module")
 def calibrated():
     ctx = make_ctx()
-    cal = Float2Calibration(activation_observer="minmax")(make_small(0), ctx)
+    cal = Float2Calibration(activation_observer=MinMaxObserver)(make_small(0), ctx)
     with torch.no_grad():
         for i in range(3):
             cal(images(4, 40 + i))

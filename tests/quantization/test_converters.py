@@ -229,11 +229,11 @@ def test_wrong_converter_order_is_a_clear_error(ctx):
 # -- every observer through the converter --------------------------------------------------
 
 
-@pytest.mark.parametrize("name,cls", [("minmax", MinMaxObserver), ("percentile",
-                         PercentileObserver), ("mse", MSEObserver), ("kl", KLObserver)])
-def test_calibration_with_each_observer(name, cls, ctx):
-    model = Float2Calibration(activation_observer=name, percentile=99.9, kl_stride=8)(
-        make_small(), ctx)
+@pytest.mark.parametrize("name,cls,options", [
+    ("minmax", MinMaxObserver, {}), ("percentile", PercentileObserver, {"percentile": 99.9}),
+    ("mse", MSEObserver, {}), ("kl", KLObserver, {"stride": 8})])
+def test_calibration_with_each_observer(name, cls, options, ctx):
+    model = Float2Calibration(activation_observer=cls.with_args(**options))(make_small(), ctx)
     acts = [fq for _, fq in fake_quants(model) if not fq.is_weight]
     assert acts and all(isinstance(fq.activation_post_process, cls) for fq in acts
                         if fq.activation_post_process.__class__.__name__ != "FixedRangeObserver")
@@ -257,7 +257,7 @@ def test_calibration_with_each_observer(name, cls, ctx):
 @pytest.fixture(scope="module")
 def detector_flow():
     ctx = make_ctx()
-    calibrated = calibrate(Float2Calibration(activation_observer="minmax")(make_detector(0), ctx))
+    calibrated = calibrate(Float2Calibration(activation_observer=MinMaxObserver)(make_detector(0), ctx))
     qat = Float2QAT()(make_detector(1), ctx)
     qat.load_state_dict(roundtrip(calibrated.state_dict()))
     qat = train_qat(qat, make_detector(0), steps=3, lr=1e-3)
@@ -361,20 +361,51 @@ def test_converters_and_observers_are_registered_and_build_from_yaml():
     assert {"Float2Calibration", "Float2QAT", "QAT2Quantize"} <= set(
         host.registries["converters"].names())
     assert set(host.registries["observers"].names()) >= {"minmax", "percentile", "mse", "kl"}
-    conv = build_block(host, "converters", "type: Float2Calibration\nactivation_observer: kl\n"
-                                           "histogram_bins: 512\n")
+    conv = build_block(host, "converters", "type: Float2Calibration\n"
+                                           "activation_observer: {type: kl, bins: 512}\n")
     assert isinstance(conv, Float2Calibration)
-    obs = conv.observer()
-    assert isinstance(obs, KLObserver) and obs.bins == 512
-    conv = build_block(host, "converters", "type: Float2QAT\naveraging_constant: 0.1\n")
+    obs = conv.observer(dtype=torch.int16)
+    assert isinstance(obs, KLObserver) and obs.bins == 512 and obs.quant_max == 32767
+    # a bare name is the observer with its defaults
+    obs = build_block(host, "converters", "type: Float2Calibration\n"
+                                          "activation_observer: percentile\n").observer()
+    assert isinstance(obs, PercentileObserver) and obs.percentile == 99.99
+    # omitted: mse for calibration, a 0.01 moving-average minmax for QAT
+    assert isinstance(build_block(host, "converters", "type: Float2Calibration").observer(),
+                      MSEObserver)
+    assert build_block(host, "converters", "type: Float2QAT").observer().averaging_constant \
+        == 0.01
+    conv = build_block(host, "converters", "type: Float2QAT\n"
+                                           "qat_observer: {type: minmax, averaging_constant: 0.1}")
     assert conv.observer().averaging_constant == 0.1
     assert isinstance(build_block(host, "converters", "type: QAT2Quantize"), QAT2Quantize)
 
 
 def test_converter_arguments_are_checked():
-    with pytest.raises(ValueError, match="activation observer 'median'"):
-        Float2Calibration(activation_observer="median")
+    with pytest.raises(TypeError, match="'minmax' is an observer name"):
+        Float2Calibration(activation_observer="minmax")
     with pytest.raises(ValueError, match="qat_mode"):
         Float2QAT(qat_mode="with_bn")
     with pytest.raises(ValueError, match="averaging_constant"):
-        Float2QAT(averaging_constant=0)
+        Float2QAT(qat_observer=MinMaxObserver.with_args(averaging_constant=0))
+    with pytest.raises(FcosUserError, match="not a SymmetricObserver"):
+        Float2Calibration(activation_observer=lambda **kw: torch.nn.Identity())
+
+
+def test_observer_options_are_checked_in_the_config():
+    from fcos_core.errors import ConfigError
+    from fcos_core.testing import build_block, make_host
+
+    host = make_host()
+    # unknown observer name: the registry's message, at the observer's path
+    with pytest.raises(ConfigError, match="median"):
+        build_block(host, "converters", "type: Float2Calibration\n"
+                                        "activation_observer: {type: median}")
+    # an observer option on the converter (the old flat form) is an unknown key
+    with pytest.raises(ConfigError, match="unknown key 'percentile'"):
+        build_block(host, "converters", "type: Float2Calibration\n"
+                                        "activation_observer: percentile\npercentile: 99.9")
+    # a bad value is reported when the converter is built, not mid-calibration
+    with pytest.raises(ConfigError, match="percentile.*rejected its arguments"):
+        build_block(host, "converters", "type: Float2Calibration\n"
+                                        "activation_observer: {type: percentile, percentile: 200}")

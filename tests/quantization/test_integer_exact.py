@@ -20,9 +20,14 @@ from quant_nets import (
 )
 
 from fcos_core.quantization import int_ops
-from fcos_core.quantization.converters import Float2Calibration, Float2QAT, QAT2Quantize, \
-    freeze_observers
+from fcos_core.quantization.converters import (
+    Float2Calibration,
+    Float2QAT,
+    QAT2Quantize,
+    freeze_observers,
+)
 from fcos_core.quantization.integer_exact import IntegerExactOutput
+from fcos_core.quantization.observers import MinMaxObserver
 from fcos_core.quantization.prepare import fake_quants
 
 
@@ -32,7 +37,7 @@ def _outs(model, x):
 
 
 def _calibrated_qat(make, ctx, integer_exact="eval", seed=0):
-    cal = Float2Calibration(activation_observer="minmax")(make(seed), ctx)
+    cal = Float2Calibration(activation_observer=MinMaxObserver)(make(seed), ctx)
     with torch.no_grad():
         for i in range(3):
             cal(images(4, 300 + i))
