@@ -38,6 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--standin", action="store_true", help="use the stand-in even if the seed "
                                                           "model is importable")
     p.add_argument("--observers", nargs="+", default=["mse", "minmax", "percentile", "kl"],
+                   choices=["mse", "minmax", "percentile", "kl"],
                    help="calibration observers to time")
     return p.parse_args(argv)
 
@@ -61,6 +62,12 @@ from fcos_core.quantization.converters import (  # noqa: E402
     QAT2Quantize,
     freeze_observers,
 )
+from fcos_core.quantization.histogram_observers import KLObserver, MSEObserver  # noqa: E402
+from fcos_core.quantization.observers import MinMaxObserver, PercentileObserver  # noqa: E402
+
+#: observer name (as a config's activation_observer block says it) -> constructor
+OBSERVERS = {"minmax": MinMaxObserver, "percentile": PercentileObserver, "mse": MSEObserver,
+             "kl": KLObserver.with_args(stride=8)}
 
 torch.set_num_threads(ARGS.threads)
 
@@ -158,7 +165,7 @@ def main() -> int:
 
     for name in ARGS.observers:
         t = time.perf_counter()
-        cal = Float2Calibration(activation_observer=name, kl_stride=8)(copy.deepcopy(body), ctx)
+        cal = Float2Calibration(activation_observer=OBSERVERS[name])(copy.deepcopy(body), ctx)
         convert_s = time.perf_counter() - t
         seeds = iter(range(1, 10_000))
         with torch.no_grad():

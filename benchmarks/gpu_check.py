@@ -498,6 +498,7 @@ def check_quantized(report: Report, host: Any, data_root: Path, device: Any, arg
         freeze_observers,
     )
     from fcos_core.quantization.exact_float import tf32_enabled
+    from fcos_core.quantization.observers import PercentileObserver
 
     cfg = load_demo(host, data_root, 2, 128)
     backend = cfg.compile_backend.load()() if cfg.compile_backend is not None else None
@@ -509,8 +510,9 @@ def check_quantized(report: Report, host: Any, data_root: Path, device: Any, arg
     float_model = build(cfg.node("model")).eval()
     torch.backends.cudnn.allow_tf32 = True  # torch's default: the converters must undo it
     with report.guard("d", "calibration model"):
-        calib = Float2Calibration(activation_observer="percentile", percentile=99.99)(
-            copy.deepcopy(float_model), ctx)
+        percentile = PercentileObserver.with_args(percentile=99.99)
+        calib = Float2Calibration(activation_observer=percentile)(copy.deepcopy(float_model),
+                                                                   ctx)
         with torch.no_grad():
             calib(batches[0]["img"])
         freeze_observers(calib)
@@ -623,6 +625,7 @@ def check_tensorrt(report: Report, host: Any, data_root: Path, device: Any, args
     from fcos_core.build import build
     from fcos_core.convert_context import ConvertContext
     from fcos_core.quantization.converters import Float2Calibration, QAT2Quantize, freeze_observers
+    from fcos_core.quantization.observers import PercentileObserver
 
     try:
         from fcos_plugin_tensorrt.backend import TensorRTBackend
@@ -649,7 +652,8 @@ def check_tensorrt(report: Report, host: Any, data_root: Path, device: Any, args
                          device="cpu", stage="int_infer")
     batch = first_batches(cfg, 1)[0]
     torch.manual_seed(0)
-    calib = Float2Calibration(activation_observer="percentile", percentile=99.99)(
+    percentile = PercentileObserver.with_args(percentile=99.99)
+    calib = Float2Calibration(activation_observer=percentile)(
         build(cfg.node("deploy_model")).eval(), ctx)
     with torch.no_grad():
         calib(batch["img"])  # activation ranges from one batch

@@ -154,9 +154,9 @@ class VideoVis:
     def write(self, rgb: Any, dets: list[dict[str, Any]]) -> None:
         import numpy as np
 
-        from fcos_core.cli.image_source import _cv2
+        from fcos_core.cli.image_source import load_cv2
 
-        cv2 = _cv2()
+        cv2 = load_cv2()
         img = _render(rgb, dets)
         if self._writer is None:
             self._size = img.size

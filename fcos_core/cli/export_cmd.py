@@ -17,13 +17,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fcos_core.compile.float_onnx import FLOAT_ONNX_OPSET
 from fcos_core.errors import FcosUserError
 
 #: format -> (file suffix, what it is)
 FORMATS: dict[str, tuple[str, str]] = {
     "torchscript": (".pt", "TorchScript (torch.jit.trace); load with torch.jit.load"),
     "export": (".pt2", "torch.export ExportedProgram; load with torch.export.load"),
-    "onnx": (".onnx", "ONNX opset 18 via torch.onnx.export(dynamo=True); run with onnxruntime"),
+    "onnx": (".onnx", f"ONNX opset {FLOAT_ONNX_OPSET}, dynamic batch "
+                      "(fcos_core.compile.float_onnx); run with onnxruntime"),
 }
 
 
@@ -64,18 +66,24 @@ def _export(model: Any, x: Any, path: Path) -> Callable[[Any], Any]:
 def _onnx(model: Any, x: Any, path: Path) -> Callable[[Any], Any]:
     import torch
 
+    from fcos_core.compile.float_onnx import export_float_onnx
+
     try:
         import onnxruntime as ort
-        import onnxscript  # noqa: F401 - torch.onnx's exporter needs it
     except ImportError:
-        raise FcosUserError("ONNX export needs onnxscript and onnxruntime",
+        raise FcosUserError("checking an ONNX export needs onnxruntime",
                             hint="pip install onnx onnxscript onnxruntime "
                                  "(or fcos-plugin-onnx)") from None
-    torch.onnx.export(model, (x,), str(path), dynamo=True, opset_version=18,
-                      input_names=["img"], external_data=False, verbose=False)
+    export_float_onnx(model, {"img": x}, path)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     return lambda inp: tuple(torch.from_numpy(o) for o in sess.run(None, {name: inp.numpy()}))
+
+
+#: format -> writer ``(model, example batch, path) -> run(batch) -> outputs`` (the written
+#: file loaded back)
+WRITERS: dict[str, Callable[[Any, Any, Path], Callable[[Any], Any]]] = {
+    "torchscript": _torchscript, "export": _export, "onnx": _onnx}
 
 
 def export_command(args: argparse.Namespace, host: Any) -> int:
@@ -110,8 +118,7 @@ def export_command(args: argparse.Namespace, host: Any) -> int:
     try:
         with torch.no_grad():
             expected = model(x)
-            run = {"torchscript": _torchscript, "export": _export, "onnx": _onnx}[args.format](
-                model, x, tmp)
+            run = WRITERS[args.format](model, x, tmp)
             got = run(x)
         expected = expected if isinstance(expected, (list, tuple)) else (expected,)
         got = got if isinstance(got, (list, tuple)) else (got,)

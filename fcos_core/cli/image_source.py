@@ -218,7 +218,7 @@ def _lmdb_frames(path: str) -> Iterator[Frame]:
 # --- video ------------------------------------------------------------------------------------
 
 
-def _cv2() -> Any:
+def load_cv2() -> Any:
     try:
         import cv2
     except ImportError:
@@ -228,7 +228,7 @@ def _cv2() -> Any:
 
 
 def _open_video(path: str) -> Source:
-    cv2 = _cv2()
+    cv2 = load_cv2()
     cap = cv2.VideoCapture(path)
     try:
         if not cap.isOpened():
@@ -242,7 +242,7 @@ def _open_video(path: str) -> Source:
 
 
 def _video_frames(source: Source) -> Iterator[Frame]:
-    cv2 = _cv2()
+    cv2 = load_cv2()
     cap = cv2.VideoCapture(source.name)
     try:
         i = 0

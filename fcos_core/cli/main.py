@@ -19,7 +19,7 @@ from fcos_core.errors import FcosUserError
 EXIT_USER_ERROR = 2
 
 
-def _parser(host) -> argparse.ArgumentParser:
+def build_parser(host) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fcos",
         description="Train, quantize and deploy FCOS detectors. Components and commands come "
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None, host=None) -> int:
 
         if host is None:
             host = load_host()
-        parser = _parser(host)
+        parser = build_parser(host)
         args, extra = parser.parse_known_args(argv)
         # `fcos run CFG --stage float a.b=1`: overrides may follow options
         overrides = [x for x in extra if "=" in x and not x.startswith("-")]

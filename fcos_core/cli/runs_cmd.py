@@ -95,7 +95,7 @@ def _stages(summaries: list[dict[str, Any]]) -> list[str]:
 def format_comparison(table: dict[str, Any], metrics: list[str]) -> str:
     """Plain-text table: rows ``stage metric`` (and ``stage time``, ``stage stopped``),
     one column per run; ``*`` marks the best value of a metric row."""
-    from fcos_core.engine.summary import _fmt_seconds
+    from fcos_core.engine.summary import fmt_seconds
 
     runs = list(table)
     stages = _stages(list(table.values()))
@@ -108,7 +108,7 @@ def format_comparison(table: dict[str, Any], metrics: list[str]) -> str:
             rows.append([stage, m, *("-" if not isinstance(v, (int, float)) else
                                      f"{v:.4f}" + ("*" if v == best else "")
                                      for v in values)])
-        rows.append([stage, "time", *(_fmt_seconds(table[r][stage]["seconds"])
+        rows.append([stage, "time", *(fmt_seconds(table[r][stage]["seconds"])
                                       if stage in table[r] else "-" for r in runs)])
         stops = [table[r].get(stage, {}).get("early_stopping") for r in runs]
         if any(stops):

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from fcos_core.config.loader import LineMap, PathKey, format_path
-from fcos_core.config.references import _REF, AppliedOverride, _get, _whole_reference
+from fcos_core.config.references import REFERENCE_RE, AppliedOverride, get_path, whole_reference
 
 #: references followed from one value before giving up (the config resolved, so no cycles)
 _MAX_HOPS = 64
@@ -31,17 +31,18 @@ def value_origins(raw: dict[str, Any], lines: LineMap,
         return f"line {line}" if line is not None else "the file"
 
     def walk(value: Any, src: PathKey, dst: PathKey, hops: tuple[PathKey, ...]) -> None:
-        target = _whole_reference(value)
+        target = whole_reference(value)
         if target is not None and len(hops) < _MAX_HOPS:
             try:
-                walk(_get(raw, target), target, dst, (*hops, src))
+                walk(get_path(raw, target), target, dst, (*hops, src))
                 return
             except (KeyError, IndexError, TypeError):
                 pass
         # reached through references: name the key the value was written under
         where = f"{format_path(src)}, {source(src)}" if hops else source(src)
-        if isinstance(value, str) and _REF.search(value):
-            where += ", formatted from " + ", ".join(m.group(0) for m in _REF.finditer(value))
+        if isinstance(value, str) and REFERENCE_RE.search(value):
+            refs = ", ".join(m.group(0) for m in REFERENCE_RE.finditer(value))
+            where += ", formatted from " + refs
         out[dst] = where
         if isinstance(value, dict):
             for k, v in value.items():

@@ -31,7 +31,7 @@ import yaml
 from fcos_core.config.loader import LineMap, PathKey, format_path
 from fcos_core.errors import ConfigError, FcosUserError, Problem
 
-_REF = re.compile(r"(?<!\$)\$\{([^}]*)\}")
+REFERENCE_RE = re.compile(r"(?<!\$)\$\{([^}]*)\}")
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(-?\d+)\]")
 MAX_DEPTH = 64
 #: values (mappings, lists, scalars) resolving may produce, copies included; a real config
@@ -59,7 +59,7 @@ def parse_path(text: str) -> PathKey | None:
     return tuple(parts)
 
 
-def _get(data: Any, path: PathKey) -> Any:
+def get_path(data: Any, path: PathKey) -> Any:
     cur = data
     for part in path:
         if isinstance(cur, dict):
@@ -109,7 +109,7 @@ class _Resolver:
         if len(stack) > MAX_DEPTH:
             raise _Abort(self.lines.problem(site, "references nest too deeply"))
         try:
-            raw = _get(self.root, target)
+            raw = get_path(self.root, target)
         except (KeyError, IndexError, TypeError):
             raise _Abort(self.lines.problem(
                 site, f"reference ${{{format_path(target)}}} names a key that does not exist"
@@ -124,7 +124,7 @@ class _Resolver:
 
         parent = target[:-1]
         try:
-            siblings = _get(self.root, parent)
+            siblings = get_path(self.root, parent)
         except (KeyError, IndexError, TypeError):
             return ""
         if isinstance(siblings, dict):
@@ -143,7 +143,7 @@ class _Resolver:
             return value
         if not stack or stack[-1] != path:
             stack = [*stack, path]  # this string is being resolved: a way back to it is a cycle
-        whole = _REF.fullmatch(value)
+        whole = REFERENCE_RE.fullmatch(value)
         if whole:
             target = parse_path(whole.group(1))
             if target is None:
@@ -169,7 +169,7 @@ class _Resolver:
                           "built from references grow exponentially"), fatal=True)
             return text
 
-        out = _REF.sub(sub, value)
+        out = REFERENCE_RE.sub(sub, value)
         if "${" in out.replace("$${", ""):
             raise _Abort(self.lines.problem(path, f"unterminated reference in {value!r}"))
         return out.replace("$${", "${")
@@ -231,10 +231,10 @@ class AppliedOverride:
                 f"key that references {format_path(self.via[-1][1])} sees the new value")
 
 
-def _whole_reference(value: Any) -> PathKey | None:
+def whole_reference(value: Any) -> PathKey | None:
     """The path a string that is exactly one ``${...}`` reference names, else None."""
     if isinstance(value, str):
-        m = _REF.fullmatch(value)
+        m = REFERENCE_RE.fullmatch(value)
         if m:
             return parse_path(m.group(1))
     return None
@@ -260,7 +260,7 @@ def _descend(data: dict[str, Any], path: PathKey, text: str,
             return Problem(format_path((*done, part)), f"override {text!r}: cannot descend here",
                            None, file)
         done = (*done, part)
-        target = _whole_reference(nxt)
+        target = whole_reference(nxt)
         if target is not None:
             # the key holds ``${target}``: the override means the referenced block
             if len(via) >= MAX_DEPTH or any(dst == target for _, dst in via):

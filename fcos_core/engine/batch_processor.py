@@ -35,7 +35,7 @@ from fcos_core.engine.functions import collect_losses
 from fcos_core.models.loss_dict import monitor_values
 
 
-def _loss_terms(outputs: Any, prefix: str = "") -> dict[str, torch.Tensor]:
+def loss_terms(outputs: Any, prefix: str = "") -> dict[str, torch.Tensor]:
     """Named scalar views of the loss tensors in a model's output dict."""
     terms: dict[str, torch.Tensor] = {}
     if isinstance(outputs, dict):
@@ -44,10 +44,10 @@ def _loss_terms(outputs: Any, prefix: str = "") -> dict[str, torch.Tensor]:
             if isinstance(v, torch.Tensor):
                 terms[name] = v
             elif isinstance(v, (dict, list, tuple)):
-                terms.update(_loss_terms(v, f"{name}."))
+                terms.update(loss_terms(v, f"{name}."))
     elif isinstance(outputs, (list, tuple)):
         for i, v in enumerate(outputs):
-            terms.update(_loss_terms(v, f"{prefix}{i}."))
+            terms.update(loss_terms(v, f"{prefix}{i}."))
     return terms
 
 
@@ -106,7 +106,7 @@ class MultiBatchProcessor:
             self._scaler.load_state_dict(self._scaler_state)
 
     def _check_and_record(self, outputs: Any, loop: Any) -> None:
-        terms = _loss_terms(outputs)
+        terms = loss_terms(outputs)
         if not terms:
             return
         # logged-only values (LossDict.monitor, e.g. centerness_floor): recorded next to the

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from fcos_core.engine.batch_processor import _loss_terms
+from fcos_core.engine.batch_processor import loss_terms
 from fcos_core.models.loss_dict import monitor_values
 
 
@@ -32,7 +32,7 @@ class LossShow:
     def update(self, batch: Any, outputs: Any) -> None:
         many = isinstance(outputs, list) and all(isinstance(o, dict) for o in outputs)
         for out in outputs if many else [outputs]:
-            terms = _loss_terms(out)
+            terms = loss_terms(out)
             if not terms:
                 continue
             for name, value in terms.items():

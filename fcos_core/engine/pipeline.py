@@ -113,7 +113,7 @@ def _stage_checkpoint(trainer: Any, ctx: RunContext) -> str | None:
     return None
 
 
-def _make_backend(cfg: Any, log: Any) -> Any:
+def make_backend(cfg: Any, log: Any) -> Any:
     """The compile backend object for the converters' quantization rules (None without one)."""
     if cfg.compile_backend is None:
         return None
@@ -227,7 +227,7 @@ def _run_stages(cfg: Any, stages: Sequence[str], folder: Path, ckpt_dir: Path, r
     log.info("run", config=cfg.file, run_dir=str(folder), stages=",".join(stages),
              resume=resume, overwrite=overwrite, world_size=world,
              seed=seed if fixed else f"{seed} (drawn)")
-    backend = _make_backend(cfg, log)
+    backend = make_backend(cfg, log)
     deploy_inputs = data.get("deploy_inputs") or {"img": [1, 3, 512, 512]}
     try:
         for stage in [s for s in STAGES if s in stages]:

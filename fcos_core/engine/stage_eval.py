@@ -230,7 +230,7 @@ def stage_context(cfg: Any, stage: str, run_dir: Path | None, logger: Any) -> An
     backend for the converters' rules); its recorder is off: ``fcos val`` writes no
     metrics.csv."""
     from fcos_core.engine.context import RunContext
-    from fcos_core.engine.pipeline import _make_backend
+    from fcos_core.engine.pipeline import make_backend
     from fcos_core.engine.recorder import MetricsRecorder
 
     data = cfg.data
@@ -239,7 +239,7 @@ def stage_context(cfg: Any, stage: str, run_dir: Path | None, logger: Any) -> An
                       deterministic=bool(data.get("deterministic", False)), config=cfg,
                       example_inputs=data.get("deploy_inputs") or {"img": [1, 3, 512, 512]},
                       recorder=MetricsRecorder(None, enabled=False),
-                      backend=_make_backend(cfg, logger),
+                      backend=make_backend(cfg, logger),
                       channels_last=bool(data.get("channels_last", True)))
 
 

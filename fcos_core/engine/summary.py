@@ -48,7 +48,7 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
                             lambda f: f.write(text.encode("utf-8")))
 
 
-def _fmt_seconds(s: float | None) -> str:
+def fmt_seconds(s: float | None) -> str:
     if s is None:
         return "-"
     s = int(round(s))
@@ -65,7 +65,7 @@ def format_table(summary: dict[str, Any], order: tuple[str, ...] = ()) -> str:
         entry = summary[stage]
         m = (entry.get("metrics") or {}).get("mAP")
         rows.append((stage, "-" if m is None else f"{m:.4f}",
-                     _fmt_seconds(entry.get("seconds")), str(entry.get("checkpoint") or "-")))
+                     fmt_seconds(entry.get("seconds")), str(entry.get("checkpoint") or "-")))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

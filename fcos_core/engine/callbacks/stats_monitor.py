@@ -46,7 +46,7 @@ class StatsMonitor(Callback):
         per_step = elapsed / max(self._steps, 1)
         img_s = self._images / elapsed
         remaining = max(st.total_steps - st.global_step, 0) if loop.is_training else 0
-        lr = _current_lr(loop)
+        lr = current_lr(loop)
         losses = {f"loss_{k}" if k != "loss" else k: round(v, 6)
                   for k, v in st.last_losses.items()}
         fields: dict[str, Any] = {"stage": loop.stage, "epoch": f"{st.epoch + 1}/"
@@ -68,7 +68,7 @@ class StatsMonitor(Callback):
         self._steps = 0
 
 
-def _current_lr(loop: Any) -> float | None:
+def current_lr(loop: Any) -> float | None:
     opt = getattr(loop, "optimizer", None)
     if opt is None or not getattr(opt, "param_groups", None):
         return None

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from fcos_core.engine.callbacks.base import Callback
-from fcos_core.engine.callbacks.stats_monitor import _current_lr
+from fcos_core.engine.callbacks.stats_monitor import current_lr
 from fcos_core.errors import FcosUserError
 
 
@@ -76,7 +76,7 @@ class TensorBoard(Callback):
             return
         for name, value in st.last_losses.items():
             self.writer.add_scalar(f"loss/{name}", float(value), st.global_step)
-        lr = _current_lr(loop)
+        lr = current_lr(loop)
         if lr is not None:
             self.writer.add_scalar("lr", float(lr), st.global_step)
 

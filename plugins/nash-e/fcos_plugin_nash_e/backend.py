@@ -18,7 +18,6 @@ from fcos_core.compile.backend import (
     CompileResult,
     post_process_params,
 )
-from fcos_core.errors import FcosUserError
 from fcos_plugin_nash_e import __version__
 from fcos_plugin_nash_e.artifact import read_artifact, write_artifact
 from fcos_plugin_nash_e.ir import Program
@@ -37,13 +36,9 @@ def _shapes(example_inputs: Mapping[str, Any]) -> dict[str, list[int]]:
 
 
 def _is_quantized(model: Any) -> bool:
-    try:
-        from fcos_plugin_nash_e.lower import find_integer_model
+    from fcos_core.quantization.find_integer import find_integer_model
 
-        find_integer_model(model)
-        return True
-    except FcosUserError:
-        return False
+    return find_integer_model(model) is not None
 
 
 def detection_meta(model: Any, program: Program, input_shape: Sequence[int],
@@ -151,7 +146,7 @@ class NashEBackend(CompileBackend):
         """Detections of a loaded artifact for normalised images ``[B, 3, H, W]``."""
         import numpy as np
 
-        from fcos_plugin_nash_e.commands import _decode
+        from fcos_plugin_nash_e.commands import decode_outputs
 
         runtime = program if isinstance(program, Runtime) else Runtime(program)
         det = runtime.program.meta.get("detection")
@@ -166,7 +161,7 @@ class NashEBackend(CompileBackend):
             feed = arr
         outputs = runtime.run({inp.name: feed})
         h, w = int(arr.shape[2]), int(arr.shape[3])
-        return [_decode(runtime, tuple(o[b:b + 1] for o in outputs), det, (h, w), None)
+        return [decode_outputs(runtime, tuple(o[b:b + 1] for o in outputs), det, (h, w), None)
                 for b in range(arr.shape[0])]
 
 

@@ -63,7 +63,7 @@ def letterbox(rgb: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, float
     return out, scale
 
 
-def _decode(runtime: Any, outputs: tuple[np.ndarray, ...], det: dict[str, Any],
+def decode_outputs(runtime: Any, outputs: tuple[np.ndarray, ...], det: dict[str, Any],
             image_size: tuple[int, int], score_threshold: float | None) -> dict[str, Any]:
     import torch
 
@@ -116,7 +116,7 @@ def infer_command(args: argparse.Namespace, host: Any) -> int:
         else:
             feed = ((pixels.astype(np.float32) - 128.0) / 128.0)[None]
         outputs = runtime.run({inp.name: feed})
-        d = _decode(runtime, outputs, det, (h, w), args.score_threshold)
+        d = decode_outputs(runtime, outputs, det, (h, w), args.score_threshold)
         oh, ow = float(rgb.shape[0]), float(rgb.shape[1])
         dets = []
         for box, score, label in zip(d["boxes"].tolist(), d["scores"].tolist(),

@@ -36,22 +36,6 @@ class CompileError(FcosUserError):
         self.issues = list(issues)
 
 
-def find_integer_model(model: Any) -> tuple[Any, Any]:
-    """``(integer_model, post_process_or_None)`` of a quantized deploy model."""
-    from fcos_core.quantization.integer_model import IntegerModel
-
-    if isinstance(model, IntegerModel):
-        return model, None
-    body = getattr(model, "body", None)
-    if isinstance(body, IntegerModel):
-        post = getattr(model, "post_process", None)
-        return body, post if getattr(post, "for_compile", False) else None
-    raise FcosUserError(
-        f"the model to compile ({type(model).__name__}) is not a quantized deploy model: "
-        "expected an IntegerModel or a detector whose body is one",
-        hint="run the int_infer stage (QAT2Quantize) first; `fcos check` checks float models")
-
-
 def _np(t: Any) -> np.ndarray:
     return t.detach().cpu().numpy()
 
@@ -154,9 +138,10 @@ def _pool_padding(a: Mapping[str, Any], h: int, w: int) -> tuple[int, int, int, 
 def lower(model: Any, input_shapes: Mapping[str, Sequence[int]], input_sources: Sequence[str],
           name: str = "model") -> Program:
     """The canonical program of a quantized deploy model (see the module docstring)."""
+    from fcos_core.quantization.find_integer import require_integer_model
     from fcos_core.quantization.integer_model import integer_program
 
-    int_model, post = find_integer_model(model)
+    int_model, post = require_integer_model(model)
     records = integer_program(int_model)
     if len(input_shapes) != 1:
         raise FcosUserError(f"the integer model takes one image input, got inputs "

@@ -43,7 +43,7 @@ def main() -> int:
     from fcos_core.plugins import load_host
     from fcos_core.quantization.converters import Float2QAT, QAT2Quantize, freeze_observers
     from fcos_plugin_onnx.backend import OnnxBackend
-    from fcos_plugin_onnx.float_export import export_float_onnx
+    from fcos_core.compile.float_onnx import export_float_onnx
     from fcos_plugin_onnx.session import default_threads, make_session, measure_latency
 
     threads = args.threads or default_threads()

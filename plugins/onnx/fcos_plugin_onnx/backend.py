@@ -32,36 +32,10 @@ from fcos_core.compile.backend import (
     resolve_compile_options,
 )
 from fcos_core.errors import FcosUserError
+from fcos_core.quantization.find_integer import find_integer_model, require_integer_model
 from fcos_plugin_onnx import __version__
 from fcos_plugin_onnx.artifact import FORMAT_VERSION, OnnxProgram, read_artifact, write_artifact
 from fcos_plugin_onnx.schema import OnnxCompileOptions
-
-
-def find_integer_model(model: Any) -> tuple[Any, Any] | None:
-    """``(integer_model, compile_post_process_or_None)`` of a quantized deploy model; None for
-    a model that is not quantized."""
-    from fcos_core.quantization.integer_model import IntegerModel
-
-    if isinstance(model, IntegerModel):
-        return model, None
-    body = getattr(model, "body", None)
-    if isinstance(body, IntegerModel):
-        post = getattr(model, "post_process", None)
-        return body, post if getattr(post, "for_compile", False) else None
-    return None
-
-
-def require_integer_model(model: Any) -> tuple[Any, Any]:
-    """:func:`find_integer_model` for a compile: a model that is not quantized is a user
-    error that says which stage makes one."""
-    found = find_integer_model(model)
-    if found is None:
-        raise FcosUserError(
-            f"the model to compile ({type(model).__name__}) is not a quantized deploy "
-            "model: expected an IntegerModel or a detector whose body is one",
-            hint="run the int_infer stage (QAT2Quantize) first; `fcos check` checks float "
-                 "models")
-    return found
 
 
 def detection_meta(model: Any) -> dict[str, Any] | None:

@@ -106,7 +106,8 @@ class TensorRTBackend(CompileBackend):
     # -- check ---------------------------------------------------------------------------
 
     def check(self, model: Any, example_inputs: Mapping[str, Any]) -> Sequence[CheckIssue]:
-        from fcos_plugin_onnx.backend import OnnxBackend, find_integer_model
+        from fcos_core.quantization.find_integer import find_integer_model
+        from fcos_plugin_onnx.backend import OnnxBackend
 
         opset = int(self.options.get("opset", 21))
         issues = list(OnnxBackend(opset=opset).check(model, example_inputs))
@@ -132,9 +133,9 @@ class TensorRTBackend(CompileBackend):
         import torch
 
         from fcos_core.atomic_write import write_atomically
+        from fcos_core.quantization.find_integer import require_integer_model
         from fcos_core.quantization.integer_model import integer_program
         from fcos_plugin_onnx.agreement import code_agreement
-        from fcos_plugin_onnx.backend import require_integer_model
         from fcos_plugin_onnx.qdq_export import ExportError, build_qdq_model
         from fcos_plugin_onnx.session import measure_latency
         from fcos_plugin_tensorrt.engine_file import write_engine_file

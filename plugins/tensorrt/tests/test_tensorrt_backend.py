@@ -147,7 +147,7 @@ def test_folding_int32_bias_dequantize_keeps_the_graphs_outputs(quantized):
 
     from fcos_core.compile.backend import post_process_params
     from fcos_core.quantization.integer_model import integer_program
-    from fcos_plugin_onnx.backend import find_integer_model
+    from fcos_core.quantization.find_integer import find_integer_model
     from fcos_plugin_onnx.qdq_export import build_qdq_model
     from fcos_plugin_tensorrt.onnx_prep import fold_int32_dequantize
 
