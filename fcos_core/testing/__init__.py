@@ -6,6 +6,14 @@
 * :class:`FakeEntryPoint` / :class:`FakeDistribution` let discovery tests pretend a
   distribution is installed, including one whose import raises.
 * :func:`validate_block` / :func:`build_block` check and build one component block from YAML.
+* :func:`assert_torch_free` imports modules in a fresh interpreter and fails if torch came too.
+* :func:`assert_schema_matches_factory` compares a component's schema with its factory.
+* :class:`PluginHostFactory` builds isolated hosts and tears them down (the ``fcos_host``
+  fixture of the pytest plugin :mod:`fcos_core.testing.pytest_plugin`, registered through the
+  ``pytest11`` entry point, so plugin projects get the fixtures without a conftest.py).
+* torch-importing parts, imported on demand: :mod:`fcos_core.testing.standins` (tiny
+  backbone/neck/head), :mod:`fcos_core.testing.conformance` (suites for compile backends and
+  datasets), :mod:`fcos_core.testing.detection_data`.
 
 Plugins use it from their own tests, e.g.::
 
@@ -26,6 +34,15 @@ from typing import Any
 import attrs
 
 from fcos_core.plugins import PluginHost, load_host
+from fcos_core.testing.isolation import PluginHostFactory, installed_entry_points
+from fcos_core.testing.schema_check import assert_schema_matches_factory, schema_mismatches
+from fcos_core.testing.torch_free import assert_torch_free
+
+__all__ = [
+    "FakeDistribution", "FakeEntryPoint", "PluginHostFactory", "assert_schema_matches_factory",
+    "assert_torch_free", "build_block", "installed_entry_points", "make_host", "registered",
+    "schema_mismatches", "validate_block",
+]
 
 
 @attrs.frozen

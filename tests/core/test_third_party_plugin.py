@@ -65,3 +65,15 @@ def test_without_the_plugin_the_type_is_unknown(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "tinynet" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_plugins_own_tests_pass_with_only_the_pytest_plugins_fixtures(site, tmp_path):
+    """The fixture project's tests/ (no conftest.py), run from its own copy (outside this
+    repository, so none of fcos's pytest configuration applies) against the installed
+    distribution: the fixtures come from fcos-core's ``pytest11`` entry point."""
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         str(site.parent / "src" / "tests")],
+        cwd=tmp_path, env=_env(site), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "5 passed" in out.stdout, out.stdout

@@ -1,20 +1,14 @@
-"""Stand-ins for the backbone and neck plugins (written in parallel) and small-model builders.
-
-The stand-ins honour the backbone/neck contract of docs/interfaces.md: the backbone maps
-``[B, 3, H, W]`` to features ordered by stride and exposes ``out_strides``/``out_channels``;
-the neck maps them to ``out_strides`` features of ``out_channels`` channels.
-"""
+"""Small-model builders on the testing kit's stand-in backbone and neck
+(:mod:`fcos_core.testing.standins`, which documents their shapes and the contract of
+docs/interfaces.md they honour)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import attrs
 import pytest
 import torch
-from torch import nn
 
-from fcos_core.hooks import hookimpl
 from fcos_core.models.dynamic_target import DynamicFcosTarget
 from fcos_core.models.fcos import FCOS
 from fcos_core.models.head import FCOSHead
@@ -22,49 +16,8 @@ from fcos_core.models.losses.cross_entropy import CrossEntropyLoss
 from fcos_core.models.losses.focal import FocalLoss
 from fcos_core.models.losses.giou import GIoULoss
 from fcos_core.models.post_process import FCOSMultiStrideFilter
-from fcos_core.plugins import load_host
-from fcos_core.schema import arg
-
-
-class TinyBackbone(nn.Module):
-    """Stride-2 conv+BN+ReLU stages; returns the features at ``out_strides``."""
-
-    def __init__(self, out_strides: Sequence[int] = (8, 16), width: int = 16) -> None:
-        super().__init__()
-        self.out_strides = list(out_strides)
-        n = max(out_strides).bit_length() - 1  # number of stride-2 stages
-        chans = [3] + [min(width * 2 ** max(i - 2, 0), 64) for i in range(n)]
-        self.stages = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(chans[i], chans[i + 1], 3, 2, 1, bias=False),
-                          nn.BatchNorm2d(chans[i + 1]), nn.ReLU())
-            for i in range(n))
-        self._take = {2 ** (i + 1): i for i in range(n)}
-        self.out_channels = [chans[self._take[s] + 1] for s in self.out_strides]
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        feats = []
-        for s in self.stages:
-            x = s(x)
-            feats.append(x)
-        return [feats[self._take[s]] for s in self.out_strides]
-
-
-class TinyNeck(nn.Module):
-    """1x1 conv+BN+ReLU per level to a common width (a minimal FPN stand-in)."""
-
-    def __init__(self, in_strides: Sequence[int], in_channels: Sequence[int],
-                 out_channels: int = 32) -> None:
-        super().__init__()
-        self.in_strides = list(in_strides)
-        self.out_strides = list(in_strides)
-        self.out_channels = out_channels
-        self.lateral = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(c, out_channels, 1, bias=False),
-                          nn.BatchNorm2d(out_channels), nn.ReLU())
-            for c in in_channels)
-
-    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [m(f) for m, f in zip(self.lateral, feats)]
+from fcos_core.testing.standin_plugin import StandIns
+from fcos_core.testing.standins import TinyBackbone, TinyNeck
 
 
 def make_fcos(num_classes: int = 3, strides: Sequence[int] = (8, 16), channels: int = 32,
@@ -110,38 +63,6 @@ def tiny():
 
 
 # --- a config that builds the stand-ins through the registries -----------------------------
-
-
-@attrs.frozen(kw_only=True)
-class TinyBackboneArgs:
-    """Test stand-in backbone."""
-
-    out_strides: list[int] = arg(help="strides of the returned features")
-
-
-@attrs.frozen(kw_only=True)
-class TinyNeckArgs:
-    """Test stand-in neck."""
-
-    in_strides: list[int] = arg(help="strides of the incoming features")
-    in_channels: list[int] = arg(help="channels of the incoming features")
-    out_channels: int = arg(32, help="output channels")
-
-
-class StandIns:
-    """A test plugin registering the stand-in backbone and neck."""
-
-    def __init__(self, backbone: type, neck: type) -> None:
-        self.backbone, self.neck = backbone, neck
-
-    @hookimpl
-    def register_backbones(self, register):
-        register("tiny_backbone", factory=self.backbone, schema=TinyBackboneArgs)
-
-    @hookimpl
-    def register_necks(self, register):
-        register("tiny_neck", factory=self.neck, schema=TinyNeckArgs)
-
 
 CONFIG = """
 task_name: tiny
@@ -195,10 +116,9 @@ deploy_model:
 
 
 @pytest.fixture
-def host_and_config(tmp_path):
+def host_and_config(tmp_path, fcos_host):
     """A plugin host with the stand-ins registered, and the path of :data:`CONFIG`."""
     path = tmp_path / "tiny.yaml"
     path.write_text(CONFIG)
-    host = load_host(entry_points=False,
-                     plugins=[("test-stand-ins", StandIns(TinyBackbone, TinyNeck))])
+    host = fcos_host(("test-stand-ins", StandIns()))
     return host, path

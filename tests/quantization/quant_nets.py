@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fcos_core.convert_context import ConvertContext
+from fcos_core.testing.standins import TinyBackbone, TinyNeck
 
 IMG = 32
 
@@ -50,48 +51,15 @@ class SmallNet(nn.Module):
         return self.out_a(z), F.relu(self.out_b(p))
 
 
-class TinyBackbone(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.s1 = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
-        self.s2 = nn.Sequential(nn.Conv2d(8, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16),
-                                nn.ReLU())
-        self.mb = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, groups=16, bias=False),
-                                nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 1, bias=False),
-                                nn.BatchNorm2d(16))
-        self.s3 = nn.Sequential(nn.Conv2d(16, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16),
-                                nn.ReLU())
-
-    def forward(self, img: torch.Tensor) -> list[torch.Tensor]:
-        c2 = self.s2(self.s1(img))
-        c2 = c2 + self.mb(c2)  # MBConv residual
-        return [c2, self.s3(c2)]
-
-
-class TinyNeck(nn.Module):
-    """One BiFPN-like pass: top-down (upsample + add) and bottom-up (max-pool + add)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.td = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, groups=16, bias=False),
-                                nn.Conv2d(16, 16, 1, bias=False), nn.BatchNorm2d(16))
-        self.bu = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, groups=16, bias=False),
-                                nn.Conv2d(16, 16, 1, bias=False), nn.BatchNorm2d(16))
-
-    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        p4, p8 = feats
-        p4 = self.td(F.relu(p4 + F.interpolate(p8, scale_factor=2.0, mode="nearest")))
-        p8 = self.bu(F.relu(p8 + F.max_pool2d(p4, 2)))
-        return [p4, p8]
-
-
 class TinyBody(nn.Module):
     def __init__(self, int16_output: bool = True) -> None:
         super().__init__()
         from fcos_core.models.head import FCOSHead
 
-        self.backbone = TinyBackbone()
-        self.neck = TinyNeck()
+        # strides 4 and 8: an MBConv residual at stride 4, then one BiFPN-like pass
+        # (upsample + add top-down, max-pool + add bottom-up)
+        self.backbone = TinyBackbone((4, 8), channels=(8, 16, 16), residual_at=(4,))
+        self.neck = TinyNeck((4, 8), (16, 16), 16, fusion="bifpn")
         self.head = FCOSHead(num_classes=3, in_strides=[4, 8], out_strides=[4, 8],
                              stride2channels={4: 16, 8: 16}, feat_channels=16, stacked_convs=2,
                              int8_output=not int16_output, int16_output=int16_output)

@@ -1,9 +1,10 @@
 """Small FCOS detectors, synthetic detection data and the public quantization flow, for the
 fcos-plugin-onnx tests.
 
-The stand-in neck uses every integer op kind the exporter translates: conv (dense, depthwise
-in the head, stride 1/2), ReLU fused into convs and adds, add, nearest upsampling by a factor
-and to a size, concat (shared scale) and max-pooling. Everything is built through fcos's public
+The backbone is the testing kit's stand-in (fcos_core.testing.standins). The neck here is
+not a generic stand-in: it uses every integer op kind the exporter translates: conv (dense,
+depthwise in the head, stride 1/2), ReLU fused into convs and adds, add, nearest upsampling by
+a factor and to a size, concat (shared scale) and max-pooling. Everything is built through fcos's public
 modules only, as a third-party plugin would.
 """
 
@@ -31,6 +32,7 @@ from fcos_core.models.losses.giou import GIoULoss
 from fcos_core.models.post_process import FCOSMultiStrideFilter
 from fcos_core.quantization.converters import Float2QAT, QAT2Quantize, freeze_observers
 from fcos_core.schema import arg
+from fcos_core.testing.standins import TinyBackbone
 from fcos_core.testing.detection_data import synthetic_batch  # noqa: F401 (nets.synthetic_batch)
 
 SIZE = 64
@@ -42,20 +44,11 @@ def _cbr(cin: int, cout: int, k: int = 3, s: int = 1) -> nn.Sequential:
                          nn.ReLU())
 
 
-class StandInBackbone(nn.Module):
-    """Four stride-2 conv+BN+ReLU stages; features at strides 8 and 16."""
-
-    def __init__(self, width: int = 16) -> None:
-        super().__init__()
-        self.stages = nn.Sequential(_cbr(3, width // 2, 3, 2), _cbr(width // 2, width, 3, 2))
-        self.s8 = _cbr(width, 2 * width, 3, 2)
-        self.s16 = _cbr(2 * width, 2 * width, 3, 2)
-        self.out_strides = [8, 16]
-        self.out_channels = [2 * width, 2 * width]
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        a = self.s8(self.stages(x))
-        return [a, self.s16(a)]
+def stand_in_backbone(width: int = 16) -> TinyBackbone:
+    """The testing kit's backbone with four stride-2 stages of ``width / 2, width, 2 width,
+    2 width`` channels: ``img [B, 3, H, W]`` -> features at strides 8 and 16, ``2 width``
+    channels each."""
+    return TinyBackbone((8, 16), channels=(width // 2, width, 2 * width, 2 * width))
 
 
 class StandInNeck(nn.Module):
@@ -86,9 +79,9 @@ def make_fcos(seed: int = 0, num_classes: int = 3, train: bool = True,
               int16_output: bool = True, int8_output: bool = False, act: str = "relu") -> FCOS:
     """The test detector; ``act="silu"`` puts an op without integer form in the backbone."""
     torch.manual_seed(seed)
-    backbone = StandInBackbone()
+    backbone = stand_in_backbone()
     if act == "silu":
-        backbone.s16[2] = nn.SiLU()
+        backbone.stages[3][2] = nn.SiLU()  # the stride-16 stage's activation
     neck = StandInNeck(backbone.out_channels)
     head = FCOSHead(num_classes=num_classes, in_strides=STRIDES, out_strides=STRIDES,
                     stride2channels=dict.fromkeys(STRIDES, 32), feat_channels=32, stacked_convs=2,
@@ -272,7 +265,7 @@ class StandIns:
 
     @hookimpl
     def register_backbones(self, register):
-        register("onnx_test_backbone", factory=StandInBackbone, schema=StandInBackboneArgs)
+        register("onnx_test_backbone", factory=stand_in_backbone, schema=StandInBackboneArgs)
 
     @hookimpl
     def register_necks(self, register):
