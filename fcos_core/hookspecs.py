@@ -29,11 +29,29 @@ Hooks that are not registrations are documented where they appear below.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
-from fcos_core.hooks import hookspec
+from fcos_core.hooks import PROJECT_NAME, hookspec
 
-Register = Callable[..., None]
+
+class Register(Protocol):
+    """The ``register`` callable each registration hook receives (one per plugin and kind).
+
+    ``extra`` keywords are kept on the registry entry for the kinds that document them (e.g.
+    ``add_arguments`` for :func:`register_commands`).
+    """
+
+    def __call__(
+        self,
+        name: str,
+        factory: str | Callable[..., Any],
+        schema: type | None = None,
+        doc: str | None = None,
+        aliases: Sequence[str] = (),
+        **extra: Any,
+    ) -> None: ...
 
 
 # --- model ----------------------------------------------------------------------------------
@@ -247,14 +265,19 @@ def register_commands(register: Register) -> None:
     """
 
 
+def registration_hooks() -> dict[str, Callable[..., None]]:
+    """Every registration hookspec (``register_<kind>``), by name, in the order defined here.
+
+    The registry kinds (:data:`fcos_core.registry.KINDS`) are derived from this, so adding a
+    hookspec above is the one edit that adds a kind.
+    """
+    return {
+        name: fn for name, fn in globals().items()
+        if name.startswith("register_") and inspect.isfunction(fn)
+        and getattr(fn, f"{PROJECT_NAME}_spec", None) is not None
+    }
+
+
 def hook_docs() -> dict[str, str]:
     """Hook name -> its documented contract (for ``fcos docs`` and the docs meta-test)."""
-    import inspect
-    import sys
-
-    module = sys.modules[__name__]
-    out: dict[str, Any] = {}
-    for name, fn in inspect.getmembers(module, inspect.isfunction):
-        if name.startswith("register_") and getattr(fn, "fcos_spec", None) is not None:
-            out[name] = inspect.getdoc(fn) or ""
-    return out
+    return {name: inspect.getdoc(fn) or "" for name, fn in registration_hooks().items()}

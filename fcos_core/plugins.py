@@ -127,7 +127,7 @@ class PluginHost:
                 continue
             try:
                 plugin = ep.load()
-            except Exception as exc:  # a plugin's import error must not take fcos down
+            except Exception as exc:  # noqa: BLE001 - a plugin's import error must not take fcos down
                 self.add_failure(ep.name, dist_name, version,
                                  f"import failed: {type(exc).__name__}: {exc}")
                 continue
@@ -222,7 +222,7 @@ def load_host(
     if entry_points is True:
         host.load_entry_points()
     elif entry_points:
-        host.load_entry_points(entry_points)  # type: ignore[arg-type]
+        host.load_entry_points(entry_points)
     for name, obj in plugins:
         host.add_plugin(obj, name)
     if collect:

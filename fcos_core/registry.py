@@ -15,50 +15,39 @@ from typing import Any
 import attrs
 
 from fcos_core.errors import RegistryError
+from fcos_core.hookspecs import Register, registration_hooks
 from fcos_core.schema import schema_doc
 
-#: registry kind -> the hook that fills it
+#: registry kind -> the hook that fills it, derived from the ``register_<kind>`` hookspecs (in
+#: their order, which is the order of ``fcos plugins`` and the config reference)
 KINDS: dict[str, str] = {
-    "models": "register_models",
-    "backbones": "register_backbones",
-    "necks": "register_necks",
-    "heads": "register_heads",
-    "targets": "register_targets",
-    "losses": "register_losses",
-    "post_processes": "register_post_processes",
-    "datasets": "register_datasets",
-    "transforms": "register_transforms",
-    "samplers": "register_samplers",
-    "collates": "register_collates",
-    "data_loaders": "register_data_loaders",
-    "metrics": "register_metrics",
-    "callbacks": "register_callbacks",
-    "batch_processors": "register_batch_processors",
-    "functions": "register_functions",
-    "optimizers": "register_optimizers",
-    "trainers": "register_trainers",
-    "converters": "register_converters",
-    "observers": "register_observers",
-    "compile_backends": "register_compile_backends",
-    "commands": "register_commands",
+    name.removeprefix("register_"): name for name in registration_hooks()
 }
 
-#: first-party component names -> the distribution that provides them, so that an unknown
-#: ``type:`` can say what to install. Keyed by (kind, name).
+#: what each first-party plugin distribution registers (names and aliases), by kind; kept
+#: complete by tests/core/test_registry_kinds.py, which loads every plugin in plugins/*
+_FIRST_PARTY: dict[str, dict[str, tuple[str, ...]]] = {
+    "fcos-plugin-efficientnet": {"backbones": ("efficientnet",)},
+    "fcos-plugin-bifpn": {"necks": ("BiFPN",)},
+    "fcos-plugin-coco": {
+        "datasets": ("Coco", "CocoFolder"),
+        "metrics": ("COCODetectionMetric",),
+        "collates": ("collate_2d",),
+        "transforms": ("Resize", "RandomCrop", "Pad", "RandomFlip", "AugmentHSV", "ToTensor",
+                       "Normalize"),
+        "commands": ("pack-coco", "demo-data", "analyze-data", "val"),
+    },
+    "fcos-plugin-nash-e": {"compile_backends": ("nash_e", "NASH_E"),
+                           "commands": ("compile", "infer")},
+    "fcos-plugin-onnx": {"compile_backends": ("onnx", "ONNX"), "commands": ("onnx-compare",)},
+    "fcos-plugin-tensorrt": {"compile_backends": ("tensorrt", "TensorRT", "trt")},
+}
+
+#: (kind, name) of a first-party component -> the distribution that provides it, so that an
+#: unknown ``type:`` / ``march:`` can say what to install
 KNOWN_PROVIDERS: dict[tuple[str, str], str] = {
-    ("backbones", "efficientnet"): "fcos-plugin-efficientnet",
-    ("necks", "BiFPN"): "fcos-plugin-bifpn",
-    ("datasets", "Coco"): "fcos-plugin-coco",
-    ("datasets", "CocoFolder"): "fcos-plugin-coco",
-    ("metrics", "COCODetectionMetric"): "fcos-plugin-coco",
-    ("collates", "collate_2d"): "fcos-plugin-coco",
-    ("commands", "pack-coco"): "fcos-plugin-coco",
-    ("commands", "demo-data"): "fcos-plugin-coco",
-    ("compile_backends", "nash_e"): "fcos-plugin-nash-e",
-    ("compile_backends", "onnx"): "fcos-plugin-onnx",
-    ("compile_backends", "tensorrt"): "fcos-plugin-tensorrt",
-    **{("transforms", t): "fcos-plugin-coco" for t in (
-        "Resize", "RandomCrop", "Pad", "RandomFlip", "AugmentHSV", "ToTensor", "Normalize")},
+    (kind, name): dist
+    for dist, kinds in _FIRST_PARTY.items() for kind, names in kinds.items() for name in names
 }
 
 
@@ -98,7 +87,15 @@ class Entry:
                 f"which cannot be imported: {exc}",
                 hint=f"reinstall {self.distribution or self.plugin}, or disable it",
             ) from exc
-        return obj
+        if not callable(obj):
+            raise RegistryError(
+                f"{self.kind} '{self.name}' from {self.provider} points at {self.factory!r}, "
+                f"which is a {type(obj).__name__}, not a callable",
+                hint=f"the factory must be a class or function; reinstall "
+                     f"{self.distribution or self.plugin}, or disable it",
+            )
+        factory: Callable[..., Any] = obj
+        return factory
 
 
 class Registry:
@@ -127,6 +124,10 @@ class Registry:
 
     def names(self) -> list[str]:
         return sorted(self._entries)
+
+    def aliases(self) -> dict[str, str]:
+        """Alias -> the name it stands for."""
+        return dict(self._aliases)
 
     def __iter__(self) -> Iterator[Entry]:
         return iter(sorted(self._entries.values(), key=lambda e: e.name))
@@ -187,7 +188,7 @@ class Registries:
 
     def make_register(
         self, kind: str, plugin: str, distribution: str | None, version: str | None
-    ) -> Callable[..., None]:
+    ) -> Register:
         """The ``register`` callable handed to one plugin's implementation of one hook."""
         registry = self[kind]
 

@@ -87,6 +87,10 @@ class FieldInfo:
     lazy: bool
 
 
+#: the class of ``attrs.Factory(...)`` defaults (the stubs type ``attrs.Factory`` as a function)
+_FACTORY: Any = type(attrs.Factory(list))
+
+
 def fields_of(schema: type) -> dict[str, FieldInfo]:
     """The fields of an attrs schema class, with resolved type annotations."""
     hints = typing.get_type_hints(schema)
@@ -95,7 +99,7 @@ def fields_of(schema: type) -> dict[str, FieldInfo]:
         required = f.default is attrs.NOTHING
         default: Any = None
         if not required:
-            default = f.default.factory() if isinstance(f.default, attrs.Factory) else f.default
+            default = f.default.factory() if isinstance(f.default, _FACTORY) else f.default
         out[f.name] = FieldInfo(
             name=f.name,
             type=hints.get(f.name, Any),

@@ -25,12 +25,12 @@ dicts; see :mod:`.checkpoint_io`)::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
 
-from fcos_core.engine.callbacks.base import callback_key, run_order
+from fcos_core.engine.callbacks.base import LoopView, callback_key, run_order
 from fcos_core.engine.checkpoint_io import FORMAT_VERSION, load_file, rng_state, set_rng_state
 from fcos_core.engine.device import resolve_device
 from fcos_core.errors import FcosUserError
@@ -292,3 +292,8 @@ class Loop:
         self.logger.info("resumed", stage=self.stage, checkpoint=ckpt.get("_path"),
                          epoch=st.epoch + 1, batch_in_epoch=st.batch_in_epoch,
                          global_step=st.global_step)
+
+
+if TYPE_CHECKING:
+    # mypy checks here that every loop is what callbacks are typed against
+    _LOOP_IS_A_LOOP_VIEW: type[LoopView] = Loop

@@ -11,8 +11,9 @@ is atomic, see :mod:`fcos_core.engine.checkpoint_io`):
   and a stage that never validated gets its final weights as ``best``);
 * ``on_loop_end``: ``last`` marked finished (and ``best`` as above; with ``num_epochs: 0``
   this is the only save);
-* ``on_interrupt`` (Ctrl-C; SIGTERM during ``fcos run``): ``last`` at the last finished step -- unless the interrupt came
-  while the optimizer was changing the weights, in which case the previous ``last`` is kept.
+* ``on_interrupt`` (Ctrl-C; SIGTERM during ``fcos run``): ``last`` at the last finished step --
+  unless the interrupt came while the optimizer was changing the weights, in which case the
+  previous ``last`` is kept.
 
 The prefix defaults to ``<stage>-``, giving the paths the next stage's ``LoadCheckpoint``
 expects (``float-checkpoint-best.pth.tar``).
@@ -24,7 +25,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from fcos_core.engine.callbacks.base import Callback
+from fcos_core.engine.callbacks.base import Callback, LoopView
 from fcos_core.engine.checkpoint_io import atomic_save
 from fcos_core.errors import FcosUserError
 
@@ -61,13 +62,13 @@ class Checkpoint(Callback):
 
     # -- paths ------------------------------------------------------------------------------
 
-    def prefix(self, loop: Any) -> str:
+    def prefix(self, loop: LoopView) -> str:
         return self.name_prefix if self.name_prefix is not None else f"{loop.stage}-"
 
-    def last_path(self, loop: Any) -> Path:
+    def last_path(self, loop: LoopView) -> Path:
         return self.save_dir / f"{self.prefix(loop)}checkpoint-last.pth.tar"
 
-    def best_path(self, loop: Any) -> Path:
+    def best_path(self, loop: LoopView) -> Path:
         return self.save_dir / f"{self.prefix(loop)}checkpoint-best.pth.tar"
 
     # -- state ------------------------------------------------------------------------------
@@ -81,22 +82,22 @@ class Checkpoint(Callback):
 
     # -- events -----------------------------------------------------------------------------
 
-    def on_step_end(self, loop: Any, batch: Any, outputs: Any) -> None:
+    def on_step_end(self, loop: LoopView, batch: Any, outputs: Any) -> None:
         n = self.save_interval_steps
         if loop.is_training and n and loop.state.global_step % n == 0 \
                 and loop.state.batch_in_epoch < loop.state.steps_per_epoch:
             self.save(loop, consider_best=False)
 
-    def on_epoch_end(self, loop: Any) -> None:
+    def on_epoch_end(self, loop: LoopView) -> None:
         st = loop.state
         last_epoch = st.epoch + 1 >= st.num_epochs
         if (st.epoch + 1) % self.save_interval == 0 or last_epoch:
             self.save(loop, epoch_done=True, consider_best=True)
 
-    def on_loop_end(self, loop: Any) -> None:
+    def on_loop_end(self, loop: LoopView) -> None:
         self.save(loop, consider_best=True)
 
-    def on_interrupt(self, loop: Any) -> None:
+    def on_interrupt(self, loop: LoopView) -> None:
         if not loop.is_training:
             return
         if not loop.state.consistent:
@@ -117,7 +118,7 @@ class Checkpoint(Callback):
             return True
         return value > self.best if self.mode == "max" else value < self.best
 
-    def _monitored(self, loop: Any) -> float | None:
+    def _monitored(self, loop: LoopView) -> float | None:
         key = self.monitor_metric_key
         if key is None:
             return None
@@ -130,7 +131,7 @@ class Checkpoint(Callback):
             return None
         return float(results[key])
 
-    def save(self, loop: Any, *, epoch_done: bool = False, consider_best: bool = False,
+    def save(self, loop: LoopView, *, epoch_done: bool = False, consider_best: bool = False,
              interrupted: bool = False) -> Path | None:
         """Write ``last`` (and ``best`` when due); returns the ``last`` path (None off rank 0)."""
         ctx = loop.ctx

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from fcos_core.engine.callbacks.base import Callback
+from fcos_core.engine.callbacks.base import Callback, LoopView
 
 
 class EarlyStopping(Callback):
@@ -59,7 +59,7 @@ class EarlyStopping(Callback):
             return value > self.best + self.min_delta
         return value < self.best - self.min_delta
 
-    def on_epoch_end(self, loop: Any) -> None:
+    def on_epoch_end(self, loop: LoopView) -> None:
         st = loop.state
         if not loop.is_training or st.val_count == self._seen_val_count:
             return  # no new validation this epoch (val_interval > 1)
@@ -87,10 +87,10 @@ class EarlyStopping(Callback):
                              monitor=self.monitor, value=value, best=self.best,
                              best_epoch=self.best_epoch, patience=self.patience)
 
-    def on_loop_begin(self, loop: Any) -> None:
+    def on_loop_begin(self, loop: LoopView) -> None:
         self._publish(loop)
 
-    def on_loop_end(self, loop: Any) -> None:
+    def on_loop_end(self, loop: LoopView) -> None:
         self._publish(loop)
 
     def record(self) -> dict[str, Any]:
@@ -99,7 +99,7 @@ class EarlyStopping(Callback):
                 "best_epoch": self.best_epoch, "stopped_epoch": self.stopped_epoch,
                 "patience": self.patience, "min_delta": self.min_delta}
 
-    def _publish(self, loop: Any) -> None:
+    def _publish(self, loop: LoopView) -> None:
         extra = getattr(getattr(loop, "ctx", None), "summary_extra", None)
         if isinstance(extra, dict):
             extra["early_stopping"] = self.record()

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from fcos_core.engine.callbacks.base import Callback
+from fcos_core.engine.callbacks.base import Callback, LoopView
 from fcos_core.engine.modes import set_mode
 
 
@@ -43,7 +43,7 @@ class ExponentialMovingAverage(Callback):
         n = self.updates if updates is None else updates
         return self.decay * (1.0 - math.exp(-n / self.ramp_steps))
 
-    def on_loop_begin(self, loop: Any) -> None:
+    def on_loop_begin(self, loop: LoopView) -> None:
         if not loop.is_training:
             return
         self.model = set_mode(copy.deepcopy(loop.model), False)
@@ -67,7 +67,7 @@ class ExponentialMovingAverage(Callback):
         self._other = other
 
     @torch.no_grad()
-    def on_step_end(self, loop: Any, batch: Any, outputs: Any) -> None:
+    def on_step_end(self, loop: LoopView, batch: Any, outputs: Any) -> None:
         if not loop.is_training or self.model is None:
             return
         self.updates += 1

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Any
 
-from fcos_core.engine.callbacks.base import Callback
+from fcos_core.engine.callbacks.base import Callback, LoopView
 
 
 class _LrUpdater(Callback, abc.ABC):
@@ -26,13 +25,13 @@ class _LrUpdater(Callback, abc.ABC):
                num_epochs: int) -> float:
         """Multiplier of the base learning rate at this point of the schedule."""
 
-    def on_loop_begin(self, loop: Any) -> None:
+    def on_loop_begin(self, loop: LoopView) -> None:
         if loop.optimizer is None:
             return
         for group in loop.optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
 
-    def on_step_begin(self, loop: Any) -> None:
+    def on_step_begin(self, loop: LoopView) -> None:
         if loop.optimizer is None:
             return
         st = loop.state

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fcos_core.engine.callbacks.base import Callback
+from fcos_core.engine.callbacks.base import Callback, LoopView
 
 
 class MetricUpdater(Callback):
@@ -33,11 +33,11 @@ class MetricUpdater(Callback):
     def _event(self, what: str) -> str:
         return f"{self.log_prefix} {what}".strip()
 
-    def on_epoch_begin(self, loop: Any) -> None:
+    def on_epoch_begin(self, loop: LoopView) -> None:
         for metric in loop.metrics:
             metric.reset()
 
-    def on_step_end(self, loop: Any, batch: Any, outputs: Any) -> None:
+    def on_step_end(self, loop: LoopView, batch: Any, outputs: Any) -> None:
         if not loop.metrics:
             return
         self.metric_update_func(loop.metrics, batch, outputs)
@@ -49,7 +49,7 @@ class MetricUpdater(Callback):
             loop.logger.info(self._event("step"), stage=loop.stage, **where,
                              step=st.global_step, **_rounded(compute_metrics(loop.metrics)))
 
-    def on_epoch_end(self, loop: Any) -> None:
+    def on_epoch_end(self, loop: LoopView) -> None:
         if not loop.metrics:
             return
         st = loop.state

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from fcos_core.engine.callbacks.base import Callback
+from fcos_core.engine.callbacks.base import Callback, LoopView
 from fcos_core.engine.modes import set_mode
 
 
@@ -79,7 +79,7 @@ class SaveTraced(Callback):
         return {k: torch.randn(shape, generator=g).to(device)
                 for k, shape in self.trace_inputs.items()}
 
-    def on_loop_end(self, loop: Any) -> None:
+    def on_loop_end(self, loop: LoopView) -> None:
         if loop.ctx is not None and loop.ctx.rank != 0:
             return
         prefix = self.name_prefix if self.name_prefix is not None else f"{loop.stage}-"

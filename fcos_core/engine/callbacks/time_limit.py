@@ -19,7 +19,7 @@ import math
 import time
 from typing import Any
 
-from fcos_core.engine.callbacks.base import Callback
+from fcos_core.engine.callbacks.base import Callback, LoopView
 
 
 class TimeLimit(Callback):
@@ -46,7 +46,7 @@ class TimeLimit(Callback):
             return self.spent_s
         return self._spent_at_t0 + (self.clock() - self._t0)
 
-    def on_loop_begin(self, loop: Any) -> None:
+    def on_loop_begin(self, loop: LoopView) -> None:
         self._start()
         self._publish(loop)
 
@@ -55,7 +55,7 @@ class TimeLimit(Callback):
         self._epochs_at_t0 = self.epochs_timed
         self._spent_at_t0 = self.spent_s
 
-    def on_epoch_end(self, loop: Any) -> None:
+    def on_epoch_end(self, loop: LoopView) -> None:
         if not loop.is_training:
             return
         if self._t0 is None:  # resumed without on_loop_begin: start timing now
@@ -76,7 +76,7 @@ class TimeLimit(Callback):
                              elapsed_min=round(self.spent_s / 60, 2),
                              max_minutes=self.max_minutes)
 
-    def on_loop_end(self, loop: Any) -> None:
+    def on_loop_end(self, loop: LoopView) -> None:
         self.spent_s = self.elapsed_s()
         self._publish(loop)
 
@@ -86,7 +86,7 @@ class TimeLimit(Callback):
                 "elapsed_minutes": round(self.elapsed_s() / 60.0, 3),
                 "stopped_epoch": self.stopped_epoch}
 
-    def _publish(self, loop: Any) -> None:
+    def _publish(self, loop: LoopView) -> None:
         extra = getattr(getattr(loop, "ctx", None), "summary_extra", None)
         if isinstance(extra, dict):
             extra["time_limit"] = self.record()

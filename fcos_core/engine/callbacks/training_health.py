@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from fcos_core.engine.callbacks.base import Callback
+from fcos_core.engine.callbacks.base import Callback, LoopView
 
 #: the likely causes named by each warning kind
 CAUSES = {
@@ -99,7 +99,7 @@ class TrainingHealth(Callback):
 
     # -- setup ------------------------------------------------------------------------------
 
-    def on_loop_begin(self, loop: Any) -> None:
+    def on_loop_begin(self, loop: LoopView) -> None:
         if not getattr(loop, "is_training", False):
             return
         st = loop.state
@@ -124,7 +124,7 @@ class TrainingHealth(Callback):
             out[name] = (float(value), losses.get(f"{name}_floor"))
         return out
 
-    def on_step_end(self, loop: Any, batch: Any, outputs: Any) -> None:
+    def on_step_end(self, loop: LoopView, batch: Any, outputs: Any) -> None:
         if not getattr(loop, "is_training", False):
             return
         st = loop.state
@@ -152,7 +152,7 @@ class TrainingHealth(Callback):
                     self._check_jump(loop, term, sum(post) / len(post), step - len(post) + 1,
                                      step)
 
-    def on_epoch_end(self, loop: Any) -> None:
+    def on_epoch_end(self, loop: LoopView) -> None:
         if not getattr(loop, "is_training", False):
             return
         st = loop.state
@@ -178,19 +178,19 @@ class TrainingHealth(Callback):
         self._sums = {}
         self._publish(loop)
 
-    def on_loop_end(self, loop: Any) -> None:
+    def on_loop_end(self, loop: LoopView) -> None:
         self._publish(loop)
 
     # -- warnings ---------------------------------------------------------------------------
 
-    def _check_jump(self, loop: Any, term: str, mean: float, first_step: int,
+    def _check_jump(self, loop: LoopView, term: str, mean: float, first_step: int,
                     last_step: int) -> None:
         ref = self._ref[term]
         if ref > 0 and mean >= self.jump_factor * ref:
             self._warn(loop, "jump", term, ref=ref, mean=mean, ratio=mean / ref,
                        steps=[first_step, last_step])
 
-    def _warn(self, loop: Any, kind: str, term: str, **facts: Any) -> None:
+    def _warn(self, loop: LoopView, kind: str, term: str, **facts: Any) -> None:
         if (term, kind) in self._given:
             return
         self._given.add((term, kind))
@@ -216,7 +216,7 @@ class TrainingHealth(Callback):
                             epoch=record["epoch"], step=record["step"], message=message)
         self._publish(loop)
 
-    def _publish(self, loop: Any) -> None:
+    def _publish(self, loop: LoopView) -> None:
         """Hand the warnings to the run's summary.json (the stage's ``health_warnings``)."""
         extra = getattr(getattr(loop, "ctx", None), "summary_extra", None)
         if isinstance(extra, dict):

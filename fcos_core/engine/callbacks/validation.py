@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from fcos_core.engine import distributed
-from fcos_core.engine.callbacks.base import Callback
+from fcos_core.engine.callbacks.base import Callback, LoopView
 from fcos_core.engine.modes import set_mode
 
 
@@ -52,11 +52,11 @@ class Validation(Callback):
         self._last_validated: tuple[int, int] | None = None
         self._per_class: list[dict[str, Any]] = []
 
-    def on_epoch_end(self, loop: Any) -> None:
+    def on_epoch_end(self, loop: LoopView) -> None:
         if (loop.state.epoch + 1) % self.val_interval == 0:
             self.validate(loop)
 
-    def on_loop_end(self, loop: Any) -> None:
+    def on_loop_end(self, loop: LoopView) -> None:
         if self.val_on_train_end and self._last_validated != self._position(loop):
             self.validate(loop)
         if self._per_class and getattr(loop.ctx, "is_main", True):
@@ -66,10 +66,10 @@ class Validation(Callback):
                              "last validation")
 
     @staticmethod
-    def _position(loop: Any) -> tuple[int, int]:
+    def _position(loop: LoopView) -> tuple[int, int]:
         return (loop.state.global_step, loop.state.val_count)
 
-    def _model(self, loop: Any) -> Any:
+    def _model(self, loop: LoopView) -> Any:
         if self.val_model is None:
             return loop.eval_model
         model = self.val_model.to(loop.device)
@@ -81,7 +81,7 @@ class Validation(Callback):
                                     missing=list(missing)[:10], unexpected=list(unexpected)[:10])
         return model
 
-    def validate(self, loop: Any) -> dict[str, float]:
+    def validate(self, loop: LoopView) -> dict[str, float]:
         from fcos_core.engine.predictor import EvalLoop
 
         ctx = loop.ctx
