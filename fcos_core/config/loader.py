@@ -21,7 +21,7 @@ MAX_ALIAS_NODES = 10_000
 PathKey = tuple  # tuple[str | int, ...]
 
 try:  # the C loader is 5-10x faster; both are "safe" loaders
-    _Loader: type = yaml.CSafeLoader  # type: ignore[attr-defined]
+    _Loader: type = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover - pure-python PyYAML
     _Loader = yaml.SafeLoader
 

@@ -36,7 +36,7 @@ class _BatchNormAct(torch.autograd.Function):
     running statistics in place like ``F.batch_norm``."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor,  # type: ignore[override]
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor,
                 running_mean: Tensor, running_var: Tensor, momentum: float, eps: float,
                 relu: bool) -> Tensor:
         y, mean, invstd = torch.ops.fcos_kernels.batch_norm_act_forward(
@@ -49,7 +49,7 @@ class _BatchNormAct(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_out: Tensor):
         x, weight, bias, mean, invstd = ctx.saved_tensors
         grad_out = grad_out.contiguous(memory_format=torch.channels_last)
         gx, gw, gb = torch.ops.fcos_kernels.batch_norm_act_backward(

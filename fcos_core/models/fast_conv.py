@@ -87,7 +87,7 @@ class _FastWeightGradConv2d(torch.autograd.Function):
     weight gradient of :func:`depthwise_weight_grad` or :func:`pointwise_weight_grad`."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, stride: tuple[int, int],  # type: ignore[override]
+    def forward(ctx, x: Tensor, weight: Tensor, stride: tuple[int, int],
                 padding: tuple[int, int], groups: int) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.stride, ctx.padding, ctx.groups = stride, padding, groups
@@ -95,7 +95,7 @@ class _FastWeightGradConv2d(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+    def backward(ctx, grad_out: Tensor):
         x, weight = ctx.saved_tensors
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:

@@ -75,7 +75,7 @@ class FcosFakeQuantize(FakeQuantizeBase):
         self._stale = True
 
     @torch.jit.export
-    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The qparams fake-quant uses (``convert_pt2e`` reads these): the buffers, refreshed
         from the observer first when it saw data since the last refresh."""
         if self._stale and self.observer_enabled[0] == 1:
@@ -127,12 +127,12 @@ class FcosFakeQuantize(FakeQuantizeBase):
                     x, self.scale, self.zero_point, self.quant_min, self.quant_max)
         return x
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars):  # type: ignore[no-untyped-def]
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
         if self._stale and self.observer_enabled[0] == 1:
             self.sync_qparams()
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name in ("scale", "zero_point"):
             key = prefix + name
             if key in state_dict and state_dict[key].shape != getattr(self, name).shape:

@@ -78,7 +78,7 @@ class _OpParams(nn.Module):
         for key, value in tensors.items():
             self.register_buffer(key, value.clone())
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name, buf in list(self._buffers.items()):
             key = prefix + name
             if buf is not None and key in state_dict and state_dict[key].shape != buf.shape:

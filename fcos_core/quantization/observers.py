@@ -105,17 +105,17 @@ class SymmetricObserver(ObserverBase):
         return torch.where(torch.isfinite(amax), amax, torch.zeros_like(amax))
 
     @torch.jit.export
-    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale float32, zero_point int32): ``scale = absmax / quant_max``, zero point 0."""
         scale = (self.absmax().double() / self.quant_max).clamp_min(self.min_scale).float()
         scale = scale.reshape(-1) if self.ch_axis is not None else scale.reshape(())
         return scale, torch.zeros_like(scale, dtype=torch.int32)
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars):  # type: ignore[no-untyped-def]
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
         self._refresh()  # a checkpoint holds the chosen range, never a stale one
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # per-channel buffers take the checkpoint's shape (the channel count)
         for name in ("min_val", "max_val"):
             key = prefix + name
@@ -205,7 +205,7 @@ class FixedRangeObserver(SymmetricObserver):
         return x
 
     @torch.jit.export
-    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         # exact: not recomputed from the range, so 1/128 stays 1/128 in float32
         return torch.tensor(self.fixed_scale), torch.tensor(0, dtype=torch.int32)
 
