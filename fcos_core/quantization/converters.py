@@ -14,7 +14,6 @@ QAT2Quantize. See docs/quantization.md.
 from __future__ import annotations
 
 import abc
-
 import copy
 from typing import Any, Callable, Optional
 
@@ -150,7 +149,9 @@ class _Float2Prepared(abc.ABC):
     mode = "calibration"
     name = "Float2Calibration"
 
-    def __init__(self, qat_mode: Optional[str], integer_exact: str = "eval") -> None:
+    def __init__(self, qat_mode: Optional[str], integer_exact: str = "eval",
+                 layer_precision: Any = None) -> None:
+        from fcos_core.quantization.precision import parse_layer_precision
         from fcos_core.quantization.prepare import QAT_MODES
 
         if qat_mode is not None and qat_mode not in QAT_MODES:
@@ -160,6 +161,8 @@ class _Float2Prepared(abc.ABC):
                              f"{', '.join(INTEGER_EXACT_MODES)}")
         self.qat_mode = qat_mode
         self.integer_exact = integer_exact
+        # mixed precision (fcos_core.quantization.precision); parsed now, resolved on the graph
+        self.layer_precision = parse_layer_precision(layer_precision)
         self.fcos_requires_qstate = ("float",)
         self.fcos_produces_qstate = self.produces
 
@@ -184,13 +187,18 @@ class _Float2Prepared(abc.ABC):
         out_dtype = output_dtype_for(model, rules)
         try:
             gm = prepare_body(body, _input_shape(ctx), rules, self._observer(), out_dtype,
-                              qat_mode, self.integer_exact)
+                              qat_mode, self.integer_exact, self.layer_precision)
+            _check_precision_on_target(ctx.backend, gm.meta.get("layer_dtypes", {}), self.name)
+        except FcosUserError:
+            raise
         except ValueError as exc:
             raise FcosUserError(f"{self.name}: the model cannot be quantized: {exc}",
                                 hint="see docs/quantization.md for the supported ops") from exc
         prepared = PreparedBody(gm, {
             "rules": rules, "output_dtype": out_dtype, "dequant_output": dequant_output_for(model),
             "qat_mode": qat_mode, "input_shape": _input_shape(ctx),
+            "layer_dtypes": dict(gm.meta.get("layer_dtypes", {})),
+            "layer_names": dict(gm.meta.get("layer_names", {})),
         })
         self._set_mode(prepared)
         prepared.train(model.training if model is not body else False)
@@ -199,6 +207,20 @@ class _Float2Prepared(abc.ABC):
         _log(ctx, f"{self.name.lower()}.done", output_dtype=out_dtype, qat_mode=qat_mode,
              fake_quants=sum(1 for _ in _fake_quants(prepared)))
         return out
+
+
+def _check_precision_on_target(backend: Any, layer_dtypes: dict[str, str], what: str) -> None:
+    """The compile backend's verdict on the mixed-precision layers (its optional
+    ``check_layer_precision({layer: dtype}) -> [CheckIssue]``), before any calibration."""
+    check = getattr(backend, "check_layer_precision", None)
+    if not layer_dtypes or check is None:
+        return
+    issues = list(check(dict(layer_dtypes)))
+    if issues:
+        raise FcosUserError(
+            f"{what}: layer_precision: the target ({getattr(backend, 'name', backend)}) cannot "
+            f"run {len(issues)} layer(s):\n  " + "\n  ".join(i.render() for i in issues),
+            hint="change those rules (docs/quantization.md, 'Mixed precision') or the march")
 
 
 def _fake_quants(gm: nn.Module) -> Any:
@@ -228,10 +250,10 @@ class Float2Calibration(_Float2Prepared):
     name = "Float2Calibration"
 
     def __init__(self, activation_observer: Any = None, qat_mode: Optional[str] = None,
-                 integer_exact: str = "eval") -> None:
+                 integer_exact: str = "eval", layer_precision: Any = None) -> None:
         from fcos_core.quantization.histogram_observers import MSEObserver
 
-        super().__init__(qat_mode, integer_exact)
+        super().__init__(qat_mode, integer_exact, layer_precision)
         self.observer = observer_factory(activation_observer, MSEObserver,
                                          "activation_observer")
 
@@ -261,10 +283,11 @@ class Float2QAT(_Float2Prepared):
     DEFAULT_AVERAGING_CONSTANT = 0.01
 
     def __init__(self, qat_observer: Any = None, freeze_activation_scales: bool = False,
-                 qat_mode: Optional[str] = None, integer_exact: str = "eval") -> None:
+                 qat_mode: Optional[str] = None, integer_exact: str = "eval",
+                 layer_precision: Any = None) -> None:
         from fcos_core.quantization.observers import MinMaxObserver
 
-        super().__init__(qat_mode, integer_exact)
+        super().__init__(qat_mode, integer_exact, layer_precision)
         default = MinMaxObserver.with_args(averaging_constant=self.DEFAULT_AVERAGING_CONSTANT)
         self.observer = observer_factory(qat_observer, default, "qat_observer")
         self.freeze_activation_scales = freeze_activation_scales

@@ -80,6 +80,7 @@ def prepare_body(
     output_dtype: str,
     qat_mode: str = "fuse_bn",
     integer_exact: str = "eval",
+    layer_precision: tuple[Any, ...] = (),
 ) -> fx.GraphModule:
     """Export ``body``, fold BN, annotate with :class:`FcosQuantizer` and ``prepare_pt2e``.
 
@@ -87,6 +88,10 @@ def prepare_body(
     from the current weights, all observers and fake-quants on, biases quantized as the
     integer model quantizes them, and the integer-exact output nodes of
     :mod:`fcos_core.quantization.integer_exact` in ``integer_exact`` mode).
+    ``layer_precision`` (:class:`~fcos_core.quantization.precision.LayerPrecision` rules) is
+    resolved against the graph before anything is observed; the layers it set are in
+    ``prepared.meta["layer_dtypes"]`` (``{layer name: dtype}``); ``meta["layer_names"]`` maps
+    the graph node of every conv/add quantization point to its layer (module) name.
     """
     if qat_mode not in QAT_MODES:
         raise ValueError(f"qat_mode: {qat_mode!r} is not supported; use one of {QAT_MODES}")
@@ -94,8 +99,10 @@ def prepare_body(
     check_no_random_ops(gm)
     remove_dropout(gm)
     fold_conv_bn(gm)
-    quantizer = FcosQuantizer(rules, activation_observer, output_dtype)
-    prepared = prepare_pt2e(gm, quantizer)  # type: ignore[arg-type]
+    quantizer = FcosQuantizer(rules, activation_observer, output_dtype, tuple(layer_precision))
+    prepared = prepare_pt2e(gm, quantizer)
+    prepared.meta["layer_dtypes"] = dict(quantizer.layer_dtypes)
+    prepared.meta["layer_names"] = dict(quantizer.layer_names)
     _tag_weight_fake_quants(prepared)
     observe_once(prepared)
     refresh_weight_ranges(prepared)

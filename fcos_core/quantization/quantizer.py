@@ -32,12 +32,14 @@ from torchao.quantization.pt2e.quantizer import (
     SharedQuantizationSpec,
 )
 
-from fcos_core.graph_names import op_name
+from fcos_core.graph_names import module_path, op_name
 from fcos_core.quantization.fake_quantize import FcosFakeQuantize
 from fcos_core.quantization.observers import FixedRangeObserver, PerChannelAbsMaxObserver, qrange
+from fcos_core.quantization.precision import LayerPrecision, QuantPoint, resolve_layer_precision
 from fcos_core.quantization.rules import QuantRules
 
 _DTYPES = {"int8": torch.int8, "int16": torch.int16}
+_DTYPE_NAME = {v: k for k, v in _DTYPES.items()}
 
 
 def is_tensor_node(node: Any) -> bool:
@@ -72,16 +74,27 @@ class FcosQuantizer(Quantizer):
         activation_observer: observer constructor for activations (e.g. ``MSEObserver``, or
             ``MinMaxObserver.with_args(averaging_constant=0.01)`` for QAT).
         output_dtype: "int8" | "int16" | "int32" for the body's outputs.
+        layer_precision: mixed-precision rules (:mod:`fcos_core.quantization.precision`):
+            conv/add outputs of the layers they name get their activation dtype. Resolved
+            against the graph in :meth:`annotate` (a FcosUserError for a pattern that matches
+            nothing or conflicting rules); the result is :attr:`layer_dtypes`.
     """
 
     def __init__(self, rules: QuantRules, activation_observer: Callable[..., Any],
-                 output_dtype: str) -> None:
+                 output_dtype: str, layer_precision: tuple[LayerPrecision, ...] = ()) -> None:
         super().__init__()
         if output_dtype not in ("int8", "int16", "int32"):
             raise ValueError(f"output_dtype: must be int8, int16 or int32, got {output_dtype!r}")
         self.rules = rules
+        self.layer_precision = tuple(layer_precision)
+        self.activation_observer = activation_observer
+        #: {layer name: activation dtype} of every quantization point a rule set (after annotate)
+        self.layer_dtypes: dict[str, str] = {}
+        self.layer_names: dict[str, str] = {}
+        self._node_dtype: dict[fx.Node, str] = {}
         act_dtype = _DTYPES[rules.activation_dtype]
         self.act = act_spec(act_dtype, activation_observer)
+        self._acts = {rules.activation_dtype: self.act}
         self.input = act_spec(_DTYPES[rules.input_dtype],
                               FixedRangeObserver.with_args(scale=rules.input_scale))
         self.weight = weight_spec(_DTYPES[rules.weight_dtype])
@@ -93,6 +106,51 @@ class FcosQuantizer(Quantizer):
             self.output = act_spec(_DTYPES[output_dtype], activation_observer)
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _act_for(self, node: fx.Node) -> QuantizationSpec:
+        """The activation spec of the quantization point after ``node`` (a rule's dtype)."""
+        dtype = self._node_dtype.get(node, self.rules.activation_dtype)
+        if dtype not in self._acts:
+            self._acts[dtype] = act_spec(_DTYPES[dtype], self.activation_observer)
+        return self._acts[dtype]
+
+    def quant_points(self, model: fx.GraphModule) -> list[tuple[fx.Node, QuantPoint]]:
+        """The conv/add quantization points of ``model`` as the precision rules see them
+        (``(node whose output is quantized, QuantPoint)``), in graph order."""
+        marker = object()
+        points = []
+        for node in model.graph.nodes:
+            if node.op != "call_function" or not is_tensor_node(node) \
+                    or op_name(node) not in ("conv2d", "add"):
+                continue
+            relu = self._fusable_relu(node)
+            last = relu if relu is not None else node
+            names = [n for n in dict.fromkeys((module_path(node), module_path(last))) if n]
+            if not names:
+                names = [node.name]
+            out = self._out(last, marker)  # type: ignore[arg-type]
+            fixed = None if out is marker else (
+                "int32" if out is None else _DTYPE_NAME[out.dtype])  # type: ignore[union-attr]
+            points.append((last, QuantPoint(key=last.name, names=tuple(names),
+                                            default=self.rules.activation_dtype, fixed=fixed)))
+        return points
+
+    def _resolve_precision(self, model: fx.GraphModule) -> None:
+        found = self.quant_points(model)
+        #: {graph node name: layer name} of every conv/add quantization point (the integer
+        #: model's ops keep the node name as ``source``; backends name layers with this)
+        self.layer_names = {}
+        for last, p in found:
+            self.layer_names[last.name] = p.names[0]
+            core = last.args[0] if op_name(last) == "relu" else last
+            if isinstance(core, fx.Node):
+                self.layer_names[core.name] = p.names[0]
+        if not self.layer_precision:
+            return
+        by_key = {p.key: (n, p) for n, p in found}
+        chosen = resolve_layer_precision(self.layer_precision, [p for _, p in found])
+        self._node_dtype = {by_key[k][0]: d for k, d in chosen.items()}
+        self.layer_dtypes = {by_key[k][1].names[0]: d for k, d in chosen.items()}
 
     def _out(self, node: fx.Node, default: QuantizationSpecBase | None
              ) -> QuantizationSpecBase | None:
@@ -124,6 +182,7 @@ class FcosQuantizer(Quantizer):
 
     def annotate(self, model: fx.GraphModule) -> fx.GraphModule:
         rules = self.rules
+        self._resolve_precision(model)
         spec_of: dict[fx.Node, Any] = {}
         fused: set[fx.Node] = set()
         for node in model.graph.nodes:
@@ -146,7 +205,7 @@ class FcosQuantizer(Quantizer):
                 if not (isinstance(w, fx.Node) and w.op == "get_attr"):
                     raise ValueError(f"conv2d node {node.name}: weight must be a parameter")
                 inputs = {x: self._input_of(spec_of, node, x), w: self.weight}
-                out = self._out(last, self.act)
+                out = self._out(last, self._act_for(last))
             elif name == "add":
                 a, b = node.args[0], node.args[1]
                 if len(node.args) > 2 or node.kwargs.get("alpha", 1) != 1:
@@ -156,7 +215,7 @@ class FcosQuantizer(Quantizer):
                 if rules.add_inputs_share_scale:
                     sb = SharedQuantizationSpec((a, node))
                 inputs = {a: sa, b: sb}
-                out = self._out(last, self.act)
+                out = self._out(last, self._act_for(last))
             elif name in rules.shared_input_scale_ops:
                 tensors = list(node.args[0])
                 first = tensors[0]

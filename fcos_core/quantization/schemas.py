@@ -23,6 +23,10 @@ class Float2CalibrationArgs:
         "eval", help="compute conv/add outputs with the integer model's arithmetic: eval "
                      "(validation/prediction equal the deployed model), always (training too), "
                      "off (plain fake-quant)")
+    layer_precision: list[dict[str, Any]] = arg(
+        [], help="mixed precision: [{layers: [names, globs or re:regex], activation: int8|int16}] "
+                 "on nn.Module names as the quant report prints them; Float2Calibration and "
+                 "Float2QAT must carry the same list (docs/quantization.md, 'Mixed precision')")
 
 
 @attrs.frozen(kw_only=True)
@@ -41,6 +45,10 @@ class Float2QATArgs:
         "eval", help="compute conv/add outputs with the integer model's arithmetic: eval "
                      "(validation/prediction equal the deployed model), always (training too), "
                      "off (plain fake-quant)")
+    layer_precision: list[dict[str, Any]] = arg(
+        [], help="mixed precision: [{layers: [names, globs or re:regex], activation: int8|int16}] "
+                 "on nn.Module names as the quant report prints them; Float2Calibration and "
+                 "Float2QAT must carry the same list (docs/quantization.md, 'Mixed precision')")
 
 
 @attrs.frozen(kw_only=True)

@@ -39,11 +39,39 @@ _HINTS = {
 }
 
 
-def check_quantized(records: Any, opset: int) -> list[CheckIssue]:
+def check_quantized(records: Any, opset: int, requantization: str = "integer",
+                    layer_names: Mapping[str, str] | None = None) -> list[CheckIssue]:
+    """Every integer op of ``records`` the exporter cannot express at ``opset`` with this
+    ``requantization``; mixed precision (``layer_precision``): with ``integer``
+    requantization a conv reads its input through ``ConvInteger``, whose operands are 8-bit,
+    so a conv that reads an int16 activation (the output of a layer set to int16) is refused,
+    naming that conv and the int16 layer it reads (``layer_names``: graph node -> module name,
+    the quantized model's ``quant_info(...)["layer_names"]``)."""
     from fcos_plugin_onnx.qdq_export import check_program
 
-    return [CheckIssue(layer, kind, reason) for layer, kind, reason in
-            check_program(records, opset)]
+    issues = [CheckIssue(layer, kind, reason) for layer, kind, reason in
+              check_program(records, opset)]
+    if requantization == "integer":
+        names = dict(layer_names or {})
+
+        def layer(op: Any) -> str:
+            src = op.attrs.get("source") or op.name
+            return names.get(src, src)
+
+        source = {r.op.name: layer(r.op) for r in records}
+        for rec in records:
+            op = rec.op
+            if op.kind == "conv2d" and op.dtype != "int32" and rec.input_dtypes \
+                    and rec.input_dtypes[0] == "int16":
+                src = source.get(op.inputs[0], op.inputs[0])
+                issues.append(CheckIssue(
+                    layer(op), "conv2d",
+                    f"reads the int16 activation of {src} (layer_precision); "
+                    "requantization 'integer' runs convs as ConvInteger, which takes 8-bit "
+                    "inputs only: set compile_cfg.requantization: float (int16 convs run as "
+                    "float convs, within one step of the integer model) or keep that layer "
+                    "int8"))
+    return issues
 
 
 def check_float_model(model: Any, example_inputs: Mapping[str, Any],
