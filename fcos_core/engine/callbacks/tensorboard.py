@@ -18,14 +18,14 @@ import torch
 from fcos_core.engine.callbacks.base import Callback
 from fcos_core.engine.callbacks.stats_monitor import current_lr
 from fcos_core.errors import FcosUserError
+from fcos_core.yuv import yuv444_to_rgb
 
 
 def _to_rgb(img: torch.Tensor, mean: float, std: float, to_yuv: bool) -> torch.Tensor:
     """A normalised [3, H, W] image back to uint8 RGB."""
     x = img.detach().float().cpu() * std + mean
-    if to_yuv:  # BT.601 full range, the inverse of ToTensor(to_yuv=True)
-        y, u, v = x[0], x[1] - 128.0, x[2] - 128.0
-        x = torch.stack((y + 1.402 * v, y - 0.344136 * u - 0.714136 * v, y + 1.772 * u))
+    if to_yuv:  # the inverse of ToTensor(to_yuv=True)
+        x = yuv444_to_rgb(x)
     return x.clamp(0, 255).round().to(torch.uint8)
 
 

@@ -31,25 +31,6 @@ def compile_command(args: argparse.Namespace, host: Any) -> int:
 # --- infer ----------------------------------------------------------------------------------
 
 
-def _rgb_to_yuv444(rgb: np.ndarray) -> np.ndarray:
-    """uint8 RGB [H, W, 3] -> uint8 YUV444 [3, H, W], with the training pipeline's formula."""
-    import torch
-
-    t = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).to(torch.float32)
-    try:  # the data pipeline's own conversion, so infer sees what training saw
-        from fcos_plugin_coco.transforms.tensor import rgb_to_yuv444
-    except ImportError:  # same BT.601 full-range formula
-        m = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5],
-                          [0.5, -0.418688, -0.081312]], dtype=torch.float32)
-        off = torch.tensor([0.0, 128.0, 128.0])
-
-        def rgb_to_yuv444(img: torch.Tensor) -> torch.Tensor:
-            c, h, w = img.shape
-            yuv = (m @ img.reshape(3, -1) + off[:, None]).reshape(3, h, w)
-            return yuv.round_().clamp_(0.0, 255.0)
-    return rgb_to_yuv444(t).to(torch.uint8).numpy()
-
-
 def letterbox(rgb: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, float]:
     """Resize keeping the aspect ratio to fit ``size`` (h, w), pad bottom/right with 0."""
     from PIL import Image
@@ -91,6 +72,7 @@ def infer_command(args: argparse.Namespace, host: Any) -> int:
     front end ``fcos predict`` uses (:mod:`fcos_core.cli.detect_frontend`) -- and print,
     write (``--out``: predictions.json) and draw (``--save-vis``) the detections."""
     from fcos_core.cli.detect_frontend import check_arguments, run_frontend
+    from fcos_core.yuv import rgb_to_yuv444_uint8
     from fcos_plugin_nash_e.artifact import read_artifact
     from fcos_plugin_nash_e.runtime import Runtime
 
@@ -109,7 +91,7 @@ def infer_command(args: argparse.Namespace, host: Any) -> int:
 
     def detect_one(rgb: np.ndarray) -> list[dict[str, Any]]:
         boxed, scale = letterbox(rgb, (h, w))
-        pixels = _rgb_to_yuv444(boxed) if (color == "yuv" or inp.source == "pyramid") \
+        pixels = rgb_to_yuv444_uint8(boxed) if (color == "yuv" or inp.source == "pyramid") \
             else np.ascontiguousarray(boxed.transpose(2, 0, 1))
         if inp.source == "pyramid":
             feed: Any = pixels

@@ -63,7 +63,8 @@ def _png(path, rng, h, w):
 
 @pytest.mark.parametrize("source", ["pyramid", "ddr"])
 def test_infer_prints_and_draws_detections(tmp_path, nash, host, capsys, source):
-    from fcos_plugin_nash_e.commands import _rgb_to_yuv444, letterbox
+    from fcos_core.yuv import rgb_to_yuv444_uint8
+    from fcos_plugin_nash_e.commands import letterbox
 
     det = nash.MiniDetector(nash.make_mini_fcos(seed=9, size=64), [4, 8]).eval()
     det.post_process.score_threshold = 0.05
@@ -87,7 +88,7 @@ def test_infer_prints_and_draws_detections(tmp_path, nash, host, capsys, source)
 
     rgb = np.asarray(Image.open(imgs[0]).convert("RGB"))
     boxed, scale = letterbox(rgb, (64, 64))
-    x = (torch.from_numpy(_rgb_to_yuv444(boxed).astype(np.float32)) - 128) / 128
+    x = (torch.from_numpy(rgb_to_yuv444_uint8(boxed).astype(np.float32)) - 128) / 128
     with torch.no_grad():
         codes = det(x[None])
     scales = [float(s) for s in det.body.output_scales()]

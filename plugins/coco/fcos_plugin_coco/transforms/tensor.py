@@ -1,4 +1,4 @@
-"""ToTensor (optionally to YUV444) and Normalize."""
+"""ToTensor (optionally to YUV444, by :mod:`fcos_core.yuv`) and Normalize."""
 
 from __future__ import annotations
 
@@ -8,26 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fcos_core.yuv import RGB2YUV, YUV_OFFSET, rgb_to_yuv444
 from fcos_plugin_coco.transforms._cv import cv2, scratch
-
-#: RGB -> YCbCr, ITU-R BT.601 full range (JFIF): rows Y, U (Cb), V (Cr); offsets 0, 128, 128
-RGB2YUV = torch.tensor([[0.299, 0.587, 0.114],
-                        [-0.168736, -0.331264, 0.5],
-                        [0.5, -0.418688, -0.081312]], dtype=torch.float32)
-YUV_OFFSET = torch.tensor([0.0, 128.0, 128.0], dtype=torch.float32)
-
-
-def rgb_to_yuv444(img: torch.Tensor) -> torch.Tensor:
-    """[3, H, W] float RGB in 0..255 -> YUV444 in 0..255, rounded to integers.
-
-    Y = 0.299 R + 0.587 G + 0.114 B; U = -0.168736 R - 0.331264 G + 0.5 B + 128;
-    V = 0.5 R - 0.418688 G - 0.081312 B + 128 (BT.601 full range, no chroma subsampling).
-    Rounding and clipping to 0..255 reproduce the 8-bit YUV the BPU pyramid feeds the model.
-    """
-    c, h, w = img.shape
-    yuv = (RGB2YUV @ img.reshape(3, -1) + YUV_OFFSET[:, None]).reshape(3, h, w)
-    return yuv.round_().clamp_(0.0, 255.0)
-
 
 # the same matrix for OpenCV: rows Y, U, V of ``RGB2YUV`` with the offsets as a 4th column
 _YUV_M34 = np.concatenate([RGB2YUV.numpy(), YUV_OFFSET.numpy()[:, None]], axis=1)
