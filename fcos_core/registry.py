@@ -72,6 +72,17 @@ class Entry:
             return f"{self.distribution} {self.version or ''}".strip() + f" (plugin {self.plugin})"
         return f"plugin {self.plugin}"
 
+    @property
+    def factory_ref(self) -> str:
+        """The factory as ``module:attr``, without importing it: a lazy entry holds exactly
+        that string; an object registered directly names its own module and qualified name."""
+        if isinstance(self.factory, str):
+            return self.factory
+        obj: Any = self.factory
+        if not hasattr(obj, "__qualname__"):  # an instance with __call__: name its class
+            obj = type(obj)
+        return f"{obj.__module__}:{obj.__qualname__}"
+
     def load(self) -> Callable[..., Any]:
         """Import and return the factory (the first call may import torch)."""
         if callable(self.factory):

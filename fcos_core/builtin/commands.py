@@ -45,6 +45,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 def _plugins_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--all", action="store_true", help="include fcos-core's built-in plugins")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="one line per component with its factory (module:attr)")
 
 
 def _config_cmd_args(p: argparse.ArgumentParser) -> None:

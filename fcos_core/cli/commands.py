@@ -13,13 +13,25 @@ from fcos_core.errors import ConfigError, FcosUserError
 from fcos_core.plugins import PluginHost
 
 
+def _factories(host: PluginHost, kind: str, names: list[str]) -> dict[str, str]:
+    """name -> ``module:attr`` of each component's factory (read from the registry entry, so
+    nothing is imported)."""
+    return {n: host.registries[kind].lookup(n).factory_ref for n in names}
+
+
 def plugins_command(args: argparse.Namespace, host: PluginHost) -> int:
     rows = sorted((p for p in host.plugins.values() if args.all or not p.builtin),
                   key=lambda p: (not p.builtin, p.distribution or "", p.name))
+    verbose = bool(getattr(args, "verbose", False))
     if args.json:
-        out = [{"name": p.name, "distribution": p.distribution, "version": p.version,
-                "builtin": p.builtin, "status": p.status, "error": p.error,
-                "components": p.components} for p in rows]
+        out: list[dict[str, Any]] = [
+            {"name": p.name, "distribution": p.distribution, "version": p.version,
+             "builtin": p.builtin, "status": p.status, "error": p.error,
+             "components": p.components} for p in rows]
+        if verbose:
+            for row, p in zip(out, rows):
+                row["factories"] = {kind: _factories(host, kind, names)
+                                    for kind, names in sorted(p.components.items())}
         print(json.dumps(out, indent=2))
         return 0
     if not rows:
@@ -33,7 +45,14 @@ def plugins_command(args: argparse.Namespace, host: PluginHost) -> int:
             if p.status == "failed":
                 print(f"    skip it with FCOS_DISABLE_PLUGINS={skip}")
         for kind, names in sorted(p.components.items()):
-            print(f"    {kind}: {', '.join(names)}")
+            if not verbose:
+                print(f"    {kind}: {', '.join(names)}")
+                continue
+            print(f"    {kind}:")
+            refs = _factories(host, kind, names)
+            width = max(len(n) for n in names)
+            for name in names:
+                print(f"      {name:<{width}}  {refs[name]}")
     return 0
 
 

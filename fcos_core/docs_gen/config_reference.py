@@ -82,7 +82,7 @@ def render(host: PluginHost) -> str:
         for entry in entries:
             aliases = ""
             out += [f"### `{entry.name}`{aliases}", "", f"{entry.doc}  ",
-                    f"Provided by `{_provider(entry)}`.", ""]
+                    f"Provided by `{_provider(entry)}`; factory `{entry.factory_ref}`.", ""]
             if entry.schema is not None and kind not in ("commands",):
                 out += [*_fields_table(entry.schema), ""]
     return "\n".join(out).rstrip() + "\n"

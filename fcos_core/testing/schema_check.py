@@ -14,8 +14,18 @@ from typing import Any, Callable, Sequence
 from fcos_core.registry import Entry
 
 
+#: arguments the builder passes to a kind's factories besides the schema's fields, as the
+#: hookspecs document them (``register_samplers``: the data loader adds ``dataset``;
+#: ``register_optimizers``: the trainer adds ``model``)
+BUILDER_ARGS: dict[str, tuple[str, ...]] = {"samplers": ("dataset",), "optimizers": ("model",)}
+
+
 def _same(a: Any, b: Any) -> bool:
-    """Defaults compare equal when a schema's list matches a factory's tuple, and so on."""
+    """Defaults compare equal when a schema's list matches a factory's tuple, and when the
+    schema's empty container stands for the factory's ``None`` (the idiom for a mutable
+    default)."""
+    if b is None and isinstance(a, (list, tuple, dict)) and not a:
+        return True
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     if isinstance(a, dict) and isinstance(b, dict):
@@ -36,9 +46,9 @@ def _signature(factory: Callable[..., Any]) -> inspect.Signature:
 def schema_mismatches(entry: Entry, *, extra: Sequence[str] = (),
                       defaults: bool = True) -> list[str]:
     """Differences between ``entry.schema`` and the signature of ``entry``'s factory (loads
-    the factory, which may import torch). ``extra`` names the arguments the builder passes
-    besides the schema's fields (a sampler's ``dataset``); ``defaults=False`` skips comparing
-    default values. Empty when they match; an entry without a schema has nothing to match."""
+    the factory, which may import torch). ``extra`` names arguments the builder passes besides
+    the schema's fields, on top of :data:`BUILDER_ARGS` of the entry's kind; ``defaults=False``
+    skips comparing default values. Empty when they match; an entry without a schema has nothing to match."""
     if entry.schema is None:
         return []
     from fcos_core.schema import fields_of
@@ -50,6 +60,7 @@ def schema_mismatches(entry: Entry, *, extra: Sequence[str] = (),
                if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
                              inspect.Parameter.KEYWORD_ONLY)}
     fields = fields_of(entry.schema)
+    supplied = {*extra, *BUILDER_ARGS.get(entry.kind, ())}
     problems = []
     for name, field in fields.items():
         param = by_name.get(name)
@@ -68,7 +79,7 @@ def schema_mismatches(entry: Entry, *, extra: Sequence[str] = (),
             problems.append(f"{where}: the factory's positional-only argument '{name}' cannot "
                             "be passed by the builder")
         elif (name in by_name and param.default is param.empty and name not in fields
-              and name not in extra):
+              and name not in supplied):
             problems.append(f"{where}: the factory requires '{name}', which the schema "
                             f"{entry.schema.__name__} does not have")
     return problems
