@@ -15,6 +15,7 @@ Importing this module does not import torch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
+from structlog.typing import EventDict
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR, "critical": logging.CRITICAL}
@@ -44,11 +46,9 @@ class _TqdmLogger:
             from tqdm import tqdm
 
             tqdm.write(message, file=stream)
-        except Exception:  # a closed stream at interpreter exit must not raise
-            try:
+        except Exception:  # noqa: BLE001 - a closed stream at interpreter exit must not raise
+            with contextlib.suppress(Exception):
                 print(message, file=stream)
-            except Exception:
-                pass
 
     log = debug = info = warning = warn = error = critical = exception = fatal = msg
 
@@ -61,7 +61,7 @@ class _TqdmLoggerFactory:
         return _TqdmLogger(self._stream, str(args[0]) if args else "fcos")
 
 
-def _add_logger_name(logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+def _add_logger_name(logger: Any, _method: str, event: EventDict) -> EventDict:
     event.setdefault("logger", getattr(logger, "name", "fcos"))
     return event
 
@@ -74,7 +74,7 @@ class _RankFilter:
         self.drop = rank_zero_only and rank != 0
         self.tag = world_size > 1 and not rank_zero_only
 
-    def __call__(self, _logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, _logger: Any, _method: str, event: EventDict) -> EventDict:
         if self.drop:
             raise structlog.DropEvent
         if self.tag:
@@ -89,7 +89,7 @@ class _JsonLinesTee:
         self.handle = handle
         self.rank = rank
 
-    def __call__(self, _logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, _logger: Any, _method: str, event: EventDict) -> EventDict:
         if self.handle is not None:
             record = {"rank": self.rank, **event}
             line = json.dumps(record, default=str, ensure_ascii=False)
@@ -151,10 +151,8 @@ def close_logging() -> None:
     handle = _state.get("file")
     _state["file"] = None
     if handle is not None:
-        try:
+        with contextlib.suppress(Exception):
             handle.close()
-        except Exception:
-            pass
         # events after closing keep working: they lose the file, not the console
         structlog.configure(processors=[p for p in structlog.get_config()["processors"]
                                         if not isinstance(p, _JsonLinesTee)])

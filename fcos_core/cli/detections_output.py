@@ -58,7 +58,8 @@ def _render(rgb: Any, dets: list[dict[str, Any]]) -> Any:
     k = draw_scale(h, w)
     img = Image.fromarray(rgb)
     if k > 1:
-        img = img.resize((w * k, h * k), Image.NEAREST)  # nearest: the pixels stay as they were
+        # nearest: the pixels stay as they were
+        img = img.resize((w * k, h * k), Image.Resampling.NEAREST)
     side = min(img.size)
     line = max(2, round(side / 250))
     font_px = max(12, round(side / 32))

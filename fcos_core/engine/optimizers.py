@@ -94,6 +94,13 @@ def _check_common(lr: float, weight_decay: float) -> None:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
 
 
+def _betas(betas: Iterable[float]) -> tuple[float, float]:
+    values = tuple(float(b) for b in betas)
+    if len(values) != 2:
+        raise ValueError(f"betas must be two numbers, got {list(values)}")
+    return values[0], values[1]
+
+
 def SGD(model: Any, lr: float, momentum: float = 0.0, dampening: float = 0.0,
         nesterov: bool = False, weight_decay: float = 0.0,
         params: dict[str, dict[str, Any]] | None = None) -> torch.optim.SGD:
@@ -113,7 +120,7 @@ def Adam(model: Any, lr: float = 1e-3, betas: Iterable[float] = (0.9, 0.999), ep
     """``torch.optim.Adam`` over ``model``'s parameter groups."""
     _check_common(lr, weight_decay)
     groups = param_groups(model, params, _ALLOWED[torch.optim.Adam])
-    return torch.optim.Adam(groups, lr=lr, betas=tuple(betas), eps=eps,
+    return torch.optim.Adam(groups, lr=lr, betas=_betas(betas), eps=eps,
                             weight_decay=weight_decay, amsgrad=amsgrad)
 
 
@@ -123,5 +130,5 @@ def AdamW(model: Any, lr: float = 1e-3, betas: Iterable[float] = (0.9, 0.999),
     """``torch.optim.AdamW`` over ``model``'s parameter groups."""
     _check_common(lr, weight_decay)
     groups = param_groups(model, params, _ALLOWED[torch.optim.AdamW])
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps,
+    return torch.optim.AdamW(groups, lr=lr, betas=_betas(betas), eps=eps,
                              weight_decay=weight_decay, amsgrad=amsgrad)

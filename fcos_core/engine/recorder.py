@@ -107,7 +107,8 @@ class MetricsRecorder:
 
     def flush(self) -> None:
         """Write ``metrics.csv`` (atomically: a reader never sees half a file)."""
-        if not self.enabled or self.csv_path is None:
+        path = self.csv_path
+        if not self.enabled or path is None:
             return
         cols = self.columns()
         buf = io.StringIO()
@@ -115,10 +116,10 @@ class MetricsRecorder:
         writer.writeheader()
         for row in self.rows():
             writer.writerow({k: _fmt(v) for k, v in row.items()})
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.csv_path.with_name(".metrics.csv.tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(".metrics.csv.tmp")
         tmp.write_text(buf.getvalue(), encoding="utf-8")
-        os.replace(tmp, self.csv_path)
+        os.replace(tmp, path)
 
     def plot(self) -> list[Path]:
         """Draw ``loss.png``, ``lr.png`` and ``map.png`` (those with data); returns the paths."""

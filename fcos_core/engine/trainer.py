@@ -128,9 +128,9 @@ class Trainer(Loop):
         else:
             self.optimizer = spec
         if self.optimizer is not None and self.lr_base_batch_size is not None:
-            self._scale_lr(self.optimizer)
+            self._scale_lr(self.optimizer, self.lr_base_batch_size)
 
-    def _scale_lr(self, optimizer: Any) -> None:
+    def _scale_lr(self, optimizer: Any, base_batch_size: int) -> None:
         """The linear scaling rule (see ``lr_base_batch_size``); logged, and applied before
         the lr updaters record each group's ``initial_lr``."""
         from fcos_core.engine import distributed
@@ -139,7 +139,7 @@ class Trainer(Loop):
         if per_process is None:
             raise ValueError("lr_base_batch_size needs a data_loader with a batch_size")
         total = int(per_process) * distributed.get_world_size()
-        factor = total / self.lr_base_batch_size
+        factor = total / base_batch_size
         for group in optimizer.param_groups:
             group["lr"] = group["lr"] * factor
         self.logger.info("lr scaled to the total batch", stage=self.stage, total_batch=total,
@@ -195,7 +195,7 @@ class Trainer(Loop):
             for cb in self._order:
                 try:
                     cb.on_interrupt(self)
-                except Exception as exc:  # saving must not hide the interrupt
+                except Exception as exc:  # noqa: BLE001 - saving must not hide the interrupt
                     self.logger.error("callback failed while handling the interrupt",
                                       callback=type(cb).__name__, error=str(exc))
             raise
