@@ -128,9 +128,9 @@ class FcosQuantizer(Quantizer):
             names = [n for n in dict.fromkeys((module_path(node), module_path(last))) if n]
             if not names:
                 names = [node.name]
-            out = self._out(last, marker)  # type: ignore[arg-type]
+            out = self._out(last, marker)
             fixed = None if out is marker else (
-                "int32" if out is None else _DTYPE_NAME[out.dtype])  # type: ignore[union-attr]
+                "int32" if out is None else _DTYPE_NAME[out.dtype])
             points.append((last, QuantPoint(key=last.name, names=tuple(names),
                                             default=self.rules.activation_dtype, fixed=fixed)))
         return points
