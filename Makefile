@@ -15,7 +15,7 @@ TCMALLOC_LIB := $(firstword $(wildcard $(TCMALLOC_PATHS)))
 # installed by `setup` in the same `make demo` is used
 PRELOAD_TCMALLOC = lib=$$(ls $(TCMALLOC_PATHS) 2>/dev/null | head -n 1); if [ -n "$$lib" ]; then export LD_PRELOAD="$$lib$${LD_PRELOAD:+:$$LD_PRELOAD}"; fi;
 
-.PHONY: setup demo test bench gpu-check clean
+.PHONY: setup demo test lint bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml $(PLUGINS) Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: a bare `torch` may resolve to a newer multi-GB build
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[test]' $(foreach p,$(PLUGINS),-e $(dir $(p)))
+	$(PY) -m pip install --quiet -e '.[test,lint]' $(foreach p,$(PLUGINS),-e $(dir $(p)))
 	# tcmalloc: CPU training at 1.6x the speed with glibc malloc on the demo (17 -> 28 img/s on
 	# 2 AVX2 cores, docs/benchmarks.md); installed here when this is a root shell with apt-get
 	# (FCOS_NO_APT=1 skips it), else a one-line note says how to install it
@@ -48,6 +48,13 @@ demo: setup
 
 test: setup
 	OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1 $(PY) -m pytest -q
+
+# the checks CI enforces (configured in pyproject.toml; .pre-commit-config.yaml runs them on
+# commit): lint, formatting, types
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 bench: setup
 	for b in benchmarks/bench_*.py; do OMP_WAIT_POLICY=PASSIVE $(PY) $$b --quick || exit 1; done

@@ -94,7 +94,7 @@ def batch_norm_act(bn: nn.BatchNorm2d, x: Tensor, relu: bool) -> Tensor:
     ``num_batches_tracked`` behave as in ``nn.BatchNorm2d``."""
     bn.num_batches_tracked.add_(1)  # type: ignore[union-attr]  # tracked: checked by the caller
     if bn.momentum is None:
-        factor = 1.0 / float(bn.num_batches_tracked)
+        factor = 1.0 / float(bn.num_batches_tracked)  # type: ignore[arg-type]
     else:
         factor = bn.momentum
     return _BatchNormAct.apply(x, bn.weight, bn.bias, bn.running_mean, bn.running_var,

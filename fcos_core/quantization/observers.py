@@ -34,7 +34,8 @@ def qrange(dtype: torch.dtype) -> tuple[int, int]:
     try:
         return QRANGE[dtype]
     except KeyError:
-        raise ValueError(f"dtype: {dtype} is not supported; use torch.int8 or torch.int16") from None
+        raise ValueError(
+            f"dtype: {dtype} is not supported; use torch.int8 or torch.int16") from None
 
 
 class SymmetricObserver(ObserverBase):
@@ -175,7 +176,7 @@ class PerChannelAbsMaxObserver(SymmetricObserver):
         self.max_val = torch.empty(0)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        w2 = w.detach().float().transpose(0, self.ch_axis).flatten(1)
+        w2 = w.detach().float().transpose(0, self.ch_axis).flatten(1)  # type: ignore[arg-type]
         lo, hi = torch.aminmax(w2, dim=1)
         if self.min_val.shape != lo.shape:
             self.min_val = torch.empty_like(lo)
@@ -214,7 +215,7 @@ def _percentile_sorted(values: torch.Tensor, q: float) -> torch.Tensor:
     """numpy.percentile's default ('linear') interpolation on a 1-D tensor, in float64."""
     n = values.numel()
     pos = (q / 100.0) * (n - 1)
-    lo = int(math.floor(pos))
+    lo = math.floor(pos)
     hi = min(lo + 1, n - 1)
     frac = pos - lo
     m = n - lo  # sorted ascending, a[lo] is the m-th largest value
