@@ -22,7 +22,7 @@ import importlib
 import importlib.metadata
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -228,8 +228,3 @@ def load_host(
     if collect:
         host.collect()
     return host
-
-
-def factory_of(host: PluginHost, kind: str, name: str) -> Callable[..., Any]:
-    """The loaded factory of a registered component (imports its module)."""
-    return host.registries[kind].lookup(name).load()

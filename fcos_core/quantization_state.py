@@ -49,19 +49,6 @@ def conversions(model: Any) -> list[str]:
     return list(getattr(model, _HISTORY_ATTR, []))
 
 
-def record_conversion(model: Any, name: str) -> None:
-    """Append ``name`` to the model's conversion history."""
-    object.__setattr__(model, _HISTORY_ATTR, [*conversions(model), name])
-
-
-def copy_qinfo(src: Any, dst: Any) -> None:
-    """Carry the form, the history and the qat mode over to a new model object."""
-    set_qstate(dst, get_qstate(src))
-    object.__setattr__(dst, _HISTORY_ATTR, conversions(src))
-    if hasattr(src, _QAT_MODE_ATTR):
-        object.__setattr__(dst, _QAT_MODE_ATTR, getattr(src, _QAT_MODE_ATTR))
-
-
 def set_qat_mode(model: Any, mode: str | None) -> None:
     """Remember ``ModelConvertPipeline``'s ``qat_mode`` (e.g. ``fuse_bn``) for the converters."""
     object.__setattr__(model, _QAT_MODE_ATTR, mode)

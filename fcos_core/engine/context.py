@@ -77,7 +77,3 @@ class RunContext:
         """The :class:`ConvertContext` handed to converters of this stage."""
         return ConvertContext(example_inputs=dict(self.example_inputs), backend=self.backend,
                               device=str(device), stage=self.stage, logger=self.logger)
-
-    def for_stage(self, stage: str) -> RunContext:
-        """The same run, another stage."""
-        return attrs.evolve(self, stage=stage)

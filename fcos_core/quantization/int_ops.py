@@ -13,7 +13,6 @@ in docs/quantization.md ("Integer semantics").
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -202,7 +201,3 @@ def acc_bound(weight_q: torch.Tensor, in_qmax: int, bias_q: torch.Tensor | None)
     if bias_q is not None:
         per_c = per_c + bias_q.abs().long()
     return int(per_c.max()) if per_c.numel() else 0
-
-
-def log2_ceil(v: int) -> int:
-    return int(math.ceil(math.log2(v))) if v > 0 else 0

@@ -340,15 +340,6 @@ def remove_integer_exact(gm: fx.GraphModule) -> None:
     gm.recompile()
 
 
-def set_integer_exact_mode(gm: nn.Module, mode: str) -> None:
-    """Switch every :class:`IntegerExactOutput` of ``gm`` to ``mode``."""
-    if mode not in EXACT_MODES:
-        raise ValueError(f"mode: {mode!r}; use one of {EXACT_MODES}")
-    for m in gm.modules():
-        if isinstance(m, IntegerExactOutput):
-            m.mode = mode
-
-
 def exact_node_of(fq_node: fx.Node) -> fx.Node | None:
     """The :class:`IntegerExactOutput` node standing for ``fq_node``'s value, if any."""
     for user in fq_node.users:

@@ -194,16 +194,3 @@ def integer_program(model: IntegerModel) -> list[IntOpRecord]:
         scale_of[op.name] = tensors["scale"]
         dtype_of[op.name] = op.dtype
     return records
-
-
-def format_program(model: IntegerModel) -> str:
-    """One line per op: name, kind, inputs, dtype, scale(s), static arguments."""
-    lines = []
-    for rec in integer_program(model):
-        op = rec.op
-        s = rec.tensors["scale"]
-        scale = f"{float(s):.6g}" if s.numel() == 1 else f"[{s.numel()} per-channel]"
-        extra = ", ".join(f"{k}={v}" for k, v in op.attrs.items())
-        lines.append(f"{op.name:<28} {op.kind:<20} {','.join(op.inputs):<40} {op.dtype:<6} "
-                     f"scale={scale} {extra}")
-    return "\n".join(lines)

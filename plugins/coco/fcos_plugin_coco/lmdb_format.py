@@ -8,9 +8,6 @@ Keys:
 ``img/<id>``
     one image: ``MAGIC`` + uint32 little-endian header length + JSON header
     (:meth:`ImageRecord.header` plus ``orientation`` and ``notes``) + the original encoded bytes.
-``skip/<id>``
-    JSON ``{"reason", "detail", "file"}`` of an image the packer skipped (so a resumed run
-    reports it again without re-reading it).
 ``__index__``
     JSON list of the packed image ids in json order (written when packing completes).
 ``__summary__``
@@ -36,10 +33,6 @@ COMPLETE_KEY = b"__complete__"
 
 def image_key(image_id: int) -> bytes:
     return b"img/%d" % image_id
-
-
-def skip_key(image_id: int) -> bytes:
-    return b"skip/%d" % image_id
 
 
 def encode_record(header: dict[str, Any], image_bytes: bytes) -> bytes:

@@ -25,8 +25,6 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from fcos_plugin_nash_e.target import QRANGE
 
-I32_MIN, I32_MAX = QRANGE["int32"]
-
 
 def saturate(x: np.ndarray, dtype: str) -> np.ndarray:
     """Clamp an int64 array to ``dtype``'s range and cast."""

@@ -38,12 +38,6 @@ class TargetLimits:
     upsample_factors: tuple[int, ...] = (2,)
     max_spatial: int = 4096  # height / width of any feature map
     max_batch: int = 1  # a program processes one frame; the runtime loops over a batch
-    #: float ops the checker accepts in a float deploy model (ATen names without overloads)
-    float_ops: tuple[str, ...] = (
-        "conv2d", "convolution", "_convolution", "batch_norm", "_native_batch_norm_legit_no_training",
-        "native_batch_norm", "_native_batch_norm_legit", "relu", "relu_", "add", "add_",
-        "max_pool2d", "max_pool2d_with_indices", "upsample_nearest2d", "amax", "max",
-    )
 
 
 @attrs.frozen
