@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fcos_core.engine.callbacks.base import Callback
+from fcos_core.engine.callbacks.base import Callback, LoopView
 
 
 def _eta(seconds: float) -> str:
@@ -30,12 +30,12 @@ class StatsMonitor(Callback):
         self._images = 0
         self._steps = 0
 
-    def on_loop_begin(self, loop: Any) -> None:
+    def on_loop_begin(self, loop: LoopView) -> None:
         self._t = time.perf_counter()
         self._images = 0
         self._steps = 0
 
-    def on_step_end(self, loop: Any, batch: Any, outputs: Any) -> None:
+    def on_step_end(self, loop: LoopView, batch: Any, outputs: Any) -> None:
         st = loop.state
         self._images += st.last_batch_size
         self._steps += 1
@@ -68,7 +68,7 @@ class StatsMonitor(Callback):
         self._steps = 0
 
 
-def current_lr(loop: Any) -> float | None:
+def current_lr(loop: LoopView) -> float | None:
     opt = getattr(loop, "optimizer", None)
     if opt is None or not getattr(opt, "param_groups", None):
         return None

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from fcos_core.engine.callbacks.base import Callback
+from fcos_core.engine.callbacks.base import Callback, LoopView
 from fcos_core.engine.callbacks.stats_monitor import current_lr
 from fcos_core.errors import FcosUserError
 from fcos_core.yuv import yuv444_to_rgb
@@ -59,14 +59,14 @@ class TensorBoard(Callback):
         self.writer: Any = None
         self._images: torch.Tensor | None = None
 
-    def on_loop_begin(self, loop: Any) -> None:
+    def on_loop_begin(self, loop: LoopView) -> None:
         if getattr(loop.ctx, "rank", 0) != 0:
             return
         folder = self.log_dir or (Path(loop.ctx.run_dir) / "tensorboard"
                                   if loop.ctx.run_dir is not None else "tensorboard")
         self.writer = self._writer_cls(log_dir=str(Path(folder) / loop.stage))
 
-    def on_step_end(self, loop: Any, batch: Any, outputs: Any) -> None:
+    def on_step_end(self, loop: LoopView, batch: Any, outputs: Any) -> None:
         if self.writer is None or not loop.is_training:
             return
         if isinstance(batch, dict) and self.num_images:
@@ -80,7 +80,7 @@ class TensorBoard(Callback):
         if lr is not None:
             self.writer.add_scalar("lr", float(lr), st.global_step)
 
-    def on_epoch_end(self, loop: Any) -> None:
+    def on_epoch_end(self, loop: LoopView) -> None:
         if self.writer is None:
             return
         st = loop.state
@@ -91,7 +91,7 @@ class TensorBoard(Callback):
                                    dataformats="NHWC")
         self.writer.flush()
 
-    def _draw(self, loop: Any) -> torch.Tensor:
+    def _draw(self, loop: LoopView) -> torch.Tensor:
         import numpy as np
         from PIL import Image, ImageDraw
 
@@ -118,7 +118,7 @@ class TensorBoard(Callback):
             out.append(torch.from_numpy(np.array(pil)))
         return torch.stack(out)
 
-    def on_loop_end(self, loop: Any) -> None:
+    def on_loop_end(self, loop: LoopView) -> None:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
