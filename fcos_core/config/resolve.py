@@ -79,9 +79,17 @@ def load_config(path: str | os.PathLike[str], host: PluginHost,
                                                 "level) naming a compile backend")
         else:
             entry = validator.lookup("compile_backends", march, ("compile_cfg", "march"))
+            # the deploy checks every backend's compile stage honours (allow_disagreement ...)
+            # are fcos core's keys, not the backend's
+            from fcos_core.compile.deploy_table import CHECK_KEYS, DeployCheckOptions
+
+            validator.check_schema(DeployCheckOptions,
+                                   {k: v for k, v in compile_cfg.items() if k in CHECK_KEYS},
+                                   ("compile_cfg",), "compile_cfg")
             if entry is not None:
                 opts = validator.check_schema(entry.schema, compile_cfg, ("compile_cfg",),
-                                              f"compile backend {march!r}", skip=("march",))
+                                              f"compile backend {march!r}",
+                                              skip=("march", *CHECK_KEYS))
                 resolved.compile_backend = entry
                 resolved.compile_options = opts
     elif isinstance(data.get("march"), str):

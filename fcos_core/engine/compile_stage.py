@@ -12,6 +12,13 @@ The backend is ``cfg.compile_backend.load()()``; it is called as
 ``backend.compile(model, example_inputs, options, out_dir)`` with random example inputs of the
 ``deploy_inputs`` shapes, the ``compile_cfg`` options (without ``march``), and ``out_dir`` from
 the options or ``<ckpt_dir>/compile``.
+
+After compiling, the artifact is checked through the backend contract alone
+(:mod:`fcos_core.compile.deploy_table`): its runtime against the integer model on validation
+images (agreement in quantization steps; beyond one step on more than 0.1 % of the codes fails
+the stage unless ``compile_cfg.allow_disagreement``), batch-1 latency, and COCO mAP through
+``backend.detect`` next to the integer model's -- one table, printed, in summary.json and in
+``<run_dir>/deploy_table.csv``.
 """
 
 from __future__ import annotations
@@ -78,16 +85,27 @@ def deploy_model(cfg: Any, ctx: Any) -> tuple[Any, str]:
 
 
 def run_compile_stage(cfg: Any, ctx: Any) -> dict[str, Any] | None:
-    """Compile; returns ``{"out_dir", "result", "source", "metrics"}``, or None when the
+    """Compile, then check the artifact (:mod:`fcos_core.compile.deploy_table`): agreement with
+    the integer model, latency, and mAP through the artifact's runtime next to the integer
+    model's, printed as one table, stored in ``ctx.summary_extra["deploy_table"]`` (the stage's
+    summary.json record) and as ``deploy_table.csv`` in the run folder.
+
+    Returns ``{"out_dir", "result", "source", "metrics", "deploy_table"}``, or None when the
     config has no ``compile_cfg`` (the stage is then skipped). The artifact's per-class
-    results, when its metric has them, are in ``ctx.summary_extra["per_class"]``."""
+    results, when its metric has them, are in ``ctx.summary_extra["per_class"]``. An artifact
+    that disagrees with the integer model beyond one step on more than 0.1 % of its output
+    codes fails the stage (:class:`FcosUserError`) unless ``compile_cfg.allow_disagreement``."""
     import torch
+
+    from fcos_core.compile.backend import example_image_tensor
+    from fcos_core.compile.deploy_table import check_options
 
     if cfg.compile_backend is None and cfg.data.get("compile_cfg") is None \
             and _march(cfg) is None:
         return None
     entry = backend_entry(cfg)
     backend = entry.load()()
+    check = check_options(cfg.data.get("compile_cfg"))
     model, source = deploy_model(cfg, ctx)
     g = torch.Generator().manual_seed(0)
     example_inputs = {k: torch.randn(tuple(shape), generator=g)
@@ -98,8 +116,169 @@ def run_compile_stage(cfg: Any, ctx: Any) -> dict[str, Any] | None:
     ctx.logger.info("compiling", march=entry.name, backend=entry.provider, model=source,
                     out_dir=str(out_dir))
     result = backend.compile(model, example_inputs, options, out_dir)
-    metrics = evaluate_artifact(cfg, ctx, backend, result)
-    return {"out_dir": str(out_dir), "result": result, "source": source, "metrics": metrics}
+    program = _load_artifact(backend, result, ctx)
+
+    agreement = latency = model_latency = None
+    inputs = ""
+    if program is not None and len(ctx.example_inputs) == 1:
+        from fcos_core.build import build
+        from fcos_core.compile.deploy_table import (
+            comparison_images,
+            feed_pair,
+            measure_agreement,
+            measure_runtime,
+            thread_budget,
+        )
+
+        name = next(iter(ctx.example_inputs))
+        example = example_image_tensor({name: ctx.example_inputs[name]})
+        pyramid = list(options.get("input_source") or ["ddr"]) == ["pyramid"]
+        loader_nodes, _ = artifact_eval_nodes(cfg)
+        loaders = [build(n) for n in loader_nodes[:1]] if check["check_images"] else []
+        images, inputs = comparison_images(loaders, example, max(1, check["check_images"]))
+        del loaders
+        agreement = measure_agreement(backend, program, model, images, name, pyramid)
+        feed, model_in = feed_pair(images[0], pyramid)
+        runs, warmup = check["timing_runs"], check["timing_warmup"]
+        latency = measure_runtime(lambda: backend.run(program, {name: feed}), runs, warmup,
+                                  thread_budget(program))
+        with torch.no_grad():
+            model_latency = measure_runtime(lambda: model(model_in), runs, warmup,
+                                            torch.get_num_threads())
+        ctx.logger.info("artifact vs integer model", inputs=inputs,
+                        within_0=round(agreement.get("within_0", 1.0), 6),
+                        within_1=round(agreement.get("within_1", 1.0), 6),
+                        max_steps=agreement.get("max_steps"),
+                        worst_output=agreement.get("worst_output"))
+        _enforce_agreement(ctx, entry.name, agreement, inputs, result, check,
+                           lambda: _table(cfg, ctx, entry.name, source, model, result, None,
+                                          agreement, latency, model_latency, inputs,
+                                          score_int=False))
+    elif program is None:
+        ctx.logger.info("compile: the backend cannot load and run its artifact here; no "
+                        "agreement or latency check")
+
+    metrics = evaluate_artifact(cfg, ctx, backend, result, program)
+    table = _table(cfg, ctx, entry.name, source, model, result, metrics, agreement, latency,
+                   model_latency, inputs, score_int=True)
+    return {"out_dir": str(out_dir), "result": result, "source": source, "metrics": metrics,
+            "deploy_table": table}
+
+
+def _load_artifact(backend: Any, result: Any, ctx: Any) -> Any:
+    """The loaded artifact (``backend.load``), or None when the backend has no
+    ``load``/``run`` or returned no artifact path."""
+    artifact = getattr(result, "artifact", None)
+    if artifact is None or not callable(getattr(backend, "load", None)) \
+            or not callable(getattr(backend, "run", None)):
+        return None
+    return backend.load(artifact)
+
+
+def _enforce_agreement(ctx: Any, march: str, agreement: dict[str, Any], inputs: str,
+                       result: Any, check: dict[str, Any], write_table: Any) -> None:
+    """The rule of :func:`fcos_core.compile.agreement.disagreement` for every backend: a
+    user error naming the outputs (the table is written first, for inspection), or a
+    warning with ``allow_disagreement``."""
+    from fcos_core.compile.agreement import disagreement
+
+    problem = disagreement(agreement)
+    if problem is None:
+        return
+    where = f"artifact {result.artifact}, compared on {inputs}"
+    if not check["allow_disagreement"]:
+        write_table()
+        raise FcosUserError(
+            f"compile (march {march}): the artifact's runtime disagrees with the fcos integer "
+            f"model beyond one quantization step: {problem}; {where}",
+            hint="the export or the runtime computes these outputs differently from the "
+                 "integer model (see docs/deployment.md, 'One deploy table', for the usual "
+                 "causes, e.g. march onnx: compile_cfg.requantization: integer); to keep the "
+                 "artifact anyway set compile_cfg.allow_disagreement: true or run `fcos "
+                 "compile CONFIG --allow-disagreement`")
+    ctx.logger.warning(f"the artifact's runtime disagrees with the fcos integer model beyond "
+                       f"one quantization step: {problem}; {where} (kept: "
+                       f"compile_cfg.allow_disagreement is true)", stage="compile")
+
+
+def _table(cfg: Any, ctx: Any, march: str, source: str, model: Any, result: Any,
+           metrics: dict[str, float] | None, agreement: dict[str, Any] | None,
+           latency: dict[str, Any] | None, model_latency: dict[str, Any] | None,
+           inputs: str, score_int: bool) -> dict[str, Any]:
+    """Build, print and store the deploy table (summary_extra + deploy_table.csv)."""
+    from fcos_core.compile.deploy_table import REFERENCE, format_table, table_row, write_csv
+
+    int_metrics, int_from = (integer_model_metrics(cfg, ctx, source, model) if score_int
+                             else (None, "not scored"))
+    artifact = str(getattr(result, "artifact", "") or "")
+    rows = [table_row(REFERENCE, int_metrics, None, model_latency, "", int_from),
+            table_row(march, metrics, agreement, latency, artifact, inputs)]
+    text = format_table(rows)
+    on = inputs or "no inputs: the backend cannot load and run its artifact here"
+    print(f"deploy table (agreement in quantization steps vs the integer model, on {on}; "
+          f"latency at batch 1):\n{text}", flush=True)
+    ctx.logger.info("deploy table", table="\n" + text)
+    table: dict[str, Any] = {"rows": rows, "agreement": agreement, "latency": latency,
+                             "integer_model_latency": model_latency,
+                             "integer_model_metrics_from": int_from}
+    if ctx.run_dir is not None:
+        table["csv"] = str(write_csv(Path(ctx.run_dir) / "deploy_table.csv", rows))
+    ctx.summary_extra["deploy_table"] = table
+    return table
+
+
+def integer_model_metrics(cfg: Any, ctx: Any, source: str, model: Any
+                          ) -> tuple[dict[str, float] | None, str]:
+    """The integer model's COCO numbers for the table and where they come from: the run's
+    int_infer stage (summary.json) when the compiled model is that stage's; else ``model``
+    (the compiled integer model, in torch) scored here on the artifact's evaluation data, its
+    outputs dequantized with its own scales and decoded by its post-process, as an artifact's
+    ``detect`` does."""
+    from fcos_core.compile.deploy_table import integer_body
+    from fcos_core.engine.summary import load_summary
+
+    if source.startswith("int_infer") and ctx.run_dir is not None:
+        done = load_summary(Path(ctx.run_dir)).get("int_infer") or {}
+        if isinstance(done.get("metrics"), dict) and done["metrics"]:
+            return done["metrics"], "int_infer stage (summary.json)"
+    loaders, metric_node = artifact_eval_nodes(cfg)
+    int_model = integer_body(model)
+    post = getattr(model, "post_process", None)
+    if not loaders or metric_node is None or int_model is None \
+            or not callable(getattr(post, "detect", None)):
+        return None, "not scored (no evaluation data, or not a quantized detector)"
+    import torch
+
+    from fcos_core.build import build
+    from fcos_core.engine.progress import Progress, progress_enabled
+    from fcos_core.quantization.int_ops import dequantize
+
+    scales = int_model.output_scales()
+    metrics = build(metric_node)
+    metrics = metrics if isinstance(metrics, list) else [metrics]
+    for m in metrics:
+        m.reset()
+    for loader in [build(n) for n in loaders]:
+        bar = Progress(len(loader), "integer model eval", progress_enabled(ctx.rank))
+        try:
+            with torch.no_grad():
+                for batch in loader:
+                    img = batch["img"]
+                    outs = int_model(img)
+                    if not int_model.dequant_output:
+                        outs = tuple(dequantize(q, s) for q, s in zip(outs, scales))
+                    dets = post.detect(list(outs), (int(img.shape[-2]), int(img.shape[-1])),
+                                       bbox_upscaled=bool(getattr(model, "bbox_upscaled",
+                                                                  False)))
+                    for m in metrics:
+                        m.update(batch, dets)
+                    bar.update()
+        finally:
+            bar.close()
+    out: dict[str, float] = {}
+    for m in metrics:
+        out.update(m.compute())
+    return out, "the compiled integer model, scored by the compile stage"
 
 
 def artifact_eval_nodes(cfg: Any) -> tuple[list[Any], Any]:
@@ -151,9 +330,11 @@ def score_artifact(backend: Any, program: Any, loaders: list[Any], metrics: list
     return out
 
 
-def evaluate_artifact(cfg: Any, ctx: Any, backend: Any, result: Any) -> dict[str, float]:
+def evaluate_artifact(cfg: Any, ctx: Any, backend: Any, result: Any,
+                      program: Any = None) -> dict[str, float]:
     """COCO numbers of the compiled artifact itself, run by the backend's runtime on the data
-    and metric of :func:`artifact_eval_nodes`. Empty when the backend cannot decode
+    and metric of :func:`artifact_eval_nodes`. ``program``: the artifact already loaded
+    (default: ``backend.load(result.artifact)``). Empty when the backend cannot decode
     detections or the config names no evaluation data."""
     from fcos_core.build import build
 
@@ -165,7 +346,8 @@ def evaluate_artifact(cfg: Any, ctx: Any, backend: Any, result: Any) -> dict[str
             getattr(backend, "load", None)):
         ctx.logger.info("compile: the backend cannot run and decode its artifact; not scored")
         return {}
-    program = backend.load(result.artifact)
+    if program is None:
+        program = backend.load(result.artifact)
     metrics = build(metric_node)
     metrics = metrics if isinstance(metrics, list) else [metrics]
     out = score_artifact(backend, program, [build(n) for n in loaders], metrics, ctx)

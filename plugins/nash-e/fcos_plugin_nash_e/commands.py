@@ -12,10 +12,15 @@ from fcos_core.errors import FcosUserError
 
 
 def compile_command(args: argparse.Namespace, host: Any) -> int:
-    """Load the config and run the engine's compile stage on it."""
+    """Load the config and run the engine's compile stage on it (compile, then the deploy
+    table: agreement with the integer model, latency, mAP; ``--allow-disagreement`` sets
+    ``compile_cfg.allow_disagreement``)."""
     from fcos_core.config import load_config
 
-    cfg = load_config(args.config, host, args.overrides)
+    overrides = list(args.overrides)
+    if getattr(args, "allow_disagreement", False):  # the core option, for every backend
+        overrides.append("compile_cfg.allow_disagreement=true")
+    cfg = load_config(args.config, host, overrides)
     if cfg.data.get("compile_cfg") is None:
         raise FcosUserError(f"{args.config}: the config has no compile_cfg block",
                             hint="add compile_cfg (march, hbm, out_dir, opt, ...)")

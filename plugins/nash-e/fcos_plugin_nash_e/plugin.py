@@ -22,6 +22,10 @@ def _compile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key.path=value",
                    help="override config values, e.g. compile_cfg.opt=O2")
     p.add_argument("--run-dir", default=None, help="run folder (default: runs/<task_name>)")
+    p.add_argument("--allow-disagreement", action="store_true",
+                   help="keep an artifact whose runtime disagrees with the integer model beyond "
+                        "one quantization step on more than 0.1 %% of the output codes, with a "
+                        "warning instead of an error (compile_cfg.allow_disagreement: true)")
 
 
 def _infer_args(p: argparse.ArgumentParser) -> None:

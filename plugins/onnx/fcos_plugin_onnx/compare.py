@@ -21,26 +21,6 @@ from typing import Any
 from fcos_core.errors import FcosUserError
 
 
-class _CodeTally:
-    """Running totals of :func:`fcos_plugin_onnx.agreement.code_agreement` over batches."""
-
-    def __init__(self) -> None:
-        self.n = self.eq = self.w1 = self.w2 = self.worst = 0
-
-    def add(self, result: dict[str, Any]) -> None:
-        n = int(result["elements"])
-        self.n += n
-        self.eq += round(result["within_0"] * n)
-        self.w1 += round(result["within_1"] * n)
-        self.w2 += round(result["within_2"] * n)
-        self.worst = max(self.worst, int(result["max_steps"]))
-
-    def summary(self) -> dict[str, Any]:
-        n = max(self.n, 1)
-        return {"elements": self.n, "within_0": self.eq / n, "within_1": self.w1 / n,
-                "within_2": self.w2 / n, "max_steps": self.worst}
-
-
 def _ort_body(program: Any) -> Any:
     """An ``nn.Module`` standing in for the detector's body: runs ONNX Runtime."""
     import torch
@@ -83,10 +63,10 @@ def evaluate_onnx_vs_int_infer(
     import torch
 
     from fcos_core.build import build
+    from fcos_core.compile.agreement import AgreementTally
     from fcos_core.config import load_config
     from fcos_core.engine.context import RunContext
     from fcos_core.plugins import load_host
-    from fcos_plugin_onnx.agreement import code_agreement
     from fcos_plugin_onnx.backend import OnnxBackend
 
     host = host if host is not None else load_host()
@@ -123,7 +103,7 @@ def evaluate_onnx_vs_int_infer(
 
     captured: list[Any] = []
     hook = body.register_forward_hook(lambda _m, _i, out: captured.append(out))
-    tally = _CodeTally()
+    tally: AgreementTally | None = None
     tmp = None
     program = None
     report: dict[str, Any] = {}
@@ -145,7 +125,7 @@ def evaluate_onnx_vs_int_infer(
                          "threads": threads, "agreement_check": False}, where)
                     report = result.report
                     program = onnx_backend.load(result.artifact)
-                    specs = program.meta["outputs"]
+                    tally = AgreementTally(program.meta["outputs"])
                     ort_body = _ort_body(program)
                 captured.clear()
                 with torch.no_grad():
@@ -156,7 +136,8 @@ def evaluate_onnx_vs_int_infer(
                         dets_ort = model(batch)
                     finally:
                         model.body = body
-                tally.add(code_agreement(int_outs, ort_body.last, specs))
+                assert tally is not None  # made with the program, above
+                tally.add(int_outs, ort_body.last)
                 metric_int.update(batch, dets_int)
                 metric_ort.update(batch, dets_ort)
                 n_images += int(img.shape[0])
@@ -171,7 +152,7 @@ def evaluate_onnx_vs_int_infer(
         "int_infer": res_int,
         "onnx": res_ort,
         "mAP_difference": float(res_ort["mAP"]) - float(res_int["mAP"]),
-        "agreement": tally.summary(),
+        "agreement": _totals(tally.result()) if tally is not None else {},
         "images": n_images,
         "onnx_report": {k: report.get(k) for k in ("artifact_bytes", "nodes", "requantization",
                                                    "ort_fused_int8_convs", "ort_integer_convs",
@@ -201,3 +182,9 @@ def compare_command(args: argparse.Namespace, host: Any) -> int:
     if args.json:
         print(json.dumps(result, indent=1, sort_keys=True, default=float))
     return 0
+
+
+def _totals(agreement: dict[str, Any]) -> dict[str, Any]:
+    """The overall figures of an agreement result (the per-output list is left out)."""
+    return {k: agreement[k] for k in ("elements", "within_0", "within_1", "within_2",
+                                      "max_steps", "worst_output")}

@@ -5,29 +5,23 @@ OpenMP's ``OMP_WAIT_POLICY=ACTIVE``. On a machine shared with other processes (C
 run) spinning threads steal each other's cores and latency grows many times over, so the
 session follows the process's wait policy: ``OMP_WAIT_POLICY=PASSIVE`` (fcos's benchmarks set
 it) turns spinning off (``session.intra_op.allow_spinning = 0``). The thread count is the
-``threads`` option, else ``OMP_NUM_THREADS``, else the CPU cores this process may use.
+``threads`` option, else ``OMP_NUM_THREADS``, else the CPU cores this process may use
+(:func:`fcos_core.compile.latency.default_threads`).
 """
 
 from __future__ import annotations
 
 import os
-import statistics
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fcos_core.compile.latency import default_threads, measure_latency
+from fcos_core.compile.latency import percentile as _percentile
 from fcos_core.errors import FcosUserError
 
-
-def default_threads() -> int:
-    """``OMP_NUM_THREADS`` when set to a positive integer, else the usable CPU cores."""
-    env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+# the thread budget and the latency measurement are fcos core's, shared by every backend
+__all__ = ["_percentile", "check_providers", "default_threads", "make_session",
+           "measure_latency", "run_session", "spinning_allowed"]
 
 
 def spinning_allowed() -> bool:
@@ -79,39 +73,6 @@ def make_session(model: str | bytes, providers: Sequence[str] = ("CPUExecutionPr
         so.optimized_model_filepath = optimized_path
     sess = ort.InferenceSession(model, so, providers=providers)
     return sess, {"threads": n, "spinning": spin, "providers": sess.get_providers()}
-
-
-def measure_latency(run: Any, runs: int, warmup: int) -> dict[str, float]:
-    """Wall time of ``run()`` in milliseconds: mean, p50, p90, min, max over ``runs`` calls
-    after ``warmup`` untimed ones."""
-    if runs < 1:
-        raise ValueError(f"runs must be >= 1, got {runs}")
-    for _ in range(max(0, warmup)):
-        run()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - t0) * 1e3)
-    ordered = sorted(times)
-    return {
-        "runs": runs,
-        "mean_ms": statistics.fmean(times),
-        "p50_ms": _percentile(ordered, 50),
-        "p90_ms": _percentile(ordered, 90),
-        "min_ms": ordered[0],
-        "max_ms": ordered[-1],
-    }
-
-
-def _percentile(ordered: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile of sorted values (numpy's default rule)."""
-    if len(ordered) == 1:
-        return float(ordered[0])
-    pos = (len(ordered) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return float(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo))
 
 
 def run_session(sess: Any, feed: Mapping[str, Any]) -> list[Any]:

@@ -152,6 +152,43 @@ def test_compile_stage_with_march_onnx(setup, tmp_path):
     report = json.loads((out / "tiny_onnx_report.json").read_text())
     assert report["latency"]["runs"] == 3 and report["agreement"]["within_2"] == 1.0
     assert [o["name"] for o in report["outputs"]][-1] == "max_logit_32"
+    # the deploy table: ORT and the integer model on the 8 validation images, bit-exact
+    # (integer requantization), timed, both scored by COCO mAP on the same data
+    table = json.loads((tmp_path / "summary.json").read_text())["compile"]["deploy_table"]
+    integer, onnx = table["rows"]
+    assert onnx["backend"] == "onnx" and onnx["within_0"] == 1.0 and onnx["max_steps"] == 0
+    assert table["agreement"]["images"] == 8
+    assert {p["name"] for p in table["agreement"]["per_output"]} == {
+        o["name"] for o in report["outputs"]}  # the core names every output as the export
+    assert onnx["mAP"] is not None and onnx["mAP"] == integer["mAP"]
+    assert onnx["p50_ms"] > 0 and integer["p50_ms"] > 0
+    assert (tmp_path / "deploy_table.csv").is_file()
+
+
+def test_compile_stage_fails_an_artifact_beyond_one_step(setup, tmp_path, monkeypatch):
+    """ORT's max logits moved by 2 steps: the compile stage (the core rule) refuses the
+    artifact, naming the outputs; compile_cfg.allow_disagreement keeps it with a warning."""
+    from fcos_core.config import load_config
+    from fcos_core.engine.pipeline import run_pipeline
+    from fcos_core.errors import FcosUserError
+    from fcos_plugin_onnx.backend import OnnxBackend
+
+    real = OnnxBackend.run
+
+    def shifted(self, program, inputs):
+        outs = list(real(self, program, inputs))
+        for i in range(len(outs) - 3, len(outs)):  # max_logit_8, _16, _32
+            outs[i] = outs[i] + 2
+        return tuple(outs)
+
+    monkeypatch.setattr(OnnxBackend, "run", shifted)
+    with pytest.raises(FcosUserError, match="max_logit_8") as err:
+        run_pipeline(setup["cfg"], setup["host"], ["compile"], run_dir=str(tmp_path / "a"))
+    assert "march onnx" in str(err.value) and "allow_disagreement" in err.value.hint
+    cfg = load_config(str(setup["path"]), setup["host"], ["compile_cfg.allow_disagreement=true"])
+    assert run_pipeline(cfg, setup["host"], ["compile"], run_dir=str(tmp_path / "b")) == 0
+    table = json.loads((tmp_path / "b" / "summary.json").read_text())["compile"]["deploy_table"]
+    assert table["rows"][1]["max_steps"] == 2 and table["rows"][1]["within_1"] < 0.999
 
 
 def test_unknown_compile_option_is_a_config_error(setup, tmp_path):
