@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import abc
 import copy
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -149,7 +150,7 @@ class _Float2Prepared(abc.ABC):
     mode = "calibration"
     name = "Float2Calibration"
 
-    def __init__(self, qat_mode: Optional[str], integer_exact: str = "eval",
+    def __init__(self, qat_mode: str | None, integer_exact: str = "eval",
                  layer_precision: Any = None) -> None:
         from fcos_core.quantization.precision import parse_layer_precision
         from fcos_core.quantization.prepare import QAT_MODES
@@ -249,7 +250,7 @@ class Float2Calibration(_Float2Prepared):
     mode = "calibration"
     name = "Float2Calibration"
 
-    def __init__(self, activation_observer: Any = None, qat_mode: Optional[str] = None,
+    def __init__(self, activation_observer: Any = None, qat_mode: str | None = None,
                  integer_exact: str = "eval", layer_precision: Any = None) -> None:
         from fcos_core.quantization.histogram_observers import MSEObserver
 
@@ -283,7 +284,7 @@ class Float2QAT(_Float2Prepared):
     DEFAULT_AVERAGING_CONSTANT = 0.01
 
     def __init__(self, qat_observer: Any = None, freeze_activation_scales: bool = False,
-                 qat_mode: Optional[str] = None, integer_exact: str = "eval",
+                 qat_mode: str | None = None, integer_exact: str = "eval",
                  layer_precision: Any = None) -> None:
         from fcos_core.quantization.observers import MinMaxObserver
 
@@ -313,7 +314,7 @@ class QAT2Quantize:
 
     name = "QAT2Quantize"
 
-    def __init__(self, dequant_output: Optional[bool] = None, keep_reference: bool = True
+    def __init__(self, dequant_output: bool | None = None, keep_reference: bool = True
                  ) -> None:
         self.dequant_output = dequant_output
         self.keep_reference = keep_reference
@@ -406,5 +407,11 @@ def freeze_observers(model: nn.Module) -> None:
         fq.enable_fake_quant(True)
 
 
-__all__ = ["Float2Calibration", "Float2QAT", "QAT2Quantize", "observer_factory",
-           "freeze_observers", "float_reference"]
+__all__ = [
+    "Float2Calibration",
+    "Float2QAT",
+    "QAT2Quantize",
+    "float_reference",
+    "freeze_observers",
+    "observer_factory",
+]

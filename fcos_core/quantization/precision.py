@@ -38,7 +38,7 @@ import difflib
 import fnmatch
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Optional
+from typing import Any
 
 import attrs
 
@@ -54,8 +54,8 @@ class LayerPrecision:
     """One rule: ``layers`` (names, globs or ``re:`` regexes) get ``activation``/``weight``."""
 
     layers: tuple[str, ...]
-    activation: Optional[str] = None
-    weight: Optional[str] = None
+    activation: str | None = None
+    weight: str | None = None
     index: int = 0  # position in the config list, for messages
 
     def label(self) -> str:
@@ -69,7 +69,7 @@ class LayerPrecision:
         return fnmatch.fnmatchcase(name, pattern)
 
 
-def _dtype(value: Any, allowed: Sequence[str], where: str, key: str) -> Optional[str]:
+def _dtype(value: Any, allowed: Sequence[str], where: str, key: str) -> str | None:
     if value is None:
         return None
     if value == "float":
@@ -143,7 +143,7 @@ class QuantPoint:
     key: str  # unique id (the graph node whose output is quantized)
     names: tuple[str, ...]
     default: str
-    fixed: Optional[str] = None
+    fixed: str | None = None
 
 
 def resolve_layer_precision(rules: Sequence[LayerPrecision], points: Sequence[QuantPoint],

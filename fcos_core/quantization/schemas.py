@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import attrs
 
@@ -17,7 +17,7 @@ class Float2CalibrationArgs:
         "observers", None, lazy=True,
         help="activation observer block, e.g. {type: percentile, percentile: 99.99} or a bare "
              "name (mse, minmax, percentile, kl); null: mse with its defaults")
-    qat_mode: Optional[Literal["fuse_bn"]] = arg(
+    qat_mode: Literal["fuse_bn"] | None = arg(
         None, help="BatchNorm handling (fuse_bn: folded into the conv); null: the pipeline's")
     integer_exact: Literal["eval", "always", "off"] = arg(
         "eval", help="compute conv/add outputs with the integer model's arithmetic: eval "
@@ -39,7 +39,7 @@ class Float2QATArgs:
              "0.01} (a moving average from the calibrated range)")
     freeze_activation_scales: bool = arg(
         False, help="keep the loaded (calibrated) activation scales fixed during QAT")
-    qat_mode: Optional[Literal["fuse_bn"]] = arg(
+    qat_mode: Literal["fuse_bn"] | None = arg(
         None, help="BatchNorm handling (fuse_bn: folded into the conv); null: the pipeline's")
     integer_exact: Literal["eval", "always", "off"] = arg(
         "eval", help="compute conv/add outputs with the integer model's arithmetic: eval "
@@ -55,7 +55,7 @@ class Float2QATArgs:
 class QAT2QuantizeArgs:
     """Convert a QAT (or calibrated) model into the integer deploy model."""
 
-    dequant_output: Optional[bool] = arg(
+    dequant_output: bool | None = arg(
         None, help="float outputs (true) or integer outputs plus scales (false); null: the "
                    "head's dequant_output")
     keep_reference: bool = arg(
@@ -66,7 +66,7 @@ class QAT2QuantizeArgs:
 class MinMaxObserverArgs:
     """Observe the true min/max (or their moving average) of activations."""
 
-    averaging_constant: Optional[float] = arg(
+    averaging_constant: float | None = arg(
         None, help="null: running min/max; else weight of a new batch in a moving average")
 
 

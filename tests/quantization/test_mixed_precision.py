@@ -21,7 +21,6 @@ from fcos_core.quantization.converters import (
 )
 from fcos_core.quantization.observers import MinMaxObserver
 from fcos_core.quantization.precision import (
-    LayerPrecision,
     QuantPoint,
     parse_layer_precision,
     resolve_layer_precision,

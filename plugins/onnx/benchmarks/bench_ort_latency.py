@@ -38,12 +38,12 @@ def main() -> int:
     import torch
 
     from fcos_core.build import build
+    from fcos_core.compile.float_onnx import export_float_onnx
     from fcos_core.config import load_config
     from fcos_core.convert_context import ConvertContext
     from fcos_core.plugins import load_host
     from fcos_core.quantization.converters import Float2QAT, QAT2Quantize, freeze_observers
     from fcos_plugin_onnx.backend import OnnxBackend
-    from fcos_core.compile.float_onnx import export_float_onnx
     from fcos_plugin_onnx.session import default_threads, make_session, measure_latency
 
     threads = args.threads or default_threads()

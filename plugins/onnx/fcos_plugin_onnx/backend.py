@@ -99,9 +99,8 @@ class OnnxBackend(CompileBackend):
         opset = int(self.options.get("opset", 21))
         found = find_integer_model(model)
         if found is not None:
-            from fcos_core.quantization.integer_model import integer_program
-
             from fcos_core.quantization.converters import quant_info
+            from fcos_core.quantization.integer_model import integer_program
 
             names = (quant_info(found[0]) or {}).get("layer_names", {})
             return check_quantized(integer_program(found[0]), opset,

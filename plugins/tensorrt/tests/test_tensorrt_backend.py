@@ -5,7 +5,6 @@ skipped with the reason elsewhere (benchmarks/gpu_check.py runs them on a GPU)."
 
 from __future__ import annotations
 
-
 import numpy as np
 import onnx_testnets as nets
 import pytest
@@ -141,8 +140,8 @@ def test_folding_int32_bias_dequantize_keeps_the_graphs_outputs(quantized):
     from onnx import numpy_helper
 
     from fcos_core.compile.backend import post_process_params
-    from fcos_core.quantization.integer_model import integer_program
     from fcos_core.quantization.find_integer import find_integer_model
+    from fcos_core.quantization.integer_model import integer_program
     from fcos_plugin_onnx.qdq_export import build_qdq_model
     from fcos_plugin_tensorrt.onnx_prep import fold_int32_dequantize
 

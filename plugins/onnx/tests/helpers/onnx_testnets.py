@@ -32,8 +32,8 @@ from fcos_core.models.losses.giou import GIoULoss
 from fcos_core.models.post_process import FCOSMultiStrideFilter
 from fcos_core.quantization.converters import Float2QAT, QAT2Quantize, freeze_observers
 from fcos_core.schema import arg
-from fcos_core.testing.standins import TinyBackbone
 from fcos_core.testing.detection_data import synthetic_batch  # noqa: F401 (nets.synthetic_batch)
+from fcos_core.testing.standins import TinyBackbone
 
 SIZE = 64
 STRIDES = [8, 16, 32]
