@@ -11,9 +11,10 @@ import numpy as np
 import torch
 
 #: RGB -> YCbCr, rows Y, U (Cb), V (Cr); added to the offsets :data:`YUV_OFFSET`
-RGB2YUV = torch.tensor([[0.299, 0.587, 0.114],
-                        [-0.168736, -0.331264, 0.5],
-                        [0.5, -0.418688, -0.081312]], dtype=torch.float32)
+RGB2YUV = torch.tensor(
+    [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]],
+    dtype=torch.float32,
+)
 YUV_OFFSET = torch.tensor([0.0, 128.0, 128.0], dtype=torch.float32)
 #: the exact inverse of :data:`RGB2YUV` (float64, then float32)
 YUV2RGB = torch.linalg.inv(RGB2YUV.double()).float()
@@ -26,7 +27,7 @@ def rgb_to_yuv444(img: torch.Tensor) -> torch.Tensor:
     V = 0.5 R - 0.418688 G - 0.081312 B + 128 (BT.601 full range, no chroma subsampling).
     Rounding and clipping to 0..255 reproduce the 8-bit YUV the BPU pyramid feeds the model.
     """
-    c, h, w = img.shape
+    _, h, w = img.shape
     yuv = (RGB2YUV @ img.reshape(3, -1) + YUV_OFFSET[:, None]).reshape(3, h, w)
     return yuv.round_().clamp_(0.0, 255.0)
 
@@ -41,5 +42,5 @@ def rgb_to_yuv444_uint8(rgb: np.ndarray) -> np.ndarray:
 def yuv444_to_rgb(yuv: torch.Tensor) -> torch.Tensor:
     """[3, H, W] float YUV444 in 0..255 -> float RGB (not rounded or clipped): the inverse
     of :func:`rgb_to_yuv444` before its rounding."""
-    c, h, w = yuv.shape
+    _, h, w = yuv.shape
     return (YUV2RGB @ (yuv.reshape(3, -1) - YUV_OFFSET[:, None])).reshape(3, h, w)

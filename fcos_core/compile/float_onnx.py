@@ -19,8 +19,9 @@ from fcos_core.errors import FcosUserError
 FLOAT_ONNX_OPSET = 21
 
 
-def export_float_onnx(model: Any, example_inputs: Mapping[str, Any], path: str | Path,
-                      opset: int = FLOAT_ONNX_OPSET) -> Path:
+def export_float_onnx(
+    model: Any, example_inputs: Mapping[str, Any], path: str | Path, opset: int = FLOAT_ONNX_OPSET
+) -> Path:
     """Write the float ``model`` (run in eval mode) as one ONNX file and return its path.
 
     Args:
@@ -39,13 +40,15 @@ def export_float_onnx(model: Any, example_inputs: Mapping[str, Any], path: str |
     try:
         import onnxscript  # noqa: F401 - torch.onnx's dynamo exporter needs it
     except ImportError:
-        raise FcosUserError("ONNX export needs onnxscript",
-                            hint="pip install onnx onnxscript onnxruntime "
-                                 "(or fcos-plugin-onnx)") from None
+        raise FcosUserError(
+            "ONNX export needs onnxscript",
+            hint="pip install onnx onnxscript onnxruntime (or fcos-plugin-onnx)",
+        ) from None
     if find_integer_model(model) is not None:
-        raise FcosUserError("export_float_onnx got a quantized model",
-                            hint="export quantized models with the onnx compile backend "
-                                 "(compile_cfg.march: onnx)")
+        raise FcosUserError(
+            "export_float_onnx got a quantized model",
+            hint="export quantized models with the onnx compile backend (compile_cfg.march: onnx)",
+        )
     if len(example_inputs) != 1:
         raise ValueError(f"example_inputs: expected one input, got {sorted(example_inputs)}")
     name, value = next(iter(example_inputs.items()))
@@ -62,9 +65,17 @@ def export_float_onnx(model: Any, example_inputs: Mapping[str, Any], path: str |
     model.eval()
     try:
         with torch.no_grad():
-            torch.onnx.export(model, (x,), str(out), input_names=[name], dynamo=True,
-                              opset_version=int(opset), external_data=False, verbose=False,
-                              dynamic_shapes=({0: torch.export.Dim.AUTO},))
+            torch.onnx.export(
+                model,
+                (x,),
+                str(out),
+                input_names=[name],
+                dynamo=True,
+                opset_version=int(opset),
+                external_data=False,
+                verbose=False,
+                dynamic_shapes=({0: torch.export.Dim.AUTO},),
+            )
     finally:
         model.train(was_training)
     return out

@@ -36,6 +36,6 @@ def require_integer_model(model: Any) -> tuple[Any, Any]:
         raise FcosUserError(
             f"the model to compile ({type(model).__name__}) is not a quantized deploy "
             "model: expected an IntegerModel or a detector whose body is one",
-            hint="run the int_infer stage (QAT2Quantize) first; `fcos check` checks float "
-                 "models")
+            hint="run the int_infer stage (QAT2Quantize) first; `fcos check` checks float models",
+        )
     return found

@@ -24,12 +24,17 @@ def private_imports(path: Path) -> list[str]:
                     found.append(f"{path}:{node.lineno}: from {node.module} import {alias.name}")
                 modules.add(alias.asname or alias.name)
         elif isinstance(node, ast.Import):
-            modules.update(a.asname or a.name.split(".")[0] for a in node.names
-                           if a.name.startswith("fcos"))
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and _private(node.attr) \
-                and isinstance(node.value, ast.Name) and node.value.id in modules:
-            found.append(f"{path}:{node.lineno}: {node.value.id}.{node.attr}")
+            modules.update(
+                a.asname or a.name.split(".")[0] for a in node.names if a.name.startswith("fcos")
+            )
+    found.extend(
+        f"{path}:{node.lineno}: {node.value.id}.{node.attr}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and _private(node.attr)
+        and isinstance(node.value, ast.Name)
+        and node.value.id in modules
+    )
     return found
 
 

@@ -257,7 +257,8 @@ def test_calibration_with_each_observer(name, cls, options, ctx):
 @pytest.fixture(scope="module")
 def detector_flow():
     ctx = make_ctx()
-    calibrated = calibrate(Float2Calibration(activation_observer=MinMaxObserver)(make_detector(0), ctx))
+    cal = Float2Calibration(activation_observer=MinMaxObserver)(make_detector(0), ctx)
+    calibrated = calibrate(cal)
     qat = Float2QAT()(make_detector(1), ctx)
     qat.load_state_dict(roundtrip(calibrated.state_dict()))
     qat = train_qat(qat, make_detector(0), steps=3, lr=1e-3)
@@ -406,6 +407,6 @@ def test_observer_options_are_checked_in_the_config():
         build_block(host, "converters", "type: Float2Calibration\n"
                                         "activation_observer: percentile\npercentile: 99.9")
     # a bad value is reported when the converter is built, not mid-calibration
-    with pytest.raises(ConfigError, match="percentile.*rejected its arguments"):
+    with pytest.raises(ConfigError, match=r"percentile.*rejected its arguments"):
         build_block(host, "converters", "type: Float2Calibration\n"
                                         "activation_observer: {type: percentile, percentile: 200}")

@@ -39,15 +39,19 @@ def calibrated(host, observer: str):
 
 
 def activation_fake_quants(model):
-    return [fq for _, fq in fake_quants(model) if not fq.is_weight
-            and type(fq.activation_post_process).__name__ != "FixedRangeObserver"]
+    return [
+        fq
+        for _, fq in fake_quants(model)
+        if not fq.is_weight and type(fq.activation_post_process).__name__ != "FixedRangeObserver"
+    ]
 
 
 def test_registration_imports_no_torch():
     sys.modules.pop("fcos_plugin_scaled_observer.plugin", None)
     sys.modules.pop("fcos_plugin_scaled_observer.observer", None)
-    host = make_host(plugins=[("scaled-observer",
-                               __import__("fcos_plugin_scaled_observer.plugin").plugin)])
+    host = make_host(
+        plugins=[("scaled-observer", __import__("fcos_plugin_scaled_observer.plugin").plugin)]
+    )
     entry = host.registries["observers"].get("scaled_absmax")
     assert entry is not None and entry.plugin == "scaled-observer"
     assert "fcos_plugin_scaled_observer.observer" not in sys.modules
@@ -57,14 +61,20 @@ def test_plugin_observer_calibrates_against_minmax(host):
     from fcos_plugin_scaled_observer.observer import ScaledAbsMaxObserver
 
     ours = activation_fake_quants(calibrated(host, "{type: scaled_absmax, factor: 0.25}"))
-    assert ours and all(isinstance(fq.activation_post_process, ScaledAbsMaxObserver)
-                        and fq.activation_post_process.factor == 0.25 for fq in ours)
+    assert ours and all(
+        isinstance(fq.activation_post_process, ScaledAbsMaxObserver)
+        and fq.activation_post_process.factor == 0.25
+        for fq in ours
+    )
     # the same tensors observed by the built-in minmax observer: absmax / quant_max each
     ref = activation_fake_quants(calibrated(host, "minmax"))
     assert len(ref) == len(ours)
     for fq, fq_ref in zip(ours, ref):
-        expected = (0.25 * fq_ref.activation_post_process.absmax().double()
-                    / fq.quant_max).clamp_min(fq.activation_post_process.min_scale).float()
+        expected = (
+            (0.25 * fq_ref.activation_post_process.absmax().double() / fq.quant_max)
+            .clamp_min(fq.activation_post_process.min_scale)
+            .float()
+        )
         torch.testing.assert_close(fq.scale.reshape(()), expected, rtol=1e-6, atol=0)
 
 
@@ -72,8 +82,10 @@ def test_plugin_observer_options_are_validated(host):
     from fcos_core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown key 'percentile'"):
-        build_block(host, "converters", PIPELINE.format(
-            observer="{type: scaled_absmax, percentile: 99.0}"))
+        build_block(
+            host, "converters", PIPELINE.format(observer="{type: scaled_absmax, percentile: 99.0}")
+        )
     with pytest.raises(ConfigError, match="factor: must be in"):
-        build_block(host, "converters", PIPELINE.format(
-            observer="{type: scaled_absmax, factor: 2.0}"))
+        build_block(
+            host, "converters", PIPELINE.format(observer="{type: scaled_absmax, factor: 2.0}")
+        )

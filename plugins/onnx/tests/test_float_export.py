@@ -56,8 +56,9 @@ def test_fcos_export_writes_the_same_onnx_as_the_function(tmp_path):
         batch = m.graph.input[0].type.tensor_type.shape.dim[0]
         assert batch.dim_param and not batch.HasField("dim_value")  # symbolic: dynamic batch
     assert [n.op_type for n in cli.graph.node] == [n.op_type for n in fn.graph.node]
-    assert [onnx.numpy_helper.to_array(t).tobytes() for t in cli.graph.initializer] == \
-        [onnx.numpy_helper.to_array(t).tobytes() for t in fn.graph.initializer]
+    assert [onnx.numpy_helper.to_array(t).tobytes() for t in cli.graph.initializer] == [
+        onnx.numpy_helper.to_array(t).tobytes() for t in fn.graph.initializer
+    ]
     assert f"opset {FLOAT_ONNX_OPSET}" in FORMATS["onnx"][1]
     assert_matches_torch(cli_path, model)
 

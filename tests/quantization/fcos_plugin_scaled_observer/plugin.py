@@ -15,5 +15,8 @@ class ScaledAbsMaxArgs:
 
 @hookimpl
 def register_observers(register):
-    register("scaled_absmax", factory="fcos_plugin_scaled_observer.observer:ScaledAbsMaxObserver",
-             schema=ScaledAbsMaxArgs)
+    register(
+        "scaled_absmax",
+        factory="fcos_plugin_scaled_observer.observer:ScaledAbsMaxObserver",
+        schema=ScaledAbsMaxArgs,
+    )
