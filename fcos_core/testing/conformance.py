@@ -7,27 +7,33 @@ tests (the suites' own names do not start with ``Test``, so they are not collect
 
     class TestMyBackend(CompileBackendConformance):
         backend_name = "mine"
+        distributions = ("fcos-plugin-mine",)  # the test host loads only these
 
     class TestMyDataset(DatasetConformance):
-        @pytest.fixture(scope="class")
-        def dataset(self, tmp_path_factory):
-            return MyDataset(root=make_tiny_folder(tmp_path_factory.mktemp("d")))
+        num_classes = 3
 
-Every fixture a suite uses is a method that a subclass may override (the model, the inputs a
-backend's ``run`` takes, the compile options). The module imports no torch; the fixtures do.
+        @pytest.fixture
+        def dataset(self, tmp_path):
+            return MyDataset(root=make_tiny_folder(tmp_path))
+
+Every fixture a suite uses is a method that a subclass may override (the backend suite's are
+class-scoped classmethods: the host, the model, the images; ``compile_options`` and
+``run_inputs`` are classmethods too). The module imports no torch; the fixtures do.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pytest
 
 from fcos_core.compile.backend import CheckIssue, CompileBackend, CompileResult
 from fcos_core.errors import FcosUserError
 from fcos_core.plugins import PluginHost, load_host
+from fcos_core.testing.isolation import PluginHostFactory
 from fcos_core.testing.torch_free import assert_torch_free
 
 
@@ -40,8 +46,9 @@ def _shapes(value: Any) -> Any:
     return tuple(int(d) for d in value.shape)
 
 
-def tiny_quantized_fcos(backend: Any = None, size: int = 32, num_classes: int = 3,
-                        seed: int = 0) -> Any:
+def tiny_quantized_fcos(
+    backend: Any = None, size: int = 32, num_classes: int = 3, seed: int = 0
+) -> Any:
     """A tiny FCOS deploy model (stand-in backbone and neck, the real FCOSHead and the
     ``for_compile`` post-process, strides 8 and 16), quantized through fcos's public flow
     (Float2QAT -> calibration on random images -> freeze -> QAT2Quantize) under ``backend``'s
@@ -59,9 +66,17 @@ def tiny_quantized_fcos(backend: Any = None, size: int = 32, num_classes: int = 
     strides = [8, 16]
     backbone = TinyBackbone(strides)
     neck = TinyNeck(strides, backbone.out_channels, 16)
-    head = FCOSHead(num_classes=num_classes, in_strides=strides, out_strides=strides,
-                    stride2channels={s: 16 for s in strides}, feat_channels=16, stacked_convs=1,
-                    int8_output=False, int16_output=True, dequant_output=False)
+    head = FCOSHead(
+        num_classes=num_classes,
+        in_strides=strides,
+        out_strides=strides,
+        stride2channels=dict.fromkeys(strides, 16),
+        feat_channels=16,
+        stacked_convs=1,
+        int8_output=False,
+        int16_output=True,
+        dequant_output=False,
+    )
     post = FCOSMultiStrideFilter(strides=strides, for_compile=True, max_shape=(size, size))
     model = FCOS(backbone, neck, head, post_process=post).eval()
     ctx = ConvertContext(example_inputs={"img": (1, 3, size, size)}, backend=backend)
@@ -86,59 +101,86 @@ class CompileBackendConformance:
     """
 
     backend_name: str = ""
+    #: the distributions the test host loads (e.g. the backend's own); empty: all installed
+    distributions: tuple[str, ...] = ()
     #: modules besides the registering plugin that must import without torch
     torch_free_modules: tuple[str, ...] = ()
     supports_detect: bool = True
     input_size: int = 32
 
     @pytest.fixture(scope="class")
-    def host(self) -> PluginHost:
-        return load_host()
+    @classmethod
+    def host(cls) -> Iterator[PluginHost]:
+        """fcos-core's built-ins and the installed ``distributions`` (every installed plugin
+        when empty), torn down after the class."""
+        hosts = PluginHostFactory()
+        try:
+            if cls.distributions:
+                yield hosts(distributions=cls.distributions)
+            else:
+                yield hosts.track(load_host())
+        finally:
+            hosts.close()
 
     @pytest.fixture(scope="class")
-    def entry(self, host: PluginHost) -> Any:
-        assert self.backend_name, "set backend_name on the conformance test class"
-        return host.registries["compile_backends"].lookup(self.backend_name)
+    @classmethod
+    def entry(cls, host: PluginHost) -> Any:
+        assert cls.backend_name, "set backend_name on the conformance test class"
+        return host.registries["compile_backends"].lookup(cls.backend_name)
 
     @pytest.fixture(scope="class")
-    def backend(self, entry: Any) -> CompileBackend:
+    @classmethod
+    def backend(cls, entry: Any) -> CompileBackend:
         return entry.load()()
 
     @pytest.fixture(scope="class")
-    def model(self, backend: CompileBackend) -> Any:
-        return tiny_quantized_fcos(backend, self.input_size)
+    @classmethod
+    def model(cls, backend: CompileBackend) -> Any:
+        return tiny_quantized_fcos(backend, cls.input_size)
 
     @pytest.fixture(scope="class")
-    def images(self) -> Any:
+    @classmethod
+    def images(cls) -> Any:
         import torch
 
         g = torch.Generator().manual_seed(1)
-        return torch.rand(2, 3, self.input_size, self.input_size, generator=g) * 2 - 1
+        return torch.rand(2, 3, cls.input_size, cls.input_size, generator=g) * 2 - 1
 
-    def compile_options(self, out_dir: Path) -> dict[str, Any]:
-        """The ``compile_cfg`` (without ``march``) for the tiny model."""
+    @classmethod
+    def compile_options(cls, out_dir: Path) -> dict[str, Any]:
+        """The ``compile_cfg`` (without ``march``) for the tiny model (override as a
+        classmethod)."""
         return {"out_dir": str(out_dir)}
 
-    def run_inputs(self, program: Any, images: Any) -> Mapping[str, Any]:
-        """What ``backend.run`` takes for a batch of normalised images ``[B, 3, H, W]``."""
+    @classmethod
+    def run_inputs(cls, program: Any, images: Any) -> Mapping[str, Any]:
+        """What ``backend.run`` takes for a batch of normalised images ``[B, 3, H, W]``
+        (override as a classmethod)."""
         return {"img": images}
 
     @pytest.fixture(scope="class")
-    def compiled(self, backend: CompileBackend, model: Any,
-                 tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    @classmethod
+    def compiled(
+        cls, backend: CompileBackend, model: Any, tmp_path_factory: pytest.TempPathFactory
+    ) -> dict[str, Any]:
         import torch
 
-        out_dir = tmp_path_factory.mktemp(f"compile-{self.backend_name}")
-        example = {"img": torch.rand(1, 3, self.input_size, self.input_size) * 2 - 1}
-        options = self.compile_options(out_dir)
+        out_dir = tmp_path_factory.mktemp(f"compile-{cls.backend_name}")
+        example = {"img": torch.rand(1, 3, cls.input_size, cls.input_size) * 2 - 1}
+        options = cls.compile_options(out_dir)
         result = backend.compile(model, example, options, out_dir)
-        return {"result": result, "options": options, "out_dir": out_dir,
-                "program": backend.load(result.artifact)}
+        return {
+            "result": result,
+            "options": options,
+            "out_dir": out_dir,
+            "program": backend.load(result.artifact),
+        }
 
     # -- registration -------------------------------------------------------------------
 
-    def test_registered_with_a_schema(self, host: PluginHost, entry: Any,
-                                      backend: CompileBackend) -> None:
+    def test_registered_with_a_schema(
+        self, host: PluginHost, entry: Any, backend: CompileBackend
+    ) -> None:
         assert isinstance(backend, CompileBackend)
         assert backend.name == entry.name
         assert entry.schema is not None, "register the compile_cfg options schema"
@@ -146,8 +188,7 @@ class CompileBackendConformance:
 
     def test_registration_imports_no_torch(self, host: PluginHost, entry: Any) -> None:
         plugin = host.pm.get_plugin(entry.plugin)
-        modules = [getattr(plugin, "__name__", type(plugin).__module__),
-                   *self.torch_free_modules]
+        modules = [getattr(plugin, "__name__", type(plugin).__module__), *self.torch_free_modules]
         assert_torch_free(*modules)
 
     # -- check / compile / load / run ---------------------------------------------------
@@ -157,19 +198,22 @@ class CompileBackendConformance:
         assert all(isinstance(i, CheckIssue) for i in issues)
         assert issues == [], "\n".join(i.render() for i in issues)
 
-    def test_compile_writes_one_artifact(self, backend: CompileBackend,
-                                         compiled: dict[str, Any]) -> None:
+    def test_compile_writes_one_artifact(
+        self, backend: CompileBackend, compiled: dict[str, Any]
+    ) -> None:
         result = compiled["result"]
         assert isinstance(result, CompileResult)
         assert result.artifact.is_file() and result.artifact.stat().st_size > 0
         assert isinstance(result.report, dict)
         assert all(Path(f).is_file() for f in result.files)
         where = backend.artifact_path(compiled["options"], compiled["out_dir"])
-        assert where is None or Path(where) == result.artifact, \
+        assert where is None or Path(where) == result.artifact, (
             "artifact_path() must name the file compile() wrote"
+        )
 
-    def test_run_has_the_models_output_structure(self, backend: CompileBackend, model: Any,
-                                                 compiled: dict[str, Any], images: Any) -> None:
+    def test_run_has_the_models_output_structure(
+        self, backend: CompileBackend, model: Any, compiled: dict[str, Any], images: Any
+    ) -> None:
         import torch
 
         x = images[:1]
@@ -178,9 +222,9 @@ class CompileBackendConformance:
         got = _shapes(backend.run(compiled["program"], self.run_inputs(compiled["program"], x)))
         assert got == want
 
-    def test_load_rejects_a_damaged_artifact(self, backend: CompileBackend,
-                                             compiled: dict[str, Any],
-                                             tmp_path: Path) -> None:
+    def test_load_rejects_a_damaged_artifact(
+        self, backend: CompileBackend, compiled: dict[str, Any], tmp_path: Path
+    ) -> None:
         data = compiled["result"].artifact.read_bytes()
         truncated = tmp_path / f"truncated{compiled['result'].artifact.suffix}"
         truncated.write_bytes(data[: len(data) // 2])
@@ -190,8 +234,9 @@ class CompileBackendConformance:
             with pytest.raises(FcosUserError):
                 backend.load(path)
 
-    def test_detect_returns_one_dict_per_image(self, backend: CompileBackend,
-                                               compiled: dict[str, Any], images: Any) -> None:
+    def test_detect_returns_one_dict_per_image(
+        self, backend: CompileBackend, compiled: dict[str, Any], images: Any
+    ) -> None:
         dets = backend.detect(compiled["program"], images)
         if not self.supports_detect:
             assert dets is None
@@ -209,13 +254,13 @@ class CompileBackendConformance:
 class DatasetConformance:
     """What every dataset must do (docs/interfaces.md, "Data samples and batches").
 
-    Provide the ``dataset`` fixture (a built dataset, without random transforms) and, when
-    known, ``num_classes``.
+    Override the ``dataset`` fixture (a built dataset, without random transforms) and, when
+    known, set ``num_classes``.
     """
 
     num_classes: int | None = None
 
-    @pytest.fixture(scope="class")
+    @pytest.fixture
     def dataset(self) -> Any:
         raise NotImplementedError("override the dataset fixture")
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import re
+from collections.abc import Iterable, Sequence
 from types import ModuleType
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from fcos_core.hooks import ENTRY_POINT_GROUP
 from fcos_core.plugins import PluginHost, load_host
@@ -26,12 +27,17 @@ def installed_entry_points(distributions: Iterable[str]) -> list[Any]:
     normalised). A named distribution that is not installed, or announces no fcos plugin, is
     an error: the test would otherwise pass without the plugin it meant to test."""
     wanted = {_norm(d): d for d in distributions}
-    found = [ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-             if ep.dist is not None and _norm(ep.dist.name) in wanted]
+    found = [
+        ep
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+        if ep.dist is not None and _norm(ep.dist.name) in wanted
+    ]
     missing = set(wanted) - {_norm(ep.dist.name) for ep in found}
     if missing:
-        raise LookupError(f"no installed fcos plugin from {sorted(wanted[m] for m in missing)}; "
-                          "pip install it (pip install -e plugins/<name> for first-party ones)")
+        raise LookupError(
+            f"no installed fcos plugin from {sorted(wanted[m] for m in missing)}; "
+            "pip install it (pip install -e plugins/<name> for first-party ones)"
+        )
     return found
 
 
@@ -60,11 +66,20 @@ class PluginHostFactory:
     def __init__(self) -> None:
         self.hosts: list[PluginHost] = []
 
-    def __call__(self, *plugins: Any, builtins: bool = True,
-                 distributions: Sequence[str] = ()) -> PluginHost:
+    def __call__(
+        self, *plugins: Any, builtins: bool = True, distributions: Sequence[str] = ()
+    ) -> PluginHost:
         eps = installed_entry_points(distributions) if distributions else False
-        host = load_host(builtins=builtins, entry_points=eps,
-                         plugins=[_as_pair(p, i) for i, p in enumerate(plugins)])
+        host = load_host(
+            builtins=builtins,
+            entry_points=eps,
+            plugins=[_as_pair(p, i) for i, p in enumerate(plugins)],
+        )
+        self.hosts.append(host)
+        return host
+
+    def track(self, host: PluginHost) -> PluginHost:
+        """Tear down a host built elsewhere along with this factory's own."""
         self.hosts.append(host)
         return host
 

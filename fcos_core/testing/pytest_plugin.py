@@ -28,8 +28,9 @@ no torch and builds nothing until a fixture is used.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from types import ModuleType
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 

@@ -9,10 +9,10 @@ that, plus defaults that disagree (the Python API and the config would then diff
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from fcos_core.registry import Entry
-
 
 #: arguments the builder passes to a kind's factories besides the schema's fields, as the
 #: hookspecs document them (``register_samplers``: the data loader adds ``dataset``;
@@ -32,7 +32,7 @@ def _same(a: Any, b: Any) -> bool:
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     try:
         return bool(a == b)
-    except Exception:  # e.g. an array's ambiguous truth value: not the same default
+    except (ValueError, TypeError):  # e.g. an array's ambiguous truth: not the same default
         return False
 
 
@@ -43,12 +43,14 @@ def _signature(factory: Callable[..., Any]) -> inspect.Signature:
         raise AssertionError(f"cannot read the signature of {factory!r}: {exc}") from exc
 
 
-def schema_mismatches(entry: Entry, *, extra: Sequence[str] = (),
-                      defaults: bool = True) -> list[str]:
+def schema_mismatches(
+    entry: Entry, *, extra: Sequence[str] = (), defaults: bool = True
+) -> list[str]:
     """Differences between ``entry.schema`` and the signature of ``entry``'s factory (loads
     the factory, which may import torch). ``extra`` names arguments the builder passes besides
     the schema's fields, on top of :data:`BUILDER_ARGS` of the entry's kind; ``defaults=False``
-    skips comparing default values. Empty when they match; an entry without a schema has nothing to match."""
+    skips comparing default values. Empty when they match; an entry without a schema has
+    nothing to match."""
     if entry.schema is None:
         return []
     from fcos_core.schema import fields_of
@@ -56,9 +58,11 @@ def schema_mismatches(entry: Entry, *, extra: Sequence[str] = (),
     where = f"{entry.kind} '{entry.name}' ({entry.provider})"
     params = _signature(entry.load()).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    by_name = {n: p for n, p in params.items()
-               if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                             inspect.Parameter.KEYWORD_ONLY)}
+    by_name = {
+        n: p
+        for n, p in params.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
     fields = fields_of(entry.schema)
     supplied = {*extra, *BUILDER_ARGS.get(entry.kind, ())}
     problems = []
@@ -66,27 +70,44 @@ def schema_mismatches(entry: Entry, *, extra: Sequence[str] = (),
         param = by_name.get(name)
         if param is None:
             if not takes_any:
-                problems.append(f"{where}: schema field '{name}' is not an argument of the "
-                                f"factory {entry.factory!r}")
+                problems.append(
+                    f"{where}: schema field '{name}' is not an argument of the "
+                    f"factory {entry.factory!r}"
+                )
             continue
-        if (defaults and field.kind is None and not field.required
-                and param.default is not inspect.Parameter.empty
-                and not _same(field.default, param.default)):
-            problems.append(f"{where}: '{name}' defaults to {field.default!r} in the schema but "
-                            f"to {param.default!r} in the factory")
+        if (
+            defaults
+            and field.kind is None
+            and not field.required
+            and param.default is not inspect.Parameter.empty
+            and not _same(field.default, param.default)
+        ):
+            problems.append(
+                f"{where}: '{name}' defaults to {field.default!r} in the schema but "
+                f"to {param.default!r} in the factory"
+            )
     for name, param in params.items():
         if param.kind is inspect.Parameter.POSITIONAL_ONLY and param.default is param.empty:
-            problems.append(f"{where}: the factory's positional-only argument '{name}' cannot "
-                            "be passed by the builder")
-        elif (name in by_name and param.default is param.empty and name not in fields
-              and name not in supplied):
-            problems.append(f"{where}: the factory requires '{name}', which the schema "
-                            f"{entry.schema.__name__} does not have")
+            problems.append(
+                f"{where}: the factory's positional-only argument '{name}' cannot "
+                "be passed by the builder"
+            )
+        elif (
+            name in by_name
+            and param.default is param.empty
+            and name not in fields
+            and name not in supplied
+        ):
+            problems.append(
+                f"{where}: the factory requires '{name}', which the schema "
+                f"{entry.schema.__name__} does not have"
+            )
     return problems
 
 
-def assert_schema_matches_factory(kind: str, name: str, *, host: Any = None,
-                                  extra: Sequence[str] = (), defaults: bool = True) -> None:
+def assert_schema_matches_factory(
+    kind: str, name: str, *, host: Any = None, extra: Sequence[str] = (), defaults: bool = True
+) -> None:
     """Fail when the schema of component ``name`` of registry ``kind`` does not match its
     factory's signature (see :func:`schema_mismatches`). ``host`` defaults to one with every
     installed plugin; pass the ``fcos_host`` fixture's host to check in isolation."""

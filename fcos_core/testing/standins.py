@@ -18,7 +18,7 @@ Registered as components by :class:`fcos_core.testing.standin_plugin.StandIns`
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +27,11 @@ from torch import nn
 
 def _cbr(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> list[nn.Module]:
     """conv (no bias) + BN + ReLU, as a list so callers can append to the stage."""
-    return [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout),
-            nn.ReLU()]
+    return [
+        nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(),
+    ]
 
 
 class Residual(nn.Module):
@@ -39,8 +42,11 @@ class Residual(nn.Module):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(channels, channels, 3, 1, 1, groups=channels, bias=False),
-            nn.BatchNorm2d(channels), nn.ReLU(),
-            nn.Conv2d(channels, channels, 1, bias=False), nn.BatchNorm2d(channels))
+            nn.BatchNorm2d(channels),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 1, bias=False),
+            nn.BatchNorm2d(channels),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -60,20 +66,31 @@ class TinyBackbone(nn.Module):
             and a residual add, for quantization and export tests).
     """
 
-    def __init__(self, out_strides: Sequence[int] = (8, 16), width: int = 16,
-                 channels: Sequence[int] | None = None, residual_at: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        out_strides: Sequence[int] = (8, 16),
+        width: int = 16,
+        channels: Sequence[int] | None = None,
+        residual_at: Sequence[int] = (),
+    ) -> None:
         super().__init__()
         self.out_strides = [int(s) for s in out_strides]
-        if not self.out_strides or any(s < 2 or s & (s - 1) for s in self.out_strides) \
-                or self.out_strides != sorted(set(self.out_strides)):
-            raise ValueError(f"out_strides must be increasing powers of two >= 2, "
-                             f"got {list(out_strides)}")
+        if (
+            not self.out_strides
+            or any(s < 2 or s & (s - 1) for s in self.out_strides)
+            or self.out_strides != sorted(set(self.out_strides))
+        ):
+            raise ValueError(
+                f"out_strides must be increasing powers of two >= 2, got {list(out_strides)}"
+            )
         n = max(self.out_strides).bit_length() - 1  # number of stride-2 stages
         if channels is None:
             channels = [min(width * 2 ** max(i - 2, 0), 64) for i in range(n)]
         if len(channels) != n:
-            raise ValueError(f"channels needs one entry per stage ({n} up to stride "
-                             f"{max(self.out_strides)}), got {list(channels)}")
+            raise ValueError(
+                f"channels needs one entry per stage ({n} up to stride "
+                f"{max(self.out_strides)}), got {list(channels)}"
+            )
         chans = [3, *[int(c) for c in channels]]
         stages = []
         for i in range(n):
@@ -106,12 +123,19 @@ class TinyNeck(nn.Module):
             ``in_channels`` all equal to ``out_channels``.
     """
 
-    def __init__(self, in_strides: Sequence[int], in_channels: Sequence[int],
-                 out_channels: int = 32, fusion: str = "lateral") -> None:
+    def __init__(
+        self,
+        in_strides: Sequence[int],
+        in_channels: Sequence[int],
+        out_channels: int = 32,
+        fusion: str = "lateral",
+    ) -> None:
         super().__init__()
         if len(in_strides) != len(in_channels):
-            raise ValueError(f"in_strides {list(in_strides)} and in_channels "
-                             f"{list(in_channels)} differ in length")
+            raise ValueError(
+                f"in_strides {list(in_strides)} and in_channels "
+                f"{list(in_channels)} differ in length"
+            )
         self.in_strides = [int(s) for s in in_strides]
         self.out_strides = list(self.in_strides)
         self.out_channels = int(out_channels)
@@ -121,8 +145,10 @@ class TinyNeck(nn.Module):
             self.lateral = nn.ModuleList(nn.Sequential(*_cbr(int(ci), c, 1)) for ci in in_channels)
         elif fusion == "bifpn":
             if any(int(ci) != c for ci in in_channels):
-                raise ValueError(f"fusion 'bifpn' needs in_channels equal to out_channels={c}, "
-                                 f"got {list(in_channels)}")
+                raise ValueError(
+                    f"fusion 'bifpn' needs in_channels equal to out_channels={c}, "
+                    f"got {list(in_channels)}"
+                )
             n = len(self.in_strides)
             self.td = nn.ModuleList(self._sep(c) for _ in range(n - 1))
             self.bu = nn.ModuleList(self._sep(c) for _ in range(n - 1))
@@ -131,16 +157,20 @@ class TinyNeck(nn.Module):
 
     @staticmethod
     def _sep(c: int) -> nn.Sequential:
-        return nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, groups=c, bias=False),
-                             nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c))
+        return nn.Sequential(
+            nn.Conv2d(c, c, 3, 1, 1, groups=c, bias=False),
+            nn.Conv2d(c, c, 1, bias=False),
+            nn.BatchNorm2d(c),
+        )
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         if self.fusion == "lateral":
             return [m(f) for m, f in zip(self.lateral, feats)]
         p = list(feats)
         for i in range(len(p) - 2, -1, -1):  # top-down
-            p[i] = self.td[i](F.relu(p[i] + F.interpolate(p[i + 1], scale_factor=2.0,
-                                                          mode="nearest")))
+            p[i] = self.td[i](
+                F.relu(p[i] + F.interpolate(p[i + 1], scale_factor=2.0, mode="nearest"))
+            )
         for i in range(1, len(p)):  # bottom-up
             p[i] = self.bu[i - 1](F.relu(p[i] + F.max_pool2d(p[i - 1], 2)))
         return p
@@ -156,8 +186,13 @@ class TinyHead(nn.Module):
     ``stride2channels`` like FCOSHead, so ``FCOS`` checks it the same way.
     """
 
-    def __init__(self, num_classes: int, in_strides: Sequence[int], in_channels: int = 32,
-                 feat_channels: int = 16) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        in_strides: Sequence[int],
+        in_channels: int = 32,
+        feat_channels: int = 16,
+    ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -172,8 +207,12 @@ class TinyHead(nn.Module):
 
     def forward(self, feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         if len(feats) != len(self.in_strides):
-            raise ValueError(f"TinyHead got {len(feats)} features, expected one per in_stride "
-                             f"{self.in_strides}")
+            raise ValueError(
+                f"TinyHead got {len(feats)} features, expected one per in_stride {self.in_strides}"
+            )
         towers = [self.tower(f) for f in feats]
-        return (*[self.conv_cls(t) for t in towers], *[F.relu(self.conv_reg(t)) for t in towers],
-                *[self.conv_centerness(t) for t in towers])
+        return (
+            *[self.conv_cls(t) for t in towers],
+            *[F.relu(self.conv_reg(t)) for t in towers],
+            *[self.conv_centerness(t) for t in towers],
+        )

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from types import ModuleType
-from typing import Sequence
 
 # Runs in the child: a meta-path finder notes the import chain (the non-importlib frames of
 # the stack) the first time a forbidden top-level package is imported, then imports the
@@ -29,17 +29,19 @@ class _Watch:
         return None
 
 current = [None]
+preloaded = sorted(f for f in forbidden if f in sys.modules)
 sys.meta_path.insert(0, _Watch())
 for m in modules:
     current[0] = m
     importlib.import_module(m)
 print("FCOS-TORCH-FREE " + json.dumps(
-    {k: v for k, v in seen.items() if k in sys.modules}))
+    {"seen": {k: v for k, v in seen.items() if k in sys.modules}, "preloaded": preloaded}))
 """
 
 
-def assert_torch_free(*modules: str | ModuleType, forbidden: Sequence[str] = ("torch",),
-                      timeout: float = 120.0) -> None:
+def assert_torch_free(
+    *modules: str | ModuleType, forbidden: Sequence[str] = ("torch",), timeout: float = 120.0
+) -> None:
     """Import ``modules`` (names or module objects) in a fresh interpreter and fail when that
     imported any of ``forbidden`` (top-level package names, ``torch`` by default).
 
@@ -52,13 +54,25 @@ def assert_torch_free(*modules: str | ModuleType, forbidden: Sequence[str] = ("t
         raise ValueError("assert_torch_free needs at least one module")
     out = subprocess.run(
         [sys.executable, "-c", _PROBE, json.dumps(names), json.dumps(list(forbidden))],
-        capture_output=True, text=True, timeout=timeout)
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     marker = [ln for ln in out.stdout.splitlines() if ln.startswith("FCOS-TORCH-FREE ")]
     if out.returncode != 0 or not marker:
-        raise AssertionError(f"importing {', '.join(names)} failed (exit {out.returncode}):\n"
-                             f"{out.stderr.strip()}")
-    seen = json.loads(marker[-1].split(" ", 1)[1])
+        raise AssertionError(
+            f"importing {', '.join(names)} failed (exit {out.returncode}):\n{out.stderr.strip()}"
+        )
+    report = json.loads(marker[-1].split(" ", 1)[1])
+    if report["preloaded"]:
+        raise ValueError(
+            f"cannot check {report['preloaded']}: a fresh interpreter has imported "
+            "them before any module under test"
+        )
+    seen = report["seen"]
     if seen:
-        lines = [f"importing {info['by']} imported {pkg}, via:\n    "
-                 + "\n    ".join(info["chain"]) for pkg, info in sorted(seen.items())]
+        lines = [
+            f"importing {info['by']} imported {pkg}, via:\n    " + "\n    ".join(info["chain"])
+            for pkg, info in sorted(seen.items())
+        ]
         raise AssertionError("\n".join(lines) + "\nimport it inside the function that needs it")

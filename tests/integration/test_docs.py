@@ -1,5 +1,6 @@
-"""Docs meta-tests: every hook and registered component is documented, and the checked-in
-config reference matches the installed components' schemas."""
+"""Docs meta-tests: every hook and registered component is documented, the checked-in
+references match the components' schemas, and every schema matches its factory. The host is
+fcos-core plus the first-party distributions, whatever else is installed."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ ROOT = Path(__file__).parents[2]
 #: and these, whatever else is installed
 FIRST_PARTY = sorted(
     re.search(r'^name\s*=\s*"([^"]+)"', p.read_text(encoding="utf-8"), re.M).group(1)
-    for p in ROOT.glob("plugins/*/pyproject.toml"))
+    for p in ROOT.glob("plugins/*/pyproject.toml")
+)
 
 #: the command that regenerates a reference from exactly these plugins
 REGENERATE = f"FCOS_LOAD_PLUGINS={','.join(FIRST_PARTY)} fcos docs"
@@ -45,3 +47,10 @@ def test_cli_reference_is_current(host):
     current = (ROOT / "docs" / "cli-reference.md").read_text(encoding="utf-8")
     assert current == expected, f"docs/cli-reference.md is stale: run `{REGENERATE} cli`"
 
+
+def test_every_schema_matches_its_factory(host):
+    """What the reference documents is what the factories take (imports every factory)."""
+    from fcos_core.testing import schema_mismatches
+
+    problems = [p for e in host.registries.entries() for p in schema_mismatches(e)]
+    assert problems == []
