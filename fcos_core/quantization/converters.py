@@ -28,10 +28,6 @@ from fcos_core.quantization.rules import QuantRules, rules_for
 from fcos_core.quantization_state import get_qat_mode, require_qstate, set_qstate
 from fcos_core.schema import LazyComponent
 
-#: when the fake-quant graph computes its values with the integer ops' arithmetic
-#: (:mod:`fcos_core.quantization.integer_exact`); kept torch-free for the config schemas
-INTEGER_EXACT_MODES = ("eval", "always", "off")
-
 _INFO_ATTR = "_fcos_quant_info"
 _REFERENCE_ATTR = "_fcos_reference"
 
@@ -152,14 +148,15 @@ class _Float2Prepared(abc.ABC):
 
     def __init__(self, qat_mode: str | None, integer_exact: str = "eval",
                  layer_precision: Any = None) -> None:
+        from fcos_core.quantization.integer_exact import EXACT_MODES
         from fcos_core.quantization.precision import parse_layer_precision
         from fcos_core.quantization.prepare import QAT_MODES
 
         if qat_mode is not None and qat_mode not in QAT_MODES:
             raise ValueError(f"qat_mode: {qat_mode!r} is not supported; use one of {QAT_MODES}")
-        if integer_exact not in INTEGER_EXACT_MODES:
+        if integer_exact not in EXACT_MODES:
             raise ValueError(f"integer_exact: {integer_exact!r}; use one of "
-                             f"{', '.join(INTEGER_EXACT_MODES)}")
+                             f"{', '.join(EXACT_MODES)}")
         self.qat_mode = qat_mode
         self.integer_exact = integer_exact
         # mixed precision (fcos_core.quantization.precision); parsed now, resolved on the graph
