@@ -230,16 +230,18 @@ def _table(cfg: Any, ctx: Any, march: str, source: str, model: Any, result: Any,
 def integer_model_metrics(cfg: Any, ctx: Any, source: str, model: Any
                           ) -> tuple[dict[str, float] | None, str]:
     """The integer model's COCO numbers for the table and where they come from: the run's
-    int_infer stage (summary.json) when the compiled model is that stage's; else ``model``
-    (the compiled integer model, in torch) scored here on the artifact's evaluation data, its
-    outputs dequantized with its own scales and decoded by its post-process, as an artifact's
-    ``detect`` does."""
+    int_infer stage (summary.json) when the compiled model is exactly that stage's (its
+    checkpoint holds the same tensors: the same weights, scales and multipliers -- a model
+    rebuilt for another ``march`` is not); else ``model`` (the compiled integer model, in
+    torch) scored here on the artifact's evaluation data, its outputs dequantized with its
+    own scales and decoded by its post-process, as an artifact's ``detect`` does."""
     from fcos_core.compile.deploy_table import integer_body
     from fcos_core.engine.summary import load_summary
 
     if source.startswith("int_infer") and ctx.run_dir is not None:
         done = load_summary(Path(ctx.run_dir)).get("int_infer") or {}
-        if isinstance(done.get("metrics"), dict) and done["metrics"]:
+        if isinstance(done.get("metrics"), dict) and done["metrics"] \
+                and _holds_model(done.get("checkpoint"), model):
             return done["metrics"], "int_infer stage (summary.json)"
     loaders, metric_node = artifact_eval_nodes(cfg)
     int_model = integer_body(model)
@@ -279,6 +281,25 @@ def integer_model_metrics(cfg: Any, ctx: Any, source: str, model: Any
     for m in metrics:
         out.update(m.compute())
     return out, "the compiled integer model, scored by the compile stage"
+
+
+def _holds_model(checkpoint: Any, model: Any) -> bool:
+    """Whether the checkpoint file holds every tensor of ``model``'s state, equal."""
+    import torch
+
+    from fcos_core.engine.checkpoint_io import load_file
+
+    if not checkpoint or not Path(str(checkpoint)).is_file():
+        return False
+    try:
+        saved = load_file(str(checkpoint))
+    except FcosUserError:
+        return False
+    saved = saved.get("state_dict", saved) if isinstance(saved, dict) else {}
+    state = model.state_dict()
+    return bool(state) and all(
+        isinstance(saved.get(k), torch.Tensor) and saved[k].shape == v.shape
+        and torch.equal(saved[k], v) for k, v in state.items())
 
 
 def artifact_eval_nodes(cfg: Any) -> tuple[list[Any], Any]:
