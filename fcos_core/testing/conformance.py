@@ -47,12 +47,19 @@ def _shapes(value: Any) -> Any:
 
 
 def tiny_quantized_fcos(
-    backend: Any = None, size: int = 32, num_classes: int = 3, seed: int = 0
+    backend: Any = None,
+    size: int = 32,
+    num_classes: int = 3,
+    seed: int = 0,
+    head_output: str = "int16",
 ) -> Any:
-    """A tiny FCOS deploy model (stand-in backbone and neck, the real FCOSHead and the
-    ``for_compile`` post-process, strides 8 and 16), quantized through fcos's public flow
-    (Float2QAT -> calibration on random images -> freeze -> QAT2Quantize) under ``backend``'s
-    quantization rules. Input ``img [1, 3, size, size]``."""
+    """A tiny FCOS deploy model (stand-in backbone and neck, the real FCOSHead with
+    ``head_output`` (``"int8"`` or ``"int16"``) predictor outputs and the ``for_compile``
+    post-process, strides 8 and 16), quantized through fcos's public flow (Float2QAT ->
+    calibration on random images -> freeze -> QAT2Quantize) under ``backend``'s quantization
+    rules. Input ``img [1, 3, size, size]``."""
+    if head_output not in ("int8", "int16"):
+        raise ValueError(f"head_output must be 'int8' or 'int16', got {head_output!r}")
     import torch
 
     from fcos_core.convert_context import ConvertContext
@@ -73,8 +80,8 @@ def tiny_quantized_fcos(
         stride2channels=dict.fromkeys(strides, 16),
         feat_channels=16,
         stacked_convs=1,
-        int8_output=False,
-        int16_output=True,
+        int8_output=head_output == "int8",
+        int16_output=head_output == "int16",
         dequant_output=False,
     )
     post = FCOSMultiStrideFilter(strides=strides, for_compile=True, max_shape=(size, size))
@@ -107,6 +114,8 @@ class CompileBackendConformance:
     torch_free_modules: tuple[str, ...] = ()
     supports_detect: bool = True
     input_size: int = 32
+    #: dtype of the head's predictor outputs in the tiny model (a target without int16: int8)
+    head_output: str = "int16"
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -136,7 +145,7 @@ class CompileBackendConformance:
     @pytest.fixture(scope="class")
     @classmethod
     def model(cls, backend: CompileBackend) -> Any:
-        return tiny_quantized_fcos(backend, cls.input_size)
+        return tiny_quantized_fcos(backend, cls.input_size, head_output=cls.head_output)
 
     @pytest.fixture(scope="class")
     @classmethod

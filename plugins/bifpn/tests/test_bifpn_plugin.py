@@ -9,7 +9,6 @@ from fcos_core.build import build
 from fcos_core.config.loader import parse_yaml_text
 from fcos_core.config.validate import Validator
 from fcos_core.errors import ConfigError
-from fcos_core.plugins import load_host
 
 # the seed config's model.backbone and model.neck, as YAML
 SEED_YAML = """
@@ -35,9 +34,10 @@ neck:
 """
 
 
-@pytest.fixture(scope="module")
-def host():
-    return load_host()
+@pytest.fixture
+def host(fcos_host):
+    """fcos-core, this plugin and the seed's backbone only, whatever else is installed."""
+    return fcos_host(distributions=["fcos-plugin-bifpn", "fcos-plugin-efficientnet"])
 
 
 def validate(host, text, kind="necks", key="neck"):
@@ -50,6 +50,10 @@ def test_registered_by_its_distribution(host):
     entry = host.registries["necks"].lookup("BiFPN")
     assert entry.distribution == "fcos-plugin-bifpn"
     assert entry.doc.startswith("BiFPN")
+
+
+def test_schema_matches_the_factory(host, fcos_schema_check):
+    fcos_schema_check("necks", "BiFPN", host=host)
 
 
 def test_plugin_module_does_not_import_torch(fcos_torch_free):

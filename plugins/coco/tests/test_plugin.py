@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import attrs
 
-from fcos_core.plugins import load_host
 
-
-def test_registered_components():
-    host = load_host()
+def test_registered_components(fcos_host, fcos_schema_check):
+    host = fcos_host(distributions=["fcos-plugin-coco"])
     r = host.registries
     assert {"Coco", "CocoFolder"} <= set(r["datasets"].names())
     assert {"Resize", "RandomCrop", "Pad", "RandomFlip", "AugmentHSV", "ToTensor",
@@ -21,6 +19,7 @@ def test_registered_components():
             if entry.plugin == "coco":
                 assert callable(entry.load()), entry.name
                 assert entry.doc, entry.name
+                fcos_schema_check(kind, entry.name, host=host)
 
 
 def test_plugin_and_schema_import_without_torch(fcos_torch_free):

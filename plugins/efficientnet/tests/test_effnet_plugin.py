@@ -8,7 +8,6 @@ from fcos_core.build import build
 from fcos_core.config.loader import parse_yaml_text
 from fcos_core.config.validate import Validator
 from fcos_core.errors import ConfigError
-from fcos_core.plugins import load_host
 
 SEED_BACKBONE = """
 backbone:
@@ -22,9 +21,10 @@ backbone:
 """
 
 
-@pytest.fixture(scope="module")
-def host():
-    return load_host()
+@pytest.fixture
+def host(fcos_host):
+    """fcos-core and this plugin only, whatever else is installed."""
+    return fcos_host(distributions=["fcos-plugin-efficientnet"])
 
 
 def validate(host, text):
@@ -38,6 +38,10 @@ def test_registered_by_its_distribution(host):
     entry = host.registries["backbones"].lookup("efficientnet")
     assert entry.distribution == "fcos-plugin-efficientnet"
     assert entry.doc.startswith("EfficientNet")
+
+
+def test_schema_matches_the_factory(host, fcos_schema_check):
+    fcos_schema_check("backbones", "efficientnet", host=host)
 
 
 def test_plugin_module_does_not_import_torch(fcos_torch_free):
