@@ -121,25 +121,35 @@ class {cls}:
         sample["img"] = np.clip(img, 0, 255).astype(np.uint8)
         return sample
 ''',
-        "tests/test_plugin.py": f'''"""Tests written with fcos's testing kit."""
+        "tests/test_plugin.py": f'''"""Tests written with fcos's testing kit: the fixtures (fcos_host, fcos_torch_free,
+fcos_schema_check) come with fcos-core's pytest plugin, no conftest.py needed."""
 
 import numpy as np
 import pytest
 
 from fcos_core.errors import ConfigError
-from fcos_core.testing import build_block, make_host, validate_block
+from fcos_core.testing import build_block, validate_block
 
 import {pkg}.plugin as plugin
 
 
 @pytest.fixture
-def host():
-    return make_host(plugins=[("{name}", plugin)])
+def host(fcos_host):
+    """fcos's built-ins and this plugin only, whatever else is installed."""
+    return fcos_host(("{name}", plugin))
 
 
 def test_registered(host):
     entry = host.registries["transforms"].lookup("{cls}")
     assert entry.doc.startswith("Randomly brighten")
+
+
+def test_registration_imports_no_torch(fcos_torch_free):
+    fcos_torch_free("{pkg}.plugin", "{pkg}.schema")
+
+
+def test_schema_matches_the_factory(host, fcos_schema_check):
+    fcos_schema_check("transforms", "{cls}", host=host)
 
 
 def test_builds_from_yaml_and_changes_brightness(host):

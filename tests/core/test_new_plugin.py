@@ -24,7 +24,7 @@ def test_generated_plugin_installs_and_passes_its_tests(tmp_path, capsys):
                             str(root / "tests")], env=env, capture_output=True, text=True,
                            timeout=300, cwd=tmp_path)
     assert tests.returncode == 0, tests.stdout + tests.stderr
-    assert "4 passed" in tests.stdout
+    assert "6 passed" in tests.stdout
     listed = subprocess.run([sys.executable, "-m", "fcos_core", "plugins", "--json"], env=env,
                             capture_output=True, text=True, timeout=120, check=True)
     (mine,) = [p for p in json.loads(listed.stdout) if p["distribution"] == "fcos-plugin-myaug"]
