@@ -127,7 +127,7 @@ class BaselinePad(Pad):
         th, tw = self.target_size(h, w)
         out = dict(sample)
         if (th, tw) != (h, w):
-            padded = np.full((th, tw) + img.shape[2:], self.pad_val, dtype=img.dtype)
+            padded = np.full((th, tw, *img.shape[2:]), self.pad_val, dtype=img.dtype)
             padded[:h, :w] = img
             out["img"] = padded
         out["pad_shape"] = (th, tw)
@@ -173,7 +173,7 @@ class BaselineAugmentHSV(AugmentHSV):
         s_frac = (lut_s / np.float32(255)).astype(np.float32)[hsv[..., 1]]
         v = lut_v.astype(np.float32)[hsv[..., 2]]
         a = v * s_frac
-        rgb = np.empty(h.shape + (3,), dtype=np.uint8)
+        rgb = np.empty((*h.shape, 3), dtype=np.uint8)
         for c in range(3):
             rgb[..., c] = v - a * _BASELINE_G[c].astype(np.float32)[h] + 0.5
         out = dict(sample)

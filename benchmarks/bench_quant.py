@@ -190,7 +190,7 @@ def main() -> int:
     exact_train.train()
     rows.append(("QAT train step, integer_exact: always",
                  timed(lambda: train_step(exact_train, x), ARGS.reps)))
-    del exact_train
+    exact_train = None  # frees it (the timed closure holds the name)
     qat.eval()
     freeze_observers(qat)
     plain = Float2QAT(integer_exact="off")(copy.deepcopy(body), ctx)

@@ -59,7 +59,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ("tv_r50", "tv_mbv3")
-CONTENDERS = ("fcos",) + PEERS
+CONTENDERS = ("fcos", *PEERS)
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -221,7 +221,7 @@ EPOCH_LINE = re.compile(r"^(\S+Z) .*loss_\S+ epoch .*epoch=(\d+)")
 
 
 def _fcos(args: list[str], env: dict[str, str], log: Path) -> float:
-    cmd = [sys.executable, "-m", "fcos_core"] + args
+    cmd = [sys.executable, "-m", "fcos_core", *args]
     t0 = time.perf_counter()
     with open(log, "w") as f:
         rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
@@ -252,19 +252,13 @@ def run_fcos(paths: dict[str, Path], minutes: float, size: int, seed: int, confi
         _fcos(["pack-coco", "--images", str(paths[f"{split}_images"]), "--ann",
                str(paths[f"{split}_json"]), "--out", str(data_root / f"{split}_lmdb")], env,
               work / f"pack_{split}.log")
-    common = [f"vars.data_root={data_root}", f"vars.val_ann_file={paths['val_json']}",
-              f"vars.num_classes={len(cat_ids)}",
-              f"vars.num_classes_with_background={len(cat_ids) + 1}",
-              f"vars.input_size={size}", f"seed={seed}"] + extra
+    common = [f"vars.data_root={data_root}", f"vars.val_ann_file={paths['val_json']}", f"vars.num_classes={len(cat_ids)}", f"vars.num_classes_with_background={len(cat_ids) + 1}", f"vars.input_size={size}", f"seed={seed}", *extra]
 
     def run(tag: str, epochs: int, cfg_path: Path) -> tuple[float, Path]:
         log = work / f"fcos_{tag}.log"
         # no validation inside the loop (the peers validate once, after training, too): the
         # last checkpoint is scored below, so per-epoch validation would only spend budget
-        secs = _fcos(["run", str(cfg_path), "--stage", "float", "--run-dir", str(work / tag),
-                      f"ckpt_dir={work / tag / 'ckpt'}", f"task_name=bench_{tag}",
-                      f"float_trainer.num_epochs={epochs}",
-                      f"vars.val_callback.val_interval={epochs + 1}"] + common, env, log)
+        secs = _fcos(["run", str(cfg_path), "--stage", "float", "--run-dir", str(work / tag), f"ckpt_dir={work / tag / 'ckpt'}", f"task_name=bench_{tag}", f"float_trainer.num_epochs={epochs}", f"vars.val_callback.val_interval={epochs + 1}", *common], env, log)
         return secs, log
 
     probe_epochs = 6

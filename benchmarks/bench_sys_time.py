@@ -85,12 +85,7 @@ def main() -> None:
         rows = {}
         for name, extra in VARIANTS.items():
             tag = name.replace("/", "_").replace(" ", "_")
-            cmd = [sys.executable, "-m", "fcos_core", "run", ns.config, "--stage", "float",
-                   "--run-dir", str(work / tag), f"ckpt_dir={work / tag / 'ckpt'}",
-                   f"vars.data_root={work / 'data'}", f"vars.val_ann_file={paths['val_json']}",
-                   f"vars.num_classes={ncls}", f"vars.num_classes_with_background={ncls + 1}",
-                   f"vars.input_size={ns.size}", f"vars.batch_size_per_gpu={ns.batch}",
-                   f"float_trainer.num_epochs={ns.epochs}"] + extra
+            cmd = [sys.executable, "-m", "fcos_core", "run", ns.config, "--stage", "float", "--run-dir", str(work / tag), f"ckpt_dir={work / tag / 'ckpt'}", f"vars.data_root={work / 'data'}", f"vars.val_ann_file={paths['val_json']}", f"vars.num_classes={ncls}", f"vars.num_classes_with_background={ncls + 1}", f"vars.input_size={ns.size}", f"vars.batch_size_per_gpu={ns.batch}", f"float_trainer.num_epochs={ns.epochs}", *extra]
             rows[name] = run(cmd, env, work / f"{tag}.log")
             print(f"[{name}] {rows[name]}", flush=True)
     base = rows["fork/epoch"]

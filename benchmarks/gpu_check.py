@@ -338,7 +338,7 @@ def check_throughput(report: Report, host: Any, data_root: Path, device: Any,
                         args.steps)
             report.add("b", f"{name} eval", f"{args.batch / sec:.1f} img/s")
             report.add("c", f"{name} eval peak", f"{_peak_mib(device):.0f} MiB")
-            del m, run, opt
+            m = run = opt = None  # frees the device memory (the timed closures hold these)
     _reference_models(report, batches, device, args)
     return train_ips
 
@@ -375,7 +375,7 @@ def _reference_models(report: Report, batches: list[Any], device: Any, args: Any
             sec = _time(lambda i: tv(list(imgs[i % 2])), device, args.warmup, args.steps)
         report.add("b", "torchvision fcos_resnet50_fpn fp32 channels-last eval",
                    f"{args.batch / sec:.1f} img/s")
-        del tv, opt
+        tv = opt = None  # frees the device memory (the timed closures hold these)
     with report.guard("b", "effdet EfficientDet-D0"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -412,7 +412,7 @@ def _reference_models(report: Report, batches: list[Any], device: Any, args: Any
             sec = _time(lambda i: net(imgs[i % 2]), device, args.warmup, args.steps)
         report.add("b", "effdet D0 fp32 channels-last eval (network)",
                    f"{args.batch / sec:.1f} img/s")
-        del bench, net, opt
+        bench = net = opt = None  # frees the device memory (the timed closures hold these)
 
 
 def check_data_pipeline(report: Report, host: Any, data_root: Path, device: Any, args: Any,

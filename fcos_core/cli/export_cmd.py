@@ -24,8 +24,8 @@ from fcos_core.errors import FcosUserError
 FORMATS: dict[str, tuple[str, str]] = {
     "torchscript": (".pt", "TorchScript (torch.jit.trace); load with torch.jit.load"),
     "export": (".pt2", "torch.export ExportedProgram; load with torch.export.load"),
-    "onnx": (".onnx", f"ONNX opset {FLOAT_ONNX_OPSET}, dynamic batch "
-                      "(fcos_core.compile.float_onnx); run with onnxruntime"),
+    "onnx": (".onnx", (f"ONNX opset {FLOAT_ONNX_OPSET}, dynamic batch "
+                      "(fcos_core.compile.float_onnx); run with onnxruntime")),
 }
 
 

@@ -117,7 +117,7 @@ class DistributedSampler(_EpochSampler):
         world, rank = self.world()
         n = len(self.dataset)
         order = _permutation(n, self.seed, epoch) if self.shuffle else list(range(n))
-        per, total = self._split(n, world)
+        _per, total = self._split(n, world)
         if total > n:  # pad with the order's own head, repeated as often as needed
             pad = total - n
             order = order + (order * math.ceil(pad / max(n, 1)))[:pad]

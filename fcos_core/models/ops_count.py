@@ -113,8 +113,8 @@ def _fmt(n: int) -> str:
 
 def format_table(reports: Mapping[str, Mapping[str, Any]], shape: tuple[int, ...]) -> str:
     """Human-readable table of :func:`model_report` results."""
-    lines = [f"input shape {'x'.join(map(str, shape))}; MACs of Conv2d/Linear layers "
-             "(forward hooks)"]
+    lines = [(f"input shape {'x'.join(map(str, shape))}; MACs of Conv2d/Linear layers "
+             "(forward hooks)")]
     lines.append(f"{'module':<28}{'params':>14}{'MACs':>14}")
     for key, rep in reports.items():
         lines.append(f"{key + ' (' + rep['type'] + ')':<28}{_fmt(rep['params']):>14}"

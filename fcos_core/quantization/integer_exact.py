@@ -288,7 +288,7 @@ def _operands(gm: fx.GraphModule, kind: str, core: fx.Node, fq_node: fx.Node
         return [core, g.get_attr(f"{_quantized_input(gm, core)}.scale"), s_out]
     if kind == "conv":
         ops = _conv_operands(gm, core)
-        return None if ops is None else ops + [s_out]
+        return None if ops is None else [*ops, s_out]
     a, b = core.args[0], core.args[1]
     fa, fb = _quantized_input(gm, a), _quantized_input(gm, b)
     if fa is None or fb is None:
@@ -321,7 +321,7 @@ def _exact_accumulator_outputs(gm: fx.GraphModule, out: fx.Node, multiplier_bits
                 max_shift, conv=_conv_static(core), mode=mode))
             flag = graph.get_attr(f"{w_fq}.fake_quant_enabled")
             new_args.append(graph.call_module(name, (arg, flag, *operands)))
-    out.args = (type(out.args[0])(new_args),) + tuple(out.args[1:])
+    out.args = (type(out.args[0])(new_args), *tuple(out.args[1:]))
     return count
 
 

@@ -246,8 +246,8 @@ def _fmt_db(v: float) -> str:
 def format_report(report: dict[str, Any]) -> str:
     """A readable table: one line per layer, then the outputs and the worst layers."""
     lines = [f"quantization report ({report['stage']})",
-             f"{'layer (module)':<44} {'kind':<16} {'dtype':<6} {'scale':>12} {'min':>10} "
-             f"{'max':>10} {'clip%':>7} {'SQNR':>7} {'local':>7}"]
+             (f"{'layer (module)':<44} {'kind':<16} {'dtype':<6} {'scale':>12} {'min':>10} "
+             f"{'max':>10} {'clip%':>7} {'SQNR':>7} {'local':>7}")]
     for r in report["layers"]:
         s = r["scale"]
         scale = f"{s:12.6g}" if isinstance(s, float) else f"{'per-ch':>12}"

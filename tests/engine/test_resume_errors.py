@@ -87,7 +87,7 @@ def test_resume_cli_exits_2_on_a_damaged_metrics_csv_and_on_a_changed_model(host
     run_dir = tmp_path / "run"
     base = ["run", str(TINY_CONFIG), f"ckpt_dir={tmp_path / 'ckpt'}", "--stage", "float",
             "--run-dir", str(run_dir)]
-    assert main(base + ["float_trainer.num_epochs=1", "float_predictor=null"], host=host) == 0
+    assert main([*base, "float_trainer.num_epochs=1", "float_predictor=null"], host=host) == 0
     good = (run_dir / "metrics.csv").read_text()
     lines = good.splitlines()
     cols = lines[0].split(",")
@@ -95,12 +95,12 @@ def test_resume_cli_exits_2_on_a_damaged_metrics_csv_and_on_a_changed_model(host
     row[cols.index("loss")] = "oops"
     (run_dir / "metrics.csv").write_text("\n".join([lines[0], ",".join(row), *lines[2:]]))
     capsys.readouterr()
-    assert main(base + ["--resume"], host=host) == 2
+    assert main([*base, "--resume"], host=host) == 2
     err = capsys.readouterr().err
     assert "metrics.csv, line 2: column 'loss' holds 'oops'" in err and "Traceback" not in err
 
     (run_dir / "metrics.csv").write_text(good)
-    assert main(base + ["--resume", "vars.model.channels=6"], host=host) == 2
+    assert main([*base, "--resume", "vars.model.channels=6"], host=host) == 2
     err = capsys.readouterr().err
     assert "does not fit the model" in err and "model (6, 3, 3, 3)" in err
     assert "Traceback" not in err

@@ -114,7 +114,7 @@ def test_export_never_replaces_a_file_without_overwrite(tmp_path, monkeypatch, c
     err = capsys.readouterr().err
     assert str(out) in err and "--overwrite" in err
     assert out.read_bytes() == b"the user's model" and os.listdir(tmp_path) == ["mine.pt"]
-    assert main(argv + ["--overwrite"]) == 0
+    assert main([*argv, "--overwrite"]) == 0
     assert out.read_bytes() != b"the user's model" and os.listdir(tmp_path) == ["mine.pt"]
     import torch
 

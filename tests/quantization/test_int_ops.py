@@ -50,7 +50,7 @@ def test_requantize_ties_go_up_and_relu_clamps_at_zero():
 
 def _np_conv(x, w, b, stride, pad, groups):
     """int64 reference: explicit sum over the window."""
-    n, cin, h, wd = x.shape
+    n, _cin, h, wd = x.shape
     cout, cin_g, kh, kw = w.shape
     xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     ho = (h + 2 * pad - kh) // stride + 1

@@ -231,16 +231,16 @@ def render(f: dict[str, Any]) -> str:
     per = f["objects_per_image"]
     lines = [
         f"data: {f['source']}",
-        f"images {f['images']}, objects {f['objects']} (+{f['crowd_boxes']} crowd regions), "
-        f"images without objects {f['images_without_objects']}",
+        (f"images {f['images']}, objects {f['objects']} (+{f['crowd_boxes']} crowd regions), "
+        f"images without objects {f['images_without_objects']}"),
     ]
     if per:
         lines.append(f"objects per image: min {per['min']}, median {per['median']:g}, "
                      f"max {per['max']}")
     sc = f["resize"]["scale_x"]
     lines += [f"network input: {size}; {f['resize']['rule']}",
-              f"scale applied: median {sc.get('p50', 1):.4g} (min {sc.get('p0', 1):.4g}, "
-              f"max {sc.get('p100', 1):.4g})"]
+              (f"scale applied: median {sc.get('p50', 1):.4g} (min {sc.get('p0', 1):.4g}, "
+              f"max {sc.get('p100', 1):.4g})")]
     if f["transforms_not_modelled"]:
         lines.append(f"not modelled: {', '.join(f['transforms_not_modelled'])}")
     for key, label in (("longer_side_px", "longer side"), ("sqrt_area_px", "sqrt(area)")):

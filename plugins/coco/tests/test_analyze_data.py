@@ -156,7 +156,7 @@ def test_figures_of_packed_lmdb_and_json_match_a_direct_count(tmp_path, helpers,
 
 
 def test_huge_boxes_without_resize(tmp_path, helpers):
-    img_dir, ann = _write(tmp_path / "src", helpers)
+    _img_dir, ann = _write(tmp_path / "src", helpers)
     out = tmp_path / "out"
     tf = ("vars.train_transforms=[{type: RandomCrop, size: [128, 128]}, "
           "{type: Pad, size: [128, 128]}]")

@@ -69,7 +69,7 @@ def test_lmdb_and_folder_give_identical_samples(packed):
 def test_sample_format_follows_the_interface(packed, helpers):
     import json
 
-    img_dir, ann, out = packed
+    _img_dir, ann, out = packed
     data = json.load(open(ann))
     ds = Coco(out)
     s = ds[0]

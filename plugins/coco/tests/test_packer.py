@@ -91,7 +91,7 @@ def bad_folder(tmp_path, helpers):
     add_image(12, "big.jpg", 120, 100, jb(helpers.scene(rng, 100, 120)))  # over max_pixels
     add_ann(16, 12, 2, [1, 1, 10, 10])
     add_image(13, "zero_size.jpg", 0, 50, good)          # bad width
-    cats = helpers.categories + [{"id": 7, "name": "dup"}, {"id": "z", "name": "bad"}]
+    cats = [*helpers.categories, {"id": 7, "name": "dup"}, {"id": "z", "name": "bad"}]
     img_dir, ann = helpers.write_coco(str(tmp_path / "bad"), images, anns, cats, files)
     return img_dir, ann
 
@@ -185,8 +185,8 @@ def test_stop_policy_on_a_bad_image(tmp_path, helpers):
     assert report.images_resumed == 1 and report.images_skipped == {"not_an_image": 1}
 
 
-@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"images": {}, "annotations": [], '
-                                                       '"categories": []}', "\xff\xfe"])
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", ('{"images": {}, "annotations": [], '
+                                                       '"categories": []}'), "\xff\xfe"])
 def test_malformed_json_is_a_user_error(tmp_path, text):
     (tmp_path / "imgs").mkdir()
     ann = tmp_path / "bad.json"

@@ -352,7 +352,7 @@ def test_stages_differ_and_classes_differ(pipeline):
 
 
 def test_report_files(host, pipeline):
-    root, config, summary = pipeline
+    root, config, _summary = pipeline
     out = root / "report"
     assert _val(host, config, "--stage", "float", "--out", str(out), "--worst", "3") == 0
     names = {p.name for p in out.iterdir()}
@@ -442,7 +442,7 @@ def test_checkpoint_option(host, pipeline):
     (["--checkpoint", "/nonexistent.pth.tar"], "does not exist"),
 ])
 def test_user_errors_exit_2_and_write_nothing(host, pipeline, tmp_path, capsys, args, message):
-    root, config, _ = pipeline
+    _root, config, _ = pipeline
     out = tmp_path / "out"
     assert _val(host, config, "--out", str(out), *args) == 2
     err = capsys.readouterr().err
@@ -451,7 +451,7 @@ def test_user_errors_exit_2_and_write_nothing(host, pipeline, tmp_path, capsys, 
 
 
 def test_never_writes_into_a_folder_with_files(host, pipeline, tmp_path, capsys):
-    root, config, _ = pipeline
+    _root, config, _ = pipeline
     mine = tmp_path / "mine.txt"
     mine.write_text("the user's")
     assert _val(host, config, "--out", str(tmp_path)) == 2
@@ -460,7 +460,7 @@ def test_never_writes_into_a_folder_with_files(host, pipeline, tmp_path, capsys)
 
 
 def test_default_run_folders_are_numbered(host, pipeline, monkeypatch, tmp_path):
-    root, config, _ = pipeline
+    _root, config, _ = pipeline
     monkeypatch.chdir(tmp_path)
     for _ in range(2):
         assert _val(host, config, "--stage", "float") == 0

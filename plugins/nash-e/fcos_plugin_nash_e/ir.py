@@ -444,7 +444,7 @@ def op_workspace_bytes(op: Op, ins: list[TensorInfo], out: TensorInfo) -> int:
         _, c, h, w = ins[0].shape
         _, ipg, kh, kw = (int(v) for v in op.params["weight"].shape)
         t, l, b, r = op.attrs["padding"]
-        _, o, oh, ow = out.shape
+        _, _o, oh, ow = out.shape
         padded = c * (h + t + b) * (w + l + r)
         cols = ipg * kh * kw * oh * ow  # one group's im2col matrix
         return 8 * (c * h * w + padded + cols + 6 * out_elems)

@@ -71,7 +71,7 @@ def conv2d_acc(x: np.ndarray, in_zp: int, weight: np.ndarray, bias: np.ndarray,
     matmul, depthwise convs accumulate one kernel tap at a time; both are exact (see the
     module docstring).
     """
-    n, c, h, w = x.shape
+    n, c, _h, _w = x.shape
     o, ipg, kh, kw = weight.shape
     sh, sw = stride
     xf = _pad(x.astype(np.float64) - float(in_zp), pad, 0.0)

@@ -39,7 +39,7 @@ def _prod(shape: tuple[int, ...]) -> int:
 
 
 def conv_macs(op, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int:
-    o, ipg, kh, kw = op.params["weight"].shape
+    _o, ipg, kh, kw = op.params["weight"].shape
     return _prod(out_shape) * int(ipg) * int(kh) * int(kw)
 
 

@@ -216,8 +216,8 @@ def test_write_fsyncs_before_the_rename_and_leaves_no_temp(artifact, tmp_path, m
     prog, perf = read_artifact(artifact[0])
     events = []
     real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(art.os, "fsync", lambda fd: events.append("fsync") or real_fsync(fd))
-    monkeypatch.setattr(art.os, "replace",
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync") or real_fsync(fd))
+    monkeypatch.setattr(os, "replace",
                         lambda a, b: events.append(("replace", os.path.basename(a)))
                         or real_replace(a, b))
     out = tmp_path / "m.hbm"
@@ -242,7 +242,7 @@ def test_a_failed_write_removes_the_temp_and_keeps_the_old_file(artifact, tmp_pa
     def boom(*a):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(art.os, fail_at, boom)
+    monkeypatch.setattr(os, fail_at, boom)
     with pytest.raises(OSError, match="No space"):
         art.write_artifact(out, prog, perf)
     assert os.listdir(tmp_path) == ["m.hbm"]
@@ -506,7 +506,7 @@ def _m_meta(rng, m, parm):
                       "dequant_output", "opt", "compiler", "memory_plan", "input_source"])
     if key == "detection" and isinstance(info.get(key), dict) and rng.random() < 0.8:
         det = info[key]
-        sub = rng.choice(sorted(det) + ["extra"])
+        sub = rng.choice([*sorted(det), "extra"])
         if rng.random() < 0.25:
             det.pop(sub, None)
             return f"meta.detection.{sub} removed"
@@ -543,7 +543,7 @@ def _m_shape(rng, m, parm):
     elif kind == 5:
         shape = _value(rng)
     else:
-        shape = shape[:2] + [4096, 4096] if len(shape) >= 2 else [1, 3, 4096, 4096]
+        shape = [*shape[:2], 4096, 4096] if len(shape) >= 2 else [1, 3, 4096, 4096]
     t["shape"] = shape
     return f"shape of {t['name']} -> {str(shape)[:40]}"
 
@@ -551,7 +551,7 @@ def _m_shape(rng, m, parm):
 def _m_kernel(rng, m, parm):
     conv = rng.choice([o for o in m["ops"] if o["kind"] == "conv2d"])
     ref = conv["params"]["weight"]
-    o, ipg, kh, kw = ref["shape"]
+    o, ipg, _kh, kw = ref["shape"]
     k = rng.choice([1, 2, 3, 5, 7, 8, 9, 15, 64])
     shape = (o, ipg, k, k) if rng.random() < 0.7 else (o, ipg, k, kw)
     if rng.random() < 0.3:
@@ -582,10 +582,9 @@ def _m_attrs(rng, m, parm):
     op = rng.choice(m["ops"])
     a = op["attrs"]
     if "add" in a and rng.random() < 0.5:
-        a["add"][rng.choice(sorted(a["add"]) + ["x"])] = _value(rng)
+        a["add"][rng.choice([*sorted(a["add"]), "x"])] = _value(rng)
         return f"{op['name']}.add field"
-    key = rng.choice(sorted(a) + ["groups", "factor", "relu", "requant", "a_multiplier",
-                                  "shift", "add"])
+    key = rng.choice([*sorted(a), "groups", "factor", "relu", "requant", "a_multiplier", "shift", "add"])
     a[key] = rng.choice([_value(rng), 1, 2, 4, 8, 16, 24, 1000])
     return f"{op['name']}.{key} = {str(a[key])[:30]}"
 
@@ -626,7 +625,7 @@ def _m_dtype(rng, m, parm):
 
 def _m_param_length(rng, m, parm):
     op = rng.choice([o for o in m["ops"] if o["params"]])
-    key = rng.choice(sorted(op["params"]) + ["scale"])
+    key = rng.choice([*sorted(op["params"]), "scale"])
     ref = op["params"].setdefault(key, {"dtype": "float32", "shape": [1], "offset": 0,
                                         "nbytes": 4})
     kind = rng.randrange(6)
@@ -641,7 +640,7 @@ def _m_param_length(rng, m, parm):
         dtype = {"weight": np.int8, "bias": np.int32, "multiplier": np.int32,
                  "shift": np.int8}.get(key, np.float32)
         op["params"][key] = _append_param(parm, np.ones(
-            [n] + list(ref["shape"][1:]) if key == "weight" else [n], dtype))
+            [n, *list(ref["shape"][1:])] if key == "weight" else [n], dtype))
     elif kind == 4:
         del parm[rng.randrange(len(parm)):]
     else:
@@ -694,7 +693,7 @@ def _m_outputs(rng, m, parm):
     if kind == 0:
         outs.pop(rng.randrange(len(outs)))
     elif kind == 1:
-        outs.append(rng.choice(outs + ["img", "nope"]))
+        outs.append(rng.choice([*outs, "img", "nope"]))
     elif kind == 2:
         rng.shuffle(outs)
     else:
@@ -715,7 +714,7 @@ def _m_resize(rng, m, parm):
     f = rng.choice([2, 4, 128, 1000])  # 128: 4096x4096, the largest size the target takes
     for t in m["tensors"] + m["inputs"]:
         if isinstance(t.get("shape"), list) and len(t["shape"]) == 4:
-            t["shape"] = t["shape"][:2] + [t["shape"][2] * f, t["shape"][3] * f]
+            t["shape"] = [*t["shape"][:2], t["shape"][2] * f, t["shape"][3] * f]
     info = m["meta"]
     info["input_size"] = [v * f for v in info["input_size"]]
     if info.get("detection", {}).get("max_shape"):

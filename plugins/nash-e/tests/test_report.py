@@ -93,7 +93,7 @@ class _Table(HTMLParser):
 
 
 def test_html_report_is_self_contained(tmp_path, nash):
-    _, res = _compile(tmp_path, nash)
+    _, _res = _compile(tmp_path, nash)
     html = (tmp_path / "mini_O3_layers.html").read_text()
     assert "<script" not in html and "http://" not in html and "https://" not in html
     t = _Table()
@@ -109,7 +109,7 @@ def test_html_report_renders_in_headless_chromium(tmp_path, nash):
     if exe is None:
         pytest.skip("Chromium is not installed (apt-get install chromium); the DOM check of "
                     "the HTML report needs it")
-    _, res = _compile(tmp_path, nash)
+    _, _res = _compile(tmp_path, nash)
     page = (tmp_path / "mini_O3_layers.html").resolve()
     with tempfile.TemporaryDirectory() as profile:
         proc = subprocess.run(

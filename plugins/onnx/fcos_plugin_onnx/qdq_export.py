@@ -443,12 +443,12 @@ def check_program(records: Sequence[Any], opset: int) -> list[tuple[str, str, st
         op = rec.op
         where = op.attrs.get("source") or op.name
         if op.kind not in SUPPORTED_KINDS:
-            problems.append((where, op.kind, f"integer op kind {op.kind!r} has no ONNX "
-                                             "translation in fcos-plugin-onnx"))
+            problems.append((where, op.kind, (f"integer op kind {op.kind!r} has no ONNX "
+                                             "translation in fcos-plugin-onnx")))
             continue
         if op.dtype == "int16" and opset < MIN_OPSET_INT16:
-            problems.append((where, op.kind, f"int16 QuantizeLinear needs opset >= "
-                                             f"{MIN_OPSET_INT16}; compile_cfg.opset is {opset}"))
+            problems.append((where, op.kind, (f"int16 QuantizeLinear needs opset >= "
+                                             f"{MIN_OPSET_INT16}; compile_cfg.opset is {opset}")))
         if op.kind == "upsample_nearest2d" and op.attrs.get("output_size") is None \
                 and op.attrs.get("scale_factors") is None:
             problems.append((where, op.kind, "upsample without output_size or scale_factors"))

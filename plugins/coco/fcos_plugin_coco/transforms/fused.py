@@ -43,13 +43,13 @@ def _resize_top_left(img: np.ndarray, nh: int, nw: int, need_h: int, need_w: int
     h, w = img.shape[:2]
     flag = cv2.INTER_AREA if (2 * nh < h or 2 * nw < w) else cv2.INTER_LINEAR
     if flag != cv2.INTER_LINEAR or img.ndim != 3 or (need_h >= nh and need_w >= nw):
-        return resize_image(img, nh, nw, dst=scratch("resized", (nh, nw) + img.shape[2:]))
+        return resize_image(img, nh, nw, dst=scratch("resized", (nh, nw, *img.shape[2:])))
     fx, fy = nw / w, nh / h
     # last source index a needed output reads is floor((need - 0.5) / f - 0.5) + 1; keep 2 more
     sw = min(w, math.floor((need_w - 0.5) / fx - 0.5) + 3)
     sh = min(h, math.floor((need_h - 0.5) / fy - 0.5) + 3)
     if sw == w and sh == h:
-        return resize_image(img, nh, nw, dst=scratch("resized", (nh, nw) + img.shape[2:]))
+        return resize_image(img, nh, nw, dst=scratch("resized", (nh, nw, *img.shape[2:])))
     # OpenCV's own output size for (fx, fy): saturate_cast<int>(s * f), round half to even
     dw, dh = int(round(sw * fx)), int(round(sh * fy))
     if sw == w:
@@ -57,11 +57,11 @@ def _resize_top_left(img: np.ndarray, nh: int, nw: int, need_h: int, need_w: int
     if sh == h:
         dh = nh
     if dw < need_w or dh < need_h:  # cannot happen with the margin; be safe
-        return resize_image(img, nh, nw, dst=scratch("resized", (nh, nw) + img.shape[2:]))
+        return resize_image(img, nh, nw, dst=scratch("resized", (nh, nw, *img.shape[2:])))
     part = img[:sh, :sw]
     if (dw, dh) == (nw, nh):  # not cut after all: the plain call (same scale either way)
-        return resize_image(img, nh, nw, dst=scratch("resized", (nh, nw) + img.shape[2:]))
-    return cv2.resize(part, None, dst=scratch("resized", (dh, dw) + img.shape[2:]), fx=fx,
+        return resize_image(img, nh, nw, dst=scratch("resized", (nh, nw, *img.shape[2:])))
+    return cv2.resize(part, None, dst=scratch("resized", (dh, dw, *img.shape[2:])), fx=fx,
                       fy=fy, interpolation=cv2.INTER_LINEAR)
 
 

@@ -51,9 +51,9 @@ class Pad:
                 # one pass: copies the image and fills only the border
                 out["img"] = cv2.copyMakeBorder(img, 0, th - h, 0, tw - w, cv2.BORDER_CONSTANT,
                                                 value=(self.pad_val,) * 4).reshape(
-                                                    (th, tw) + img.shape[2:])
+                                                    (th, tw, *img.shape[2:]))
             else:
-                padded = np.full((th, tw) + img.shape[2:], self.pad_val, dtype=img.dtype)
+                padded = np.full((th, tw, *img.shape[2:]), self.pad_val, dtype=img.dtype)
                 padded[:h, :w] = img
                 out["img"] = padded
         out["pad_shape"] = (th, tw)
