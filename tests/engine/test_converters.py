@@ -76,7 +76,7 @@ def test_pipeline_records_order_and_rejects_wrong_order(tmp_path):
     assert get_qstate(out) == "quantized" and get_qat_mode(out) == "fuse_bn"
     assert conversions(out) == ["StandinFloat2QAT", "LoadCheckpoint", "StandinQAT2Quantize"]
     assert isinstance(out.body, torch.fx.GraphModule)
-    with pytest.raises(FcosUserError, match="QAT2Quantize needs a qat model.*quantized"):
+    with pytest.raises(FcosUserError, match=r"QAT2Quantize needs a qat model.*quantized"):
         ModelConvertPipeline(converters=[StandinQAT2Quantize()])(out)
 
 

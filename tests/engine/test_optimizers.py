@@ -35,9 +35,9 @@ def test_first_matching_key_wins_and_frozen_params_are_left_out():
 
 def test_config_mistakes_are_reported():
     net = nn.Conv2d(3, 4, 3)
-    with pytest.raises(ValueError, match="select no parameter.*names look like: weight, bias"):
+    with pytest.raises(ValueError, match=r"select no parameter.*names look like: weight, bias"):
         SGD(net, lr=0.1, params={"weights": {"weight_decay": 1e-4}})
-    with pytest.raises(ValueError, match="unknown option.*weight_decy"):
+    with pytest.raises(ValueError, match=r"unknown option.*weight_decy"):
         SGD(net, lr=0.1, params={"weight": {"weight_decy": 1e-4}})
     with pytest.raises(ValueError, match="nesterov"):
         SGD(net, lr=0.1, nesterov=True)

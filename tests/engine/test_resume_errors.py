@@ -50,7 +50,7 @@ def test_strict_resume_names_missing_tensors(tmp_path):
     ckpt["state_dict"].pop("body.cls.bias")
     ckpt["finished"] = False
     atomic_save(ckpt, last)
-    with pytest.raises(FcosUserError, match="not in the checkpoint: body.cls.bias"):
+    with pytest.raises(FcosUserError, match=r"not in the checkpoint: body.cls.bias"):
         _trainer(tmp_path, channels=4, strict=True).run(ctx_for(tmp_path, resume=True))
 
 
@@ -64,7 +64,7 @@ def test_resume_with_other_optimizer_groups_is_a_user_error(tmp_path):
     trainer = _trainer(tmp_path, channels=4)
     trainer._optimizer_spec = lambda model: SGD(model, lr=0.05,
                                                 params={"bias": {"weight_decay": 0.0}})
-    with pytest.raises(FcosUserError, match="optimizer state .* does not fit"):
+    with pytest.raises(FcosUserError, match=r"optimizer state .* does not fit"):
         trainer.run(ctx_for(tmp_path, resume=True))
 
 

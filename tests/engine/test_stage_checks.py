@@ -70,7 +70,7 @@ def test_fcos_run_skips_the_check_for_stages_it_does_not_run(host, tmp_path):
     cfg = load_config(TINY_CONFIG, host, [f"ckpt_dir={tmp_path}",
                                           "qat_trainer.optimizer.params={conv9.weight: {}}"])
     check_stage_optimizers(cfg, ["float"])
-    with pytest.raises(FcosUserError, match="qat_trainer.optimizer"):
+    with pytest.raises(FcosUserError, match=r"qat_trainer.optimizer"):
         check_stage_optimizers(cfg, ["float", "qat"])
 
 

@@ -220,7 +220,7 @@ def test_bad_arguments():
                           GIoULoss(reduction="none"))
     with pytest.raises(ValueError, match="reduction 'none'"):
         DynamicFcosTarget([8], 2, 2, 10, FocalLoss(3), GIoULoss(reduction="none"))
-    with pytest.raises(ValueError, match="loss_cls.num_classes=81"):
+    with pytest.raises(ValueError, match=r"loss_cls.num_classes=81"):
         DynamicFcosTarget([8], 2, 2, 10, FocalLoss(81, reduction="none"),
                           GIoULoss(reduction="none"))
     with pytest.raises(ValueError, match="strides"):

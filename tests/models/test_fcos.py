@@ -165,10 +165,10 @@ def test_construction_errors_name_both_values(tiny):
     with pytest.raises(ValueError, match=r"targets.strides=\[8, 16, 32\] does not match "
                                          r"head.out_strides=\[8, 16\]"):
         FCOS(*_parts(tiny), targets=tgt((8, 16, 32)), **_losses())
-    with pytest.raises(ValueError, match="targets.cls_out_channels=5 does not match "
+    with pytest.raises(ValueError, match=r"targets.cls_out_channels=5 does not match "
                                          "head.num_classes=3"):
         FCOS(*_parts(tiny), targets=tgt(c=5), **_losses())
-    with pytest.raises(ValueError, match="loss_cls.num_classes=81"):
+    with pytest.raises(ValueError, match=r"loss_cls.num_classes=81"):
         FCOS(*_parts(tiny), targets=tgt(), **_losses(81))
     with pytest.raises(ValueError, match="missing: loss_reg"):
         FCOS(*_parts(tiny), targets=tgt(), loss_cls=FocalLoss(4),
@@ -211,6 +211,6 @@ def test_config_mismatch_is_reported_at_the_block(host_and_config, tmp_path):
     from fcos_core.errors import ConfigError
 
     cfg = load_config(bad, host)
-    with pytest.raises(ConfigError, match="targets.cls_out_channels=3 does not match "
+    with pytest.raises(ConfigError, match=r"targets.cls_out_channels=3 does not match "
                                           "head.num_classes=4"):
         build(cfg.values["model"])

@@ -38,7 +38,7 @@ def test_check_inputs_accepts_the_seed_backbone():
 
 def test_check_inputs_names_the_wrong_argument():
     neck = BiFPN(**SEED)
-    with pytest.raises(ValueError, match="stride2channels.*stride 8: 40 configured, "
+    with pytest.raises(ValueError, match=r"stride2channels.*stride 8: 40 configured, "
                                          "backbone gives 48"):
         neck.check_inputs([2, 4, 8, 16, 32], [16, 24, 48, 120, 352])  # a b2 backbone
     with pytest.raises(ValueError, match="in_strides"):

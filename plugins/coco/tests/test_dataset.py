@@ -126,7 +126,7 @@ def test_missing_and_wrong_paths(tmp_path, packed):
     img_dir, ann, out = packed
     with pytest.raises(FcosUserError, match="does not exist"):
         Coco(str(tmp_path / "nope"))
-    with pytest.raises(FcosUserError, match="not a readable LMDB|not one written"):
+    with pytest.raises(FcosUserError, match=r"not a readable LMDB|not one written"):
         Coco(img_dir)
     with pytest.raises(FcosUserError, match="image folder"):
         CocoFolder(str(tmp_path / "nope"), ann)
@@ -139,7 +139,7 @@ def test_folder_reports_an_undecodable_image(packed):
     ds = CocoFolder(img_dir, ann)
     with open(os.path.join(img_dir, "img_3.jpg"), "wb") as f:
         f.write(b"not a jpeg")
-    with pytest.raises(FcosUserError, match="img_3.jpg"):
+    with pytest.raises(FcosUserError, match=r"img_3.jpg"):
         ds[3]
 
 

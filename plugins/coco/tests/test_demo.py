@@ -172,7 +172,7 @@ def test_demo_if_missing_refuses_a_folder_with_users_files(tmp_path, kind):
     root = tmp_path / "data"
     _user_folder(root)
     before = _snapshot(root)
-    with pytest.raises(FcosUserError, match="instances_train.json"):
+    with pytest.raises(FcosUserError, match=r"instances_train.json"):
         if kind == "Coco":
             Coco(str(root / "train_lmdb"), demo_if_missing=True)
         elif kind == "CocoFolder":
@@ -190,7 +190,7 @@ def test_force_keeps_files_added_to_a_demo_folder(tmp_path):
     with open(extra, "wb") as f:
         f.write(b"precious")
     other = DemoParams(num_train=9, num_val=4, image_size=96, min_object=8, max_object=48)
-    with pytest.raises(FcosUserError, match="holiday.jpg"):
+    with pytest.raises(FcosUserError, match=r"holiday.jpg"):
         ensure_demo(root, other, force=True)
     with open(extra, "rb") as f:
         assert f.read() == b"precious"

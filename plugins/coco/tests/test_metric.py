@@ -166,7 +166,7 @@ def test_bad_updates(fixture_data, tmp_path):
     batch = {"img_id": [images[0]["id"]], "ori_shape": [(10, 10)],
              "scale_factor": torch.ones(1, 2)}
     out = {"boxes": torch.zeros(1, 4), "scores": torch.ones(1), "labels": torch.tensor([3])}
-    with pytest.raises(ValueError, match="labels must be in 0..2"):
+    with pytest.raises(ValueError, match=r"labels must be in 0..2"):
         metric.update(batch, [out])
     batch["img_id"] = [12345]
     with pytest.raises(FcosUserError, match="12345"):

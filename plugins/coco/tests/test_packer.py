@@ -389,7 +389,7 @@ def test_replace_never_deletes_other_files(tmp_path, clean_coco):
     with open(notes, "wb") as f:
         f.write(b"mine")
     data = _file_bytes(os.path.join(out, "data.mdb"))
-    with pytest.raises(FcosUserError, match="notes.txt"):
+    with pytest.raises(FcosUserError, match=r"notes.txt"):
         pack_coco(img_dir, ann, out, progress=False, replace=True)
     assert _file_bytes(notes) == b"mine"
     assert _file_bytes(os.path.join(out, "data.mdb")) == data

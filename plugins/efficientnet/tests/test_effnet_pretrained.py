@@ -81,7 +81,7 @@ def test_other_variant_reports_shape_mismatches(tv_file):
 
 def test_missing_file_names_the_path(tmp_path):
     path = str(tmp_path / "nope.pth")
-    with pytest.raises(FcosUserError, match="nope.pth") as info:
+    with pytest.raises(FcosUserError, match=r"nope.pth") as info:
         build_efficientnet("b0", pretrained=path)
     assert info.value.hint
 
@@ -89,7 +89,7 @@ def test_missing_file_names_the_path(tmp_path):
 def test_not_a_state_dict_and_unrelated_weights_are_user_errors(tmp_path):
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a torch file")
-    with pytest.raises(FcosUserError, match="junk.pth"):
+    with pytest.raises(FcosUserError, match=r"junk.pth"):
         build_efficientnet("b0", pretrained=str(junk))
     other = tmp_path / "resnet.pth"
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, other)

@@ -192,7 +192,7 @@ def test_deeply_nested_json_is_a_clear_error(artifact, tmp_path):
     path, _ = artifact
     sections = read_sections(path)
     sections[b"META"] = b"[" * 100000 + b"]" * 100000
-    with pytest.raises(ArtifactError, match="not valid JSON|not an fcos"):
+    with pytest.raises(ArtifactError, match=r"not valid JSON|not an fcos"):
         program_from_sections(tmp_path / "x.hbm", sections)
 
 
