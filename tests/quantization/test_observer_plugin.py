@@ -11,7 +11,7 @@ from quant_nets import images, make_ctx, make_small
 
 from fcos_core.quantization.converters import freeze_observers
 from fcos_core.quantization.prepare import fake_quants
-from fcos_core.testing import build_block, make_host
+from fcos_core.testing import assert_schema_matches_factory, build_block, make_host
 
 PIPELINE = """\
 type: ModelConvertPipeline
@@ -55,6 +55,10 @@ def test_registration_imports_no_torch():
     entry = host.registries["observers"].get("scaled_absmax")
     assert entry is not None and entry.plugin == "scaled-observer"
     assert "fcos_plugin_scaled_observer.observer" not in sys.modules
+
+
+def test_plugin_schema_matches_the_observer(host):
+    assert_schema_matches_factory("observers", "scaled_absmax", host=host)
 
 
 def test_plugin_observer_calibrates_against_minmax(host):
