@@ -39,9 +39,17 @@ from fcos_core.testing.schema_check import assert_schema_matches_factory, schema
 from fcos_core.testing.torch_free import assert_torch_free
 
 __all__ = [
-    "FakeDistribution", "FakeEntryPoint", "PluginHostFactory", "assert_schema_matches_factory",
-    "assert_torch_free", "build_block", "installed_entry_points", "make_host", "registered",
-    "schema_mismatches", "validate_block",
+    "FakeDistribution",
+    "FakeEntryPoint",
+    "PluginHostFactory",
+    "assert_schema_matches_factory",
+    "assert_torch_free",
+    "build_block",
+    "installed_entry_points",
+    "make_host",
+    "registered",
+    "schema_mismatches",
+    "validate_block",
 ]
 
 

@@ -87,7 +87,7 @@ def tiny_quantized_fcos(
     post = FCOSMultiStrideFilter(strides=strides, for_compile=True, max_shape=(size, size))
     model = FCOS(backbone, neck, head, post_process=post).eval()
     ctx = ConvertContext(example_inputs={"img": (1, 3, size, size)}, backend=backend)
-    qat = Float2QAT()(copy.deepcopy(model), ctx)
+    qat: Any = Float2QAT()(copy.deepcopy(model), ctx)
     qat.body.train()  # observers move only in training mode; BN is folded already
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -140,7 +140,9 @@ class CompileBackendConformance:
     @pytest.fixture(scope="class")
     @classmethod
     def backend(cls, entry: Any) -> CompileBackend:
-        return entry.load()()
+        backend = entry.load()()
+        assert isinstance(backend, CompileBackend), f"{entry.factory_ref} is no CompileBackend"
+        return backend
 
     @pytest.fixture(scope="class")
     @classmethod

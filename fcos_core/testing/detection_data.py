@@ -30,17 +30,23 @@ def synthetic_batch(n: int = 8, seed: int = 0, size: int = 64) -> dict[str, Any]
                 w, h = g.integers(12, 36, 2)
                 x, y = g.integers(0, size - w), g.integers(0, size - h)
                 b = np.array([x, y, x + w, y + h], np.float32)
-                if all(min(b[2], o[2]) <= max(b[0], o[0]) or min(b[3], o[3]) <= max(b[1], o[1])
-                       for o in bs):
+                if all(
+                    min(b[2], o[2]) <= max(b[0], o[0]) or min(b[3], o[3]) <= max(b[1], o[1])
+                    for o in bs
+                ):
                     break
             else:
                 continue
             c = int(g.integers(0, 3))
-            img[y:y + h, x:x + w] = COLORS[c]
+            img[y : y + h, x : x + w] = COLORS[c]
             bs.append(b)
             ls.append(c)
         imgs.append(torch.from_numpy(img).permute(2, 0, 1).float().sub(128).div(128))
         boxes.append(torch.from_numpy(np.stack(bs)))
         labels.append(torch.tensor(ls, dtype=torch.long))
-    return {"img": torch.stack(imgs), "gt_bboxes": boxes, "gt_classes": labels,
-            "img_shape": [(size, size)] * n}
+    return {
+        "img": torch.stack(imgs),
+        "gt_bboxes": boxes,
+        "gt_classes": labels,
+        "img_shape": [(size, size)] * n,
+    }

@@ -32,7 +32,7 @@ def installed_entry_points(distributions: Iterable[str]) -> list[Any]:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
         if ep.dist is not None and _norm(ep.dist.name) in wanted
     ]
-    missing = set(wanted) - {_norm(ep.dist.name) for ep in found}
+    missing = set(wanted) - {_norm(ep.dist.name) for ep in found if ep.dist is not None}
     if missing:
         raise LookupError(
             f"no installed fcos plugin from {sorted(wanted[m] for m in missing)}; "

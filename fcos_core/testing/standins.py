@@ -49,7 +49,8 @@ class Residual(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+        out: torch.Tensor = x + self.body(x)
+        return out
 
 
 class TinyBackbone(nn.Module):
