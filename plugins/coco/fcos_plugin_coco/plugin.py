@@ -93,7 +93,7 @@ def _pack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _demo_args(p: argparse.ArgumentParser) -> None:
+def demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="folder to write the demo dataset into")
     p.add_argument("--num-train", type=int, default=2000, help="training images")
     p.add_argument("--num-val", type=int, default=200, help="validation images")
@@ -112,7 +112,7 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 def register_commands(register):
     register("pack-coco", factory=f"{_PKG}.commands:pack_coco_command", add_arguments=_pack_args,
              doc="pack a COCO image folder + instances json into an LMDB, reporting bad input")
-    register("demo-data", factory=f"{_PKG}.commands:demo_data_command", add_arguments=_demo_args,
+    register("demo-data", factory=f"{_PKG}.commands:demo_data_command", add_arguments=demo_args,
              doc="generate the synthetic shapes detection dataset (COCO json + JPEGs + LMDBs)")
     register("analyze-data", factory=f"{_PKG}.analyze_cmd:analyze_data_command",
              add_arguments=analyze_cmd.add_arguments,

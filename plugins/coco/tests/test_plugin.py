@@ -31,10 +31,10 @@ def test_demo_command_defaults_match_demo_params():
     import argparse
 
     from fcos_plugin_coco.demo.generate import DemoParams
-    from fcos_plugin_coco.plugin import _demo_args
+    from fcos_plugin_coco.plugin import demo_args
 
     p = argparse.ArgumentParser()
-    _demo_args(p)
+    demo_args(p)
     args = vars(p.parse_args(["--out", "x"]))
     for field in attrs.fields(DemoParams):
         assert args[field.name] == field.default, field.name

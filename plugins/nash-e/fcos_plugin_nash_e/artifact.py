@@ -105,7 +105,7 @@ def _align(n: int, a: int) -> int:
     return (n + a - 1) // a * a
 
 
-def _program_to_json(prog: Program) -> tuple[dict[str, Any], bytes]:
+def program_to_json(prog: Program) -> tuple[dict[str, Any], bytes]:
     blob = bytearray()
     ops = []
     for op in prog.ops:
@@ -160,7 +160,7 @@ def pack_artifact(sections: list[tuple[bytes, bytes]]) -> bytes:
 def write_artifact(path: Path | str, prog: Program, perf: dict[str, Any] | None = None) -> Path:
     """Serialise ``prog`` (and the optional per-layer report) to ``path`` atomically."""
     validate_program(prog)
-    meta, params = _program_to_json(prog)
+    meta, params = program_to_json(prog)
     sections = [(b"META", json.dumps(meta, separators=(",", ":"), allow_nan=False).encode()),
                 (b"PARM", params)]
     if perf is not None:

@@ -118,7 +118,7 @@ def _upsample_factor(a: Mapping[str, Any], src: tuple[int, ...] | None) -> int |
     return None
 
 
-def _pool_padding(a: Mapping[str, Any], h: int, w: int) -> tuple[int, int, int, int]:
+def pool_padding(a: Mapping[str, Any], h: int, w: int) -> tuple[int, int, int, int]:
     """(top, left, bottom, right) padding equal to torch's max_pool2d, ceil_mode included."""
     k, s, p = _pair(a["kernel_size"]), _pair(a["stride"]), _pair(a.get("padding", (0, 0)))
     pads = []
@@ -230,7 +230,7 @@ def lower(model: Any, input_shapes: Mapping[str, Sequence[int]], input_sources: 
             emit(Op("maxpool2d", op.name, ins, out,
                     {"kernel": list(_pair(op.attrs["kernel_size"])),
                      "stride": list(_pair(op.attrs["stride"])),
-                     "padding": list(_pool_padding(op.attrs, h, w_))}), op.dtype, scale)
+                     "padding": list(pool_padding(op.attrs, h, w_))}), op.dtype, scale)
         elif op.kind == "upsample_nearest2d":
             factor = _upsample_factor(op.attrs, shapes[ins[0]])
             emit(Op("upsample_nearest2d", op.name, ins, out, {"factor": int(factor or 0)}),

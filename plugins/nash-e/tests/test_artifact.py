@@ -286,7 +286,7 @@ def _png(path, h=20, w=30):
 def _im2col_bomb() -> tuple[dict, bytes]:
     """9.6 KB: a 64x64 kernel over a 2x512x512 input, with detection metadata so `fcos infer`
     runs it: im2col would need 2*64*64 x 449*449 float64 = 12.3 GiB."""
-    from fcos_plugin_nash_e.artifact import _program_to_json
+    from fcos_plugin_nash_e.artifact import program_to_json
     from fcos_plugin_nash_e.ir import InputInfo, Op, Program, TensorInfo
 
     w = np.zeros((1, 2, 64, 64), np.int8)
@@ -303,12 +303,12 @@ def _im2col_bomb() -> tuple[dict, bytes]:
            "bbox_upscaled": False}
     prog = Program("bomb", tensors, [InputInfo("img", "x", "ddr", (1, 2, 512, 512))], ops,
                    ["y", "y", "y"], {"input_size": [512, 512], "detection": det})
-    return _program_to_json(prog)
+    return program_to_json(prog)
 
 
 def _per_channel_1d() -> tuple[dict, bytes]:
     """A 1-D tensor into a per-channel dequantize (was an IndexError in ir.py)."""
-    from fcos_plugin_nash_e.artifact import _program_to_json
+    from fcos_plugin_nash_e.artifact import program_to_json
     from fcos_plugin_nash_e.ir import InputInfo, Op, Program, TensorInfo
 
     ops = [Op("quantize", "q", ["img"], ["x"]),
@@ -316,7 +316,7 @@ def _per_channel_1d() -> tuple[dict, bytes]:
     tensors = {"img": TensorInfo("img", (3,), "float32"), "x": TensorInfo("x", (3,), "int8", .1),
                "y": TensorInfo("y", (3,), "float32")}
     prog = Program("dq", tensors, [InputInfo("img", "x", "ddr", (3,))], ops, ["y"], {})
-    return _program_to_json(prog)
+    return program_to_json(prog)
 
 
 def _set(path: str, value=None, drop: bool = False):

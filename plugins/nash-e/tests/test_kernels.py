@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fcos_plugin_nash_e import kernels as K
-from fcos_plugin_nash_e.lower import _pool_padding
+from fcos_plugin_nash_e.lower import pool_padding
 
 
 @pytest.mark.parametrize("groups, k, stride, pad", [(1, 3, 1, 1), (1, 1, 2, 0), (4, 3, 2, 1),
@@ -42,7 +42,7 @@ def test_maxpool_matches_torch(k, s, p, ceil, size):
     x = torch.randint(-32768, 32767, (1, 3, *size), dtype=torch.int16)
     ref = F.max_pool2d(x.float(), k, s, p, 1, ceil).to(torch.int16)
     attrs = {"kernel_size": (k, k), "stride": (s, s), "padding": (p, p), "ceil_mode": ceil}
-    out = K.maxpool2d(x.numpy(), (k, k), (s, s), _pool_padding(attrs, *size))
+    out = K.maxpool2d(x.numpy(), (k, k), (s, s), pool_padding(attrs, *size))
     assert np.array_equal(out, ref.numpy())
 
 
