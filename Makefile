@@ -24,7 +24,8 @@ $(STAMP): pyproject.toml $(PLUGINS) Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: a bare `torch` may resolve to a newer multi-GB build
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[test,lint]' $(foreach p,$(PLUGINS),-e $(dir $(p)))
+	# cpu-kernels: ninja, to build fcos's C++ CPU training kernels (with the system's g++)
+	$(PY) -m pip install --quiet -e '.[test,lint,cpu-kernels]' $(foreach p,$(PLUGINS),-e $(dir $(p)))
 	# tcmalloc: CPU training at 1.6x the speed with glibc malloc on the demo (17 -> 28 img/s on
 	# 2 AVX2 cores, docs/benchmarks.md); installed here when this is a root shell with apt-get
 	# (FCOS_NO_APT=1 skips it), else a one-line note says how to install it

@@ -49,6 +49,11 @@ def _plugins_args(p: argparse.ArgumentParser) -> None:
                    help="one line per component with its factory (module:attr)")
 
 
+def _build_kernels_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show the compiler's commands and output")
+
+
 def _config_cmd_args(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     show = sub.add_parser("show", help="print a config (with --resolved: after overrides and "
@@ -91,3 +96,8 @@ def register_commands(register):
              add_arguments=runs_cmd.add_arguments,
              doc="compare run folders' summary.json stage tables side by side (mAP or "
                  "--metrics, time, early stopping)")
+    register("build-kernels", factory="fcos_core.cli.build_kernels_cmd:build_kernels_command",
+             add_arguments=_build_kernels_args,
+             doc="build the C++ CPU training kernels now (for images built ahead of time; "
+                 "needs the fcos-core[cpu-kernels] extra and a C++ compiler); prints the "
+                 "cache folder and the build time")
