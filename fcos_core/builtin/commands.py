@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fcos_core.cli import export_cmd, predict_cmd, runs_cmd
+from fcos_core.cli import export_cmd, predict_cmd, quant_sensitivity_cmd, runs_cmd
 from fcos_core.docs_gen import config_reference
 from fcos_core.hooks import hookimpl
 from fcos_core.scaffold import new_plugin
@@ -101,3 +101,9 @@ def register_commands(register):
              doc="build the C++ CPU training kernels now (for images built ahead of time; "
                  "needs the fcos-core[cpu-kernels] extra and a C++ compiler); prints the "
                  "cache folder and the build time")
+    register("quant-sensitivity",
+             factory="fcos_core.cli.quant_sensitivity_cmd:quant_sensitivity_command",
+             add_arguments=quant_sensitivity_cmd.add_arguments,
+             doc="rank layers by the mAP lost when only that layer is quantized and recovered "
+                 "when only that layer is int16 (one calibration); CSV, JSON, PNG and "
+                 "suggested layer_precision rules")

@@ -230,3 +230,31 @@ def test_mixed_onnx_runtime_within_one_step_and_integer_requant_refused(mixed_fl
         total += d.size
         within1 += int((d <= 1).sum())
     assert within1 / total >= 0.999, within1 / total
+
+
+def test_a_backend_can_refuse_layer_dtypes_before_calibration():
+    from fcos_core.compile.backend import CheckIssue
+    from fcos_core.convert_context import ConvertContext
+
+    class NoInt16:
+        name = "no_int16"
+        seen: dict = {}
+
+        def quantization_rules(self):
+            return None
+
+        def check_layer_precision(self, layer_dtypes):
+            NoInt16.seen = dict(layer_dtypes)
+            return [CheckIssue(n, "conv2d", "int16 is not supported here")
+                    for n, d in layer_dtypes.items() if d == "int16"]
+
+    ctx = ConvertContext(example_inputs={"img": (1, 3, 32, 32)}, backend=NoInt16())
+    with pytest.raises(FcosUserError) as err:
+        Float2Calibration(layer_precision=NECK_INT16)(make_detector(0), ctx)
+    assert "target (no_int16) cannot run" in str(err.value)
+    assert all(n in str(err.value) for n in NoInt16.seen)
+    assert NoInt16.seen and set(NoInt16.seen.values()) == {"int16"}
+    # without rules the backend is not asked
+    NoInt16.seen = {}
+    Float2Calibration()(make_detector(0), ctx)
+    assert NoInt16.seen == {}
