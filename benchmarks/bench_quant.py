@@ -173,8 +173,8 @@ def main() -> int:
         t = time.perf_counter()
         freeze_observers(cal)  # the clip search of every observer runs here, once
         finish_s = time.perf_counter() - t
-        rows.append((f"calibration step ({name}; conversion {convert_s:.1f} s, "
-                     f"finish {finish_s:.1f} s)", step))
+        rows.append(((f"calibration step ({name}; conversion {convert_s:.1f} s, "
+                     f"finish {finish_s:.1f} s)"), step))
         if name == ARGS.observers[0]:
             calibrated_sd = cal.state_dict()
 

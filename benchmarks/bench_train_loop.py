@@ -27,6 +27,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: no busy-wai
 
 import argparse
 import copy
+import itertools
 import json
 import resource
 import subprocess
@@ -78,7 +79,7 @@ def _standin_model() -> Any:
             super().__init__()
             chans = [3, 16, 24, 40, 80, 112]
             layers = []
-            for cin, cout in zip(chans, chans[1:]):
+            for cin, cout in itertools.pairwise(chans):
                 layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
                            nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
             self.body = nn.Sequential(*layers)
@@ -340,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"loop overhead vs bare: {overhead * 100:+.1f}% (target < 5%)   "
           f"fcos vs effdet: {speedup:.2f}x (target >= 1.5x)")
     print("SUMMARY " + json.dumps({"overhead": overhead, "speedup_vs_effdet": speedup,
-                                   **{m: r for m, r in best.items()}}))
+                                   **best}))
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -72,10 +73,8 @@ def _walk(node: yaml.Node, path: PathKey, lines: LineMap, budget: list[int]) -> 
         for key_node, value_node in node.value:
             key: Any = key_node.value
             if key_node.tag.endswith(":int"):
-                try:
+                with contextlib.suppress(ValueError):
                     key = int(key)
-                except ValueError:
-                    pass
             child = (*path, key)
             lines.set(child, key_node.start_mark.line + 1)
             _walk(value_node, child, lines, budget)

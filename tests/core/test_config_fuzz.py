@@ -9,6 +9,7 @@ budget, bounded reads of non-regular files).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import random
@@ -143,11 +144,9 @@ def _references(rng, base):
             target = ".".join(rng.choice(paths)) if rng.random() < 0.7 else \
                 rng.choice(["", "..", "a..b", "x[", "vars[0]", "vars.neck[99]", "}", "${}"])
             path = rng.choice(list(_paths(data)))
-            try:
+            with contextlib.suppress(KeyError, IndexError, TypeError):
                 _parent(data, path)[path[-1]] = (f"${{{target}}}" if rng.random() < 0.5
                                                  else f"pre-${{{target}}}-post")
-            except (KeyError, IndexError, TypeError):
-                pass
     else:  # deep reference stacks
         for i in range(n):
             v[f"d{i}"] = {"next": f"${{vars.d{i + 1}}}" if i + 1 < n else 0}

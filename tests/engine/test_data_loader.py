@@ -46,7 +46,7 @@ def test_distributed_sampler_without_group_reads_everything():
 
 def _collect(loader, epoch, start=0):
     loader.set_epoch(epoch)
-    return [b for b in loader.iter_from(start)]
+    return list(loader.iter_from(start))
 
 
 def test_resume_skips_batches_and_reproduces_augmentation():

@@ -18,6 +18,7 @@ Linux only (the test finds a launcher's training process through /proc).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -126,10 +127,8 @@ def _children(pid: int) -> list[int]:
 
 def _kill_node(proc: subprocess.Popen) -> None:
     for pid in [proc.pid, *_children(proc.pid)]:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     proc.wait()
 
 
@@ -231,10 +230,8 @@ def test_a_silent_node_is_waited_for_dist_timeout_s(demo_data, tmp_path):
         waited = time.monotonic() - t0
     finally:
         for pid in frozen:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
         _stop_all(procs)
     out = _output(procs[0])
     assert code != 0, out[-3000:]

@@ -24,6 +24,7 @@ Input sizes must be multiples of the largest output stride (128 in the seed), as
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -179,7 +180,7 @@ class BiFPN(nn.Module):
                     stride2channels: dict[int, int], out_channels: int, num_outs: int,
                     stack: int, start_level: int, end_level: int, fpn_name: str,
                     activation: str) -> None:
-        if not in_strides or any(b <= a for a, b in zip(in_strides, in_strides[1:])):
+        if not in_strides or any(b <= a for a, b in itertools.pairwise(in_strides)):
             raise ValueError(f"in_strides must be a non-empty increasing list, got {in_strides}")
         missing = [s for s in in_strides if s not in stride2channels]
         if missing:
@@ -196,7 +197,7 @@ class BiFPN(nn.Module):
             raise ValueError(f"end_level must index in_strides at or after start_level "
                              f"({start_level}..{n - 1}, or -1 for the last), got {end_level}")
         used = in_strides[start_level:end + 1]
-        if any(b != 2 * a for a, b in zip(used, used[1:])):
+        if any(b != 2 * a for a, b in itertools.pairwise(used)):
             raise ValueError(f"the backbone levels used (in_strides[{start_level}:{end + 1}] = "
                              f"{used}) must double from one to the next")
         if num_outs < max(2, len(used)):

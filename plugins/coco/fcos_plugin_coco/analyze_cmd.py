@@ -14,6 +14,7 @@ replaced (exit 2): the JSON carries ``"generator": "fcos analyze-data"`` and the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -166,10 +167,8 @@ def _atomic_write(path: str, write: Any) -> None:
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the report from other users
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
 
 

@@ -368,7 +368,7 @@ def draw_match(rgb: np.ndarray, m: ImageMatch, names: dict[int, str]) -> Any:
         img = img.resize((img.width * k, img.height * k), Image.NEAREST)
     draw = ImageDraw.Draw(img)
     correct = m.correct
-    found = set(int(g) for g, ok in zip(m.det_to_gt, correct) if ok)
+    found = {int(g) for g, ok in zip(m.det_to_gt, correct) if ok}
     for g, (box, cat) in enumerate(zip(m.gt_boxes, m.gt_cats)):
         colour = GT_COLOUR if g in found else MISSED_COLOUR
         draw.rectangle([float(v) * k for v in box], outline=colour,

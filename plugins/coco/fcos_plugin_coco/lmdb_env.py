@@ -9,6 +9,7 @@ includes the data file's inode, so an LMDB deleted and re-packed at the same pat
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 
@@ -37,10 +38,8 @@ def reader(path: str) -> lmdb.Environment:
             if entry[0] == pid and entry[1] == inode:
                 return entry[2]
             # inherited through fork, or the LMDB was re-packed: drop the old handle
-            try:
+            with contextlib.suppress(lmdb.Error):
                 entry[2].close()
-            except lmdb.Error:
-                pass
             del _envs[key]
         try:
             env = lmdb.open(key, readonly=True, lock=False, subdir=True, readahead=True,

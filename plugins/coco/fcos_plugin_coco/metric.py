@@ -25,8 +25,7 @@ def _rows(x: Any, n: int) -> np.ndarray:
         x = x.detach().cpu().numpy()
     elif isinstance(x, (list, tuple)):
         x = [v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v for v in x]
-    arr = np.asarray(x, dtype=np.float64).reshape(n, 2)
-    return arr
+    return np.asarray(x, dtype=np.float64).reshape(n, 2)
 
 
 def _np(x: Any, dtype: Any) -> np.ndarray:

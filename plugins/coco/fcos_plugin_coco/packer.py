@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import hashlib
@@ -365,10 +366,8 @@ def _write_summary(path: str, summary: dict) -> None:
             json.dump(summary, f, indent=1)
         os.replace(tmp, path)
     except OSError as exc:  # the LMDB is complete; only its summary file is missing
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise FcosUserError(f"the LMDB is complete, but its summary {path} could not be "
                             f"written: {exc.strerror or exc}",
                             hint="the LMDB can be used as it is (the summary is stored "

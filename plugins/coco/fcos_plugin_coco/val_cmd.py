@@ -259,7 +259,7 @@ def write_report(folder: Path, metric: Any, results: dict[str, float], head: dic
     if save_detections:  # COCO's results format: re-score with any COCO tool
         results_json = json.dumps(er.coco_results(metric.detections())).encode("utf-8")
         er.write_file(folder / "detections.json", lambda f: f.write(results_json))
-    report = {
+    return {
         **head,
         "metrics": results,
         "per_class": per_class,
@@ -269,7 +269,6 @@ def write_report(folder: Path, metric: Any, results: dict[str, float], head: dic
         "worst_images": drawn,
         "images": len(matches),
     }
-    return report
 
 
 def val_command(args: argparse.Namespace, host: Any) -> int:

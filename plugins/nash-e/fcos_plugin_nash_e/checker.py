@@ -111,7 +111,9 @@ def check_float_model(model: Any, example_inputs: Mapping[str, Any]) -> list[Che
         with torch.no_grad():
             ep = torch.export.export(model, tuple(args), strict=False)
     except Exception as exc:  # noqa: BLE001 - any export failure is a check result
-        return [*issues, CheckIssue("<model>", "torch.export", f"the model cannot be exported: {type(exc).__name__}: " f"{str(exc).splitlines()[0] if str(exc) else ''}")]
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        return [*issues, CheckIssue("<model>", "torch.export", "the model cannot be exported: "
+                                    f"{type(exc).__name__}: {first_line}")]
     finally:
         model.train(was_training)
     graph = ep.graph

@@ -63,7 +63,7 @@ def test_detector_pyramid_input_bit_exact(tmp_path, nash, detector, images, leve
     with torch.no_grad():
         ref = detector(nash.to_float_input(images))
     backend, prog = _compile(tmp_path, detector, (1, 3, 64, 64), level, source="pyramid")
-    out = backend.run(prog, {"img": [f for f in images]})
+    out = backend.run(prog, {"img": list(images)})
     for r, o in zip(ref, out):
         assert _bits_equal(r, o)
 
