@@ -6,16 +6,21 @@ so a test passes the same way on a developer's machine with extra plugins and in
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
+import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from types import ModuleType
 from typing import Any
 
 from fcos_core.hooks import ENTRY_POINT_GROUP
 from fcos_core.plugins import PluginHost, load_host
 from fcos_core.registry import Registries
+
+#: the environment switches of fcos_core.plugins, which a test host ignores
+PLUGIN_SWITCHES = ("FCOS_LOAD_PLUGINS", "FCOS_DISABLE_PLUGINS", "FCOS_DISABLE_PLUGIN_AUTOLOAD")
 
 
 def _norm(name: str) -> str:
@@ -41,6 +46,17 @@ def installed_entry_points(distributions: Iterable[str]) -> list[Any]:
     return found
 
 
+@contextlib.contextmanager
+def _without_plugin_switches() -> Iterator[None]:
+    """The user's FCOS_LOAD_PLUGINS / FCOS_DISABLE_PLUGINS / FCOS_DISABLE_PLUGIN_AUTOLOAD do not
+    reach a test host: the test names its plugins itself."""
+    saved = {k: os.environ.pop(k) for k in PLUGIN_SWITCHES if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
 def _as_pair(plugin: Any, index: int) -> tuple[str, Any]:
     """(name, object) from a pair, a module, a module name or a plugin object."""
     if isinstance(plugin, tuple):
@@ -58,7 +74,8 @@ class PluginHostFactory:
     ``factory(*plugins, builtins=True, distributions=())`` returns a collected host with
     fcos-core's built-ins (unless ``builtins=False``), the installed entry points of the named
     ``distributions`` only, and ``plugins``: ``(name, object)`` pairs, modules, module names
-    or plugin objects (named after their class). :meth:`close` unregisters every plugin from
+    or plugin objects (named after their class). The user's plugin environment switches
+    (:data:`PLUGIN_SWITCHES`) do not apply. :meth:`close` unregisters every plugin from
     every host it built and empties their registries, so nothing registered in a test
     survives it.
     """
@@ -70,11 +87,12 @@ class PluginHostFactory:
         self, *plugins: Any, builtins: bool = True, distributions: Sequence[str] = ()
     ) -> PluginHost:
         eps = installed_entry_points(distributions) if distributions else False
-        host = load_host(
-            builtins=builtins,
-            entry_points=eps,
-            plugins=[_as_pair(p, i) for i, p in enumerate(plugins)],
-        )
+        with _without_plugin_switches():
+            host = load_host(
+                builtins=builtins,
+                entry_points=eps,
+                plugins=[_as_pair(p, i) for i, p in enumerate(plugins)],
+            )
         self.hosts.append(host)
         return host
 

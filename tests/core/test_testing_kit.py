@@ -3,6 +3,7 @@ stand-ins' documented shapes, assert_torch_free and the schema-vs-factory check.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -383,3 +384,21 @@ def test_backend_suite_fails_a_load_that_accepts_a_damaged_file(tmp_path):
         CompileBackendConformance().test_load_rejects_a_damaged_artifact(
             Lenient(), compiled, tmp_path
         )
+
+
+def test_host_ignores_the_users_plugin_switches(monkeypatch, tmp_path):
+    (tmp_path / "kit_switch_plugin.py").write_text(
+        "from fcos_core.hooks import hookimpl\n\n@hookimpl\ndef register_necks(register):\n"
+        "    register('switch_neck', factory='json:loads')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    eps = [FakeEntryPoint("sw", "kit_switch_plugin", FakeDistribution("fcos-plugin-sw"))]
+    monkeypatch.setattr("importlib.metadata.entry_points", lambda group: eps)
+    monkeypatch.setenv("FCOS_DISABLE_PLUGINS", "fcos-plugin-sw")
+    monkeypatch.setenv("FCOS_DISABLE_PLUGIN_AUTOLOAD", "1")
+    hosts = PluginHostFactory()
+    try:
+        assert "switch_neck" in hosts(distributions=["fcos-plugin-sw"]).registries["necks"]
+    finally:
+        hosts.close()
+    assert os.environ["FCOS_DISABLE_PLUGINS"] == "fcos-plugin-sw"  # restored afterwards
