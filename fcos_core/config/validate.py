@@ -68,6 +68,12 @@ class Validator:
         for key in value:
             if key in skip:
                 continue
+            moved = getattr(schema, "MOVED_KEYS", {})
+            if key not in fields and key in moved:
+                self.problem((*path, key), f"{what} no longer takes {key!r}: write "
+                                           f"{moved[key].format(value=value[key])} instead")
+                ok = False
+                continue
             if key not in fields:
                 near = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
                 hint = f"; did you mean {near[0]!r}?" if near else ""

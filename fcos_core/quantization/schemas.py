@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import attrs
 
@@ -12,6 +12,12 @@ from fcos_core.schema import arg, component
 @attrs.frozen(kw_only=True)
 class Float2CalibrationArgs:
     """Prepare the model for calibration: observers record activation ranges, fake-quant on."""
+
+    #: keys of earlier releases -> how to write them now (``{value}``: the config's value)
+    MOVED_KEYS: ClassVar[dict[str, str]] = {
+        "percentile": "activation_observer: {{type: percentile, percentile: {value}}}",
+        **{k: f"activation_observer: {{{{type: <observer>, {k}: {{value}}}}}}"
+           for k in ("histogram_bins", "mse_candidates", "kl_stride")}}
 
     activation_observer: Any = component(
         "observers", None, lazy=True,
@@ -32,6 +38,10 @@ class Float2CalibrationArgs:
 @attrs.frozen(kw_only=True)
 class Float2QATArgs:
     """Prepare the model for quantization-aware training (fake-quant, tracked ranges)."""
+
+    #: keys of earlier releases -> how to write them now (``{value}``: the config's value)
+    MOVED_KEYS: ClassVar[dict[str, str]] = {
+        "averaging_constant": "qat_observer: {{type: minmax, averaging_constant: {value}}}"}
 
     qat_observer: Any = component(
         "observers", None, lazy=True,
