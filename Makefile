@@ -15,7 +15,7 @@ TCMALLOC_LIB := $(firstword $(wildcard $(TCMALLOC_PATHS)))
 # installed by `setup` in the same `make demo` is used
 PRELOAD_TCMALLOC = lib=$$(ls $(TCMALLOC_PATHS) 2>/dev/null | head -n 1); if [ -n "$$lib" ]; then export LD_PRELOAD="$$lib$${LD_PRELOAD:+:$$LD_PRELOAD}"; fi;
 
-.PHONY: setup demo test lint bench gpu-check clean
+.PHONY: setup demo test lint bench gpu-check docs clean
 
 setup: $(STAMP)
 
@@ -56,6 +56,13 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+# the generated references (docs/config-reference.md, docs/cli-reference.md) document fcos-core
+# and the first-party plugins only, whatever else is installed (tests/integration/test_docs.py)
+FIRST_PARTY = $(shell awk 'FNR==1{f=0} /^name *=/ && !f {gsub(/.*= *"|".*/,""); print; f=1}' $(PLUGINS) | paste -sd, -)
+docs: setup
+	FCOS_LOAD_PLUGINS=$(FIRST_PARTY) $(VENV)/bin/fcos docs config
+	FCOS_LOAD_PLUGINS=$(FIRST_PARTY) $(VENV)/bin/fcos docs cli
 
 bench: setup
 	for b in benchmarks/bench_*.py; do OMP_WAIT_POLICY=PASSIVE $(PY) $$b --quick || exit 1; done

@@ -20,7 +20,7 @@ FIRST_PARTY = sorted(
     for p in ROOT.glob("plugins/*/pyproject.toml")
 )
 
-#: the command that regenerates a reference from exactly these plugins
+#: the command that regenerates a reference from exactly these plugins (`make docs` runs it)
 REGENERATE = f"FCOS_LOAD_PLUGINS={','.join(FIRST_PARTY)} fcos docs"
 
 
@@ -37,7 +37,9 @@ def test_everything_registered_is_documented(host):
 def test_config_reference_is_current(host):
     expected = render(host)
     current = (ROOT / "docs" / "config-reference.md").read_text(encoding="utf-8")
-    assert current == expected, f"docs/config-reference.md is stale: run `{REGENERATE} config`"
+    assert current == expected, (
+        f"docs/config-reference.md is stale: run `make docs` (`{REGENERATE} config`)"
+    )
 
 
 def test_cli_reference_is_current(host):
@@ -45,7 +47,9 @@ def test_cli_reference_is_current(host):
 
     expected = render_cli(host)
     current = (ROOT / "docs" / "cli-reference.md").read_text(encoding="utf-8")
-    assert current == expected, f"docs/cli-reference.md is stale: run `{REGENERATE} cli`"
+    assert current == expected, (
+        f"docs/cli-reference.md is stale: run `make docs` (`{REGENERATE} cli`)"
+    )
 
 
 def test_every_schema_matches_its_factory(host):
