@@ -41,6 +41,7 @@ _FIRST_PARTY: dict[str, dict[str, tuple[str, ...]]] = {
                            "commands": ("compile", "infer")},
     "fcos-plugin-onnx": {"compile_backends": ("onnx", "ONNX"), "commands": ("onnx-compare",)},
     "fcos-plugin-tensorrt": {"compile_backends": ("tensorrt", "TensorRT", "trt")},
+    "fcos-plugin-openvino": {"compile_backends": ("openvino", "OpenVINO", "ov")},
 }
 
 #: (kind, name) of a first-party component -> the distribution that provides it, so that an
