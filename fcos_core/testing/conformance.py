@@ -101,8 +101,9 @@ def tiny_quantized_fcos(
 class CompileBackendConformance:
     """What every compile backend must do, on a tiny quantized FCOS.
 
-    Set ``backend_name`` (the ``march``). Override ``host`` to test in an isolated host (the
-    default loads the installed plugins), ``compile_options`` for options the backend needs,
+    Set ``backend_name`` (the ``march``) and ``distributions`` (the test host then loads
+    fcos-core and only those; empty: every installed plugin). Override ``compile_options``
+    for options the backend needs,
     ``run_inputs`` when ``run`` takes something other than ``{"img": images}`` and
     ``supports_detect = False`` for a backend whose ``detect`` returns None.
     """
@@ -177,7 +178,8 @@ class CompileBackendConformance:
         import torch
 
         out_dir = tmp_path_factory.mktemp(f"compile-{cls.backend_name}")
-        example = {"img": torch.rand(1, 3, cls.input_size, cls.input_size) * 2 - 1}
+        g = torch.Generator().manual_seed(2)
+        example = {"img": torch.rand(1, 3, cls.input_size, cls.input_size, generator=g) * 2 - 1}
         options = cls.compile_options(out_dir)
         result = backend.compile(model, example, options, out_dir)
         return {

@@ -15,9 +15,12 @@ conftest.py:
 ``fcos_tiny``
     The stand-in modules (:mod:`fcos_core.testing.standins`: ``TinyBackbone``, ``TinyNeck``,
     ``TinyHead``); imports torch when a test asks for it.
-``fcos_torch_free`` / ``fcos_schema_check``
-    :func:`~fcos_core.testing.assert_torch_free` and
-    :func:`~fcos_core.testing.assert_schema_matches_factory` bound to the test's host.
+``fcos_torch_free``
+    :func:`~fcos_core.testing.assert_torch_free`: import modules in a fresh interpreter and
+    fail, naming the import chain, when torch (or another ``forbidden`` package) came too.
+``fcos_schema_check``
+    :func:`~fcos_core.testing.assert_schema_matches_factory`, on the ``host=`` given or the
+    last host ``fcos_host`` built in the test.
 ``fcos_build``
     :func:`~fcos_core.testing.build_block`: ``fcos_build(host, "backbones", "type: x")``
     validates one YAML block against the host's schemas and builds it.
