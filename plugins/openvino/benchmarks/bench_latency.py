@@ -35,8 +35,11 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=30, help="timed runs per runtime and mode")
     ap.add_argument("--threads", type=int, default=2, help="threads of each runtime")
     ap.add_argument("--modes", default="integer,float", help="requantization modes to time")
-    ap.add_argument("--config", default=str(ROOT / "configs" / "fcos_b0_demo.yaml"),
-                    help="config whose deploy_model is timed")
+    ap.add_argument(
+        "--config",
+        default=str(ROOT / "configs" / "fcos_b0_demo.yaml"),
+        help="config whose deploy_model is timed",
+    )
     args = ap.parse_args()
     size = 128 if args.quick else args.size
     runs = 5 if args.quick else args.runs
@@ -66,17 +69,24 @@ def main() -> int:
     quant = QAT2Quantize()(qat, ctx).eval()
     x = torch.rand(1, 3, size, size, generator=g) * 2 - 1
 
-    print(f"batch 1, {size}x{size}, {args.threads} thread(s) each, OMP_WAIT_POLICY="
-          f"{os.environ.get('OMP_WAIT_POLICY')}, {runs} interleaved runs per row, load average "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other jobs share the machine)")
+    print(
+        f"batch 1, {size}x{size}, {args.threads} thread(s) each, OMP_WAIT_POLICY="
+        f"{os.environ.get('OMP_WAIT_POLICY')}, {runs} interleaved runs per row, load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other jobs share the machine)"
+    )
     tmp = Path(tempfile.mkdtemp(prefix="fcos_ov_bench_"))
     for mode in args.modes.split(","):
         progs = {}
-        for label, backend in (("ORT", OnnxBackend(threads=args.threads)),
-                               ("OpenVINO", OpenVinoBackend(threads=args.threads))):
-            res = backend.compile(quant, {"img": x}, {"latency_runs": 0,
-                                                      "requantization": mode},
-                                  tmp / f"{label}_{mode}")
+        for label, backend in (
+            ("ORT", OnnxBackend(threads=args.threads)),
+            ("OpenVINO", OpenVinoBackend(threads=args.threads)),
+        ):
+            res = backend.compile(
+                quant,
+                {"img": x},
+                {"latency_runs": 0, "requantization": mode},
+                tmp / f"{label}_{mode}",
+            )
             program = backend.load(res.artifact)
             agr = res.report["agreement"]
             progs[label] = (backend, program, agr)
@@ -89,11 +99,15 @@ def main() -> int:
                     times[label].append((time.perf_counter() - t0) * 1e3)
         p50 = {k: statistics.median(v) for k, v in times.items()}
         for label, (_, _, agr) in progs.items():
-            print(f"{mode:>7} requantization  {label:<8}  p50 {p50[label]:9.2f} ms  "
-                  f"codes equal {agr['within_0']:.4%}  within 1 {agr['within_1']:.4%}  "
-                  f"max {agr['max_steps']} steps")
-        print(f"{mode:>7} requantization  OpenVINO / ORT p50 ratio: "
-              f"{p50['OpenVINO'] / p50['ORT']:.2f}")
+            print(
+                f"{mode:>7} requantization  {label:<8}  p50 {p50[label]:9.2f} ms  "
+                f"codes equal {agr['within_0']:.4%}  within 1 {agr['within_1']:.4%}  "
+                f"max {agr['max_steps']} steps"
+            )
+        print(
+            f"{mode:>7} requantization  OpenVINO / ORT p50 ratio: "
+            f"{p50['OpenVINO'] / p50['ORT']:.2f}"
+        )
         sys.stdout.flush()
     return 0
 

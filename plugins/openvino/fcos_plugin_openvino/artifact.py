@@ -57,10 +57,15 @@ def write_artifact(manifest: Path, ov_model: Any, meta: dict[str, Any]) -> Path:
     xml, bin_ = ir_paths(manifest)
     manifest.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(ov_model, str(xml), compress_to_fp16=False)
-    files = {"xml": {"name": xml.name, "bytes": xml.stat().st_size, "sha256": _digest(xml)},
-             "bin": {"name": bin_.name, "bytes": bin_.stat().st_size, "sha256": _digest(bin_)}}
-    blob = json.dumps({**meta, "format": FORMAT, "format_version": FORMAT_VERSION,
-                       "files": files}, indent=1, sort_keys=True).encode("utf-8")
+    files = {
+        "xml": {"name": xml.name, "bytes": xml.stat().st_size, "sha256": _digest(xml)},
+        "bin": {"name": bin_.name, "bytes": bin_.stat().st_size, "sha256": _digest(bin_)},
+    }
+    blob = json.dumps(
+        {**meta, "format": FORMAT, "format_version": FORMAT_VERSION, "files": files},
+        indent=1,
+        sort_keys=True,
+    ).encode("utf-8")
     return write_atomically(manifest, lambda f: f.write(blob))
 
 
@@ -72,33 +77,42 @@ def read_manifest(path: str | Path) -> tuple[dict[str, Any], Path, Path]:
         raise FcosUserError(f"{p}: no such OpenVINO artifact (manifest)", hint=_HINT)
     size = p.stat().st_size
     if size == 0 or size > MAX_MANIFEST_BYTES:
-        raise FcosUserError(f"{p}: {size} bytes is not an fcos OpenVINO manifest",
-                            hint="pass the .openvino.json file the openvino backend wrote")
+        raise FcosUserError(
+            f"{p}: {size} bytes is not an fcos OpenVINO manifest",
+            hint="pass the .openvino.json file the openvino backend wrote",
+        )
     try:
         meta = json.loads(p.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FcosUserError(f"{p}: not an fcos OpenVINO manifest (not JSON: {exc})",
-                            hint="pass the .openvino.json file the openvino backend wrote, not "
-                                 "the .xml/.bin IR files") from None
+        raise FcosUserError(
+            f"{p}: not an fcos OpenVINO manifest (not JSON: {exc})",
+            hint="pass the .openvino.json file the openvino backend wrote, not "
+            "the .xml/.bin IR files",
+        ) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise FcosUserError(f"{p}: not an fcos OpenVINO manifest (format "
-                            f"{meta.get('format') if isinstance(meta, dict) else None!r})",
-                            hint="pass the .openvino.json file the openvino backend wrote")
+        raise FcosUserError(
+            f"{p}: not an fcos OpenVINO manifest (format "
+            f"{meta.get('format') if isinstance(meta, dict) else None!r})",
+            hint="pass the .openvino.json file the openvino backend wrote",
+        )
     if meta.get("format_version") != FORMAT_VERSION:
-        raise FcosUserError(f"{p}: manifest version {meta.get('format_version')!r}; this "
-                            f"plugin reads version {FORMAT_VERSION}", hint=_HINT)
+        raise FcosUserError(
+            f"{p}: manifest version {meta.get('format_version')!r}; this "
+            f"plugin reads version {FORMAT_VERSION}",
+            hint=_HINT,
+        )
     if not isinstance(meta.get("outputs"), list) or not isinstance(meta.get("input"), dict):
-        raise FcosUserError(f"{p}: the manifest lacks 'input' or 'outputs' (damaged)",
-                            hint=_HINT)
+        raise FcosUserError(f"{p}: the manifest lacks 'input' or 'outputs' (damaged)", hint=_HINT)
     xml, bin_ = ir_paths(p)
     for key, f in (("xml", xml), ("bin", bin_)):
         want = (meta.get("files") or {}).get(key) or {}
         if not f.is_file():
-            raise FcosUserError(f"{f}: the IR file the manifest {p} names is missing",
-                                hint=_HINT)
+            raise FcosUserError(f"{f}: the IR file the manifest {p} names is missing", hint=_HINT)
         if f.stat().st_size != want.get("bytes") or _digest(f) != want.get("sha256"):
-            raise FcosUserError(f"{f}: does not match the checksum in {p} (damaged, truncated "
-                                "or replaced)", hint=_HINT)
+            raise FcosUserError(
+                f"{f}: does not match the checksum in {p} (damaged, truncated or replaced)",
+                hint=_HINT,
+            )
     return meta, xml, bin_
 
 
@@ -107,8 +121,12 @@ def compile_for_cpu(ov_model: Any, threads: int) -> Any:
     doc), one stream, ``threads`` inference threads, tuned for latency."""
     import openvino as ov
 
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
-              "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": int(threads)}
+    config = {
+        "INFERENCE_PRECISION_HINT": "f32",
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": 1,
+        "INFERENCE_NUM_THREADS": int(threads),
+    }
     return ov.Core().compile_model(ov_model, "CPU", config)
 
 
@@ -120,17 +138,22 @@ def load_program(path: str | Path, threads: int) -> OpenVinoProgram:
     try:
         model = ov.Core().read_model(str(xml), str(bin_))
     except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses
-        raise FcosUserError(f"{xml}: OpenVINO cannot read the IR ({str(exc).splitlines()[0]})",
-                            hint=_HINT) from None
+        raise FcosUserError(
+            f"{xml}: OpenVINO cannot read the IR ({str(exc).splitlines()[0]})", hint=_HINT
+        ) from None
     names = {n for o in model.outputs for n in o.get_names()}
     missing = [o.get("name") for o in meta["outputs"] if o.get("name") not in names]
     if missing:
-        raise FcosUserError(f"{path}: the manifest names outputs {missing} the IR does not have",
-                            hint=_HINT)
+        raise FcosUserError(
+            f"{path}: the manifest names outputs {missing} the IR does not have", hint=_HINT
+        )
     compiled = compile_for_cpu(model, threads)
-    return OpenVinoProgram(compiled=compiled, request=compiled.create_infer_request(),
-                           meta=meta, threading={"threads": int(threads), "device": "CPU",
-                                                 "inference_precision": "f32"})
+    return OpenVinoProgram(
+        compiled=compiled,
+        request=compiled.create_infer_request(),
+        meta=meta,
+        threading={"threads": int(threads), "device": "CPU", "inference_precision": "f32"},
+    )
 
 
 @attrs.define
@@ -159,14 +182,18 @@ class OpenVinoProgram:
         arr = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
         if inp["dtype"] == "uint8":
             if arr.dtype != np.uint8:
-                raise TypeError(f"input {inp['name']!r} is raw uint8 YUV444 planes "
-                                f"(input_source pyramid), got {arr.dtype}")
+                raise TypeError(
+                    f"input {inp['name']!r} is raw uint8 YUV444 planes "
+                    f"(input_source pyramid), got {arr.dtype}"
+                )
         else:
             arr = arr.astype(np.float32, copy=False)
         if arr.ndim != 4 or list(arr.shape[1:]) != list(inp["shape"][1:]):
-            raise ValueError(f"input {inp['name']!r}: the model was exported for [B, "
-                             f"{', '.join(str(v) for v in inp['shape'][1:])}], got "
-                             f"{list(arr.shape)}")
+            raise ValueError(
+                f"input {inp['name']!r}: the model was exported for [B, "
+                f"{', '.join(str(v) for v in inp['shape'][1:])}], got "
+                f"{list(arr.shape)}"
+            )
         return {inp["name"]: np.ascontiguousarray(arr)}
 
     def run(self, inputs: Mapping[str, Any]) -> tuple[np.ndarray, ...]:

@@ -38,21 +38,28 @@ from fcos_plugin_openvino import __version__
 from fcos_plugin_openvino.schema import OpenVinoCompileOptions
 
 
-def resolve_options(defaults: Mapping[str, Any], options: Mapping[str, Any],
-                    out_dir: Path | None) -> dict[str, Any]:
+def resolve_options(
+    defaults: Mapping[str, Any], options: Mapping[str, Any], out_dir: Path | None
+) -> dict[str, Any]:
     """Schema defaults, the backend's defaults, then the config's ``compile_cfg``, checked."""
-    opts = resolve_compile_options(OpenVinoCompileOptions, "openvino", defaults, options,
-                                   out_dir)
+    opts = resolve_compile_options(OpenVinoCompileOptions, "openvino", defaults, options, out_dir)
     if len(opts["input_source"]) != 1:
-        raise FcosUserError(f"compile_cfg.input_source: {opts['input_source']} lists "
-                            f"{len(opts['input_source'])} sources; the FCOS deploy model has "
-                            "one input", hint="use input_source: [ddr] or [pyramid]")
+        raise FcosUserError(
+            f"compile_cfg.input_source: {opts['input_source']} lists "
+            f"{len(opts['input_source'])} sources; the FCOS deploy model has "
+            "one input",
+            hint="use input_source: [ddr] or [pyramid]",
+        )
     if int(opts["latency_runs"]) < 0 or int(opts["warmup_runs"]) < 0:
-        raise FcosUserError("compile_cfg.latency_runs and warmup_runs must be >= 0",
-                            hint="use 0 to skip the latency measurement")
+        raise FcosUserError(
+            "compile_cfg.latency_runs and warmup_runs must be >= 0",
+            hint="use 0 to skip the latency measurement",
+        )
     if opts["threads"] is not None and int(opts["threads"]) < 1:
-        raise FcosUserError(f"compile_cfg.threads must be >= 1 or null, got {opts['threads']}",
-                            hint="e.g. threads: 2, or null for OMP_NUM_THREADS / the cores")
+        raise FcosUserError(
+            f"compile_cfg.threads must be >= 1 or null, got {opts['threads']}",
+            hint="e.g. threads: 2, or null for OMP_NUM_THREADS / the cores",
+        )
     return opts
 
 
@@ -67,9 +74,18 @@ def _threads(value: Any) -> int:
     return int(value) if value else default_threads()
 
 
-def export_for_openvino(int_model: Any, records: Sequence[Any], input_shape: Sequence[int], *,
-                        strides: Sequence[int] | None, max_logit: bool, pyramid: bool,
-                        requantization: str, opset: int, name: str) -> tuple[Any, int]:
+def export_for_openvino(
+    int_model: Any,
+    records: Sequence[Any],
+    input_shape: Sequence[int],
+    *,
+    strides: Sequence[int] | None,
+    max_logit: bool,
+    pyramid: bool,
+    requantization: str,
+    opset: int,
+    name: str,
+) -> tuple[Any, int]:
     """The onnx plugin's export of the integer program, with its int64 requantization lowered
     to int32 (``requantization == "integer"``); returns ``(ExportedGraph, chains lowered)``.
     Raises the exporter's ``ExportError`` or :class:`~.int32_requant.LoweringError`."""
@@ -77,10 +93,18 @@ def export_for_openvino(int_model: Any, records: Sequence[Any], input_shape: Seq
     from fcos_plugin_openvino.int32_requant import lower_int64_requantization
 
     exported = build_qdq_model(
-        records, int_model.outputs, input_shape=tuple(input_shape),
-        dequant_output=bool(int_model.dequant_output), opset=opset, strides=strides,
-        max_logit=max_logit, pyramid_input=pyramid, uint8_activations=True,
-        requantization=requantization, graph_name=name)
+        records,
+        int_model.outputs,
+        input_shape=tuple(input_shape),
+        dequant_output=bool(int_model.dequant_output),
+        opset=opset,
+        strides=strides,
+        max_logit=max_logit,
+        pyramid_input=pyramid,
+        uint8_activations=True,
+        requantization=requantization,
+        graph_name=name,
+    )
     lowered = lower_int64_requantization(exported.model) if requantization == "integer" else 0
     return exported, lowered
 
@@ -127,13 +151,17 @@ class OpenVinoBackend(CompileBackend):
         int_model, post = found
         det = post_process_params(model)
         try:
-            export_for_openvino(int_model, integer_program(int_model),
-                                tuple(example_image_tensor(example_inputs).shape),
-                                strides=det["strides"] if det else None,
-                                max_logit=post is not None, pyramid=False,
-                                requantization=str(self.options.get("requantization",
-                                                                    "integer")),
-                                opset=opset, name="check")
+            export_for_openvino(
+                int_model,
+                integer_program(int_model),
+                tuple(example_image_tensor(example_inputs).shape),
+                strides=det["strides"] if det else None,
+                max_logit=post is not None,
+                pyramid=False,
+                requantization=str(self.options.get("requantization", "integer")),
+                opset=opset,
+                name="check",
+            )
         except (ExportError, LoweringError) as exc:
             issues.append(CheckIssue(layer="model", op="export", reason=str(exc)))
         return issues
@@ -148,8 +176,13 @@ class OpenVinoBackend(CompileBackend):
         opts["out_dir"] = opts["out_dir"] or str(out_dir)
         return artifact_file(opts)
 
-    def compile(self, model: Any, example_inputs: Mapping[str, Any], options: Mapping[str, Any],
-                out_dir: Path) -> CompileResult:
+    def compile(
+        self,
+        model: Any,
+        example_inputs: Mapping[str, Any],
+        options: Mapping[str, Any],
+        out_dir: Path,
+    ) -> CompileResult:
         import openvino as ov
         import torch
 
@@ -171,14 +204,21 @@ class OpenVinoBackend(CompileBackend):
         det = post_process_params(model)
         try:
             exported, lowered = export_for_openvino(
-                int_model, records, tuple(x.shape), strides=det["strides"] if det else None,
-                max_logit=post is not None, pyramid=pyramid,
-                requantization=str(opts["requantization"]), opset=int(opts["opset"]),
-                name=str(opts["name"]))
+                int_model,
+                records,
+                tuple(x.shape),
+                strides=det["strides"] if det else None,
+                max_logit=post is not None,
+                pyramid=pyramid,
+                requantization=str(opts["requantization"]),
+                opset=int(opts["opset"]),
+                name=str(opts["name"]),
+            )
         except (ExportError, LoweringError) as exc:
-            raise FcosUserError(f"compile_cfg (march openvino): cannot export the quantized "
-                                f"model: {exc}", hint="see `fcos check CONFIG --model` and the "
-                                                      "fcos-plugin-openvino README") from None
+            raise FcosUserError(
+                f"compile_cfg (march openvino): cannot export the quantized model: {exc}",
+                hint="see `fcos check CONFIG --model` and the fcos-plugin-openvino README",
+            ) from None
         with tempfile.TemporaryDirectory() as tmp:  # OpenVINO's ONNX reader takes a file
             onnx_path = Path(tmp) / "export.onnx"
             onnx_path.write_bytes(exported.model.SerializeToString())
@@ -188,13 +228,24 @@ class OpenVinoBackend(CompileBackend):
             "producer": f"fcos-plugin-openvino {__version__}",
             "openvino": ov.get_version(),
             "name": str(opts["name"]),
-            "input": {"name": exported.input_name, "dtype": exported.input_dtype,
-                      "shape": list(exported.input_shape), "source": opts["input_source"][0],
-                      "normalisation": "(x - 128) / 128 in the graph" if pyramid
-                      else "by the caller"},
-            "outputs": [{"name": s.name, "value": s.value, "dtype": s.dtype,
-                         "scale": list(s.scale), "kind": s.kind, "zero_point": s.zero_point}
-                        for s in exported.outputs],
+            "input": {
+                "name": exported.input_name,
+                "dtype": exported.input_dtype,
+                "shape": list(exported.input_shape),
+                "source": opts["input_source"][0],
+                "normalisation": "(x - 128) / 128 in the graph" if pyramid else "by the caller",
+            },
+            "outputs": [
+                {
+                    "name": s.name,
+                    "value": s.value,
+                    "dtype": s.dtype,
+                    "scale": list(s.scale),
+                    "kind": s.kind,
+                    "zero_point": s.zero_point,
+                }
+                for s in exported.outputs
+            ],
             "dequant_output": bool(int_model.dequant_output),
             "requantization": opts["requantization"],
             "detection": det,
@@ -212,18 +263,24 @@ class OpenVinoBackend(CompileBackend):
         latency = None
         if int(opts["latency_runs"]) > 0:
             one = program.feed({"img": feed[:1]})
-            latency = {"batch": 1, **measure_latency(lambda: program.request.infer(one),
-                                                     int(opts["latency_runs"]),
-                                                     int(opts["warmup_runs"])),
-                       **program.threading}
+            latency = {
+                "batch": 1,
+                **measure_latency(
+                    lambda: program.request.infer(one),
+                    int(opts["latency_runs"]),
+                    int(opts["warmup_runs"]),
+                ),
+                **program.threading,
+            }
         nodes = collections.Counter(n.op_type for n in exported.model.graph.node)
         # the layers OpenVINO's CPU plugin runs (after its fusions) and their precisions
-        layers = [op.get_rt_info()
-                  for op in program.compiled.get_runtime_model().get_ordered_ops()]
+        layers = [op.get_rt_info() for op in program.compiled.get_runtime_model().get_ordered_ops()]
         ops = collections.Counter(str(r["layerType"].astype(str)) for r in layers)
         conv_precisions = collections.Counter(
-            str(r["runtimePrecision"].astype(str)) for r in layers
-            if str(r["layerType"].astype(str)) == "Convolution")
+            str(r["runtimePrecision"].astype(str))
+            for r in layers
+            if str(r["layerType"].astype(str)) == "Convolution"
+        )
         report = {
             "march": "openvino",
             "artifact": str(path),
@@ -245,12 +302,12 @@ class OpenVinoBackend(CompileBackend):
         # informative only: the compile stage checks every backend's artifact against the
         # integer model on validation images and fails beyond one step on > 0.1 % of the codes
         # (fcos_core.compile.deploy_table; compile_cfg.allow_disagreement makes it a warning)
-        report["agreement_ok"] = (disagreement(agreement) is None if agreement is not None
-                                  else None)
+        report["agreement_ok"] = disagreement(agreement) is None if agreement is not None else None
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(opts["name"])) or "model"
         text = json.dumps(report, indent=1, sort_keys=True).encode()
-        report_path = write_atomically(path.parent / f"{safe}_openvino_report.json",
-                                       lambda f: f.write(text))
+        report_path = write_atomically(
+            path.parent / f"{safe}_openvino_report.json", lambda f: f.write(text)
+        )
         return CompileResult(artifact=path, report=report, files=(*_ir(path), report_path))
 
     # -- execute -------------------------------------------------------------------------
@@ -285,8 +342,11 @@ class OpenVinoBackend(CompileBackend):
             return None
         arr = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
         arr = arr.astype(np.float32, copy=False)
-        feed = np.clip(np.rint(arr * 128.0 + 128.0), 0, 255).astype(np.uint8) \
-            if program.meta["input"]["dtype"] == "uint8" else arr
+        feed = (
+            np.clip(np.rint(arr * 128.0 + 128.0), 0, 255).astype(np.uint8)
+            if program.meta["input"]["dtype"] == "uint8"
+            else arr
+        )
         floats = []
         for spec, value in zip(program.meta["outputs"], program.run({"img": feed})):
             if spec["kind"] == "max_logit" and not spec.get("scale"):
@@ -297,13 +357,21 @@ class OpenVinoBackend(CompileBackend):
                 value = (value.astype(np.float64) - int(spec.get("zero_point", 0))) * scale
             floats.append(torch.from_numpy(np.asarray(value, dtype=np.float32)))
         s = len(det["strides"])
-        floats = floats if len(floats) == 4 * s else floats[:3 * s]
+        floats = floats if len(floats) == 4 * s else floats[: 3 * s]
         post = FCOSMultiStrideFilter(
-            det["strides"], threshold=det["threshold"], score_threshold=det["score_threshold"],
-            iou_threshold=det["iou_threshold"], nms_pre=det["nms_pre"],
-            max_per_img=det["max_per_img"], max_shape=det["max_shape"])
-        return post.detect(floats, (int(arr.shape[2]), int(arr.shape[3])),
-                           bbox_upscaled=bool(det.get("bbox_upscaled", False)))
+            det["strides"],
+            threshold=det["threshold"],
+            score_threshold=det["score_threshold"],
+            iou_threshold=det["iou_threshold"],
+            nms_pre=det["nms_pre"],
+            max_per_img=det["max_per_img"],
+            max_shape=det["max_shape"],
+        )
+        return post.detect(
+            floats,
+            (int(arr.shape[2]), int(arr.shape[3])),
+            bbox_upscaled=bool(det.get("bbox_upscaled", False)),
+        )
 
 
 def _ir(manifest: Path) -> tuple[Path, Path]:

@@ -91,8 +91,9 @@ class _Graph:
     def only_consumer(self, name: str, op: str) -> Any:
         users = self.consumers.get(name, [])
         if len(users) != 1 or users[0].op_type != op:
-            raise LoweringError(f"{name}: expected one {op} consumer, found "
-                                f"{[u.op_type for u in users]}")
+            raise LoweringError(
+                f"{name}: expected one {op} consumer, found {[u.op_type for u in users]}"
+            )
         return users[0]
 
     def const(self, name: str) -> np.ndarray:
@@ -121,8 +122,11 @@ def _accumulator_bound(g: _Graph, conv: Any) -> np.ndarray:
     """Per output channel, ``max |x - x_zp| * sum |w - w_zp|`` of a ConvInteger."""
     x_zp = _scalar(g, conv.input[2]) if len(conv.input) > 2 and conv.input[2] else 0
     w = g.const(conv.input[1]).astype(np.int64)
-    w_zp = g.const(conv.input[3]).astype(np.int64) if len(conv.input) > 3 and conv.input[3] \
+    w_zp = (
+        g.const(conv.input[3]).astype(np.int64)
+        if len(conv.input) > 3 and conv.input[3]
         else np.zeros((), np.int64)
+    )
     w_zp = w_zp.reshape(-1, 1, 1, 1) if w_zp.ndim == 1 else w_zp
     x_max = max(x_zp, 255 - x_zp)  # uint8 input
     per_c = np.abs(w - w_zp).reshape(w.shape[0], -1).sum(1) * x_max
@@ -153,13 +157,16 @@ def _term(g: _Graph, mul: Any, types: dict[str, int]) -> _Term:
     elif types.get(source) in (2, 3, 5):  # uint8, int8, int16 codes
         bound = np.array(1 << 16, np.int64)
     else:
-        raise LoweringError(f"{mul.name}: source {source} is neither a ConvInteger accumulator "
-                            "nor 8/16-bit codes")
+        raise LoweringError(
+            f"{mul.name}: source {source} is neither a ConvInteger accumulator nor 8/16-bit codes"
+        )
     if bias is not None:
         bound = bound + np.abs(bias)
     if int(np.max(bound)) >= MAX_ABS_X:
-        raise LoweringError(f"{mul.name}: |accumulator| may reach {int(np.max(bound))}, beyond "
-                            f"the 2**29 the int32 digit arithmetic takes")
+        raise LoweringError(
+            f"{mul.name}: |accumulator| may reach {int(np.max(bound))}, beyond "
+            f"the 2**29 the int32 digit arithmetic takes"
+        )
     if int(np.min(multiplier)) < 0 or int(np.max(multiplier)) >= 1 << 31:
         raise LoweringError(f"{mul.name}: multiplier outside [0, 2**31)")
     return _Term(source=source, zero_point=zp, bias=bias, multiplier=multiplier, bound=bound)
@@ -196,16 +203,27 @@ def _match(g: _Graph, mod: Any, types: dict[str, int]) -> _Chain:
         terms = tuple(_term(g, m, types) for m in muls)
     else:
         terms = (_term(g, pv, types),)
-    return _Chain(terms=terms, shift=shift, zero_point=zp, lo=lo - zp, hi=hi - zp,
-                  to=int(_attr(cast, "to")), output=cast.output[0], last=cast)
+    return _Chain(
+        terms=terms,
+        shift=shift,
+        zero_point=zp,
+        lo=lo - zp,
+        hi=hi - zp,
+        to=int(_attr(cast, "to")),
+        output=cast.output[0],
+        last=cast,
+    )
 
 
 class _Emitter:
     """New nodes and int32 constants with unique names."""
 
     def __init__(self, model: Any, prefix: str) -> None:
-        self.taken = {o for n in model.graph.node for o in n.output} \
-            | {i.name for i in model.graph.initializer} | {i.name for i in model.graph.input}
+        self.taken = (
+            {o for n in model.graph.node for o in n.output}
+            | {i.name for i in model.graph.initializer}
+            | {i.name for i in model.graph.input}
+        )
         self.prefix = prefix
         self.nodes: list[Any] = []
         self.inits: list[Any] = []
@@ -230,13 +248,15 @@ class _Emitter:
             self._consts[key] = name
         return self._consts[key]
 
-    def op(self, op: str, inputs: Sequence[str], base: str, out: str | None = None,
-           **attrs: Any) -> str:
+    def op(
+        self, op: str, inputs: Sequence[str], base: str, out: str | None = None, **attrs: Any
+    ) -> str:
         from onnx import helper
 
         out = out or self.name(base)
-        self.nodes.append(helper.make_node(op, list(inputs), [out], name=self.name("n_" + base),
-                                           **attrs))
+        self.nodes.append(
+            helper.make_node(op, list(inputs), [out], name=self.name("n_" + base), **attrs)
+        )
         return out
 
     # -- digit arithmetic ---------------------------------------------------------------
@@ -245,8 +265,9 @@ class _Emitter:
         """``(v & (B-1), floor(v / B))``: the low digit and the exact quotient (the dividend
         is a multiple of ``B``, at most 16 significant bits, exact even in float32)."""
         lo = self.op("BitwiseAnd", [v, self.const("mask15", B - 1)], base + "_lo")
-        hi = self.op("Div", [self.op("Sub", [v, lo], base + "_hi_b"), self.const("b15", B)],
-                     base + "_hi")
+        hi = self.op(
+            "Div", [self.op("Sub", [v, lo], base + "_hi_b"), self.const("b15", B)], base + "_hi"
+        )
         return lo, hi
 
     def add(self, a: str | None, b: str | None, base: str) -> str | None:
@@ -279,18 +300,20 @@ def common_shift(shift: np.ndarray) -> int:
 
 def _multiplier_digits(chain: _Chain, term: _Term) -> list[np.ndarray]:
     """Digits (base ``B``, int32 constants) of ``M * 2**(N - n)`` per channel."""
-    n = np.broadcast_to(chain.shift, np.broadcast_shapes(chain.shift.shape,
-                                                         term.multiplier.shape))
+    n = np.broadcast_to(chain.shift, np.broadcast_shapes(chain.shift.shape, term.multiplier.shape))
     m = np.broadcast_to(term.multiplier, n.shape)
     big_n = common_shift(chain.shift)
     scaled = [int(mi) << (big_n - int(ni)) for mi, ni in zip(m.reshape(-1), n.reshape(-1))]
     count = max(1, max((s.bit_length() + LOG_B - 1) // LOG_B for s in scaled))
-    return [np.array([(s >> (LOG_B * k)) & (B - 1) for s in scaled], np.int32).reshape(n.shape)
-            for k in range(count)]
+    return [
+        np.array([(s >> (LOG_B * k)) & (B - 1) for s in scaled], np.int32).reshape(n.shape)
+        for k in range(count)
+    ]
 
 
-def _term_digits(e: _Emitter, term: _Term, mdig: list[np.ndarray], width: int,
-                 base: str) -> list[str | None]:
+def _term_digits(
+    e: _Emitter, term: _Term, mdig: list[np.ndarray], width: int, base: str
+) -> list[str | None]:
     """Unnormalised digits of ``x * M'``: ``D_k = x0 * m_k + x1 * m_(k-1)`` (each below
     2**30 + 2**29 for ``|x| < 2**29``)."""
     x = e.op("Cast", [term.source], base + "_i32", to=_INT32)
@@ -315,8 +338,10 @@ def _emit_chain(e: _Emitter, chain: _Chain, idx: int) -> None:
     j = common_shift(chain.shift) // LOG_B
     mdigs = [_multiplier_digits(chain, term) for term in chain.terms]
     width = max(max(len(m) + 1 for m in mdigs), j + 1) + 1  # + a signed top digit
-    terms = [_term_digits(e, term, m, width, f"{base}_x{ti}")
-             for ti, (term, m) in enumerate(zip(chain.terms, mdigs))]
+    terms = [
+        _term_digits(e, term, m, width, f"{base}_x{ti}")
+        for ti, (term, m) in enumerate(zip(chain.terms, mdigs))
+    ]
     if len(terms) > 1:  # normalise each product before the sum: digit sums stay below 2**31
         terms = [e.normalise(d, f"{base}_x{ti}_n") for ti, d in enumerate(terms)]
     total: list[str | None] = [None] * width
@@ -336,8 +361,11 @@ def _emit_chain(e: _Emitter, chain: _Chain, idx: int) -> None:
         if r[k] is not None:
             h = e.op("Add", [h, r[k]], f"{base}_h{k}")
     # saturation: the bounds are small, so a runtime that clamps in float32 is exact here
-    h = e.op("Clip", [h, e.const(f"sat_lo_{chain.lo}", chain.lo),
-                      e.const(f"sat_hi_{chain.hi}", chain.hi)], base + "_sat")
+    h = e.op(
+        "Clip",
+        [h, e.const(f"sat_lo_{chain.lo}", chain.lo), e.const(f"sat_hi_{chain.hi}", chain.hi)],
+        base + "_sat",
+    )
     if chain.zero_point:
         h = e.op("Add", [h, e.const("zp", chain.zero_point)], base + "_zp")
     e.op("Cast", [h], base + "_cast", out=chain.output, to=chain.to)
@@ -349,8 +377,11 @@ def int64_arithmetic(model: Any) -> list[str]:
 
     inferred = onnx.shape_inference.infer_shapes(model)
     types = _elem_types(inferred)
-    return [n.name or n.output[0] for n in model.graph.node
-            if n.op_type in _ARITH and types.get(n.output[0]) == _INT64]
+    return [
+        n.name or n.output[0]
+        for n in model.graph.node
+        if n.op_type in _ARITH and types.get(n.output[0]) == _INT64
+    ]
 
 
 def _elem_types(model: Any) -> dict[str, int]:

@@ -12,5 +12,9 @@ from fcos_plugin_openvino.schema import OpenVinoCompileOptions
 
 @hookimpl
 def register_compile_backends(register):
-    register("openvino", factory="fcos_plugin_openvino.backend:OpenVinoBackend",
-             schema=OpenVinoCompileOptions, aliases=["OpenVINO", "ov"])
+    register(
+        "openvino",
+        factory="fcos_plugin_openvino.backend:OpenVinoBackend",
+        schema=OpenVinoCompileOptions,
+        aliases=["OpenVINO", "ov"],
+    )

@@ -30,8 +30,9 @@ SIZES = [(CALIB, CALIB), (128, 128), (96, 160), (256, 256), (512, 512)]
 def stand_in():
     """An untrained stand-in detector with varied BN statistics (a for_compile deploy model:
     int16 head codes and the per-stride max logits)."""
-    return nets.randomise_bn(nets.make_fcos(seed=0, train=False, for_compile=True,
-                                            dequant_output=False), 1).eval()
+    return nets.randomise_bn(
+        nets.make_fcos(seed=0, train=False, for_compile=True, dequant_output=False), 1
+    ).eval()
 
 
 @pytest.mark.parametrize("hw", SIZES, ids=lambda hw: f"{hw[0]}x{hw[1]}")
@@ -68,9 +69,16 @@ def test_lowered_graph_is_bit_exact_under_onnx_runtime_too(stand_in):
     int_model, post = require_integer_model(q)
     x = nets.scenes(1, seed=21, height=256)
     exported, lowered = export_for_openvino(
-        int_model, integer_program(int_model), tuple(x.shape), strides=nets.STRIDES,
-        max_logit=post is not None, pyramid=False, requantization="integer", opset=21,
-        name="t")
+        int_model,
+        integer_program(int_model),
+        tuple(x.shape),
+        strides=nets.STRIDES,
+        max_logit=post is not None,
+        pyramid=False,
+        requantization="integer",
+        opset=21,
+        name="t",
+    )
     assert lowered > 0 and int64_arithmetic(exported.model) == []
     sess, _ = make_session(exported.model.SerializeToString(), ["CPUExecutionProvider"], 1)
     got = sess.run(None, {"img": x.numpy()})
@@ -84,11 +92,12 @@ def test_float_requantization_is_openvinos_own_int8_path(stand_in, tmp_path):
     """``requantization: float``: the standard QDQ graph, which OpenVINO runs with its own
     float requantization: codes within a step of the integer model's on this small model (the
     compile reports it; exactness is the integer mode's promise, not this one's)."""
-    q = nets.quantize_for_size(stand_in, [nets.scenes(4, seed=s) for s in (1, 2)], CALIB,
-                               (CALIB, CALIB))
-    res = OpenVinoBackend(threads=1).compile(q, {"img": nets.scenes(4, seed=5)},
-                                             {"latency_runs": 0, "requantization": "float"},
-                                             tmp_path)
+    q = nets.quantize_for_size(
+        stand_in, [nets.scenes(4, seed=s) for s in (1, 2)], CALIB, (CALIB, CALIB)
+    )
+    res = OpenVinoBackend(threads=1).compile(
+        q, {"img": nets.scenes(4, seed=5)}, {"latency_runs": 0, "requantization": "float"}, tmp_path
+    )
     r = res.report
     assert r["requantizations_lowered_to_int32"] == 0
     assert r["agreement"]["within_1"] >= 0.999 and r["agreement"]["max_steps"] <= 2
@@ -114,16 +123,26 @@ def test_b0_bifpn_calibrated_at_128_compiled_at_512_is_bit_exact(tmp_path):
     torch.manual_seed(0)
     model = nets.randomise_bn(build(cfg.values["deploy_model"]), 0).eval()
     backend = OpenVinoBackend(threads=1)
-    q = nets.quantize_for_size(model, [nets.scenes(2, seed=s, height=128) for s in (1, 2)], 128,
-                               (size, size), backend=backend)
+    q = nets.quantize_for_size(
+        model,
+        [nets.scenes(2, seed=s, height=128) for s in (1, 2)],
+        128,
+        (size, size),
+        backend=backend,
+    )
     x = nets.scenes(1, seed=9, height=size)
     res = backend.compile(q, {"img": x}, {"latency_runs": 0}, tmp_path / "ov")
     agr = res.report["agreement"]
     assert agr["elements"] > 0 and agr["within_0"] == 1.0 and agr["max_steps"] == 0, agr
     ort = OnnxBackend(threads=1)
-    ort_out = ort.run(ort.load(ort.compile(q, {"img": x}, {"latency_runs": 0,
-                                                           "agreement_check": False},
-                                           tmp_path / "onnx").artifact), {"img": x})
+    ort_out = ort.run(
+        ort.load(
+            ort.compile(
+                q, {"img": x}, {"latency_runs": 0, "agreement_check": False}, tmp_path / "onnx"
+            ).artifact
+        ),
+        {"img": x},
+    )
     ov_out = backend.run(backend.load(res.artifact), {"img": x})
     assert len(ort_out) == len(ov_out)
     for a, b in zip(ort_out, ov_out):

@@ -24,8 +24,9 @@ from fcos_plugin_openvino.backend import OpenVinoBackend, resolve_options
 def deploy():
     """An untrained stand-in detector (varied BN statistics) quantized on photo-like scenes:
     a for_compile deploy model (int16 head codes and per-stride max logits)."""
-    model = nets.randomise_bn(nets.make_fcos(seed=0, train=False, for_compile=True,
-                                             dequant_output=False), 1).eval()
+    model = nets.randomise_bn(
+        nets.make_fcos(seed=0, train=False, for_compile=True, dequant_output=False), 1
+    ).eval()
     return nets.quantize(model, [nets.scenes(4, seed=s) for s in (1, 2)])
 
 
@@ -34,8 +35,9 @@ def compiled(deploy, tmp_path_factory):
     out = tmp_path_factory.mktemp("ov")
     backend = OpenVinoBackend(threads=1)
     x = nets.scenes(2, seed=5)
-    result = backend.compile(deploy, {"img": x}, {"latency_runs": 3, "warmup_runs": 1,
-                                                   "name": "standin"}, out)
+    result = backend.compile(
+        deploy, {"img": x}, {"latency_runs": 3, "warmup_runs": 1, "name": "standin"}, out
+    )
     return {"backend": backend, "result": result, "x": x, "out": out}
 
 
@@ -53,16 +55,21 @@ def test_registered_with_schema_and_aliases():
 
 
 def test_registration_imports_neither_torch_nor_openvino(fcos_torch_free):
-    fcos_torch_free("fcos_plugin_openvino", "fcos_plugin_openvino.plugin",
-                    "fcos_plugin_openvino.schema", forbidden=("torch", "openvino", "onnx"))
+    fcos_torch_free(
+        "fcos_plugin_openvino",
+        "fcos_plugin_openvino.plugin",
+        "fcos_plugin_openvino.schema",
+        forbidden=("torch", "openvino", "onnx"),
+    )
 
 
 def test_fcos_plugins_lists_the_backend_without_importing_openvino_or_torch():
-    probe = ("import sys\nfrom fcos_core.cli.main import main\ncode = main(['plugins'])\n"
-             "print('LOADED=' + ','.join(m for m in ('torch', 'openvino', 'onnx') "
-             "if m in sys.modules))\nsys.exit(code)\n")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                         timeout=120)
+    probe = (
+        "import sys\nfrom fcos_core.cli.main import main\ncode = main(['plugins'])\n"
+        "print('LOADED=' + ','.join(m for m in ('torch', 'openvino', 'onnx') "
+        "if m in sys.modules))\nsys.exit(code)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "fcos-plugin-openvino" in out.stdout and "openvino" in out.stdout
     assert "LOADED=\n" in out.stdout, out.stdout[-300:]
@@ -77,8 +84,10 @@ def test_options_defaults_and_errors(tmp_path):
         resolve_options({}, {"threads": 0}, tmp_path)
     with pytest.raises(FcosUserError, match="input_source"):
         resolve_options({}, {"input_source": ["ddr", "pyramid"]}, tmp_path)
-    assert OpenVinoBackend().artifact_path({"artifact_file": "a.openvino.json"}, tmp_path) == \
-        tmp_path / "a.openvino.json"
+    assert (
+        OpenVinoBackend().artifact_path({"artifact_file": "a.openvino.json"}, tmp_path)
+        == tmp_path / "a.openvino.json"
+    )
 
 
 def test_check_accepts_the_stand_in_and_names_an_op_without_integer_form(deploy):
@@ -123,8 +132,15 @@ def test_run_has_the_deploy_models_outputs_bit_for_bit(compiled, deploy):
 def _damage(artifact, tmp_path):
     """Copies of a compiled artifact, each damaged in one way."""
     cases = {}
-    for name in ("missing", "foreign", "not_json", "bin_flipped", "bin_truncated", "no_xml",
-                 "other_format"):
+    for name in (
+        "missing",
+        "foreign",
+        "not_json",
+        "bin_flipped",
+        "bin_truncated",
+        "no_xml",
+        "other_format",
+    ):
         d = tmp_path / name
         d.mkdir()
         for f in artifact.parent.iterdir():
@@ -167,14 +183,24 @@ def test_detect_decodes_like_the_quantized_model(compiled, deploy):
     with torch.no_grad():
         codes = deploy(x)
     meta = program.meta
-    floats = [(c.double() * torch.tensor(o["scale"], dtype=torch.float64).reshape(
-        1, -1, 1, 1) if len(o["scale"]) > 1 else c.double() * o["scale"][0]).float()
-        for c, o in zip(codes[:9], meta["outputs"][:9])]
+    floats = [
+        (
+            c.double() * torch.tensor(o["scale"], dtype=torch.float64).reshape(1, -1, 1, 1)
+            if len(o["scale"]) > 1
+            else c.double() * o["scale"][0]
+        ).float()
+        for c, o in zip(codes[:9], meta["outputs"][:9])
+    ]
     det = meta["detection"]
-    post = FCOSMultiStrideFilter(det["strides"], threshold=det["threshold"],
-                                 score_threshold=det["score_threshold"],
-                                 iou_threshold=det["iou_threshold"], nms_pre=det["nms_pre"],
-                                 max_per_img=det["max_per_img"], max_shape=det["max_shape"])
+    post = FCOSMultiStrideFilter(
+        det["strides"],
+        threshold=det["threshold"],
+        score_threshold=det["score_threshold"],
+        iou_threshold=det["iou_threshold"],
+        nms_pre=det["nms_pre"],
+        max_per_img=det["max_per_img"],
+        max_shape=det["max_shape"],
+    )
     want = post.detect(floats, (64, 64), bbox_upscaled=det["bbox_upscaled"])
     assert len(got) == len(want) == 2
     for g, w in zip(got, want):
@@ -186,7 +212,8 @@ def test_detect_decodes_like_the_quantized_model(compiled, deploy):
 def test_pyramid_input_is_bit_exact(deploy, tmp_path):
     backend = OpenVinoBackend(threads=1)
     x = nets.scenes(2, seed=17)
-    res = backend.compile(deploy, {"img": x}, {"latency_runs": 0, "input_source": ["pyramid"]},
-                          tmp_path)
+    res = backend.compile(
+        deploy, {"img": x}, {"latency_runs": 0, "input_source": ["pyramid"]}, tmp_path
+    )
     assert res.report["input"]["dtype"] == "uint8"
     assert res.report["agreement"]["within_0"] == 1.0

@@ -51,14 +51,25 @@ class _Chain:
         q = self.node("Div", [self.node("Sub", [t, r], "floor"), div], "q")
         if zp:
             q = self.node("Add", [q, self.const("zp", np.array(zp, np.int64))], "qz")
-        c = self.node("Clip", [q, self.const("lo", np.array(lo + zp, np.int64)),
-                               self.const("hi", np.array(hi + zp, np.int64))], "sat")
+        c = self.node(
+            "Clip",
+            [
+                q,
+                self.const("lo", np.array(lo + zp, np.int64)),
+                self.const("hi", np.array(hi + zp, np.int64)),
+            ],
+            "sat",
+        )
         return self.node("Cast", [c], "y", to=to)
 
     def model(self, inputs: list, out_type: int):
-        g = helper.make_graph(self.nodes, "chain", inputs,
-                              [helper.make_tensor_value_info("y", out_type, [None] * 4)],
-                              initializer=self.inits)
+        g = helper.make_graph(
+            self.nodes,
+            "chain",
+            inputs,
+            [helper.make_tensor_value_info("y", out_type, [None] * 4)],
+            initializer=self.inits,
+        )
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
         m.ir_version = 10
         return m
@@ -82,9 +93,11 @@ def _run_ov(model, feed):
         p = Path(d) / "m.onnx"
         p.write_bytes(model.SerializeToString())
         core = ov.Core()
-        compiled = core.compile_model(core.read_model(str(p)), "CPU",
-                                      {"INFERENCE_PRECISION_HINT": "f32",
-                                       "INFERENCE_NUM_THREADS": 1})
+        compiled = core.compile_model(
+            core.read_model(str(p)),
+            "CPU",
+            {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1},
+        )
         return compiled(feed)[0]
 
 
@@ -104,11 +117,15 @@ def test_int16_codes_full_range_every_shift():
     x64 = b.node("Cast", ["x"], "x64", to=TensorProto.INT64)
     v = b.node("Mul", [x64, b.const("m", m.reshape(1, -1, 1, 1))], "v")
     b.requant(v, n, 0, -32768, 32767, TensorProto.INT16)
-    model = b.model([helper.make_tensor_value_info("x", TensorProto.INT16, list(x.shape))],
-                    TensorProto.INT16)
+    model = b.model(
+        [helper.make_tensor_value_info("x", TensorProto.INT16, list(x.shape))], TensorProto.INT16
+    )
     want = np.vectorize(_reference, otypes=[np.int64])(
         x.astype(object) * m.reshape(1, -1, 1, 1).astype(object),
-        n.reshape(1, -1, 1, 1), -32768, 32767)
+        n.reshape(1, -1, 1, 1),
+        -32768,
+        32767,
+    )
     assert (want == 32767).any() and (want == -32768).any()  # saturation both ways
     assert np.array_equal(_run_ort(model, {"x": x}), want)  # the export's own semantics
     assert not np.array_equal(_run_ov(model, {"x": x}), want)  # OpenVINO's int64 is int32
@@ -139,14 +156,23 @@ def test_wide_conv_accumulator_with_bias_zero_point_and_relu():
     a64 = b.node("Add", [a64, b.const("bias", bias.reshape(1, -1, 1, 1))], "accb")
     v = b.node("Mul", [a64, b.const("m", m.reshape(1, -1, 1, 1))], "v")
     b.requant(v, n, 128, 0, 127, TensorProto.UINT8)
-    model = b.model([helper.make_tensor_value_info("x", TensorProto.UINT8, list(x.shape))],
-                    TensorProto.UINT8)
-    accs = np.einsum("ck,bkhw->bchw", w[:, :, 0, 0].astype(np.int64) - 128, x.astype(np.int64) - 128)
+    model = b.model(
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, list(x.shape))], TensorProto.UINT8
+    )
+    accs = np.einsum(
+        "ck,bkhw->bchw", w[:, :, 0, 0].astype(np.int64) - 128, x.astype(np.int64) - 128
+    )
     accs = accs + bias.reshape(1, -1, 1, 1)
     assert np.abs(accs).max() > 1 << 24
-    want = np.vectorize(_reference, otypes=[np.int64])(
-        accs.astype(object) * m.reshape(1, -1, 1, 1).astype(object),
-        n.reshape(1, -1, 1, 1), 0, 127) + 128
+    want = (
+        np.vectorize(_reference, otypes=[np.int64])(
+            accs.astype(object) * m.reshape(1, -1, 1, 1).astype(object),
+            n.reshape(1, -1, 1, 1),
+            0,
+            127,
+        )
+        + 128
+    )
     assert np.array_equal(_run_ort(model, {"x": x}), want)
     lower_int64_requantization(model)
     for run in (_run_ort, _run_ov):
@@ -160,15 +186,22 @@ def test_add_of_two_codes_one_shift():
     c = rng.integers(-32768, 32768, (1, C, 8, 8)).astype(np.int16)
     ma, mb, n = (1 << 31) - 1, 987654321, 33
     b = _Chain()
-    pa = b.node("Mul", [b.node("Cast", ["a"], "a64", to=TensorProto.INT64),
-                        b.const("ma", np.array(ma, np.int64))], "pa")
-    pb = b.node("Mul", [b.node("Cast", ["c"], "c64", to=TensorProto.INT64),
-                        b.const("mb", np.array(mb, np.int64))], "pb")
+    pa = b.node(
+        "Mul",
+        [b.node("Cast", ["a"], "a64", to=TensorProto.INT64), b.const("ma", np.array(ma, np.int64))],
+        "pa",
+    )
+    pb = b.node(
+        "Mul",
+        [b.node("Cast", ["c"], "c64", to=TensorProto.INT64), b.const("mb", np.array(mb, np.int64))],
+        "pb",
+    )
     b.requant(b.node("Add", [pa, pb], "v"), np.array([n]), 0, -32768, 32767, TensorProto.INT16)
     spec = [helper.make_tensor_value_info(k, TensorProto.INT16, list(a.shape)) for k in "ac"]
     model = b.model(spec, TensorProto.INT16)
     want = np.vectorize(_reference, otypes=[np.int64])(
-        a.astype(object) * ma + c.astype(object) * mb, n, -32768, 32767)
+        a.astype(object) * ma + c.astype(object) * mb, n, -32768, 32767
+    )
     lower_int64_requantization(model)
     for run in (_run_ort, _run_ov):
         assert np.array_equal(run(model, {"a": a, "c": c}), want), run.__name__
@@ -178,10 +211,14 @@ def test_unknown_int64_source_is_refused():
     """A multiplied int64 value that is neither a ConvInteger accumulator nor 8/16-bit codes
     (here an int32 graph input: its range is unknown) is not guessed at."""
     b = _Chain()
-    v = b.node("Mul", [b.node("Cast", ["x"], "x64", to=TensorProto.INT64),
-                       b.const("m", np.array(3, np.int64))], "v")
+    v = b.node(
+        "Mul",
+        [b.node("Cast", ["x"], "x64", to=TensorProto.INT64), b.const("m", np.array(3, np.int64))],
+        "v",
+    )
     b.requant(v, np.array([2]), 0, -128, 127, TensorProto.INT8)
-    model = b.model([helper.make_tensor_value_info("x", TensorProto.INT32, [1, 1, 2, 2])],
-                    TensorProto.INT8)
+    model = b.model(
+        [helper.make_tensor_value_info("x", TensorProto.INT32, [1, 1, 2, 2])], TensorProto.INT8
+    )
     with pytest.raises(LoweringError, match="neither"):
         lower_int64_requantization(model)
