@@ -243,6 +243,7 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
 def test_fuzzed_configs_exit_cleanly(host, tmp_path, capsys):
     assert main(["check", str(DEMO)], host=host) == 0, capsys.readouterr().err  # the base is OK

@@ -44,6 +44,7 @@ def test_installed_plugin_is_listed(site):
     assert tiny["version"] == "0.3.0" and tiny["components"] == {"backbones": ["tinynet"]}
 
 
+@pytest.mark.slow
 def test_yaml_block_uses_the_new_backbone(site):
     code = (
         "import torch\n"
@@ -67,6 +68,7 @@ def test_without_the_plugin_the_type_is_unknown(tmp_path):
     assert "tinynet" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_the_plugins_own_tests_pass_with_only_the_pytest_plugins_fixtures(site, tmp_path):
     """The fixture project's tests/ (no conftest.py), run from its own copy (outside this
     repository, so none of fcos's pytest configuration applies) against the installed

@@ -32,6 +32,7 @@ def test_torchrun_argv():
                         "--run-dir", "r", "--resume"]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_two_process_ddp_equals_one_process(tiny_cfg, host, tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), *sys.path]))

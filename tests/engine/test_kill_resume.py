@@ -33,6 +33,7 @@ def _steps_logged(log_path):
                if line.strip().endswith("}") and json.loads(line).get("event") == "train")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_sigkill_then_resume_is_exact(tiny_cfg, host, tmp_path):
     # uninterrupted reference, in this process

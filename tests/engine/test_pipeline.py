@@ -16,6 +16,7 @@ from fcos_core.errors import FcosUserError
 ALL = ["float", "calibration", "qat", "int_infer", "compile"]
 
 
+@pytest.mark.slow
 def test_all_stages(tiny_cfg, host, tmp_path, capsys):
     cfg = tiny_cfg()
     run_dir = tmp_path / "run"
@@ -56,6 +57,7 @@ def test_all_stages(tiny_cfg, host, tmp_path, capsys):
     assert all({"timestamp", "level", "event"} <= set(e) for e in events)
 
 
+@pytest.mark.slow
 def test_single_stage_skip_and_missing_previous_checkpoint(tiny_cfg, host, tmp_path, capsys):
     cfg = tiny_cfg("qat_trainer=null", "int_infer_trainer=null")
     with pytest.raises(FcosUserError) as err:
@@ -70,6 +72,7 @@ def test_single_stage_skip_and_missing_previous_checkpoint(tiny_cfg, host, tmp_p
     assert list(summary) == ["float", "calibration"]  # merged across the two invocations
 
 
+@pytest.mark.slow
 def test_stage_alone_equals_stage_in_pipeline(tiny_cfg, host, tmp_path):
     cfg = tiny_cfg("calibration_trainer=null", "qat_trainer=null", "int_infer_trainer=null")
     run_pipeline(cfg, host, ALL, run_dir=str(tmp_path / "a"))

@@ -30,6 +30,7 @@ def _snapshot(*folders):
             if p.is_file() and p.name != LOCK_NAME}
 
 
+@pytest.mark.slow
 def test_rerun_refuses_to_replace_checkpoints_until_resume_or_overwrite(tiny_cfg, host, tmp_path,
                                                                         capsys):
     cfg = tiny_cfg(*ONLY_FLOAT)
@@ -176,6 +177,7 @@ def _steps_logged(log_path):
                if line.strip().endswith("}") and json.loads(line).get("event") == "train")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_sigterm_saves_last_and_resume_continues_exactly(tiny_cfg, host, tmp_path):
     run_pipeline(tiny_cfg(*_overrides(tmp_path / "ref")), host, ["float"],

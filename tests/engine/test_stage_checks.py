@@ -116,6 +116,7 @@ print(state["thp"], state["applied"], big.data_ptr() % 4096 == 0,
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="torch uses THP on Linux only")
 @pytest.mark.parametrize("flag,on", [(None, True), (False, False)])
 def test_thp_applies_to_this_process_and_is_not_exported(flag, on):

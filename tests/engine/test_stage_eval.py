@@ -41,6 +41,7 @@ def _score(cfg, stage, checkpoint=None):
     return ev, ev.run(ctx)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage,source", [("float", "float_predictor"),
                                           ("calibration", "calibration_trainer"),
                                           ("qat", "qat_trainer"),
@@ -53,6 +54,7 @@ def test_each_stage_scores_what_the_pipeline_scored(ran, stage, source):
     assert results == summary[stage]["metrics"]
 
 
+@pytest.mark.slow
 def test_checkpoint_replaces_the_weights(ran):
     cfg, _, ckpt = ran
     last = str(ckpt / "float-checkpoint-last.pth.tar")
@@ -72,6 +74,7 @@ def test_missing_checkpoint_names_the_stage_that_writes_it(tiny_cfg, tmp_path):
     assert "--stage qat" in str(err.value)
 
 
+@pytest.mark.slow
 def test_compile_needs_a_runtime_that_decodes(ran):
     cfg, _, _ = ran
     ctx = stage_eval.stage_context(cfg, "compile", None, get_logger("test"))

@@ -21,6 +21,7 @@ def _fcos(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt,suffix", [("torchscript", ".pt"), ("export", ".pt2"),
                                         ("onnx", ".onnx")])
 def test_export_formats_reload_and_match(fmt, suffix, tmp_path):
@@ -34,6 +35,7 @@ def test_export_formats_reload_and_match(fmt, suffix, tmp_path):
     assert os.listdir(tmp_path) == [out.name]  # no temporary file left
 
 
+@pytest.mark.slow
 def test_export_lists_formats_and_rejects_a_missing_checkpoint(tmp_path):
     listed = _fcos("export", "--list-formats", cwd=tmp_path)
     assert listed.returncode == 0
@@ -45,6 +47,7 @@ def test_export_lists_formats_and_rejects_a_missing_checkpoint(tmp_path):
     assert "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow
 def test_predict_draws_detections(tmp_path):
     rng = np.random.default_rng(0)
     paths = []
@@ -102,6 +105,7 @@ def test_a_missing_default_checkpoint_is_refused(command, tmp_path, monkeypatch,
     assert _tree(tmp_path) == before and not ckpt_dir.exists()  # nothing written
 
 
+@pytest.mark.slow
 def test_export_never_replaces_a_file_without_overwrite(tmp_path, monkeypatch, capsys):
     from fcos_core.cli.main import main
 
@@ -121,6 +125,7 @@ def test_export_never_replaces_a_file_without_overwrite(tmp_path, monkeypatch, c
     torch.jit.load(str(out))  # a whole TorchScript file
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("failure", ["verification", "exception"])
 def test_a_failed_export_leaves_no_file(failure, tmp_path, monkeypatch, capsys):
     import fcos_core.cli.export_cmd as export_cmd

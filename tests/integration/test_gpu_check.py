@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_gpu_check_quick_on_cpu(tmp_path):
     out = tmp_path / "gpu_check.json"

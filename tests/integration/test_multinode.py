@@ -149,6 +149,7 @@ def _tree(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_two_nodes_end_with_identical_weights_and_rank_zero_writes(demo_data, tmp_path):
     procs = _start_two_nodes(demo_data, tmp_path, steps=3)
@@ -192,6 +193,7 @@ def _wait_for_steps(procs: list[subprocess.Popen], tmp: Path, steps: int) -> int
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_a_killed_node_ends_the_other_with_a_clear_error(demo_data, tmp_path):
     procs = _start_two_nodes(demo_data, tmp_path, steps=500)
@@ -212,6 +214,7 @@ def test_a_killed_node_ends_the_other_with_a_clear_error(demo_data, tmp_path):
     assert waited < 60, waited
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_a_silent_node_is_waited_for_dist_timeout_s(demo_data, tmp_path):
     timeout_s = 8

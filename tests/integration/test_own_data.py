@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).parents[2]
@@ -47,6 +48,7 @@ def _fcos(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=900, cwd=cwd, env=env)
 
 
+@pytest.mark.slow
 def test_pack_train_and_resume_on_own_data(tmp_path):
     data = tmp_path / "my_data"
     _make_split(data, "train", 16, 0)

@@ -25,6 +25,7 @@ def _pip(*args: str) -> None:
                    check=True, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_uninstall_and_reinstall_bifpn():
     before = _fcos("check", "configs/fcos_b0.yaml")
     if before.returncode != 0:

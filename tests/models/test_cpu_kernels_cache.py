@@ -177,6 +177,7 @@ def _result(proc: subprocess.CompletedProcess) -> str:
     return lines[-1].split()[1] if lines else "no result"
 
 
+@pytest.mark.slow
 def test_a_truncated_library_in_the_real_cache_is_rebuilt(tmp_path):
     """End to end with torch's builder: the run after a killed link used to warn and fall back
     in every later run (ninja keeps the newer, broken library)."""

@@ -6,6 +6,7 @@ import contextlib
 import io
 import time
 
+import pytest
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -43,6 +44,7 @@ def coco_ap(batch: dict, detections: list[dict], num_classes: int) -> dict[str, 
     return {"AP": float(ev.stats[0]), "AP50": float(ev.stats[1])}
 
 
+@pytest.mark.slow
 def test_overfits_eight_images(tiny):
     torch.manual_seed(0)
     batch = synthetic_batch()

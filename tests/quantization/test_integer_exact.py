@@ -86,6 +86,7 @@ def test_traced_integer_conv_keeps_float64():
     assert torch.equal(traced(big), F.conv2d(big, w.double()).long())
 
 
+@pytest.mark.slow
 def test_eval_outputs_equal_the_integer_model_after_training_steps():
     """The QAT weights move every step; eval must quantize the weights as they are now (the
     weight scales follow), and every conv/add output must match the integer model exactly."""
@@ -126,6 +127,7 @@ def test_eval_mode_training_forward_is_plain_fake_quant():
     assert not any(m.active(torch.zeros(1, dtype=torch.uint8)) for m in modules)
 
 
+@pytest.mark.slow
 def test_plain_fake_quant_is_not_bit_exact():
     """Without the pass the int16 outputs drift (float32 accumulation, round-half-even): the
     reason it exists. With it, the same model agrees exactly."""
