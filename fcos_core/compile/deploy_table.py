@@ -63,8 +63,15 @@ COLUMNS: tuple[str, ...] = ("backend", "mAP", "AP50", "within_0", "within_1", "m
                             "worst_output", "p50_ms", "p90_ms", "threads")
 
 
-#: the first row: the fcos integer model, the reference of the agreement columns
+#: the first row: the fcos integer model, the reference of the agreement columns; its label
+#: names the march, whose quantization rules it was built with (see :func:`reference_label`)
 REFERENCE = "integer model"
+
+
+def reference_label(march: str) -> str:
+    """``integer model (<march>)``: the integer model differs between marches (their
+    quantization rules), so each backend's row pair in a run folder's table keeps its own."""
+    return f"{REFERENCE} ({march})"
 
 
 def check_options(compile_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -299,10 +306,10 @@ HEADERS = {"backend": "backend", "mAP": "mAP", "AP50": "AP50", "within_0": "with
 
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The rows as an aligned text table (``-``: not measured; agreement is counted in
-    quantization steps against the integer model, the first row, marked ``ref``)."""
+    quantization steps against the integer model, marked ``ref``)."""
     grid = [[HEADERS[k] for k in COLUMNS]] + [
-        [_cell(k, r.get(k), i == 0 and r.get("backend") == REFERENCE) for k in COLUMNS]
-        for i, r in enumerate(rows)]
+        [_cell(k, r.get(k), str(r.get("backend", "")).startswith(REFERENCE)) for k in COLUMNS]
+        for r in rows]
     widths = [max(len(line[i]) for line in grid) for i in range(len(COLUMNS))]
     lines = ["  ".join(c.ljust(w) if i in (0, 6) else c.rjust(w)
                        for i, (c, w) in enumerate(zip(line, widths))).rstrip()
@@ -313,8 +320,8 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
     """Write the table to ``path``, keeping the rows of other backends already there (one
-    table per run folder, whatever march each ``--stage compile`` ran); the integer model's
-    row and this backend's are replaced. Written atomically."""
+    table per run folder, whatever march each ``--stage compile`` ran); rows with the same
+    ``backend`` label (this backend and its integer model) are replaced. Written atomically."""
     fields = [*COLUMNS, "artifact", "inputs"]
     new = {str(r["backend"]) for r in rows}
     kept: list[dict[str, Any]] = []
@@ -329,7 +336,7 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
-    for r in [*rows[:1], *kept, *rows[1:]]:
+    for r in [*kept, *rows]:
         w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
     data = buf.getvalue().encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)

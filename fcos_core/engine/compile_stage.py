@@ -206,12 +206,12 @@ def _table(cfg: Any, ctx: Any, march: str, source: str, model: Any, result: Any,
            latency: dict[str, Any] | None, model_latency: dict[str, Any] | None,
            inputs: str, score_int: bool) -> dict[str, Any]:
     """Build, print and store the deploy table (summary_extra + deploy_table.csv)."""
-    from fcos_core.compile.deploy_table import REFERENCE, format_table, table_row, write_csv
+    from fcos_core.compile.deploy_table import format_table, reference_label, table_row, write_csv
 
     int_metrics, int_from = (integer_model_metrics(cfg, ctx, source, model) if score_int
                              else (None, "not scored"))
     artifact = str(getattr(result, "artifact", "") or "")
-    rows = [table_row(REFERENCE, int_metrics, None, model_latency, "", int_from),
+    rows = [table_row(reference_label(march), int_metrics, None, model_latency, "", int_from),
             table_row(march, metrics, agreement, latency, artifact, inputs)]
     text = format_table(rows)
     on = inputs or "no inputs: the backend cannot load and run its artifact here"

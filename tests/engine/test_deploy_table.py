@@ -186,7 +186,7 @@ def test_stage_prints_and_stores_one_table(tmp_path, monkeypatch, capsys):
     table = out["deploy_table"]
     assert ctx.summary_extra["deploy_table"] is table
     ref_row, row = table["rows"]
-    assert ref_row["backend"] == "integer model" and row["backend"] == "shifting"
+    assert ref_row["backend"] == "integer model (shifting)" and row["backend"] == "shifting"
     assert row["within_0"] == row["within_1"] == 1.0 and row["max_steps"] == 0
     assert table["agreement"]["images"] == 1  # no validation data: the example input
     assert "example input" in row["inputs"]
@@ -196,7 +196,7 @@ def test_stage_prints_and_stores_one_table(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "deploy table" in printed and "within-1" in printed and "shifting" in printed
     rows = _read_csv(tmp_path / "run" / "deploy_table.csv")
-    assert [r["backend"] for r in rows] == ["integer model", "shifting"]
+    assert [r["backend"] for r in rows] == ["integer model (shifting)", "shifting"]
     assert float(rows[1]["within_1"]) == 1.0 and float(rows[1]["p50_ms"]) > 0
 
 
@@ -243,13 +243,17 @@ def test_csv_keeps_other_backends_rows(tmp_path):
     path = tmp_path / "deploy_table.csv"
     lat = {"p50_ms": 1.0, "p90_ms": 2.0, "threads": 1}
     agr = {"elements": 10, "within_0": 1.0, "within_1": 1.0, "max_steps": 0}
-    write_csv(path, [table_row("integer model", {"mAP": 0.5}, None, lat),
+    write_csv(path, [table_row("integer model (onnx)", {"mAP": 0.5}, None, lat),
                      table_row("onnx", {"mAP": 0.5, "AP50": 0.7}, agr, lat)])
-    write_csv(path, [table_row("integer model", {"mAP": 0.5}, None, lat),
+    write_csv(path, [table_row("integer model (nash_e)", {"mAP": 0.5}, None, lat),
                      table_row("nash_e", {"mAP": 0.5}, agr, None)])
+    write_csv(path, [table_row("integer model (onnx)", {"mAP": 0.25}, None, lat),
+                     table_row("onnx", {"mAP": 0.25}, agr, lat)])  # onnx compiled again
     rows = _read_csv(path)
-    assert [r["backend"] for r in rows] == ["integer model", "onnx", "nash_e"]
-    text = format_table([table_row("integer model", {"mAP": 0.5}, None, lat),
+    assert [r["backend"] for r in rows] == ["integer model (nash_e)", "nash_e",
+                                            "integer model (onnx)", "onnx"]
+    assert float(rows[3]["mAP"]) == 0.25
+    text = format_table([table_row("integer model (nash_e)", {"mAP": 0.5}, None, lat),
                          table_row("nash_e", {"mAP": 0.25}, agr, None)])
     lines = text.splitlines()
     assert lines[0].split()[:3] == ["backend", "mAP", "AP50"]
