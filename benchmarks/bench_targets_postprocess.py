@@ -110,11 +110,11 @@ def reference_simota(outputs: Sequence[torch.Tensor], strides: Sequence[int],
                     out["matched_gt"][b, p] = g
                     out["labels"][b, p] = glab
                     out["centerness_targets"][b, p] = ious[j]
-                    l, t = float(px[p]) - x1, float(py[p]) - y1
+                    left, t = float(px[p]) - x1, float(py[p]) - y1
                     r, bt = x2 - float(px[p]), y2 - float(py[p])
                     if inside[p]:
                         out["bbox_weights"][b, p] = math.sqrt(
-                            min(l, r) / max(l, r) * min(t, bt) / max(t, bt))
+                            min(left, r) / max(left, r) * min(t, bt) / max(t, bt))
                     else:
                         out["bbox_weights"][b, p] = 1.0
         for gbox, glab in zip(gt_bboxes[b].float(), gt_classes[b].tolist()):

@@ -127,7 +127,7 @@ class PluginHost:
                 continue
             try:
                 plugin = ep.load()
-            except Exception as exc:  # noqa: BLE001 - a plugin's import error must not take fcos down
+            except Exception as exc:  # noqa: BLE001 - a plugin's import error must not stop fcos
                 self.add_failure(ep.name, dist_name, version,
                                  f"import failed: {type(exc).__name__}: {exc}")
                 continue

@@ -180,7 +180,7 @@ def run_frontend(args: argparse.Namespace, detect: Detect, *,
             fh.write(json.dumps(coco).encode("utf-8"))
         side = path.with_name(path.stem + ".images.json")
         try:
-            fh2 = open(side, "x", encoding="utf-8")
+            fh2 = open(side, "x", encoding="utf-8")  # noqa: SIM115 - the with below closes it
         except FileExistsError:  # someone else's file next to ours: leave it alone
             raise FcosUserError(f"{side} already exists (predictions were written to {path})",
                                 hint="pass an --out folder without predictions files") from None

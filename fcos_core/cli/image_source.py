@@ -70,7 +70,7 @@ def decode_rgb(data: bytes, name: str = "image") -> Any:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise UnreadableImage(f"{name}: the image is over the limit of {MAX_PIXELS} pixels "
                               "(a decompression bomb?)") from None
-    except Exception as exc:  # PIL raises many types for damaged data: each is "unreadable"
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for damaged data
         raise UnreadableImage(f"{name}: cannot read the image ({type(exc).__name__}: {exc})") \
             from None
     finally:

@@ -27,7 +27,7 @@ def build_model(cfg: Any, block: str, checkpoint: str | None, default_ckpt: str 
     if path is not None and path.exists():
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a damaged or foreign file is the user's to fix
+        except Exception as exc:  # noqa: BLE001 - a damaged or foreign file is the user's to fix
             raise FcosUserError(f"{path}: cannot read the checkpoint ({exc})",
                                 hint="pass a checkpoint written by fcos (float stage)") from None
         state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None

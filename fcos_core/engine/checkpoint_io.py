@@ -38,7 +38,7 @@ def load_file(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:
         raise FcosUserError(f"{what} {str(path)!r} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: say which and why
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: say which and why
         raise FcosUserError(
             f"cannot read {what} {str(path)!r}: {type(exc).__name__}: {str(exc)[:300]}",
             hint="the file may be truncated or not a torch checkpoint; only tensors, numbers, "

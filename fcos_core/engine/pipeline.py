@@ -119,7 +119,7 @@ def make_backend(cfg: Any, log: Any) -> Any:
         return None
     try:
         return cfg.compile_backend.load()()
-    except Exception as exc:  # training must not depend on the backend constructing
+    except Exception as exc:  # noqa: BLE001 - training must not depend on the backend
         log.warning("the compile backend could not be created; converters use fcos's default "
                     "quantization rules", backend=cfg.compile_backend.name, error=str(exc))
         return None

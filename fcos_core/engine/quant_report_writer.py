@@ -25,7 +25,7 @@ def write_stage_report(loop: Any, ctx: Any, images: list[Any]) -> str | None:
 
     try:
         path = write_quant_report(loop.model, images[:REPORT_BATCHES], ctx.run_dir, loop.stage)
-    except Exception as exc:  # a diagnostic must not fail the stage
+    except Exception as exc:  # noqa: BLE001 - a diagnostic must not fail the stage
         loop.logger.warning("quantization report skipped", stage=loop.stage, error=str(exc))
         return None
     import json

@@ -34,9 +34,9 @@ def fake_quantize_bias(bias: torch.Tensor, input_scale: torch.Tensor,
 
 
 def _fake_quant_module(gm: fx.GraphModule, node: object) -> str | None:
-    if isinstance(node, fx.Node) and node.op == "call_module":
-        if isinstance(gm.get_submodule(str(node.target)), FcosFakeQuantize):
-            return str(node.target)
+    if (isinstance(node, fx.Node) and node.op == "call_module"
+            and isinstance(gm.get_submodule(str(node.target)), FcosFakeQuantize)):
+        return str(node.target)
     return None
 
 

@@ -173,9 +173,9 @@ class IntegerExactOutput(nn.Module):
 
 def _fq_target(gm: fx.GraphModule, node: Any) -> str | None:
     """The module name when ``node`` calls an activation/weight :class:`FcosFakeQuantize`."""
-    if isinstance(node, fx.Node) and node.op == "call_module":
-        if isinstance(gm.get_submodule(str(node.target)), FcosFakeQuantize):
-            return str(node.target)
+    if (isinstance(node, fx.Node) and node.op == "call_module"
+            and isinstance(gm.get_submodule(str(node.target)), FcosFakeQuantize)):
+        return str(node.target)
     return None
 
 
@@ -257,7 +257,7 @@ def insert_integer_exact(gm: fx.GraphModule, multiplier_bits: int, max_shift: in
                     conv=_conv_static(core) if kind == "conv" else None, mode=mode))
                 flag = graph.get_attr(f"{target}.fake_quant_enabled")
                 exact = graph.call_module(name, (node, flag, *operands))
-            node.replace_all_uses_with(exact, delete_user_cb=lambda u: u is not exact)
+            node.replace_all_uses_with(exact, delete_user_cb=lambda u, new=exact: u is not new)
         elif node.op == "output":
             count += _exact_accumulator_outputs(gm, node, multiplier_bits, max_shift, mode, count)
     graph.lint()

@@ -107,10 +107,8 @@ def _wrong_type(rng, base):
     paths = list(_paths(data))
     for _ in range(rng.randint(1, 3)):
         path = rng.choice(paths)
-        try:
+        with contextlib.suppress(KeyError, IndexError, TypeError):  # an earlier edit removed it
             _parent(data, path)[path[-1]] = copy.deepcopy(rng.choice(WRONG))
-        except (KeyError, IndexError, TypeError):
-            pass  # a path an earlier edit removed
     return _dump(data)
 
 

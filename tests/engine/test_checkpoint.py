@@ -69,7 +69,7 @@ def test_atomic_write_keeps_the_old_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="disk full"):
         atomic_save({"w": torch.zeros(2)}, path)
     monkeypatch.undo()
     assert torch.equal(load_file(path)["w"], torch.ones(2))

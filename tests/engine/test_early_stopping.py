@@ -79,9 +79,11 @@ def test_last_epoch_is_not_a_stop_and_missing_metric_warns():
     assert epochs == [1, 2, 3] and len(loop.warned) == 1 and cb.best is None
 
 
-@pytest.mark.parametrize("kw", [dict(patience=0), dict(mode="up"), dict(min_delta=-1.0)])
-def test_bad_arguments(kw):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("kw,message", [(dict(patience=0), "patience must be >= 1"),
+                                        (dict(mode="up"), "mode must be 'max' or 'min'"),
+                                        (dict(min_delta=-1.0), "min_delta must be a finite")])
+def test_bad_arguments(kw, message):
+    with pytest.raises(ValueError, match=message):
         EarlyStopping(**kw)
 
 

@@ -134,6 +134,6 @@ def test_skipped_steps_reach_summary_and_metrics_csv(tiny_cfg, host, tmp_path, m
     run_pipeline(cfg, host, ["float"], run_dir=str(tmp_path / "run"))
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["float"]["nonfinite_grad_steps"] == 1
-    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").read_text().splitlines()))
     marked = [(r["step"], r["nonfinite_grad_steps"]) for r in rows if r["nonfinite_grad_steps"]]
     assert marked == [("2", "1")]

@@ -46,13 +46,13 @@ def test_all_stages(tiny_cfg, host, tmp_path, capsys):
                  "map.png"):
         assert (run_dir / name).is_file(), name
         assert (run_dir / name).stat().st_size > 0
-    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    rows = list(csv.DictReader((run_dir / "metrics.csv").read_text().splitlines()))
     cols = set(rows[0])
     assert {"kind", "stage", "epoch", "step", "lr", "loss", "loss_cls", "loss_reg",
             "train_cls", "val_mAP"} <= cols
     float_steps = [r for r in rows if r["stage"] == "float" and r["kind"] == "step"]
     assert [int(r["step"]) for r in float_steps] == list(range(1, 9))
-    events = [json.loads(line) for line in open(run_dir / "log.jsonl")]
+    events = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert any(e["event"] == "train" and e["logger"] == "fcos.float" for e in events)
     assert all({"timestamp", "level", "event"} <= set(e) for e in events)
 

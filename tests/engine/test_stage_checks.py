@@ -144,6 +144,6 @@ def test_thp_setting_is_logged_and_not_left_in_the_environment(host, tmp_path, m
                  "float_predictor=null"], host=host) == 0
     # was os.environ.setdefault(...): inherited by every program the run started
     assert "THP_MEM_ALLOC_ENABLE" not in os.environ
-    events = [json.loads(line) for line in open(run_dir / "log.jsonl")]
+    events = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     thp = [e for e in events if e["event"] == "huge_pages"]
     assert thp and thp[0]["thp"] == "on" and thp[0]["source"] == "default"

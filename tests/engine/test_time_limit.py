@@ -95,7 +95,7 @@ def test_resume_counts_the_time_already_spent(clock):
 
 @pytest.mark.parametrize("minutes", [0.0, -1.0, float("inf"), float("nan")])
 def test_bad_budget(minutes):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="max_minutes must be a finite number > 0"):
         TimeLimit(max_minutes=minutes)
 
 

@@ -112,7 +112,7 @@ def test_plateau_warns_once_per_term_and_uses_the_floor():
     assert cls["first"] == pytest.approx(first, abs=1e-6)
     ctr = next(w for w in health.warnings if w["term"] == "centerness")
     assert "centerness - centerness_floor" in ctr["message"]
-    for event, kw in loop.logger.warnings:
+    for _event, kw in loop.logger.warnings:
         assert "learning rate" in kw["message"] and "warmup" in kw["message"]
         assert "fcos analyze-data" in kw["message"]
     assert len(loop.logger.warnings) == 2

@@ -28,7 +28,7 @@ def test_folder_and_video_batched_into_one_predictions_file(tmp_path, monkeypatc
     (tmp_path / "imgs" / "bad.png").write_bytes(data[: len(data) // 3])  # truncated
     writer = cv2.VideoWriter(str(tmp_path / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10.0,
                              (64, 48))
-    for i in range(12):
+    for _ in range(12):
         writer.write(rng.integers(0, 255, (48, 64, 3), np.uint8))
     writer.release()
     code = main(["predict", DEMO, "--images", str(tmp_path / "imgs"), str(tmp_path / "clip.mp4"),

@@ -44,5 +44,5 @@ def test_command_imports_no_torch(argv):
     out = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True,
                          timeout=60, cwd=ROOT, env={**os.environ, "FCOS_DEBUG": "1"})
     assert out.returncode == 0, out.stderr
-    heavy = [l for l in out.stderr.splitlines() if l.startswith("HEAVY=")]
+    heavy = [line for line in out.stderr.splitlines() if line.startswith("HEAVY=")]
     assert heavy == ["HEAVY="], out.stderr

@@ -260,9 +260,9 @@ def test_geometric_centerness_target_is_fcos_centerness():
     assert torch.equal(pos, iou_t["pos_mask"][0])
     # sqrt(min(l, r)/max(l, r) * min(t, b)/max(t, b)) of each positive point in the box
     pts = geo_t["points"][pos]
-    l, r = pts[:, 0] - gt[0], gt[2] - pts[:, 0]
+    left, r = pts[:, 0] - gt[0], gt[2] - pts[:, 0]
     top, bot = pts[:, 1] - gt[1], gt[3] - pts[:, 1]
-    ref = torch.sqrt(torch.minimum(l, r) / torch.maximum(l, r)
+    ref = torch.sqrt(torch.minimum(left, r) / torch.maximum(left, r)
                      * torch.minimum(top, bot) / torch.maximum(top, bot))
     torch.testing.assert_close(geo_t["centerness_targets"][0][pos], ref)
     assert not torch.equal(iou_t["centerness_targets"][0][pos], ref)

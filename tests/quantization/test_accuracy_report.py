@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -138,6 +139,6 @@ def test_report_of_the_integer_model_and_files(calibrated, tmp_path):
     assert {"quantize", "conv2d", "add", "max_pool2d"} <= kinds
     assert all(o["sqnr_db"] > 10 for o in report["outputs"])  # a sparse ReLU output: ~15 dB
     path = write_quant_report(quantized, x, tmp_path, "int_infer")
-    data = json.loads(open(path).read())
+    data = json.loads(Path(path).read_text())
     assert data["stage"] == "int_infer" and data["layers"]
     assert (tmp_path / "quant_report_int_infer.txt").read_text().startswith("quantization report")

@@ -246,10 +246,8 @@ def _estimate_map_size(images_dir: str, records: list, cap: int) -> int:
     """Encoded bytes plus headroom; LMDB files are sparse, so generous is free."""
     total = 0
     for rec in records:
-        try:
+        with contextlib.suppress(OSError):  # a missing image is reported when it is read
             total += os.path.getsize(os.path.join(images_dir, rec.file_name))
-        except OSError:
-            pass  # reported when the image is read
     return int(min(cap, max(_MIN_MAP, 1.5 * total + 4096 * len(records) + _MIN_MAP)))
 
 

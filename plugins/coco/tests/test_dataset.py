@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,7 +71,7 @@ def test_sample_format_follows_the_interface(packed, helpers):
     import json
 
     _img_dir, ann, out = packed
-    data = json.load(open(ann))
+    data = json.loads(Path(ann).read_text())
     ds = Coco(out)
     s = ds[0]
     img0 = data["images"][0]

@@ -6,6 +6,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,7 +38,7 @@ def test_layout_ids_and_determinism(tmp_path):
     for name in ("train_lmdb", "val_lmdb", "instances_train.json", "instances_val.json",
                  "images/train", "images/val", MARKER):
         assert os.path.exists(os.path.join(a, name)), name
-    data = json.load(open(os.path.join(a, "instances_train.json")))
+    data = json.loads(Path(a, "instances_train.json").read_text())
     assert len(data["images"]) == 8 and {c["id"] for c in data["categories"]} == {1, 3, 5, 7, 9}
     assert [c["id"] for c in data["categories"]] != [1, 3, 5, 7, 9]  # unsorted in the json
     per_image = {im["id"]: 0 for im in data["images"]}
@@ -172,14 +173,15 @@ def test_demo_if_missing_refuses_a_folder_with_users_files(tmp_path, kind):
     root = tmp_path / "data"
     _user_folder(root)
     before = _snapshot(root)
+    build = {
+        "Coco": lambda: Coco(str(root / "train_lmdb"), demo_if_missing=True),
+        "CocoFolder": lambda: CocoFolder(str(root / "images" / "val"),
+                                         str(root / "instances_val.json"), demo_if_missing=True),
+        "COCODetectionMetric": lambda: COCODetectionMetric(str(root / "instances_val.json"),
+                                                           demo_if_missing=True),
+    }[kind]
     with pytest.raises(FcosUserError, match=r"instances_train.json"):
-        if kind == "Coco":
-            Coco(str(root / "train_lmdb"), demo_if_missing=True)
-        elif kind == "CocoFolder":
-            CocoFolder(str(root / "images" / "val"), str(root / "instances_val.json"),
-                       demo_if_missing=True)
-        else:
-            COCODetectionMetric(str(root / "instances_val.json"), demo_if_missing=True)
+        build()
     assert _snapshot(root) == before
 
 

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,7 +157,7 @@ def test_subset_and_duplicates(fixture_data):
 
     rows = np.array([[d[0], d[1], d[2], d[3] - d[1], d[4] - d[2], d[5], CAT_ORDER[d[6]]]
                      for d in sub_dets])
-    ref = evaluate_bbox(json.load(open(ann_file)), rows, [im["id"] for im in subset])
+    ref = evaluate_bbox(json.loads(Path(ann_file).read_text()), rows, [im["id"] for im in subset])
     assert [metric.compute()[k] for k in STAT_KEYS] == ref.tolist()
 
 
@@ -202,5 +203,5 @@ def test_distributed_gather(fixture_data, tmp_path):
         start_method="fork")
     ref = _reference(ann_file, dets).tolist()
     for rank in range(2):
-        got = json.load(open(tmp_path / f"{rank}.json"))
+        got = json.loads((tmp_path / f"{rank}.json").read_text())
         assert [got[k] for k in STAT_KEYS] == ref

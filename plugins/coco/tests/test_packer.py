@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from pathlib import Path
 
 import lmdb
 import numpy as np
@@ -343,7 +344,7 @@ def test_replace_packs_next_to_it_and_swaps_it_in(tmp_path, clean_coco, capsys, 
     assert len(Coco(out)) == 4  # new readers get the new LMDB
     assert not [n for n in os.listdir(tmp_path) if "fcos-pack" in n]
     assert swaps == [out + packer.NEW_SUFFIX]
-    summary = json.load(open(default_summary_path(out)))
+    summary = json.loads(Path(default_summary_path(out)).read_text())
     assert summary["lmdb"] == os.path.abspath(out) and summary["images"]["packed"] == 4
 
 

@@ -117,7 +117,7 @@ def _read_state_dict(path: str) -> dict[str, Tensor]:
                             hint="give the path of a .pth file")
     try:
         obj: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, truncated files, forbidden globals
+    except Exception as exc:  # noqa: BLE001 - pickle errors, truncated files, forbidden globals
         raise FcosUserError(f"cannot read pretrained weights {path!r}: {type(exc).__name__}: "
                             f"{str(exc).splitlines()[0] if str(exc) else ''}",
                             hint="save the weights with torch.save(model.state_dict(), path)"

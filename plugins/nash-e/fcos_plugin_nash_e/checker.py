@@ -94,7 +94,7 @@ def check_float_model(model: Any, example_inputs: Mapping[str, Any]) -> list[Che
 
     issues: list[CheckIssue] = []
     args = []
-    for name, value in example_inputs.items():
+    for value in example_inputs.values():
         if isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value):
             value = torch.zeros(*value)
         args.append(value)
@@ -129,10 +129,10 @@ def check_float_model(model: Any, example_inputs: Mapping[str, Any]) -> list[Che
             issues.append(CheckIssue(_layer, _name, reason))
 
         shape = _shape(node)
-        if shape is not None and len(shape) == 4 and name not in _TRANSPARENT:
-            if shape[1] > LIMITS.max_channels:
-                issue(f"feature map has {shape[1]} channels, over the limit of "
-                      f"{LIMITS.max_channels}")
+        if (shape is not None and len(shape) == 4 and name not in _TRANSPARENT
+                and shape[1] > LIMITS.max_channels):
+            issue(f"feature map has {shape[1]} channels, over the limit of "
+                  f"{LIMITS.max_channels}")
         if name in _CONV:
             _check_conv(node, issue)
         elif name in _BN:

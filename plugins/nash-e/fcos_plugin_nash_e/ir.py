@@ -443,15 +443,15 @@ def op_workspace_bytes(op: Op, ins: list[TensorInfo], out: TensorInfo) -> int:
     if op.kind == "conv2d":
         _, c, h, w = ins[0].shape
         _, ipg, kh, kw = (int(v) for v in op.params["weight"].shape)
-        t, l, b, r = op.attrs["padding"]
+        t, left, b, r = op.attrs["padding"]
         _, _o, oh, ow = out.shape
-        padded = c * (h + t + b) * (w + l + r)
+        padded = c * (h + t + b) * (w + left + r)
         cols = ipg * kh * kw * oh * ow  # one group's im2col matrix
         return 8 * (c * h * w + padded + cols + 6 * out_elems)
     if op.kind == "maxpool2d":
         _, c, h, w = ins[0].shape
-        t, l, b, r = op.attrs["padding"]
-        return ins[0].nbytes // max(1, h * w) * (h + t + b) * (w + l + r) + 2 * out.nbytes
+        t, left, b, r = op.attrs["padding"]
+        return ins[0].nbytes // max(1, h * w) * (h + t + b) * (w + left + r) + 2 * out.nbytes
     # element-wise ops run in int64 with a few temporaries
     return 8 * 6 * max(out_elems, in_elems)
 

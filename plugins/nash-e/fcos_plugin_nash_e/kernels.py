@@ -56,10 +56,10 @@ def requantize(acc: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, zero_
 
 
 def _pad(x: np.ndarray, pad: tuple[int, int, int, int], value: float | int) -> np.ndarray:
-    t, l, b, r = pad
+    t, left, b, r = pad
     if not any(pad):
         return x
-    return np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)), constant_values=value)
+    return np.pad(x, ((0, 0), (0, 0), (t, b), (left, r)), constant_values=value)
 
 
 def conv2d_acc(x: np.ndarray, in_zp: int, weight: np.ndarray, bias: np.ndarray,

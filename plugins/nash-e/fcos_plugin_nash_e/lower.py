@@ -96,9 +96,10 @@ def check_record(rec: Any, shapes: Mapping[str, tuple[int, ...]]) -> list[CheckI
         src = shapes.get(op.inputs[0])
         factor = _upsample_factor(a, src)
         if factor not in LIMITS.upsample_factors:
+            got = a.get("scale_factors") or a.get("output_size")
             issues.append(CheckIssue(op.name, "upsample_nearest2d",
                                      f"only integer factors {LIMITS.upsample_factors} are "
-                                     f"supported, got {a.get('scale_factors') or a.get('output_size')}"))
+                                     f"supported, got {got}"))
     elif op.kind == "cat":
         if int(a.get("dim", 1)) not in (1, -3):
             issues.append(CheckIssue(op.name, "cat", "only channel concatenation (dim 1)"))
@@ -131,8 +132,8 @@ def pool_padding(a: Mapping[str, Any], h: int, w: int) -> tuple[int, int, int, i
         else:
             out = span // ss + 1
         pads.append((pp, (out - 1) * ss + kk - size - pp))
-    (t, b), (l, r) = pads
-    return (t, l, max(b, 0), max(r, 0))
+    (t, b), (left, r) = pads
+    return (t, left, max(b, 0), max(r, 0))
 
 
 def lower(model: Any, input_shapes: Mapping[str, Sequence[int]], input_sources: Sequence[str],

@@ -9,6 +9,7 @@ import json
 import struct
 import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -584,7 +585,8 @@ def _m_attrs(rng, m, parm):
     if "add" in a and rng.random() < 0.5:
         a["add"][rng.choice([*sorted(a["add"]), "x"])] = _value(rng)
         return f"{op['name']}.add field"
-    key = rng.choice([*sorted(a), "groups", "factor", "relu", "requant", "a_multiplier", "shift", "add"])
+    key = rng.choice([*sorted(a), "groups", "factor", "relu", "requant", "a_multiplier",
+                      "shift", "add"])
     a[key] = rng.choice([_value(rng), 1, 2, 4, 8, 16, 24, 1000])
     return f"{op['name']}.{key} = {str(a[key])[:30]}"
 
@@ -806,7 +808,7 @@ def _fuzz_worker(good_path: str, image: str, work: str, seed: int, n: int) -> No
 
     signal.signal(signal.SIGALRM, alarm)
     target = os.path.join(work, "mutant.hbm")
-    good = open(good_path, "rb").read()
+    good = Path(good_path).read_bytes()
     for i, (cat, desc, data) in enumerate(fuzz_mutants(good, seed, n)):
         with open(target, "wb") as fh:
             fh.write(data)

@@ -57,7 +57,7 @@ def test_detector_ddr_input_bit_exact(tmp_path, nash, detector, images, level):
     assert any((o != 0).mean() > 0.3 for o in out)
 
 
-@pytest.mark.parametrize("level", ("O0", "O3"))
+@pytest.mark.parametrize("level", ["O0", "O3"])
 def test_detector_pyramid_input_bit_exact(tmp_path, nash, detector, images, level):
     """Pyramid frames (uint8 YUV444) give exactly the float pipeline's (yuv-128)/128 result."""
     with torch.no_grad():

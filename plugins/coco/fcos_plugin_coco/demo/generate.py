@@ -159,8 +159,9 @@ def _exclusive(lock_path: str, timeout_s: float = 1800.0) -> Iterator[None]:
             break
         except FileExistsError:
             if time.monotonic() > deadline:
-                raise FcosUserError(f"timed out waiting for {lock_path}.x",
-                                    hint="delete it if no other fcos process is running")
+                raise FcosUserError(
+                    f"timed out waiting for {lock_path}.x",
+                    hint="delete it if no other fcos process is running") from None
             time.sleep(0.5)
     try:  # pragma: no cover
         yield
