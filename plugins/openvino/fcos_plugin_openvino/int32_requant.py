@@ -44,6 +44,10 @@ MAX_ABS_X = 1 << 29
 #: ONNX TensorProto element types used here
 _INT32, _INT64 = 6, 7
 _ARITH = frozenset({"Add", "Sub", "Mul", "Div", "Mod"})
+#: |code| bound of 8/16-bit values by ONNX type (uint8 holds int8 codes + 128)
+_CODE_BOUND = {2: 128, 3: 128, 5: 1 << 15}
+#: digit sums must stay below this (int32), carries and constants included
+_DIGIT_LIMIT = (1 << 31) - (1 << 18)
 
 
 class LoweringError(ValueError):
@@ -54,7 +58,7 @@ class LoweringError(ValueError):
 class _Term:
     source: str  # int8/uint8/int16 codes or the int32 accumulator
     zero_point: int  # subtracted after the cast to int32 (uint8-stored int8 codes: 128)
-    bias: np.ndarray | None  # int32 bias added to an accumulator, [1, C, 1, 1]
+    bias: np.ndarray | None  # bias of an accumulator (int64, [1, C, 1, 1]): a constant term
     multiplier: np.ndarray  # int64, scalar or [1, C, 1, 1]
     bound: np.ndarray  # per channel (or scalar) bound of |x|
 
@@ -154,14 +158,12 @@ def _term(g: _Graph, mul: Any, types: dict[str, int]) -> _Term:
     conv = g.producer.get(source)
     if conv is not None and conv.op_type == "ConvInteger":
         bound = _accumulator_bound(g, conv)
-    elif types.get(source) in (2, 3, 5):  # uint8, int8, int16 codes
-        bound = np.array(1 << 16, np.int64)
+    elif types.get(source) in _CODE_BOUND:  # uint8 (zero point 128), int8, int16 codes
+        bound = np.array(_CODE_BOUND[types[source]], np.int64)
     else:
         raise LoweringError(
             f"{mul.name}: source {source} is neither a ConvInteger accumulator nor 8/16-bit codes"
         )
-    if bias is not None:
-        bound = bound + np.abs(bias)
     if int(np.max(bound)) >= MAX_ABS_X:
         raise LoweringError(
             f"{mul.name}: |accumulator| may reach {int(np.max(bound))}, beyond "
@@ -311,45 +313,97 @@ def _multiplier_digits(chain: _Chain, term: _Term) -> list[np.ndarray]:
     ]
 
 
+def _bias_in_x(term: _Term) -> bool:
+    """A bias is added to the int32 accumulator when ``|acc| + |bias| < 2**29`` (the common
+    case); a larger one (int32 bias codes can reach 2**31) joins the chain's constant."""
+    if term.bias is None:
+        return False
+    return int(np.max(term.bound + np.abs(term.bias))) < MAX_ABS_X
+
+
+def _constant_digits(chain: _Chain, width: int) -> list[np.ndarray]:
+    """Per channel, ``sum_t bias_t * M'_t + 2**(N-1)`` (the biases times their multipliers and
+    the rounding offset: constants of the chain, exact Python integers) as ``width`` digits,
+    ``[0, B)`` except the top one (signed)."""
+    shapes = [chain.shift.shape] + [t.multiplier.shape for t in chain.terms]
+    shapes += [t.bias.shape for t in chain.terms if t.bias is not None]
+    shape = np.broadcast_shapes(*shapes)
+    big_n = common_shift(chain.shift)
+    n = np.broadcast_to(chain.shift, shape).reshape(-1)
+    total = [1 << (big_n - 1)] * len(n)
+    for t in chain.terms:
+        if t.bias is None or _bias_in_x(t):
+            continue
+        m = np.broadcast_to(t.multiplier, shape).reshape(-1)
+        bias = np.broadcast_to(t.bias, shape).reshape(-1)
+        for c in range(len(n)):
+            total[c] += int(bias[c]) * (int(m[c]) << (big_n - int(n[c])))
+    digits = [[(v >> (LOG_B * k)) & (B - 1) for v in total] for k in range(width - 1)]
+    digits.append([v >> (LOG_B * (width - 1)) for v in total])
+    return [np.array(d, np.int64).reshape(shape) for d in digits]
+
+
+def _constant_width(chain: _Chain) -> int:
+    """Digits that hold the chain's constant with a top digit below ``B``."""
+    big_n = common_shift(chain.shift)
+    most = 1 << big_n
+    for t in chain.terms:
+        if t.bias is not None and not _bias_in_x(t):
+            most += int(np.max(np.abs(t.bias))) * (int(np.max(t.multiplier)) << big_n)
+    return most.bit_length() // LOG_B + 2
+
+
 def _term_digits(
     e: _Emitter, term: _Term, mdig: list[np.ndarray], width: int, base: str
-) -> list[str | None]:
-    """Unnormalised digits of ``x * M'``: ``D_k = x0 * m_k + x1 * m_(k-1)`` (each below
-    2**30 + 2**29 for ``|x| < 2**29``)."""
+) -> tuple[list[str | None], list[int]]:
+    """Unnormalised digits of ``x * M'`` and a bound of each: ``D_k = x * m_k`` for codes
+    (``|x| <= B``), else ``x0 * m_k + x1 * m_(k-1)`` with ``x = x1 * B + x0`` (``|x| <
+    2**29``: each digit below 2**30 + 2**29)."""
     x = e.op("Cast", [term.source], base + "_i32", to=_INT32)
     if term.zero_point:
         x = e.op("Sub", [x, e.const("zp", term.zero_point)], base + "_codes")
-    if term.bias is not None:
+    x_max = int(np.max(term.bound))
+    if _bias_in_x(term):
         x = e.op("Add", [x, e.const(base + "_bias", term.bias)], base + "_b")
-    x0, x1 = e.split(x, base)
+        x_max = int(np.max(term.bound + np.abs(term.bias)))
+    if x_max <= B:
+        parts, part_max = (x,), (x_max,)
+    else:
+        parts, part_max = e.split(x, base), (B - 1, -(-x_max // B))
     digits: list[str | None] = [None] * width
+    bounds = [0] * width
     for l_, md in enumerate(mdig):
         if not md.any():
             continue
         c = e.const(f"{base}_m{l_}", md)
-        for a, xa in enumerate((x0, x1)):
+        for a, xa in enumerate(parts):
             p = e.op("Mul", [xa, c], f"{base}_p{a}{l_}")
             digits[a + l_] = e.add(digits[a + l_], p, f"{base}_s{a + l_}")
-    return digits
+            bounds[a + l_] += part_max[a] * int(md.max())
+    return digits, bounds
 
 
 def _emit_chain(e: _Emitter, chain: _Chain, idx: int) -> None:
     base = f"rq{idx}"
     j = common_shift(chain.shift) // LOG_B
     mdigs = [_multiplier_digits(chain, term) for term in chain.terms]
-    width = max(max(len(m) + 1 for m in mdigs), j + 1) + 1  # + a signed top digit
+    # + a signed top digit; wide enough for the constant (biases, rounding offset)
+    width = max(max(len(m) + 2 for m in mdigs), j + 2, _constant_width(chain))
     terms = [
         _term_digits(e, term, m, width, f"{base}_x{ti}")
         for ti, (term, m) in enumerate(zip(chain.terms, mdigs))
     ]
-    if len(terms) > 1:  # normalise each product before the sum: digit sums stay below 2**31
-        terms = [e.normalise(d, f"{base}_x{ti}_n") for ti, d in enumerate(terms)]
+    # the digit sums (plus constant digits below B and carries below 2**17) must fit int32;
+    # else each product is normalised first (its digits then below B)
+    if max(sum(b[k] for _, b in terms) for k in range(width)) > _DIGIT_LIMIT:
+        terms = [(e.normalise(d, f"{base}_x{ti}_n"), []) for ti, (d, _) in enumerate(terms)]
     total: list[str | None] = [None] * width
-    for digits in terms:
+    for digits, _ in terms:
         for k, d in enumerate(digits):
             total[k] = e.add(total[k], d, f"{base}_sum{k}")
-    # the rounding offset 2**(N-1) = 2**14 * B**(j-1)
-    total[j - 1] = e.add(total[j - 1], e.const("half_b15", B // 2), f"{base}_round")
+    for k, cd in enumerate(_constant_digits(chain, width)):
+        if cd.any():
+            total[k] = e.add(total[k], e.const(f"{base}_k{k}", cd), f"{base}_k{k}")
     r = e.normalise(total, base + "_v")
     # floor(V / B**j) = sum_{k>=j} r_k B**(k-j), from the top digit; each partial value is
     # clamped to [-B, B] first: a clamped one is beyond the int16 range at every later step

@@ -136,9 +136,11 @@ def test_int16_codes_full_range_every_shift():
         assert got.dtype == np.int16 and np.array_equal(got, want), run.__name__
 
 
-def test_wide_conv_accumulator_with_bias_zero_point_and_relu():
-    """ConvInteger over 2048 input channels (|acc| up to ~2**25), int32 bias, uint8 storage
-    with zero point 128 and a fused ReLU (lower bound 0)."""
+@pytest.mark.parametrize("bias_bits", [20, 31], ids=["bias_in_acc", "bias_as_constant"])
+def test_wide_conv_accumulator_with_bias_zero_point_and_relu(bias_bits):
+    """ConvInteger over 2048 input channels (|acc| up to ~2**25), an int32 bias (small: added
+    to the accumulator; up to 2**31: a constant of the chain), uint8 storage with zero point
+    128 and a fused ReLU (lower bound 0)."""
     rng = np.random.default_rng(1)
     cin = 2048
     w = rng.integers(0, 256, (C, cin, 1, 1)).astype(np.uint8)
@@ -146,7 +148,8 @@ def test_wide_conv_accumulator_with_bias_zero_point_and_relu():
     x = rng.integers(0, 256, (1, cin, 4, 4)).astype(np.uint8)
     x[..., :2] = 255
     x[..., 2:] = 0
-    bias = rng.integers(-(1 << 20), 1 << 20, C).astype(np.int64)
+    bias = rng.integers(-(1 << (bias_bits - 1)), 1 << (bias_bits - 1), C).astype(np.int64)
+    bias[0] = -(1 << (bias_bits - 1))
     m = rng.integers(1 << 30, 1 << 31, C).astype(np.int64)
     n = np.array([45, 44, 43, 38, 52, 47], np.int64)
     b = _Chain()
