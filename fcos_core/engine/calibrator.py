@@ -6,8 +6,8 @@ loader is restarted (next epoch's order) when it has fewer than ``num_steps`` ba
 events are those of one training epoch, so ``Validation`` and ``Checkpoint`` work as usual.
 
 In a distributed run every rank calibrates on the same batches (same seed, no sampler), so the
-observers agree; rank 0 saves. ``--resume`` does not resume a calibration midway (it is short); a finished one is
-skipped.
+observers agree; rank 0 saves. ``--resume`` does not resume a calibration midway (it is short);
+a finished one is skipped.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ class DataLoaderArgs:
 
 @attrs.frozen(kw_only=True)
 class DistributedSamplerArgs:
-    """Each process takes every world_size-th item (falls back to shuffling when not distributed)."""
+    """Each process takes every world_size-th item (a plain shuffle when not distributed)."""
 
     shuffle: bool = arg(True, help="shuffle the whole dataset each epoch before splitting")
     drop_last: bool = arg(False, help="drop the tail instead of padding it with repeated items")

@@ -1,8 +1,8 @@
 """``fcos new-plugin NAME``: write a plugin distribution that installs and passes its tests.
 
-The generated plugin registers one transform (``<Name>Transform``, a random brightness change) through the public
-``register_transforms`` hook, with a torch-free registration module, an attrs schema, the
-transform itself, a README and tests that use :mod:`fcos_core.testing`.
+The generated plugin registers one transform (``<Name>Transform``, a random brightness change)
+through the public ``register_transforms`` hook, with a torch-free registration module, an attrs
+schema, the transform itself, a README and tests that use :mod:`fcos_core.testing`.
 """
 
 from __future__ import annotations

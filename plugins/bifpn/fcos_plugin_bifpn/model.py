@@ -115,8 +115,8 @@ class BiFPN(nn.Module):
 
     Initialisation: every conv weight Normal(0, 0.01) (``conv_init="kaiming"``: He normal with
     fan-out; every conv here feeds a BatchNorm, which is scale-invariant, so a 0.01 weight
-    makes the first SGD steps act with a far larger effective step; biases, where present, 0), BatchNorm
-    weight 1 and bias 0, fast-attention weights 1 (equal weighting at the start).
+    makes the first SGD steps act with a far larger effective step; biases, where present, 0),
+    BatchNorm weight 1 and bias 0, fast-attention weights 1 (equal weighting at the start).
     """
 
     def __init__(

@@ -149,8 +149,9 @@ class PackReport:
             + (f" ({im['resumed_from_previous_run']} from a previous run)"
                if im["resumed_from_previous_run"] else "")
             + f", {im['skipped']} skipped{reasons(im['skipped_by_reason'])}",
-            (f"boxes: {bx['in_json']} in json, {bx['kept']} kept ({bx['kept_crowd']} crowd/ignore,"
-            f" {bx['clipped']} clipped to the image), {bx['dropped']} dropped"
+            (f"boxes: {bx['in_json']} in json, {bx['kept']} kept "
+            f"({bx['kept_crowd']} crowd/ignore, {bx['clipped']} clipped to the image), "
+            f"{bx['dropped']} dropped"
             f"{reasons(bx['dropped_by_reason'])}"),
         ]
         if d["categories"]["skipped_by_reason"]:

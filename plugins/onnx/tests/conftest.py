@@ -1,5 +1,6 @@
-"""fcos-plugin-onnx tests: one thread (the CI machine is shared), helpers in helpers/onnx_testnets.py,
-and one trained-and-quantized detector shared by the tests that need real detections."""
+"""fcos-plugin-onnx tests: one thread (the CI machine is shared), helpers in
+helpers/onnx_testnets.py, and one trained-and-quantized detector shared by the tests that need
+real detections."""
 
 from __future__ import annotations
 

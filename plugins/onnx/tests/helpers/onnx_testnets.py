@@ -4,8 +4,8 @@ fcos-plugin-onnx tests.
 The backbone is the testing kit's stand-in (fcos_core.testing.standins). The neck here is
 not a generic stand-in: it uses every integer op kind the exporter translates: conv (dense,
 depthwise in the head, stride 1/2), ReLU fused into convs and adds, add, nearest upsampling by
-a factor and to a size, concat (shared scale) and max-pooling. Everything is built through fcos's public
-modules only, as a third-party plugin would.
+a factor and to a size, concat (shared scale) and max-pooling. Everything is built through
+fcos's public modules only, as a third-party plugin would.
 """
 
 from __future__ import annotations
