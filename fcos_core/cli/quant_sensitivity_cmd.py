@@ -270,9 +270,9 @@ def format_tables(res: Any, top: int, images: int, steps: int, seconds: float) -
     from fcos_core.quantization.precision import rules_yaml
 
     m = res.metric_name
-    lines = [f"{m}: float {100 * res.float_value:.2f}, all int8 {100 * res.int8_value:.2f} "
+    lines = [(f"{m}: float {100 * res.float_value:.2f}, all int8 {100 * res.int8_value:.2f} "
              f"(loss {100 * (res.float_value - res.int8_value):.2f} points; {images} images, "
-             f"{steps} calibration batches, {seconds:.0f} s)", "",
+             f"{steps} calibration batches, {seconds:.0f} s)"), "",
              f"lost when only this layer is quantized ({m} points):",
              f"{'rank':>4}  {'layer':<48} {'loss':>7} {'int16 gain':>10} {'dtype':>6}"]
     for i, r in enumerate(res.by_loss()[:top], 1):
@@ -333,10 +333,10 @@ def plot(res: Any, top: int = 25) -> bytes:
     gain = res.by_gain()[:top]
     rows = max(len(loss), len(gain), 1)
     fig, axes = plt.subplots(1, 2, figsize=(13, 1.2 + 0.28 * rows))
-    for ax, items, key, title in ((axes[0], loss, "loss", "lost when only this layer is "
-                                   "quantized"),
-                                  (axes[1], gain, "gain", "recovered when only this layer is "
-                                   "int16")):
+    for ax, items, key, title in ((axes[0], loss, "loss", ("lost when only this layer is "
+                                   "quantized")),
+                                  (axes[1], gain, "gain", ("recovered when only this layer is "
+                                   "int16"))):
         names = [_clip(r.name, 40) for r in items][::-1]
         values = [100 * getattr(r, key) for r in items][::-1]
         ax.barh(range(len(values)), values, color="tab:red" if key == "loss" else "tab:green")

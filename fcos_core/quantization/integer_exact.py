@@ -221,7 +221,7 @@ def _conv_operands(gm: fx.GraphModule, conv: fx.Node) -> list[Any] | None:
     x_fq, w_fq = _quantized_input(gm, x), _fq_target(gm, w)
     if x_fq is None or w_fq is None:
         return None
-    w_raw = w.args[0]  # type: ignore[union-attr]
+    w_raw = w.args[0]
     bias = _raw_bias(conv.args[2] if len(conv.args) > 2 else None)
     g = gm.graph
     return [x, g.get_attr(f"{x_fq}.scale"), w_raw, g.get_attr(f"{w_fq}.scale"), bias]
@@ -270,7 +270,7 @@ def _spec_for_fq(gm: fx.GraphModule, fq_node: fx.Node) -> tuple[str, fx.Node, bo
     if _quantized_input(gm, src) is not None:
         return "requantize", src, False  # type: ignore[return-value]
     relu = _op(src) == "relu"
-    core = src.args[0] if relu else src  # type: ignore[union-attr]
+    core = src.args[0] if relu else src
     if relu and _quantized_input(gm, core) is not None:
         return None  # a lone ReLU on a quantized value: same scale, already exact
     if _op(core) == "conv2d":

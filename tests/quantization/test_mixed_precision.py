@@ -6,6 +6,7 @@ step (``requantization: float``) and the onnx checker's refusal of ``requantizat
 from __future__ import annotations
 
 import copy
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -238,7 +239,7 @@ def test_a_backend_can_refuse_layer_dtypes_before_calibration():
 
     class NoInt16:
         name = "no_int16"
-        seen: dict = {}
+        seen: ClassVar[dict[str, str]] = {}
 
         def quantization_rules(self):
             return None
