@@ -3,6 +3,7 @@ follows a conv (so conv-BN(-ReLU) groups fuse)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fcos_plugin_bifpn.model import BiFPN
@@ -15,6 +16,7 @@ ACCELERATOR_OPS = {"conv2d", "batch_norm", "relu", "relu_", "add", "max_pool2d",
                    "upsample_nearest2d"}
 
 
+@pytest.mark.slow
 def test_seed_neck_exports_to_accelerator_ops_with_fusable_conv_bn():
     neck = BiFPN(**SEED).eval()
     feats = [torch.randn(1, c, 256 // s, 256 // s) for s, c in SEED["stride2channels"].items()]

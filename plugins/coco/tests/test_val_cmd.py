@@ -328,6 +328,7 @@ def _val(host, config, *args: str) -> int:
         close_logging()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ALL)
 def test_val_equals_the_pipeline(host, pipeline, stage, capsys):
     root, config, summary = pipeline
@@ -344,6 +345,7 @@ def test_val_equals_the_pipeline(host, pipeline, stage, capsys):
     assert "red" in printed and "gt boxes" in printed
 
 
+@pytest.mark.slow
 def test_stages_differ_and_classes_differ(pipeline):
     _, _, summary = pipeline
     assert summary["float"]["metrics"]["mAP"] != summary["int_infer"]["metrics"]["mAP"]
@@ -351,6 +353,7 @@ def test_stages_differ_and_classes_differ(pipeline):
     assert len(set(aps)) == 3  # the shrink differs per class
 
 
+@pytest.mark.slow
 def test_report_files(host, pipeline):
     root, config, _summary = pipeline
     out = root / "report"
@@ -405,6 +408,7 @@ def test_report_files(host, pipeline):
                                                           ev.stats[8]]
 
 
+@pytest.mark.slow
 def test_other_data_folder_and_lmdb(host, pipeline):
     """--data: the same images as an image folder (+ --ann) and as a packed LMDB (its own
     ground truth) give the config's numbers."""
@@ -424,6 +428,7 @@ def test_other_data_folder_and_lmdb(host, pipeline):
     assert (root / "d2" / "ground_truth.json").is_file()
 
 
+@pytest.mark.slow
 def test_checkpoint_option(host, pipeline):
     root, config, summary = pipeline
     last = root / "ckpt" / "float-checkpoint-last.pth.tar"
@@ -434,6 +439,7 @@ def test_checkpoint_option(host, pipeline):
     assert report["metrics"] == summary["float"]["metrics"]  # one epoch: last is best
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["--stage", "int-infer"], "did you mean 'int_infer'"),
     (["--score-threshold", "2"], "--score-threshold must be a number in [0, 1]"),
@@ -450,6 +456,7 @@ def test_user_errors_exit_2_and_write_nothing(host, pipeline, tmp_path, capsys, 
     assert not out.exists()  # checked before the run folder is made
 
 
+@pytest.mark.slow
 def test_never_writes_into_a_folder_with_files(host, pipeline, tmp_path, capsys):
     _root, config, _ = pipeline
     mine = tmp_path / "mine.txt"
@@ -459,6 +466,7 @@ def test_never_writes_into_a_folder_with_files(host, pipeline, tmp_path, capsys)
     assert mine.read_text() == "the user's" and len(list(tmp_path.iterdir())) == 1
 
 
+@pytest.mark.slow
 def test_default_run_folders_are_numbered(host, pipeline, monkeypatch, tmp_path):
     _root, config, _ = pipeline
     monkeypatch.chdir(tmp_path)

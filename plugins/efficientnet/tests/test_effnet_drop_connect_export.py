@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fcos_plugin_efficientnet.layers import DropConnect
@@ -30,6 +31,7 @@ def test_drop_connect_is_identity_in_eval_and_random_in_training():
     assert (per_sample == 0).all(1).any() and (per_sample == 2).all(1).any()
 
 
+@pytest.mark.slow
 def test_set_drop_connect_rate_zero_makes_training_deterministic_and_exportable():
     model = EfficientNet("b0", drop_connect_rate=0.3).train()
     model.set_drop_connect_rate(0.0)

@@ -845,6 +845,7 @@ def _fuzz_worker(good_path: str, image: str, work: str, seed: int, n: int) -> No
         print(json.dumps(row), flush=True)
 
 
+@pytest.mark.slow
 def test_fuzz_resealed_structure_mutations(artifact, tmp_path):
     """>= 1,000 structure-aware mutants of a compiled model, re-sealed with valid checksums, each
     through `fcos infer` in a worker process capped at +1 GiB of address space: every one is a

@@ -128,6 +128,7 @@ def test_float_model_is_not_compiled():
         NashEBackend().compile(Net(), {"img": torch.zeros(1, 3, 32, 32)}, {}, None)
 
 
+@pytest.mark.slow
 def test_seed_fcos_deploy_model_passes_and_swish_fails():
     """The reference model (EfficientNet-B0 relu no-SE, BiFPN sum, FCOS head, compile filter)
     is inside the target's limits; the swish variant is not."""

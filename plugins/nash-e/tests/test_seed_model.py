@@ -46,6 +46,7 @@ compile_cfg:
 """
 
 
+@pytest.mark.slow
 def test_fcos_compile_reference_architecture(tmp_path, nash, capsys):
     host = load_host()
     if not {"efficientnet"} <= set(host.registries["backbones"].names()) or \

@@ -34,6 +34,7 @@ def both(trained, tmp_path_factory):
             "dets_int": dets_int, "dets_ort": dets_ort, "batch": batch}
 
 
+@pytest.mark.slow
 def test_integer_codes_agree(both):
     """Measured here: 99.8 % of the head's int16 codes equal, all within one step (ORT runs
     the int16 predictors as float convs; fcos requantizes with an integer multiplier)."""
@@ -45,6 +46,7 @@ def test_integer_codes_agree(both):
         assert per["within_1"] >= 0.99, per
 
 
+@pytest.mark.slow
 def test_detections_match(both):
     """Same detections: every int_infer detection with score >= 0.3 has an ORT detection of
     the same class with IoU >= 0.98 and a score within 0.02 (one int16 step of a logit moves
@@ -65,6 +67,7 @@ def test_detections_match(both):
     assert compared >= 8  # the trained model finds the rectangles
 
 
+@pytest.mark.slow
 def test_coco_ap_within_0_3_points(both):
     ap_int = nets.coco_ap(both["batch"], both["dets_int"], 3)
     ap_ort = nets.coco_ap(both["batch"], both["dets_ort"], 3)

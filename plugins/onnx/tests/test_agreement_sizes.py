@@ -83,6 +83,7 @@ pytest.importorskip("fcos_plugin_bifpn")
 CONFIG = Path(__file__).resolve().parents[3] / "configs" / "fcos_b0_demo.yaml"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CONFIG.is_file(), reason="needs the repository's demo config")
 def test_b0_bifpn_calibrated_at_128_compiled_at_512_is_bit_exact(tmp_path):
     """The issue's case: the demo architecture (EfficientNet-B0 + BiFPN + FCOS head),

@@ -165,6 +165,7 @@ def test_compile_stage_with_march_onnx(setup, tmp_path):
     assert (tmp_path / "deploy_table.csv").is_file()
 
 
+@pytest.mark.slow
 def test_compile_stage_fails_an_artifact_beyond_one_step(setup, tmp_path, monkeypatch):
     """ORT's max logits moved by 2 steps: the compile stage (the core rule) refuses the
     artifact, naming the outputs; compile_cfg.allow_disagreement keeps it with a warning."""

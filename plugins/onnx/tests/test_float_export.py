@@ -34,6 +34,7 @@ def assert_matches_torch(path, model, batch_sizes=(1, 3)):
             np.testing.assert_allclose(o, r.numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_float_export_matches_torch_at_any_batch(tmp_path):
     model = float_model()
     path = export_float_onnx(model, {"img": (1, 3, nets.SIZE, nets.SIZE)}, tmp_path / "f.onnx")
@@ -41,6 +42,7 @@ def test_float_export_matches_torch_at_any_batch(tmp_path):
     assert_matches_torch(path, model)
 
 
+@pytest.mark.slow
 def test_fcos_export_writes_the_same_onnx_as_the_function(tmp_path):
     model = float_model()
     x = torch.randn(1, 3, nets.SIZE, nets.SIZE, generator=torch.Generator().manual_seed(0))

@@ -16,6 +16,7 @@ CONFIG = Path(__file__).resolve().parents[3] / "configs" / "fcos_b0_demo.yaml"
 S = 128
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CONFIG.is_file(), reason="needs the repository's demo config")
 def test_b0_bifpn_deploy_model_exports_and_agrees(tmp_path):
     from fcos_core.build import build

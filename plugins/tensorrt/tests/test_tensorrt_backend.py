@@ -84,6 +84,7 @@ def test_engine_file_roundtrip_and_damage(tmp_path):
     assert raw.startswith(MAGIC)
 
 
+@pytest.mark.slow
 def test_check_wants_int8_outputs_everywhere(quantized):
     backend = TensorRTBackend()
     x = {"img": (1, 3, nets.SIZE, nets.SIZE)}
@@ -100,6 +101,7 @@ def test_check_wants_int8_outputs_everywhere(quantized):
     assert any(i.layer == "head" for i in backend.check(float_head, x))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_WHY is None, reason="TensorRT is available here")
 def test_compile_without_tensorrt_says_what_to_install(quantized, tmp_path):
     with pytest.raises(FcosUserError) as e:
@@ -109,6 +111,7 @@ def test_compile_without_tensorrt_says_what_to_install(quantized, tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+@pytest.mark.slow
 @needs_tensorrt
 def test_engine_builds_runs_agrees_and_detects(quantized, tmp_path):
     backend = TensorRTBackend()
@@ -133,6 +136,7 @@ def test_engine_builds_runs_agrees_and_detects(quantized, tmp_path):
     assert np.isfinite(outs[0]).all()
 
 
+@pytest.mark.slow
 def test_folding_int32_bias_dequantize_keeps_the_graphs_outputs(quantized):
     """What TensorRT is given computes what the onnx plugin's export computes (ONNX Runtime as
     the reference), with no int32 DequantizeLinear left and only int8 Q/DQ pairs."""
