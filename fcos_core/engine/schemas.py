@@ -164,6 +164,10 @@ class ValidationArgs:
     val_interval: int = arg(1, help="validate every this many epochs")
     val_on_train_end: bool = arg(True, help="validate when training ends")
     log_interval: int = arg(0, help="log progress every this many batches (0: never)")
+    val_on_train_begin: bool = arg(False, help="also validate the starting weights before the "
+                                               "first step (not on --resume); with a Checkpoint "
+                                               "on the metric, a fine-tune that never beats "
+                                               "them keeps them as best")
 
 
 @attrs.frozen(kw_only=True)

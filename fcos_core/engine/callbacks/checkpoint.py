@@ -4,6 +4,8 @@ It runs after every other callback at each event (``run_last``), so what it save
 step's EMA update and the epoch's validation metric. When it saves (rank 0 only; every write
 is atomic, see :mod:`fcos_core.engine.checkpoint_io`):
 
+* ``on_loop_begin``, when the starting weights were just validated (``Validation``'s
+  ``val_on_train_begin``): ``last`` and, as below, ``best``;
 * ``on_step_end`` every ``save_interval_steps`` steps: ``last`` (mid-epoch position);
 * ``on_epoch_end`` every ``save_interval`` epochs and after the final epoch: ``last``, and
   ``best`` when the epoch brought a new validation result that beats the best so far
@@ -81,6 +83,11 @@ class Checkpoint(Callback):
         self._seen_val_count = int(state.get("seen_val_count", -1))
 
     # -- events -----------------------------------------------------------------------------
+
+    def on_loop_begin(self, loop: LoopView) -> None:
+        # a validation of the starting weights (Validation's val_on_train_begin) can be the best
+        if loop.is_training and loop.state.val_count > 0:
+            self.save(loop, consider_best=True)
 
     def on_step_end(self, loop: LoopView, batch: Any, outputs: Any) -> None:
         n = self.save_interval_steps

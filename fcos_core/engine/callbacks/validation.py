@@ -2,7 +2,9 @@
 
 Runs an evaluation loop (:class:`~fcos_core.engine.predictor.EvalLoop`) over ``data_loader``
 with the trainer's ``val_metrics`` every ``val_interval`` epochs (at ``on_epoch_end``) and,
-with ``val_on_train_end``, at ``on_loop_end`` unless the last epoch was just validated. The
+with ``val_on_train_end``, at ``on_loop_end`` unless the last epoch was just validated; with
+``val_on_train_begin`` also the starting weights, before the first step (a fine-tune -- QAT --
+whose steps never beat its starting point then keeps it as ``best``; not on ``--resume``). The
 model evaluated is ``val_model`` when given (with ``init_with_train_model``: loaded with the
 training weights first), else the loop's ``eval_model`` -- the EMA copy when an
 ``ExponentialMovingAverage`` callback keeps one, else the training model.
@@ -32,7 +34,7 @@ class Validation(Callback):
     def __init__(self, data_loader: Any, batch_processor: Any = None, callbacks: Any = (),
                  val_model: Any = None, init_with_train_model: bool = False,
                  val_interval: int = 1, val_on_train_end: bool = True,
-                 log_interval: int = 0) -> None:
+                 log_interval: int = 0, val_on_train_begin: bool = False) -> None:
         if data_loader is None:
             raise ValueError("Validation needs a data_loader")
         if val_interval < 1:
@@ -48,9 +50,17 @@ class Validation(Callback):
         self.init_with_train_model = init_with_train_model
         self.val_interval = val_interval
         self.val_on_train_end = val_on_train_end
+        self.val_on_train_begin = val_on_train_begin
         self.log_interval = log_interval
         self._last_validated: tuple[int, int] | None = None
         self._per_class: list[dict[str, Any]] = []
+
+    def on_loop_begin(self, loop: LoopView) -> None:
+        # the starting weights (not on --resume: they were scored when the run began); with a
+        # Checkpoint monitoring the metric, a fine-tune that never beats them keeps them
+        resume = bool(getattr(loop.ctx, "resume", False))
+        if self.val_on_train_begin and loop.is_training and not resume:
+            self.validate(loop)
 
     def on_epoch_end(self, loop: LoopView) -> None:
         if (loop.state.epoch + 1) % self.val_interval == 0:
