@@ -193,7 +193,7 @@ class OpenVinoBackend(CompileBackend):
         from fcos_core.quantization.integer_model import integer_program
         from fcos_plugin_onnx.qdq_export import ExportError
         from fcos_plugin_openvino.artifact import load_program, write_artifact
-        from fcos_plugin_openvino.int32_requant import LoweringError
+        from fcos_plugin_openvino.int32_requant import LoweringError, wide_accumulators
 
         t0 = time.perf_counter()
         opts = resolve_options(self.options, options, Path(out_dir) if out_dir else None)
@@ -291,6 +291,8 @@ class OpenVinoBackend(CompileBackend):
             "outputs": [{"name": o["name"], "dtype": o["dtype"]} for o in meta["outputs"]],
             "requantization": opts["requantization"],
             "requantizations_lowered_to_int32": lowered,
+            # OpenVINO runs ConvInteger in float32: exact by construction below 2**24
+            "convs_beyond_float32_exact_bound": wide_accumulators(exported.model),
             "onnx_nodes": sum(nodes.values()),
             "onnx_nodes_by_op": dict(sorted(nodes.items())),
             "runtime_layers_by_type": dict(sorted(ops.items())),

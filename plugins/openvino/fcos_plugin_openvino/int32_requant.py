@@ -8,22 +8,29 @@ issues #35823, #37766), so ``acc * M`` wraps and every requantized code is wrong
 the first conv of a model differs by up to 127 steps on 58 % of its codes). Its int32
 ``Div``/``Mod`` are computed in float32 and are exact only below 2**24.
 
-What OpenVINO does run exactly (measured on int32 tensors, alone and fused): ``ConvInteger``,
-``Add``, ``Sub``, ``Mul`` (wrapping), ``BitwiseAnd``, ``Max``/``Min``/``Clip`` and a ``Div``
-whose dividend is a multiple of the divisor with at most 24 significant bits. This pass
-rewrites every requantization chain of the export into those ops, with base-``2**15`` digits:
+What OpenVINO runs exactly (measured on int32 tensors): ``ConvInteger``, ``Add``, ``Sub``,
+``Mul`` (wrapping), ``BitwiseAnd``, a ``Div`` whose dividend is a multiple of the divisor with
+at most 24 significant bits, and ``Clip`` where rounding its operand to float32 cannot change
+the result (a clamp inside a fused chain may run in float32: the first version of this pass
+clamped a 30-bit value against ``2**29 - 1``, which float32 rounds to ``2**29``, and the int16
+code wrapped from 32767 to -32768 on 0.06 % of the demo head's codes). This pass rewrites every
+requantization chain of the export into those ops, with base-``B = 2**15`` digits:
 
-* ``x = x1 * B + x0`` (``x0 = x & 0x7fff``, ``x1 = (x - x0) / B``; ``|x| < 2**29`` is checked
-  from the weights, so ``|x1| <= 2**14``);
-* per channel ``M' = M * 2**(N - n)`` with ``N = max n`` (one shift for every channel), split
-  into digits ``m_l < B``; the products ``x_a * m_l`` are below 2**30, their digit sums below
-  2**31, carries normalise them to digits ``r_k`` in ``[0, B)`` (the top one signed) and the
-  rounding offset ``2**(N-1)`` is added to its digit;
-* ``floor(V / 2**N) = floor(H / 2**t)`` with ``N = 15 j + t`` and ``H = sum_{k>=j} r_k
-  B**(k-j)``, evaluated from the top digit with each partial value clamped to ``[-B, B]``
-  (a clamped value is out of the int16 range either way, so the saturation is unchanged);
-* the saturation bounds (times ``2**t``) clamp ``H`` before the last exact division, then the
-  zero point and the cast to the storage type, as in the export.
+* ``x`` (the accumulator, plus its bias when ``|acc| + |bias| < 2**29``; else the bias joins
+  the constant below) is split as ``x = x1 * B + x0`` (``x0 = x & 0x7fff``, ``x1 = (x - x0) /
+  B``, ``|x1| <= 2**14``; the bound comes from the weights); 8/16-bit codes are one digit;
+* per channel ``M' = M * 2**(N - n)``, with ``N`` the largest ``n`` rounded up to whole digits
+  (``N = 15 j``: one shift for every channel, and the quotient needs no division), split into
+  digits ``m_l < B``; the products ``x_a * m_l`` are below 2**30 and their digit sums below
+  2**31 (checked from the bounds; else each product is normalised first);
+* the constant ``sum bias * M' + 2**(N-1)`` (large biases, the rounding offset) is added as
+  exact per-channel digits, and carries normalise the digits ``r_k`` to ``[0, B)`` (the top
+  one signed);
+* ``floor(V / 2**N) = sum_{k>=j} r_k B**(k-j)``, evaluated from the top digit with each partial
+  value clamped to ``[-B, B]`` (a clamped value is out of the int16 range at every later step,
+  so the saturation is unchanged and nothing overflows);
+* the saturation (small bounds: exact even as a float32 clamp), the zero point and the cast to
+  the storage type, as in the export.
 
 The rewritten graph computes the same integers; ONNX Runtime runs it bit-exactly as well (the
 tests check both runtimes against the fcos integer model).
@@ -423,6 +430,19 @@ def _emit_chain(e: _Emitter, chain: _Chain, idx: int) -> None:
     if chain.zero_point:
         h = e.op("Add", [h, e.const("zp", chain.zero_point)], base + "_zp")
     e.op("Cast", [h], base + "_cast", out=chain.output, to=chain.to)
+
+
+def wide_accumulators(model: Any) -> list[str]:
+    """ConvInteger nodes whose accumulator bound (``max |x| * sum |w|`` per channel) exceeds
+    2**24. OpenVINO's CPU plugin runs ConvInteger as a float32 convolution: exact when every
+    partial sum is an integer float32 holds, which the bound guarantees below 2**24 (the rule
+    fcos's own ``int_ops.conv2d_acc`` uses); above it, exactness depends on the data."""
+    g = _Graph(model)
+    return [
+        n.name or n.output[0]
+        for n in model.graph.node
+        if n.op_type == "ConvInteger" and int(np.max(_accumulator_bound(g, n))) > 1 << 24
+    ]
 
 
 def int64_arithmetic(model: Any) -> list[str]:
