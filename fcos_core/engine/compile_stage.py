@@ -97,7 +97,6 @@ def run_compile_stage(cfg: Any, ctx: Any) -> dict[str, Any] | None:
     codes fails the stage (:class:`FcosUserError`) unless ``compile_cfg.allow_disagreement``."""
     import torch
 
-    from fcos_core.compile.backend import example_image_tensor
     from fcos_core.compile.deploy_table import check_options
 
     if cfg.compile_backend is None and cfg.data.get("compile_cfg") is None \
@@ -116,40 +115,13 @@ def run_compile_stage(cfg: Any, ctx: Any) -> dict[str, Any] | None:
     ctx.logger.info("compiling", march=entry.name, backend=entry.provider, model=source,
                     out_dir=str(out_dir))
     result = backend.compile(model, example_inputs, options, out_dir)
-    program = _load_artifact(backend, result, ctx)
+    program = _load_artifact(backend, result)
 
     agreement = latency = model_latency = None
     inputs = ""
     if program is not None and len(ctx.example_inputs) == 1:
-        from fcos_core.build import build
-        from fcos_core.compile.deploy_table import (
-            comparison_images,
-            feed_pair,
-            measure_agreement,
-            measure_runtime,
-            thread_budget,
-        )
-
-        name = next(iter(ctx.example_inputs))
-        example = example_image_tensor({name: ctx.example_inputs[name]})
-        pyramid = list(options.get("input_source") or ["ddr"]) == ["pyramid"]
-        loader_nodes, _ = artifact_eval_nodes(cfg)
-        loaders = [build(n) for n in loader_nodes[:1]] if check["check_images"] else []
-        images, inputs = comparison_images(loaders, example, max(1, check["check_images"]))
-        del loaders
-        agreement = measure_agreement(backend, program, model, images, name, pyramid)
-        feed, model_in = feed_pair(images[0], pyramid)
-        runs, warmup = check["timing_runs"], check["timing_warmup"]
-        latency = measure_runtime(lambda: backend.run(program, {name: feed}), runs, warmup,
-                                  thread_budget(program))
-        with torch.no_grad():
-            model_latency = measure_runtime(lambda: model(model_in), runs, warmup,
-                                            torch.get_num_threads())
-        ctx.logger.info("artifact vs integer model", inputs=inputs,
-                        within_0=round(agreement.get("within_0", 1.0), 6),
-                        within_1=round(agreement.get("within_1", 1.0), 6),
-                        max_steps=agreement.get("max_steps"),
-                        worst_output=agreement.get("worst_output"))
+        agreement, latency, model_latency, inputs = _check_artifact(
+            cfg, ctx, backend, program, model, options, check)
         _enforce_agreement(ctx, entry.name, agreement, inputs, result, check,
                            lambda: _table(cfg, ctx, entry.name, source, model, result, None,
                                           agreement, latency, model_latency, inputs,
@@ -165,7 +137,47 @@ def run_compile_stage(cfg: Any, ctx: Any) -> dict[str, Any] | None:
             "deploy_table": table}
 
 
-def _load_artifact(backend: Any, result: Any, ctx: Any) -> Any:
+def _check_artifact(cfg: Any, ctx: Any, backend: Any, program: Any, model: Any,
+                    options: dict[str, Any], check: dict[str, Any]
+                    ) -> tuple[dict[str, Any], Any, Any, str]:
+    """Agreement of ``program`` with the integer ``model`` on validation images (else the
+    example input), and both one's batch-1 latency: ``(agreement, artifact latency, integer
+    model latency, what the inputs were)``."""
+    import torch
+
+    from fcos_core.build import build
+    from fcos_core.compile.backend import example_image_tensor
+    from fcos_core.compile.deploy_table import (
+        comparison_images,
+        feed_pair,
+        measure_agreement,
+        measure_runtime,
+        thread_budget,
+    )
+
+    name = next(iter(ctx.example_inputs))
+    example = example_image_tensor({name: ctx.example_inputs[name]})
+    pyramid = list(options.get("input_source") or ["ddr"]) == ["pyramid"]
+    loader_nodes, _ = artifact_eval_nodes(cfg)
+    loaders = [build(n) for n in loader_nodes[:1]] if check["check_images"] else []
+    images, inputs = comparison_images(loaders, example, max(1, check["check_images"]))
+    agreement = measure_agreement(backend, program, model, images, name, pyramid)
+    feed, model_in = feed_pair(images[0], pyramid)
+    runs, warmup = check["timing_runs"], check["timing_warmup"]
+    latency = measure_runtime(lambda: backend.run(program, {name: feed}), runs, warmup,
+                              thread_budget(program))
+    with torch.no_grad():
+        model_latency = measure_runtime(lambda: model(model_in), runs, warmup,
+                                        torch.get_num_threads())
+    ctx.logger.info("artifact vs integer model", inputs=inputs,
+                    within_0=round(agreement.get("within_0", 1.0), 6),
+                    within_1=round(agreement.get("within_1", 1.0), 6),
+                    max_steps=agreement.get("max_steps"),
+                    worst_output=agreement.get("worst_output"))
+    return agreement, latency, model_latency, inputs
+
+
+def _load_artifact(backend: Any, result: Any) -> Any:
     """The loaded artifact (``backend.load``), or None when the backend has no
     ``load``/``run`` or returned no artifact path."""
     artifact = getattr(result, "artifact", None)
