@@ -23,11 +23,16 @@ the stage unless ``compile_cfg.allow_disagreement``), batch-1 latency, and COCO 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from fcos_core.errors import FcosUserError
 from fcos_core.registry import KNOWN_PROVIDERS
+
+#: when this process started running stages (the pipeline imports this module first): a
+#: summary.json written since is this invocation's, evaluated on this invocation's data
+_STARTED = time.time()
 
 
 def _march(cfg: Any) -> str | None:
@@ -241,16 +246,19 @@ def _table(cfg: Any, ctx: Any, march: str, source: str, model: Any, result: Any,
 
 def integer_model_metrics(cfg: Any, ctx: Any, source: str, model: Any
                           ) -> tuple[dict[str, float] | None, str]:
-    """The integer model's COCO numbers for the table and where they come from: the run's
-    int_infer stage (summary.json) when the compiled model is exactly that stage's (its
-    checkpoint holds the same tensors: the same weights, scales and multipliers -- a model
-    rebuilt for another ``march`` is not); else ``model`` (the compiled integer model, in
-    torch) scored here on the artifact's evaluation data, its outputs dequantized with its
-    own scales and decoded by its post-process, as an artifact's ``detect`` does."""
+    """The integer model's COCO numbers for the table and where they come from: the int_infer
+    stage's (summary.json) when that stage ran in this invocation (same config, overrides and
+    data: ``fcos run --stage all``) and the compiled model is exactly its model (its
+    checkpoint holds the same tensors -- a model rebuilt for another ``march`` does not); else
+    ``model`` (the compiled integer model, in torch) scored here on the artifact's evaluation
+    data, its outputs dequantized with its own scales and decoded by its post-process, as an
+    artifact's ``detect`` does (a compile with e.g. another input size gets its own number)."""
     from fcos_core.compile.deploy_table import integer_body
     from fcos_core.engine.summary import load_summary
 
-    if source.startswith("int_infer") and ctx.run_dir is not None:
+    summary_path = Path(ctx.run_dir) / "summary.json" if ctx.run_dir is not None else None
+    if source.startswith("int_infer") and summary_path is not None \
+            and summary_path.is_file() and summary_path.stat().st_mtime >= _STARTED:
         done = load_summary(Path(ctx.run_dir)).get("int_infer") or {}
         if isinstance(done.get("metrics"), dict) and done["metrics"] \
                 and _holds_model(done.get("checkpoint"), model):

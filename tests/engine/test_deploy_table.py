@@ -287,3 +287,33 @@ def test_config_key_for_every_backend_and_the_cli_flag(host, tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     # the stand-in backend has no load/run: the table says so with "-"
     assert summary["compile"]["deploy_table"]["rows"][1]["within_1"] is None
+
+
+def test_integer_model_mAP_reused_only_from_this_invocations_int_infer(tmp_path, monkeypatch):
+    """The int_infer stage's numbers stand for the compiled model only when that stage ran in
+    this invocation (same data and input size) and its checkpoint holds the compiled model."""
+    import time
+
+    from fcos_core.engine import compile_stage
+    from fcos_core.engine.context import RunContext
+
+    model = Deploy().eval()
+    ckpt = tmp_path / "int_infer-checkpoint-best.pth.tar"
+    torch.save({"state_dict": model.state_dict()}, ckpt)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps(
+        {"int_infer": {"metrics": {"mAP": 0.42}, "checkpoint": str(ckpt)}}))
+    ctx = RunContext(stage="compile", run_dir=run, ckpt_dir=tmp_path, seed=0)
+    cfg = SimpleNamespace(node=lambda key: None, values={})  # no evaluation data
+    source = "int_infer_trainer model and model_convert_pipeline"
+
+    monkeypatch.setattr(compile_stage, "_STARTED", 0.0)  # summary.json written since
+    got, where = compile_stage.integer_model_metrics(cfg, ctx, source, model)
+    assert got == {"mAP": 0.42} and where == "int_infer stage (summary.json)"
+    other = Deploy().eval()
+    other.body.ops["cls"].bias.add_(1)  # another integer model: not that stage's numbers
+    assert compile_stage.integer_model_metrics(cfg, ctx, source, other)[0] is None
+    assert compile_stage.integer_model_metrics(cfg, ctx, "deploy_model", model)[0] is None
+    monkeypatch.setattr(compile_stage, "_STARTED", time.time() + 60)  # an earlier invocation
+    assert compile_stage.integer_model_metrics(cfg, ctx, source, model)[0] is None
