@@ -56,16 +56,20 @@ def main() -> int:
     torch.manual_seed(0)
     cl = torch.channels_last
     x = torch.randn(ARGS.batch, 3, ARGS.size, ARGS.size).to(memory_format=cl)
-    eager = {"fcos b0-relu + BiFPN-sum": build_ours().to(memory_format=cl),
-             "effdet D0 b0 + BiFPN-fa": build_effdet_d0(ARGS.size).to(memory_format=cl)}
+    eager = {
+        "fcos b0-relu + BiFPN-sum": build_ours().to(memory_format=cl),
+        "effdet D0 b0 + BiFPN-fa": build_effdet_d0(ARGS.size).to(memory_format=cl),
+    }
 
     def step(model: torch.nn.Module) -> None:
         model.train()
         model.zero_grad(set_to_none=True)
         sum(o.float().mean() for o in model(x)).backward()
 
-    print(f"torch {torch.__version__}, {ARGS.threads} threads, input {ARGS.batch}x3x{ARGS.size}"
-          f"x{ARGS.size}, channels-last, best of {ARGS.reps} interleaved reps")
+    print(
+        f"torch {torch.__version__}, {ARGS.threads} threads, input {ARGS.batch}x3x{ARGS.size}"
+        f"x{ARGS.size}, channels-last, best of {ARGS.reps} interleaved reps"
+    )
     fns = {}
     for name, model in eager.items():
         compiled = torch.compile(model)
@@ -73,8 +77,7 @@ def main() -> int:
             warnings.simplefilter("ignore")
             start = time.perf_counter()
             step(compiled)
-            print(f"  {name}: compile + first step {time.perf_counter() - start:.1f} s",
-                  flush=True)
+            print(f"  {name}: compile + first step {time.perf_counter() - start:.1f} s", flush=True)
         fns[f"{name} eager"] = lambda m=model: step(m)
         fns[f"{name} compiled"] = lambda m=compiled: step(m)
     for _ in range(ARGS.warmup):
@@ -89,13 +92,16 @@ def main() -> int:
     print(f"\n{'model':<36} {'train ms/img':>13} {'median':>8}")
     for k, t in times.items():
         print(f"{k:<36} {min(t):>13.1f} {statistics.median(t):>8.1f}")
-    best = {name: min(min(times[f"{name} eager"]), min(times[f"{name} compiled"]))
-            for name in eager}
+    best = {
+        name: min(min(times[f"{name} eager"]), min(times[f"{name} compiled"])) for name in eager
+    }
     ours, ref = list(eager)
     eager_ratio = min(times[f"{ref} eager"]) / min(times[f"{ours} eager"])
     compiled_ratio = min(times[f"{ref} compiled"]) / min(times[f"{ours} compiled"])
-    print(f"\ntrain ratio effdet / ours: eager {eager_ratio:.2f}x, compiled {compiled_ratio:.2f}x, "
-          f"each at its fastest {best[ref] / best[ours]:.2f}x")
+    print(
+        f"\ntrain ratio effdet / ours: eager {eager_ratio:.2f}x, compiled {compiled_ratio:.2f}x, "
+        f"each at its fastest {best[ref] / best[ours]:.2f}x"
+    )
     return 0
 
 

@@ -42,24 +42,47 @@ import warnings
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true",
-                   help="smoke test: 256x256, batch 1, 1 warm-up + 2 timed reps")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: 256x256, batch 1, 1 warm-up + 2 timed reps",
+    )
     p.add_argument("--size", type=int, default=512, help="square input size (multiple of 128)")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 4], help="batch sizes")
-    p.add_argument("--reps", type=int, default=5,
-                   help="timed repetitions; the fastest is reported (and the training median)")
+    p.add_argument(
+        "--reps",
+        type=int,
+        default=5,
+        help="timed repetitions; the fastest is reported (and the training median)",
+    )
     p.add_argument("--warmup", type=int, default=2, help="untimed repetitions first")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                   help="wall: elapsed time; cpu: this process's CPU time, which other processes "
-                        "on shared cores barely disturb (a work measure, not a latency)")
-    p.add_argument("--formats", nargs="+", default=["contiguous", "channels_last"],
-                   choices=("contiguous", "channels_last"), help="memory formats to time")
-    p.add_argument("--no-extra-rows", dest="extra_rows", action="store_false",
-                   help="time only the two shipped models (not 'ours, stock ops' and "
-                        "'effdet + fcos kernels')")
-    p.add_argument("--no-thp", dest="thp", action="store_false",
-                   help="leave large tensors on 4 KB pages (THP_MEM_ALLOC_ENABLE unset)")
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: elapsed time; cpu: this process's CPU time, which other processes "
+        "on shared cores barely disturb (a work measure, not a latency)",
+    )
+    p.add_argument(
+        "--formats",
+        nargs="+",
+        default=["contiguous", "channels_last"],
+        choices=("contiguous", "channels_last"),
+        help="memory formats to time",
+    )
+    p.add_argument(
+        "--no-extra-rows",
+        dest="extra_rows",
+        action="store_false",
+        help="time only the two shipped models (not 'ours, stock ops' and 'effdet + fcos kernels')",
+    )
+    p.add_argument(
+        "--no-thp",
+        dest="thp",
+        action="store_false",
+        help="leave large tensors on 4 KB pages (THP_MEM_ALLOC_ENABLE unset)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.size, args.batches, args.reps, args.warmup = 256, [1], 2, 1
@@ -91,9 +114,17 @@ from fcos_plugin_efficientnet.model import EfficientNet  # noqa: E402
 
 CLOCK = time.process_time if ARGS.clock == "cpu" else time.perf_counter
 
-SEED_NECK = dict(in_strides=[2, 4, 8, 16, 32], out_strides=[8, 16, 32, 64, 128],
-                 stride2channels={2: 16, 4: 24, 8: 40, 16: 112, 32: 320}, out_channels=64,
-                 num_outs=5, stack=3, start_level=2, end_level=-1, fpn_name="bifpn_sum")
+SEED_NECK = dict(
+    in_strides=[2, 4, 8, 16, 32],
+    out_strides=[8, 16, 32, 64, 128],
+    stride2channels={2: 16, 4: 24, 8: 40, 16: 112, 32: 320},
+    out_channels=64,
+    num_outs=5,
+    stack=3,
+    start_level=2,
+    end_level=-1,
+    fpn_name="bifpn_sum",
+)
 
 
 class BackboneNeck(nn.Module):
@@ -107,8 +138,9 @@ class BackboneNeck(nn.Module):
 
 
 def build_ours() -> nn.Module:
-    return BackboneNeck(EfficientNet("b0", activation="relu", use_se_block=False),
-                        BiFPN(**SEED_NECK))
+    return BackboneNeck(
+        EfficientNet("b0", activation="relu", use_se_block=False), BiFPN(**SEED_NECK)
+    )
 
 
 def build_effdet_d0(size: int) -> nn.Module:
@@ -117,8 +149,9 @@ def build_effdet_d0(size: int) -> nn.Module:
         from effdet import create_model
 
         # effdet fixes its feature sizes at construction: build it for the size we time
-        d0 = create_model("efficientdet_d0", pretrained=False, pretrained_backbone=False,
-                          image_size=(size, size))
+        d0 = create_model(
+            "efficientdet_d0", pretrained=False, pretrained_backbone=False, image_size=(size, size)
+        )
     return BackboneNeck(d0.backbone, d0.fpn)
 
 
@@ -135,18 +168,26 @@ def stock_ops() -> Iterator[None]:
 
 def _fast_grad_conv_forward(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     if fast_conv.use_fast_weight_grad(self, x):
-        return fast_conv._FastWeightGradConv2d.apply(x, self.weight, self.stride, self.padding,
-                                                     self.groups)
+        return fast_conv._FastWeightGradConv2d.apply(
+            x, self.weight, self.stride, self.padding, self.groups
+        )
     return nn.Conv2d.forward(self, x)
 
 
 def _fused_bn_act_forward(self: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     """timm's BatchNormAct2d (BN -> drop -> act) with the BN through our kernel; the checks
     are those of ``fast_batchnorm.use_fused_batch_norm`` less its exact-type test."""
-    if (self.training and torch.is_grad_enabled() and self.affine and self.track_running_stats
-            and x.dtype == torch.float32 and x.dim() == 4 and x.shape[2] * x.shape[3] > 1
-            and x.is_contiguous(memory_format=torch.channels_last)
-            and cpu_kernels.available()):
+    if (
+        self.training
+        and torch.is_grad_enabled()
+        and self.affine
+        and self.track_running_stats
+        and x.dtype == torch.float32
+        and x.dim() == 4
+        and x.shape[2] * x.shape[3] > 1
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and cpu_kernels.available()
+    ):
         return self.act(self.drop(fast_batchnorm.batch_norm_act(self, x, relu=False)))
     return type(self).forward(self, x)
 
@@ -162,8 +203,9 @@ def with_fcos_kernels(model: nn.Module) -> nn.Module:
     return model
 
 
-def prepare(model: nn.Module, batch: int, size: int, channels_last: bool,
-            stock: bool = False) -> tuple[Callable[[], None], Callable[[], None]]:
+def prepare(
+    model: nn.Module, batch: int, size: int, channels_last: bool, stock: bool = False
+) -> tuple[Callable[[], None], Callable[[], None]]:
     """(eval forward, train forward+backward) closures for one model, batch and format;
     ``stock`` runs them with our kernels switched off."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -219,30 +261,38 @@ def main() -> int:
     torch.manual_seed(0)
     ours = build_ours()
     # name -> (model, run with our kernels switched off)
-    models: dict[str, tuple[nn.Module, bool]] = {OURS: (ours, False),
-                                                  EFFDET: (build_effdet_d0(ARGS.size), False)}
+    models: dict[str, tuple[nn.Module, bool]] = {
+        OURS: (ours, False),
+        EFFDET: (build_effdet_d0(ARGS.size), False),
+    }
     if ARGS.extra_rows:
         models[OURS_STOCK] = (ours, True)  # the same module, timed with stock weight grads
         models[EFFDET_FAST] = (with_fcos_kernels(build_effdet_d0(ARGS.size)), False)
-    print(f"torch {torch.__version__}, {ARGS.threads} threads, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
-          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}, "
-          f"C++ kernels {'on' if cpu_kernels.available() else 'OFF: ' + str(cpu_kernels.error())}, "
-          f"input {ARGS.size}x{ARGS.size}, "
-          f"best of {ARGS.reps} interleaved reps after {ARGS.warmup} warm-up, "
-          f"{ARGS.clock} clock"
-          f"{' (QUICK: timings are only a smoke test)' if ARGS.quick else ''}")
+    print(
+        f"torch {torch.__version__}, {ARGS.threads} threads, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+        f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}, "
+        f"C++ kernels {'on' if cpu_kernels.available() else 'OFF: ' + str(cpu_kernels.error())}, "
+        f"input {ARGS.size}x{ARGS.size}, "
+        f"best of {ARGS.reps} interleaved reps after {ARGS.warmup} warm-up, "
+        f"{ARGS.clock} clock"
+        f"{' (QUICK: timings are only a smoke test)' if ARGS.quick else ''}"
+    )
     for name in (OURS, EFFDET):
         n = sum(p.numel() for p in models[name][0].parameters())
         print(f"  {name}: {n / 1e6:.3f} M parameters")
     results: dict[tuple[str, int, str], tuple[float, float]] = {}
-    header = (f"{'model':<26} {'batch':>5} {'format':<13} {'fwd ms/img':>11} "
-              f"{'train ms/img':>13} {'train median':>13}")
+    header = (
+        f"{'model':<26} {'batch':>5} {'format':<13} {'fwd ms/img':>11} "
+        f"{'train ms/img':>13} {'train median':>13}"
+    )
     print("\n" + header + "\n" + "-" * len(header))
     for batch in ARGS.batches:
         for fmt in ARGS.formats:
-            fns = {name: prepare(model, batch, ARGS.size, fmt == "channels_last", stock)
-                   for name, (model, stock) in models.items()}
+            fns = {
+                name: prepare(model, batch, ARGS.size, fmt == "channels_last", stock)
+                for name, (model, stock) in models.items()
+            }
             fwd = time_interleaved({k: f[0] for k, f in fns.items()}, ARGS.reps, ARGS.warmup)
             train = time_interleaved({k: f[1] for k, f in fns.items()}, ARGS.reps, ARGS.warmup)
             for name in models:
@@ -250,8 +300,11 @@ def main() -> int:
                 results[(name, batch, fmt)] = (min(fwd[name]) / batch, min(train[name]) / batch)
                 med = statistics.median(train[name]) / batch
                 f, t = results[(name, batch, fmt)]
-                print(f"{name:<26} {batch:>5} {fmt:<13} {f * 1e3:>11.1f} {t * 1e3:>13.1f} "
-                      f"{med * 1e3:>13.1f}", flush=True)
+                print(
+                    f"{name:<26} {batch:>5} {fmt:<13} {f * 1e3:>11.1f} {t * 1e3:>13.1f} "
+                    f"{med * 1e3:>13.1f}",
+                    flush=True,
+                )
 
     def fastest(name: str, batch: int, what: int) -> tuple[float, str]:
         fmt = min(ARGS.formats, key=lambda f: results[(name, batch, f)][what])
@@ -262,25 +315,31 @@ def main() -> int:
     for batch in ARGS.batches:
         for fmt in ARGS.formats:
             o, r = results[(OURS, batch, fmt)], results[(EFFDET, batch, fmt)]
-            print(f"  batch {batch} {fmt:<13}: forward {r[0] / o[0]:.2f}x, "
-                  f"train {r[1] / o[1]:.2f}x")
+            print(
+                f"  batch {batch} {fmt:<13}: forward {r[0] / o[0]:.2f}x, train {r[1] / o[1]:.2f}x"
+            )
         (o_f, o_ff), (r_f, r_ff) = fastest(OURS, batch, 0), fastest(EFFDET, batch, 0)
         (o_t, o_tf), (r_t, r_tf) = fastest(OURS, batch, 1), fastest(EFFDET, batch, 1)
         ratio = r_t / o_t
         met &= ratio >= 1.5
         verdict = "met" if ratio >= 1.5 else "NOT met"
-        print(f"  batch {batch} each at its fastest: forward {r_f / o_f:.2f}x (ours {o_ff}, "
-              f"effdet {r_ff}); train {ratio:.2f}x per image (ours {o_tf}, effdet {r_tf}; "
-              f"target >= 1.5x: {verdict})")
+        print(
+            f"  batch {batch} each at its fastest: forward {r_f / o_f:.2f}x (ours {o_ff}, "
+            f"effdet {r_ff}); train {ratio:.2f}x per image (ours {o_tf}, effdet {r_tf}; "
+            f"target >= 1.5x: {verdict})"
+        )
         if ARGS.extra_rows:
             s_t, s_tf = fastest(OURS_STOCK, batch, 1)
             e_t, e_tf = fastest(EFFDET_FAST, batch, 1)
-            print(f"    fcos kernels: ours {s_t / o_t:.2f}x faster than with stock ops "
-                  f"({s_tf}), effdet {r_t / e_t:.2f}x faster with them ({e_tf}); "
-                  f"like for like (both stock {r_t / s_t:.2f}x, both with the kernels "
-                  f"{e_t / o_t:.2f}x)")
-    print(f"\ntraining target (>= 1.5x per image at every batch size): "
-          f"{'met' if met else 'NOT met'}")
+            print(
+                f"    fcos kernels: ours {s_t / o_t:.2f}x faster than with stock ops "
+                f"({s_tf}), effdet {r_t / e_t:.2f}x faster with them ({e_tf}); "
+                f"like for like (both stock {r_t / s_t:.2f}x, both with the kernels "
+                f"{e_t / o_t:.2f}x)"
+            )
+    print(
+        f"\ntraining target (>= 1.5x per image at every batch size): {'met' if met else 'NOT met'}"
+    )
     return 0
 
 

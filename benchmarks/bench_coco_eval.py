@@ -52,24 +52,38 @@ def synthesize(n_images: int, n_dets: int, seed: int) -> tuple[dict, np.ndarray]
         xy = rng.uniform(0, 1, (n_obj, 2)) * (np.array([w, h]) - size).clip(1)
         cats = rng.choice(COCO_IDS, n_obj)
         for k in range(n_obj):
-            anns.append({"id": len(anns) + 1, "image_id": iid, "category_id": int(cats[k]),
-                         "bbox": [float(xy[k, 0]), float(xy[k, 1]), float(size[k, 0]),
-                                  float(size[k, 1])],
-                         "area": float(size[k, 0] * size[k, 1]),
-                         "iscrowd": int(rng.random() < 0.01)})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": iid,
+                    "category_id": int(cats[k]),
+                    "bbox": [
+                        float(xy[k, 0]),
+                        float(xy[k, 1]),
+                        float(size[k, 0]),
+                        float(size[k, 1]),
+                    ],
+                    "area": float(size[k, 0] * size[k, 1]),
+                    "iscrowd": int(rng.random() < 0.01),
+                }
+            )
         # detections: jittered objects (mostly right class) then random boxes
         src = rng.integers(0, n_obj, n_dets)
         jitter = rng.normal(0, 0.1, (n_dets, 4)) * np.tile(size[src], 2)
         box = np.concatenate([xy[src], size[src]], 1) + jitter
         rand = rng.random(n_dets) < 0.4
-        box[rand] = np.concatenate([rng.uniform(0, 600, (rand.sum(), 2)),
-                                    rng.uniform(4, 200, (rand.sum(), 2))], 1)
+        box[rand] = np.concatenate(
+            [rng.uniform(0, 600, (rand.sum(), 2)), rng.uniform(4, 200, (rand.sum(), 2))], 1
+        )
         box[:, 2:] = box[:, 2:].clip(1)
         cls = np.where(rng.random(n_dets) < 0.8, cats[src], rng.choice(COCO_IDS, n_dets))
         score = rng.random(n_dets)
         rows.append(np.column_stack([np.full(n_dets, iid), box, score, cls]))
-    gt = {"images": images, "annotations": anns,
-          "categories": [{"id": c, "name": str(c)} for c in COCO_IDS]}
+    gt = {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": c, "name": str(c)} for c in COCO_IDS],
+    }
     return gt, np.concatenate(rows).astype(np.float64)
 
 
@@ -77,8 +91,10 @@ def main() -> int:
     args = parse_args()
     t = time.perf_counter()
     gt, dets = synthesize(args.images, args.dets, args.seed)
-    print(f"{args.images} images, {len(gt['annotations'])} objects, {len(dets)} detections "
-          f"(synthesised in {time.perf_counter() - t:.1f} s)")
+    print(
+        f"{args.images} images, {len(gt['annotations'])} objects, {len(dets)} detections "
+        f"(synthesised in {time.perf_counter() - t:.1f} s)"
+    )
     results = {}
     for backend in ("pycocotools", "faster_coco_eval"):
         if backend == "faster_coco_eval" and not fast_backend_available():
@@ -93,8 +109,10 @@ def main() -> int:
     if len(results) == 2:
         (t_ref, s_ref), (t_fast, s_fast) = results["pycocotools"], results["faster_coco_eval"]
         diff = float(np.abs(s_ref - s_fast).max())
-        print(f"ratio pycocotools / faster_coco_eval: {t_ref / t_fast:.1f}x; max |difference| "
-              f"over the 12 numbers ({', '.join(STAT_KEYS)}): {diff:.2e}")
+        print(
+            f"ratio pycocotools / faster_coco_eval: {t_ref / t_fast:.1f}x; max |difference| "
+            f"over the 12 numbers ({', '.join(STAT_KEYS)}): {diff:.2e}"
+        )
         if diff > 1e-6:
             print("MISMATCH: the backends disagree by more than 1e-6")
             return 1

@@ -50,15 +50,17 @@ def _models(size: int):
     from fcos_plugin_nash_e.backend import NashEBackend
 
     host = load_host()
-    cfg = load_config(ROOT / "configs" / "fcos_b0.yaml", host,
-                      [f"deploy_inputs.img=[1,3,{size},{size}]"])
+    cfg = load_config(
+        ROOT / "configs" / "fcos_b0.yaml", host, [f"deploy_inputs.img=[1,3,{size},{size}]"]
+    )
     seed_everything(0)
     float_model = build(cfg.values["deploy_model"]).eval()
     seed_everything(0)
     quant = build(cfg.values["deploy_model"]).eval()
     pipeline = build(cfg.values["deploy_model_convert_pipeline"])
-    ctx = RunContext(stage="compile", example_inputs={"img": (1, 3, size, size)},
-                     backend=NashEBackend())
+    ctx = RunContext(
+        stage="compile", example_inputs={"img": (1, 3, size, size)}, backend=NashEBackend()
+    )
     quant = pipeline(quant, ctx.convert_context("cpu")).eval()
     return float_model, quant
 
@@ -79,8 +81,9 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    print(f"fcos deploy-path latency, batch 1, {size}x{size}, {threads} thread(s), median of "
-          f"{iters}")
+    print(
+        f"fcos deploy-path latency, batch 1, {size}x{size}, {threads} thread(s), median of {iters}"
+    )
     try:
         float_model, quant = _models(size)
     except Exception as exc:  # noqa: BLE001 - report and stop: nothing to time
@@ -111,8 +114,9 @@ def main() -> int:
     def onnx_export() -> Path:
         path = tmp / "float.onnx"
         if not path.exists():
-            torch.onnx.export(float_model, (x,), str(path), dynamo=True, opset_version=21,
-                              external_data=False)
+            torch.onnx.export(
+                float_model, (x,), str(path), dynamo=True, opset_version=21, external_data=False
+            )
         return path
 
     def ort_session(path: Path):
@@ -142,16 +146,26 @@ def main() -> int:
         class Reader(CalibrationDataReader):
             def __init__(self) -> None:
                 g = np.random.default_rng(0)
-                self.items = iter([{name: g.uniform(-1, 1, (1, 3, size, size))
-                                    .astype(np.float32)} for _ in range(4)])
+                self.items = iter(
+                    [
+                        {name: g.uniform(-1, 1, (1, 3, size, size)).astype(np.float32)}
+                        for _ in range(4)
+                    ]
+                )
 
             def get_next(self):
                 return next(self.items, None)
 
         dst = tmp / "int8.onnx"
-        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8)
+        quantize_static(
+            str(src),
+            str(dst),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
         sess = ort_session(dst)
         feed = {name: x.numpy()}
         return _time(lambda: sess.run(None, feed), iters, warmup)
@@ -160,10 +174,18 @@ def main() -> int:
         from fcos_plugin_nash_e.backend import NashEBackend
 
         backend = NashEBackend()
-        res = backend.compile(quant, {"img": x}, {"name": "bench", "opt": "O3",
-                                                  "hbm": str(tmp / "bench.hbm"),
-                                                  "out_dir": str(tmp),
-                                                  "input_source": ["ddr"]}, tmp)
+        res = backend.compile(
+            quant,
+            {"img": x},
+            {
+                "name": "bench",
+                "opt": "O3",
+                "hbm": str(tmp / "bench.hbm"),
+                "out_dir": str(tmp),
+                "input_source": ["ddr"],
+            },
+            tmp,
+        )
         rt = backend.load(res.artifact)
         feed = {"img": x.numpy()}
         ms = _time(lambda: rt.run(feed), max(1, iters // 2), 1)

@@ -35,8 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smoke test: 24 images, 1 pass")
     p.add_argument("--images", type=int, default=200, help="images in the generated set")
-    p.add_argument("--passes", type=int, default=3,
-                   help="timed passes over the set; the fastest is reported")
+    p.add_argument(
+        "--passes", type=int, default=3, help="timed passes over the set; the fastest is reported"
+    )
     p.add_argument("--size", type=int, default=512, help="train input size (HAT: 512)")
     p.add_argument("--source-size", type=int, default=640, help="longest side of the JPEGs")
     args = p.parse_args(argv)
@@ -69,10 +70,15 @@ TARGET = 200.0
 
 
 def train_transforms(size: int) -> list:
-    return [Resize((size, size), ratio_range=(0.5, 2.0), keep_ratio=True),
-            RandomCrop((size, size)), Pad(divisor=size), RandomFlip(px=0.5, py=0.0),
-            AugmentHSV(hgain=0.015, sgain=0.7, vgain=0.4), ToTensor(to_yuv=True),
-            Normalize(mean=128.0, std=128.0)]
+    return [
+        Resize((size, size), ratio_range=(0.5, 2.0), keep_ratio=True),
+        RandomCrop((size, size)),
+        Pad(divisor=size),
+        RandomFlip(px=0.5, py=0.0),
+        AugmentHSV(hgain=0.015, sgain=0.7, vgain=0.4),
+        ToTensor(to_yuv=True),
+        Normalize(mean=128.0, std=128.0),
+    ]
 
 
 # ============================================================================================
@@ -89,8 +95,14 @@ def _baseline_hexcone() -> np.ndarray:
     h6 = _X * 6.0 / 255.0
     sector = np.floor(h6).astype(int) % 6
     f = h6 - np.floor(h6)
-    table = {0: ("v", "t", "p"), 1: ("q", "v", "p"), 2: ("p", "v", "t"),
-             3: ("p", "q", "v"), 4: ("t", "p", "v"), 5: ("v", "p", "q")}
+    table = {
+        0: ("v", "t", "p"),
+        1: ("q", "v", "p"),
+        2: ("p", "v", "t"),
+        3: ("p", "q", "v"),
+        4: ("t", "p", "v"),
+        5: ("v", "p", "q"),
+    }
     g = np.zeros((3, 256))
     for i in range(256):
         for c, name in enumerate(table[sector[i]]):
@@ -109,12 +121,11 @@ class BaselineResizeCrop(ResizeCrop):
         h, w = img.shape[:2]
         out, nh, nw, oy, ox, ch, cw = self.draw(sample)
         if (nh, nw) == (h, w):
-            out["img"] = np.ascontiguousarray(img[oy:oy + ch, ox:ox + cw])
+            out["img"] = np.ascontiguousarray(img[oy : oy + ch, ox : ox + cw])
         else:
             sx, sy = w / nw, h / nh
             box = (ox * sx, oy * sy, (ox + cw) * sx, (oy + ch) * sy)
-            out["img"] = np.asarray(Image.fromarray(img).resize((cw, ch), Image.BILINEAR,
-                                                                box=box))
+            out["img"] = np.asarray(Image.fromarray(img).resize((cw, ch), Image.BILINEAR, box=box))
         return out
 
 
@@ -204,9 +215,14 @@ def baseline_transforms(size: int) -> list:
     (Normalize's tensor code is unchanged, so it is the package's; nothing here is fused by
     the datasets: the old datasets fused Resize + RandomCrop, as BaselineResizeCrop does)."""
     t = train_transforms(size)
-    return [BaselineResizeCrop(t[0], t[1]), BaselinePad(divisor=size),
-            BaselineRandomFlip(px=0.5, py=0.0), BaselineAugmentHSV(0.015, 0.7, 0.4),
-            BaselineToTensor(to_yuv=True), Normalize(mean=128.0, std=128.0)]
+    return [
+        BaselineResizeCrop(t[0], t[1]),
+        BaselinePad(divisor=size),
+        BaselineRandomFlip(px=0.5, py=0.0),
+        BaselineAugmentHSV(0.015, 0.7, 0.4),
+        BaselineToTensor(to_yuv=True),
+        Normalize(mean=128.0, std=128.0),
+    ]
 
 
 # ============================================================================================
@@ -214,11 +230,19 @@ def baseline_transforms(size: int) -> list:
 # ============================================================================================
 
 #: stage name of each transform class, so new and baseline rows line up
-STAGES = {"ResizeCrop": "Resize+RandomCrop", "BaselineResizeCrop": "Resize+RandomCrop",
-          "Pad": "Pad", "BaselinePad": "Pad", "RandomFlip": "RandomFlip",
-          "BaselineRandomFlip": "RandomFlip", "AugmentHSV": "AugmentHSV",
-          "BaselineAugmentHSV": "AugmentHSV", "ToTensorNormalize": "ToTensor+Normalize",
-          "BaselineToTensor": "ToTensor+Normalize", "Normalize": "ToTensor+Normalize"}
+STAGES = {
+    "ResizeCrop": "Resize+RandomCrop",
+    "BaselineResizeCrop": "Resize+RandomCrop",
+    "Pad": "Pad",
+    "BaselinePad": "Pad",
+    "RandomFlip": "RandomFlip",
+    "BaselineRandomFlip": "RandomFlip",
+    "AugmentHSV": "AugmentHSV",
+    "BaselineAugmentHSV": "AugmentHSV",
+    "ToTensorNormalize": "ToTensor+Normalize",
+    "BaselineToTensor": "ToTensor+Normalize",
+    "Normalize": "ToTensor+Normalize",
+}
 
 
 def rate(ds, transforms: list, passes: int) -> tuple[float, float]:
@@ -286,20 +310,32 @@ def main() -> int:
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     preload = os.environ.get("LD_PRELOAD")
-    print(f"torch {torch.__version__}, opencv {cv2.__version__}, 1 thread "
-          f"(torch {torch.get_num_threads()}, cv2 {cv2.getNumThreads()}), "
-          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
-          f"{'LD_PRELOAD=' + preload if preload else 'glibc malloc'}")
+    print(
+        f"torch {torch.__version__}, opencv {cv2.__version__}, 1 thread "
+        f"(torch {torch.get_num_threads()}, cv2 {cv2.getNumThreads()}), "
+        f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
+        f"{'LD_PRELOAD=' + preload if preload else 'glibc malloc'}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        ensure_demo(tmp, DemoParams(num_train=ARGS.images, num_val=1,
-                                    image_size=ARGS.source_size, min_object=16,
-                                    max_object=ARGS.source_size // 2))
-        print(f"generated + packed {ARGS.images} JPEGs ({int(ARGS.source_size * 0.75)}.."
-              f"{ARGS.source_size} px sides) in {time.perf_counter() - t:.1f} s")
+        ensure_demo(
+            tmp,
+            DemoParams(
+                num_train=ARGS.images,
+                num_val=1,
+                image_size=ARGS.source_size,
+                min_object=16,
+                max_object=ARGS.source_size // 2,
+            ),
+        )
+        print(
+            f"generated + packed {ARGS.images} JPEGs ({int(ARGS.source_size * 0.75)}.."
+            f"{ARGS.source_size} px sides) in {time.perf_counter() - t:.1f} s"
+        )
         lmdb_ds = Coco(os.path.join(tmp, "train_lmdb"))
-        folder_ds = CocoFolder(os.path.join(tmp, "images", "train"),
-                               os.path.join(tmp, "instances_train.json"))
+        folder_ds = CocoFolder(
+            os.path.join(tmp, "images", "train"), os.path.join(tmp, "instances_train.json")
+        )
         new, base = train_transforms(ARGS.size), baseline_transforms(ARGS.size)
         lmdb_ds.transforms = new
         out = lmdb_ds[0]["img"]
@@ -310,31 +346,45 @@ def main() -> int:
             fast = rate(ds, new, ARGS.passes)
             slow = rate(ds, base, ARGS.passes)
             rows.append((name, decode, fast, slow))
-        print(f"\nimages/s, 1 worker, {ARGS.size}x{ARGS.size} output, fastest of {ARGS.passes} "
-              f"pass(es) over {ARGS.images} images (wall clock; CPU time in brackets):")
-        print(f"{'source':<22}{'decode only':>16}{'decode+transforms':>22}{'BASELINE':>18}"
-              f"{'ratio':>8}")
+        print(
+            f"\nimages/s, 1 worker, {ARGS.size}x{ARGS.size} output, fastest of {ARGS.passes} "
+            f"pass(es) over {ARGS.images} images (wall clock; CPU time in brackets):"
+        )
+        print(
+            f"{'source':<22}{'decode only':>16}{'decode+transforms':>22}{'BASELINE':>18}"
+            f"{'ratio':>8}"
+        )
         for name, decode, fast, slow in rows:
             ok = "meets" if fast[0] >= TARGET else "BELOW"
-            print(f"{name:<22}{decode[0]:>7.1f} ({decode[1]:>6.1f}){fast[0]:>13.1f} "
-                  f"({fast[1]:>6.1f}){slow[0]:>9.1f} ({slow[1]:>5.1f}){fast[0] / slow[0]:>7.2f}x"
-                  f"  {ok} the {TARGET:.0f}/s target")
-        print(f"ratio LMDB / folder: decode {rows[0][1][0] / rows[1][1][0]:.2f}x, "
-              f"full {rows[0][2][0] / rows[1][2][0]:.2f}x")
+            print(
+                f"{name:<22}{decode[0]:>7.1f} ({decode[1]:>6.1f}){fast[0]:>13.1f} "
+                f"({fast[1]:>6.1f}){slow[0]:>9.1f} ({slow[1]:>5.1f}){fast[0] / slow[0]:>7.2f}x"
+                f"  {ok} the {TARGET:.0f}/s target"
+            )
+        print(
+            f"ratio LMDB / folder: decode {rows[0][1][0] / rows[1][1][0]:.2f}x, "
+            f"full {rows[0][2][0] / rows[1][2][0]:.2f}x"
+        )
 
         ms_new = stage_ms(lmdb_ds, fuse(new), ARGS.passes)
         ms_base = stage_ms(lmdb_ds, base, ARGS.passes)
         print(f"\nms per image (LMDB; mean over the set, fastest of {ARGS.passes} pass(es)):")
         print(f"{'stage':<22}{'new':>8}{'BASELINE':>10}{'ratio':>8}")
         for k in ms_new:
-            print(f"{k:<22}{ms_new[k]:>8.2f}{ms_base[k]:>10.2f}"
-                  f"{ms_base[k] / max(ms_new[k], 1e-9):>7.1f}x")
+            print(
+                f"{k:<22}{ms_new[k]:>8.2f}{ms_base[k]:>10.2f}"
+                f"{ms_base[k] / max(ms_new[k], 1e-9):>7.1f}x"
+            )
         tn, tb = sum(ms_new.values()), sum(ms_base.values())
-        print(f"{'total':<22}{tn:>8.2f}{tb:>10.2f}{tb / tn:>7.1f}x"
-              f"   (= {1000 / tn:.0f} vs {1000 / tb:.0f} images/s)")
-        print(f"\noutput agreement, same random draws: mean |new - BASELINE| = "
-              f"{agreement(lmdb_ds, new, base):.2f} levels of 255 (bilinear without PIL's "
-              "antialias between 1/2 and 1x, 8-bit HSV rounding)")
+        print(
+            f"{'total':<22}{tn:>8.2f}{tb:>10.2f}{tb / tn:>7.1f}x"
+            f"   (= {1000 / tn:.0f} vs {1000 / tb:.0f} images/s)"
+        )
+        print(
+            f"\noutput agreement, same random draws: mean |new - BASELINE| = "
+            f"{agreement(lmdb_ds, new, base):.2f} levels of 255 (bilinear without PIL's "
+            "antialias between 1/2 and 1x, 8-bit HSV rounding)"
+        )
     return 0
 
 

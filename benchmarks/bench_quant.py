@@ -35,11 +35,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=2, help="batch size")
     p.add_argument("--reps", type=int, default=3, help="timed repetitions (median reported)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    p.add_argument("--standin", action="store_true", help="use the stand-in even if the seed "
-                                                          "model is importable")
-    p.add_argument("--observers", nargs="+", default=["mse", "minmax", "percentile", "kl"],
-                   choices=["mse", "minmax", "percentile", "kl"],
-                   help="calibration observers to time")
+    p.add_argument(
+        "--standin",
+        action="store_true",
+        help="use the stand-in even if the seed model is importable",
+    )
+    p.add_argument(
+        "--observers",
+        nargs="+",
+        default=["mse", "minmax", "percentile", "kl"],
+        choices=["mse", "minmax", "percentile", "kl"],
+        help="calibration observers to time",
+    )
     return p.parse_args(argv)
 
 
@@ -66,8 +73,12 @@ from fcos_core.quantization.histogram_observers import KLObserver, MSEObserver  
 from fcos_core.quantization.observers import MinMaxObserver, PercentileObserver  # noqa: E402
 
 #: observer name (as a config's activation_observer block says it) -> constructor
-OBSERVERS = {"minmax": MinMaxObserver, "percentile": PercentileObserver, "mse": MSEObserver,
-             "kl": KLObserver.with_args(stride=8)}
+OBSERVERS = {
+    "minmax": MinMaxObserver,
+    "percentile": PercentileObserver,
+    "mse": MSEObserver,
+    "kl": KLObserver.with_args(stride=8),
+}
 
 torch.set_num_threads(ARGS.threads)
 
@@ -80,8 +91,9 @@ class StandIn(nn.Module):
         self.int8_output, self.int16_output, self.dequant_output = False, True, True
 
         def cbr(i: int, o: int, s: int = 1, g: int = 1) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(i, o, 3, s, 1, groups=g, bias=False),
-                                 nn.BatchNorm2d(o), nn.ReLU())
+            return nn.Sequential(
+                nn.Conv2d(i, o, 3, s, 1, groups=g, bias=False), nn.BatchNorm2d(o), nn.ReLU()
+            )
 
         self.stem = cbr(3, 32, 2)
         self.s1 = nn.Sequential(cbr(32, 32, 1, 32), nn.Conv2d(32, 32, 1), nn.BatchNorm2d(32))
@@ -106,17 +118,31 @@ def build_body() -> tuple[nn.Module, str]:
             from fcos_plugin_bifpn.model import BiFPN
             from fcos_plugin_efficientnet.model import EfficientNet
 
-            neck = dict(in_strides=[2, 4, 8, 16, 32], out_strides=[8, 16, 32, 64, 128],
-                        stride2channels={2: 16, 4: 24, 8: 40, 16: 112, 32: 320},
-                        out_channels=64, num_outs=5, stack=3, start_level=2, end_level=-1,
-                        fpn_name="bifpn_sum")
-            head = FCOSHead(num_classes=80, in_strides=[8, 16, 32, 64, 128],
-                            out_strides=[8, 16, 32, 64, 128],
-                            stride2channels=dict.fromkeys((8, 16, 32, 64, 128), 64),
-                            feat_channels=64, stacked_convs=4, int8_output=False,
-                            int16_output=True, dequant_output=True)
-            body = FCOSBody(EfficientNet("b0", activation="relu", use_se_block=False),
-                            BiFPN(**neck), head)
+            neck = dict(
+                in_strides=[2, 4, 8, 16, 32],
+                out_strides=[8, 16, 32, 64, 128],
+                stride2channels={2: 16, 4: 24, 8: 40, 16: 112, 32: 320},
+                out_channels=64,
+                num_outs=5,
+                stack=3,
+                start_level=2,
+                end_level=-1,
+                fpn_name="bifpn_sum",
+            )
+            head = FCOSHead(
+                num_classes=80,
+                in_strides=[8, 16, 32, 64, 128],
+                out_strides=[8, 16, 32, 64, 128],
+                stride2channels=dict.fromkeys((8, 16, 32, 64, 128), 64),
+                feat_channels=64,
+                stacked_convs=4,
+                int8_output=False,
+                int16_output=True,
+                dequant_output=True,
+            )
+            body = FCOSBody(
+                EfficientNet("b0", activation="relu", use_se_block=False), BiFPN(**neck), head
+            )
             return body, "seed EfficientNet-B0 + BiFPN + FCOSHead"
         except Exception as exc:  # noqa: BLE001 - any import/build failure -> stand-in
             print(f"seed model unavailable ({type(exc).__name__}: {exc}); using the stand-in")
@@ -151,8 +177,10 @@ def main() -> int:
     body, what = build_body()
     body.eval()
     x = images(0)
-    print(f"model: {what}; input {ARGS.batch}x3x{ARGS.size}x{ARGS.size}; "
-          f"threads {ARGS.threads}; times per image, median of {ARGS.reps}")
+    print(
+        f"model: {what}; input {ARGS.batch}x3x{ARGS.size}x{ARGS.size}; "
+        f"threads {ARGS.threads}; times per image, median of {ARGS.reps}"
+    )
 
     rows: list[tuple[str, float]] = []
     with torch.no_grad():
@@ -173,8 +201,15 @@ def main() -> int:
         t = time.perf_counter()
         freeze_observers(cal)  # the clip search of every observer runs here, once
         finish_s = time.perf_counter() - t
-        rows.append(((f"calibration step ({name}; conversion {convert_s:.1f} s, "
-                     f"finish {finish_s:.1f} s)"), step))
+        rows.append(
+            (
+                (
+                    f"calibration step ({name}; conversion {convert_s:.1f} s, "
+                    f"finish {finish_s:.1f} s)"
+                ),
+                step,
+            )
+        )
         if name == ARGS.observers[0]:
             calibrated_sd = cal.state_dict()
 
@@ -183,13 +218,21 @@ def main() -> int:
     convert_s = time.perf_counter() - t
     qat.load_state_dict(calibrated_sd)
     qat.train()
-    rows.append((f"QAT train step (fwd+bwd; conversion {convert_s:.1f} s)",
-                 timed(lambda: train_step(qat, x), ARGS.reps)))
+    rows.append(
+        (
+            f"QAT train step (fwd+bwd; conversion {convert_s:.1f} s)",
+            timed(lambda: train_step(qat, x), ARGS.reps),
+        )
+    )
     exact_train = Float2QAT(integer_exact="always")(copy.deepcopy(body), ctx)
     exact_train.load_state_dict(calibrated_sd)
     exact_train.train()
-    rows.append(("QAT train step, integer_exact: always",
-                 timed(lambda: train_step(exact_train, x), ARGS.reps)))
+    rows.append(
+        (
+            "QAT train step, integer_exact: always",
+            timed(lambda: train_step(exact_train, x), ARGS.reps),
+        )
+    )
     exact_train = None  # frees it (the timed closure holds the name)
     qat.eval()
     freeze_observers(qat)
@@ -201,12 +244,19 @@ def main() -> int:
     quantized = QAT2Quantize()(copy.deepcopy(qat), ctx)
     convert_s = time.perf_counter() - t
     with torch.no_grad():
-        rows.append(("QAT eval forward, plain fake-quant (integer_exact: off)",
-                     timed(lambda: plain(x), ARGS.reps)))
-        rows.append(("QAT eval forward, integer-exact (default)",
-                     timed(lambda: qat(x), ARGS.reps)))
-        rows.append((f"integer model forward (QAT2Quantize {convert_s:.1f} s)",
-                     timed(lambda: quantized(x), ARGS.reps)))
+        rows.append(
+            (
+                "QAT eval forward, plain fake-quant (integer_exact: off)",
+                timed(lambda: plain(x), ARGS.reps),
+            )
+        )
+        rows.append(("QAT eval forward, integer-exact (default)", timed(lambda: qat(x), ARGS.reps)))
+        rows.append(
+            (
+                f"integer model forward (QAT2Quantize {convert_s:.1f} s)",
+                timed(lambda: quantized(x), ARGS.reps),
+            )
+        )
         agreement = {}
         for label, model in (("integer-exact", qat), ("plain fake-quant", plain)):
             within = total = exact = 0
@@ -221,8 +271,10 @@ def main() -> int:
     for label, sec in rows:
         print(f"{label:<66} {sec * 1000:10.1f} ms/img   {sec / base:5.2f}x float train step")
     for label, (within, exact) in agreement.items():
-        print(f"QAT ({label}) vs integer model: {100 * within:.3f}% of output elements within "
-              f"one step, {100 * exact:.3f}% equal")
+        print(
+            f"QAT ({label}) vs integer model: {100 * within:.3f}% of output elements within "
+            f"one step, {100 * exact:.3f}% equal"
+        )
     return 0
 
 

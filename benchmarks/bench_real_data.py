@@ -64,21 +64,31 @@ CONTENDERS = ("fcos", *PEERS)
 
 # -- data --------------------------------------------------------------------------------------
 
+
 def data_layout(data: Path) -> dict[str, Path]:
-    paths = {"train_json": data / "train.json", "val_json": data / "val.json",
-             "train_images": data / "images" / "train", "val_images": data / "images" / "val"}
+    paths = {
+        "train_json": data / "train.json",
+        "val_json": data / "val.json",
+        "train_images": data / "images" / "train",
+        "val_images": data / "images" / "val",
+    }
     missing = [str(p) for p in paths.values() if not p.exists()]
     if missing:
-        sys.exit(f"error: --data {data} is not a COCO folder of the expected layout; missing: "
-                 f"{', '.join(missing)} (train.json, val.json, images/train/, images/val/)")
+        sys.exit(
+            f"error: --data {data} is not a COCO folder of the expected layout; missing: "
+            f"{', '.join(missing)} (train.json, val.json, images/train/, images/val/)"
+        )
     return paths
 
 
 def ensure_nuclei(cache: Path) -> Path:
     out = cache / "nuclei"
     if not (out / "val.json").exists():
-        subprocess.run([sys.executable, str(ROOT / "tools" / "make_nuclei_coco.py"),
-                        "--out", str(out)] + (["--force"] if out.exists() else []), check=True)
+        subprocess.run(
+            [sys.executable, str(ROOT / "tools" / "make_nuclei_coco.py"), "--out", str(out)]
+            + (["--force"] if out.exists() else []),
+            check=True,
+        )
     return out
 
 
@@ -92,17 +102,25 @@ def load_split(ann: Path, images: Path) -> tuple[list[dict[str, Any]], list[int]
         x, y, w, h = (float(v) for v in a["bbox"])
         if a.get("iscrowd", 0) or w <= 0 or h <= 0:
             continue
-        per_image.setdefault(int(a["image_id"]), []).append(([x, y, x + w, y + h],
-                                                            index[int(a["category_id"])]))
+        per_image.setdefault(int(a["image_id"]), []).append(
+            ([x, y, x + w, y + h], index[int(a["category_id"])])
+        )
     records = []
     for im in coco["images"]:
         anns = per_image.get(int(im["id"]), [])
-        records.append({"file": str(images / im["file_name"]), "id": int(im["id"]),
-                        "boxes": [b for b, _ in anns], "labels": [lab for _, lab in anns]})
+        records.append(
+            {
+                "file": str(images / im["file_name"]),
+                "id": int(im["id"]),
+                "boxes": [b for b, _ in anns],
+                "labels": [lab for _, lab in anns],
+            }
+        )
     return records, cat_ids
 
 
 # -- torchvision peers (run in a worker subprocess) --------------------------------------------
+
 
 def build_peer(name: str, num_classes: int, size: int) -> Any:
     import torch
@@ -110,20 +128,24 @@ def build_peer(name: str, num_classes: int, size: int) -> Any:
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.backbone_utils import mobilenet_backbone
 
-    common = {"min_size": size, "max_size": size, "score_thresh": 0.05,
-              "detections_per_img": 100}
+    common = {"min_size": size, "max_size": size, "score_thresh": 0.05, "detections_per_img": 100}
     # torchvision's FCOS reserves label 0 for the background: classes are 1..K
     if name == "tv_r50":
-        return fcos_resnet50_fpn(weights=None, weights_backbone=None,
-                                 num_classes=num_classes + 1, **common)
-    backbone = mobilenet_backbone(backbone_name="mobilenet_v3_large", fpn=True, weights=None,
-                                  norm_layer=torch.nn.BatchNorm2d, trainable_layers=6)
+        return fcos_resnet50_fpn(
+            weights=None, weights_backbone=None, num_classes=num_classes + 1, **common
+        )
+    backbone = mobilenet_backbone(
+        backbone_name="mobilenet_v3_large",
+        fpn=True,
+        weights=None,
+        norm_layer=torch.nn.BatchNorm2d,
+        trainable_layers=6,
+    )
     with torch.no_grad():
         feats = backbone.eval()(torch.zeros(1, 3, size, size))
     strides = tuple((size // int(f.shape[-1]),) for f in feats.values())
     anchors = AnchorGenerator(sizes=strides, aspect_ratios=((1.0,),) * len(strides))
-    return FCOS(backbone.train(), num_classes=num_classes + 1, anchor_generator=anchors,
-                **common)
+    return FCOS(backbone.train(), num_classes=num_classes + 1, anchor_generator=anchors, **common)
 
 
 def read_rgb(path: str) -> Any:
@@ -135,16 +157,18 @@ def read_rgb(path: str) -> Any:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def train_peer(name: str, paths: dict[str, Path], minutes: float, size: int, seed: int,
-               batch: int = 4) -> dict[str, Any]:
+def train_peer(
+    name: str, paths: dict[str, Path], minutes: float, size: int, seed: int, batch: int = 4
+) -> dict[str, Any]:
     import numpy as np
     import torch
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     records, cat_ids = load_split(paths["train_json"], paths["train_images"])
-    images = [torch.from_numpy(read_rgb(r["file"])).permute(2, 0, 1).float() / 255.0
-              for r in records]
+    images = [
+        torch.from_numpy(read_rgb(r["file"])).permute(2, 0, 1).float() / 255.0 for r in records
+    ]
     model = build_peer(name, len(cat_ids), size).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
@@ -160,20 +184,24 @@ def train_peer(name: str, paths: dict[str, Path], minutes: float, size: int, see
                 done = True
                 break
             warm = 0.03
-            factor = (0.001 + 0.999 * frac / warm) if frac < warm else \
-                0.5 * (1 + math.cos(math.pi * (frac - warm) / (1 - warm)))
+            factor = (
+                (0.001 + 0.999 * frac / warm)
+                if frac < warm
+                else 0.5 * (1 + math.cos(math.pi * (frac - warm) / (1 - warm)))
+            )
             for g in opt.param_groups:
                 g["lr"] = 0.01 * factor
             imgs, targets = [], []
-            for j in order[i:i + batch]:
+            for j in order[i : i + batch]:
                 img = images[j]
                 boxes = torch.tensor(records[j]["boxes"], dtype=torch.float32).reshape(-1, 4)
                 labels = torch.tensor(records[j]["labels"], dtype=torch.int64) + 1
                 if rng.random() < 0.5:
                     w = img.shape[-1]
                     img = img.flip(-1)
-                    boxes = torch.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0],
-                                         boxes[:, 3]], 1)
+                    boxes = torch.stack(
+                        [w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], 1
+                    )
                 imgs.append(img)
                 targets.append({"boxes": boxes, "labels": labels})
             losses = model(imgs, targets)
@@ -195,12 +223,25 @@ def train_peer(name: str, paths: dict[str, Path], minutes: float, size: int, see
             rgb = read_rgb(r["file"])
             out = model([torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0])[0]
             keep = out["labels"] > 0  # channel 0 is the unused background class
-            metric.update(_meta(r["id"], rgb.shape[:2]),
-                          [{"boxes": out["boxes"][keep], "scores": out["scores"][keep],
-                            "labels": out["labels"][keep] - 1}])
+            metric.update(
+                _meta(r["id"], rgb.shape[:2]),
+                [
+                    {
+                        "boxes": out["boxes"][keep],
+                        "scores": out["scores"][keep],
+                        "labels": out["labels"][keep] - 1,
+                    }
+                ],
+            )
     res = metric.compute()
-    return {"AP": res["mAP"], "AP50": res["AP50"], "images_seen": seen, "steps": steps,
-            "skipped_steps": skipped, "train_s": round(train_s, 1)}
+    return {
+        "AP": res["mAP"],
+        "AP50": res["AP50"],
+        "images_seen": seen,
+        "steps": steps,
+        "skipped_steps": skipped,
+        "train_s": round(train_s, 1),
+    }
 
 
 def make_metric(val_json: Path) -> Any:
@@ -242,23 +283,65 @@ def _epoch_times(log: Path) -> list[float]:
     return out
 
 
-def run_fcos(paths: dict[str, Path], minutes: float, size: int, seed: int, config: Path,
-             work: Path, env: dict[str, str], extra: list[str]) -> dict[str, Any]:
+def run_fcos(
+    paths: dict[str, Path],
+    minutes: float,
+    size: int,
+    seed: int,
+    config: Path,
+    work: Path,
+    env: dict[str, str],
+    extra: list[str],
+) -> dict[str, Any]:
     import numpy as np  # noqa: F401  (the worker imports the stack once, as the peers do)
 
     _, cat_ids = load_split(paths["train_json"], paths["train_images"])
     data_root = work / "data"
     for split in ("train", "val"):
-        _fcos(["pack-coco", "--images", str(paths[f"{split}_images"]), "--ann",
-               str(paths[f"{split}_json"]), "--out", str(data_root / f"{split}_lmdb")], env,
-              work / f"pack_{split}.log")
-    common = [f"vars.data_root={data_root}", f"vars.val_ann_file={paths['val_json']}", f"vars.num_classes={len(cat_ids)}", f"vars.num_classes_with_background={len(cat_ids) + 1}", f"vars.input_size={size}", f"seed={seed}", *extra]
+        _fcos(
+            [
+                "pack-coco",
+                "--images",
+                str(paths[f"{split}_images"]),
+                "--ann",
+                str(paths[f"{split}_json"]),
+                "--out",
+                str(data_root / f"{split}_lmdb"),
+            ],
+            env,
+            work / f"pack_{split}.log",
+        )
+    common = [
+        f"vars.data_root={data_root}",
+        f"vars.val_ann_file={paths['val_json']}",
+        f"vars.num_classes={len(cat_ids)}",
+        f"vars.num_classes_with_background={len(cat_ids) + 1}",
+        f"vars.input_size={size}",
+        f"seed={seed}",
+        *extra,
+    ]
 
     def run(tag: str, epochs: int, cfg_path: Path) -> tuple[float, Path]:
         log = work / f"fcos_{tag}.log"
         # no validation inside the loop (the peers validate once, after training, too): the
         # last checkpoint is scored below, so per-epoch validation would only spend budget
-        secs = _fcos(["run", str(cfg_path), "--stage", "float", "--run-dir", str(work / tag), f"ckpt_dir={work / tag / 'ckpt'}", f"task_name=bench_{tag}", f"float_trainer.num_epochs={epochs}", f"vars.val_callback.val_interval={epochs + 1}", *common], env, log)
+        secs = _fcos(
+            [
+                "run",
+                str(cfg_path),
+                "--stage",
+                "float",
+                "--run-dir",
+                str(work / tag),
+                f"ckpt_dir={work / tag / 'ckpt'}",
+                f"task_name=bench_{tag}",
+                f"float_trainer.num_epochs={epochs}",
+                f"vars.val_callback.val_interval={epochs + 1}",
+                *common,
+            ],
+            env,
+            log,
+        )
         return secs, log
 
     probe_epochs = 6
@@ -272,16 +355,25 @@ def run_fcos(paths: dict[str, Path], minutes: float, size: int, seed: int, confi
     # ends the run before it is crossed when later epochs turn out slower than the probe's
     epochs = max(1, int(minutes * 60.0 / per_epoch))
     train_s, log = run("main", epochs, with_time_limit(config, minutes, work))
-    loop_min = json.loads((work / "main" / "summary.json").read_text())["float"][
-        "time_limit"]["elapsed_minutes"]
-    per_epoch_images = _images_per_epoch(work / "main", len(load_split(
-        paths["train_json"], paths["train_images"])[0]))
+    loop_min = json.loads((work / "main" / "summary.json").read_text())["float"]["time_limit"][
+        "elapsed_minutes"
+    ]
+    per_epoch_images = _images_per_epoch(
+        work / "main", len(load_split(paths["train_json"], paths["train_images"])[0])
+    )
     ckpt = work / "main" / "ckpt" / "float-checkpoint-last.pth.tar"
     res = score_fcos(config, common, ckpt, paths["val_json"])
     done = _epochs_done(log)
-    return {"AP": res["mAP"], "AP50": res["AP50"], "epochs": done, "epochs_planned": epochs,
-            "images_seen": done * per_epoch_images, "train_s": round(loop_min * 60.0, 1),
-            "process_s": round(train_s, 1), "probe_s_per_epoch": round(per_epoch, 2)}
+    return {
+        "AP": res["mAP"],
+        "AP50": res["AP50"],
+        "epochs": done,
+        "epochs_planned": epochs,
+        "images_seen": done * per_epoch_images,
+        "train_s": round(loop_min * 60.0, 1),
+        "process_s": round(train_s, 1),
+        "probe_s_per_epoch": round(per_epoch, 2),
+    }
 
 
 def with_time_limit(config: Path, minutes: float, work: Path) -> Path:
@@ -335,6 +427,7 @@ def score_fcos(config: Path, overrides: list[str], ckpt: Path, val_json: Path) -
 
 # -- driver ------------------------------------------------------------------------------------
 
+
 def worker(ns: argparse.Namespace) -> None:
     import torch
 
@@ -344,8 +437,16 @@ def worker(ns: argparse.Namespace) -> None:
         res = train_peer(ns.worker, paths, ns.minutes, ns.input_size, ns.seed)
     else:
         env = dict(os.environ)
-        res = run_fcos(paths, ns.minutes, ns.input_size, ns.seed, Path(ns.config),
-                       Path(ns.work), env, ns.fcos_override or [])
+        res = run_fcos(
+            paths,
+            ns.minutes,
+            ns.input_size,
+            ns.seed,
+            Path(ns.config),
+            Path(ns.work),
+            env,
+            ns.fcos_override or [],
+        )
     print("RESULT " + json.dumps(res), flush=True)
 
 
@@ -358,8 +459,11 @@ def main() -> None:
     ap.add_argument("--input-size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--config", default=str(ROOT / "configs" / "fcos_b0_custom.yaml"))
-    ap.add_argument("--fcos-override", action="append",
-                    help="extra key=value override for the fcos run (repeatable)")
+    ap.add_argument(
+        "--fcos-override",
+        action="append",
+        help="extra key=value override for the fcos run (repeatable)",
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: 0.3 minutes each")
     ap.add_argument("--out", type=Path, help="also write the results as JSON here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -382,11 +486,26 @@ def main() -> None:
         for name in names:
             work = Path(tmp) / name
             work.mkdir()
-            cmd = [sys.executable, __file__, "--worker", name, "--paths",
-                   json.dumps({k: str(v) for k, v in paths.items()}), "--work", str(work),
-                   "--minutes", str(ns.minutes), "--threads", str(ns.threads),
-                   "--input-size", str(ns.input_size), "--seed", str(ns.seed),
-                   "--config", ns.config]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                name,
+                "--paths",
+                json.dumps({k: str(v) for k, v in paths.items()}),
+                "--work",
+                str(work),
+                "--minutes",
+                str(ns.minutes),
+                "--threads",
+                str(ns.threads),
+                "--input-size",
+                str(ns.input_size),
+                "--seed",
+                str(ns.seed),
+                "--config",
+                ns.config,
+            ]
             for o in ns.fcos_override or []:
                 cmd += ["--fcos-override", o]
             env = dict(os.environ, OMP_NUM_THREADS=str(ns.threads))
@@ -394,9 +513,11 @@ def main() -> None:
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode != 0 or not line:
-                sys.exit(f"error: contender {name} failed (exit {proc.returncode}):\n"
-                         f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-            results[name] = json.loads(line[-1][len("RESULT "):])
+                sys.exit(
+                    f"error: contender {name} failed (exit {proc.returncode}):\n"
+                    f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+                )
+            results[name] = json.loads(line[-1][len("RESULT ") :])
             print(f"[{name}] {results[name]}", flush=True)
     report(results, ns, data)
 
@@ -404,20 +525,33 @@ def main() -> None:
 def report(results: dict[str, dict[str, Any]], ns: argparse.Namespace, data: Path) -> None:
     peers = [p for p in PEERS if p in results]
     best = {k: max((results[p][k] for p in peers), default=None) for k in ("AP", "AP50")}
-    print(f"\nreal-data accuracy, {ns.minutes:g} min per contender, {ns.threads} threads, "
-          f"input {ns.input_size}, seed {ns.seed}, data {data if ns.data else 'nuclei'}")
+    print(
+        f"\nreal-data accuracy, {ns.minutes:g} min per contender, {ns.threads} threads, "
+        f"input {ns.input_size}, seed {ns.seed}, data {data if ns.data else 'nuclei'}"
+    )
     print(f"{'contender':<10} {'AP':>6} {'AP50':>6} {'images seen':>12} {'train s':>8}")
     for name, r in results.items():
-        print(f"{name:<10} {r['AP']:>6.3f} {r['AP50']:>6.3f} {r.get('images_seen')!s:>12} "
-              f"{r['train_s']:>8}")
+        print(
+            f"{name:<10} {r['AP']:>6.3f} {r['AP50']:>6.3f} {r.get('images_seen')!s:>12} "
+            f"{r['train_s']:>8}"
+        )
     if "fcos" in results and peers:
         for k in ("AP", "AP50"):
             shown = f"{results['fcos'][k] / best[k]:.2f}x" if best[k] else "n/a (peers at 0)"
             print(f"fcos / better peer, {k}: {shown}")
     if ns.out:
-        ns.out.write_text(json.dumps({"minutes": ns.minutes, "threads": ns.threads,
-                                      "input_size": ns.input_size, "seed": ns.seed,
-                                      "results": results}, indent=1))
+        ns.out.write_text(
+            json.dumps(
+                {
+                    "minutes": ns.minutes,
+                    "threads": ns.threads,
+                    "input_size": ns.input_size,
+                    "seed": ns.seed,
+                    "results": results,
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,13 @@ def timed(cmd: list[str], reps: int) -> float:
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT,
-                       env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+        subprocess.run(
+            cmd,
+            check=True,
+            capture_output=True,
+            cwd=ROOT,
+            env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
+        )
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -38,8 +43,12 @@ def main() -> None:
     print(f"{'command':<40} {'seconds':>8} {'x import torch':>15}")
     label = 'python -c "import torch" (baseline)'
     print(f"{label:<40} {base:8.3f} {1.0:15.2f}")
-    for args in (["--help"], ["plugins"], ["check", "configs/fcos_b0.yaml"],
-                 ["check", "configs/fcos_b0_demo.yaml"]):
+    for args in (
+        ["--help"],
+        ["plugins"],
+        ["check", "configs/fcos_b0.yaml"],
+        ["check", "configs/fcos_b0_demo.yaml"],
+    ):
         t = timed(fcos + args, reps)
         flag = "" if t < 2.0 else "  OVER 2 s"
         print(f"{'fcos ' + ' '.join(args):<40} {t:8.3f} {t / base:15.2f}{flag}")

@@ -40,8 +40,10 @@ from bench_real_data import data_layout, ensure_nuclei  # noqa: E402
 
 VARIANTS = {
     "shipped": [],
-    "fork/epoch": ["data_loader.persistent_workers=false",
-                   "val_data_loader.persistent_workers=false"],
+    "fork/epoch": [
+        "data_loader.persistent_workers=false",
+        "val_data_loader.persistent_workers=false",
+    ],
     "no workers": ["data_loader.num_workers=0", "val_data_loader.num_workers=0"],
 }
 
@@ -54,8 +56,14 @@ def run(cmd: list[str], env: dict[str, str], log: Path) -> dict[str, float]:
         wall = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"error: {' '.join(cmd)} failed; see {log}:\n{log.read_text()[-2000:]}")
-    return {"wall": wall, "user": ru.ru_utime, "sys": ru.ru_stime, "minflt": ru.ru_minflt,
-            "nvcsw": ru.ru_nvcsw, "nivcsw": ru.ru_nivcsw}
+    return {
+        "wall": wall,
+        "user": ru.ru_utime,
+        "sys": ru.ru_stime,
+        "minflt": ru.ru_minflt,
+        "nvcsw": ru.ru_nvcsw,
+        "nivcsw": ru.ru_nivcsw,
+    }
 
 
 def main() -> None:
@@ -78,25 +86,63 @@ def main() -> None:
 
         ncls = len(json.loads(paths["train_json"].read_text())["categories"])
         for split in ("train", "val"):
-            subprocess.run([sys.executable, "-m", "fcos_core", "pack-coco", "--images",
-                            str(paths[f"{split}_images"]), "--ann", str(paths[f"{split}_json"]),
-                            "--out", str(work / "data" / f"{split}_lmdb")], check=True,
-                           stdout=subprocess.DEVNULL, env=env)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "fcos_core",
+                    "pack-coco",
+                    "--images",
+                    str(paths[f"{split}_images"]),
+                    "--ann",
+                    str(paths[f"{split}_json"]),
+                    "--out",
+                    str(work / "data" / f"{split}_lmdb"),
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                env=env,
+            )
         rows = {}
         for name, extra in VARIANTS.items():
             tag = name.replace("/", "_").replace(" ", "_")
-            cmd = [sys.executable, "-m", "fcos_core", "run", ns.config, "--stage", "float", "--run-dir", str(work / tag), f"ckpt_dir={work / tag / 'ckpt'}", f"vars.data_root={work / 'data'}", f"vars.val_ann_file={paths['val_json']}", f"vars.num_classes={ncls}", f"vars.num_classes_with_background={ncls + 1}", f"vars.input_size={ns.size}", f"vars.batch_size_per_gpu={ns.batch}", f"float_trainer.num_epochs={ns.epochs}", *extra]
+            cmd = [
+                sys.executable,
+                "-m",
+                "fcos_core",
+                "run",
+                ns.config,
+                "--stage",
+                "float",
+                "--run-dir",
+                str(work / tag),
+                f"ckpt_dir={work / tag / 'ckpt'}",
+                f"vars.data_root={work / 'data'}",
+                f"vars.val_ann_file={paths['val_json']}",
+                f"vars.num_classes={ncls}",
+                f"vars.num_classes_with_background={ncls + 1}",
+                f"vars.input_size={ns.size}",
+                f"vars.batch_size_per_gpu={ns.batch}",
+                f"float_trainer.num_epochs={ns.epochs}",
+                *extra,
+            ]
             rows[name] = run(cmd, env, work / f"{tag}.log")
             print(f"[{name}] {rows[name]}", flush=True)
     base = rows["fork/epoch"]
-    print(f"\nfloat stage, {ns.epochs} epochs at {ns.size}x{ns.size}, batch {ns.batch}, "
-          f"{ns.threads} threads")
-    print(f"{'variant':<11} {'wall s':>7} {'user s':>7} {'sys s':>7} {'sys/user':>8} "
-          f"{'minor faults':>12} {'wall vs fork/epoch':>19}")
+    print(
+        f"\nfloat stage, {ns.epochs} epochs at {ns.size}x{ns.size}, batch {ns.batch}, "
+        f"{ns.threads} threads"
+    )
+    print(
+        f"{'variant':<11} {'wall s':>7} {'user s':>7} {'sys s':>7} {'sys/user':>8} "
+        f"{'minor faults':>12} {'wall vs fork/epoch':>19}"
+    )
     for name, r in rows.items():
-        print(f"{name:<11} {r['wall']:>7.1f} {r['user']:>7.1f} {r['sys']:>7.1f} "
-              f"{r['sys'] / r['user']:>8.2f} {r['minflt']:>12,} "
-              f"{base['wall'] / r['wall']:>18.2f}x")
+        print(
+            f"{name:<11} {r['wall']:>7.1f} {r['user']:>7.1f} {r['sys']:>7.1f} "
+            f"{r['sys'] / r['user']:>8.2f} {r['minflt']:>12,} "
+            f"{base['wall'] / r['wall']:>18.2f}x"
+        )
 
 
 if __name__ == "__main__":

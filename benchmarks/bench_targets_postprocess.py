@@ -54,11 +54,18 @@ NUM_CLASSES = 80
 # --- plain references ---------------------------------------------------------------------
 
 
-def reference_simota(outputs: Sequence[torch.Tensor], strides: Sequence[int],
-                     gt_bboxes: Sequence[torch.Tensor], gt_classes: Sequence[torch.Tensor], *,
-                     topk: int = 10, alpha: float = 0.25, gamma: float = 2.0,
-                     reg_weight: float = 2.0, radius: float | None = None,
-                     ) -> dict[str, torch.Tensor]:
+def reference_simota(
+    outputs: Sequence[torch.Tensor],
+    strides: Sequence[int],
+    gt_bboxes: Sequence[torch.Tensor],
+    gt_classes: Sequence[torch.Tensor],
+    *,
+    topk: int = 10,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    reg_weight: float = 2.0,
+    radius: float | None = None,
+) -> dict[str, torch.Tensor]:
     """SimOTA written the plain way: a loop over images and, inside, over ground truths.
 
     Uses torchvision's focal loss, GIoU loss and box_iou. Returns ``labels``, ``matched_gt``,
@@ -114,7 +121,8 @@ def reference_simota(outputs: Sequence[torch.Tensor], strides: Sequence[int],
                     r, bt = x2 - float(px[p]), y2 - float(py[p])
                     if inside[p]:
                         out["bbox_weights"][b, p] = math.sqrt(
-                            min(left, r) / max(left, r) * min(t, bt) / max(t, bt))
+                            min(left, r) / max(left, r) * min(t, bt) / max(t, bt)
+                        )
                     else:
                         out["bbox_weights"][b, p] = 1.0
         for gbox, glab in zip(gt_bboxes[b].float(), gt_classes[b].tolist()):
@@ -126,13 +134,20 @@ def reference_simota(outputs: Sequence[torch.Tensor], strides: Sequence[int],
     return out
 
 
-def reference_detect(outputs: Sequence[torch.Tensor], strides: Sequence[int], *,
-                     threshold: float, score_threshold: float, nms_pre: int,
-                     iou_threshold: float, max_per_img: int, clamp_shape: tuple[int, int],
-                     ) -> list[dict[str, torch.Tensor]]:
+def reference_detect(
+    outputs: Sequence[torch.Tensor],
+    strides: Sequence[int],
+    *,
+    threshold: float,
+    score_threshold: float,
+    nms_pre: int,
+    iou_threshold: float,
+    max_per_img: int,
+    clamp_shape: tuple[int, int],
+) -> list[dict[str, torch.Tensor]]:
     """Sigmoid and decode everything, threshold, per-level top-k, clamp, batched_nms."""
     s = len(strides)
-    cls, box, ctr = outputs[:s], outputs[s:2 * s], outputs[2 * s:3 * s]
+    cls, box, ctr = outputs[:s], outputs[s : 2 * s], outputs[2 * s : 3 * s]
     res = []
     for b in range(cls[0].shape[0]):
         bxs, scs, lbs = [], [], []
@@ -144,8 +159,9 @@ def reference_detect(outputs: Sequence[torch.Tensor], strides: Sequence[int], *,
             ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
             pts = torch.stack([xs.reshape(-1), ys.reshape(-1)], 1).float() * stride + stride // 2
             boxes = distances_to_boxes(pts, box[lvl][b].permute(1, 2, 0).reshape(-1, 4) * stride)
-            pos, lab = torch.nonzero((logits > threshold) & (score > score_threshold),
-                                     as_tuple=True)
+            pos, lab = torch.nonzero(
+                (logits > threshold) & (score > score_threshold), as_tuple=True
+            )
             sc = score[pos, lab]
             if sc.numel() > nms_pre:
                 sc, top = sc.topk(nms_pre)
@@ -164,8 +180,9 @@ def reference_detect(outputs: Sequence[torch.Tensor], strides: Sequence[int], *,
 # --- inputs -------------------------------------------------------------------------------
 
 
-def random_head_outputs(batch: int, size: int, seed: int = 0,
-                        num_classes: int = NUM_CLASSES) -> tuple[torch.Tensor, ...]:
+def random_head_outputs(
+    batch: int, size: int, seed: int = 0, num_classes: int = NUM_CLASSES
+) -> tuple[torch.Tensor, ...]:
     """Head-like outputs: background logits around -6 (as a trained model's), few above
     logit(0.05); box distances of a few strides."""
     g = torch.Generator().manual_seed(seed)
@@ -178,8 +195,14 @@ def random_head_outputs(batch: int, size: int, seed: int = 0,
     return (*cls, *box, *ctr)
 
 
-def random_gt(batch: int, n: int, size: int, seed: int = 0, crowd_every: int = 0,
-              num_classes: int = NUM_CLASSES) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def random_gt(
+    batch: int,
+    n: int,
+    size: int,
+    seed: int = 0,
+    crowd_every: int = 0,
+    num_classes: int = NUM_CLASSES,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """``n`` random boxes per image (4..size/2 pixels), optionally every k-th a crowd box."""
     g = torch.Generator().manual_seed(seed + 1)
     boxes, labels = [], []
@@ -194,20 +217,28 @@ def random_gt(batch: int, n: int, size: int, seed: int = 0, crowd_every: int = 0
     return boxes, labels
 
 
-def make_targets(radius: float | None = None, num_classes: int = NUM_CLASSES,
-                 strides: Sequence[int] = STRIDES) -> DynamicFcosTarget:
+def make_targets(
+    radius: float | None = None, num_classes: int = NUM_CLASSES, strides: Sequence[int] = STRIDES
+) -> DynamicFcosTarget:
     return DynamicFcosTarget(
-        strides=list(strides), cls_out_channels=num_classes, background_label=num_classes,
-        topK=10, loss_cls=FocalLoss(num_classes=num_classes + 1, reduction="none"),
-        loss_reg=GIoULoss(loss_weight=2.0, reduction="none"), center_sampling_radius=radius)
+        strides=list(strides),
+        cls_out_channels=num_classes,
+        background_label=num_classes,
+        topK=10,
+        loss_cls=FocalLoss(num_classes=num_classes + 1, reduction="none"),
+        loss_reg=GIoULoss(loss_weight=2.0, reduction="none"),
+        center_sampling_radius=radius,
+    )
 
 
 def assignments_equal(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> bool:
-    return (torch.equal(got["matched_gt"], ref["matched_gt"])
-            and torch.equal(got["labels"], ref["labels"])
-            and torch.equal(got["label_weights"], ref["label_weights"])
-            and torch.allclose(got["centerness_targets"], ref["centerness_targets"], atol=1e-5)
-            and torch.allclose(got["bbox_weights"], ref["bbox_weights"], atol=1e-5))
+    return (
+        torch.equal(got["matched_gt"], ref["matched_gt"])
+        and torch.equal(got["labels"], ref["labels"])
+        and torch.equal(got["label_weights"], ref["label_weights"])
+        and torch.allclose(got["centerness_targets"], ref["centerness_targets"], atol=1e-5)
+        and torch.allclose(got["bbox_weights"], ref["bbox_weights"], atol=1e-5)
+    )
 
 
 # --- timing -------------------------------------------------------------------------------
@@ -232,44 +263,98 @@ def seed_model_step_time(batch: int, size: int, repeats: int) -> float | None:
     from fcos_core.plugins import load_host
 
     host = load_host()
-    if ("efficientnet" not in host.registries["backbones"]
-            or "BiFPN" not in host.registries["necks"]):
+    if (
+        "efficientnet" not in host.registries["backbones"]
+        or "BiFPN" not in host.registries["necks"]
+    ):
         return None
     cfg = {
         "type": "FCOS",
-        "backbone": {"type": "efficientnet", "model_type": "b0", "num_classes": 1000,
-                     "include_top": False, "activation": "relu", "use_se_block": False},
-        "neck": {"type": "BiFPN", "in_strides": [2, 4, 8, 16, 32],
-                 "out_strides": STRIDES, "stride2channels": {2: 16, 4: 24, 8: 40, 16: 112,
-                                                             32: 320},
-                 "out_channels": 64, "num_outs": 5, "stack": 3, "start_level": 2,
-                 "end_level": -1, "fpn_name": "bifpn_sum"},
-        "head": {"type": "FCOSHead", "num_classes": NUM_CLASSES, "in_strides": STRIDES,
-                 "out_strides": STRIDES, "stride2channels": dict.fromkeys(STRIDES, 64),
-                 "upscale_bbox_pred": False, "feat_channels": 64, "stacked_convs": 4,
-                 "int8_output": False, "int16_output": True, "dequant_output": True},
-        "targets": {"type": "DynamicFcosTarget", "strides": STRIDES,
-                    "cls_out_channels": NUM_CLASSES, "background_label": NUM_CLASSES,
-                    "topK": 10,
-                    "loss_cls": {"type": "FocalLoss", "loss_name": "cls",
-                                 "num_classes": NUM_CLASSES + 1, "alpha": 0.25, "gamma": 2.0,
-                                 "loss_weight": 1.0, "reduction": "none"},
-                    "loss_reg": {"type": "GIoULoss", "loss_name": "reg", "loss_weight": 2.0,
-                                 "reduction": "none"}},
-        "post_process": {"type": "FCOSMultiStrideFilter", "strides": STRIDES,
-                         "threshold": -2.944, "for_compile": False, "score_threshold": 0.05,
-                         "iou_threshold": 0.6, "max_shape": [size, size]},
-        "loss_cls": {"type": "FocalLoss", "loss_name": "cls", "num_classes": NUM_CLASSES + 1,
-                     "alpha": 0.25, "gamma": 2.0, "loss_weight": 1.0},
-        "loss_centerness": {"type": "CrossEntropyLoss", "loss_name": "centerness",
-                            "use_sigmoid": True},
+        "backbone": {
+            "type": "efficientnet",
+            "model_type": "b0",
+            "num_classes": 1000,
+            "include_top": False,
+            "activation": "relu",
+            "use_se_block": False,
+        },
+        "neck": {
+            "type": "BiFPN",
+            "in_strides": [2, 4, 8, 16, 32],
+            "out_strides": STRIDES,
+            "stride2channels": {2: 16, 4: 24, 8: 40, 16: 112, 32: 320},
+            "out_channels": 64,
+            "num_outs": 5,
+            "stack": 3,
+            "start_level": 2,
+            "end_level": -1,
+            "fpn_name": "bifpn_sum",
+        },
+        "head": {
+            "type": "FCOSHead",
+            "num_classes": NUM_CLASSES,
+            "in_strides": STRIDES,
+            "out_strides": STRIDES,
+            "stride2channels": dict.fromkeys(STRIDES, 64),
+            "upscale_bbox_pred": False,
+            "feat_channels": 64,
+            "stacked_convs": 4,
+            "int8_output": False,
+            "int16_output": True,
+            "dequant_output": True,
+        },
+        "targets": {
+            "type": "DynamicFcosTarget",
+            "strides": STRIDES,
+            "cls_out_channels": NUM_CLASSES,
+            "background_label": NUM_CLASSES,
+            "topK": 10,
+            "loss_cls": {
+                "type": "FocalLoss",
+                "loss_name": "cls",
+                "num_classes": NUM_CLASSES + 1,
+                "alpha": 0.25,
+                "gamma": 2.0,
+                "loss_weight": 1.0,
+                "reduction": "none",
+            },
+            "loss_reg": {
+                "type": "GIoULoss",
+                "loss_name": "reg",
+                "loss_weight": 2.0,
+                "reduction": "none",
+            },
+        },
+        "post_process": {
+            "type": "FCOSMultiStrideFilter",
+            "strides": STRIDES,
+            "threshold": -2.944,
+            "for_compile": False,
+            "score_threshold": 0.05,
+            "iou_threshold": 0.6,
+            "max_shape": [size, size],
+        },
+        "loss_cls": {
+            "type": "FocalLoss",
+            "loss_name": "cls",
+            "num_classes": NUM_CLASSES + 1,
+            "alpha": 0.25,
+            "gamma": 2.0,
+            "loss_weight": 1.0,
+        },
+        "loss_centerness": {
+            "type": "CrossEntropyLoss",
+            "loss_name": "centerness",
+            "use_sigmoid": True,
+        },
         "loss_reg": {"type": "GIoULoss", "loss_name": "reg", "loss_weight": 1.0},
     }
     validator = Validator(host.registries, LineMap(None))
     node = validator.check_component("models", cfg, ("model",))
     if validator.problems:
-        raise SystemExit("seed model config rejected: "
-                         + "; ".join(p.render() for p in validator.problems))
+        raise SystemExit(
+            "seed model config rejected: " + "; ".join(p.render() for p in validator.problems)
+        )
     model = build(node).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     gtb, gtl = random_gt(batch, 20, size, seed=3)
@@ -293,8 +378,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     size, batch, repeats = (128, 2, 2) if args.quick else (512, args.batch, args.repeats)
-    print(f"size {size}x{size}, batch {batch}, {repeats} repeats, {args.threads} thread(s); "
-          "times per image")
+    print(
+        f"size {size}x{size}, batch {batch}, {repeats} repeats, {args.threads} thread(s); "
+        "times per image"
+    )
 
     targets = make_targets()
     assign_per_img: dict[int, float] = {}
@@ -305,12 +392,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         ref = reference_simota(outputs, STRIDES, gtb, gtl)
         same = assignments_equal(got, ref)
         t_vec = median_time(lambda: targets(outputs, gtb, gtl), repeats) / batch
-        t_ref = median_time(lambda: reference_simota(outputs, STRIDES, gtb, gtl),
-                            max(1, repeats // 2)) / batch
+        t_ref = (
+            median_time(lambda: reference_simota(outputs, STRIDES, gtb, gtl), max(1, repeats // 2))
+            / batch
+        )
         assign_per_img[n] = t_vec
-        print(f"targets  {n:3d} boxes: DynamicFcosTarget {t_vec * 1e3:8.2f} ms   "
-              f"per-GT loop reference {t_ref * 1e3:8.2f} ms   ratio {t_ref / t_vec:6.1f}x   "
-              f"same assignment: {same}")
+        print(
+            f"targets  {n:3d} boxes: DynamicFcosTarget {t_vec * 1e3:8.2f} ms   "
+            f"per-GT loop reference {t_ref * 1e3:8.2f} ms   ratio {t_ref / t_vec:6.1f}x   "
+            f"same assignment: {same}"
+        )
 
     post = FCOSMultiStrideFilter(STRIDES)
     for n in (20, 100):
@@ -321,21 +412,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             for _ in range(n):
                 lvl = int(torch.randint(0, 3, (1,), generator=g))
                 c, h, w = outputs[lvl].shape[1:]
-                outputs[lvl][b, torch.randint(0, c, (1,), generator=g),
-                             torch.randint(0, h, (1,), generator=g),
-                             torch.randint(0, w, (1,), generator=g)] = 3.0
-        kw = dict(threshold=post.threshold, score_threshold=post.score_threshold,
-                  nms_pre=post.nms_pre, iou_threshold=post.iou_threshold,
-                  max_per_img=post.max_per_img, clamp_shape=(size, size))
+                outputs[lvl][
+                    b,
+                    torch.randint(0, c, (1,), generator=g),
+                    torch.randint(0, h, (1,), generator=g),
+                    torch.randint(0, w, (1,), generator=g),
+                ] = 3.0
+        kw = dict(
+            threshold=post.threshold,
+            score_threshold=post.score_threshold,
+            nms_pre=post.nms_pre,
+            iou_threshold=post.iou_threshold,
+            max_per_img=post.max_per_img,
+            clamp_shape=(size, size),
+        )
         got = post(outputs, (size, size))
         ref = reference_detect(outputs, STRIDES, **kw)
-        same = all(torch.equal(a["labels"], b_["labels"]) and torch.equal(a["boxes"], b_["boxes"])
-                   for a, b_ in zip(got, ref))
+        same = all(
+            torch.equal(a["labels"], b_["labels"]) and torch.equal(a["boxes"], b_["boxes"])
+            for a, b_ in zip(got, ref)
+        )
         t_vec = median_time(lambda: post(outputs, (size, size)), repeats) / batch
         t_ref = median_time(lambda: reference_detect(outputs, STRIDES, **kw), repeats) / batch
-        print(f"post     {n:3d} objs : FCOSMultiStrideFilter {t_vec * 1e3:6.2f} ms   "
-              f"plain reference {t_ref * 1e3:8.2f} ms   ratio {t_ref / t_vec:6.1f}x   "
-              f"same detections: {same}")
+        print(
+            f"post     {n:3d} objs : FCOSMultiStrideFilter {t_vec * 1e3:6.2f} ms   "
+            f"plain reference {t_ref * 1e3:8.2f} ms   ratio {t_ref / t_vec:6.1f}x   "
+            f"same detections: {same}"
+        )
 
     step = seed_model_step_time(batch, size, max(1, repeats // 2))
     if step is None:
@@ -343,8 +446,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         share = assign_per_img[20] / step
         verdict = "OK" if share < 0.10 else "TOO SLOW"
-        print(f"train step (seed model, 20 boxes): {step * 1e3:8.1f} ms per image; target "
-              f"assignment {share * 100:5.1f}% of it (limit 10%): {verdict}")
+        print(
+            f"train step (seed model, 20 boxes): {step * 1e3:8.1f} ms per image; target "
+            f"assignment {share * 100:5.1f}% of it (limit 10%): {verdict}"
+        )
     return 0
 
 

@@ -37,30 +37,80 @@ from typing import Any
 
 SEED_MODEL = {
     "type": "FCOS",
-    "backbone": {"type": "efficientnet", "bn_kwargs": {}, "model_type": "b0", "num_classes": 1000,
-                 "include_top": False, "activation": "relu", "use_se_block": False},
-    "neck": {"type": "BiFPN", "in_strides": [2, 4, 8, 16, 32], "out_strides": [8, 16, 32, 64, 128],
-             "stride2channels": {2: 16, 4: 24, 8: 40, 16: 112, 32: 320}, "out_channels": 64,
-             "num_outs": 5, "stack": 3, "start_level": 2, "end_level": -1,
-             "fpn_name": "bifpn_sum"},
-    "head": {"type": "FCOSHead", "num_classes": 80, "in_strides": [8, 16, 32, 64, 128],
-             "out_strides": [8, 16, 32, 64, 128],
-             "stride2channels": {8: 64, 16: 64, 32: 64, 64: 64, 128: 64},
-             "upscale_bbox_pred": False, "feat_channels": 64, "stacked_convs": 4,
-             "int8_output": False, "int16_output": True, "dequant_output": True},
-    "targets": {"type": "DynamicFcosTarget", "strides": [8, 16, 32, 64, 128],
-                "cls_out_channels": 80, "background_label": 80, "topK": 10,
-                "loss_cls": {"type": "FocalLoss", "loss_name": "cls", "num_classes": 81,
-                             "alpha": 0.25, "gamma": 2.0, "loss_weight": 1.0, "reduction": "none"},
-                "loss_reg": {"type": "GIoULoss", "loss_name": "reg", "loss_weight": 2.0,
-                             "reduction": "none"}},
-    "post_process": {"type": "FCOSMultiStrideFilter", "strides": [8, 16, 32, 64, 128],
-                     "threshold": -2.944, "for_compile": False, "score_threshold": 0.05,
-                     "iou_threshold": 0.6, "max_shape": [512, 512]},
-    "loss_cls": {"type": "FocalLoss", "loss_name": "cls", "num_classes": 81, "alpha": 0.25,
-                 "gamma": 2.0, "loss_weight": 1.0},
-    "loss_centerness": {"type": "CrossEntropyLoss", "loss_name": "centerness",
-                        "use_sigmoid": True},
+    "backbone": {
+        "type": "efficientnet",
+        "bn_kwargs": {},
+        "model_type": "b0",
+        "num_classes": 1000,
+        "include_top": False,
+        "activation": "relu",
+        "use_se_block": False,
+    },
+    "neck": {
+        "type": "BiFPN",
+        "in_strides": [2, 4, 8, 16, 32],
+        "out_strides": [8, 16, 32, 64, 128],
+        "stride2channels": {2: 16, 4: 24, 8: 40, 16: 112, 32: 320},
+        "out_channels": 64,
+        "num_outs": 5,
+        "stack": 3,
+        "start_level": 2,
+        "end_level": -1,
+        "fpn_name": "bifpn_sum",
+    },
+    "head": {
+        "type": "FCOSHead",
+        "num_classes": 80,
+        "in_strides": [8, 16, 32, 64, 128],
+        "out_strides": [8, 16, 32, 64, 128],
+        "stride2channels": {8: 64, 16: 64, 32: 64, 64: 64, 128: 64},
+        "upscale_bbox_pred": False,
+        "feat_channels": 64,
+        "stacked_convs": 4,
+        "int8_output": False,
+        "int16_output": True,
+        "dequant_output": True,
+    },
+    "targets": {
+        "type": "DynamicFcosTarget",
+        "strides": [8, 16, 32, 64, 128],
+        "cls_out_channels": 80,
+        "background_label": 80,
+        "topK": 10,
+        "loss_cls": {
+            "type": "FocalLoss",
+            "loss_name": "cls",
+            "num_classes": 81,
+            "alpha": 0.25,
+            "gamma": 2.0,
+            "loss_weight": 1.0,
+            "reduction": "none",
+        },
+        "loss_reg": {
+            "type": "GIoULoss",
+            "loss_name": "reg",
+            "loss_weight": 2.0,
+            "reduction": "none",
+        },
+    },
+    "post_process": {
+        "type": "FCOSMultiStrideFilter",
+        "strides": [8, 16, 32, 64, 128],
+        "threshold": -2.944,
+        "for_compile": False,
+        "score_threshold": 0.05,
+        "iou_threshold": 0.6,
+        "max_shape": [512, 512],
+    },
+    "loss_cls": {
+        "type": "FocalLoss",
+        "loss_name": "cls",
+        "num_classes": 81,
+        "alpha": 0.25,
+        "gamma": 2.0,
+        "loss_weight": 1.0,
+    },
+    "loss_centerness": {"type": "CrossEntropyLoss", "loss_name": "centerness", "use_sigmoid": True},
     "loss_reg": {"type": "GIoULoss", "loss_name": "reg", "loss_weight": 1.0},
 }
 
@@ -80,8 +130,11 @@ def _standin_model() -> Any:
             chans = [3, 16, 24, 40, 80, 112]
             layers = []
             for cin, cout in itertools.pairwise(chans):
-                layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
-                           nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+                layers += [
+                    nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
+                    nn.BatchNorm2d(cout),
+                    nn.ReLU(inplace=True),
+                ]
             self.body = nn.Sequential(*layers)
             self.cls = nn.Conv2d(112, 80, 1)
             self.reg = nn.Conv2d(112, 4, 1)
@@ -116,8 +169,11 @@ def build_model(size: int) -> tuple[Any, str, Any]:
         collate = host.registries["collates"].lookup("collate_2d").load()
         return model, "seed FCOS-EfficientNetB0 (fcos_core.models + plugins)", collate
     except Exception as exc:  # noqa: BLE001 - no seed model: time the loop on a stand-in
-        print(f"note: seed model unavailable ({type(exc).__name__}: {str(exc)[:160]}); "
-              "using a stand-in", file=sys.stderr)
+        print(
+            f"note: seed model unavailable ({type(exc).__name__}: {str(exc)[:160]}); "
+            "using a stand-in",
+            file=sys.stderr,
+        )
         return _standin_model(), "stand-in conv detector", _collate
 
 
@@ -145,14 +201,18 @@ class SyntheticDetection:
             xy = rng.uniform(0, size * 0.6, (k, 2))
             wh = rng.uniform(size * 0.1, size * 0.4, (k, 2))
             boxes = np.concatenate([xy, np.minimum(xy + wh, size - 1)], 1).astype(np.float32)
-            self.items.append({
-                "img": torch.randn(3, size, size, generator=g),
-                "gt_bboxes": torch.from_numpy(boxes),
-                "gt_classes": torch.from_numpy(rng.integers(0, 80, k).astype(np.int64)),
-                "img_id": i, "ori_shape": (size, size), "img_shape": (size, size),
-                "pad_shape": (size, size),
-                "scale_factor": torch.tensor([1.0, 1.0]),
-            })
+            self.items.append(
+                {
+                    "img": torch.randn(3, size, size, generator=g),
+                    "gt_bboxes": torch.from_numpy(boxes),
+                    "gt_classes": torch.from_numpy(rng.integers(0, 80, k).astype(np.int64)),
+                    "img_id": i,
+                    "ori_shape": (size, size),
+                    "img_shape": (size, size),
+                    "pad_shape": (size, size),
+                    "scale_factor": torch.tensor([1.0, 1.0]),
+                }
+            )
 
     def __len__(self) -> int:
         return len(self.items)
@@ -230,13 +290,19 @@ def run_fcos(args: argparse.Namespace) -> dict:
             marks.append(time.perf_counter())
 
     trainer = Trainer(
-        model=model, num_epochs=1,
+        model=model,
+        num_epochs=1,
         data_loader=DataLoader(ds, batch_size=args.batch, shuffle=True, collate_fn=collate),
         optimizer=lambda model: SGD(model, lr=1e-4, momentum=0.9, nesterov=True),
         device="cpu" if not args.cuda else "cuda",
-        callbacks=[StatsMonitor(log_freq=10), MetricUpdater(update_loss, step_log_freq=0),
-                   CosLrUpdater(warmup_len=0), Clock()],
-        train_metrics=LossShow())
+        callbacks=[
+            StatsMonitor(log_freq=10),
+            MetricUpdater(update_loss, step_log_freq=0),
+            CosLrUpdater(warmup_len=0),
+            Clock(),
+        ],
+        train_metrics=LossShow(),
+    )
     trainer.run(RunContext(stage="bench", run_dir=None, seed=0))
     span = marks[-1] - marks[args.warmup - 1] if args.warmup else marks[-1] - marks[0]
     n = args.steps if args.warmup else args.steps - 1
@@ -248,9 +314,15 @@ def run_effdet(args: argparse.Namespace) -> dict:
     from effdet import create_model
 
     torch.manual_seed(0)
-    bench = create_model("efficientdet_d0", bench_task="train", num_classes=80,
-                         pretrained=False, pretrained_backbone=False, bench_labeler=True,
-                         image_size=(args.size, args.size))
+    bench = create_model(
+        "efficientdet_d0",
+        bench_task="train",
+        num_classes=80,
+        pretrained=False,
+        pretrained_backbone=False,
+        bench_labeler=True,
+        image_size=(args.size, args.size),
+    )
     bench = bench.to(memory_format=torch.channels_last)  # effdet gets the same lever
     bench.train()
     ds = SyntheticDetection(args.batch * 2, args.size)
@@ -264,8 +336,8 @@ def run_effdet(args: argparse.Namespace) -> dict:
         cls = torch.full((args.batch, n), -1.0)
         for j, it in enumerate(items):
             b = it["gt_bboxes"]
-            bbox[j, :len(b)] = b[:, [1, 0, 3, 2]]  # effdet wants yxyx
-            cls[j, :len(b)] = it["gt_classes"].float() + 1
+            bbox[j, : len(b)] = b[:, [1, 0, 3, 2]]  # effdet wants yxyx
+            cls[j, : len(b)] = it["gt_classes"].float() + 1
         return img, {"bbox": bbox, "cls": cls}
 
     def steps():
@@ -294,9 +366,22 @@ def _child(args: argparse.Namespace) -> None:
 
 
 def _run_child(mode: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--mode", mode, "--size", str(args.size), "--batch",
-           str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--mode",
+        mode,
+        "--size",
+        str(args.size),
+        "--batch",
+        str(args.batch),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--threads",
+        str(args.threads),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "FCOS_PROGRESS": "0"}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     for line in out.stdout.splitlines():
@@ -313,9 +398,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3,
-                   help="alternate bare/fcos this many times and keep the best of each (one "
-                        "pair of runs moves by +-8%% with the machine; --quick: 1)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="alternate bare/fcos this many times and keep the best of each (one "
+        "pair of runs moves by +-8%% with the machine; --quick: 1)",
+    )
     p.add_argument("--mode", choices=["bare", "fcos", "effdet"], help=argparse.SUPPRESS)
     p.add_argument("--cuda", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -330,18 +419,24 @@ def main(argv: list[str] | None = None) -> int:
             results[mode].append(_run_child(mode, args))
     results["effdet"].append(_run_child("effdet", args))
     best = {m: max(rs, key=lambda r: r["images_per_s"]) for m, rs in results.items()}
-    print(f"# {args.size}x{args.size}, batch {args.batch}, {args.threads} threads, "
-          f"{args.steps} timed steps after {args.warmup}; model: {best['fcos']['model']}")
-    for mode, label in (("bare", "bare PyTorch loop"), ("fcos", "fcos Trainer"),
-                        ("effdet", "effdet EfficientDet-D0")):
+    print(
+        f"# {args.size}x{args.size}, batch {args.batch}, {args.threads} threads, "
+        f"{args.steps} timed steps after {args.warmup}; model: {best['fcos']['model']}"
+    )
+    for mode, label in (
+        ("bare", "bare PyTorch loop"),
+        ("fcos", "fcos Trainer"),
+        ("effdet", "effdet EfficientDet-D0"),
+    ):
         r = best[mode]
         print(f"{label:24s} {r['images_per_s']:8.2f} img/s   peak {r['peak_mib']:8.0f} MiB")
     overhead = best["bare"]["images_per_s"] / best["fcos"]["images_per_s"] - 1
     speedup = best["fcos"]["images_per_s"] / best["effdet"]["images_per_s"]
-    print(f"loop overhead vs bare: {overhead * 100:+.1f}% (target < 5%)   "
-          f"fcos vs effdet: {speedup:.2f}x (target >= 1.5x)")
-    print("SUMMARY " + json.dumps({"overhead": overhead, "speedup_vs_effdet": speedup,
-                                   **best}))
+    print(
+        f"loop overhead vs bare: {overhead * 100:+.1f}% (target < 5%)   "
+        f"fcos vs effdet: {speedup:.2f}x (target >= 1.5x)"
+    )
+    print("SUMMARY " + json.dumps({"overhead": overhead, "speedup_vs_effdet": speedup, **best}))
     return 0
 
 

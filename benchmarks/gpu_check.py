@@ -90,8 +90,7 @@ class Report:
 
             def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
                 if exc is not None and kind is not KeyboardInterrupt:
-                    report.add(section, check, f"{type(exc).__name__}: {str(exc)[:200]}",
-                               "FAIL")
+                    report.add(section, check, f"{type(exc).__name__}: {str(exc)[:200]}", "FAIL")
                     return True
                 return False
 
@@ -102,8 +101,9 @@ class Report:
 
     def table(self) -> str:
         heads = ("section", "check", "value", "status")
-        widths = [max(len(h), *(len(r[h]) for r in self.rows)) if self.rows else len(h)
-                  for h in heads]
+        widths = [
+            max(len(h), *(len(r[h]) for r in self.rows)) if self.rows else len(h) for h in heads
+        ]
         line = "  ".join(h.ljust(w) for h, w in zip(heads, widths))
         out = [line, "  ".join("-" * w for w in widths)]
         out += ["  ".join(r[h].ljust(w) for h, w in zip(heads, widths)) for r in self.rows]
@@ -133,20 +133,35 @@ def _tf32(enabled: bool) -> Any:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def load_demo(host: Any, data_root: Path, batch: int, size: int, classes: int | None = None,
-              workers: int = 0, pin: bool = False, extra: tuple[str, ...] = ()) -> Any:
+def load_demo(
+    host: Any,
+    data_root: Path,
+    batch: int,
+    size: int,
+    classes: int | None = None,
+    workers: int = 0,
+    pin: bool = False,
+    extra: tuple[str, ...] = (),
+) -> Any:
     """The demo config, pointed at ``data_root``, at ``size`` with ``batch`` images a step."""
     from fcos_core.config import load_config
 
     # stochastic depth off: its masks come from different generators on CPU and CUDA
-    overrides = ["vars.backbone.drop_connect_rate=0.0",
-                 f"vars.data_root={data_root}", f"vars.batch_size_per_gpu={batch}",
-                 f"vars.input_size={size}", f"data_loader.num_workers={workers}",
-                 f"data_loader.pin_memory={str(pin).lower()}", "float_predictor=null",
-                 f"ckpt_dir={data_root / 'ckpt'}"]
+    overrides = [
+        "vars.backbone.drop_connect_rate=0.0",
+        f"vars.data_root={data_root}",
+        f"vars.batch_size_per_gpu={batch}",
+        f"vars.input_size={size}",
+        f"data_loader.num_workers={workers}",
+        f"data_loader.pin_memory={str(pin).lower()}",
+        "float_predictor=null",
+        f"ckpt_dir={data_root / 'ckpt'}",
+    ]
     if classes is not None:  # the seed's 80 COCO classes for the throughput rows
-        overrides += [f"vars.num_classes={classes}",
-                      f"vars.num_classes_with_background={classes + 1}"]
+        overrides += [
+            f"vars.num_classes={classes}",
+            f"vars.num_classes_with_background={classes + 1}",
+        ]
     return load_config(DEMO, host, [*overrides, *extra])
 
 
@@ -231,15 +246,23 @@ def check_agreement(report: Report, host: Any, data_root: Path, device: Any, arg
         if device.type == "cuda":
             # the C++ kernels are CPU-only: CUDA training must not even build them
             loaded = cpu_kernels._state["available"] is not None and kernels_before is None
-            report.add("a", "C++ CPU kernels kept out of the CUDA steps",
-                       "loaded" if loaded else "not loaded", "FAIL" if loaded else "ok")
+            report.add(
+                "a",
+                "C++ CPU kernels kept out of the CUDA steps",
+                "loaded" if loaded else "not loaded",
+                "FAIL" if loaded else "ok",
+            )
         cpu = float_steps(cfg, init, batches, torch.device("cpu"))
     diffs = [abs(d - c) / max(abs(c), 1e-12) for d, c in zip(dev, cpu)]
     worst = max(diffs)
-    report.add("a", f"demo float stage, {len(batches)} steps x batch {args.agree_batch}: "
-               f"{device.type} vs cpu loss (rtol {LOSS_RTOL:g})",
-               f"rel diff step 1 {diffs[0]:.1e}, max {worst:.1e}; last loss {device.type} "
-               f"{dev[-1]:.5f}, cpu {cpu[-1]:.5f}", "ok" if worst <= LOSS_RTOL else "FAIL")
+    report.add(
+        "a",
+        f"demo float stage, {len(batches)} steps x batch {args.agree_batch}: "
+        f"{device.type} vs cpu loss (rtol {LOSS_RTOL:g})",
+        f"rel diff step 1 {diffs[0]:.1e}, max {worst:.1e}; last loss {device.type} "
+        f"{dev[-1]:.5f}, cpu {cpu[-1]:.5f}",
+        "ok" if worst <= LOSS_RTOL else "FAIL",
+    )
 
 
 # --- (b, c) throughput and peak memory ----------------------------------------------------------
@@ -274,10 +297,12 @@ def _fcos_variant(model: Any, variant: dict[str, Any], device: Any) -> Any:
     if variant["channels_last"]:
         m = m.to(memory_format=torch.channels_last)
     amp = variant["dtype"] is not None
-    train = MultiBatchProcessor(need_grad_update=True, amp=amp,
-                                amp_dtype=variant["dtype"] or "float16")
-    infer = MultiBatchProcessor(need_grad_update=False, amp=amp,
-                                amp_dtype=variant["dtype"] or "float16")
+    train = MultiBatchProcessor(
+        need_grad_update=True, amp=amp, amp_dtype=variant["dtype"] or "float16"
+    )
+    infer = MultiBatchProcessor(
+        need_grad_update=False, amp=amp, amp_dtype=variant["dtype"] or "float16"
+    )
     run = torch.compile(m) if variant["compile"] else m
     return m, run, train, infer
 
@@ -285,19 +310,36 @@ def _fcos_variant(model: Any, variant: dict[str, Any], device: Any) -> Any:
 FCOS_VARIANTS = [
     {"name": "fp32", "dtype": None, "channels_last": False, "compile": False},
     {"name": "fp32 channels-last", "dtype": None, "channels_last": True, "compile": False},
-    {"name": "bf16 autocast, channels-last", "dtype": "bfloat16", "channels_last": True,
-     "compile": False},
-    {"name": "fp16 autocast + GradScaler, channels-last", "dtype": "float16",
-     "channels_last": True, "compile": False},
-    {"name": "fp32 channels-last, torch.compile", "dtype": None, "channels_last": True,
-     "compile": True},
-    {"name": "bf16 autocast, channels-last, torch.compile", "dtype": "bfloat16",
-     "channels_last": True, "compile": True},
+    {
+        "name": "bf16 autocast, channels-last",
+        "dtype": "bfloat16",
+        "channels_last": True,
+        "compile": False,
+    },
+    {
+        "name": "fp16 autocast + GradScaler, channels-last",
+        "dtype": "float16",
+        "channels_last": True,
+        "compile": False,
+    },
+    {
+        "name": "fp32 channels-last, torch.compile",
+        "dtype": None,
+        "channels_last": True,
+        "compile": True,
+    },
+    {
+        "name": "bf16 autocast, channels-last, torch.compile",
+        "dtype": "bfloat16",
+        "channels_last": True,
+        "compile": True,
+    },
 ]
 
 
-def check_throughput(report: Report, host: Any, data_root: Path, device: Any,
-                     args: Any) -> dict[str, float]:
+def check_throughput(
+    report: Report, host: Any, data_root: Path, device: Any, args: Any
+) -> dict[str, float]:
     """Images/s per row; returns the fcos train numbers (the data pipeline is held to them)."""
     import torch
 
@@ -310,8 +352,9 @@ def check_throughput(report: Report, host: Any, data_root: Path, device: Any,
     train_ips: dict[str, float] = {}
     for variant in FCOS_VARIANTS:
         if variant["compile"] and args.no_compile:
-            report.add("b", f"fcos B0+BiFPN {variant['name']}", "skipped (--no-compile / "
-                       "--quick)", "skip")
+            report.add(
+                "b", f"fcos B0+BiFPN {variant['name']}", "skipped (--no-compile / --quick)", "skip"
+            )
             continue
         if variant["dtype"] == "float16" and device.type != "cuda":
             report.add("b", f"fcos B0+BiFPN {variant['name']}", "skipped (CUDA only)", "skip")
@@ -326,16 +369,18 @@ def check_throughput(report: Report, host: Any, data_root: Path, device: Any,
             train(run, batches[0], device, opt)  # a compiled model compiles here
             _sync(device)
             first = time.perf_counter() - t0
-            sec = _time(lambda i: train(run, batches[i % 2], device, opt), device,
-                        args.warmup, args.steps)
+            sec = _time(
+                lambda i: train(run, batches[i % 2], device, opt), device, args.warmup, args.steps
+            )
             train_ips[variant["name"]] = args.batch / sec
             extra = f", first step {first:.1f} s" if variant["compile"] else ""
             report.add("b", f"{name} train", f"{args.batch / sec:.1f} img/s{extra}")
             report.add("c", f"{name} train peak", f"{_peak_mib(device):.0f} MiB")
             _reset_peak(device)
             m.eval()
-            sec = _time(lambda i: infer(run, batches[i % 2], device), device, args.warmup,
-                        args.steps)
+            sec = _time(
+                lambda i: infer(run, batches[i % 2], device), device, args.warmup, args.steps
+            )
             report.add("b", f"{name} eval", f"{args.batch / sec:.1f} img/s")
             report.add("c", f"{name} eval peak", f"{_peak_mib(device):.0f} MiB")
             m = run = opt = None  # frees the device memory (the timed closures hold these)
@@ -348,14 +393,24 @@ def _reference_models(report: Report, batches: list[Any], device: Any, args: Any
     import torch
 
     imgs = [b["img"].to(device).to(memory_format=torch.channels_last) for b in batches]
-    targets = [[{"boxes": bx.to(device), "labels": c.to(device) + 1}
-                for bx, c in zip(b["gt_bboxes"], b["gt_classes"])] for b in batches]
+    targets = [
+        [
+            {"boxes": bx.to(device), "labels": c.to(device) + 1}
+            for bx, c in zip(b["gt_bboxes"], b["gt_classes"])
+        ]
+        for b in batches
+    ]
     with report.guard("b", "torchvision fcos_resnet50_fpn"):
         from torchvision.models.detection import fcos_resnet50_fpn
 
         torch.manual_seed(0)
-        tv = fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=81,
-                               min_size=args.size, max_size=args.size).to(device)
+        tv = fcos_resnet50_fpn(
+            weights=None,
+            weights_backbone=None,
+            num_classes=81,
+            min_size=args.size,
+            max_size=args.size,
+        ).to(device)
         tv = tv.to(memory_format=torch.channels_last)
         opt = torch.optim.AdamW(tv.parameters(), lr=1e-4)
 
@@ -367,14 +422,20 @@ def _reference_models(report: Report, batches: list[Any], device: Any, args: Any
         _reset_peak(device)
         tv.train()
         sec = _time(tv_train, device, args.warmup, args.steps)
-        report.add("b", "torchvision fcos_resnet50_fpn fp32 channels-last train",
-                   f"{args.batch / sec:.1f} img/s")
+        report.add(
+            "b",
+            "torchvision fcos_resnet50_fpn fp32 channels-last train",
+            f"{args.batch / sec:.1f} img/s",
+        )
         report.add("c", "torchvision fcos_resnet50_fpn train peak", f"{_peak_mib(device):.0f} MiB")
         tv.eval()
         with torch.no_grad():
             sec = _time(lambda i: tv(list(imgs[i % 2])), device, args.warmup, args.steps)
-        report.add("b", "torchvision fcos_resnet50_fpn fp32 channels-last eval",
-                   f"{args.batch / sec:.1f} img/s")
+        report.add(
+            "b",
+            "torchvision fcos_resnet50_fpn fp32 channels-last eval",
+            f"{args.batch / sec:.1f} img/s",
+        )
         tv = opt = None  # frees the device memory (the timed closures hold these)
     with report.guard("b", "effdet EfficientDet-D0"):
         with warnings.catch_warnings():
@@ -382,9 +443,15 @@ def _reference_models(report: Report, batches: list[Any], device: Any, args: Any
             from effdet import create_model
 
             torch.manual_seed(0)
-            bench = create_model("efficientdet_d0", bench_task="train", num_classes=80,
-                                 pretrained=False, pretrained_backbone=False, bench_labeler=True,
-                                 image_size=(args.size, args.size))
+            bench = create_model(
+                "efficientdet_d0",
+                bench_task="train",
+                num_classes=80,
+                pretrained=False,
+                pretrained_backbone=False,
+                bench_labeler=True,
+                image_size=(args.size, args.size),
+            )
         bench = bench.to(device).to(memory_format=torch.channels_last)
         opt = torch.optim.AdamW(bench.parameters(), lr=1e-4)
         eff_targets = []
@@ -393,8 +460,8 @@ def _reference_models(report: Report, batches: list[Any], device: Any, args: Any
             bbox = torch.full((args.batch, n, 4), -1.0)
             cls = torch.full((args.batch, n), -1.0)
             for j, (bx, c) in enumerate(zip(b["gt_bboxes"], b["gt_classes"])):
-                bbox[j, :len(bx)] = bx[:, [1, 0, 3, 2]]  # effdet wants yxyx
-                cls[j, :len(bx)] = c.float() + 1
+                bbox[j, : len(bx)] = bx[:, [1, 0, 3, 2]]  # effdet wants yxyx
+                cls[j, : len(bx)] = c.float() + 1
             eff_targets.append({"bbox": bbox.to(device), "cls": cls.to(device)})
 
         def eff_train(i: int) -> None:
@@ -410,13 +477,15 @@ def _reference_models(report: Report, batches: list[Any], device: Any, args: Any
         net = bench.model.eval()  # the network without the loss (DetBenchTrain's .model)
         with torch.no_grad():
             sec = _time(lambda i: net(imgs[i % 2]), device, args.warmup, args.steps)
-        report.add("b", "effdet D0 fp32 channels-last eval (network)",
-                   f"{args.batch / sec:.1f} img/s")
+        report.add(
+            "b", "effdet D0 fp32 channels-last eval (network)", f"{args.batch / sec:.1f} img/s"
+        )
         bench = net = opt = None  # frees the device memory (the timed closures hold these)
 
 
-def check_data_pipeline(report: Report, host: Any, data_root: Path, device: Any, args: Any,
-                        train_ips: dict[str, float]) -> None:
+def check_data_pipeline(
+    report: Report, host: Any, data_root: Path, device: Any, args: Any, train_ips: dict[str, float]
+) -> None:
     """fcos's DataLoader at the seed's batch size: does it outrun the training step?"""
     from fcos_core.build import build
 
@@ -431,8 +500,11 @@ def check_data_pipeline(report: Report, host: Any, data_root: Path, device: Any,
         for i in range(n):
             ds[i]
         per_image = (time.perf_counter() - t0) / n
-        report.add("b", "data: decode + augment per image (one process)",
-                   f"{per_image * 1e3:.1f} ms ({1 / per_image:.0f} img/s/worker)")
+        report.add(
+            "b",
+            "data: decode + augment per image (one process)",
+            f"{per_image * 1e3:.1f} ms ({1 / per_image:.0f} img/s/worker)",
+        )
         loader.set_epoch(0)
         it = iter(loader)
         next(it)  # workers started, first batch in
@@ -444,10 +516,13 @@ def check_data_pipeline(report: Report, host: Any, data_root: Path, device: Any,
         _sync(device)
         ips = count / max(time.perf_counter() - t0, 1e-9)
         fastest = max(train_ips.values()) if train_ips else 0.0
-        report.add("b", f"data: DataLoader batch {args.data_batch}, {args.workers} workers, "
-                   f"pin_memory={pin}, non-blocking copy",
-                   f"{ips:.0f} img/s vs fastest fcos train {fastest:.0f} img/s",
-                   "ok" if ips >= fastest or args.quick else "FAIL")
+        report.add(
+            "b",
+            f"data: DataLoader batch {args.data_batch}, {args.workers} workers, "
+            f"pin_memory={pin}, non-blocking copy",
+            f"{ips:.0f} img/s vs fastest fcos train {fastest:.0f} img/s",
+            "ok" if ips >= fastest or args.quick else "FAIL",
+        )
 
 
 # --- (d) quantized models, device vs CPU, bit for bit --------------------------------------------
@@ -479,11 +554,16 @@ def _bitwise(report: Report, what: str, model: Any, img: Any, device: Any) -> No
 
     cpu = _raw(model.cpu(), img)
     dev = _raw(copy.deepcopy(model).to(device), img.to(device))
-    same = len(cpu) == len(dev) and all(a.dtype == b.dtype and torch.equal(a, b)
-                                        for a, b in zip(cpu, dev))
+    same = len(cpu) == len(dev) and all(
+        a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(cpu, dev)
+    )
     differ = sum(int((a != b).sum()) for a, b in zip(cpu, dev) if a.shape == b.shape)
-    report.add("d", f"{what}: {device.type} vs cpu, {len(cpu)} outputs",
-               "bit-identical" if same else f"{differ} elements differ", "ok" if same else "FAIL")
+    report.add(
+        "d",
+        f"{what}: {device.type} vs cpu, {len(cpu)} outputs",
+        "bit-identical" if same else f"{differ} elements differ",
+        "ok" if same else "FAIL",
+    )
 
 
 def check_quantized(report: Report, host: Any, data_root: Path, device: Any, args: Any) -> None:
@@ -502,8 +582,9 @@ def check_quantized(report: Report, host: Any, data_root: Path, device: Any, arg
 
     cfg = load_demo(host, data_root, 2, 128)
     backend = cfg.compile_backend.load()() if cfg.compile_backend is not None else None
-    ctx = ConvertContext(example_inputs={"img": (1, 3, 128, 128)}, backend=backend,
-                         device="cpu", stage="calibration")
+    ctx = ConvertContext(
+        example_inputs={"img": (1, 3, 128, 128)}, backend=backend, device="cpu", stage="calibration"
+    )
     batches = first_batches(cfg, 2)
     img = batches[-1]["img"]
     torch.manual_seed(0)
@@ -511,18 +592,25 @@ def check_quantized(report: Report, host: Any, data_root: Path, device: Any, arg
     torch.backends.cudnn.allow_tf32 = True  # torch's default: the converters must undo it
     with report.guard("d", "calibration model"):
         percentile = PercentileObserver.with_args(percentile=99.99)
-        calib = Float2Calibration(activation_observer=percentile)(copy.deepcopy(float_model),
-                                                                   ctx)
+        calib = Float2Calibration(activation_observer=percentile)(copy.deepcopy(float_model), ctx)
         with torch.no_grad():
             calib(batches[0]["img"])
         freeze_observers(calib)
-        report.add("d", "TF32 after the conversions", "on" if tf32_enabled() else "off",
-                   "FAIL" if tf32_enabled() else "ok")
+        report.add(
+            "d",
+            "TF32 after the conversions",
+            "on" if tf32_enabled() else "off",
+            "FAIL" if tf32_enabled() else "ok",
+        )
         _bitwise(report, "calibration model", calib, img, device)
     source = calib
     if args.quick:  # one export less: QAT2Quantize also takes the calibration model
-        report.add("d", "QAT model", "skipped (--quick); the integer model is made from the "
-                   "calibration model", "skip")
+        report.add(
+            "d",
+            "QAT model",
+            "skipped (--quick); the integer model is made from the calibration model",
+            "skip",
+        )
     else:
         with report.guard("d", "QAT model"):
             qat = Float2QAT()(copy.deepcopy(float_model), ctx)
@@ -570,16 +658,20 @@ def check_ddp(report: Report, host: Any, data_root: Path, device: Any) -> None:
         if device.type == "cuda":
             torch.cuda.set_device(device)  # NCCL's collectives run on the current device
         store = dist.TCPStore("127.0.0.1", port, 1, True)
-        dist.init_process_group(backend, store=store, rank=0, world_size=1,
-                                timeout=datetime.timedelta(seconds=120))
+        dist.init_process_group(
+            backend, store=store, rank=0, world_size=1, timeout=datetime.timedelta(seconds=120)
+        )
         try:
             probe = torch.full((4,), 3.0, device=device)
             dist.all_reduce(probe)
             box = [{"rank": 0}]
             dist.broadcast_object_list(box, src=0)
-            report.add("e", f"{backend} process group, 1 process: all_reduce, broadcast_object",
-                       f"{float(probe[0]):g}, {box[0]}",
-                       "ok" if float(probe[0]) == 3.0 and box[0] == {"rank": 0} else "FAIL")
+            report.add(
+                "e",
+                f"{backend} process group, 1 process: all_reduce, broadcast_object",
+                f"{float(probe[0]):g}, {box[0]}",
+                "ok" if float(probe[0]) == 3.0 and box[0] == {"rank": 0} else "FAIL",
+            )
             torch.manual_seed(0)
             base = build(cfg.node("model")).to(device).to(memory_format=torch.channels_last)
             ids = [device.index or 0] if device.type == "cuda" else None
@@ -589,8 +681,9 @@ def check_ddp(report: Report, host: Any, data_root: Path, device: Any) -> None:
                     m = copy.deepcopy(base)
                     if sync_bn:
                         m = convert_sync_batchnorm(m, device)
-                    loss, grads = _first_step(DistributedDataParallel(m, device_ids=ids), batch,
-                                              device)
+                    loss, grads = _first_step(
+                        DistributedDataParallel(m, device_ids=ids), batch, device
+                    )
                     scale = max(float(g.abs().max()) for g in ref.values())
                     worst = max(float((grads[k] - g).abs().max()) for k, g in ref.items()) / scale
                     rel = abs(loss - ref_loss) / abs(ref_loss)
@@ -601,16 +694,24 @@ def check_ddp(report: Report, host: Any, data_root: Path, device: Any) -> None:
                     # so on CPU it is shown, not judged
                     tol = 1e-5 if not sync_bn else 1e-3  # cuDNN weight grads: atomics
                     good = rel <= tol and (sync_bn or worst <= tol)
-                    status = "info" if sync_bn and device.type != "cuda" else (
-                        "ok" if good else "FAIL")
-                    report.add("e", f"{name}, 1 process on {backend}: first step vs plain "
-                               f"(tol {tol:g})",
-                               f"loss rel diff {rel:.1e}, max grad diff {worst:.1e} of max |grad|",
-                               status)
+                    status = (
+                        "info" if sync_bn and device.type != "cuda" else ("ok" if good else "FAIL")
+                    )
+                    report.add(
+                        "e",
+                        f"{name}, 1 process on {backend}: first step vs plain (tol {tol:g})",
+                        f"loss rel diff {rel:.1e}, max grad diff {worst:.1e} of max |grad|",
+                        status,
+                    )
         finally:
             dist.destroy_process_group()
-    report.add("e", "several processes", "covered by the gloo tests (test_distributed.py, "
-               "test_multinode.py): nccl needs one GPU per process", "info")
+    report.add(
+        "e",
+        "several processes",
+        "covered by the gloo tests (test_distributed.py, "
+        "test_multinode.py): nccl needs one GPU per process",
+        "info",
+    )
 
 
 # --- (f) the TensorRT backend ----------------------------------------------------------------
@@ -631,52 +732,92 @@ def check_tensorrt(report: Report, host: Any, data_root: Path, device: Any, args
         from fcos_plugin_tensorrt.backend import TensorRTBackend
         from fcos_plugin_tensorrt.runtime import tensorrt_missing
     except ImportError as exc:
-        report.add("f", "TensorRT backend", f"skipped: fcos-plugin-tensorrt not installed "
-                   f"({exc})", "skip")
+        report.add(
+            "f", "TensorRT backend", f"skipped: fcos-plugin-tensorrt not installed ({exc})", "skip"
+        )
         return
     why = tensorrt_missing() if device.type == "cuda" else "a CPU run"
     if why is not None:
         report.add("f", "TensorRT backend", f"skipped: {why}", "skip")
         return
-    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                            str(ROOT / "plugins" / "tensorrt" / "tests")],
-                           capture_output=True, text=True, cwd=ROOT, check=False)
+    tests = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(ROOT / "plugins" / "tensorrt" / "tests"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
     last = (tests.stdout.strip().splitlines() or ["no output"])[-1]
-    report.add("f", "plugins/tensorrt/tests on this GPU", last,
-               "ok" if tests.returncode == 0 else "FAIL")
+    report.add(
+        "f", "plugins/tensorrt/tests on this GPU", last, "ok" if tests.returncode == 0 else "FAIL"
+    )
     # TensorRT's Q/DQ is int8 only: the demo's head with int8 outputs
-    cfg = load_demo(host, data_root, 2, 128, extra=("deploy_model.head.int8_output=true",
-                                                      "deploy_model.head.int16_output=false"))
+    cfg = load_demo(
+        host,
+        data_root,
+        2,
+        128,
+        extra=("deploy_model.head.int8_output=true", "deploy_model.head.int16_output=false"),
+    )
     backend = TensorRTBackend()
-    ctx = ConvertContext(example_inputs={"img": (1, 3, 128, 128)}, backend=backend,
-                         device="cpu", stage="int_infer")
+    ctx = ConvertContext(
+        example_inputs={"img": (1, 3, 128, 128)}, backend=backend, device="cpu", stage="int_infer"
+    )
     batch = first_batches(cfg, 1)[0]
     torch.manual_seed(0)
     percentile = PercentileObserver.with_args(percentile=99.99)
     calib = Float2Calibration(activation_observer=percentile)(
-        build(cfg.node("deploy_model")).eval(), ctx)
+        build(cfg.node("deploy_model")).eval(), ctx
+    )
     with torch.no_grad():
         calib(batch["img"])  # activation ranges from one batch
     freeze_observers(calib)
     quantized = QAT2Quantize()(calib, ctx)
     with tempfile.TemporaryDirectory(prefix="fcos-trt-") as tmp:
-        result = backend.compile(quantized, {"img": batch["img"]},
-                                 {"out_dir": tmp, "name": "demo", "device": device.index or 0,
-                                  "latency_runs": 200, "warmup_runs": 20}, Path(tmp))
+        result = backend.compile(
+            quantized,
+            {"img": batch["img"]},
+            {
+                "out_dir": tmp,
+                "name": "demo",
+                "device": device.index or 0,
+                "latency_runs": 200,
+                "warmup_runs": 20,
+            },
+            Path(tmp),
+        )
         rep = result.report
         agree = rep["agreement"]
-        report.add("f", "TensorRT int8 engine vs fcos integer model, demo deploy model (within "
-                   "1 step >= 0.99)", f"within 0: {agree['within_0']:.4f}, within 1: "
-                   f"{agree['within_1']:.4f}, max {agree['max_steps']} steps",
-                   "ok" if agree["within_1"] >= 0.99 else "FAIL")
+        report.add(
+            "f",
+            "TensorRT int8 engine vs fcos integer model, demo deploy model (within 1 step >= 0.99)",
+            f"within 0: {agree['within_0']:.4f}, within 1: "
+            f"{agree['within_1']:.4f}, max {agree['max_steps']} steps",
+            "ok" if agree["within_1"] >= 0.99 else "FAIL",
+        )
         lat = rep["latency"]
-        report.add("f", "TensorRT engine latency, batch 1, 128x128",
-                   f"p50 {lat['p50_ms']:.3f} ms, p90 {lat['p90_ms']:.3f} ms "
-                   f"(TensorRT {rep['build']['tensorrt']})")
+        report.add(
+            "f",
+            "TensorRT engine latency, batch 1, 128x128",
+            f"p50 {lat['p50_ms']:.3f} ms, p90 {lat['p90_ms']:.3f} ms "
+            f"(TensorRT {rep['build']['tensorrt']})",
+        )
         program = backend.load(result.artifact)
         dets = backend.detect(program, batch["img"])
-        report.add("f", "TensorRT engine: load + detect", f"{len(dets)} images decoded",
-                   "ok" if len(dets) == int(batch["img"].shape[0]) else "FAIL")
+        report.add(
+            "f",
+            "TensorRT engine: load + detect",
+            f"{len(dets)} images decoded",
+            "ok" if len(dets) == int(batch["img"].shape[0]) else "FAIL",
+        )
 
 
 # --- driver -----------------------------------------------------------------------------------
@@ -685,11 +826,18 @@ def check_tensorrt(report: Report, host: Any, data_root: Path, device: Any, args
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default cuda)")
-    p.add_argument("--quick", action="store_true",
-                   help="a smoke run: 128x128, batch 1, a few steps, no torch.compile")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: 128x128, batch 1, a few steps, no torch.compile",
+    )
     p.add_argument("--size", type=int, default=512, help="throughput image size")
-    p.add_argument("--batch", type=int, default=SEED_BATCH,
-                   help=f"throughput batch size (default {SEED_BATCH}, the seed config's)")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=SEED_BATCH,
+        help=f"throughput batch size (default {SEED_BATCH}, the seed config's)",
+    )
     p.add_argument("--steps", type=int, default=10, help="timed steps per throughput row")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--agree-steps", type=int, default=5, help="float steps of section (a)")
@@ -718,8 +866,11 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     report = Report()
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but CUDA is not available; use --device cpu --quick for "
-              "the CPU smoke run", file=sys.stderr)
+        print(
+            "error: --device cuda but CUDA is not available; use --device cpu --quick for "
+            "the CPU smoke run",
+            file=sys.stderr,
+        )
         return 2
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", 0)
@@ -731,8 +882,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="fcos-gpu-check-") as tmp:
         data_root = Path(tmp) / "demo"
-        ensure_demo(str(data_root), DemoParams(num_train=max(32, 4 * args.data_batch),
-                                               num_val=8))
+        ensure_demo(str(data_root), DemoParams(num_train=max(32, 4 * args.data_batch), num_val=8))
         sections: list[tuple[str, Callable[[], Any]]] = [
             ("a", lambda: check_agreement(report, host, data_root, device, args)),
             ("d", lambda: check_quantized(report, host, data_root, device, args)),
@@ -759,8 +909,16 @@ def main(argv: list[str] | None = None) -> int:
 
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"device": name, "quick": args.quick, "size": args.size,
-                           "batch": args.batch, "rows": report.rows}, indent=1).encode()
+        text = json.dumps(
+            {
+                "device": name,
+                "quick": args.quick,
+                "size": args.size,
+                "batch": args.batch,
+                "rows": report.rows,
+            },
+            indent=1,
+        ).encode()
         write_atomically(out, lambda f: f.write(text))
     return 1 if report.failed() else 0
 

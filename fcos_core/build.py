@@ -50,12 +50,21 @@ def _build_node(node: Node, extra: dict[str, Any]) -> Any:
         if isinstance(exc, FcosUserError):
             raise
         where = format_path(node.path)
-        raise ConfigError([Problem(where, f"{node.entry.kind} {node.entry.name!r} rejected its "
-                                          f"arguments: {exc}", node.line, node.file)]) from exc
+        raise ConfigError(
+            [
+                Problem(
+                    where,
+                    f"{node.entry.kind} {node.entry.name!r} rejected its arguments: {exc}",
+                    node.line,
+                    node.file,
+                )
+            ]
+        ) from exc
 
 
 def _lazy(node: Any) -> Any:
     if not isinstance(node, Node):
         return node
-    return LazyComponent(lambda **extra: _build_node(node, extra), node.entry.name,
-                         format_path(node.path))
+    return LazyComponent(
+        lambda **extra: _build_node(node, extra), node.entry.name, format_path(node.path)
+    )

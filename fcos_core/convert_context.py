@@ -21,7 +21,9 @@ class ConvertContext:
         logger: a structlog-style logger (``.info(event, **kv)``).
     """
 
-    example_inputs: dict[str, tuple[int, ...]] = attrs.field(factory=lambda: {"img": (1, 3, 512, 512)})
+    example_inputs: dict[str, tuple[int, ...]] = attrs.field(
+        factory=lambda: {"img": (1, 3, 512, 512)}
+    )
     backend: Any = None
     device: str = "cpu"
     stage: str | None = None

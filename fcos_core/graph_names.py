@@ -31,7 +31,7 @@ def module_path(node: Any) -> str:
     qual = str(list(stack.values())[-1][0])
     for prefix in _SELF_PREFIXES:
         if qual.startswith(prefix):
-            qual = qual[len(prefix):]
+            qual = qual[len(prefix) :]
     return qual
 
 

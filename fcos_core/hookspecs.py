@@ -272,8 +272,10 @@ def registration_hooks() -> dict[str, Callable[..., None]]:
     hookspec above is the one edit that adds a kind.
     """
     return {
-        name: fn for name, fn in globals().items()
-        if name.startswith("register_") and inspect.isfunction(fn)
+        name: fn
+        for name, fn in globals().items()
+        if name.startswith("register_")
+        and inspect.isfunction(fn)
         and getattr(fn, f"{PROJECT_NAME}_spec", None) is not None
     }
 

@@ -26,8 +26,13 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import EventDict
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "error": logging.ERROR, "critical": logging.CRITICAL}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
 
 _state: dict[str, Any] = {"file": None}
 _lock = threading.Lock()
@@ -108,9 +113,14 @@ def _level_number(level: str | int) -> int:
         raise ValueError(f"unknown log level {level!r}; one of {', '.join(_LEVELS)}") from None
 
 
-def configure_logging(run_dir: Path | str | None, rank: int = 0, rank_zero_only: bool = True,
-                      level: str | int = "info", world_size: int = 1,
-                      stream: TextIO | None = None) -> None:
+def configure_logging(
+    run_dir: Path | str | None,
+    rank: int = 0,
+    rank_zero_only: bool = True,
+    level: str | int = "info",
+    world_size: int = 1,
+    stream: TextIO | None = None,
+) -> None:
     """Set up structlog for this process (replacing any earlier setup).
 
     Args:
@@ -154,8 +164,11 @@ def close_logging() -> None:
         with contextlib.suppress(Exception):
             handle.close()
         # events after closing keep working: they lose the file, not the console
-        structlog.configure(processors=[p for p in structlog.get_config()["processors"]
-                                        if not isinstance(p, _JsonLinesTee)])
+        structlog.configure(
+            processors=[
+                p for p in structlog.get_config()["processors"] if not isinstance(p, _JsonLinesTee)
+            ]
+        )
 
 
 def get_logger(name: str = "fcos") -> Any:

@@ -93,13 +93,21 @@ class PluginHost:
         if name in self.plugins and self.plugins[name].status == "loaded":
             return
         if self._collected:
-            raise PluginError(f"plugin {name} added after the registries were filled",
-                              hint="add every plugin before calling collect()")
+            raise PluginError(
+                f"plugin {name} added after the registries were filled",
+                hint="add every plugin before calling collect()",
+            )
         self.pm.register(plugin, name=name)
         self.plugins[name] = PluginInfo(name, distribution, version, builtin)
 
-    def add_failure(self, name: str, distribution: str | None, version: str | None,
-                    error: str, status: str = "failed") -> None:
+    def add_failure(
+        self,
+        name: str,
+        distribution: str | None,
+        version: str | None,
+        error: str,
+        status: str = "failed",
+    ) -> None:
         self.plugins[name] = PluginInfo(name, distribution, version, False, status, error)
 
     def load_entry_points(self, entry_points: Iterable[Any] | None = None) -> None:
@@ -115,12 +123,20 @@ class PluginHost:
             version = dist.version if dist is not None else None
             keys = {_norm(ep.name)} | ({_norm(dist_name)} if dist_name else set())
             if keys & set(deny):
-                self.add_failure(ep.name, dist_name, version, "disabled by FCOS_DISABLE_PLUGINS",
-                                 status="disabled")
+                self.add_failure(
+                    ep.name,
+                    dist_name,
+                    version,
+                    "disabled by FCOS_DISABLE_PLUGINS",
+                    status="disabled",
+                )
                 continue
             if (allow is not None or no_autoload) and not keys & set(allow or []):
-                why = ("not in FCOS_LOAD_PLUGINS" if allow is not None
-                       else "FCOS_DISABLE_PLUGIN_AUTOLOAD is set")
+                why = (
+                    "not in FCOS_LOAD_PLUGINS"
+                    if allow is not None
+                    else "FCOS_DISABLE_PLUGIN_AUTOLOAD is set"
+                )
                 self.add_failure(ep.name, dist_name, version, why, status="disabled")
                 continue
             if ep.name in self.plugins and self.plugins[ep.name].status == "loaded":
@@ -128,8 +144,9 @@ class PluginHost:
             try:
                 plugin = ep.load()
             except Exception as exc:  # noqa: BLE001 - a plugin's import error must not stop fcos
-                self.add_failure(ep.name, dist_name, version,
-                                 f"import failed: {type(exc).__name__}: {exc}")
+                self.add_failure(
+                    ep.name, dist_name, version, f"import failed: {type(exc).__name__}: {exc}"
+                )
                 continue
             self.add_plugin(plugin, ep.name, dist_name, version)
 
@@ -137,8 +154,9 @@ class PluginHost:
         import fcos_core
 
         for mod in modules:
-            self.add_plugin(importlib.import_module(mod), mod, "fcos-core",
-                            fcos_core.__version__, builtin=True)
+            self.add_plugin(
+                importlib.import_module(mod), mod, "fcos-core", fcos_core.__version__, builtin=True
+            )
 
     def _check_pending(self) -> None:
         """Unregister plugins whose hook implementations match no hookspec (misspellings)."""
@@ -168,7 +186,8 @@ class PluginHost:
                 if info is None or info.status != "loaded":
                     continue
                 register = self.registries.make_register(
-                    kind, impl.plugin_name, info.distribution, info.version)
+                    kind, impl.plugin_name, info.distribution, info.version
+                )
                 before = set(self.registries[kind].names())
                 try:
                     impl.function(**dict.fromkeys(impl.argnames, register))
@@ -181,7 +200,7 @@ class PluginHost:
                         f"plugin {impl.plugin_name} ({info.distribution}) failed in {hook_name}: "
                         f"{type(exc).__name__}: {exc}",
                         hint=f"set FCOS_DISABLE_PLUGINS={info.distribution or impl.plugin_name} "
-                             "to skip it",
+                        "to skip it",
                     ) from exc
                 added = sorted(set(self.registries[kind].names()) - before)
                 if added:
@@ -198,9 +217,11 @@ class PluginHost:
         lines = []
         for p in self.failed():
             skip = p.distribution or p.name
-            lines.append(f"plugin {p.name} from {p.distribution or 'unknown distribution'} "
-                         f"{p.version or ''} could not be loaded: {p.error} "
-                         f"(skip it with FCOS_DISABLE_PLUGINS={skip})")
+            lines.append(
+                f"plugin {p.name} from {p.distribution or 'unknown distribution'} "
+                f"{p.version or ''} could not be loaded: {p.error} "
+                f"(skip it with FCOS_DISABLE_PLUGINS={skip})"
+            )
         return lines
 
 

@@ -20,9 +20,7 @@ from fcos_core.schema import schema_doc
 
 #: registry kind -> the hook that fills it, derived from the ``register_<kind>`` hookspecs (in
 #: their order, which is the order of ``fcos plugins`` and the config reference)
-KINDS: dict[str, str] = {
-    name.removeprefix("register_"): name for name in registration_hooks()
-}
+KINDS: dict[str, str] = {name.removeprefix("register_"): name for name in registration_hooks()}
 
 #: what each first-party plugin distribution registers (names and aliases), by kind; kept
 #: complete by tests/core/test_registry_kinds.py, which loads every plugin in plugins/*
@@ -33,12 +31,21 @@ _FIRST_PARTY: dict[str, dict[str, tuple[str, ...]]] = {
         "datasets": ("Coco", "CocoFolder"),
         "metrics": ("COCODetectionMetric",),
         "collates": ("collate_2d",),
-        "transforms": ("Resize", "RandomCrop", "Pad", "RandomFlip", "AugmentHSV", "ToTensor",
-                       "Normalize"),
+        "transforms": (
+            "Resize",
+            "RandomCrop",
+            "Pad",
+            "RandomFlip",
+            "AugmentHSV",
+            "ToTensor",
+            "Normalize",
+        ),
         "commands": ("pack-coco", "demo-data", "analyze-data", "val"),
     },
-    "fcos-plugin-nash-e": {"compile_backends": ("nash_e", "NASH_E"),
-                           "commands": ("compile", "infer")},
+    "fcos-plugin-nash-e": {
+        "compile_backends": ("nash_e", "NASH_E"),
+        "commands": ("compile", "infer"),
+    },
     "fcos-plugin-onnx": {"compile_backends": ("onnx", "ONNX"), "commands": ("onnx-compare",)},
     "fcos-plugin-tensorrt": {"compile_backends": ("tensorrt", "TensorRT", "trt")},
     "fcos-plugin-openvino": {"compile_backends": ("openvino", "OpenVINO", "ov")},
@@ -48,7 +55,9 @@ _FIRST_PARTY: dict[str, dict[str, tuple[str, ...]]] = {
 #: unknown ``type:`` / ``march:`` can say what to install
 KNOWN_PROVIDERS: dict[tuple[str, str], str] = {
     (kind, name): dist
-    for dist, kinds in _FIRST_PARTY.items() for kind, names in kinds.items() for name in names
+    for dist, kinds in _FIRST_PARTY.items()
+    for kind, names in kinds.items()
+    for name in names
 }
 
 
@@ -104,7 +113,7 @@ class Entry:
                 f"{self.kind} '{self.name}' from {self.provider} points at {self.factory!r}, "
                 f"which is a {type(obj).__name__}, not a callable",
                 hint=f"the factory must be a class or function; reinstall "
-                     f"{self.distribution or self.plugin}, or disable it",
+                f"{self.distribution or self.plugin}, or disable it",
             )
         factory: Callable[..., Any] = obj
         return factory
@@ -164,10 +173,12 @@ class Registry:
         dist = KNOWN_PROVIDERS.get((self.kind, name))
         if dist is not None:
             why = [b for b in broken if b.startswith(dist + ":")]
-            hints.append(f"{name!r} comes from {dist}, which is not installed: pip install {dist}"
-                         if not why else
-                         f"{name!r} comes from {dist}, which is installed but not loaded "
-                         f"({'; '.join(why)})")
+            hints.append(
+                f"{name!r} comes from {dist}, which is not installed: pip install {dist}"
+                if not why
+                else f"{name!r} comes from {dist}, which is installed but not loaded "
+                f"({'; '.join(why)})"
+            )
         msg += f"; available: {', '.join(available) if available else '(none registered)'}"
         return msg, " ".join(hints) if hints else "check the spelling or install the plugin"
 
@@ -220,9 +231,15 @@ class Registries:
                     hint="use 'package.module:attribute'",
                 )
             entry = Entry(
-                kind=kind, name=name, factory=factory, schema=schema,
+                kind=kind,
+                name=name,
+                factory=factory,
+                schema=schema,
                 doc=doc if doc is not None else schema_doc(schema),
-                plugin=plugin, distribution=distribution, version=version, extra=dict(extra),
+                plugin=plugin,
+                distribution=distribution,
+                version=version,
+                extra=dict(extra),
             )
             registry.add(entry, aliases)
 

@@ -253,8 +253,15 @@ def coerce(value: Any, tp: Any) -> Any:
 
 
 def _vname(value: Any) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-             list: "a list", dict: "a mapping", type(None): "null"}
+    names = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a mapping",
+        type(None): "null",
+    }
     name = names.get(type(value), type(value).__name__)
     text = repr(value)
     if len(text) > 40:

@@ -64,13 +64,25 @@ class BuildError(Exception):
 
 def fetch_wheel(dest: str) -> str:
     """``pip download --no-deps stardist==VERSION`` into ``dest``; returns the wheel path."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--quiet", "-d", dest, f"stardist=={STARDIST_VERSION}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--quiet",
+        "-d",
+        dest,
+        f"stardist=={STARDIST_VERSION}",
+    ]
     try:
         subprocess.run(cmd, check=True)
     except (OSError, subprocess.CalledProcessError) as e:
-        raise BuildError(f"could not download the stardist wheel ({' '.join(cmd)}): {e}; "
-                         "download it yourself and pass --wheel PATH") from None
+        raise BuildError(
+            f"could not download the stardist wheel ({' '.join(cmd)}): {e}; "
+            "download it yourself and pass --wheel PATH"
+        ) from None
     wheels = sorted(glob.glob(os.path.join(dest, "stardist-*.whl")))
     if not wheels:
         raise BuildError(f"pip download left no stardist wheel in {dest}; pass --wheel PATH")
@@ -83,8 +95,10 @@ def _read_member(zf: zipfile.ZipFile, name: str) -> bytes:
     except KeyError:
         raise BuildError(f"{zf.filename} has no {name}: is it a stardist wheel?") from None
     if info.file_size > MAX_MEMBER_BYTES:
-        raise BuildError(f"{zf.filename}: {name} declares {info.file_size} bytes "
-                         f"(> {MAX_MEMBER_BYTES}); not the expected image")
+        raise BuildError(
+            f"{zf.filename}: {name} declares {info.file_size} bytes "
+            f"(> {MAX_MEMBER_BYTES}); not the expected image"
+        )
     with zf.open(info) as f:
         data = f.read(MAX_MEMBER_BYTES + 1)
     if len(data) > MAX_MEMBER_BYTES:
@@ -97,8 +111,10 @@ def _decode_tiff(data: bytes, what: str) -> np.ndarray:
 
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None or arr.ndim != 2 or arr.shape != (512, 512):
-        raise BuildError(f"{what}: expected a 512x512 single-channel TIFF, got "
-                         f"{None if arr is None else arr.shape}")
+        raise BuildError(
+            f"{what}: expected a 512x512 single-channel TIFF, got "
+            f"{None if arr is None else arr.shape}"
+        )
     return arr
 
 
@@ -112,15 +128,19 @@ def load_image_and_mask(wheel: str) -> tuple[np.ndarray, np.ndarray]:
         img = _decode_tiff(_read_member(zf, IMAGE_MEMBER), f"{wheel}:{IMAGE_MEMBER}")
         mask = _decode_tiff(_read_member(zf, MASK_MEMBER), f"{wheel}:{MASK_MEMBER}")
     if int(img.max()) > 255:
-        raise BuildError(f"{wheel}: the image has values up to {int(img.max())}; this script "
-                         "expects the 0..255 range of the shipped image")
+        raise BuildError(
+            f"{wheel}: the image has values up to {int(img.max())}; this script "
+            "expects the 0..255 range of the shipped image"
+        )
     img, mask = img.astype(np.uint8), mask.astype(np.int32)
     for what, arr, want in (("image", img, IMAGE_SHA256), ("mask", mask, MASK_SHA256)):
         got = hashlib.sha256(arr.tobytes()).hexdigest()
         if got != want:
-            raise BuildError(f"{wheel}: the {what}'s pixels differ from stardist "
-                             f"{STARDIST_VERSION}'s (sha256 {got[:12]}..., expected "
-                             f"{want[:12]}...); use the stardist=={STARDIST_VERSION} wheel")
+            raise BuildError(
+                f"{wheel}: the {what}'s pixels differ from stardist "
+                f"{STARDIST_VERSION}'s (sha256 {got[:12]}..., expected "
+                f"{want[:12]}...); use the stardist=={STARDIST_VERSION} wheel"
+            )
     return img, mask
 
 
@@ -130,13 +150,19 @@ def boxes_in_crop(mask: np.ndarray, x0: int, y0: int, size: int) -> list[list[fl
     Pixel ``(r, c)`` covers ``[c, c+1) x [r, r+1)``, so a label whose pixels span columns
     ``c0..c1`` has ``x = c0`` and ``w = c1 - c0 + 1``. Rows are ordered by label id.
     """
-    crop = mask[y0:y0 + size, x0:x0 + size]
+    crop = mask[y0 : y0 + size, x0 : x0 + size]
     labels = np.unique(crop)
     out = []
     for lab in labels[labels > 0]:
         ys, xs = np.nonzero(crop == lab)
-        out.append([float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1),
-                    float(ys.max() - ys.min() + 1)])
+        out.append(
+            [
+                float(xs.min()),
+                float(ys.min()),
+                float(xs.max() - xs.min() + 1),
+                float(ys.max() - ys.min() + 1),
+            ]
+        )
     return out
 
 
@@ -156,8 +182,16 @@ def split_regions(shape: tuple[int, int]) -> dict[str, list[tuple[int, int]]]:
 
 
 # the 8 orientations of a square (the dihedral group): (name, quarter turns, mirrored first)
-ORIENTATIONS = [("r0", 0, False), ("r90", 1, False), ("r180", 2, False), ("r270", 3, False),
-                ("m0", 0, True), ("m90", 1, True), ("m180", 2, True), ("m270", 3, True)]
+ORIENTATIONS = [
+    ("r0", 0, False),
+    ("r90", 1, False),
+    ("r180", 2, False),
+    ("r270", 3, False),
+    ("m0", 0, True),
+    ("m90", 1, True),
+    ("m180", 2, True),
+    ("m270", 3, True),
+]
 
 
 def orient(arr: np.ndarray, turns: int, mirrored: bool) -> np.ndarray:
@@ -166,14 +200,19 @@ def orient(arr: np.ndarray, turns: int, mirrored: bool) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(arr[:, ::-1] if mirrored else arr, turns))
 
 
-def build_split(img: np.ndarray, mask: np.ndarray, split: str, origins: list[tuple[int, int]],
-                orientations: int = 1) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def build_split(
+    img: np.ndarray,
+    mask: np.ndarray,
+    split: str,
+    origins: list[tuple[int, int]],
+    orientations: int = 1,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The COCO dict and ``{file_name: pixels}`` of one split; each crop in its first
     ``orientations`` orientations (:data:`ORIENTATIONS`), boxes measured on the turned mask."""
     images, annotations, files = [], [], {}
     for x0, y0 in origins:
-        pix_crop = img[y0:y0 + CROP, x0:x0 + CROP]
-        mask_crop = mask[y0:y0 + CROP, x0:x0 + CROP]
+        pix_crop = img[y0 : y0 + CROP, x0 : x0 + CROP]
+        mask_crop = mask[y0 : y0 + CROP, x0 : x0 + CROP]
         for tag, turns, mirrored in ORIENTATIONS[:orientations]:
             i = len(images) + 1
             suffix = "" if orientations == 1 else f"_{tag}"
@@ -181,14 +220,26 @@ def build_split(img: np.ndarray, mask: np.ndarray, split: str, origins: list[tup
             files[name] = orient(pix_crop, turns, mirrored)
             images.append({"id": i, "file_name": name, "width": CROP, "height": CROP})
             for box in boxes_in_crop(orient(mask_crop, turns, mirrored), 0, 0, CROP):
-                annotations.append({"id": len(annotations) + 1, "image_id": i,
-                                    "category_id": 1, "bbox": box, "area": box[2] * box[3],
-                                    "iscrowd": 0})
-    coco = {"info": {"description": f"stardist {STARDIST_VERSION} img2d.tif nuclei, {split}",
-                     "version": "1"},
-            "licenses": [{"id": 1, "name": "BSD-3-Clause (stardist)"}],
-            "images": images, "annotations": annotations,
-            "categories": [{"id": 1, "name": "nucleus", "supercategory": "cell"}]}
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": i,
+                        "category_id": 1,
+                        "bbox": box,
+                        "area": box[2] * box[3],
+                        "iscrowd": 0,
+                    }
+                )
+    coco = {
+        "info": {
+            "description": f"stardist {STARDIST_VERSION} img2d.tif nuclei, {split}",
+            "version": "1",
+        },
+        "licenses": [{"id": 1, "name": "BSD-3-Clause (stardist)"}],
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "nucleus", "supercategory": "cell"}],
+    }
     return coco, files
 
 
@@ -202,37 +253,51 @@ def _check_out(out: str, force: bool) -> None:
         return
     if MARKER not in entries:
         shown = ", ".join(entries[:5]) + (" ..." if len(entries) > 5 else "")
-        raise BuildError(f"--out {out} already holds files this script did not create "
-                         f"({shown}); choose an empty or new folder (nothing was changed)")
+        raise BuildError(
+            f"--out {out} already holds files this script did not create "
+            f"({shown}); choose an empty or new folder (nothing was changed)"
+        )
     if not force:
         raise BuildError(f"--out {out} already holds a nuclei set; pass --force to rebuild it")
     ours = {MARKER, "train.json", "val.json", "images"}
     foreign = [e for e in entries if e not in ours]
     if foreign:
-        raise BuildError(f"--out {out} holds files this script did not create ({foreign}); "
-                         "move them away or choose another folder (nothing was changed)")
+        raise BuildError(
+            f"--out {out} holds files this script did not create ({foreign}); "
+            "move them away or choose another folder (nothing was changed)"
+        )
 
 
-def write_dataset(out: str, img: np.ndarray, mask: np.ndarray, force: bool = False,
-                  val_orientations: int = VAL_ORIENTATIONS) -> dict:
+def write_dataset(
+    out: str,
+    img: np.ndarray,
+    mask: np.ndarray,
+    force: bool = False,
+    val_orientations: int = VAL_ORIENTATIONS,
+) -> dict:
     """Write both splits into ``out``; returns a summary (images and boxes per split). The
     validation quadrant is written in its first ``val_orientations`` orientations (1 or 8)."""
     if val_orientations not in (1, 8):
-        raise BuildError(f"--val-orientations {val_orientations}: use 1 (the quadrant as it "
-                         "is) or 8 (all its flips and quarter turns)")
+        raise BuildError(
+            f"--val-orientations {val_orientations}: use 1 (the quadrant as it "
+            "is) or 8 (all its flips and quarter turns)"
+        )
     import cv2
 
     _check_out(out, force)
-    summary: dict[str, Any] = {"source": f"stardist=={STARDIST_VERSION}:{IMAGE_MEMBER}",
-                               "pixels_sha256": hashlib.sha256(img.tobytes()).hexdigest(),
-                               "val_orientations": val_orientations}
+    summary: dict[str, Any] = {
+        "source": f"stardist=={STARDIST_VERSION}:{IMAGE_MEMBER}",
+        "pixels_sha256": hashlib.sha256(img.tobytes()).hexdigest(),
+        "val_orientations": val_orientations,
+    }
     os.makedirs(out, exist_ok=True)
     # the marker first: an interrupted build is recognised as ours and can be rebuilt
     with open(os.path.join(out, MARKER), "w") as f:
         json.dump({"tool": "tools/make_nuclei_coco.py", "state": "building"}, f)
     for split, origins in split_regions(img.shape).items():
-        coco, files = build_split(img, mask, split, origins,
-                                  val_orientations if split == "val" else 1)
+        coco, files = build_split(
+            img, mask, split, origins, val_orientations if split == "val" else 1
+        )
         img_dir = os.path.join(out, "images", split)
         os.makedirs(img_dir, exist_ok=True)
         for name, pix in files.items():
@@ -240,8 +305,10 @@ def write_dataset(out: str, img: np.ndarray, mask: np.ndarray, force: bool = Fal
                 raise BuildError(f"could not write {os.path.join(img_dir, name)}")
         _write_json(os.path.join(out, f"{split}.json"), coco)
         summary[split] = {"images": len(coco["images"]), "boxes": len(coco["annotations"])}
-    _write_json(os.path.join(out, MARKER), {"tool": "tools/make_nuclei_coco.py",
-                                            "state": "complete", **summary})
+    _write_json(
+        os.path.join(out, MARKER),
+        {"tool": "tools/make_nuclei_coco.py", "state": "complete", **summary},
+    )
     return summary
 
 
@@ -261,11 +328,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="output folder (new or empty)")
     ap.add_argument("--wheel", help="a downloaded stardist wheel (default: pip download it)")
-    ap.add_argument("--force", action="store_true",
-                    help="rebuild a folder this script created before")
-    ap.add_argument("--val-orientations", type=int, default=VAL_ORIENTATIONS, choices=(1, 8),
-                    help="write the validation quadrant in 8 orientations (flips and quarter "
-                         "turns: 232 instances, the default) or only as it is (1: 29)")
+    ap.add_argument(
+        "--force", action="store_true", help="rebuild a folder this script created before"
+    )
+    ap.add_argument(
+        "--val-orientations",
+        type=int,
+        default=VAL_ORIENTATIONS,
+        choices=(1, 8),
+        help="write the validation quadrant in 8 orientations (flips and quarter "
+        "turns: 232 instances, the default) or only as it is (1: 29)",
+    )
     args = ap.parse_args(argv)
     try:
         if args.wheel:
@@ -275,14 +348,17 @@ def main(argv: list[str] | None = None) -> int:
         else:
             with tempfile.TemporaryDirectory() as tmp:
                 img, mask = load_image_and_mask(fetch_wheel(tmp))
-        summary = write_dataset(args.out, img, mask, force=args.force,
-                                val_orientations=args.val_orientations)
+        summary = write_dataset(
+            args.out, img, mask, force=args.force, val_orientations=args.val_orientations
+        )
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {args.out}: train {summary['train']['images']} images / "
-          f"{summary['train']['boxes']} boxes, val {summary['val']['images']} image(s) / "
-          f"{summary['val']['boxes']} boxes")
+    print(
+        f"wrote {args.out}: train {summary['train']['images']} images / "
+        f"{summary['train']['boxes']} boxes, val {summary['val']['images']} image(s) / "
+        f"{summary['val']['boxes']} boxes"
+    )
     return 0
 
 

@@ -63,8 +63,10 @@ def main() -> int:
     for k, (w, t) in enumerate(zip(within, total)):
         print(f"output {k:2d}: {100.0 * w / t:9.5f}% within one step ({t} elements)")
     share = sum(within) / sum(total)
-    print(f"all outputs: {100.0 * share:.5f}% of {sum(total)} elements within one step; "
-          f"largest difference {worst:.2f} steps (bar: 99.9%)")
+    print(
+        f"all outputs: {100.0 * share:.5f}% of {sum(total)} elements within one step; "
+        f"largest difference {worst:.2f} steps (bar: 99.9%)"
+    )
     return 0 if share >= 0.999 else 1
 
 

@@ -13,17 +13,20 @@ _Q = "fcos_core.quantization"
 
 @hookimpl
 def register_converters(register):
-    register("Float2Calibration", factory=f"{_Q}.converters:Float2Calibration",
-             schema=s.Float2CalibrationArgs)
+    register(
+        "Float2Calibration",
+        factory=f"{_Q}.converters:Float2Calibration",
+        schema=s.Float2CalibrationArgs,
+    )
     register("Float2QAT", factory=f"{_Q}.converters:Float2QAT", schema=s.Float2QATArgs)
-    register("QAT2Quantize", factory=f"{_Q}.converters:QAT2Quantize",
-             schema=s.QAT2QuantizeArgs)
+    register("QAT2Quantize", factory=f"{_Q}.converters:QAT2Quantize", schema=s.QAT2QuantizeArgs)
 
 
 @hookimpl
 def register_observers(register):
     register("minmax", factory=f"{_Q}.observers:MinMaxObserver", schema=s.MinMaxObserverArgs)
-    register("percentile", factory=f"{_Q}.observers:PercentileObserver",
-             schema=s.PercentileObserverArgs)
+    register(
+        "percentile", factory=f"{_Q}.observers:PercentileObserver", schema=s.PercentileObserverArgs
+    )
     register("mse", factory=f"{_Q}.histogram_observers:MSEObserver", schema=s.MSEObserverArgs)
     register("kl", factory=f"{_Q}.histogram_observers:KLObserver", schema=s.KLObserverArgs)

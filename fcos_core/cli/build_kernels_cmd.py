@@ -31,23 +31,25 @@ def report_build(verbose: bool = False, out: TextIO | None = None) -> int:
     try:
         result = cpu_kernels.build(verbose=verbose)
     except cpu_kernels.KernelsUnavailable as exc:
-        raise FcosUserError(f"cannot build fcos's C++ CPU training kernels: {exc}",
-                            hint=cpu_kernels.ENABLE_HINT) from None
+        raise FcosUserError(
+            f"cannot build fcos's C++ CPU training kernels: {exc}", hint=cpu_kernels.ENABLE_HINT
+        ) from None
     except Exception as exc:  # a compiler error, an unwritable cache: one message
         raise FcosUserError(
             f"building fcos's C++ CPU training kernels failed: {type(exc).__name__}: "
             f"{str(exc)[-2000:]}",
             hint="run `fcos build-kernels --verbose` to see the compiler's output; check that "
-                 "the compiler works and that TORCH_EXTENSIONS_DIR (the cache) is writable") \
-            from exc
+            "the compiler works and that TORCH_EXTENSIONS_DIR (the cache) is writable",
+        ) from exc
     how = "loaded from the cache" if result.cached else "built"
     print(f"fcos CPU training kernels: {how} in {result.seconds:.1f} s", file=out)
-    print(f"cache: {result.folder} (set TORCH_EXTENSIONS_DIR to move it; the folder name "
-          "carries a hash of this CPU's instruction sets, torch's version and the sources)",
-          file=out)
+    print(
+        f"cache: {result.folder} (set TORCH_EXTENSIONS_DIR to move it; the folder name "
+        "carries a hash of this CPU's instruction sets, torch's version and the sources)",
+        file=out,
+    )
     if not cpu_kernels.enabled_by_environment():
-        print("note: FCOS_CPU_KERNELS is set to off here, so training will not use them",
-              file=out)
+        print("note: FCOS_CPU_KERNELS is set to off here, so training will not use them", file=out)
     return 0
 
 

@@ -20,18 +20,30 @@ def _factories(host: PluginHost, kind: str, names: list[str]) -> dict[str, str]:
 
 
 def plugins_command(args: argparse.Namespace, host: PluginHost) -> int:
-    rows = sorted((p for p in host.plugins.values() if args.all or not p.builtin),
-                  key=lambda p: (not p.builtin, p.distribution or "", p.name))
+    rows = sorted(
+        (p for p in host.plugins.values() if args.all or not p.builtin),
+        key=lambda p: (not p.builtin, p.distribution or "", p.name),
+    )
     verbose = bool(getattr(args, "verbose", False))
     if args.json:
         out: list[dict[str, Any]] = [
-            {"name": p.name, "distribution": p.distribution, "version": p.version,
-             "builtin": p.builtin, "status": p.status, "error": p.error,
-             "components": p.components} for p in rows]
+            {
+                "name": p.name,
+                "distribution": p.distribution,
+                "version": p.version,
+                "builtin": p.builtin,
+                "status": p.status,
+                "error": p.error,
+                "components": p.components,
+            }
+            for p in rows
+        ]
         if verbose:
             for row, p in zip(out, rows):
-                row["factories"] = {kind: _factories(host, kind, names)
-                                    for kind, names in sorted(p.components.items())}
+                row["factories"] = {
+                    kind: _factories(host, kind, names)
+                    for kind, names in sorted(p.components.items())
+                }
         print(json.dumps(out, indent=2))
         return 0
     if not rows:
@@ -82,8 +94,10 @@ def check_model(cfg: Any) -> int:
 
     entry = backend_entry(cfg)
     if cfg.node("deploy_model") is None:
-        raise FcosUserError("--model checks the deploy_model block, which this config lacks",
-                            hint="add deploy_model (the model as it is compiled)")
+        raise FcosUserError(
+            "--model checks the deploy_model block, which this config lacks",
+            hint="add deploy_model (the model as it is compiled)",
+        )
     import torch
 
     model = build(cfg.values["deploy_model"]).eval()
@@ -93,8 +107,7 @@ def check_model(cfg: Any) -> int:
     if not issues:
         print(f"deploy_model: every layer can compile for {entry.name}")
         return 0
-    print(f"deploy_model: {len(issues)} layer(s) cannot compile for {entry.name}:",
-          file=sys.stderr)
+    print(f"deploy_model: {len(issues)} layer(s) cannot compile for {entry.name}:", file=sys.stderr)
     for issue in issues:
         print(f"  - {issue.render()}", file=sys.stderr)
     return 2
@@ -138,8 +151,10 @@ def parse_stages(arg: str | None) -> list[str]:
             import difflib
 
             near = difflib.get_close_matches(s, STAGES, n=1)
-            raise FcosUserError(f"unknown stage {s!r}; stages are {', '.join(STAGES)}, or all",
-                                hint=f"did you mean {near[0]!r}?" if near else None)
+            raise FcosUserError(
+                f"unknown stage {s!r}; stages are {', '.join(STAGES)}, or all",
+                hint=f"did you mean {near[0]!r}?" if near else None,
+            )
     return [s for s in STAGES if s in wanted]
 
 
@@ -148,9 +163,11 @@ def run_command(args: argparse.Namespace, host: PluginHost) -> int:
 
     stages = parse_stages(args.stage)
     if args.resume and getattr(args, "overwrite", False):
-        raise FcosUserError("--resume and --overwrite exclude each other",
-                            hint="--resume continues from the existing checkpoints; "
-                                 "--overwrite trains again and replaces them")
+        raise FcosUserError(
+            "--resume and --overwrite exclude each other",
+            hint="--resume continues from the existing checkpoints; "
+            "--overwrite trains again and replaces them",
+        )
     cfg = load_config(args.config, host, args.overrides)
     # before torch allocates anything: tensors of 2 MB and more on transparent huge pages, so
     # a training step's large activations fault in 512x fewer pages (batch 4 on the seed's
@@ -168,5 +185,11 @@ def run_command(args: argparse.Namespace, host: PluginHost) -> int:
         return launch_with_torchrun(args)
     from fcos_core.engine.pipeline import run_pipeline
 
-    return run_pipeline(cfg, host, stages, run_dir=args.run_dir, resume=args.resume,
-                        overwrite=getattr(args, "overwrite", False))
+    return run_pipeline(
+        cfg,
+        host,
+        stages,
+        run_dir=args.run_dir,
+        resume=args.resume,
+        overwrite=getattr(args, "overwrite", False),
+    )

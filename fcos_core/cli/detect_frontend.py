@@ -35,38 +35,64 @@ MAX_LISTED = 20
 Detect = Callable[[list[Any]], list[list[dict[str, Any]]]]
 
 
-def add_source_arguments(p: argparse.ArgumentParser, *, positional: bool = False,
-                         score_default: float | None = 0.3) -> None:
+def add_source_arguments(
+    p: argparse.ArgumentParser, *, positional: bool = False, score_default: float | None = 0.3
+) -> None:
     """The options both commands take (``positional``: the sources are positional
     arguments, as ``fcos infer ARTIFACT SOURCE...`` has them)."""
-    help_src = ("image files, folders of images, glob patterns (quoted), an LMDB folder "
-                "(fcos pack-coco) or video files; pictures that cannot be read are reported "
-                "and skipped")
+    help_src = (
+        "image files, folders of images, glob patterns (quoted), an LMDB folder "
+        "(fcos pack-coco) or video files; pictures that cannot be read are reported "
+        "and skipped"
+    )
     if positional:
         p.add_argument("images", nargs="+", metavar="SOURCE", help=help_src)
     else:
-        p.add_argument("--images", "--source", dest="images", nargs="+", required=True,
-                       metavar="SOURCE", help=help_src)
-    p.add_argument("--batch-size", type=int, default=8,
-                   help="pictures per forward pass (default 8)")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="write predictions.json (COCO results) and predictions.images.json "
-                        "into DIR (-2, -3, ... when taken: never overwrites)")
-    p.add_argument("--save-vis", default=None, metavar="DIR",
-                   help="draw the detections: each image as <stem>_det.png, each video as "
-                        "<stem>_det.mp4, in DIR (-2, ... when taken: never overwrites)")
-    p.add_argument("--score-threshold", type=float, default=score_default,
-                   help="keep detections scoring at least this" + (
-                       f" (default {score_default})" if score_default is not None else
-                       " (default: the artifact's own)"))
-    p.add_argument("--json", action="store_true",
-                   help="print every picture's detections as JSON")
+        p.add_argument(
+            "--images",
+            "--source",
+            dest="images",
+            nargs="+",
+            required=True,
+            metavar="SOURCE",
+            help=help_src,
+        )
+    p.add_argument(
+        "--batch-size", type=int, default=8, help="pictures per forward pass (default 8)"
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="write predictions.json (COCO results) and predictions.images.json "
+        "into DIR (-2, -3, ... when taken: never overwrites)",
+    )
+    p.add_argument(
+        "--save-vis",
+        default=None,
+        metavar="DIR",
+        help="draw the detections: each image as <stem>_det.png, each video as "
+        "<stem>_det.mp4, in DIR (-2, ... when taken: never overwrites)",
+    )
+    p.add_argument(
+        "--score-threshold",
+        type=float,
+        default=score_default,
+        help="keep detections scoring at least this"
+        + (
+            f" (default {score_default})"
+            if score_default is not None
+            else " (default: the artifact's own)"
+        ),
+    )
+    p.add_argument("--json", action="store_true", help="print every picture's detections as JSON")
 
 
 def check_arguments(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
-        raise FcosUserError(f"--batch-size must be at least 1, got {args.batch_size}",
-                            hint="e.g. --batch-size 8")
+        raise FcosUserError(
+            f"--batch-size must be at least 1, got {args.batch_size}", hint="e.g. --batch-size 8"
+        )
 
 
 def _batches(frames: Iterator[Any], size: int) -> Iterator[list[Any]]:
@@ -80,9 +106,13 @@ def _batches(frames: Iterator[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
-def run_frontend(args: argparse.Namespace, detect: Detect, *,
-                 categories: list[dict[str, Any]] | None = None,
-                 log: Callable[[str], None] | None = None) -> int:
+def run_frontend(
+    args: argparse.Namespace,
+    detect: Detect,
+    *,
+    categories: list[dict[str, Any]] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> int:
     """Detect on every picture of ``args.images`` with ``detect``; print, write, draw.
     ``categories`` (``[{"id", "name"}]`` sorted by id) name the labels and give the COCO
     category ids. Returns the exit code (0, also when pictures were skipped)."""
@@ -117,8 +147,11 @@ def run_frontend(args: argparse.Namespace, detect: Detect, *,
     next_id = 1
     try:
         for source in sources:
-            video = VideoVis(args.save_vis, source.name, source.fps) \
-                if args.save_vis and source.kind == "video" else None
+            video = (
+                VideoVis(args.save_vis, source.name, source.fps)
+                if args.save_vis and source.kind == "video"
+                else None
+            )
             try:
                 for batch in _batches(source.frames(), args.batch_size):
                     good = [f for f in batch if f.rgb is not None]
@@ -129,8 +162,11 @@ def run_frontend(args: argparse.Namespace, detect: Detect, *,
                     dets_per = detect([f.rgb for f in good]) if good else []
                     for f, dets in zip(good, dets_per):
                         h, w = f.rgb.shape[:2]
-                        image_id = f.image_id if f.image_id is not None \
-                            and f.image_id not in used_ids else None
+                        image_id = (
+                            f.image_id
+                            if f.image_id is not None and f.image_id not in used_ids
+                            else None
+                        )
                         if image_id is None:
                             while next_id in used_ids:
                                 next_id += 1
@@ -140,18 +176,34 @@ def run_frontend(args: argparse.Namespace, detect: Detect, *,
                             for d in dets:
                                 if 0 <= d["label"] < len(names):
                                     d["name"] = names[d["label"]]
-                        images.append({"id": image_id, "file_name": f.name, "width": w,
-                                       "height": h})
+                        images.append(
+                            {"id": image_id, "file_name": f.name, "width": w, "height": h}
+                        )
                         for d in dets:
                             x1, y1, x2, y2 = d["box"]
-                            cat = cat_ids[d["label"]] if cat_ids and \
-                                0 <= d["label"] < len(cat_ids) else d["label"] + 1
-                            coco.append({"image_id": image_id, "category_id": int(cat),
-                                         "bbox": [round(x1, 2), round(y1, 2),
-                                                  round(x2 - x1, 2), round(y2 - y1, 2)],
-                                         "score": round(float(d["score"]), 5)})
-                        entry: dict[str, Any] = {"image": f.name, "image_id": image_id,
-                                                 "detections": dets}
+                            cat = (
+                                cat_ids[d["label"]]
+                                if cat_ids and 0 <= d["label"] < len(cat_ids)
+                                else d["label"] + 1
+                            )
+                            coco.append(
+                                {
+                                    "image_id": image_id,
+                                    "category_id": int(cat),
+                                    "bbox": [
+                                        round(x1, 2),
+                                        round(y1, 2),
+                                        round(x2 - x1, 2),
+                                        round(y2 - y1, 2),
+                                    ],
+                                    "score": round(float(d["score"]), 5),
+                                }
+                            )
+                        entry: dict[str, Any] = {
+                            "image": f.name,
+                            "image_id": image_id,
+                            "detections": dets,
+                        }
                         if video is not None:
                             video.write(f.rgb, dets)
                         elif args.save_vis:
@@ -170,8 +222,10 @@ def run_frontend(args: argparse.Namespace, detect: Detect, *,
         print_detections(results, False, max_per_image=20)
     else:
         n = sum(len(r["detections"]) for r in results)
-        print(f"{len(results)} picture(s), {n} detection(s)"
-              + ("" if args.out else "; pass --out DIR to keep them as predictions.json"))
+        print(
+            f"{len(results)} picture(s), {n} detection(s)"
+            + ("" if args.out else "; pass --out DIR to keep them as predictions.json")
+        )
     if skipped:
         say(f"{len(skipped)} picture(s) could not be read and were skipped")
     if args.out:
@@ -182,21 +236,38 @@ def run_frontend(args: argparse.Namespace, detect: Detect, *,
         try:
             fh2 = open(side, "x", encoding="utf-8")  # noqa: SIM115 - the with below closes it
         except FileExistsError:  # someone else's file next to ours: leave it alone
-            raise FcosUserError(f"{side} already exists (predictions were written to {path})",
-                                hint="pass an --out folder without predictions files") from None
+            raise FcosUserError(
+                f"{side} already exists (predictions were written to {path})",
+                hint="pass an --out folder without predictions files",
+            ) from None
         with fh2:
-            json.dump({"images": images, "categories": categories or [
-                {"id": i + 1, "name": str(i)} for i in sorted({d["category_id"] - 1
-                                                                for d in coco})],
-                "skipped": skipped}, fh2, indent=1)
-        say(f"predictions: {path} ({len(coco)} detection(s) on {len(images)} picture(s); "
-            f"pictures: {side})")
+            json.dump(
+                {
+                    "images": images,
+                    "categories": categories
+                    or [
+                        {"id": i + 1, "name": str(i)}
+                        for i in sorted({d["category_id"] - 1 for d in coco})
+                    ],
+                    "skipped": skipped,
+                },
+                fh2,
+                indent=1,
+            )
+        say(
+            f"predictions: {path} ({len(coco)} detection(s) on {len(images)} picture(s); "
+            f"pictures: {side})"
+        )
     sys.stdout.flush()
     return 0
 
 
-def map_back(det: dict[str, Any], sample: dict[str, Any], size: tuple[int, int],
-             score_threshold: float | None) -> list[dict[str, Any]]:
+def map_back(
+    det: dict[str, Any],
+    sample: dict[str, Any],
+    size: tuple[int, int],
+    score_threshold: float | None,
+) -> list[dict[str, Any]]:
     """A model's detections on the transformed picture -> ``[{"label", "score", "box"}]`` in
     the original picture's pixels (undoing the transforms' scale and crop offset, clipped)."""
     import numpy as np
@@ -205,15 +276,27 @@ def map_back(det: dict[str, Any], sample: dict[str, Any], size: tuple[int, int],
     sx, sy = (float(v) for v in np.asarray(sample["scale_factor"]).reshape(-1)[:2])
     ox, oy = (float(v) for v in np.asarray(sample.get("crop_offset", (0, 0))).reshape(-1)[:2])
     out = []
-    for box, score, label in zip(_list(det["boxes"]), _list(det["scores"]),
-                                 _list(det["labels"])):
+    for box, score, label in zip(_list(det["boxes"]), _list(det["scores"]), _list(det["labels"])):
         if score_threshold is not None and score < score_threshold:
             continue
-        x1, y1, x2, y2 = ((box[0] + ox) / sx, (box[1] + oy) / sy,
-                          (box[2] + ox) / sx, (box[3] + oy) / sy)
-        out.append({"label": int(label), "score": round(float(score), 4),
-                    "box": [round(min(max(x1, 0.0), w), 1), round(min(max(y1, 0.0), h), 1),
-                            round(min(max(x2, 0.0), w), 1), round(min(max(y2, 0.0), h), 1)]})
+        x1, y1, x2, y2 = (
+            (box[0] + ox) / sx,
+            (box[1] + oy) / sy,
+            (box[2] + ox) / sx,
+            (box[3] + oy) / sy,
+        )
+        out.append(
+            {
+                "label": int(label),
+                "score": round(float(score), 4),
+                "box": [
+                    round(min(max(x1, 0.0), w), 1),
+                    round(min(max(y1, 0.0), h), 1),
+                    round(min(max(x2, 0.0), w), 1),
+                    round(min(max(y2, 0.0), h), 1),
+                ],
+            }
+        )
     return out
 
 

@@ -22,8 +22,18 @@ from fcos_core.errors import FcosUserError
 _MAX_SUFFIX = 10_000
 
 #: box colours by label; labels past the list get colours spread around the hue circle
-COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 190), (0, 128, 128)]
+COLOURS = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 190),
+    (0, 128, 128),
+]
 #: drawings of images smaller than this (longer side, pixels) are scaled up by a whole factor
 #: so that labels stay readable: a 128x128 image is drawn at 512x512
 MIN_DRAW_SIDE = 512
@@ -98,12 +108,14 @@ def prepare_vis_folder(folder: str | os.PathLike[str]) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise FcosUserError(f"--save-vis {path} is a file, not a folder",
-                            hint="pass a folder for the drawn images") from None
+        raise FcosUserError(
+            f"--save-vis {path} is a file, not a folder", hint="pass a folder for the drawn images"
+        ) from None
     except OSError as exc:
-        raise FcosUserError(f"--save-vis {path}: cannot create the folder "
-                            f"({exc.strerror or exc})",
-                            hint="pass a folder you can write to") from None
+        raise FcosUserError(
+            f"--save-vis {path}: cannot create the folder ({exc.strerror or exc})",
+            hint="pass a folder you can write to",
+        ) from None
     return path
 
 
@@ -118,18 +130,22 @@ def claim_path(folder: str | os.PathLike[str], stem: str, suffix: str) -> tuple[
             return path, open(path, "xb")
         except FileExistsError:
             continue
-    raise FcosUserError(f"{folder}: {stem}{suffix} and {_MAX_SUFFIX - 1} numbered variants all "
-                        "exist", hint="pass an empty output folder")
+    raise FcosUserError(
+        f"{folder}: {stem}{suffix} and {_MAX_SUFFIX - 1} numbered variants all exist",
+        hint="pass an empty output folder",
+    )
 
 
-def save_vis(rgb: Any, dets: list[dict[str, Any]], folder: str | os.PathLike[str],
-             image_path: str) -> Path:
+def save_vis(
+    rgb: Any, dets: list[dict[str, Any]], folder: str | os.PathLike[str], image_path: str
+) -> Path:
     """Draw the detections of ``image_path`` into a new file in ``folder`` and return its
     path: ``<stem>_det.png``, or ``<stem>_det-N.png`` for the first N whose name is free.
     Never overwrites a file (each name is opened with ``O_EXCL``)."""
     img = _render(rgb, dets)
     stem = Path(image_path.split("#", 1)[0]).stem + (
-        f"_{image_path.rsplit('#', 1)[1]}" if "#" in image_path else "")
+        f"_{image_path.rsplit('#', 1)[1]}" if "#" in image_path else ""
+    )
     path, fh = claim_path(folder, f"{stem}_det", ".png")
     try:
         with fh:
@@ -144,8 +160,7 @@ class VideoVis:
     """An annotated copy of a video: ``<stem>_det.mp4`` (``-N`` when taken) in ``folder``,
     each frame drawn as :func:`save_vis` draws an image, at the source's frame rate."""
 
-    def __init__(self, folder: str | os.PathLike[str], video_path: str,
-                 fps: float | None) -> None:
+    def __init__(self, folder: str | os.PathLike[str], video_path: str, fps: float | None) -> None:
         self.path, fh = claim_path(folder, f"{Path(video_path).stem}_det", ".mp4")
         fh.close()  # claimed; OpenCV writes it by name
         self.fps = fps or 25.0
@@ -161,13 +176,15 @@ class VideoVis:
         img = _render(rgb, dets)
         if self._writer is None:
             self._size = img.size
-            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"),
-                                           self.fps, self._size)
+            self._writer = cv2.VideoWriter(
+                str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self._size
+            )
             if not self._writer.isOpened():
                 self.path.unlink(missing_ok=True)  # ours
-                raise FcosUserError(f"{self.path}: OpenCV cannot write an mp4 video here",
-                                    hint="install an OpenCV build with video support "
-                                         "(opencv-python-headless)")
+                raise FcosUserError(
+                    f"{self.path}: OpenCV cannot write an mp4 video here",
+                    hint="install an OpenCV build with video support (opencv-python-headless)",
+                )
         if img.size != self._size:  # a stream whose frame size changes: keep the first
             img = img.resize(self._size)
         self._writer.write(cv2.cvtColor(np.asarray(img), cv2.COLOR_RGB2BGR))
@@ -178,15 +195,18 @@ class VideoVis:
         return self.path
 
 
-def print_detections(results: list[dict[str, Any]], as_json: bool,
-                     max_per_image: int | None = None) -> None:
+def print_detections(
+    results: list[dict[str, Any]], as_json: bool, max_per_image: int | None = None
+) -> None:
     """Print the records as JSON, or one line per image and per detection (at most
     ``max_per_image`` of them)."""
     if as_json:
         print(json.dumps(results, indent=1))
         return
     for r in results:
-        print(f"{r['image']}: {len(r['detections'])} detection(s)"
-              + (f" -> {r['vis']}" if "vis" in r else ""))
+        print(
+            f"{r['image']}: {len(r['detections'])} detection(s)"
+            + (f" -> {r['vis']}" if "vis" in r else "")
+        )
         for d in r["detections"][:max_per_image]:
             print(f"    {_caption(d):<12} {d['score']:.3f}  {d['box']}")

@@ -24,8 +24,13 @@ from fcos_core.errors import FcosUserError
 FORMATS: dict[str, tuple[str, str]] = {
     "torchscript": (".pt", "TorchScript (torch.jit.trace); load with torch.jit.load"),
     "export": (".pt2", "torch.export ExportedProgram; load with torch.export.load"),
-    "onnx": (".onnx", (f"ONNX opset {FLOAT_ONNX_OPSET}, dynamic batch "
-                      "(fcos_core.compile.float_onnx); run with onnxruntime")),
+    "onnx": (
+        ".onnx",
+        (
+            f"ONNX opset {FLOAT_ONNX_OPSET}, dynamic batch "
+            "(fcos_core.compile.float_onnx); run with onnxruntime"
+        ),
+    ),
 }
 
 
@@ -34,16 +39,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key.path=value")
     p.add_argument("--format", choices=sorted(FORMATS), default="export", help="artifact format")
     p.add_argument("--out", default=None, help="output file (default: <ckpt_dir>/<block>.<ext>)")
-    p.add_argument("--block", default="deploy_model", choices=["deploy_model", "model"],
-                   help="which model block to export (its float form)")
-    p.add_argument("--checkpoint", default=None,
-                   help="weights (default: <ckpt_dir>/float-checkpoint-best.pth.tar; one of "
-                        "them must exist unless --allow-untrained)")
-    p.add_argument("--allow-untrained", action="store_true",
-                   help="export random weights when no checkpoint exists (to test the export)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing output file (without it, an existing file stops "
-                        "the export)")
+    p.add_argument(
+        "--block",
+        default="deploy_model",
+        choices=["deploy_model", "model"],
+        help="which model block to export (its float form)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="weights (default: <ckpt_dir>/float-checkpoint-best.pth.tar; one of "
+        "them must exist unless --allow-untrained)",
+    )
+    p.add_argument(
+        "--allow-untrained",
+        action="store_true",
+        help="export random weights when no checkpoint exists (to test the export)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output file (without it, an existing file stops the export)",
+    )
     p.add_argument("--list-formats", action="store_true", help="list the formats and exit")
 
 
@@ -71,9 +88,10 @@ def _onnx(model: Any, x: Any, path: Path) -> Callable[[Any], Any]:
     try:
         import onnxruntime as ort
     except ImportError:
-        raise FcosUserError("checking an ONNX export needs onnxruntime",
-                            hint="pip install onnx onnxscript onnxruntime "
-                                 "(or fcos-plugin-onnx)") from None
+        raise FcosUserError(
+            "checking an ONNX export needs onnxruntime",
+            hint="pip install onnx onnxscript onnxruntime (or fcos-plugin-onnx)",
+        ) from None
     export_float_onnx(model, {"img": x}, path)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
@@ -83,7 +101,10 @@ def _onnx(model: Any, x: Any, path: Path) -> Callable[[Any], Any]:
 #: format -> writer ``(model, example batch, path) -> run(batch) -> outputs`` (the written
 #: file loaded back)
 WRITERS: dict[str, Callable[[Any, Any, Path], Callable[[Any], Any]]] = {
-    "torchscript": _torchscript, "export": _export, "onnx": _onnx}
+    "torchscript": _torchscript,
+    "export": _export,
+    "onnx": _onnx,
+}
 
 
 def export_command(args: argparse.Namespace, host: Any) -> int:
@@ -102,17 +123,23 @@ def export_command(args: argparse.Namespace, host: Any) -> int:
     suffix = FORMATS[args.format][0]
     out = Path(args.out) if args.out else Path(cfg.data["ckpt_dir"]) / f"{args.block}{suffix}"
     _check_out(out, args.overwrite)
-    model = build_model(cfg, args.block, args.checkpoint, "float-checkpoint-best.pth.tar",
-                        allow_untrained=args.allow_untrained)
+    model = build_model(
+        cfg,
+        args.block,
+        args.checkpoint,
+        "float-checkpoint-best.pth.tar",
+        allow_untrained=args.allow_untrained,
+    )
     shape = tuple((cfg.data.get("deploy_inputs") or {}).get("img", (1, 3, 512, 512)))
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise FcosUserError(f"--out {out}: cannot create the folder {out.parent} "
-                            f"({exc.strerror or exc})", hint="choose a writable --out") from None
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".tmp{suffix}",
-                                    dir=out.parent)
+        raise FcosUserError(
+            f"--out {out}: cannot create the folder {out.parent} ({exc.strerror or exc})",
+            hint="choose a writable --out",
+        ) from None
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".tmp{suffix}", dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -123,20 +150,25 @@ def export_command(args: argparse.Namespace, host: Any) -> int:
         expected = expected if isinstance(expected, (list, tuple)) else (expected,)
         got = got if isinstance(got, (list, tuple)) else (got,)
         if len(got) != len(expected):
-            raise FcosUserError(f"{out}: the {args.format} artifact returns {len(got)} outputs, "
-                                f"the model {len(expected)}; nothing was written",
-                                hint="report this as a bug")
+            raise FcosUserError(
+                f"{out}: the {args.format} artifact returns {len(got)} outputs, "
+                f"the model {len(expected)}; nothing was written",
+                hint="report this as a bug",
+            )
         diff = max(float((a - b).abs().max()) for a, b in zip(expected, got))
         if diff > 1e-4:
-            raise FcosUserError(f"{out}: the {args.format} artifact differs from the model by "
-                                f"{diff}; nothing was written",
-                                hint="try another --format, and report this as a bug")
+            raise FcosUserError(
+                f"{out}: the {args.format} artifact differs from the model by "
+                f"{diff}; nothing was written",
+                hint="try another --format, and report this as a bug",
+            )
         _fsync(tmp)
         _move_into_place(tmp, out, args.overwrite)
     finally:
         tmp.unlink(missing_ok=True)
-    print(f"wrote {out} ({args.format}; {len(got)} outputs; max |difference| to the model "
-          f"{diff:.2e})")
+    print(
+        f"wrote {out} ({args.format}; {len(got)} outputs; max |difference| to the model {diff:.2e})"
+    )
     return 0
 
 
@@ -146,8 +178,10 @@ def _check_out(out: Path, overwrite: bool) -> None:
     if out.is_dir():
         raise FcosUserError(f"--out {out} is a folder", hint="pass a file path for the artifact")
     if os.path.lexists(out) and not overwrite:
-        raise FcosUserError(f"{out} already exists; nothing was written",
-                            hint="pass --overwrite to replace it, or choose another --out")
+        raise FcosUserError(
+            f"{out} already exists; nothing was written",
+            hint="pass --overwrite to replace it, or choose another --out",
+        )
 
 
 def _fsync(path: Path) -> None:
@@ -164,14 +198,16 @@ def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
         try:
             os.link(tmp, out)
         except FileExistsError:
-            raise FcosUserError(f"{out} appeared while exporting; nothing was written",
-                                hint="pass --overwrite to replace it, or choose another "
-                                     "--out") from None
+            raise FcosUserError(
+                f"{out} appeared while exporting; nothing was written",
+                hint="pass --overwrite to replace it, or choose another --out",
+            ) from None
         except OSError:  # no hard links on this filesystem
             if os.path.lexists(out):
-                raise FcosUserError(f"{out} appeared while exporting; nothing was written",
-                                    hint="pass --overwrite to replace it, or choose another "
-                                         "--out") from None
+                raise FcosUserError(
+                    f"{out} appeared while exporting; nothing was written",
+                    hint="pass --overwrite to replace it, or choose another --out",
+                ) from None
             os.replace(tmp, out)
     try:  # make the rename durable
         fd = os.open(out.parent, os.O_RDONLY)

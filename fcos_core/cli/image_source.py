@@ -35,10 +35,25 @@ from fcos_core.errors import FcosUserError
 MAX_PIXELS = 100_000_000
 #: at most this many bytes are read from one image file
 MAX_IMAGE_BYTES = 256 * 1024 * 1024
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif",
-                        ".ppm", ".pgm", ".pbm", ".jfif"})
-VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg",
-                        ".wmv", ".ts"})
+IMAGE_EXTS = frozenset(
+    {
+        ".jpg",
+        ".jpeg",
+        ".png",
+        ".bmp",
+        ".tif",
+        ".tiff",
+        ".webp",
+        ".gif",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".jfif",
+    }
+)
+VIDEO_EXTS = frozenset(
+    {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".ts"}
+)
 
 
 class UnreadableImage(Exception):
@@ -61,18 +76,21 @@ def decode_rgb(data: bytes, name: str = "image") -> Any:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
                 if im.width * im.height > MAX_PIXELS:
-                    raise UnreadableImage(f"{name}: {im.width}x{im.height} pixels is over the "
-                                          f"limit of {MAX_PIXELS}")
+                    raise UnreadableImage(
+                        f"{name}: {im.width}x{im.height} pixels is over the limit of {MAX_PIXELS}"
+                    )
                 # convert() decodes every pixel, so a truncated file fails here, not later
                 return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
     except UnreadableImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UnreadableImage(f"{name}: the image is over the limit of {MAX_PIXELS} pixels "
-                              "(a decompression bomb?)") from None
+        raise UnreadableImage(
+            f"{name}: the image is over the limit of {MAX_PIXELS} pixels (a decompression bomb?)"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for damaged data
-        raise UnreadableImage(f"{name}: cannot read the image ({type(exc).__name__}: {exc})") \
-            from None
+        raise UnreadableImage(
+            f"{name}: cannot read the image ({type(exc).__name__}: {exc})"
+        ) from None
     finally:
         Image.MAX_IMAGE_PIXELS = before
 
@@ -85,8 +103,9 @@ def load_rgb(path: str | os.PathLike[str]) -> Any:
     try:
         data = read_regular_file(Path(path), MAX_IMAGE_BYTES)
     except ReadRefused as why:
-        raise UnreadableImage(f"{path}: {why.kind.replace('_', ' ')}"
-                              + (f" ({why.detail})" if why.detail else "")) from None
+        raise UnreadableImage(
+            f"{path}: {why.kind.replace('_', ' ')}" + (f" ({why.detail})" if why.detail else "")
+        ) from None
     return decode_rgb(data, str(path))
 
 
@@ -157,30 +176,37 @@ def open_sources(specs: list[str]) -> list[Source]:
             if _is_lmdb(p):
                 sources.append(_open_lmdb(spec))
                 continue
-            files = sorted(str(f) for f in p.iterdir()
-                           if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+            files = sorted(
+                str(f) for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS
+            )
             if not files:
-                raise FcosUserError(f"folder {spec!r} holds no image files "
-                                    f"({', '.join(sorted(IMAGE_EXTS))})",
-                                    hint="pass a folder of images, image files, a glob, an "
-                                         "LMDB or a video")
+                raise FcosUserError(
+                    f"folder {spec!r} holds no image files ({', '.join(sorted(IMAGE_EXTS))})",
+                    hint="pass a folder of images, image files, a glob, an LMDB or a video",
+                )
             for f in files:
                 add_image(f)
         elif p.exists():
             add_file(spec)
         elif _has_magic(spec):
-            matches = sorted(m for m in glob.glob(spec, recursive=True) if os.path.isfile(m)
-                             and Path(m).suffix.lower() in IMAGE_EXTS | VIDEO_EXTS)
+            matches = sorted(
+                m
+                for m in glob.glob(spec, recursive=True)
+                if os.path.isfile(m) and Path(m).suffix.lower() in IMAGE_EXTS | VIDEO_EXTS
+            )
             if not matches:
-                raise FcosUserError(f"pattern {spec!r} matches no image or video file",
-                                    hint="check the pattern (quote it so the shell does not "
-                                         "expand it first)")
+                raise FcosUserError(
+                    f"pattern {spec!r} matches no image or video file",
+                    hint="check the pattern (quote it so the shell does not expand it first)",
+                )
             for m in matches:
                 add_file(m)
         else:
-            raise FcosUserError(f"image source {spec!r} does not exist",
-                                hint="check the path: pass image files, folders, globs, an "
-                                     "LMDB folder or a video file")
+            raise FcosUserError(
+                f"image source {spec!r} does not exist",
+                hint="check the path: pass image files, folders, globs, an "
+                "LMDB folder or a video file",
+            )
     return sources
 
 
@@ -191,8 +217,10 @@ def _coco_dataset(path: str) -> Any:
     try:
         from fcos_plugin_coco.dataset import Coco
     except ImportError:
-        raise FcosUserError(f"{path} is an LMDB; reading it needs fcos-plugin-coco",
-                            hint="pip install -e plugins/coco") from None
+        raise FcosUserError(
+            f"{path} is an LMDB; reading it needs fcos-plugin-coco",
+            hint="pip install -e plugins/coco",
+        ) from None
     return Coco(path)
 
 
@@ -209,8 +237,7 @@ def _lmdb_frames(path: str) -> Iterator[Frame]:
         try:
             rec, rgb = ds.read_record(i)
         except DecodeError as exc:
-            yield Frame(name, error=f"{name}: cannot decode the image ({exc})",
-                        image_id=image_id)
+            yield Frame(name, error=f"{name}: cannot decode the image ({exc})", image_id=image_id)
             continue
         yield Frame(getattr(rec, "file_name", None) or name, rgb, image_id=image_id)
 
@@ -222,8 +249,9 @@ def load_cv2() -> Any:
     try:
         import cv2
     except ImportError:
-        raise FcosUserError("reading or writing a video needs OpenCV",
-                            hint="pip install opencv-python-headless") from None
+        raise FcosUserError(
+            "reading or writing a video needs OpenCV", hint="pip install opencv-python-headless"
+        ) from None
     return cv2
 
 
@@ -232,8 +260,10 @@ def _open_video(path: str) -> Source:
     cap = cv2.VideoCapture(path)
     try:
         if not cap.isOpened():
-            raise FcosUserError(f"{path}: OpenCV cannot open the video",
-                                hint="pass a video OpenCV decodes (mp4, avi, mkv, ...)")
+            raise FcosUserError(
+                f"{path}: OpenCV cannot open the video",
+                hint="pass a video OpenCV decodes (mp4, avi, mkv, ...)",
+            )
         count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) or None
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0) or None
     finally:

@@ -23,11 +23,12 @@ def build_parser(host) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fcos",
         description="Train, quantize and deploy FCOS detectors. Components and commands come "
-                    "from plugins; see `fcos plugins`.",
+        "from plugins; see `fcos plugins`.",
     )
     parser.add_argument("--version", action="version", version=f"fcos {fcos_core.__version__}")
-    parser.add_argument("--debug", action="store_true",
-                        help="show tracebacks for errors (also FCOS_DEBUG=1)")
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks for errors (also FCOS_DEBUG=1)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for entry in host.registries["commands"]:
         p = sub.add_parser(entry.name, help=entry.doc, description=entry.doc)
@@ -70,8 +71,12 @@ def main(argv: Sequence[str] | None = None, host=None) -> int:
         return EXIT_USER_ERROR
     except KeyboardInterrupt as exc:  # Ctrl-C: 130; SIGTERM during `fcos run`: 143
         name = getattr(exc, "signal_name", None)
-        print(f"terminated ({name}); continue from the last saved checkpoint with --resume"
-              if name else "interrupted", file=sys.stderr)
+        print(
+            f"terminated ({name}); continue from the last saved checkpoint with --resume"
+            if name
+            else "interrupted",
+            file=sys.stderr,
+        )
         return int(getattr(exc, "exit_code", 130))
     except BrokenPipeError:  # `fcos plugins | head`
         return 0

@@ -35,16 +35,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML config (its models and validation transforms)")
     p.add_argument("overrides", nargs="*", metavar="key.path=value")
     add_source_arguments(p)
-    p.add_argument("--stage", default="float", choices=PREDICT_STAGES,
-                   help="whose model: float (default), calibration, qat, int_infer (the model "
-                        "fcos run scores for that stage) or compile (the compiled artifact)")
-    p.add_argument("--checkpoint", default=None,
-                   help="weights (float default: <ckpt_dir>/float-checkpoint-best.pth.tar, "
-                        "which must exist unless --allow-untrained; other stages: the file "
-                        "their predictor loads; compile: the artifact)")
-    p.add_argument("--allow-untrained", action="store_true",
-                   help="float: run random weights when no checkpoint exists (to test the "
-                        "pipeline)")
+    p.add_argument(
+        "--stage",
+        default="float",
+        choices=PREDICT_STAGES,
+        help="whose model: float (default), calibration, qat, int_infer (the model "
+        "fcos run scores for that stage) or compile (the compiled artifact)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="weights (float default: <ckpt_dir>/float-checkpoint-best.pth.tar, "
+        "which must exist unless --allow-untrained; other stages: the file "
+        "their predictor loads; compile: the artifact)",
+    )
+    p.add_argument(
+        "--allow-untrained",
+        action="store_true",
+        help="float: run random weights when no checkpoint exists (to test the pipeline)",
+    )
 
 
 def _val_transforms(cfg: Any) -> list[Any]:
@@ -53,9 +62,11 @@ def _val_transforms(cfg: Any) -> list[Any]:
     loader = cfg.node("val_data_loader")
     dataset = loader.kwargs.get("dataset") if loader is not None else None
     if dataset is None or "transforms" not in dataset.kwargs:
-        raise FcosUserError("fcos predict takes its preprocessing from val_data_loader.dataset."
-                            "transforms, which this config lacks",
-                            hint="add a val_data_loader block (see configs/fcos_b0.yaml)")
+        raise FcosUserError(
+            "fcos predict takes its preprocessing from val_data_loader.dataset."
+            "transforms, which this config lacks",
+            hint="add a val_data_loader block (see configs/fcos_b0.yaml)",
+        )
     return [build(t) for t in dataset.kwargs["transforms"]]
 
 
@@ -65,8 +76,10 @@ def _categories(cfg: Any) -> list[dict[str, Any]] | None:
     path = (cfg.data.get("vars") or {}).get("val_ann_file")
     if isinstance(path, str) and Path(path).is_file() and Path(path).stat().st_size < 2**30:
         cats = json.loads(Path(path).read_text(encoding="utf-8")).get("categories", [])
-        return [{"id": int(c["id"]), "name": str(c.get("name", c["id"]))}
-                for c in sorted(cats, key=lambda c: int(c["id"]))]
+        return [
+            {"id": int(c["id"]), "name": str(c.get("name", c["id"]))}
+            for c in sorted(cats, key=lambda c: int(c["id"]))
+        ]
     return None
 
 
@@ -87,13 +100,21 @@ def _stage_model(cfg: Any, args: argparse.Namespace, say: Any) -> tuple[Any, Any
     if args.stage == "float":
         from fcos_core.cli.model_io import build_model
 
-        model = build_model(cfg, "model", args.checkpoint, "float-checkpoint-best.pth.tar",
-                            log=say, allow_untrained=args.allow_untrained)
+        model = build_model(
+            cfg,
+            "model",
+            args.checkpoint,
+            "float-checkpoint-best.pth.tar",
+            log=say,
+            allow_untrained=args.allow_untrained,
+        )
         return model, "cpu"
     if args.allow_untrained:
-        raise FcosUserError(f"--allow-untrained applies to --stage float only; stage "
-                            f"{args.stage} needs its checkpoint",
-                            hint="train the stage first, or pass --checkpoint PATH")
+        raise FcosUserError(
+            f"--allow-untrained applies to --stage float only; stage "
+            f"{args.stage} needs its checkpoint",
+            hint="train the stage first, or pass --checkpoint PATH",
+        )
     import sys
 
     from fcos_core.engine import stage_eval
@@ -103,8 +124,14 @@ def _stage_model(cfg: Any, args: argparse.Namespace, say: Any) -> tuple[Any, Any
     configure_logging(None, level="warning" if args.json else "info", stream=sys.stderr)
     ctx = stage_eval.stage_context(cfg, args.stage, None, get_logger("fcos.predict"))
     # no data loaders or metrics: predict feeds its own pictures
-    ev = stage_eval.prepare(cfg, args.stage, ctx, args.checkpoint,
-                            make_loader=lambda node: _NOT_USED, make_metric=lambda node: _NOT_USED)
+    ev = stage_eval.prepare(
+        cfg,
+        args.stage,
+        ctx,
+        args.checkpoint,
+        make_loader=lambda node: _NOT_USED,
+        make_metric=lambda node: _NOT_USED,
+    )
     ev.check_files()
     say(f"weights: {ev.weights} ({ev.source})")
     if ev.predictor is None:  # compile: the artifact, run by the backend's runtime
@@ -132,15 +159,22 @@ def predict_command(args: argparse.Namespace, host: Any) -> int:
         for rgb in rgbs:
             h, w = rgb.shape[:2]
             sample: dict[str, Any] = {
-                "img": rgb, "gt_bboxes": np.zeros((0, 4), np.float32),
-                "gt_classes": np.zeros((0,), np.int64), "img_id": 0, "ori_shape": (h, w),
-                "img_shape": (h, w), "pad_shape": (h, w), "scale_factor": np.ones(2, np.float32)}
+                "img": rgb,
+                "gt_bboxes": np.zeros((0, 4), np.float32),
+                "gt_classes": np.zeros((0,), np.int64),
+                "img_id": 0,
+                "ori_shape": (h, w),
+                "img_shape": (h, w),
+                "pad_shape": (h, w),
+                "scale_factor": np.ones(2, np.float32),
+            }
             for t in transforms:
                 sample = t(sample)
             if not isinstance(sample["img"], torch.Tensor):
-                raise FcosUserError("the validation transforms must end with ToTensor (and "
-                                    "Normalize)", hint="see val_transforms in "
-                                                       "configs/fcos_b0.yaml")
+                raise FcosUserError(
+                    "the validation transforms must end with ToTensor (and Normalize)",
+                    hint="see val_transforms in configs/fcos_b0.yaml",
+                )
             samples.append(sample)
         out: list[list[dict[str, Any]]] = [[] for _ in rgbs]
         # one forward per picture size (the transforms usually pad every picture alike)
@@ -148,8 +182,10 @@ def predict_command(args: argparse.Namespace, host: Any) -> int:
         for i, s in enumerate(samples):
             groups.setdefault(tuple(s["img"].shape), []).append(i)
         for idx in groups.values():
-            batch = {"img": torch.stack([samples[i]["img"] for i in idx]).to(device),
-                     "img_shape": [samples[i]["img_shape"] for i in idx]}
+            batch = {
+                "img": torch.stack([samples[i]["img"] for i in idx]).to(device),
+                "img_shape": [samples[i]["img_shape"] for i in idx],
+            }
             with torch.no_grad():
                 dets = model(batch)
             for i, det in zip(idx, dets):

@@ -29,32 +29,66 @@ from typing import Any
 
 from fcos_core.errors import FcosUserError
 
-OUTPUTS = ("quant_sensitivity.csv", "quant_sensitivity.json", "quant_sensitivity.png",
-           "quant_sensitivity_rules.yaml")
+OUTPUTS = (
+    "quant_sensitivity.csv",
+    "quant_sensitivity.json",
+    "quant_sensitivity.png",
+    "quant_sensitivity_rules.yaml",
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="path to a YAML config with a calibration_trainer block")
-    p.add_argument("overrides", nargs="*", metavar="key.path=value",
-                   help="override config values, e.g. vars.data_root=...")
-    p.add_argument("--max-images", type=int, default=64,
-                   help="validation images per measurement (whole batches; default 64)")
-    p.add_argument("--calib-steps", type=int, default=None,
-                   help="calibration batches (default: calibration_trainer.num_steps)")
-    p.add_argument("--depth", type=int, default=None,
-                   help="group layers by the first N parts of their module names (fewer "
-                        "measurements on a big model); default: every layer")
-    p.add_argument("--max-loss", type=float, default=0.5,
-                   help="the suggestion adds int16 layers until the predicted loss is at most "
-                        "this many metric points (x100; default 0.5)")
-    p.add_argument("--max-layers", type=int, default=10,
-                   help="at most this many int16 layers (groups) in the suggestion")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key.path=value",
+        help="override config values, e.g. vars.data_root=...",
+    )
+    p.add_argument(
+        "--max-images",
+        type=int,
+        default=64,
+        help="validation images per measurement (whole batches; default 64)",
+    )
+    p.add_argument(
+        "--calib-steps",
+        type=int,
+        default=None,
+        help="calibration batches (default: calibration_trainer.num_steps)",
+    )
+    p.add_argument(
+        "--depth",
+        type=int,
+        default=None,
+        help="group layers by the first N parts of their module names (fewer "
+        "measurements on a big model); default: every layer",
+    )
+    p.add_argument(
+        "--max-loss",
+        type=float,
+        default=0.5,
+        help="the suggestion adds int16 layers until the predicted loss is at most "
+        "this many metric points (x100; default 0.5)",
+    )
+    p.add_argument(
+        "--max-layers",
+        type=int,
+        default=10,
+        help="at most this many int16 layers (groups) in the suggestion",
+    )
     p.add_argument("--metric", default="mAP", help="metric key to rank by (default mAP)")
-    p.add_argument("--checkpoint", default=None,
-                   help="float weights (default: the calibration pipeline's LoadCheckpoint)")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="float weights (default: the calibration pipeline's LoadCheckpoint)",
+    )
     p.add_argument("--run-dir", default=None, help="output folder (default runs/<task_name>)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace quant_sensitivity.* files already in the run folder")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace quant_sensitivity.* files already in the run folder",
+    )
     p.add_argument("--top", type=int, default=20, help="rows of the printed tables")
 
 
@@ -88,9 +122,11 @@ def _take(batch: Any, k: int) -> Any:
 def _check_outputs(folder: Path, overwrite: bool) -> None:
     taken = [n for n in OUTPUTS if (folder / n).exists()]
     if taken and not overwrite:
-        raise FcosUserError(f"{folder} already holds {', '.join(taken)}; fcos never replaces "
-                            "files it did not just create", hint="pass --overwrite, or "
-                            "--run-dir with a new folder")
+        raise FcosUserError(
+            f"{folder} already holds {', '.join(taken)}; fcos never replaces "
+            "files it did not just create",
+            hint="pass --overwrite, or --run-dir with a new folder",
+        )
 
 
 def quant_sensitivity_command(args: argparse.Namespace, host: Any) -> int:
@@ -111,8 +147,11 @@ def quant_sensitivity_command(args: argparse.Namespace, host: Any) -> int:
     from fcos_core.quantization.sensitivity import ALL_INT16, analyse, evaluations_needed
 
     start = time.perf_counter()
-    for name, value, low in (("--max-images", args.max_images, 1), ("--top", args.top, 1),
-                             ("--max-layers", args.max_layers, 0)):
+    for name, value, low in (
+        ("--max-images", args.max_images, 1),
+        ("--top", args.top, 1),
+        ("--max-layers", args.max_layers, 0),
+    ):
         if value < low:
             raise FcosUserError(f"{name} must be >= {low}, got {value}", hint=f"{name} {low}")
     if args.calib_steps is not None and args.calib_steps < 1:
@@ -121,11 +160,15 @@ def quant_sensitivity_command(args: argparse.Namespace, host: Any) -> int:
     data = cfg.data
     trainer = cfg.node("calibration_trainer")
     if trainer is None or trainer.kwargs.get("model_convert_pipeline") is None:
-        raise FcosUserError(f"{args.config}: no calibration_trainer with a "
-                            "model_convert_pipeline; quant-sensitivity reuses the calibration "
-                            "stage", hint="see configs/fcos_b0_demo.yaml, calibration_trainer")
-    folder = Path(args.run_dir) if args.run_dir else Path("runs") / str(
-        data.get("task_name", "fcos"))
+        raise FcosUserError(
+            f"{args.config}: no calibration_trainer with a "
+            "model_convert_pipeline; quant-sensitivity reuses the calibration "
+            "stage",
+            hint="see configs/fcos_b0_demo.yaml, calibration_trainer",
+        )
+    folder = (
+        Path(args.run_dir) if args.run_dir else Path("runs") / str(data.get("task_name", "fcos"))
+    )
     _check_outputs(folder, args.overwrite)
     configure_logging(None)
     log = get_logger("fcos.quant_sensitivity")
@@ -134,24 +177,33 @@ def quant_sensitivity_command(args: argparse.Namespace, host: Any) -> int:
     converters = list(getattr(pipeline, "converters", []))
     calib = [i for i, c in enumerate(converters) if isinstance(c, Float2Calibration)]
     if len(calib) != 1:
-        raise FcosUserError("calibration_trainer.model_convert_pipeline must have exactly one "
-                            f"Float2Calibration (found {len(calib)})",
-                            hint="the calibration stage of configs/fcos_b0_demo.yaml")
-    loads = [c for c in converters[:calib[0]] if type(c).__name__ == "LoadCheckpoint"]
+        raise FcosUserError(
+            "calibration_trainer.model_convert_pipeline must have exactly one "
+            f"Float2Calibration (found {len(calib)})",
+            hint="the calibration stage of configs/fcos_b0_demo.yaml",
+        )
+    loads = [c for c in converters[: calib[0]] if type(c).__name__ == "LoadCheckpoint"]
     if args.checkpoint is not None:
         if not loads:
-            raise FcosUserError("--checkpoint: the calibration pipeline loads no checkpoint",
-                                hint="add a LoadCheckpoint before Float2Calibration")
+            raise FcosUserError(
+                "--checkpoint: the calibration pipeline loads no checkpoint",
+                hint="add a LoadCheckpoint before Float2Calibration",
+            )
         loads[-1].checkpoint_path = Path(args.checkpoint)
     for load in loads:
         if not Path(load.checkpoint_path).is_file():
-            raise FcosUserError(f"float checkpoint {load.checkpoint_path} does not exist",
-                                hint="train the float stage first (fcos run CONFIG --stage "
-                                     "float), or pass --checkpoint")
+            raise FcosUserError(
+                f"float checkpoint {load.checkpoint_path} does not exist",
+                hint="train the float stage first (fcos run CONFIG --stage "
+                "float), or pass --checkpoint",
+            )
     conv = converters[calib[0]]
     if conv.layer_precision:
-        log.warning("the config's layer_precision rules are not applied: the analysis starts "
-                    "from the target's default dtypes", rules=len(conv.layer_precision))
+        log.warning(
+            "the config's layer_precision rules are not applied: the analysis starts "
+            "from the target's default dtypes",
+            rules=len(conv.layer_precision),
+        )
     base_conv = copy.copy(conv)
     base_conv.integer_exact, base_conv.layer_precision = "off", ()
     wide_conv = copy.copy(base_conv)
@@ -159,16 +211,19 @@ def quant_sensitivity_command(args: argparse.Namespace, host: Any) -> int:
     qat_mode = getattr(pipeline, "qat_mode", None)
     loader_nodes, metric_nodes = _validation_nodes(cfg, trainer)
     if not loader_nodes or not metric_nodes:
-        raise FcosUserError("calibration_trainer has no validation data or no val_metrics",
-                            hint="add a Validation callback and val_metrics (as the demo)")
+        raise FcosUserError(
+            "calibration_trainer has no validation data or no val_metrics",
+            hint="add a Validation callback and val_metrics (as the demo)",
+        )
     calib_loader = build(trainer.kwargs.get("data_loader"))
     if calib_loader is None:
-        raise FcosUserError("calibration_trainer.data_loader is not set",
-                            hint="the calibration data loader of configs/fcos_b0_demo.yaml")
+        raise FcosUserError(
+            "calibration_trainer.data_loader is not set",
+            hint="the calibration data loader of configs/fcos_b0_demo.yaml",
+        )
     val_loaders = [build(n) for n in loader_nodes]
     metrics = [build(n) for n in metric_nodes]
-    bp = build(trainer.kwargs.get("batch_processor")) or MultiBatchProcessor(
-        need_grad_update=False)
+    bp = build(trainer.kwargs.get("batch_processor")) or MultiBatchProcessor(need_grad_update=False)
     steps = args.calib_steps or int(trainer.kwargs.get("num_steps") or 30)
 
     apply_runtime_settings(data)
@@ -179,8 +234,9 @@ def quant_sensitivity_command(args: argparse.Namespace, host: Any) -> int:
     models = []
     for c in (base_conv, wide_conv):
         model = build(trainer.kwargs["model"])
-        model = ModelConvertPipeline(qat_mode=qat_mode, converters=[
-            *converters[:calib[0]], c, *converters[calib[0] + 1:]])(model, cctx)
+        model = ModelConvertPipeline(
+            qat_mode=qat_mode, converters=[*converters[: calib[0]], c, *converters[calib[0] + 1 :]]
+        )(model, cctx)
         model.to(device)
         set_mode(model, False)
         models.append(model)
@@ -204,8 +260,10 @@ def quant_sensitivity_command(args: argparse.Namespace, host: Any) -> int:
                 if done >= steps:
                     break
             if done == before:
-                raise FcosUserError("the calibration data loader gave no batches",
-                                    hint="check calibration_trainer.data_loader")
+                raise FcosUserError(
+                    "the calibration data loader gave no batches",
+                    hint="check calibration_trainer.data_loader",
+                )
             epoch += 1
     bar.close()
     freeze_observers(base)
@@ -227,8 +285,10 @@ def quant_sensitivity_command(args: argparse.Namespace, host: Any) -> int:
         if n_images >= args.max_images:
             break
     if not cached:
-        raise FcosUserError("the validation data loader gave no batches",
-                            hint="check the validation data of calibration_trainer")
+        raise FcosUserError(
+            "the validation data loader gave no batches",
+            hint="check the validation data of calibration_trainer",
+        )
 
     def evaluate(model: Any) -> float:
         for m in metrics:
@@ -239,21 +299,38 @@ def quant_sensitivity_command(args: argparse.Namespace, host: Any) -> int:
                 m.update(batch, outs)
         values = compute_metrics(metrics)
         if args.metric not in values:
-            raise FcosUserError(f"--metric {args.metric}: the metrics report "
-                                f"{', '.join(sorted(values)) or 'nothing'}",
-                                hint="pick one of those")
+            raise FcosUserError(
+                f"--metric {args.metric}: the metrics report "
+                f"{', '.join(sorted(values)) or 'nothing'}",
+                hint="pick one of those",
+            )
         return values[args.metric]
 
     total = evaluations_needed(base, args.depth)
     bar = Progress(total, f"quant-sensitivity ({n_images} images)", True)
-    res = analyse(base, wide, evaluate, args.metric, args.depth, args.max_loss / 100.0,
-                  args.max_layers, progress=lambda _label: bar.update())
+    res = analyse(
+        base,
+        wide,
+        evaluate,
+        args.metric,
+        args.depth,
+        args.max_loss / 100.0,
+        args.max_layers,
+        progress=lambda _label: bar.update(),
+    )
     bar.close()
     seconds = time.perf_counter() - start
     report = res.to_json()
-    report.update({"config": str(args.config), "images": n_images, "calibration_steps": steps,
-                   "depth": args.depth, "max_loss_points": args.max_loss,
-                   "seconds": round(seconds, 1)})
+    report.update(
+        {
+            "config": str(args.config),
+            "images": n_images,
+            "calibration_steps": steps,
+            "depth": args.depth,
+            "max_loss_points": args.max_loss,
+            "seconds": round(seconds, 1),
+        }
+    )
     write_outputs(folder, report, res)
     print(format_tables(res, args.top, n_images, steps, seconds))
     print(f"\nwritten: {', '.join(str(folder / n) for n in OUTPUTS)}")
@@ -270,34 +347,50 @@ def format_tables(res: Any, top: int, images: int, steps: int, seconds: float) -
     from fcos_core.quantization.precision import rules_yaml
 
     m = res.metric_name
-    lines = [(f"{m}: float {100 * res.float_value:.2f}, all int8 {100 * res.int8_value:.2f} "
-             f"(loss {100 * (res.float_value - res.int8_value):.2f} points; {images} images, "
-             f"{steps} calibration batches, {seconds:.0f} s)"), "",
-             f"lost when only this layer is quantized ({m} points):",
-             f"{'rank':>4}  {'layer':<48} {'loss':>7} {'int16 gain':>10} {'dtype':>6}"]
+    lines = [
+        (
+            f"{m}: float {100 * res.float_value:.2f}, all int8 {100 * res.int8_value:.2f} "
+            f"(loss {100 * (res.float_value - res.int8_value):.2f} points; {images} images, "
+            f"{steps} calibration batches, {seconds:.0f} s)"
+        ),
+        "",
+        f"lost when only this layer is quantized ({m} points):",
+        f"{'rank':>4}  {'layer':<48} {'loss':>7} {'int16 gain':>10} {'dtype':>6}",
+    ]
     for i, r in enumerate(res.by_loss()[:top], 1):
-        lines.append(f"{i:>4}  {_clip(r.name):<48} {_points(r.loss):>7} "
-                     f"{_points(r.gain):>10} {r.dtype:>6}")
-    lines += ["", f"recovered when only this layer is int16 (the rest int8, {m} points):",
-              f"{'rank':>4}  {'layer':<48} {'gain':>7}"]
+        lines.append(
+            f"{i:>4}  {_clip(r.name):<48} {_points(r.loss):>7} {_points(r.gain):>10} {r.dtype:>6}"
+        )
+    lines += [
+        "",
+        f"recovered when only this layer is int16 (the rest int8, {m} points):",
+        f"{'rank':>4}  {'layer':<48} {'gain':>7}",
+    ]
     for i, r in enumerate(res.by_gain()[:top], 1):
         lines.append(f"{i:>4}  {_clip(r.name):<48} {_points(r.gain):>7}")
     lines.append("")
     if res.suggested:
-        measured = "" if res.suggested_value is None else \
-            f", measured together: {100 * res.suggested_value:.2f}"
-        lines.append(f"suggested int16 layers (predicted loss {100 * res.predicted_loss:.2f} "
-                     f"points{measured}); put this list in vars and reference it from "
-                     "Float2Calibration and Float2QAT:")
+        measured = (
+            ""
+            if res.suggested_value is None
+            else f", measured together: {100 * res.suggested_value:.2f}"
+        )
+        lines.append(
+            f"suggested int16 layers (predicted loss {100 * res.predicted_loss:.2f} "
+            f"points{measured}); put this list in vars and reference it from "
+            "Float2Calibration and Float2QAT:"
+        )
         lines.append(rules_yaml(res.suggested_layers()).rstrip("\n"))
     else:
-        lines.append("no int16 layer suggested: the int8 loss is already within --max-loss, "
-                     "or no layer recovers anything")
+        lines.append(
+            "no int16 layer suggested: the int8 loss is already within --max-loss, "
+            "or no layer recovers anything"
+        )
     return "\n".join(lines)
 
 
 def _clip(name: str, width: int = 48) -> str:
-    return name if len(name) <= width else "..." + name[-(width - 3):]
+    return name if len(name) <= width else "..." + name[-(width - 3) :]
 
 
 def write_outputs(folder: Path, report: dict[str, Any], res: Any) -> None:
@@ -317,8 +410,9 @@ def write_outputs(folder: Path, report: dict[str, Any], res: Any) -> None:
     write_atomically(folder / OUTPUTS[1], lambda f: f.write(js))
     png = plot(res)
     write_atomically(folder / OUTPUTS[2], lambda f: f.write(png))
-    rules = ("# fcos quant-sensitivity: suggested int16 layers\n"
-             + rules_yaml(res.suggested_layers())).encode("utf-8")
+    rules = (
+        "# fcos quant-sensitivity: suggested int16 layers\n" + rules_yaml(res.suggested_layers())
+    ).encode("utf-8")
     write_atomically(folder / OUTPUTS[3], lambda f: f.write(rules))
 
 
@@ -333,10 +427,10 @@ def plot(res: Any, top: int = 25) -> bytes:
     gain = res.by_gain()[:top]
     rows = max(len(loss), len(gain), 1)
     fig, axes = plt.subplots(1, 2, figsize=(13, 1.2 + 0.28 * rows))
-    for ax, items, key, title in ((axes[0], loss, "loss", ("lost when only this layer is "
-                                   "quantized")),
-                                  (axes[1], gain, "gain", ("recovered when only this layer is "
-                                   "int16"))):
+    for ax, items, key, title in (
+        (axes[0], loss, "loss", ("lost when only this layer is quantized")),
+        (axes[1], gain, "gain", ("recovered when only this layer is int16")),
+    ):
         names = [_clip(r.name, 40) for r in items][::-1]
         values = [100 * getattr(r, key) for r in items][::-1]
         ax.barh(range(len(values)), values, color="tab:red" if key == "loss" else "tab:green")
@@ -344,8 +438,10 @@ def plot(res: Any, top: int = 25) -> bytes:
         ax.set_xlabel(f"{res.metric_name} points")
         ax.set_title(title, fontsize=9)
         ax.axvline(0, color="black", linewidth=0.5)
-    fig.suptitle(f"{res.metric_name}: float {100 * res.float_value:.2f}, int8 "
-                 f"{100 * res.int8_value:.2f}", fontsize=10)
+    fig.suptitle(
+        f"{res.metric_name}: float {100 * res.float_value:.2f}, int8 {100 * res.int8_value:.2f}",
+        fontsize=10,
+    )
     fig.tight_layout()
     out = io.BytesIO()
     fig.savefig(out, format="png", dpi=100)

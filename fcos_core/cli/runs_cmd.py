@@ -20,14 +20,22 @@ DEFAULT_ROOT = Path("runs")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
-                   help="run folders (each with a summary.json); default: every runs/* that "
-                        "has one")
-    p.add_argument("--metrics", default="mAP",
-                   help="comma-separated summary metrics to compare, e.g. mAP,AP50,AR100 "
-                        "(default: mAP)")
-    p.add_argument("--json", action="store_true",
-                   help="print {run: {stage: {metric: value, seconds, early_stopping}}}")
+    p.add_argument(
+        "run_dirs",
+        nargs="*",
+        metavar="RUN_DIR",
+        help="run folders (each with a summary.json); default: every runs/* that has one",
+    )
+    p.add_argument(
+        "--metrics",
+        default="mAP",
+        help="comma-separated summary metrics to compare, e.g. mAP,AP50,AR100 (default: mAP)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print {run: {stage: {metric: value, seconds, early_stopping}}}",
+    )
 
 
 def _read_summary(folder: Path) -> dict[str, Any]:
@@ -36,23 +44,31 @@ def _read_summary(folder: Path) -> dict[str, Any]:
 
     path = folder / "summary.json"
     if not folder.is_dir():
-        raise FcosUserError(f"run folder {str(folder)!r} does not exist",
-                            hint="pass folders written by `fcos run` (runs/<task_name>)")
+        raise FcosUserError(
+            f"run folder {str(folder)!r} does not exist",
+            hint="pass folders written by `fcos run` (runs/<task_name>)",
+        )
     if not path.is_file():
-        raise FcosUserError(f"{path} does not exist: {folder} is not a finished run folder",
-                            hint="pass folders written by `fcos run`, after at least one stage")
+        raise FcosUserError(
+            f"{path} does not exist: {folder} is not a finished run folder",
+            hint="pass folders written by `fcos run`, after at least one stage",
+        )
     if path.stat().st_size > MAX_SUMMARY_BYTES:
-        raise FcosUserError(f"{path} is over {MAX_SUMMARY_BYTES} bytes: not an fcos summary",
-                            hint="pass folders written by `fcos run`")
+        raise FcosUserError(
+            f"{path} is over {MAX_SUMMARY_BYTES} bytes: not an fcos summary",
+            hint="pass folders written by `fcos run`",
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, OSError) as exc:
-        raise FcosUserError(f"{path}: cannot read it as JSON ({exc})",
-                            hint="the file is damaged; run the stages again to rewrite it") \
-            from None
+        raise FcosUserError(
+            f"{path}: cannot read it as JSON ({exc})",
+            hint="the file is damaged; run the stages again to rewrite it",
+        ) from None
     if not isinstance(data, dict):
-        raise FcosUserError(f"{path}: not a stage table (a JSON object)",
-                            hint="pass folders written by `fcos run`")
+        raise FcosUserError(
+            f"{path}: not a stage table (a JSON object)", hint="pass folders written by `fcos run`"
+        )
     return data
 
 
@@ -105,17 +121,44 @@ def format_comparison(table: dict[str, Any], metrics: list[str]) -> str:
             values = [table[r].get(stage, {}).get(m) for r in runs]
             nums = [v for v in values if isinstance(v, (int, float)) and v >= 0]
             best = max(nums) if len(nums) > 1 else None  # a lone value is not "best"
-            rows.append([stage, m, *("-" if not isinstance(v, (int, float)) else
-                                     f"{v:.4f}" + ("*" if v == best else "")
-                                     for v in values)])
-        rows.append([stage, "time", *(fmt_seconds(table[r][stage]["seconds"])
-                                      if stage in table[r] else "-" for r in runs)])
+            rows.append(
+                [
+                    stage,
+                    m,
+                    *(
+                        "-"
+                        if not isinstance(v, (int, float))
+                        else f"{v:.4f}" + ("*" if v == best else "")
+                        for v in values
+                    ),
+                ]
+            )
+        rows.append(
+            [
+                stage,
+                "time",
+                *(
+                    fmt_seconds(table[r][stage]["seconds"]) if stage in table[r] else "-"
+                    for r in runs
+                ),
+            ]
+        )
         stops = [table[r].get(stage, {}).get("early_stopping") for r in runs]
         if any(stops):
-            rows.append([stage, "stopped", *(
-                "-" if not s else f"epoch {s['stopped_epoch']} (best {s['best_epoch']})"
-                if s.get("stopped_epoch") else f"no (best {s.get('best_epoch')})"
-                for s in stops)])
+            rows.append(
+                [
+                    stage,
+                    "stopped",
+                    *(
+                        "-"
+                        if not s
+                        else f"epoch {s['stopped_epoch']} (best {s['best_epoch']})"
+                        if s.get("stopped_epoch")
+                        else f"no (best {s.get('best_epoch')})"
+                        for s in stops
+                    ),
+                ]
+            )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -127,23 +170,33 @@ def runs_command(args: argparse.Namespace, host: Any) -> int:
     if not folders:
         folders = sorted(p.parent for p in DEFAULT_ROOT.glob("*/summary.json"))
         if not folders:
-            raise FcosUserError(f"no run folders with a summary.json under {DEFAULT_ROOT}/",
-                                hint="run `fcos run CONFIG` first, or pass run folders")
+            raise FcosUserError(
+                f"no run folders with a summary.json under {DEFAULT_ROOT}/",
+                hint="run `fcos run CONFIG` first, or pass run folders",
+            )
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if not metrics:
         raise FcosUserError("--metrics names no metric", hint="e.g. --metrics mAP,AP50")
     summaries = [(label, _read_summary(f)) for label, f in zip(_labels(folders), folders)]
-    known = {k for _, s in summaries for e in s.values() if isinstance(e, dict)
-             for k in (e.get("metrics") or {})}
+    known = {
+        k
+        for _, s in summaries
+        for e in s.values()
+        if isinstance(e, dict)
+        for k in (e.get("metrics") or {})
+    }
     unknown = [m for m in metrics if m not in known]
     if unknown and known:
         import difflib
 
-        near = [k for k in sorted(known) if k.lower() == unknown[0].lower()] or \
-            difflib.get_close_matches(unknown[0], sorted(known), n=1)
-        raise FcosUserError(f"--metrics {unknown[0]!r} is in none of the summaries; they have "
-                            f"{', '.join(sorted(known))}",
-                            hint=f"did you mean {near[0]!r}?" if near else None)
+        near = [
+            k for k in sorted(known) if k.lower() == unknown[0].lower()
+        ] or difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        raise FcosUserError(
+            f"--metrics {unknown[0]!r} is in none of the summaries; they have "
+            f"{', '.join(sorted(known))}",
+            hint=f"did you mean {near[0]!r}?" if near else None,
+        )
     table = compare(summaries, metrics)
     if args.json:
         print(json.dumps(table, indent=1))

@@ -53,16 +53,17 @@ class AgreementTally:
         """Count one sample: ``reference`` (the integer model's outputs, codes with zero point
         0 or dequantized floats) against ``candidate`` (the runtime's), same order."""
         if len(reference) != len(candidate) or len(candidate) != len(self.specs):
-            raise ValueError(f"output counts differ: reference {len(reference)}, candidate "
-                             f"{len(candidate)}, specs {len(self.specs)}")
+            raise ValueError(
+                f"output counts differ: reference {len(reference)}, candidate "
+                f"{len(candidate)}, specs {len(self.specs)}"
+            )
         for ref, cand, spec, c in zip(reference, candidate, self.specs, self._counts):
             if not spec.get("scale"):
                 continue
             a = to_codes(ref, spec["scale"], 0)
             b = to_codes(cand, spec["scale"], int(spec.get("zero_point", 0)))
             if a.shape != b.shape:
-                raise ValueError(f"output {spec['name']}: shapes differ, {a.shape} vs "
-                                 f"{b.shape}")
+                raise ValueError(f"output {spec['name']}: shapes differ, {a.shape} vs {b.shape}")
             d = np.abs(a - b)
             c[0] += int(d.size)
             c[1] += int((d == 0).sum())
@@ -82,14 +83,23 @@ class AgreementTally:
             if not spec.get("scale"):
                 per.append({"name": name, "compared": False})
                 continue
-            per.append({"name": name, "compared": True, "elements": n,
-                        "within_0": e0 / n if n else 1.0, "within_1": e1 / n if n else 1.0,
-                        "within_2": e2 / n if n else 1.0, "max_steps": m})
+            per.append(
+                {
+                    "name": name,
+                    "compared": True,
+                    "elements": n,
+                    "within_0": e0 / n if n else 1.0,
+                    "within_1": e1 / n if n else 1.0,
+                    "within_2": e2 / n if n else 1.0,
+                    "max_steps": m,
+                }
+            )
             tot = [tot[0] + n, tot[1] + e0, tot[2] + e1, tot[3] + e2, max(tot[4], m)]
         n = tot[0]
         differing = [p for p in per if p["compared"] and p["max_steps"] > 0]
-        worst = min(differing, key=lambda p: (p["within_1"], p["within_0"], -p["max_steps"]),
-                    default=None)
+        worst = min(
+            differing, key=lambda p: (p["within_1"], p["within_0"], -p["max_steps"]), default=None
+        )
         return {
             "elements": n,
             "within_0": tot[1] / n if n else 1.0,
@@ -101,8 +111,9 @@ class AgreementTally:
         }
 
 
-def code_agreement(reference: Sequence[Any], candidate: Sequence[Any],
-                   specs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def code_agreement(
+    reference: Sequence[Any], candidate: Sequence[Any], specs: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
     """Compare two output tuples element by element in quantization steps (one sample of
     :class:`AgreementTally`; see there for ``specs`` and the result)."""
     tally = AgreementTally(specs)
@@ -113,15 +124,24 @@ def code_agreement(reference: Sequence[Any], candidate: Sequence[Any],
 def disagreement(agreement: Mapping[str, Any] | None) -> str | None:
     """None when at least :data:`AGREEMENT_WITHIN_1` of the codes are within one step of the
     integer model's (or nothing was compared); else what is wrong, naming the worst outputs."""
-    if not agreement or not agreement.get("elements") \
-            or agreement["within_1"] >= AGREEMENT_WITHIN_1:
+    if (
+        not agreement
+        or not agreement.get("elements")
+        or agreement["within_1"] >= AGREEMENT_WITHIN_1
+    ):
         return None
-    bad = sorted((p for p in agreement["per_output"]
-                  if p.get("compared") and p["within_1"] < AGREEMENT_WITHIN_1),
-                 key=lambda p: p["within_1"])
-    names = ", ".join(f"{p['name']} {p['within_1']:.2%} (max {p['max_steps']})"
-                      for p in bad[:6])
+    bad = sorted(
+        (
+            p
+            for p in agreement["per_output"]
+            if p.get("compared") and p["within_1"] < AGREEMENT_WITHIN_1
+        ),
+        key=lambda p: p["within_1"],
+    )
+    names = ", ".join(f"{p['name']} {p['within_1']:.2%} (max {p['max_steps']})" for p in bad[:6])
     more = f" and {len(bad) - 6} more" if len(bad) > 6 else ""
-    return (f"{agreement['within_1']:.2%} of {agreement['elements']} output codes within one "
-            f"step (needs {AGREEMENT_WITHIN_1:.1%}), largest gap {agreement['max_steps']} "
-            f"steps; outputs: {names}{more}")
+    return (
+        f"{agreement['within_1']:.2%} of {agreement['elements']} output codes within one "
+        f"step (needs {AGREEMENT_WITHIN_1:.1%}), largest gap {agreement['max_steps']} "
+        f"steps; outputs: {names}{more}"
+    )

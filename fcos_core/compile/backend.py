@@ -63,8 +63,13 @@ class CompileBackend(abc.ABC):
         """Every reason ``model`` cannot compile for this target (empty: it can)."""
 
     @abc.abstractmethod
-    def compile(self, model: Any, example_inputs: Mapping[str, Any], options: Mapping[str, Any],
-                out_dir: Path) -> CompileResult:
+    def compile(
+        self,
+        model: Any,
+        example_inputs: Mapping[str, Any],
+        options: Mapping[str, Any],
+        out_dir: Path,
+    ) -> CompileResult:
         """Compile a quantized deploy model; ``options`` are the validated compile_cfg."""
 
     @abc.abstractmethod
@@ -115,8 +120,13 @@ def post_process_params(model: Any) -> dict[str, Any] | None:
     }
 
 
-def resolve_compile_options(schema: type, march: str, defaults: Mapping[str, Any],
-                            options: Mapping[str, Any], out_dir: Path | None) -> dict[str, Any]:
+def resolve_compile_options(
+    schema: type,
+    march: str,
+    defaults: Mapping[str, Any],
+    options: Mapping[str, Any],
+    out_dir: Path | None,
+) -> dict[str, Any]:
     """A backend's options for one compile: the schema's defaults, then the backend's own
     ``defaults``, then the config's ``compile_cfg`` (without ``march``); ``out_dir`` falls back
     to the argument. Names the schema does not know are a user error that lists the valid
@@ -125,8 +135,9 @@ def resolve_compile_options(schema: type, march: str, defaults: Mapping[str, Any
     from fcos_core.schema import fields_of
 
     fields = fields_of(schema)
-    opts: dict[str, Any] = {name: info.default for name, info in fields.items()
-                            if not info.required}
+    opts: dict[str, Any] = {
+        name: info.default for name, info in fields.items() if not info.required
+    }
     opts.update(defaults)
     opts.update({k: v for k, v in options.items() if k != "march"})
     if not opts.get("out_dir"):
@@ -135,8 +146,10 @@ def resolve_compile_options(schema: type, march: str, defaults: Mapping[str, Any
         opts["out_dir"] = str(out_dir)
     unknown = set(opts) - set(fields)
     if unknown:
-        raise FcosUserError(f"compile_cfg: unknown option(s) {sorted(unknown)} for march "
-                            f"{march}", hint=f"use {', '.join(sorted(fields))}")
+        raise FcosUserError(
+            f"compile_cfg: unknown option(s) {sorted(unknown)} for march {march}",
+            hint=f"use {', '.join(sorted(fields))}",
+        )
     return opts
 
 
@@ -148,8 +161,10 @@ def example_image_tensor(example_inputs: Mapping[str, Any]) -> Any:
     from fcos_core.errors import FcosUserError
 
     if len(example_inputs) != 1:
-        raise FcosUserError(f"example inputs {sorted(example_inputs)}: the FCOS deploy model "
-                            "has exactly one input", hint="deploy_inputs: {img: [1, 3, H, W]}")
+        raise FcosUserError(
+            f"example inputs {sorted(example_inputs)}: the FCOS deploy model has exactly one input",
+            hint="deploy_inputs: {img: [1, 3, H, W]}",
+        )
     value = next(iter(example_inputs.values()))
     if isinstance(value, (list, tuple)):
         g = torch.Generator().manual_seed(0)

@@ -42,16 +42,22 @@ class DeployCheckOptions:
     the backend's own options)."""
 
     allow_disagreement: bool = arg(
-        False, help="when more than 0.1 % of the artifact's output codes are more than one "
-                    "quantization step from the fcos integer model's: false fails the compile "
-                    "stage (artifact, table and report stay for inspection), true only warns "
-                    "(also: fcos compile --allow-disagreement)")
+        False,
+        help="when more than 0.1 % of the artifact's output codes are more than one "
+        "quantization step from the fcos integer model's: false fails the compile "
+        "stage (artifact, table and report stay for inspection), true only warns "
+        "(also: fcos compile --allow-disagreement)",
+    )
     check_images: int = arg(
-        8, help="validation images (batch 1, at the compiled input size) the artifact and the "
-                "integer model are compared on; 0, or no validation data: the example input")
+        8,
+        help="validation images (batch 1, at the compiled input size) the artifact and the "
+        "integer model are compared on; 0, or no validation data: the example input",
+    )
     timing_runs: int = arg(
-        20, help="timed batch-1 runs of the artifact's runtime (and of the integer model) for "
-                 "the deploy table's p50/p90 latency; 0 skips timing")
+        20,
+        help="timed batch-1 runs of the artifact's runtime (and of the integer model) for "
+        "the deploy table's p50/p90 latency; 0 skips timing",
+    )
     timing_warmup: int = arg(3, help="untimed runs before the timed ones")
 
 
@@ -59,8 +65,18 @@ class DeployCheckOptions:
 CHECK_KEYS: tuple[str, ...] = tuple(fields_of(DeployCheckOptions))
 
 #: columns of the table, in order (the CSV has these plus ``artifact`` and ``inputs``)
-COLUMNS: tuple[str, ...] = ("backend", "mAP", "AP50", "within_0", "within_1", "max_steps",
-                            "worst_output", "p50_ms", "p90_ms", "threads")
+COLUMNS: tuple[str, ...] = (
+    "backend",
+    "mAP",
+    "AP50",
+    "within_0",
+    "within_1",
+    "max_steps",
+    "worst_output",
+    "p50_ms",
+    "p90_ms",
+    "threads",
+)
 
 
 #: the first row: the fcos integer model, the reference of the agreement columns; its label
@@ -83,8 +99,10 @@ def check_options(compile_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     opts["allow_disagreement"] = bool(opts["allow_disagreement"])
     for key in ("check_images", "timing_runs", "timing_warmup"):
         if isinstance(opts[key], bool) or not isinstance(opts[key], int) or opts[key] < 0:
-            raise FcosUserError(f"compile_cfg.{key} must be an integer >= 0, got "
-                                f"{opts[key]!r}", hint=f"set compile_cfg.{key}: 0 or more")
+            raise FcosUserError(
+                f"compile_cfg.{key} must be an integer >= 0, got {opts[key]!r}",
+                hint=f"set compile_cfg.{key}: 0 or more",
+            )
     return opts
 
 
@@ -130,16 +148,18 @@ def output_specs(model: Any, n_outputs: int) -> list[dict[str, Any]]:
     params = post_process_params(model)
     strides = params["strides"] if params else None
     if int_model is None:
-        return [{"name": n, "scale": [], "zero_point": 0}
-                for n in output_names(n_outputs, None, 0)]
-    scales = [[float(v) for v in s.detach().double().reshape(-1).tolist()]
-              for s in int_model.output_scales()]
+        return [{"name": n, "scale": [], "zero_point": 0} for n in output_names(n_outputs, None, 0)]
+    scales = [
+        [float(v) for v in s.detach().double().reshape(-1).tolist()]
+        for s in int_model.output_scales()
+    ]
     n_body = len(scales)
     extra = n_outputs - n_body
     if extra < 0:
-        raise FcosUserError(f"the deploy model returns {n_outputs} outputs but its integer "
-                            f"model has {n_body}", hint="compile the model as the int_infer "
-                                                         "stage builds it")
+        raise FcosUserError(
+            f"the deploy model returns {n_outputs} outputs but its integer model has {n_body}",
+            hint="compile the model as the int_infer stage builds it",
+        )
     names = output_names(n_body, strides, extra)
     specs = [{"name": names[i], "scale": scales[i], "zero_point": 0} for i in range(n_body)]
     maxima = bool(strides) and extra == len(strides or [])
@@ -170,13 +190,17 @@ def comparison_images(loaders: Sequence[Any], example: Any, limit: int) -> tuple
             for i in range(int(img.shape[0])):
                 if len(images) >= limit:
                     break
-                images.append(img[i:i + 1].float())
+                images.append(img[i : i + 1].float())
             if len(images) >= limit:
                 break
     if images:
         return images, f"{len(images)} validation image(s) at {hw[0]}x{hw[1]}"
-    why = (f" (validation images are {sorted(other)[0][0]}x{sorted(other)[0][1]}, the "
-           f"artifact {hw[0]}x{hw[1]})" if other else "")
+    why = (
+        f" (validation images are {sorted(other)[0][0]}x{sorted(other)[0][1]}, the "
+        f"artifact {hw[0]}x{hw[1]})"
+        if other
+        else ""
+    )
     return [example[:1].float()], f"the example input at {hw[0]}x{hw[1]}{why}"
 
 
@@ -203,8 +227,9 @@ def _as_tuple(outputs: Any) -> tuple[Any, ...]:
 # -- measurements -------------------------------------------------------------------------
 
 
-def measure_agreement(backend: Any, program: Any, model: Any, images: Sequence[Any],
-                      input_name: str, pyramid: bool) -> dict[str, Any]:
+def measure_agreement(
+    backend: Any, program: Any, model: Any, images: Sequence[Any], input_name: str, pyramid: bool
+) -> dict[str, Any]:
     """Integer model vs ``backend.run(program, ...)`` on each image (batch 1); the merged
     agreement of :class:`~fcos_core.compile.agreement.AgreementTally` plus ``images``."""
     import torch
@@ -220,8 +245,10 @@ def measure_agreement(backend: Any, program: Any, model: Any, images: Sequence[A
         if len(got) != len(ref):
             raise FcosUserError(
                 f"compile: the artifact's runtime returned {len(got)} outputs, the deploy "
-                f"model {len(ref)}", hint="a backend's run() returns the deploy model's "
-                                          "outputs in order (fcos_core.compile.backend)")
+                f"model {len(ref)}",
+                hint="a backend's run() returns the deploy model's "
+                "outputs in order (fcos_core.compile.backend)",
+            )
         if tally is None:
             tally = AgreementTally(output_specs(model, len(ref)))
         tally.add(ref, got)
@@ -242,8 +269,9 @@ def thread_budget(program: Any = None) -> int:
     return default_threads()
 
 
-def measure_runtime(run: Callable[[], Any], runs: int, warmup: int,
-                    threads: int) -> dict[str, Any] | None:
+def measure_runtime(
+    run: Callable[[], Any], runs: int, warmup: int, threads: int
+) -> dict[str, Any] | None:
     """Batch-1 latency of ``run`` (None when ``runs`` is 0) with the threads stated."""
     from fcos_core.compile.latency import measure_latency
 
@@ -255,9 +283,14 @@ def measure_runtime(run: Callable[[], Any], runs: int, warmup: int,
 # -- the table ----------------------------------------------------------------------------
 
 
-def table_row(backend: str, metrics: Mapping[str, Any] | None,
-              agreement: Mapping[str, Any] | None, latency: Mapping[str, Any] | None,
-              artifact: str = "", inputs: str = "") -> dict[str, Any]:
+def table_row(
+    backend: str,
+    metrics: Mapping[str, Any] | None,
+    agreement: Mapping[str, Any] | None,
+    latency: Mapping[str, Any] | None,
+    artifact: str = "",
+    inputs: str = "",
+) -> dict[str, Any]:
     """One row of the table (None where a value was not measured)."""
     metrics = metrics or {}
     agr = agreement if agreement and agreement.get("elements") else None
@@ -299,9 +332,18 @@ def _cell(key: str, v: Any, reference: bool = False) -> str:
     return str(v)
 
 
-HEADERS = {"backend": "backend", "mAP": "mAP", "AP50": "AP50", "within_0": "within-0",
-           "within_1": "within-1", "max_steps": "max diff", "worst_output": "worst output",
-           "p50_ms": "p50 ms", "p90_ms": "p90 ms", "threads": "threads"}
+HEADERS = {
+    "backend": "backend",
+    "mAP": "mAP",
+    "AP50": "AP50",
+    "within_0": "within-0",
+    "within_1": "within-1",
+    "max_steps": "max diff",
+    "worst_output": "worst output",
+    "p50_ms": "p50 ms",
+    "p90_ms": "p90 ms",
+    "threads": "threads",
+}
 
 
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -309,11 +351,15 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     quantization steps against the integer model, marked ``ref``)."""
     grid = [[HEADERS[k] for k in COLUMNS]] + [
         [_cell(k, r.get(k), str(r.get("backend", "")).startswith(REFERENCE)) for k in COLUMNS]
-        for r in rows]
+        for r in rows
+    ]
     widths = [max(len(line[i]) for line in grid) for i in range(len(COLUMNS))]
-    lines = ["  ".join(c.ljust(w) if i in (0, 6) else c.rjust(w)
-                       for i, (c, w) in enumerate(zip(line, widths))).rstrip()
-             for line in grid]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i in (0, 6) else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))
+        ).rstrip()
+        for line in grid
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

@@ -67,8 +67,10 @@ def _walk(node: yaml.Node, path: PathKey, lines: LineMap, budget: list[int]) -> 
     if budget[0] < 0:
         raise FcosUserError(
             f"{lines.file}: the YAML has more than {MAX_ALIAS_NODES} nodes once anchors and "
-            "aliases are expanded", hint="a config is a few thousand values; reuse blocks with "
-                                         "${...} references instead of aliases")
+            "aliases are expanded",
+            hint="a config is a few thousand values; reuse blocks with "
+            "${...} references instead of aliases",
+        )
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key: Any = key_node.value
@@ -96,7 +98,9 @@ def parse_yaml_text(text: str, file: str | None = None) -> tuple[Any, LineMap]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
-        raise ConfigError([Problem("", f"invalid YAML: {exc.problem or exc}", line, file)]) from None
+        raise ConfigError(
+            [Problem("", f"invalid YAML: {exc.problem or exc}", line, file)]
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError([Problem("", f"invalid YAML: {exc}", None, file)]) from None
     return data, lines
@@ -111,21 +115,29 @@ def _read_capped(p: Path) -> bytes:
     except ReadRefused as why:
         name = str(p)
         if why.kind == "missing":
-            raise FcosUserError(f"config file {name!r} does not exist",
-                                hint="check the path (configs live in configs/, e.g. "
-                                     "configs/fcos_b0_demo.yaml)") from None
+            raise FcosUserError(
+                f"config file {name!r} does not exist",
+                hint="check the path (configs live in configs/, e.g. configs/fcos_b0_demo.yaml)",
+            ) from None
         if why.kind == "directory":
-            raise FcosUserError(f"config path {name!r} is a directory",
-                                hint="pass a .yaml file") from None
+            raise FcosUserError(
+                f"config path {name!r} is a directory", hint="pass a .yaml file"
+            ) from None
         if why.kind == "not_regular":
-            raise FcosUserError(f"config path {name!r} is not a regular file (a device, FIFO "
-                                "or socket)", hint="pass a .yaml file") from None
+            raise FcosUserError(
+                f"config path {name!r} is not a regular file (a device, FIFO or socket)",
+                hint="pass a .yaml file",
+            ) from None
         if why.kind == "too_large":
-            raise FcosUserError(f"config file {name!r} is over the limit of {MAX_CONFIG_BYTES} "
-                                f"bytes ({why.detail})",
-                                hint="a config should be a few KiB of YAML") from None
-        raise FcosUserError(f"config file {name!r} cannot be read: {why.detail}",
-                            hint="check the path and its permissions") from None
+            raise FcosUserError(
+                f"config file {name!r} is over the limit of {MAX_CONFIG_BYTES} "
+                f"bytes ({why.detail})",
+                hint="a config should be a few KiB of YAML",
+            ) from None
+        raise FcosUserError(
+            f"config file {name!r} cannot be read: {why.detail}",
+            hint="check the path and its permissions",
+        ) from None
 
 
 def load_yaml(path: str | os.PathLike[str]) -> tuple[dict[str, Any], LineMap]:
@@ -136,12 +148,22 @@ def load_yaml(path: str | os.PathLike[str]) -> tuple[dict[str, Any], LineMap]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise FcosUserError(f"config file {str(p)!r} is not UTF-8 text ({exc.reason})",
-                            hint="save the file as UTF-8 YAML") from None
+        raise FcosUserError(
+            f"config file {str(p)!r} is not UTF-8 text ({exc.reason})",
+            hint="save the file as UTF-8 YAML",
+        ) from None
     data, lines = parse_yaml_text(text, str(p))
     if data is None:
         raise ConfigError([Problem("", "the file is empty", None, str(p))])
     if not isinstance(data, dict):
-        raise ConfigError([Problem("", f"the top level must be a mapping of keys, got a "
-                                       f"{type(data).__name__}", 1, str(p))])
+        raise ConfigError(
+            [
+                Problem(
+                    "",
+                    f"the top level must be a mapping of keys, got a {type(data).__name__}",
+                    1,
+                    str(p),
+                )
+            ]
+        )
     return data, lines

@@ -18,8 +18,9 @@ from fcos_core.config.references import REFERENCE_RE, AppliedOverride, get_path,
 _MAX_HOPS = 64
 
 
-def value_origins(raw: dict[str, Any], lines: LineMap,
-                  overrides: list[AppliedOverride]) -> dict[PathKey, str]:
+def value_origins(
+    raw: dict[str, Any], lines: LineMap, overrides: list[AppliedOverride]
+) -> dict[PathKey, str]:
     """Resolved path -> where its value came from, for every value (containers included)."""
     by_path = {o.path: o.text for o in overrides}
     out: dict[PathKey, str] = {}

@@ -90,11 +90,16 @@ class _Resolver:
         """Count ``nodes`` more produced values; over the budget is an error at ``site``."""
         self.nodes += nodes
         if self.nodes > MAX_REFERENCE_NODES:
-            raise _Abort(self.lines.problem(
-                site, f"${{...}} references expand to more than {MAX_REFERENCE_NODES} values "
-                      f"(the reference expansion budget) while resolving {format_path(site)!r}; "
-                      "references that copy blocks which copy blocks grow exponentially -- "
-                      "reference the block once instead of copying copies"), fatal=True)
+            raise _Abort(
+                self.lines.problem(
+                    site,
+                    f"${{...}} references expand to more than {MAX_REFERENCE_NODES} values "
+                    f"(the reference expansion budget) while resolving {format_path(site)!r}; "
+                    "references that copy blocks which copy blocks grow exponentially -- "
+                    "reference the block once instead of copying copies",
+                ),
+                fatal=True,
+            )
 
     def _copy(self, target: PathKey, site: PathKey) -> Any:
         self._charge(self.sizes.get(target, 1), site)  # before the copy is made
@@ -104,16 +109,20 @@ class _Resolver:
         if target in self.done:
             return self._copy(target, site)
         if target in stack:
-            cycle = " -> ".join(format_path(p) for p in [*stack[stack.index(target):], target])
+            cycle = " -> ".join(format_path(p) for p in [*stack[stack.index(target) :], target])
             raise _Abort(self.lines.problem(site, f"reference cycle: {cycle}"))
         if len(stack) > MAX_DEPTH:
             raise _Abort(self.lines.problem(site, "references nest too deeply"))
         try:
             raw = get_path(self.root, target)
         except (KeyError, IndexError, TypeError):
-            raise _Abort(self.lines.problem(
-                site, f"reference ${{{format_path(target)}}} names a key that does not exist"
-                + self._near(target))) from None
+            raise _Abort(
+                self.lines.problem(
+                    site,
+                    f"reference ${{{format_path(target)}}} names a key that does not exist"
+                    + self._near(target),
+                )
+            ) from None
         value = self.resolve_value(raw, target, [*stack, target])
         self.done[target] = value
         self.sizes[target] = _count(value)
@@ -156,17 +165,26 @@ class _Resolver:
                 raise _Abort(self.lines.problem(path, f"malformed reference {m.group(0)!r}"))
             got = self.resolve_path(target, stack, path)
             if isinstance(got, (dict, list)):
-                raise _Abort(self.lines.problem(
-                    path, f"{m.group(0)} names a {type(got).__name__}, which cannot be placed "
-                          "inside a string; use the reference alone as the whole value"))
+                raise _Abort(
+                    self.lines.problem(
+                        path,
+                        f"{m.group(0)} names a {type(got).__name__}, which cannot be placed "
+                        "inside a string; use the reference alone as the whole value",
+                    )
+                )
             text = "" if got is None else str(got)
             self.chars += len(text)
             if self.chars > MAX_REFERENCE_CHARS:
-                raise _Abort(self.lines.problem(
-                    path, f"strings formatted from ${{...}} references exceed "
-                          f"{MAX_REFERENCE_CHARS} characters (the reference expansion budget) "
-                          f"while resolving {format_path(path)!r}; strings built from strings "
-                          "built from references grow exponentially"), fatal=True)
+                raise _Abort(
+                    self.lines.problem(
+                        path,
+                        f"strings formatted from ${{...}} references exceed "
+                        f"{MAX_REFERENCE_CHARS} characters (the reference expansion budget) "
+                        f"while resolving {format_path(path)!r}; strings built from strings "
+                        "built from references grow exponentially",
+                    ),
+                    fatal=True,
+                )
             return text
 
         out = REFERENCE_RE.sub(sub, value)
@@ -227,8 +245,10 @@ class AppliedOverride:
         if not self.via:
             return None
         hops = "; ".join(f"{format_path(src)} is ${{{format_path(dst)}}}" for src, dst in self.via)
-        return (f"override {self.text!r} applied to {format_path(self.path)} ({hops}): every "
-                f"key that references {format_path(self.via[-1][1])} sees the new value")
+        return (
+            f"override {self.text!r} applied to {format_path(self.path)} ({hops}): every "
+            f"key that references {format_path(self.via[-1][1])} sees the new value"
+        )
 
 
 def whole_reference(value: Any) -> PathKey | None:
@@ -240,8 +260,9 @@ def whole_reference(value: Any) -> PathKey | None:
     return None
 
 
-def _descend(data: dict[str, Any], path: PathKey, text: str,
-             file: str | None) -> tuple[Any, PathKey, list[tuple[PathKey, PathKey]]] | Problem:
+def _descend(
+    data: dict[str, Any], path: PathKey, text: str, file: str | None
+) -> tuple[Any, PathKey, list[tuple[PathKey, PathKey]]] | Problem:
     """Walk to the parent of ``path``'s last part, creating missing mappings and following
     whole-value references on the way; returns (parent, final path, references followed)."""
     via: list[tuple[PathKey, PathKey]] = []
@@ -257,15 +278,20 @@ def _descend(data: dict[str, Any], path: PathKey, text: str,
         elif isinstance(cur, list) and isinstance(part, int) and -len(cur) <= part < len(cur):
             nxt = cur[part]
         else:
-            return Problem(format_path((*done, part)), f"override {text!r}: cannot descend here",
-                           None, file)
+            return Problem(
+                format_path((*done, part)), f"override {text!r}: cannot descend here", None, file
+            )
         done = (*done, part)
         target = whole_reference(nxt)
         if target is not None:
             # the key holds ``${target}``: the override means the referenced block
             if len(via) >= MAX_DEPTH or any(dst == target for _, dst in via):
-                return Problem(format_path(done), f"override {text!r}: the references from "
-                                                  "here form a cycle", None, file)
+                return Problem(
+                    format_path(done),
+                    f"override {text!r}: the references from here form a cycle",
+                    None,
+                    file,
+                )
             via.append((done, target))
             todo = [*target, *todo]
             done, cur = (), data
@@ -274,8 +300,9 @@ def _descend(data: dict[str, Any], path: PathKey, text: str,
     return cur, (*done, path[-1]), via
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str],
-                    file: str | None) -> list[AppliedOverride]:
+def apply_overrides(
+    data: dict[str, Any], overrides: list[str], file: str | None
+) -> list[AppliedOverride]:
     """Apply ``key.path=value`` overrides in place; values are parsed as YAML scalars/lists.
 
     A path that runs through a key holding a whole-value reference (``model.backbone:
@@ -288,28 +315,44 @@ def apply_overrides(data: dict[str, Any], overrides: list[str],
         key, sep, raw = text.partition("=")
         path = parse_path(key)
         if not sep or path is None:
-            raise FcosUserError(f"override {text!r} is not of the form key.path=value",
-                                hint="e.g. float_trainer.num_epochs=2")
+            raise FcosUserError(
+                f"override {text!r} is not of the form key.path=value",
+                hint="e.g. float_trainer.num_epochs=2",
+            )
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as exc:
-            raise FcosUserError(f"override {text!r}: the value is not valid YAML ({exc})",
-                                hint="quote strings that contain ':' or '#'") from None
+            raise FcosUserError(
+                f"override {text!r}: the value is not valid YAML ({exc})",
+                hint="quote strings that contain ':' or '#'",
+            ) from None
         got = _descend(data, path, text, file)
         if isinstance(got, Problem):
             problems.append(got)
             continue
         cur, final, via = got
         last = final[-1]
-        if isinstance(cur, dict) or (isinstance(cur, list) and isinstance(last, int) and -len(cur) <= last < len(cur)):
+        if isinstance(cur, dict) or (
+            isinstance(cur, list) and isinstance(last, int) and -len(cur) <= last < len(cur)
+        ):
             cur[last] = value
         else:
-            what = f"a list of {len(cur)}" if isinstance(cur, list) else \
-                f"the value {cur!r}" if not isinstance(cur, str) or len(cur) < 60 else "a string"
-            problems.append(Problem(
-                format_path(final), f"override {text!r}: no such item: "
-                                    f"{format_path(final[:-1]) or 'the top level'} is {what}",
-                None, file))
+            what = (
+                f"a list of {len(cur)}"
+                if isinstance(cur, list)
+                else f"the value {cur!r}"
+                if not isinstance(cur, str) or len(cur) < 60
+                else "a string"
+            )
+            problems.append(
+                Problem(
+                    format_path(final),
+                    f"override {text!r}: no such item: "
+                    f"{format_path(final[:-1]) or 'the top level'} is {what}",
+                    None,
+                    file,
+                )
+            )
             continue
         applied.append(AppliedOverride(text, final, tuple(via)))
     if problems:

@@ -41,16 +41,20 @@ def _broken_kinds(host: PluginHost) -> dict[str, list[str]]:
     from fcos_core.registry import KNOWN_PROVIDERS
 
     broken: dict[str, list[str]] = {}
-    reasons = {p.distribution: p.error or p.status for p in host.plugins.values()
-               if p.distribution and p.status != "loaded"}
+    reasons = {
+        p.distribution: p.error or p.status
+        for p in host.plugins.values()
+        if p.distribution and p.status != "loaded"
+    }
     for (kind, _name), dist in KNOWN_PROVIDERS.items():
         if dist in reasons and dist not in broken.get(kind, []):
             broken.setdefault(kind, []).append(f"{dist}: {reasons[dist]}")
     return broken
 
 
-def load_config(path: str | os.PathLike[str], host: PluginHost,
-                overrides: Sequence[str] = ()) -> ResolvedConfig:
+def load_config(
+    path: str | os.PathLike[str], host: PluginHost, overrides: Sequence[str] = ()
+) -> ResolvedConfig:
     """Read, override, resolve and validate ``path``; raises :class:`ConfigError` with all
     problems at once."""
     raw, lines = load_yaml(path)
@@ -66,30 +70,46 @@ def load_config(path: str | os.PathLike[str], host: PluginHost,
     # unknown top-level keys get an extra hint about vars:
     validator.problems = [
         attrs.evolve(p, message=p.message + hint)
-        if p.path.count(".") == 0 and p.message.startswith("unknown key") else p
+        if p.path.count(".") == 0 and p.message.startswith("unknown key")
+        else p
         for p in validator.problems
     ]
-    resolved = ResolvedConfig(str(path), data, values or {}, lines, raw=raw,  # resolving reads raw, never changes it
-                              overrides=applied)
+    resolved = ResolvedConfig(
+        str(path),
+        data,
+        values or {},
+        lines,
+        raw=raw,  # resolving reads raw, never changes it
+        overrides=applied,
+    )
     compile_cfg = data.get("compile_cfg")
     if isinstance(compile_cfg, dict):
         march = compile_cfg.get("march", data.get("march"))
         if not isinstance(march, str):
-            validator.problem(("compile_cfg",), "compile_cfg needs 'march' (here or at the top "
-                                                "level) naming a compile backend")
+            validator.problem(
+                ("compile_cfg",),
+                "compile_cfg needs 'march' (here or at the top level) naming a compile backend",
+            )
         else:
             entry = validator.lookup("compile_backends", march, ("compile_cfg", "march"))
             # the deploy checks every backend's compile stage honours (allow_disagreement ...)
             # are fcos core's keys, not the backend's
             from fcos_core.compile.deploy_table import CHECK_KEYS, DeployCheckOptions
 
-            validator.check_schema(DeployCheckOptions,
-                                   {k: v for k, v in compile_cfg.items() if k in CHECK_KEYS},
-                                   ("compile_cfg",), "compile_cfg")
+            validator.check_schema(
+                DeployCheckOptions,
+                {k: v for k, v in compile_cfg.items() if k in CHECK_KEYS},
+                ("compile_cfg",),
+                "compile_cfg",
+            )
             if entry is not None:
-                opts = validator.check_schema(entry.schema, compile_cfg, ("compile_cfg",),
-                                              f"compile backend {march!r}",
-                                              skip=("march", *CHECK_KEYS))
+                opts = validator.check_schema(
+                    entry.schema,
+                    compile_cfg,
+                    ("compile_cfg",),
+                    f"compile backend {march!r}",
+                    skip=("march", *CHECK_KEYS),
+                )
                 resolved.compile_backend = entry
                 resolved.compile_options = opts
     elif isinstance(data.get("march"), str):
@@ -115,6 +135,8 @@ def _merge_repeats(problems: list) -> list:
         merged.append(p)
     for i, paths in extra.items():
         more = ", ".join(paths[:4]) + (", ..." if len(paths) > 4 else "")
-        merged[i] = attrs.evolve(merged[i], message=merged[i].message +
-                                 f" (the same at {len(paths)} more place(s): {more})")
+        merged[i] = attrs.evolve(
+            merged[i],
+            message=merged[i].message + f" (the same at {len(paths)} more place(s): {more})",
+        )
     return merged

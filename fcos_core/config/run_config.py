@@ -25,17 +25,22 @@ class RunConfig:
     cudnn_benchmark: bool = arg(True, help="set torch.backends.cudnn.benchmark on CUDA")
     num_threads: int | None = arg(None, help="torch intra-op threads (null: torch default)")
     dist_timeout_s: float = arg(
-        1800.0, help="distributed runs: seconds a process waits in a collective for a silent "
-                     "peer before it stops with an error (a peer that exits is noticed at once)")
-    channels_last: bool = arg(True, help="channels-last memory format for the model "
-                                         "(1.3-1.5x faster convolutions on CPU)")
+        1800.0,
+        help="distributed runs: seconds a process waits in a collective for a silent "
+        "peer before it stops with an error (a peer that exits is noticed at once)",
+    )
+    channels_last: bool = arg(
+        True, help="channels-last memory format for the model (1.3-1.5x faster convolutions on CPU)"
+    )
     march: str | None = arg(None, help="deployment target: the compile backend to use")
     model: Any = component("models", None, help="the training model (with targets and losses)")
     deploy_model: Any = component("models", None, help="the model that is quantized and compiled")
     deploy_inputs: dict[str, list[int]] = arg(
-        {"img": [1, 3, 512, 512]}, help="input name -> shape used to trace/compile deploy_model")
+        {"img": [1, 3, 512, 512]}, help="input name -> shape used to trace/compile deploy_model"
+    )
     deploy_model_convert_pipeline: Any = component(
-        "converters", None, help="float -> quantized conversion used to check the deploy model")
+        "converters", None, help="float -> quantized conversion used to check the deploy model"
+    )
     data_loader: Any = component("data_loaders", None, help="training data")
     val_data_loader: Any = component("data_loaders", None, help="validation data")
     float_trainer: Any = component("trainers", None, help="stage 'float': float training")
@@ -47,4 +52,5 @@ class RunConfig:
     qat_predictor: Any = component("trainers", None, help="evaluates the QAT checkpoint")
     int_infer_predictor: Any = component("trainers", None, help="evaluates the quantized model")
     compile_cfg: dict[str, Any] | None = arg(
-        None, help="compile settings; 'march' picks the compile backend, the rest are its options")
+        None, help="compile settings; 'march' picks the compile backend, the rest are its options"
+    )

@@ -40,8 +40,9 @@ class NamedRef:
 class Validator:
     """Walks values against schema fields, collecting :class:`Problem` objects."""
 
-    def __init__(self, registries: Registries, lines: LineMap,
-                 broken: dict[str, list[str]] | None = None) -> None:
+    def __init__(
+        self, registries: Registries, lines: LineMap, broken: dict[str, list[str]] | None = None
+    ) -> None:
         self.registries = registries
         self.lines = lines
         self.problems: list[Problem] = []
@@ -53,12 +54,12 @@ class Validator:
 
     # -- schemas ----------------------------------------------------------------------------
 
-    def check_schema(self, schema: type | None, value: Any, path: PathKey,
-                     what: str, skip: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    def check_schema(
+        self, schema: type | None, value: Any, path: PathKey, what: str, skip: tuple[str, ...] = ()
+    ) -> dict[str, Any] | None:
         """Check a mapping against an attrs schema; returns checked kwargs (None on failure)."""
         if not isinstance(value, dict):
-            self.problem(path, f"{what} must be a mapping of arguments, got "
-                               f"{type(value).__name__}")
+            self.problem(path, f"{what} must be a mapping of arguments, got {type(value).__name__}")
             return None
         if schema is None:
             return {k: v for k, v in value.items() if k not in skip}
@@ -70,22 +71,25 @@ class Validator:
                 continue
             moved = getattr(schema, "MOVED_KEYS", {})
             if key not in fields and key in moved:
-                self.problem((*path, key), f"{what} no longer takes {key!r}: write "
-                                           f"{moved[key].format(value=value[key])} instead")
+                self.problem(
+                    (*path, key),
+                    f"{what} no longer takes {key!r}: write "
+                    f"{moved[key].format(value=value[key])} instead",
+                )
                 ok = False
                 continue
             if key not in fields:
                 near = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
                 hint = f"; did you mean {near[0]!r}?" if near else ""
                 valid = ", ".join(fields) or "(none)"
-                self.problem((*path, key), f"unknown key {key!r} for {what}{hint} "
-                                           f"(valid keys: {valid})")
+                self.problem(
+                    (*path, key), f"unknown key {key!r} for {what}{hint} (valid keys: {valid})"
+                )
                 ok = False
         for name, field in fields.items():
             if name not in value:
                 if field.required:
-                    self.problem(path, f"{what} is missing required key {name!r} "
-                                       f"({field.help})")
+                    self.problem(path, f"{what} is missing required key {name!r} ({field.help})")
                     ok = False
                 continue
             checked = self.check_field(field, value[name], (*path, name))
@@ -103,11 +107,13 @@ class Validator:
                 return self.check_named(field.kind, value, path)
             if field.shape == "list":
                 if not isinstance(value, list):
-                    self.problem(path, f"expected a list of {field.kind} blocks, got "
-                                       f"{type(value).__name__}")
+                    self.problem(
+                        path, f"expected a list of {field.kind} blocks, got {type(value).__name__}"
+                    )
                     return _BAD
-                items = [self.check_component(field.kind, v, (*path, i))
-                         for i, v in enumerate(value)]
+                items = [
+                    self.check_component(field.kind, v, (*path, i)) for i, v in enumerate(value)
+                ]
                 return _BAD if any(i is _BAD for i in items) else items
             return self.check_component(field.kind, value, path)
         why = check_type(value, field.type)
@@ -123,12 +129,17 @@ class Validator:
         if isinstance(value, str):
             value = {"type": value}
         if not isinstance(value, dict):
-            self.problem(path, f"expected a {kind} block like {{type: NAME, ...}}, got "
-                               f"{type(value).__name__}")
+            self.problem(
+                path,
+                f"expected a {kind} block like {{type: NAME, ...}}, got {type(value).__name__}",
+            )
             return _BAD
         if "type" not in value:
-            self.problem(path, f"this {kind} block has no 'type' key (one of: "
-                               f"{', '.join(self.registries[kind].names()) or 'none registered'})")
+            self.problem(
+                path,
+                f"this {kind} block has no 'type' key (one of: "
+                f"{', '.join(self.registries[kind].names()) or 'none registered'})",
+            )
             return _BAD
         name = value["type"]
         if not isinstance(name, str):
@@ -140,13 +151,20 @@ class Validator:
         kwargs = self.check_schema(entry.schema, value, path, f"{kind} {name!r}", skip=("type",))
         if kwargs is None:
             return _BAD
-        return Node(entry, kwargs, path, fields_of(entry.schema) if entry.schema else {},
-                    self.lines.line(path), self.lines.file)
+        return Node(
+            entry,
+            kwargs,
+            path,
+            fields_of(entry.schema) if entry.schema else {},
+            self.lines.line(path),
+            self.lines.file,
+        )
 
     def check_named(self, kind: str, value: Any, path: PathKey) -> Any:
         if not isinstance(value, str):
-            self.problem(path, f"expected the name of a registered {kind} entry, got "
-                               f"{type(value).__name__}")
+            self.problem(
+                path, f"expected the name of a registered {kind} entry, got {type(value).__name__}"
+            )
             return _BAD
         entry = self.lookup(kind, value, path)
         return _BAD if entry is None else NamedRef(entry, path)

@@ -62,10 +62,14 @@ class MultiBatchProcessor:
         amp_dtype: ``float16`` (with a gradient scaler on CUDA) or ``bfloat16``.
     """
 
-    def __init__(self, need_grad_update: bool = True,
-                 loss_collector: Callable[[Any], list[Any]] | None = None,
-                 grad_clip_max_norm: float | None = None, amp: bool = False,
-                 amp_dtype: str = "float16") -> None:
+    def __init__(
+        self,
+        need_grad_update: bool = True,
+        loss_collector: Callable[[Any], list[Any]] | None = None,
+        grad_clip_max_norm: float | None = None,
+        amp: bool = False,
+        amp_dtype: str = "float16",
+    ) -> None:
         if grad_clip_max_norm is not None and not grad_clip_max_norm > 0:
             raise ValueError(f"grad_clip_max_norm must be > 0, got {grad_clip_max_norm}")
         if amp_dtype not in ("float16", "bfloat16"):
@@ -111,29 +115,41 @@ class MultiBatchProcessor:
             return
         # logged-only values (LossDict.monitor, e.g. centerness_floor): recorded next to the
         # terms, but neither checked nor part of the total
-        monitor = {k: v for k, v in monitor_values(outputs).items()
-                   if isinstance(v, torch.Tensor) and k not in terms and k != "loss"}
+        monitor = {
+            k: v
+            for k, v in monitor_values(outputs).items()
+            if isinstance(v, torch.Tensor) and k not in terms and k != "loss"
+        }
         # one device->host copy for all terms (a single synchronisation per step)
-        values = torch.stack([t.detach().float().sum()
-                              for t in [*terms.values(), *monitor.values()]]).tolist()
-        named = dict(zip(terms, values[:len(terms)]))
-        extra = dict(zip(monitor, values[len(terms):]))
+        values = torch.stack(
+            [t.detach().float().sum() for t in [*terms.values(), *monitor.values()]]
+        ).tolist()
+        named = dict(zip(terms, values[: len(terms)]))
+        extra = dict(zip(monitor, values[len(terms) :]))
         for name, value in named.items():
             if not math.isfinite(value):
                 st = getattr(loop, "state", None)
                 raise NonFiniteLossError(
-                    getattr(loop, "stage", "?"), getattr(st, "epoch", 0),
-                    getattr(st, "global_step", -1) + 1, name, value)
+                    getattr(loop, "stage", "?"),
+                    getattr(st, "epoch", 0),
+                    getattr(st, "global_step", -1) + 1,
+                    name,
+                    value,
+                )
         if loop is not None and getattr(loop, "state", None) is not None:
             st = loop.state
             st.last_losses = {**named, "loss": sum(named.values()), **extra}
 
     # -- the step ---------------------------------------------------------------------------
 
-    def __call__(self, model: Any, batch: Any, device: torch.device, optimizer: Any = None,
-                 loop: Any = None) -> Any:
-        many = isinstance(batch, (list, tuple)) and bool(batch) and all(
-            isinstance(b, dict) for b in batch)
+    def __call__(
+        self, model: Any, batch: Any, device: torch.device, optimizer: Any = None, loop: Any = None
+    ) -> Any:
+        many = (
+            isinstance(batch, (list, tuple))
+            and bool(batch)
+            and all(isinstance(b, dict) for b in batch)
+        )
         batches = list(batch) if many else [batch]
         batches = [to_device(b, device) for b in batches]
         if not self.need_grad_update:
@@ -141,8 +157,10 @@ class MultiBatchProcessor:
                 outs = [model(b) for b in batches]
             return outs if many else outs[0]
         if optimizer is None:
-            raise RuntimeError("MultiBatchProcessor with need_grad_update needs an optimizer; "
-                               "give the trainer an optimizer block")
+            raise RuntimeError(
+                "MultiBatchProcessor with need_grad_update needs an optimizer; "
+                "give the trainer an optimizer block"
+            )
         scaler = self._get_scaler(device)
         optimizer.zero_grad(set_to_none=True)
         self.last_step_skipped = False
@@ -152,8 +170,10 @@ class MultiBatchProcessor:
                 out = model(b)
             losses = self.loss_collector(out)
             if not losses:
-                raise RuntimeError("the loss collector found no loss tensors in the model's "
-                                   "output; in train mode the model must return a dict of losses")
+                raise RuntimeError(
+                    "the loss collector found no loss tensors in the model's "
+                    "output; in train mode the model must return a dict of losses"
+                )
             self._check_and_record(out, loop)
             total = sum(loss.sum() if loss.dim() else loss for loss in losses)
             if scaler is not None:

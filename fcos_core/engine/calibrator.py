@@ -42,10 +42,18 @@ class Calibrator(Loop):
 
     is_training = False
 
-    def __init__(self, model: Any, data_loader: Any, num_steps: int,
-                 model_convert_pipeline: Any = None, batch_processor: Any = None,
-                 device: str | None = None, callbacks: Any = (), val_metrics: Any = None,
-                 log_interval: int = 1) -> None:
+    def __init__(
+        self,
+        model: Any,
+        data_loader: Any,
+        num_steps: int,
+        model_convert_pipeline: Any = None,
+        batch_processor: Any = None,
+        device: str | None = None,
+        callbacks: Any = (),
+        val_metrics: Any = None,
+        log_interval: int = 1,
+    ) -> None:
         super().__init__(model, model_convert_pipeline, callbacks, device)
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
@@ -71,8 +79,9 @@ class Calibrator(Loop):
         ckpt = self.peek_resume()
         if ckpt is not None and ckpt.get("finished"):
             self.model.load_state_dict(ckpt["state_dict"], strict=False)
-            self.logger.info("resume: calibration already finished; skipping it",
-                             checkpoint=ckpt.get("_path"))
+            self.logger.info(
+                "resume: calibration already finished; skipping it", checkpoint=ckpt.get("_path")
+            )
             return dict(ckpt.get("metrics") or {})
         if hasattr(self.data_loader, "set_seed"):
             self.data_loader.set_seed(ctx.seed if ctx.seed is not None else 0)

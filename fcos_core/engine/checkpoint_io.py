@@ -42,7 +42,8 @@ def load_file(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:
         raise FcosUserError(
             f"cannot read {what} {str(path)!r}: {type(exc).__name__}: {str(exc)[:300]}",
             hint="the file may be truncated or not a torch checkpoint; only tensors, numbers, "
-                 "strings, lists and dicts are accepted (weights_only loading)") from None
+            "strings, lists and dicts are accepted (weights_only loading)",
+        ) from None
 
 
 # --- random generator states, as tensors --------------------------------------------------
@@ -80,10 +81,22 @@ def rng_state(raw: tuple[Any, ...] | None = None) -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what :func:`rng_state` returned."""
-    random.setstate((state["python_version"], tuple(int(x) for x in state["python"].tolist()),
-                     state["python_gauss"]))
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32),
-                         state["numpy_pos"], state["numpy_has_gauss"], state["numpy_gauss"]))
+    random.setstate(
+        (
+            state["python_version"],
+            tuple(int(x) for x in state["python"].tolist()),
+            state["python_gauss"],
+        )
+    )
+    np.random.set_state(
+        (
+            "MT19937",
+            state["numpy_keys"].numpy().astype(np.uint32),
+            state["numpy_pos"],
+            state["numpy_has_gauss"],
+            state["numpy_gauss"],
+        )
+    )
     torch.random.set_rng_state(state["torch"])
     cuda = state.get("cuda")
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():

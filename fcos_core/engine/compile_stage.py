@@ -47,13 +47,18 @@ def backend_entry(cfg: Any) -> Any:
         return cfg.compile_backend
     march = _march(cfg)
     if march is None:
-        raise FcosUserError("the config names no compile target",
-                            hint="set 'march' (and compile_cfg) in the config")
+        raise FcosUserError(
+            "the config names no compile target", hint="set 'march' (and compile_cfg) in the config"
+        )
     dist = KNOWN_PROVIDERS.get(("compile_backends", str(march)))
     raise FcosUserError(
         f"no compile backend is registered for march {march!r}",
-        hint=(f"pip install {dist}" if dist else
-              "install the plugin that provides this march (see `fcos plugins`)"))
+        hint=(
+            f"pip install {dist}"
+            if dist
+            else "install the plugin that provides this march (see `fcos plugins`)"
+        ),
+    )
 
 
 def _has_load_checkpoint(pipeline: Any) -> bool:
@@ -72,16 +77,20 @@ def deploy_model(cfg: Any, ctx: Any) -> tuple[Any, str]:
         source = "int_infer_trainer model and model_convert_pipeline"
     else:
         if cfg.node("deploy_model") is None:
-            raise FcosUserError("the compile stage needs an int_infer_trainer or a deploy_model "
-                                "block", hint="add deploy_model (and "
-                                              "deploy_model_convert_pipeline) to the config")
+            raise FcosUserError(
+                "the compile stage needs an int_infer_trainer or a deploy_model block",
+                hint="add deploy_model (and deploy_model_convert_pipeline) to the config",
+            )
         model = build(cfg.values["deploy_model"])
         pipeline = build(cfg.values.get("deploy_model_convert_pipeline"))
         source = "deploy_model and deploy_model_convert_pipeline"
         if not _has_load_checkpoint(pipeline):
-            ctx.logger.warning("compiling deploy_model without trained weights: neither an "
-                               "int_infer_trainer nor a LoadCheckpoint in "
-                               "deploy_model_convert_pipeline", stage="compile")
+            ctx.logger.warning(
+                "compiling deploy_model without trained weights: neither an "
+                "int_infer_trainer nor a LoadCheckpoint in "
+                "deploy_model_convert_pipeline",
+                stage="compile",
+            )
     if pipeline is not None:
         model = pipeline(model, convert_ctx)
     from fcos_core.engine.modes import set_mode
@@ -104,21 +113,22 @@ def run_compile_stage(cfg: Any, ctx: Any) -> dict[str, Any] | None:
 
     from fcos_core.compile.deploy_table import check_options
 
-    if cfg.compile_backend is None and cfg.data.get("compile_cfg") is None \
-            and _march(cfg) is None:
+    if cfg.compile_backend is None and cfg.data.get("compile_cfg") is None and _march(cfg) is None:
         return None
     entry = backend_entry(cfg)
     backend = entry.load()()
     check = check_options(cfg.data.get("compile_cfg"))
     model, source = deploy_model(cfg, ctx)
     g = torch.Generator().manual_seed(0)
-    example_inputs = {k: torch.randn(tuple(shape), generator=g)
-                      for k, shape in ctx.example_inputs.items()}
+    example_inputs = {
+        k: torch.randn(tuple(shape), generator=g) for k, shape in ctx.example_inputs.items()
+    }
     options = dict(cfg.compile_options or {})
     out_dir = Path(options.get("out_dir") or Path(ctx.ckpt_dir) / "compile")
     out_dir.mkdir(parents=True, exist_ok=True)
-    ctx.logger.info("compiling", march=entry.name, backend=entry.provider, model=source,
-                    out_dir=str(out_dir))
+    ctx.logger.info(
+        "compiling", march=entry.name, backend=entry.provider, model=source, out_dir=str(out_dir)
+    )
     result = backend.compile(model, example_inputs, options, out_dir)
     program = _load_artifact(backend, result)
 
@@ -126,25 +136,69 @@ def run_compile_stage(cfg: Any, ctx: Any) -> dict[str, Any] | None:
     inputs = ""
     if program is not None and len(ctx.example_inputs) == 1:
         agreement, latency, model_latency, inputs = _check_artifact(
-            cfg, ctx, backend, program, model, options, check)
-        _enforce_agreement(ctx, entry.name, agreement, inputs, result, check,
-                           lambda: _table(cfg, ctx, entry.name, source, model, result, None,
-                                          agreement, latency, model_latency, inputs,
-                                          score_int=False))
+            cfg, ctx, backend, program, model, options, check
+        )
+        _enforce_agreement(
+            ctx,
+            entry.name,
+            agreement,
+            inputs,
+            result,
+            check,
+            lambda: _table(
+                cfg,
+                ctx,
+                entry.name,
+                source,
+                model,
+                result,
+                None,
+                agreement,
+                latency,
+                model_latency,
+                inputs,
+                score_int=False,
+            ),
+        )
     elif program is None:
-        ctx.logger.info("compile: the backend cannot load and run its artifact here; no "
-                        "agreement or latency check")
+        ctx.logger.info(
+            "compile: the backend cannot load and run its artifact here; no "
+            "agreement or latency check"
+        )
 
     metrics = evaluate_artifact(cfg, ctx, backend, result, program)
-    table = _table(cfg, ctx, entry.name, source, model, result, metrics, agreement, latency,
-                   model_latency, inputs, score_int=True)
-    return {"out_dir": str(out_dir), "result": result, "source": source, "metrics": metrics,
-            "deploy_table": table}
+    table = _table(
+        cfg,
+        ctx,
+        entry.name,
+        source,
+        model,
+        result,
+        metrics,
+        agreement,
+        latency,
+        model_latency,
+        inputs,
+        score_int=True,
+    )
+    return {
+        "out_dir": str(out_dir),
+        "result": result,
+        "source": source,
+        "metrics": metrics,
+        "deploy_table": table,
+    }
 
 
-def _check_artifact(cfg: Any, ctx: Any, backend: Any, program: Any, model: Any,
-                    options: dict[str, Any], check: dict[str, Any]
-                    ) -> tuple[dict[str, Any], Any, Any, str]:
+def _check_artifact(
+    cfg: Any,
+    ctx: Any,
+    backend: Any,
+    program: Any,
+    model: Any,
+    options: dict[str, Any],
+    check: dict[str, Any],
+) -> tuple[dict[str, Any], Any, Any, str]:
     """Agreement of ``program`` with the integer ``model`` on validation images (else the
     example input), and both one's batch-1 latency: ``(agreement, artifact latency, integer
     model latency, what the inputs were)``."""
@@ -169,16 +223,21 @@ def _check_artifact(cfg: Any, ctx: Any, backend: Any, program: Any, model: Any,
     agreement = measure_agreement(backend, program, model, images, name, pyramid)
     feed, model_in = feed_pair(images[0], pyramid)
     runs, warmup = check["timing_runs"], check["timing_warmup"]
-    latency = measure_runtime(lambda: backend.run(program, {name: feed}), runs, warmup,
-                              thread_budget(program))
+    latency = measure_runtime(
+        lambda: backend.run(program, {name: feed}), runs, warmup, thread_budget(program)
+    )
     with torch.no_grad():
-        model_latency = measure_runtime(lambda: model(model_in), runs, warmup,
-                                        torch.get_num_threads())
-    ctx.logger.info("artifact vs integer model", inputs=inputs,
-                    within_0=round(agreement.get("within_0", 1.0), 6),
-                    within_1=round(agreement.get("within_1", 1.0), 6),
-                    max_steps=agreement.get("max_steps"),
-                    worst_output=agreement.get("worst_output"))
+        model_latency = measure_runtime(
+            lambda: model(model_in), runs, warmup, torch.get_num_threads()
+        )
+    ctx.logger.info(
+        "artifact vs integer model",
+        inputs=inputs,
+        within_0=round(agreement.get("within_0", 1.0), 6),
+        within_1=round(agreement.get("within_1", 1.0), 6),
+        max_steps=agreement.get("max_steps"),
+        worst_output=agreement.get("worst_output"),
+    )
     return agreement, latency, model_latency, inputs
 
 
@@ -186,14 +245,24 @@ def _load_artifact(backend: Any, result: Any) -> Any:
     """The loaded artifact (``backend.load``), or None when the backend has no
     ``load``/``run`` or returned no artifact path."""
     artifact = getattr(result, "artifact", None)
-    if artifact is None or not callable(getattr(backend, "load", None)) \
-            or not callable(getattr(backend, "run", None)):
+    if (
+        artifact is None
+        or not callable(getattr(backend, "load", None))
+        or not callable(getattr(backend, "run", None))
+    ):
         return None
     return backend.load(artifact)
 
 
-def _enforce_agreement(ctx: Any, march: str, agreement: dict[str, Any], inputs: str,
-                       result: Any, check: dict[str, Any], write_table: Any) -> None:
+def _enforce_agreement(
+    ctx: Any,
+    march: str,
+    agreement: dict[str, Any],
+    inputs: str,
+    result: Any,
+    check: dict[str, Any],
+    write_table: Any,
+) -> None:
     """The rule of :func:`fcos_core.compile.agreement.disagreement` for every backend: a
     user error naming the outputs (the table is written first, for inspection), or a
     warning with ``allow_disagreement``."""
@@ -209,43 +278,68 @@ def _enforce_agreement(ctx: Any, march: str, agreement: dict[str, Any], inputs: 
             f"compile (march {march}): the artifact's runtime disagrees with the fcos integer "
             f"model beyond one quantization step: {problem}; {where}",
             hint="the export or the runtime computes these outputs differently from the "
-                 "integer model (see docs/deployment.md, 'One deploy table', for the usual "
-                 "causes, e.g. march onnx: compile_cfg.requantization: integer); to keep the "
-                 "artifact anyway set compile_cfg.allow_disagreement: true or run `fcos "
-                 "compile CONFIG --allow-disagreement`")
-    ctx.logger.warning(f"the artifact's runtime disagrees with the fcos integer model beyond "
-                       f"one quantization step: {problem}; {where} (kept: "
-                       f"compile_cfg.allow_disagreement is true)", stage="compile")
+            "integer model (see docs/deployment.md, 'One deploy table', for the usual "
+            "causes, e.g. march onnx: compile_cfg.requantization: integer); to keep the "
+            "artifact anyway set compile_cfg.allow_disagreement: true or run `fcos "
+            "compile CONFIG --allow-disagreement`",
+        )
+    ctx.logger.warning(
+        f"the artifact's runtime disagrees with the fcos integer model beyond "
+        f"one quantization step: {problem}; {where} (kept: "
+        f"compile_cfg.allow_disagreement is true)",
+        stage="compile",
+    )
 
 
-def _table(cfg: Any, ctx: Any, march: str, source: str, model: Any, result: Any,
-           metrics: dict[str, float] | None, agreement: dict[str, Any] | None,
-           latency: dict[str, Any] | None, model_latency: dict[str, Any] | None,
-           inputs: str, score_int: bool) -> dict[str, Any]:
+def _table(
+    cfg: Any,
+    ctx: Any,
+    march: str,
+    source: str,
+    model: Any,
+    result: Any,
+    metrics: dict[str, float] | None,
+    agreement: dict[str, Any] | None,
+    latency: dict[str, Any] | None,
+    model_latency: dict[str, Any] | None,
+    inputs: str,
+    score_int: bool,
+) -> dict[str, Any]:
     """Build, print and store the deploy table (summary_extra + deploy_table.csv)."""
     from fcos_core.compile.deploy_table import format_table, reference_label, table_row, write_csv
 
-    int_metrics, int_from = (integer_model_metrics(cfg, ctx, source, model) if score_int
-                             else (None, "not scored"))
+    int_metrics, int_from = (
+        integer_model_metrics(cfg, ctx, source, model) if score_int else (None, "not scored")
+    )
     artifact = str(getattr(result, "artifact", "") or "")
-    rows = [table_row(reference_label(march), int_metrics, None, model_latency, "", int_from),
-            table_row(march, metrics, agreement, latency, artifact, inputs)]
+    rows = [
+        table_row(reference_label(march), int_metrics, None, model_latency, "", int_from),
+        table_row(march, metrics, agreement, latency, artifact, inputs),
+    ]
     text = format_table(rows)
     on = inputs or "no inputs: the backend cannot load and run its artifact here"
-    print(f"deploy table (agreement in quantization steps vs the integer model, on {on}; "
-          f"latency at batch 1):\n{text}", flush=True)
+    print(
+        f"deploy table (agreement in quantization steps vs the integer model, on {on}; "
+        f"latency at batch 1):\n{text}",
+        flush=True,
+    )
     ctx.logger.info("deploy table", table="\n" + text)
-    table: dict[str, Any] = {"rows": rows, "agreement": agreement, "latency": latency,
-                             "integer_model_latency": model_latency,
-                             "integer_model_metrics_from": int_from}
+    table: dict[str, Any] = {
+        "rows": rows,
+        "agreement": agreement,
+        "latency": latency,
+        "integer_model_latency": model_latency,
+        "integer_model_metrics_from": int_from,
+    }
     if ctx.run_dir is not None:
         table["csv"] = str(write_csv(Path(ctx.run_dir) / "deploy_table.csv", rows))
     ctx.summary_extra["deploy_table"] = table
     return table
 
 
-def integer_model_metrics(cfg: Any, ctx: Any, source: str, model: Any
-                          ) -> tuple[dict[str, float] | None, str]:
+def integer_model_metrics(
+    cfg: Any, ctx: Any, source: str, model: Any
+) -> tuple[dict[str, float] | None, str]:
     """The integer model's COCO numbers for the table and where they come from: the int_infer
     stage's (summary.json) when that stage ran in this invocation (same config, overrides and
     data: ``fcos run --stage all``) and the compiled model is exactly its model (its
@@ -257,17 +351,28 @@ def integer_model_metrics(cfg: Any, ctx: Any, source: str, model: Any
     from fcos_core.engine.summary import load_summary
 
     summary_path = Path(ctx.run_dir) / "summary.json" if ctx.run_dir is not None else None
-    if source.startswith("int_infer") and summary_path is not None \
-            and summary_path.is_file() and summary_path.stat().st_mtime >= _STARTED:
+    if (
+        source.startswith("int_infer")
+        and summary_path is not None
+        and summary_path.is_file()
+        and summary_path.stat().st_mtime >= _STARTED
+    ):
         done = load_summary(Path(ctx.run_dir)).get("int_infer") or {}
-        if isinstance(done.get("metrics"), dict) and done["metrics"] \
-                and _holds_model(done.get("checkpoint"), model):
+        if (
+            isinstance(done.get("metrics"), dict)
+            and done["metrics"]
+            and _holds_model(done.get("checkpoint"), model)
+        ):
             return done["metrics"], "int_infer stage (summary.json)"
     loaders, metric_node = artifact_eval_nodes(cfg)
     int_model = integer_body(model)
     post = getattr(model, "post_process", None)
-    if not loaders or metric_node is None or int_model is None \
-            or not callable(getattr(post, "detect", None)):
+    if (
+        not loaders
+        or metric_node is None
+        or int_model is None
+        or not callable(getattr(post, "detect", None))
+    ):
         return None, "not scored (no evaluation data, or not a quantized detector)"
     import torch
 
@@ -289,9 +394,11 @@ def integer_model_metrics(cfg: Any, ctx: Any, source: str, model: Any
                     outs = int_model(img)
                     if not int_model.dequant_output:
                         outs = tuple(dequantize(q, s) for q, s in zip(outs, scales))
-                    dets = post.detect(list(outs), (int(img.shape[-2]), int(img.shape[-1])),
-                                       bbox_upscaled=bool(getattr(model, "bbox_upscaled",
-                                                                  False)))
+                    dets = post.detect(
+                        list(outs),
+                        (int(img.shape[-2]), int(img.shape[-1])),
+                        bbox_upscaled=bool(getattr(model, "bbox_upscaled", False)),
+                    )
                     for m in metrics:
                         m.update(batch, dets)
                     bar.update()
@@ -318,8 +425,11 @@ def _holds_model(checkpoint: Any, model: Any) -> bool:
     saved = saved.get("state_dict", saved) if isinstance(saved, dict) else {}
     state = model.state_dict()
     return bool(state) and all(
-        isinstance(saved.get(k), torch.Tensor) and saved[k].shape == v.shape
-        and torch.equal(saved[k], v) for k, v in state.items())
+        isinstance(saved.get(k), torch.Tensor)
+        and saved[k].shape == v.shape
+        and torch.equal(saved[k], v)
+        for k, v in state.items()
+    )
 
 
 def artifact_eval_nodes(cfg: Any) -> tuple[list[Any], Any]:
@@ -344,8 +454,9 @@ def artifact_eval_nodes(cfg: Any) -> tuple[list[Any], Any]:
     return loaders, metric_node
 
 
-def score_artifact(backend: Any, program: Any, loaders: list[Any], metrics: list[Any],
-                   ctx: Any) -> dict[str, float] | None:
+def score_artifact(
+    backend: Any, program: Any, loaders: list[Any], metrics: list[Any], ctx: Any
+) -> dict[str, float] | None:
     """Run the loaded artifact ``program`` on every batch of ``loaders`` with the backend's
     runtime and feed ``metrics``; their merged results, or None when the backend cannot
     decode detections."""
@@ -371,8 +482,9 @@ def score_artifact(backend: Any, program: Any, loaders: list[Any], metrics: list
     return out
 
 
-def evaluate_artifact(cfg: Any, ctx: Any, backend: Any, result: Any,
-                      program: Any = None) -> dict[str, float]:
+def evaluate_artifact(
+    cfg: Any, ctx: Any, backend: Any, result: Any, program: Any = None
+) -> dict[str, float]:
     """COCO numbers of the compiled artifact itself, run by the backend's runtime on the data
     and metric of :func:`artifact_eval_nodes`. ``program``: the artifact already loaded
     (default: ``backend.load(result.artifact)``). Empty when the backend cannot decode
@@ -384,7 +496,8 @@ def evaluate_artifact(cfg: Any, ctx: Any, backend: Any, result: Any,
         ctx.logger.info("compile: no evaluation data/metric in the config; artifact not scored")
         return {}
     if not callable(getattr(backend, "detect", None)) or not callable(
-            getattr(backend, "load", None)):
+        getattr(backend, "load", None)
+    ):
         ctx.logger.info("compile: the backend cannot run and decode its artifact; not scored")
         return {}
     if program is None:
@@ -395,8 +508,10 @@ def evaluate_artifact(cfg: Any, ctx: Any, backend: Any, result: Any,
     if out is None:
         ctx.logger.info("compile: the backend cannot decode detections; artifact not scored")
         return {}
-    ctx.logger.info("compiled artifact scored by its runtime", **{
-        k: round(v, 4) for k, v in out.items() if k in ("mAP", "AP50")})
+    ctx.logger.info(
+        "compiled artifact scored by its runtime",
+        **{k: round(v, 4) for k, v in out.items() if k in ("mAP", "AP50")},
+    )
     from fcos_core.engine import per_class
 
     per_class.report(ctx, ctx.logger, "compile", per_class.collect(metrics), "artifact")

@@ -54,7 +54,8 @@ class RunContext:
     world_size: int = 1
     local_rank: int = 0
     example_inputs: dict[str, tuple[int, ...]] = attrs.field(
-        factory=lambda: {"img": (1, 3, 512, 512)}, converter=_example_inputs)
+        factory=lambda: {"img": (1, 3, 512, 512)}, converter=_example_inputs
+    )
     recorder: MetricsRecorder = attrs.field(default=None)
     backend: Any = None
     channels_last: bool = True
@@ -75,5 +76,10 @@ class RunContext:
 
     def convert_context(self, device: str) -> ConvertContext:
         """The :class:`ConvertContext` handed to converters of this stage."""
-        return ConvertContext(example_inputs=dict(self.example_inputs), backend=self.backend,
-                              device=str(device), stage=self.stage, logger=self.logger)
+        return ConvertContext(
+            example_inputs=dict(self.example_inputs),
+            backend=self.backend,
+            device=str(device),
+            stage=self.stage,
+            logger=self.logger,
+        )

@@ -37,8 +37,11 @@ def _takes_context(converter: Any) -> bool:
         sig = inspect.signature(converter)
     except (TypeError, ValueError):
         return True
-    params = [p for p in sig.parameters.values()
-              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+    params = [
+        p
+        for p in sig.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+    ]
     return len(params) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
 
 

@@ -32,8 +32,11 @@ log = get_logger("fcos.data")
 
 def item_seed(base_seed: int, epoch: int, index: int) -> int:
     """The 32-bit seed of one item's random stream in one epoch."""
-    return int(np.random.SeedSequence([base_seed & 0xFFFFFFFF, base_seed >> 32, epoch, index])
-               .generate_state(1)[0])
+    return int(
+        np.random.SeedSequence(
+            [base_seed & 0xFFFFFFFF, base_seed >> 32, epoch, index]
+        ).generate_state(1)[0]
+    )
 
 
 class SeededDataset(tud.Dataset):
@@ -79,13 +82,13 @@ class ResumableBatchSampler(tud.Sampler[list]):
     def batches(self) -> list[list[int]]:
         order = epoch_indices(self.sampler, self.epoch)
         bs = self.batch_size
-        out = [order[i:i + bs] for i in range(0, len(order), bs)]
+        out = [order[i : i + bs] for i in range(0, len(order), bs)]
         if self.drop_last and out and len(out[-1]) < bs:
             out.pop()
         return out
 
     def __iter__(self) -> Iterator[list]:
-        for batch in self.batches()[self.start_batch:]:
+        for batch in self.batches()[self.start_batch :]:
             yield [(i, self.seed, self.epoch) for i in batch]
 
     def __len__(self) -> int:
@@ -125,14 +128,24 @@ class DataLoader:
         seed: seed of order and augmentation; None takes the run's seed (``set_seed``).
     """
 
-    def __init__(self, dataset: Any, sampler: Any = None, batch_size: int = 1,
-                 shuffle: bool = False, num_workers: int = 0, pin_memory: bool = False,
-                 collate_fn: Callable[[list], Any] | None = None, drop_last: bool = False,
-                 persistent_workers: bool | None = None, prefetch_factor: int | None = None,
-                 seed: int | None = None) -> None:
+    def __init__(
+        self,
+        dataset: Any,
+        sampler: Any = None,
+        batch_size: int = 1,
+        shuffle: bool = False,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        collate_fn: Callable[[list], Any] | None = None,
+        drop_last: bool = False,
+        persistent_workers: bool | None = None,
+        prefetch_factor: int | None = None,
+        seed: int | None = None,
+    ) -> None:
         if not isinstance(dataset, Sized):
-            raise TypeError(f"dataset must be a map-style dataset with len(), got "
-                            f"{type(dataset).__name__}")
+            raise TypeError(
+                f"dataset must be a map-style dataset with len(), got {type(dataset).__name__}"
+            )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
@@ -140,11 +153,14 @@ class DataLoader:
         if persistent_workers is None:
             persistent_workers = num_workers > 0
         if num_workers == 0 and persistent_workers:
-            raise ValueError("persistent_workers: true needs num_workers > 0; set num_workers "
-                             "or drop persistent_workers")
+            raise ValueError(
+                "persistent_workers: true needs num_workers > 0; set num_workers "
+                "or drop persistent_workers"
+            )
         if num_workers == 0 and prefetch_factor is not None:
-            raise ValueError("prefetch_factor needs num_workers > 0; set num_workers or drop "
-                             "prefetch_factor")
+            raise ValueError(
+                "prefetch_factor needs num_workers > 0; set num_workers or drop prefetch_factor"
+            )
         self.dataset = dataset
         if isinstance(sampler, LazyComponent):
             sampler = sampler.build(dataset=dataset)
@@ -166,10 +182,14 @@ class DataLoader:
             if prefetch_factor is not None:
                 kwargs["prefetch_factor"] = prefetch_factor
         self._loader = tud.DataLoader(
-            SeededDataset(dataset), batch_sampler=self.batch_sampler, num_workers=num_workers,
+            SeededDataset(dataset),
+            batch_sampler=self.batch_sampler,
+            num_workers=num_workers,
             collate_fn=collate_fn if collate_fn is not None else tud.default_collate,
             pin_memory=bool(pin_memory and torch.cuda.is_available()),
-            generator=self._generator, **kwargs)
+            generator=self._generator,
+            **kwargs,
+        )
 
     def _set_sampler_seed(self) -> None:
         if hasattr(self.sampler, "set_seed"):

@@ -14,8 +14,12 @@ class DataLoaderArgs:
     """Batches a dataset; resumable mid-epoch, with reproducible per-sample random streams."""
 
     dataset: Any = component("datasets", help="the dataset (items are dicts)")
-    sampler: Any = component("samplers", None, lazy=True,
-                             help="order of the items; built with dataset=... (null: by shuffle)")
+    sampler: Any = component(
+        "samplers",
+        None,
+        lazy=True,
+        help="order of the items; built with dataset=... (null: by shuffle)",
+    )
     batch_size: int = arg(1, help="items per batch (per process in distributed runs)")
     shuffle: bool = arg(False, help="shuffle each epoch when no sampler is given")
     num_workers: int = arg(0, help="worker processes that load items (0: in the main process)")
@@ -23,9 +27,11 @@ class DataLoaderArgs:
     collate_fn: Any = named("collates", None, help="list of items -> batch (null: torch default)")
     drop_last: bool = arg(False, help="drop the last incomplete batch")
     persistent_workers: bool | None = arg(
-        None, help="keep workers alive between epochs (null: yes when num_workers > 0, which "
-                   "saves a fork of the training process, and its copy-on-write page faults, "
-                   "per epoch and per validation)")
+        None,
+        help="keep workers alive between epochs (null: yes when num_workers > 0, which "
+        "saves a fork of the training process, and its copy-on-write page faults, "
+        "per epoch and per validation)",
+    )
     prefetch_factor: int | None = arg(None, help="batches each worker loads ahead")
     seed: int | None = arg(None, help="seed of order and augmentation (null: the run's seed)")
 

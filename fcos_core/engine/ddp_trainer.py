@@ -36,17 +36,21 @@ class DistributedDataParallelTrainer(Trainer):
         (other arguments: see :class:`~fcos_core.engine.trainer.Trainer`)
     """
 
-    def __init__(self, *args: Any, sync_bn: bool = False, find_unused_parameters: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, sync_bn: bool = False, find_unused_parameters: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.sync_bn = sync_bn
         self.find_unused_parameters = find_unused_parameters
 
     def wrap_model(self) -> None:
         if not distributed.is_distributed():
-            self.logger.info("distributed_data_parallel_trainer without a process group: "
-                             "training in a single process (start with --nproc-per-node N or "
-                             "torchrun for data-parallel training)", stage=self.stage)
+            self.logger.info(
+                "distributed_data_parallel_trainer without a process group: "
+                "training in a single process (start with --nproc-per-node N or "
+                "torchrun for data-parallel training)",
+                stage=self.stage,
+            )
             return
         if self.num_epochs == 0:
             return  # nothing to synchronise
@@ -54,8 +58,12 @@ class DistributedDataParallelTrainer(Trainer):
             self.model = convert_sync_batchnorm(self.model, self.device)
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         self.train_model = DistributedDataParallel(
-            self.model, device_ids=device_ids,
-            find_unused_parameters=self.find_unused_parameters)
-        self.logger.info("DDP", stage=self.stage, world_size=distributed.get_world_size(),
-                         backend=str(__import__("torch").distributed.get_backend()),
-                         sync_bn=self.sync_bn)
+            self.model, device_ids=device_ids, find_unused_parameters=self.find_unused_parameters
+        )
+        self.logger.info(
+            "DDP",
+            stage=self.stage,
+            world_size=distributed.get_world_size(),
+            backend=str(__import__("torch").distributed.get_backend()),
+            sync_bn=self.sync_bn,
+        )

@@ -15,12 +15,15 @@ def resolve_device(requested: str | None, local_rank: int = 0) -> torch.device:
     try:
         device = torch.device(requested)
     except RuntimeError as exc:
-        raise ValueError(f"device {requested!r} is not a torch device ({exc}); use cpu, cuda "
-                         "or cuda:N") from None
+        raise ValueError(
+            f"device {requested!r} is not a torch device ({exc}); use cpu, cuda or cuda:N"
+        ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {requested!r} was asked for but CUDA is not available; "
-                             "use device: null (auto) or cpu")
+            raise ValueError(
+                f"device {requested!r} was asked for but CUDA is not available; "
+                "use device: null (auto) or cpu"
+            )
         if device.index is None:
             device = torch.device("cuda", local_rank)
     return device

@@ -23,8 +23,11 @@ import torch.distributed as dist
 
 def env_world() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from torchrun's environment (0, 1, 0 when absent)."""
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-            int(os.environ.get("LOCAL_RANK", 0)))
+    return (
+        int(os.environ.get("RANK", 0)),
+        int(os.environ.get("WORLD_SIZE", 1)),
+        int(os.environ.get("LOCAL_RANK", 0)),
+    )
 
 
 def is_distributed() -> bool:
@@ -51,8 +54,12 @@ def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
     use_cuda = torch.cuda.is_available() and torch.cuda.device_count() > local_rank
     if use_cuda:
         torch.cuda.set_device(local_rank)
-    dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=timeout_s))
+    dist.init_process_group(
+        "nccl" if use_cuda else "gloo",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
     return True
 
 
@@ -68,8 +75,11 @@ def is_peer_failure(exc: BaseException) -> bool:
     if not isinstance(exc, RuntimeError):
         return False
     text = str(exc)
-    return "gloo" in text or "Connection closed by peer" in text or (
-        "Timed out" in text and "operation" in text)
+    return (
+        "gloo" in text
+        or "Connection closed by peer" in text
+        or ("Timed out" in text and "operation" in text)
+    )
 
 
 def backend_name() -> str:

@@ -23,8 +23,8 @@ class NonFiniteLossError(FcosUserError):
             "training stopped before this step changed the weights, and the last saved "
             "checkpoint was kept",
             hint="lower the learning rate or add warm-up (CosLrUpdater warmup_len), enable "
-                 "gradient clipping (MultiBatchProcessor grad_clip_max_norm), check the data "
-                 "for empty/degenerate boxes; continue from the last checkpoint with --resume",
+            "gradient clipping (MultiBatchProcessor grad_clip_max_norm), check the data "
+            "for empty/degenerate boxes; continue from the last checkpoint with --resume",
         )
 
 
@@ -47,9 +47,9 @@ class NonFiniteGradientError(FcosUserError):
             "steps were skipped, so the weights stayed finite, and training stopped without "
             "saving (the last saved checkpoint was kept)",
             hint="lower the learning rate or add warm-up (CosLrUpdater warmup_len), enable "
-                 "gradient clipping (MultiBatchProcessor grad_clip_max_norm), check the data "
-                 "for degenerate boxes; the trainer's max_nonfinite_steps sets how many skipped "
-                 "steps in a row are tolerated; continue from the last checkpoint with --resume",
+            "gradient clipping (MultiBatchProcessor grad_clip_max_norm), check the data "
+            "for degenerate boxes; the trainer's max_nonfinite_steps sets how many skipped "
+            "steps in a row are tolerated; continue from the last checkpoint with --resume",
         )
 
 
@@ -62,8 +62,9 @@ class PeerLostError(FcosUserError):
     ``fcos run`` exits with code 2.
     """
 
-    def __init__(self, rank: int, world_size: int, backend: str, timeout_s: float,
-                 cause: str) -> None:
+    def __init__(
+        self, rank: int, world_size: int, backend: str, timeout_s: float, cause: str
+    ) -> None:
         self.rank = rank
         self.world_size = world_size
         self.backend = backend
@@ -74,7 +75,7 @@ class PeerLostError(FcosUserError):
             f"{rank} of {world_size}, backend {backend}): {first[:300]}; this process stopped "
             "too",
             hint="the cause is in the output of the process that stopped first (another "
-                 "machine's log); continue every node from the last checkpoint with --resume "
-                 f"(a silent peer is waited for dist_timeout_s = {timeout_s:g} s; set "
-                 "dist_timeout_s=SECONDS in the config or on the command line to change it)",
+            "machine's log); continue every node from the last checkpoint with --resume "
+            f"(a silent peer is waited for dist_timeout_s = {timeout_s:g} s; set "
+            "dist_timeout_s=SECONDS in the config or on the command line to change it)",
         )

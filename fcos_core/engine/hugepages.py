@@ -37,9 +37,11 @@ def resolve(flag: bool | None, environ: Any = None) -> tuple[bool, str]:
     value = environ.get(OVERRIDE_ENV, "").strip().lower()
     if value:
         if value not in _TRUE + _FALSE:
-            raise FcosUserError(f"{OVERRIDE_ENV}={environ[OVERRIDE_ENV]!r} is not a switch",
-                                hint=f"set {OVERRIDE_ENV}=1 (huge pages, the default) or "
-                                     f"{OVERRIDE_ENV}=0, or pass --thp / --no-thp")
+            raise FcosUserError(
+                f"{OVERRIDE_ENV}={environ[OVERRIDE_ENV]!r} is not a switch",
+                hint=f"set {OVERRIDE_ENV}=1 (huge pages, the default) or "
+                f"{OVERRIDE_ENV}=0, or pass --thp / --no-thp",
+            )
         return value in _TRUE, OVERRIDE_ENV
     user = environ.get(ENV, "").strip()
     if user:
@@ -75,5 +77,9 @@ def log_state(logger: Any) -> None:
     """One log line with the decision (nothing when :func:`setup` did not run); ``applied``
     is false when torch was imported earlier (its allocator keeps its first setting)."""
     if state is not None:
-        logger.info("huge_pages", thp="on" if state["thp"] else "off", source=state["source"],
-                    applied=state["applied"])
+        logger.info(
+            "huge_pages",
+            thp="on" if state["thp"] else "off",
+            source=state["source"],
+            applied=state["applied"],
+        )

@@ -18,8 +18,16 @@ import argparse
 import os
 import shlex
 
-_RDZV_FLAGS = ("--nnodes", "--rdzv-endpoint", "--rdzv_endpoint", "--rdzv-backend",
-               "--rdzv_backend", "--master-addr", "--master_addr", "--standalone")
+_RDZV_FLAGS = (
+    "--nnodes",
+    "--rdzv-endpoint",
+    "--rdzv_endpoint",
+    "--rdzv-backend",
+    "--rdzv_backend",
+    "--master-addr",
+    "--master_addr",
+    "--standalone",
+)
 
 
 def child_argv(args: argparse.Namespace) -> list[str]:

@@ -39,17 +39,25 @@ def producer_hint(path: Path) -> str:
     m = _STAGE_FILE.match(path.name)
     if m:
         stage = m.group("stage")
-        return (f"this file is written by stage '{stage}': run `fcos run CONFIG --stage "
-                f"{stage}` first (or --stage all), and check that its Checkpoint callback "
-                f"saves to {path.parent}")
+        return (
+            f"this file is written by stage '{stage}': run `fcos run CONFIG --stage "
+            f"{stage}` first (or --stage all), and check that its Checkpoint callback "
+            f"saves to {path.parent}"
+        )
     return "check checkpoint_path (a .pth.tar from a Checkpoint callback, or a state dict)"
 
 
 class LoadCheckpoint:
     """Loads ``checkpoint_path`` into the model (see the module docstring)."""
 
-    def __init__(self, checkpoint_path: str, strict: bool = True, ignore_extra: bool = False,
-                 allow_miss: bool = False, verbose: bool = False) -> None:
+    def __init__(
+        self,
+        checkpoint_path: str,
+        strict: bool = True,
+        ignore_extra: bool = False,
+        allow_miss: bool = False,
+        verbose: bool = False,
+    ) -> None:
         if not checkpoint_path:
             raise ValueError("checkpoint_path is empty")
         self.checkpoint_path = Path(checkpoint_path)
@@ -63,17 +71,25 @@ class LoadCheckpoint:
     def _read(self) -> tuple[dict[str, Any], str | None]:
         path = self.checkpoint_path
         if not path.is_file():
-            raise FcosUserError(f"LoadCheckpoint: checkpoint {str(path)!r} does not exist",
-                                hint=producer_hint(path))
+            raise FcosUserError(
+                f"LoadCheckpoint: checkpoint {str(path)!r} does not exist", hint=producer_hint(path)
+            )
         obj = load_file(path)
         qstate = None
         if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
             qstate = obj.get("qstate")
             obj = obj["state_dict"]
-        if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) for k in obj) \
-                or not any(isinstance(v, torch.Tensor) for v in obj.values()):
-            raise FcosUserError(f"LoadCheckpoint: {str(path)!r} holds no state dict (a mapping "
-                                "of names to tensors)", hint=producer_hint(path))
+        if (
+            not isinstance(obj, dict)
+            or not obj
+            or not all(isinstance(k, str) for k in obj)
+            or not any(isinstance(v, torch.Tensor) for v in obj.values())
+        ):
+            raise FcosUserError(
+                f"LoadCheckpoint: {str(path)!r} holds no state dict (a mapping "
+                "of names to tensors)",
+                hint=producer_hint(path),
+            )
         return obj, qstate
 
     def __call__(self, model: Any, ctx: Any = None) -> Any:
@@ -81,37 +97,56 @@ class LoadCheckpoint:
         own = model.state_dict()
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
-        mismatched = [f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
-                      for k in own if k in state and isinstance(state[k], torch.Tensor)
-                      and isinstance(own[k], torch.Tensor) and state[k].shape != own[k].shape]
-        self.report = {"missing": missing, "unexpected": unexpected,
-                       "mismatched": mismatched, "loaded": len(own) - len(missing)}
+        mismatched = [
+            f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
+            for k in own
+            if k in state
+            and isinstance(state[k], torch.Tensor)
+            and isinstance(own[k], torch.Tensor)
+            and state[k].shape != own[k].shape
+        ]
+        self.report = {
+            "missing": missing,
+            "unexpected": unexpected,
+            "mismatched": mismatched,
+            "loaded": len(own) - len(missing),
+        }
         allow_missing = self.allow_miss or not self.strict
         allow_unexpected = self.ignore_extra or not self.strict
         problems = []
         if mismatched:
             problems.append(f"{len(mismatched)} shape mismatch(es): {_names(mismatched)}")
         if missing and not allow_missing:
-            problems.append(f"{len(missing)} missing key(s) (in the model, not in the file): "
-                            f"{_names(missing)}")
+            problems.append(
+                f"{len(missing)} missing key(s) (in the model, not in the file): {_names(missing)}"
+            )
         if unexpected and not allow_unexpected:
-            problems.append(f"{len(unexpected)} unexpected key(s) (in the file, not in the "
-                            f"model): {_names(unexpected)}")
+            problems.append(
+                f"{len(unexpected)} unexpected key(s) (in the file, not in the "
+                f"model): {_names(unexpected)}"
+            )
         if problems:
             model_qstate = get_qstate(model)
             hint = "set allow_miss / ignore_extra (or strict: false) if the difference is intended"
             if file_qstate and file_qstate != model_qstate:
-                hint = (f"the file was saved from a {file_qstate} model but the model is "
-                        f"{model_qstate}: put the conversion to {file_qstate} before "
-                        f"LoadCheckpoint in the converters list; or " + hint)
-            raise FcosUserError(f"LoadCheckpoint {str(self.checkpoint_path)!r}: "
-                                + "; ".join(problems), hint=hint)
+                hint = (
+                    f"the file was saved from a {file_qstate} model but the model is "
+                    f"{model_qstate}: put the conversion to {file_qstate} before "
+                    f"LoadCheckpoint in the converters list; or " + hint
+                )
+            raise FcosUserError(
+                f"LoadCheckpoint {str(self.checkpoint_path)!r}: " + "; ".join(problems), hint=hint
+            )
         model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
         log = getattr(ctx, "logger", None)
         if log is not None:
             extra: dict[str, Any] = {"missing": len(missing), "unexpected": len(unexpected)}
             if self.verbose or len(missing) + len(unexpected) <= 10:
                 extra.update(missing_keys=missing, unexpected_keys=unexpected)
-            log.info("loaded checkpoint", path=str(self.checkpoint_path),
-                     tensors=len(own) - len(missing), **extra)
+            log.info(
+                "loaded checkpoint",
+                path=str(self.checkpoint_path),
+                tensors=len(own) - len(missing),
+                **extra,
+            )
         return model

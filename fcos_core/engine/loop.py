@@ -36,10 +36,12 @@ from fcos_core.engine.device import resolve_device
 from fcos_core.errors import FcosUserError
 from fcos_core.quantization_state import get_qstate
 
-_RESUME_HINT = ("--resume continues a run with the config that wrote its checkpoints: restore "
-                "the model (and optimizer) settings of that run; to train the changed model, "
-                "start a new run without --resume (another ckpt_dir / --run-dir, or --overwrite "
-                "to replace these checkpoints)")
+_RESUME_HINT = (
+    "--resume continues a run with the config that wrote its checkpoints: restore "
+    "the model (and optimizer) settings of that run; to train the changed model, "
+    "start a new run without --resume (another ckpt_dir / --run-dir, or --overwrite "
+    "to replace these checkpoints)"
+)
 
 
 def _first(names: list[str], n: int = 10) -> str:
@@ -75,16 +77,22 @@ class Loop:
 
     is_training: bool = False
 
-    def __init__(self, model: Any, model_convert_pipeline: Any = None, callbacks: Any = (),
-                 device: str | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        model_convert_pipeline: Any = None,
+        callbacks: Any = (),
+        device: str | None = None,
+    ) -> None:
         if model is None:
             raise ValueError("model is required: give a model block (e.g. type: FCOS)")
         if device is not None:
             try:
                 torch.device(device)
             except RuntimeError:
-                raise ValueError(f"device {device!r} is not a torch device; use cpu, cuda, "
-                                 "cuda:N or null (auto)") from None
+                raise ValueError(
+                    f"device {device!r} is not a torch device; use cpu, cuda, cuda:N or null (auto)"
+                ) from None
         self.model = model
         self.train_model = model
         self.model_convert_pipeline = model_convert_pipeline
@@ -152,8 +160,9 @@ class Loop:
 
     # -- checkpoints ------------------------------------------------------------------------
 
-    def checkpoint_dict(self, *, epoch_done: bool = False, interrupted: bool = False,
-                        metric: float | None = None) -> dict[str, Any]:
+    def checkpoint_dict(
+        self, *, epoch_done: bool = False, interrupted: bool = False, metric: float | None = None
+    ) -> dict[str, Any]:
         """The checkpoint of the current position (see the module docstring)."""
         st = self.state
         epoch, batch = st.epoch, st.batch_in_epoch
@@ -167,10 +176,14 @@ class Loop:
             "qstate": get_qstate(self.model),
             "state_dict": self.eval_model.state_dict(),
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
-            "batch_processor": (self.batch_processor.state_dict()
-                                if hasattr(self.batch_processor, "state_dict") else {}),
-            "callbacks": {callback_key(i, cb): cb.state_dict()
-                          for i, cb in enumerate(self.callbacks)},
+            "batch_processor": (
+                self.batch_processor.state_dict()
+                if hasattr(self.batch_processor, "state_dict")
+                else {}
+            ),
+            "callbacks": {
+                callback_key(i, cb): cb.state_dict() for i, cb in enumerate(self.callbacks)
+            },
             "epoch": int(epoch),
             "batch_in_epoch": int(batch),
             "global_step": int(st.global_step),
@@ -200,14 +213,19 @@ class Loop:
             return None
         path = self.default_last_path()
         if not path.is_file():
-            self.logger.info("resume: no checkpoint yet, starting this stage from the beginning",
-                             stage=self.stage, looked_for=str(path))
+            self.logger.info(
+                "resume: no checkpoint yet, starting this stage from the beginning",
+                stage=self.stage,
+                looked_for=str(path),
+            )
             return None
         ckpt = load_file(path)
         if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "epoch" not in ckpt:
-            raise FcosUserError(f"{path} is not a checkpoint written by fcos's Checkpoint "
-                                "callback; it cannot be resumed from",
-                                hint="move it away, or run without --resume")
+            raise FcosUserError(
+                f"{path} is not a checkpoint written by fcos's Checkpoint "
+                "callback; it cannot be resumed from",
+                hint="move it away, or run without --resume",
+            )
         ckpt["_path"] = str(path)
         self._check_resume_fits(ckpt, path)
         return ckpt
@@ -222,37 +240,49 @@ class Loop:
             weights = ckpt.get(label)
             if not isinstance(weights, dict):
                 continue
-            mismatched = [f"{k} (checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)})"
-                          for k, v in weights.items()
-                          if isinstance(v, torch.Tensor) and isinstance(own.get(k), torch.Tensor)
-                          and v.shape != own[k].shape]
+            mismatched = [
+                f"{k} (checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)})"
+                for k, v in weights.items()
+                if isinstance(v, torch.Tensor)
+                and isinstance(own.get(k), torch.Tensor)
+                and v.shape != own[k].shape
+            ]
             if mismatched:
-                problems.append(f"{len(mismatched)} tensor(s) of other shapes: "
-                                f"{_first(mismatched)}")
+                problems.append(
+                    f"{len(mismatched)} tensor(s) of other shapes: {_first(mismatched)}"
+                )
             if strict:  # the Checkpoint callback's strict_match: names must match too
                 missing = [k for k in own if k not in weights]
                 unexpected = [k for k in weights if k not in own]
                 if missing:
-                    problems.append(f"{len(missing)} tensor(s) of the model not in the "
-                                    f"checkpoint: {_first(missing)}")
+                    problems.append(
+                        f"{len(missing)} tensor(s) of the model not in the "
+                        f"checkpoint: {_first(missing)}"
+                    )
                 if unexpected:
-                    problems.append(f"{len(unexpected)} tensor(s) of the checkpoint not in the "
-                                    f"model: {_first(unexpected)}")
+                    problems.append(
+                        f"{len(unexpected)} tensor(s) of the checkpoint not in the "
+                        f"model: {_first(unexpected)}"
+                    )
             if problems:
                 break
         if problems:
             raise FcosUserError(
                 f"--resume of stage '{self.stage}': {path} does not fit the model, which has "
                 "changed since the checkpoint was written: " + "; ".join(problems),
-                hint=_RESUME_HINT)
+                hint=_RESUME_HINT,
+            )
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         """Put the model, optimizer, callbacks, position and generators back (on resume)."""
         weights = ckpt.get("train_state_dict") or ckpt["state_dict"]
         missing, unexpected = self.model.load_state_dict(weights, strict=self.strict_resume())
         if missing or unexpected:
-            self.logger.warning("resume: the model and the checkpoint differ",
-                                missing=list(missing)[:10], unexpected=list(unexpected)[:10])
+            self.logger.warning(
+                "resume: the model and the checkpoint differ",
+                missing=list(missing)[:10],
+                unexpected=list(unexpected)[:10],
+            )
         if self.optimizer is not None and ckpt.get("optimizer"):
             try:
                 self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -261,7 +291,8 @@ class Loop:
                     f"--resume of stage '{self.stage}': the optimizer state in "
                     f"{ckpt.get('_path')} does not fit this stage's optimizer ({exc}); the "
                     "model or the optimizer's params groups changed since it was written",
-                    hint=_RESUME_HINT) from None
+                    hint=_RESUME_HINT,
+                ) from None
         if hasattr(self.batch_processor, "load_state_dict") and ckpt.get("batch_processor"):
             self.batch_processor.load_state_dict(ckpt["batch_processor"])
         saved = ckpt.get("callbacks") or {}
@@ -278,9 +309,12 @@ class Loop:
         st.val_results = dict(ckpt.get("metrics") or {})
         world = self.ctx.world_size if self.ctx is not None else 1
         if int(ckpt.get("world_size", 1)) != world and st.batch_in_epoch:
-            self.logger.warning("resume: the checkpoint was written with another number of "
-                                "processes; restarting its epoch from the first batch",
-                                saved=ckpt.get("world_size"), now=world)
+            self.logger.warning(
+                "resume: the checkpoint was written with another number of "
+                "processes; restarting its epoch from the first batch",
+                saved=ckpt.get("world_size"),
+                now=world,
+            )
             st.global_step -= st.batch_in_epoch
             st.batch_in_epoch = 0
         if self.data_loader is not None and hasattr(self.data_loader, "set_seed"):
@@ -289,9 +323,14 @@ class Loop:
             set_rng_state(ckpt["rng"])
         if self.ctx is not None and self.ctx.recorder is not None:
             self.ctx.recorder.drop_after(self.stage, st.global_step)
-        self.logger.info("resumed", stage=self.stage, checkpoint=ckpt.get("_path"),
-                         epoch=st.epoch + 1, batch_in_epoch=st.batch_in_epoch,
-                         global_step=st.global_step)
+        self.logger.info(
+            "resumed",
+            stage=self.stage,
+            checkpoint=ckpt.get("_path"),
+            epoch=st.epoch + 1,
+            batch_in_epoch=st.batch_in_epoch,
+            global_step=st.global_step,
+        )
 
 
 if TYPE_CHECKING:

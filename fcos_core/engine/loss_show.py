@@ -50,9 +50,12 @@ class LossShow:
             return {}
         names = list(self._sums)
         extra = list(self._monitor)
-        values = torch.stack([self._sums[n] for n in names]
-                             + [self._monitor[n] for n in extra]).div(self._count).tolist()
-        out = dict(zip(names, values[:len(names)]))
-        out["loss"] = sum(values[:len(names)])
-        out.update(zip(extra, values[len(names):]))
+        values = (
+            torch.stack([self._sums[n] for n in names] + [self._monitor[n] for n in extra])
+            .div(self._count)
+            .tolist()
+        )
+        out = dict(zip(names, values[: len(names)]))
+        out["loss"] = sum(values[: len(names)])
+        out.update(zip(extra, values[len(names) :]))
         return out

@@ -19,7 +19,8 @@ def _allow_exported(model: Any) -> int:
     count = 0
     for module in model.modules():
         if isinstance(module, torch.fx.GraphModule) and not getattr(
-                module, "_fcos_train_eval_allowed", False):
+            module, "_fcos_train_eval_allowed", False
+        ):
             allow_exported_model_train_eval(module)
             object.__setattr__(module, "_fcos_train_eval_allowed", True)
             count += 1

@@ -31,23 +31,28 @@ def _selects(key: str, name: str) -> bool:
     return name == key or name.endswith("." + key)
 
 
-def param_groups(model: Any, params: dict[str, dict[str, Any]] | None,
-                 allowed: set[str]) -> list[dict[str, Any]]:
+def param_groups(
+    model: Any, params: dict[str, dict[str, Any]] | None, allowed: set[str]
+) -> list[dict[str, Any]]:
     """Parameter groups of ``model`` for the per-group ``params`` options (see module doc)."""
     params = dict(params or {})
     if not hasattr(model, "named_parameters"):
         if params:
-            raise ValueError("per-group 'params' options need a model (names to match), "
-                             "not a list of tensors")
+            raise ValueError(
+                "per-group 'params' options need a model (names to match), not a list of tensors"
+            )
         return [{"params": [p for p in model if p.requires_grad]}]
     for key, opts in params.items():
         if not isinstance(opts, dict):
-            raise ValueError(f"params[{key!r}] must be a mapping of options, e.g. "
-                             "{weight_decay: 4e-5}")
+            raise ValueError(
+                f"params[{key!r}] must be a mapping of options, e.g. {{weight_decay: 4e-5}}"
+            )
         unknown = sorted(set(opts) - allowed)
         if unknown:
-            raise ValueError(f"params[{key!r}] has unknown option(s) {', '.join(unknown)}; "
-                             f"valid: {', '.join(sorted(allowed))}")
+            raise ValueError(
+                f"params[{key!r}] has unknown option(s) {', '.join(unknown)}; "
+                f"valid: {', '.join(sorted(allowed))}"
+            )
     groups: dict[str, list[torch.nn.Parameter]] = {k: [] for k in params}
     default: list[torch.nn.Parameter] = []
     names = []
@@ -64,11 +69,16 @@ def param_groups(model: Any, params: dict[str, dict[str, Any]] | None,
     empty = [k for k, ps in groups.items() if not ps]
     if empty:
         sample = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
-        near = [f"{k!r} -> {m[0]!r}" for k in empty
-                if (m := difflib.get_close_matches(k, _suffixes(names), n=1, cutoff=0.75))]
-        raise ValueError(f"params key(s) {', '.join(map(repr, empty))} select no parameter; a "
-                         f"key must be a parameter name or its dotted suffix (names look like: "
-                         f"{sample})" + (f"; did you mean {', '.join(near)}?" if near else ""))
+        near = [
+            f"{k!r} -> {m[0]!r}"
+            for k in empty
+            if (m := difflib.get_close_matches(k, _suffixes(names), n=1, cutoff=0.75))
+        ]
+        raise ValueError(
+            f"params key(s) {', '.join(map(repr, empty))} select no parameter; a "
+            f"key must be a parameter name or its dotted suffix (names look like: "
+            f"{sample})" + (f"; did you mean {', '.join(near)}?" if near else "")
+        )
     out = [{"params": ps, **params[k], "group": k} for k, ps in groups.items()]
     if default:
         out.append({"params": default, "group": "default"})
@@ -101,34 +111,62 @@ def _betas(betas: Iterable[float]) -> tuple[float, float]:
     return values[0], values[1]
 
 
-def SGD(model: Any, lr: float, momentum: float = 0.0, dampening: float = 0.0,
-        nesterov: bool = False, weight_decay: float = 0.0,
-        params: dict[str, dict[str, Any]] | None = None) -> torch.optim.SGD:
+def SGD(
+    model: Any,
+    lr: float,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    params: dict[str, dict[str, Any]] | None = None,
+) -> torch.optim.SGD:
     """``torch.optim.SGD`` over ``model``'s parameter groups."""
     _check_common(lr, weight_decay)
     if nesterov and (momentum <= 0 or dampening != 0):
-        raise ValueError("nesterov: true needs momentum > 0 and dampening: 0 "
-                         f"(got momentum {momentum}, dampening {dampening})")
+        raise ValueError(
+            "nesterov: true needs momentum > 0 and dampening: 0 "
+            f"(got momentum {momentum}, dampening {dampening})"
+        )
     groups = param_groups(model, params, _ALLOWED[torch.optim.SGD])
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, dampening=dampening,
-                           nesterov=nesterov, weight_decay=weight_decay)
+    return torch.optim.SGD(
+        groups,
+        lr=lr,
+        momentum=momentum,
+        dampening=dampening,
+        nesterov=nesterov,
+        weight_decay=weight_decay,
+    )
 
 
-def Adam(model: Any, lr: float = 1e-3, betas: Iterable[float] = (0.9, 0.999), eps: float = 1e-8,
-         weight_decay: float = 0.0, amsgrad: bool = False,
-         params: dict[str, dict[str, Any]] | None = None) -> torch.optim.Adam:
+def Adam(
+    model: Any,
+    lr: float = 1e-3,
+    betas: Iterable[float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    amsgrad: bool = False,
+    params: dict[str, dict[str, Any]] | None = None,
+) -> torch.optim.Adam:
     """``torch.optim.Adam`` over ``model``'s parameter groups."""
     _check_common(lr, weight_decay)
     groups = param_groups(model, params, _ALLOWED[torch.optim.Adam])
-    return torch.optim.Adam(groups, lr=lr, betas=_betas(betas), eps=eps,
-                            weight_decay=weight_decay, amsgrad=amsgrad)
+    return torch.optim.Adam(
+        groups, lr=lr, betas=_betas(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad
+    )
 
 
-def AdamW(model: Any, lr: float = 1e-3, betas: Iterable[float] = (0.9, 0.999),
-          eps: float = 1e-8, weight_decay: float = 0.01, amsgrad: bool = False,
-          params: dict[str, dict[str, Any]] | None = None) -> torch.optim.AdamW:
+def AdamW(
+    model: Any,
+    lr: float = 1e-3,
+    betas: Iterable[float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.01,
+    amsgrad: bool = False,
+    params: dict[str, dict[str, Any]] | None = None,
+) -> torch.optim.AdamW:
     """``torch.optim.AdamW`` over ``model``'s parameter groups."""
     _check_common(lr, weight_decay)
     groups = param_groups(model, params, _ALLOWED[torch.optim.AdamW])
-    return torch.optim.AdamW(groups, lr=lr, betas=_betas(betas), eps=eps,
-                             weight_decay=weight_decay, amsgrad=amsgrad)
+    return torch.optim.AdamW(
+        groups, lr=lr, betas=_betas(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad
+    )

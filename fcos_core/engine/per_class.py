@@ -45,22 +45,29 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     ground truth of that class)."""
     cols = [c for c in COLUMNS if any(c in r for r in rows)]
     head = ("class", "id", *(c.replace("gt_boxes", "gt boxes") for c in cols))
-    body = [(str(r.get("name", r.get("category_id", "?"))), _cell(r.get("category_id")),
-             *(_cell(r.get(c)) for c in cols)) for r in rows]
+    body = [
+        (
+            str(r.get("name", r.get("category_id", "?"))),
+            _cell(r.get("category_id")),
+            *(_cell(r.get(c)) for c in cols),
+        )
+        for r in rows
+    ]
     widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                       for i, (c, w) in enumerate(zip(x, widths))).rstrip()
-             for x in [head, *body]]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(x, widths))
+        ).rstrip()
+        for x in [head, *body]
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
-def report(ctx: Any, logger: Any, stage: str, rows: Sequence[dict[str, Any]],
-           source: str) -> None:
+def report(ctx: Any, logger: Any, stage: str, rows: Sequence[dict[str, Any]], source: str) -> None:
     """Log the table and put the rows into the stage's summary entry (``ctx.summary_extra``)."""
     if not rows:
         return
-    logger.info("per-class results", stage=stage, source=source,
-                table="\n" + format_table(rows))
+    logger.info("per-class results", stage=stage, source=source, table="\n" + format_table(rows))
     if ctx is not None and getattr(ctx, "summary_extra", None) is not None:
         ctx.summary_extra["per_class"] = [dict(r) for r in rows]

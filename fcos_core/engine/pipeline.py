@@ -73,19 +73,24 @@ def _write_resolved_config(run_dir: Path, data: dict[str, Any]) -> None:
     write_atomically(run_dir / "config.resolved.yaml", lambda f: f.write(text.encode("utf-8")))
 
 
-def _preflight(cfg: Any, stages: Sequence[str], run_dir: Path, ckpt_dir: Path, resume: bool,
-               overwrite: bool) -> RunLock:
+def _preflight(
+    cfg: Any, stages: Sequence[str], run_dir: Path, ckpt_dir: Path, resume: bool, overwrite: bool
+) -> RunLock:
     """Rank 0's checks before any training (module docstring); returns the held lock."""
-    probe_writable(ckpt_dir, "checkpoint folder (ckpt_dir)",
-                   "set ckpt_dir=FOLDER to a writable folder")
+    probe_writable(
+        ckpt_dir, "checkpoint folder (ckpt_dir)", "set ckpt_dir=FOLDER to a writable folder"
+    )
     lock = RunLock(ckpt_dir).acquire()
     try:
         probe_writable(run_dir, "run folder", "pass --run-dir FOLDER with a writable folder")
         trained = [s for s in stages if s != "compile" and cfg.node(f"{s}_trainer") is not None]
         others = {p.parent for s in trained for p in stage_checkpoint_paths(cfg, s, ckpt_dir)}
         for folder in sorted(others - {ckpt_dir}, key=str):
-            probe_writable(folder, "checkpoint folder (a Checkpoint callback's save_dir)",
-                           "set that save_dir to a writable folder")
+            probe_writable(
+                folder,
+                "checkpoint folder (a Checkpoint callback's save_dir)",
+                "set that save_dir to a writable folder",
+            )
         if not resume and not overwrite:
             refuse_to_replace(existing_checkpoints(cfg, trained, ckpt_dir))
     except BaseException:
@@ -95,9 +100,11 @@ def _preflight(cfg: Any, stages: Sequence[str], run_dir: Path, ckpt_dir: Path, r
 
 
 def _user_path_error(exc: OSError) -> FcosUserError:
-    return FcosUserError(f"cannot write or read {str(exc.filename)!r}: {os_error_text(exc)}",
-                         hint="free disk space or fix the path's permissions; continue with "
-                              "--resume from the last checkpoint")
+    return FcosUserError(
+        f"cannot write or read {str(exc.filename)!r}: {os_error_text(exc)}",
+        hint="free disk space or fix the path's permissions; continue with "
+        "--resume from the last checkpoint",
+    )
 
 
 def _stage_checkpoint(trainer: Any, ctx: RunContext) -> str | None:
@@ -105,8 +112,10 @@ def _stage_checkpoint(trainer: Any, ctx: RunContext) -> str | None:
     for cb in getattr(trainer, "callbacks", []):
         if hasattr(cb, "best_path") and hasattr(cb, "last_path"):
             candidates += [cb.best_path(trainer), cb.last_path(trainer)]
-    candidates += [ctx.ckpt_dir / f"{ctx.stage}-checkpoint-best.pth.tar",
-                   ctx.ckpt_dir / f"{ctx.stage}-checkpoint-last.pth.tar"]
+    candidates += [
+        ctx.ckpt_dir / f"{ctx.stage}-checkpoint-best.pth.tar",
+        ctx.ckpt_dir / f"{ctx.stage}-checkpoint-last.pth.tar",
+    ]
     for path in candidates:
         if path.is_file():
             return str(path)
@@ -120,8 +129,12 @@ def make_backend(cfg: Any, log: Any) -> Any:
     try:
         return cfg.compile_backend.load()()
     except Exception as exc:  # noqa: BLE001 - training must not depend on the backend
-        log.warning("the compile backend could not be created; converters use fcos's default "
-                    "quantization rules", backend=cfg.compile_backend.name, error=str(exc))
+        log.warning(
+            "the compile backend could not be created; converters use fcos's default "
+            "quantization rules",
+            backend=cfg.compile_backend.name,
+            error=str(exc),
+        )
         return None
 
 
@@ -129,9 +142,11 @@ def _dist_timeout(data: dict[str, Any]) -> float:
     """The config's ``dist_timeout_s`` (the process-group timeout), checked."""
     value = data.get("dist_timeout_s", distributed.DEFAULT_TIMEOUT_S)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise FcosUserError(f"dist_timeout_s is {value!r}; it must be a number of seconds > 0",
-                            hint="set dist_timeout_s=1800 (the default) or another positive "
-                                 "number in the config or on the command line")
+        raise FcosUserError(
+            f"dist_timeout_s is {value!r}; it must be a number of seconds > 0",
+            hint="set dist_timeout_s=1800 (the default) or another positive "
+            "number in the config or on the command line",
+        )
     return float(value)
 
 
@@ -143,8 +158,14 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def run_pipeline(cfg: Any, host: Any, stages: Sequence[str], run_dir: str | None = None,
-                 resume: bool = False, overwrite: bool = False) -> int:
+def run_pipeline(
+    cfg: Any,
+    host: Any,
+    stages: Sequence[str],
+    run_dir: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> int:
     """Run ``stages`` of the resolved config ``cfg``; returns the exit code (0).
 
     ``resume``: continue each stage from its ``last`` checkpoint; ``overwrite``: train again
@@ -152,9 +173,11 @@ def run_pipeline(cfg: Any, host: Any, stages: Sequence[str], run_dir: str | None
     stop the run before anything is written (see the module docstring).
     """
     if resume and overwrite:
-        raise FcosUserError("--resume and --overwrite exclude each other",
-                            hint="--resume continues from the existing checkpoints; "
-                                 "--overwrite trains again and replaces them")
+        raise FcosUserError(
+            "--resume and --overwrite exclude each other",
+            hint="--resume continues from the existing checkpoints; "
+            "--overwrite trains again and replaces them",
+        )
     data = cfg.data
     rank, world, local_rank = distributed.env_world()
     timeout_s = _dist_timeout(data)
@@ -176,8 +199,9 @@ def run_pipeline(cfg: Any, host: Any, stages: Sequence[str], run_dir: str | None
         raise error if error is not None else FcosUserError(*problem)
     try:
         with sigterm_as_interrupt():
-            return _run_stages(cfg, stages, folder, ckpt_dir, resume, overwrite, rank, world,
-                               local_rank)
+            return _run_stages(
+                cfg, stages, folder, ckpt_dir, resume, overwrite, rank, world, local_rank
+            )
     except OSError as exc:
         if exc.filename is None:
             raise
@@ -185,8 +209,9 @@ def run_pipeline(cfg: Any, host: Any, stages: Sequence[str], run_dir: str | None
     except Exception as exc:
         # another process died or went silent: one clear line on every survivor, no traceback
         if started_group and distributed.is_peer_failure(exc):
-            raise PeerLostError(rank, world, distributed.backend_name(), timeout_s,
-                                str(exc)) from exc
+            raise PeerLostError(
+                rank, world, distributed.backend_name(), timeout_s, str(exc)
+            ) from exc
         raise
     finally:
         if lock is not None:
@@ -195,15 +220,23 @@ def run_pipeline(cfg: Any, host: Any, stages: Sequence[str], run_dir: str | None
             distributed.destroy()
 
 
-def _run_stages(cfg: Any, stages: Sequence[str], folder: Path, ckpt_dir: Path, resume: bool,
-                overwrite: bool, rank: int, world: int, local_rank: int) -> int:
+def _run_stages(
+    cfg: Any,
+    stages: Sequence[str],
+    folder: Path,
+    ckpt_dir: Path,
+    resume: bool,
+    overwrite: bool,
+    rank: int,
+    world: int,
+    local_rank: int,
+) -> int:
     from fcos_core.build import build
     from fcos_core.engine.compile_stage import run_compile_stage
     from fcos_core.engine.runtime import apply_runtime_settings, seed_everything
 
     data = cfg.data
-    configure_logging(folder, rank, bool(data.get("log_rank_zero_only", True)),
-                      world_size=world)
+    configure_logging(folder, rank, bool(data.get("log_rank_zero_only", True)), world_size=world)
     log = get_logger("fcos.pipeline")
     if rank == 0:
         folder.mkdir(parents=True, exist_ok=True)
@@ -212,8 +245,10 @@ def _run_stages(cfg: Any, stages: Sequence[str], folder: Path, ckpt_dir: Path, r
             trained = [s for s in stages if s != "compile"]
             replaced = existing_checkpoints(cfg, trained, ckpt_dir)
             if replaced:
-                log.warning("--overwrite: these checkpoints are replaced as the stages save",
-                            files=[str(p) for p in replaced])
+                log.warning(
+                    "--overwrite: these checkpoints are replaced as the stages save",
+                    files=[str(p) for p in replaced],
+                )
     apply_runtime_settings(data)
     seed = data.get("seed")
     if seed is None:  # one seed for the whole run, shared by all ranks
@@ -224,20 +259,37 @@ def _run_stages(cfg: Any, stages: Sequence[str], folder: Path, ckpt_dir: Path, r
     recorder = MetricsRecorder(folder, enabled=rank == 0)
     recorder.load()
     summary = load_summary(folder) if rank == 0 else {}
-    log.info("run", config=cfg.file, run_dir=str(folder), stages=",".join(stages),
-             resume=resume, overwrite=overwrite, world_size=world,
-             seed=seed if fixed else f"{seed} (drawn)")
+    log.info(
+        "run",
+        config=cfg.file,
+        run_dir=str(folder),
+        stages=",".join(stages),
+        resume=resume,
+        overwrite=overwrite,
+        world_size=world,
+        seed=seed if fixed else f"{seed} (drawn)",
+    )
     backend = make_backend(cfg, log)
     deploy_inputs = data.get("deploy_inputs") or {"img": [1, 3, 512, 512]}
     try:
         for stage in [s for s in STAGES if s in stages]:
-            ctx = RunContext(stage=stage, run_dir=folder, ckpt_dir=ckpt_dir,
-                             logger=get_logger(f"fcos.{stage}"), seed=seed,
-                             deterministic=bool(data.get("deterministic", False)),
-                             resume=resume, config=cfg, rank=rank, world_size=world,
-                             local_rank=local_rank, example_inputs=deploy_inputs,
-                             recorder=recorder, backend=backend,
-                             channels_last=bool(data.get("channels_last", True)))
+            ctx = RunContext(
+                stage=stage,
+                run_dir=folder,
+                ckpt_dir=ckpt_dir,
+                logger=get_logger(f"fcos.{stage}"),
+                seed=seed,
+                deterministic=bool(data.get("deterministic", False)),
+                resume=resume,
+                config=cfg,
+                rank=rank,
+                world_size=world,
+                local_rank=local_rank,
+                example_inputs=deploy_inputs,
+                recorder=recorder,
+                backend=backend,
+                channels_last=bool(data.get("channels_last", True)),
+            )
             t0 = time.perf_counter()
             seed_everything(seed)
             if stage == "compile":
@@ -247,9 +299,12 @@ def _run_stages(cfg: Any, stages: Sequence[str], folder: Path, ckpt_dir: Path, r
                 if out is None:
                     log.info("stage skipped: the config has no compile_cfg", stage=stage)
                     continue
-                summary[stage] = {"metrics": out.get("metrics") or {},
-                                  "seconds": time.perf_counter() - t0,
-                                  "checkpoint": out["out_dir"], "source": None}
+                summary[stage] = {
+                    "metrics": out.get("metrics") or {},
+                    "seconds": time.perf_counter() - t0,
+                    "checkpoint": out["out_dir"],
+                    "source": None,
+                }
                 summary[stage].update(ctx.summary_extra)  # the artifact's per-class results
                 write_summary(folder, summary)
                 continue
@@ -276,11 +331,20 @@ def _run_stages(cfg: Any, stages: Sequence[str], folder: Path, ckpt_dir: Path, r
                 del predictor
                 _free_memory()
             seconds = time.perf_counter() - t0
-            log.info("stage done", stage=stage, seconds=round(seconds, 1), checkpoint=checkpoint,
-                     **{k: round(v, 4) for k, v in results.items()})
+            log.info(
+                "stage done",
+                stage=stage,
+                seconds=round(seconds, 1),
+                checkpoint=checkpoint,
+                **{k: round(v, 4) for k, v in results.items()},
+            )
             if rank == 0:
-                summary[stage] = {"metrics": results, "seconds": seconds,
-                                  "checkpoint": checkpoint, "source": source}
+                summary[stage] = {
+                    "metrics": results,
+                    "seconds": seconds,
+                    "checkpoint": checkpoint,
+                    "source": source,
+                }
                 if skipped is not None:
                     summary[stage]["nonfinite_grad_steps"] = int(skipped)
                 summary[stage].update(ctx.summary_extra)  # e.g. TrainingHealth's warnings
@@ -297,6 +361,9 @@ def _run_stages(cfg: Any, stages: Sequence[str], folder: Path, ckpt_dir: Path, r
                 recorder.flush()
                 recorder.plot()
             except OSError as exc:  # must not hide the error that got us here
-                log.warning("could not write metrics.csv / the plots", error=os_error_text(exc),
-                            path=str(exc.filename or folder))
+                log.warning(
+                    "could not write metrics.csv / the plots",
+                    error=os_error_text(exc),
+                    path=str(exc.filename or folder),
+                )
     return 0

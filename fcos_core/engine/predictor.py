@@ -43,9 +43,18 @@ class EvalLoop(Loop):
 
     is_training = False
 
-    def __init__(self, model: Any, data_loaders: list[Any], batch_processor: Any,
-                 metrics: list[Any], callbacks: Any, device: Any, ctx: Any,
-                 log_interval: int = 0, desc: str = "eval") -> None:
+    def __init__(
+        self,
+        model: Any,
+        data_loaders: list[Any],
+        batch_processor: Any,
+        metrics: list[Any],
+        callbacks: Any,
+        device: Any,
+        ctx: Any,
+        log_interval: int = 0,
+        desc: str = "eval",
+    ) -> None:
         super().__init__(model, None, callbacks, None)
         self.device = device
         self.ctx = ctx
@@ -54,8 +63,7 @@ class EvalLoop(Loop):
         self.metrics = list(metrics)
         self.log_interval = log_interval
         self.desc = desc
-        self.feeds_metrics = not any(
-            type(cb).__name__ == "MetricUpdater" for cb in self.callbacks)
+        self.feeds_metrics = not any(type(cb).__name__ == "MetricUpdater" for cb in self.callbacks)
 
     def run(self) -> dict[str, float]:
         set_mode(self.model, False)
@@ -113,9 +121,17 @@ class Predictor(Loop):
         log_interval: log progress every this many batches (0: never).
     """
 
-    def __init__(self, model: Any, data_loader: Any, model_convert_pipeline: Any = None,
-                 batch_processor: Any = None, device: str | None = None, metrics: Any = None,
-                 callbacks: Any = (), log_interval: int = 50) -> None:
+    def __init__(
+        self,
+        model: Any,
+        data_loader: Any,
+        model_convert_pipeline: Any = None,
+        batch_processor: Any = None,
+        device: str | None = None,
+        metrics: Any = None,
+        callbacks: Any = (),
+        log_interval: int = 50,
+    ) -> None:
         super().__init__(model, model_convert_pipeline, callbacks, device)
         loaders = data_loader if isinstance(data_loader, (list, tuple)) else [data_loader]
         if not loaders or any(dl is None for dl in loaders):
@@ -133,17 +149,27 @@ class Predictor(Loop):
         """Evaluate; returns the metrics (rank 0's, on every rank)."""
         self.prepare_model(ctx)
         _seed_loaders(self.data_loaders, ctx.seed)
-        loop = EvalLoop(self.model, self.data_loaders, self.batch_processor, self.metrics,
-                        self.callbacks, self.device, ctx, self.log_interval,
-                        desc=f"{ctx.stage} predict")
+        loop = EvalLoop(
+            self.model,
+            self.data_loaders,
+            self.batch_processor,
+            self.metrics,
+            self.callbacks,
+            self.device,
+            ctx,
+            self.log_interval,
+            desc=f"{ctx.stage} predict",
+        )
         self.results = distributed.broadcast_object(loop.run())
         self.logger.info("predictor results", stage=ctx.stage, **self.results)
         if ctx.is_main:  # the per-class table of a metric that has one (rank 0 computes it)
             from fcos_core.engine import per_class
 
-            per_class.report(ctx, self.logger, ctx.stage, per_class.collect(self.metrics),
-                             "predictor")
+            per_class.report(
+                ctx, self.logger, ctx.stage, per_class.collect(self.metrics), "predictor"
+            )
         if ctx.recorder is not None:
-            ctx.recorder.log("predict", ctx.stage, 0, 0,
-                             **{f"val_{k}": v for k, v in self.results.items()})
+            ctx.recorder.log(
+                "predict", ctx.stage, 0, 0, **{f"val_{k}": v for k, v in self.results.items()}
+            )
         return self.results

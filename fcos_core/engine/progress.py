@@ -26,8 +26,15 @@ class Progress:
         if enabled and total > 0:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, initial=initial, desc=desc, file=sys.stderr,
-                             dynamic_ncols=True, leave=False, mininterval=0.5)
+            self._bar = tqdm(
+                total=total,
+                initial=initial,
+                desc=desc,
+                file=sys.stderr,
+                dynamic_ncols=True,
+                leave=False,
+                mininterval=0.5,
+            )
 
     def update(self, losses: dict[str, float] | None = None) -> None:
         if self._bar is None:

@@ -35,7 +35,8 @@ def write_stage_report(loop: Any, ctx: Any, images: list[Any]) -> str | None:
     layers = {layer["name"]: layer for layer in report.get("layers", [])}
     worst = ", ".join(
         f"{layers[n].get('module') or n} {float(layers[n]['local_sqnr_db']):.1f} dB"
-        for n in report.get("worst", [])[:5] if n in layers)
-    loop.logger.info("quantization report written", stage=loop.stage, path=path,
-                     worst_layers=worst)
+        for n in report.get("worst", [])[:5]
+        if n in layers
+    )
+    loop.logger.info("quantization report written", stage=loop.stage, path=path, worst_layers=worst)
     return path

@@ -71,8 +71,10 @@ class MetricsRecorder:
         path = self.csv_path
         if path is None or not path.is_file():
             return
-        fix = ("correct that value, or move the file away to run without the earlier rows "
-               "(checkpoints and log.jsonl are not affected)")
+        fix = (
+            "correct that value, or move the file away to run without the earlier rows "
+            "(checkpoints and log.jsonl are not affected)"
+        )
         try:
             with open(path, newline="", encoding="utf-8") as f:
                 reader = csv.DictReader(f)
@@ -91,12 +93,17 @@ class MetricsRecorder:
                             raise FcosUserError(
                                 f"{path}, line {reader.line_num}: column {k!r} holds {v[:40]!r}, "
                                 "not a number, so the earlier rows cannot be read back (the "
-                                "run continues its metrics.csv)", hint=fix) from None
+                                "run continues its metrics.csv)",
+                                hint=fix,
+                            ) from None
                     self._rows.setdefault(key, {}).update(values)
         except (csv.Error, UnicodeDecodeError) as exc:
-            raise FcosUserError(f"{path} is not a readable metrics table ({exc}), so the "
-                                "earlier rows cannot be read back (the run continues its "
-                                "metrics.csv)", hint=fix) from None
+            raise FcosUserError(
+                f"{path} is not a readable metrics table ({exc}), so the "
+                "earlier rows cannot be read back (the run continues its "
+                "metrics.csv)",
+                hint=fix,
+            ) from None
 
     def columns(self) -> list[str]:
         names: set[str] = set()
@@ -137,8 +144,14 @@ class MetricsRecorder:
         specs = [
             ("loss.png", "loss terms", steps, "step", loss_cols, "loss"),
             ("lr.png", "learning rate", steps, "step", ["lr"], "lr"),
-            ("map.png", "validation mAP per stage", epochs, "epoch",
-             sorted({c for r in epochs for c in r if c.endswith("mAP")}), "mAP"),
+            (
+                "map.png",
+                "validation mAP per stage",
+                epochs,
+                "epoch",
+                sorted({c for r in epochs for c in r if c.endswith("mAP")}),
+                "mAP",
+            ),
         ]
         for name, title, rows, xkey, cols, ylabel in specs:
             series = _series(rows, xkey, cols)
@@ -160,8 +173,9 @@ class MetricsRecorder:
         return made
 
 
-def _series(rows: list[dict[str, Any]], xkey: str, cols: list[str]
-            ) -> dict[str, tuple[list[float], list[float]]]:
+def _series(
+    rows: list[dict[str, Any]], xkey: str, cols: list[str]
+) -> dict[str, tuple[list[float], list[float]]]:
     out: dict[str, tuple[list[float], list[float]]] = {}
     for col in cols:
         for r in rows:

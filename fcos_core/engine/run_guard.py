@@ -59,12 +59,12 @@ def probe_writable(folder: str | os.PathLike[str], what: str, fix: str) -> Path:
             os.close(fd)
             os.unlink(probe)
     except OSError as exc:
-        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(folder) \
-            else ""
-        raise FcosUserError(f"the {what} {str(folder)!r} cannot be written{where}: "
-                            f"{os_error_text(exc)}; nothing was trained",
-                            hint=f"{fix}, or free disk space / fix the folder's permissions"
-                            ) from None
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(folder) else ""
+        raise FcosUserError(
+            f"the {what} {str(folder)!r} cannot be written{where}: "
+            f"{os_error_text(exc)}; nothing was trained",
+            hint=f"{fix}, or free disk space / fix the folder's permissions",
+        ) from None
     return folder
 
 
@@ -86,9 +86,10 @@ class RunLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise FcosUserError(f"cannot create the lock file {str(self.path)!r}: "
-                                f"{os_error_text(exc)}",
-                                hint="make ckpt_dir writable or choose another one") from None
+            raise FcosUserError(
+                f"cannot create the lock file {str(self.path)!r}: {os_error_text(exc)}",
+                hint="make ckpt_dir writable or choose another one",
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -102,7 +103,8 @@ class RunLock:
                 f"another fcos run ({who}) is using the checkpoint folder "
                 f"{str(self.path.parent)!r}: it holds the lock {str(self.path)!r}",
                 hint="wait for that run to end (the lock goes with its process), or give this "
-                     "run its own checkpoint folder (ckpt_dir=...)") from None
+                "run its own checkpoint folder (ckpt_dir=...)",
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode("ascii"))
         self._fd = fd
@@ -167,7 +169,8 @@ def refuse_to_replace(paths: Sequence[Path]) -> None:
         f"this run would replace {len(paths)} existing checkpoint file(s) of the stages it "
         f"trains; nothing was changed:{listing}",
         hint="add --resume to continue from them, or --overwrite to train again and replace "
-             "them (or use another ckpt_dir=...)")
+        "them (or use another ckpt_dir=...)",
+    )
 
 
 # --- SIGTERM ----------------------------------------------------------------------------------

@@ -37,5 +37,6 @@ def apply_runtime_settings(data: dict[str, Any]) -> None:
         torch.use_deterministic_algorithms(True)
     if torch.backends.cudnn.is_available():
         torch.backends.cudnn.deterministic = deterministic
-        torch.backends.cudnn.benchmark = bool(data.get("cudnn_benchmark", True)) and not \
-            deterministic
+        torch.backends.cudnn.benchmark = (
+            bool(data.get("cudnn_benchmark", True)) and not deterministic
+        )

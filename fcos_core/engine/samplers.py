@@ -77,14 +77,21 @@ class DistributedSampler(_EpochSampler):
     once in the log.
     """
 
-    def __init__(self, dataset: Sized, shuffle: bool = True, drop_last: bool = False,
-                 num_replicas: int | None = None, rank: int | None = None) -> None:
+    def __init__(
+        self,
+        dataset: Sized,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
         super().__init__(dataset)
         if num_replicas is not None and num_replicas < 1:
             raise ValueError(f"num_replicas must be >= 1, got {num_replicas}")
         if rank is not None and num_replicas is not None and not 0 <= rank < num_replicas:
-            raise ValueError(f"rank must be in [0, num_replicas), got rank {rank} of "
-                             f"{num_replicas}")
+            raise ValueError(
+                f"rank must be in [0, num_replicas), got rank {rank} of {num_replicas}"
+            )
         self.shuffle = shuffle
         self.drop_last = drop_last
         self._num_replicas = num_replicas
@@ -101,8 +108,11 @@ class DistributedSampler(_EpochSampler):
             return dist.get_world_size(), dist.get_rank() if self._rank is None else self._rank
         if not self._noted:
             self._noted = True
-            log.info("DistributedSampler without a process group: a single process reads the "
-                     "whole dataset", shuffle=self.shuffle)
+            log.info(
+                "DistributedSampler without a process group: a single process reads the "
+                "whole dataset",
+                shuffle=self.shuffle,
+            )
         return 1, 0
 
     def _split(self, n: int, world: int) -> tuple[int, int]:

@@ -21,27 +21,38 @@ class TrainerArgs:
 
     model: Any = component("models", help="the model to train (returns a dict of losses)")
     model_convert_pipeline: Any = component(
-        "converters", None, help="conversions applied before training (e.g. LoadCheckpoint)")
+        "converters", None, help="conversions applied before training (e.g. LoadCheckpoint)"
+    )
     data_loader: Any = component("data_loaders", None, help="training data (null: no training)")
-    optimizer: Any = component("optimizers", None, lazy=True,
-                               help="optimizer; built with the model's parameters")
-    batch_processor: Any = component("batch_processors", None,
-                                     help="forward/backward/step of one batch")
+    optimizer: Any = component(
+        "optimizers", None, lazy=True, help="optimizer; built with the model's parameters"
+    )
+    batch_processor: Any = component(
+        "batch_processors", None, help="forward/backward/step of one batch"
+    )
     num_epochs: int = arg(help="number of epochs; 0 skips training")
     max_steps_per_epoch: int | None = arg(
-        None, help="stop each epoch after this many steps (null: the whole data loader); "
-                   "e.g. a short QAT fine-tune")
+        None,
+        help="stop each epoch after this many steps (null: the whole data loader); "
+        "e.g. a short QAT fine-tune",
+    )
     max_nonfinite_steps: int = arg(
-        10, help="a step whose gradient is NaN/inf is skipped (weights and EMA unchanged, "
-                 "counted in metrics.csv and summary.json); stop with an error after this "
-                 "many such steps in a row")
+        10,
+        help="a step whose gradient is NaN/inf is skipped (weights and EMA unchanged, "
+        "counted in metrics.csv and summary.json); stop with an error after this "
+        "many such steps in a row",
+    )
     min_total_steps: int | None = arg(
-        None, help="train at least this many steps: num_epochs is raised when its epochs (capped "
-                   "by max_steps_per_epoch) are fewer, e.g. a QAT fine-tune on a small data set")
+        None,
+        help="train at least this many steps: num_epochs is raised when its epochs (capped "
+        "by max_steps_per_epoch) are fewer, e.g. a QAT fine-tune on a small data set",
+    )
     lr_base_batch_size: int | None = arg(
-        None, help="linear lr scaling (mmdet's auto_scale_lr): the optimizer's lr is the lr at "
-                   "this total batch size and is multiplied by (batch size x processes) / this; "
-                   "null: the lr is used as written")
+        None,
+        help="linear lr scaling (mmdet's auto_scale_lr): the optimizer's lr is the lr at "
+        "this total batch size and is multiplied by (batch size x processes) / this; "
+        "null: the lr is used as written",
+    )
     device: str | None = arg(None, help="torch device; null: cuda when present, else cpu")
     callbacks: list[Any] = component_list("callbacks", help="callbacks, run in this order")
     train_metrics: Any = component("metrics", None, help="metrics of the training loop (LossShow)")
@@ -62,10 +73,12 @@ class CalibratorArgs:
 
     model: Any = component("models", help="the model to calibrate")
     model_convert_pipeline: Any = component(
-        "converters", None, help="e.g. LoadCheckpoint(float) then Float2Calibration")
+        "converters", None, help="e.g. LoadCheckpoint(float) then Float2Calibration"
+    )
     data_loader: Any = component("data_loaders", help="calibration data (no sampler needed)")
-    batch_processor: Any = component("batch_processors", None,
-                                     help="forward of one batch (need_grad_update: false)")
+    batch_processor: Any = component(
+        "batch_processors", None, help="forward of one batch (need_grad_update: false)"
+    )
     num_steps: int = arg(help="number of calibration batches")
     device: str | None = arg(None, help="torch device; null: cuda when present, else cpu")
     callbacks: list[Any] = component_list("callbacks", help="callbacks, run in this order")
@@ -79,7 +92,8 @@ class PredictorArgs:
 
     model: Any = component("models", help="the model to evaluate")
     model_convert_pipeline: Any = component(
-        "converters", None, help="conversions before evaluation (e.g. LoadCheckpoint)")
+        "converters", None, help="conversions before evaluation (e.g. LoadCheckpoint)"
+    )
     data_loader: list[Any] = component_list("data_loaders", help="data loaders, evaluated in turn")
     batch_processor: Any = component("batch_processors", None, help="forward of one batch")
     device: str | None = arg(None, help="torch device; null: cuda when present, else cpu")
@@ -96,12 +110,14 @@ class MultiBatchProcessorArgs:
     """Forward (and with need_grad_update: backward and optimizer step) of one or more batches."""
 
     need_grad_update: bool = arg(True, help="compute gradients and step the optimizer")
-    loss_collector: Any = named("functions", None,
-                                help="outputs -> list of loss tensors (default: collect_losses)")
+    loss_collector: Any = named(
+        "functions", None, help="outputs -> list of loss tensors (default: collect_losses)"
+    )
     grad_clip_max_norm: float | None = arg(None, help="clip the gradient norm to this value")
     amp: bool = arg(False, help="automatic mixed precision (autocast) for the forward pass")
     amp_dtype: Literal["float16", "bfloat16"] = arg(
-        "float16", help="autocast dtype; float16 on CUDA uses a gradient scaler")
+        "float16", help="autocast dtype; float16 on CUDA uses a gradient scaler"
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -141,11 +157,13 @@ class CheckpointArgs:
     name_prefix: str | None = arg(None, help="file name prefix; null: '<stage>-'")
     save_interval: int = arg(1, help="save every this many epochs")
     save_interval_steps: int | None = arg(
-        None, help="also save 'last' every this many steps (exact mid-epoch resume)")
+        None, help="also save 'last' every this many steps (exact mid-epoch resume)"
+    )
     strict_match: bool = arg(False, help="on --resume, the model must match the checkpoint exactly")
     mode: Literal["max", "min"] = arg("max", help="whether a larger or a smaller metric is better")
     monitor_metric_key: str | None = arg(
-        None, help="validation metric that picks 'best' (null: the last save is the best)")
+        None, help="validation metric that picks 'best' (null: the last save is the best)"
+    )
     save_last: bool = arg(True, help="write the 'last' checkpoint")
     keep_best: bool = arg(True, help="write the 'best' checkpoint")
 
@@ -157,17 +175,22 @@ class ValidationArgs:
     data_loader: Any = component("data_loaders", help="validation data")
     batch_processor: Any = component("batch_processors", None, help="forward of one batch")
     callbacks: list[Any] = component_list("callbacks", help="callbacks of the validation loop")
-    val_model: Any = component("models", None, help="a separate model to validate (null: the "
-                                                    "training model)")
-    init_with_train_model: bool = arg(False, help="copy the training weights into val_model "
-                                                  "before each validation")
+    val_model: Any = component(
+        "models", None, help="a separate model to validate (null: the training model)"
+    )
+    init_with_train_model: bool = arg(
+        False, help="copy the training weights into val_model before each validation"
+    )
     val_interval: int = arg(1, help="validate every this many epochs")
     val_on_train_end: bool = arg(True, help="validate when training ends")
     log_interval: int = arg(0, help="log progress every this many batches (0: never)")
-    val_on_train_begin: bool = arg(False, help="also validate the starting weights before the "
-                                               "first step (not on --resume); with a Checkpoint "
-                                               "on the metric, a fine-tune that never beats "
-                                               "them keeps them as best")
+    val_on_train_begin: bool = arg(
+        False,
+        help="also validate the starting weights before the "
+        "first step (not on --resume); with a Checkpoint "
+        "on the metric, a fine-tune that never beats "
+        "them keeps them as best",
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -186,9 +209,11 @@ class CosLrUpdaterArgs:
     warmup_by: Literal["epoch", "step"] = arg("epoch", help="unit of warmup_len")
     warmup_start_ratio: float = arg(0.1, help="warm-up starts at this fraction of the lr")
     min_warmup_steps: int = arg(
-        0, help="floor on the warm-up length in steps; when warmup_len is shorter, the warm-up "
-                "ramps linearly per step over this many steps (on a small data set one epoch "
-                "is only a few steps)")
+        0,
+        help="floor on the warm-up length in steps; when warmup_len is shorter, the warm-up "
+        "ramps linearly per step over this many steps (on a small data set one epoch "
+        "is only a few steps)",
+    )
     min_lr_ratio: float = arg(0.0, help="final lr as a fraction of each group's initial lr")
     step_log_interval: int = arg(1, help="log the lr every this many steps (0: never)")
 
@@ -210,7 +235,8 @@ class SaveTracedArgs:
     trace_inputs: dict[str, list[int]] = arg(help="input name -> shape of the example input")
     name_prefix: str | None = arg(None, help="file name prefix; null: '<stage>-'")
     method: Literal["auto", "jit", "export"] = arg(
-        "auto", help="torch.jit.trace, torch.export, or jit with export as the fallback")
+        "auto", help="torch.jit.trace, torch.export, or jit with export as the fallback"
+    )
     atol: float = arg(1e-5, help="tolerance of the reload check")
 
 
@@ -226,8 +252,10 @@ class MetricUpdaterArgs:
 
 # --- optimizers ------------------------------------------------------------------------------
 
-_PARAMS_HELP = ("per-parameter-group options: a key selects the parameters whose name is the "
-                "key or ends with '.<key>' (first matching key wins)")
+_PARAMS_HELP = (
+    "per-parameter-group options: a key selects the parameters whose name is the "
+    "key or ends with '.<key>' (first matching key wins)"
+)
 
 
 @attrs.frozen(kw_only=True)

@@ -65,12 +65,17 @@ def param_key_typos(cfg: Any, stages: Iterable[str]) -> list[Problem]:
                 continue
             fixed = str(key)[: len(str(key)) - len(leaf)] + near[0]
             path = (*opt.path, "params", key)
-            problems.append(Problem(
-                format_path(path),
-                f"params key {key!r} selects no parameter: parameter names end in "
-                f"{' or '.join(map(repr, KNOWN_PARAM_LEAVES))}; did you mean {fixed!r}? (a key "
-                "is a parameter name or its dotted suffix, e.g. weight, bn.bias, "
-                "head.cls.bias)", cfg.lines.line(path), cfg.file))
+            problems.append(
+                Problem(
+                    format_path(path),
+                    f"params key {key!r} selects no parameter: parameter names end in "
+                    f"{' or '.join(map(repr, KNOWN_PARAM_LEAVES))}; did you mean {fixed!r}? (a key "
+                    "is a parameter name or its dotted suffix, e.g. weight, bn.bias, "
+                    "head.cls.bias)",
+                    cfg.lines.line(path),
+                    cfg.file,
+                )
+            )
     return problems
 
 

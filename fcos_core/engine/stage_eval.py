@@ -65,9 +65,10 @@ class StageEvaluation:
         for conv in _load_checkpoints(self.predictor.model_convert_pipeline):
             path = Path(conv.checkpoint_path)
             if not path.is_file():
-                raise FcosUserError(f"stage {self.stage}: checkpoint {str(path)!r} does not "
-                                    "exist", hint=producer_hint(path) + "; or pass "
-                                                  "--checkpoint PATH")
+                raise FcosUserError(
+                    f"stage {self.stage}: checkpoint {str(path)!r} does not exist",
+                    hint=producer_hint(path) + "; or pass --checkpoint PATH",
+                )
 
     def run(self, ctx: Any) -> dict[str, float]:
         """Evaluate; returns the merged metric results."""
@@ -77,9 +78,10 @@ class StageEvaluation:
 
         out = score_artifact(self.backend, self.program, self.loaders, self.metrics, ctx)
         if out is None:
-            raise FcosUserError("the compile backend could not decode detections from the "
-                                "artifact", hint="compile with a backend whose runtime "
-                                                 "implements detect()")
+            raise FcosUserError(
+                "the compile backend could not decode detections from the artifact",
+                hint="compile with a backend whose runtime implements detect()",
+            )
         return out
 
 
@@ -101,8 +103,14 @@ class _FreezeCalibration:
         return model
 
 
-def prepare(cfg: Any, stage: str, ctx: Any, checkpoint: str | None = None,
-            make_loader: Builder = build, make_metric: Builder = build) -> StageEvaluation:
+def prepare(
+    cfg: Any,
+    stage: str,
+    ctx: Any,
+    checkpoint: str | None = None,
+    make_loader: Builder = build,
+    make_metric: Builder = build,
+) -> StageEvaluation:
     """The evaluation of ``stage`` (see the module docstring); nothing is run yet (a
     compiled artifact is loaded). ``ctx`` is the :func:`stage_context` it will run with."""
     if stage not in EVAL_STAGES:
@@ -115,25 +123,41 @@ def prepare(cfg: Any, stage: str, ctx: Any, checkpoint: str | None = None,
     return _prepare_from_trainer(cfg, stage, checkpoint, make_loader, make_metric)
 
 
-def _prepare_predictor(cfg: Any, stage: str, node: Any, checkpoint: str | None,
-                       make_loader: Builder, make_metric: Builder) -> StageEvaluation:
+def _prepare_predictor(
+    cfg: Any,
+    stage: str,
+    node: Any,
+    checkpoint: str | None,
+    make_loader: Builder,
+    make_metric: Builder,
+) -> StageEvaluation:
     loaders = [make_loader(n) for n in _as_list(node.kwargs.get("data_loader"))]
     metrics = [make_metric(n) for n in _as_list(node.kwargs.get("metrics"))]
     # the predictor block itself, with the loaders and metrics built above (built objects
     # pass through build() unchanged)
-    predictor = build(attrs.evolve(node, kwargs={**node.kwargs, "data_loader": loaders,
-                                                 "metrics": metrics}))
+    predictor = build(
+        attrs.evolve(node, kwargs={**node.kwargs, "data_loader": loaders, "metrics": metrics})
+    )
     loads = _load_checkpoints(predictor.model_convert_pipeline)
     if checkpoint is not None:
         if not loads:
-            raise FcosUserError(f"--checkpoint: {stage}_predictor loads no checkpoint (no "
-                                "LoadCheckpoint in its model_convert_pipeline), so there is "
-                                "nothing to replace", hint="leave --checkpoint out, or add a "
-                                "LoadCheckpoint to the predictor's model_convert_pipeline")
+            raise FcosUserError(
+                f"--checkpoint: {stage}_predictor loads no checkpoint (no "
+                "LoadCheckpoint in its model_convert_pipeline), so there is "
+                "nothing to replace",
+                hint="leave --checkpoint out, or add a "
+                "LoadCheckpoint to the predictor's model_convert_pipeline",
+            )
         loads[-1].checkpoint_path = Path(checkpoint)
     weights = str(loads[-1].checkpoint_path) if loads else None
-    return StageEvaluation(stage=stage, source=f"{stage}_predictor", weights=weights,
-                           metrics=metrics, loaders=loaders, predictor=predictor)
+    return StageEvaluation(
+        stage=stage,
+        source=f"{stage}_predictor",
+        weights=weights,
+        metrics=metrics,
+        loaders=loaders,
+        predictor=predictor,
+    )
 
 
 def _validation_node(trainer: Any) -> Any:
@@ -143,76 +167,115 @@ def _validation_node(trainer: Any) -> Any:
     return None
 
 
-def _prepare_from_trainer(cfg: Any, stage: str, checkpoint: str | None, make_loader: Builder,
-                          make_metric: Builder) -> StageEvaluation:
+def _prepare_from_trainer(
+    cfg: Any, stage: str, checkpoint: str | None, make_loader: Builder, make_metric: Builder
+) -> StageEvaluation:
     from fcos_core.engine.convert_pipeline import ModelConvertPipeline
     from fcos_core.engine.load_checkpoint import LoadCheckpoint
     from fcos_core.engine.predictor import Predictor
 
     trainer = cfg.node(f"{stage}_trainer")
     if trainer is None or trainer.kwargs.get("model") is None:
-        raise FcosUserError(f"the config has neither a {stage}_predictor nor a {stage}_trainer "
-                            f"with a model, so there is no model of stage {stage!r} to score",
-                            hint=f"add a {stage}_predictor block (see configs/fcos_b0_demo.yaml)")
+        raise FcosUserError(
+            f"the config has neither a {stage}_predictor nor a {stage}_trainer "
+            f"with a model, so there is no model of stage {stage!r} to score",
+            hint=f"add a {stage}_predictor block (see configs/fcos_b0_demo.yaml)",
+        )
     val = _validation_node(trainer)
     loader_nodes = _as_list(val.kwargs.get("data_loader")) if val is not None else []
     if not loader_nodes and cfg.node("val_data_loader") is not None:
         loader_nodes = [cfg.values["val_data_loader"]]
     metric_nodes = _as_list(trainer.kwargs.get("val_metrics"))
     if not loader_nodes or not metric_nodes:
-        raise FcosUserError(f"{stage}_trainer has no validation data or no val_metrics to "
-                            f"score stage {stage!r} with", hint=f"add a {stage}_predictor block, "
-                            "or a Validation callback and val_metrics to the trainer")
-    weights = Path(checkpoint) if checkpoint else \
-        Path(cfg.data["ckpt_dir"]) / f"{stage}-checkpoint-best.pth.tar"
+        raise FcosUserError(
+            f"{stage}_trainer has no validation data or no val_metrics to "
+            f"score stage {stage!r} with",
+            hint=f"add a {stage}_predictor block, "
+            "or a Validation callback and val_metrics to the trainer",
+        )
+    weights = (
+        Path(checkpoint)
+        if checkpoint
+        else Path(cfg.data["ckpt_dir"]) / f"{stage}-checkpoint-best.pth.tar"
+    )
     pipeline = build(trainer.kwargs.get("model_convert_pipeline"))
-    converters = [*getattr(pipeline, "converters", []), LoadCheckpoint(str(weights)),
-                  _FreezeCalibration()]
-    convert = ModelConvertPipeline(qat_mode=getattr(pipeline, "qat_mode", None),
-                                   converters=converters)
+    converters = [
+        *getattr(pipeline, "converters", []),
+        LoadCheckpoint(str(weights)),
+        _FreezeCalibration(),
+    ]
+    convert = ModelConvertPipeline(
+        qat_mode=getattr(pipeline, "qat_mode", None), converters=converters
+    )
     loaders = [make_loader(n) for n in loader_nodes]
     metrics = [make_metric(n) for n in metric_nodes]
     bp = val.kwargs.get("batch_processor") if val is not None else None
     callbacks = build(val.kwargs.get("callbacks")) if val is not None else []
-    predictor = Predictor(model=build(trainer.kwargs["model"]), data_loader=loaders,
-                          model_convert_pipeline=convert, batch_processor=build(bp),
-                          device=trainer.kwargs.get("device"), metrics=metrics,
-                          callbacks=callbacks or [], log_interval=0)
-    return StageEvaluation(stage=stage, source=f"{stage}_trainer model and "
-                           "model_convert_pipeline + the stage's checkpoint", weights=str(weights),
-                           metrics=metrics, loaders=loaders, predictor=predictor)
+    predictor = Predictor(
+        model=build(trainer.kwargs["model"]),
+        data_loader=loaders,
+        model_convert_pipeline=convert,
+        batch_processor=build(bp),
+        device=trainer.kwargs.get("device"),
+        metrics=metrics,
+        callbacks=callbacks or [],
+        log_interval=0,
+    )
+    return StageEvaluation(
+        stage=stage,
+        source=f"{stage}_trainer model and model_convert_pipeline + the stage's checkpoint",
+        weights=str(weights),
+        metrics=metrics,
+        loaders=loaders,
+        predictor=predictor,
+    )
 
 
-def _prepare_compile(cfg: Any, artifact: str | None, make_loader: Builder,
-                     make_metric: Builder) -> StageEvaluation:
+def _prepare_compile(
+    cfg: Any, artifact: str | None, make_loader: Builder, make_metric: Builder
+) -> StageEvaluation:
     from fcos_core.engine.compile_stage import artifact_eval_nodes, backend_entry
 
     entry = backend_entry(cfg)
     backend = entry.load()()
     loader_nodes, metric_node = artifact_eval_nodes(cfg)
     if not loader_nodes or metric_node is None:
-        raise FcosUserError("the config names no data or metric to score the compiled "
-                            "artifact with", hint="add int_infer_predictor (or val_data_loader "
-                            "and a trainer's val_metrics)")
+        raise FcosUserError(
+            "the config names no data or metric to score the compiled artifact with",
+            hint="add int_infer_predictor (or val_data_loader and a trainer's val_metrics)",
+        )
     if not callable(getattr(backend, "detect", None)) or not callable(
-            getattr(backend, "load", None)):
-        raise FcosUserError(f"the compile backend {entry.name!r} cannot run its artifact and "
-                            "decode detections (no load/detect)",
-                            hint="score the int_infer stage instead")
+        getattr(backend, "load", None)
+    ):
+        raise FcosUserError(
+            f"the compile backend {entry.name!r} cannot run its artifact and "
+            "decode detections (no load/detect)",
+            hint="score the int_infer stage instead",
+        )
     path = Path(artifact) if artifact else default_artifact(cfg, backend)
     if path is None:
-        raise FcosUserError(f"the compile backend {entry.name!r} does not say where its "
-                            "artifact is", hint="pass the artifact file with --checkpoint")
+        raise FcosUserError(
+            f"the compile backend {entry.name!r} does not say where its artifact is",
+            hint="pass the artifact file with --checkpoint",
+        )
     if not path.is_file():
-        raise FcosUserError(f"compiled artifact {str(path)!r} does not exist",
-                            hint="run the compile stage first (`fcos run CONFIG --stage "
-                                 "compile`), or pass the artifact file with --checkpoint")
+        raise FcosUserError(
+            f"compiled artifact {str(path)!r} does not exist",
+            hint="run the compile stage first (`fcos run CONFIG --stage "
+            "compile`), or pass the artifact file with --checkpoint",
+        )
     program = backend.load(path)
     loaders = [make_loader(n) for n in loader_nodes]
     metrics = [make_metric(n) for n in _as_list(metric_node)]
-    return StageEvaluation(stage="compile", source=f"artifact run by the {entry.name} runtime",
-                           weights=str(path), metrics=metrics, loaders=loaders,
-                           backend=backend, program=program)
+    return StageEvaluation(
+        stage="compile",
+        source=f"artifact run by the {entry.name} runtime",
+        weights=str(path),
+        metrics=metrics,
+        loaders=loaders,
+        backend=backend,
+        program=program,
+    )
 
 
 def default_artifact(cfg: Any, backend: Any) -> Path | None:
@@ -234,13 +297,19 @@ def stage_context(cfg: Any, stage: str, run_dir: Path | None, logger: Any) -> An
     from fcos_core.engine.recorder import MetricsRecorder
 
     data = cfg.data
-    return RunContext(stage=stage, run_dir=run_dir, ckpt_dir=Path(data["ckpt_dir"]),
-                      logger=logger, seed=data.get("seed"),
-                      deterministic=bool(data.get("deterministic", False)), config=cfg,
-                      example_inputs=data.get("deploy_inputs") or {"img": [1, 3, 512, 512]},
-                      recorder=MetricsRecorder(None, enabled=False),
-                      backend=make_backend(cfg, logger),
-                      channels_last=bool(data.get("channels_last", True)))
+    return RunContext(
+        stage=stage,
+        run_dir=run_dir,
+        ckpt_dir=Path(data["ckpt_dir"]),
+        logger=logger,
+        seed=data.get("seed"),
+        deterministic=bool(data.get("deterministic", False)),
+        config=cfg,
+        example_inputs=data.get("deploy_inputs") or {"img": [1, 3, 512, 512]},
+        recorder=MetricsRecorder(None, enabled=False),
+        backend=make_backend(cfg, logger),
+        channels_last=bool(data.get("channels_last", True)),
+    )
 
 
 def parse_stage(stage: str) -> str:
@@ -250,9 +319,10 @@ def parse_stage(stage: str) -> str:
     import difflib
 
     near = difflib.get_close_matches(stage, EVAL_STAGES, n=1)
-    raise FcosUserError(f"unknown stage {stage!r}; fcos val scores one of "
-                        f"{', '.join(EVAL_STAGES)}",
-                        hint=f"did you mean {near[0]!r}?" if near else None)
+    raise FcosUserError(
+        f"unknown stage {stage!r}; fcos val scores one of {', '.join(EVAL_STAGES)}",
+        hint=f"did you mean {near[0]!r}?" if near else None,
+    )
 
 
 __all__: Sequence[str] = (

@@ -23,8 +23,20 @@ import json
 from pathlib import Path
 from typing import Any
 
-COCO_KEYS = ("mAP", "AP50", "AP75", "APs", "APm", "APl",
-             "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+COCO_KEYS = (
+    "mAP",
+    "AP50",
+    "AP75",
+    "APs",
+    "APm",
+    "APl",
+    "AR1",
+    "AR10",
+    "AR100",
+    "ARs",
+    "ARm",
+    "ARl",
+)
 MAX_SUMMARY_BYTES = 1 << 20
 
 
@@ -44,8 +56,7 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
 
     text = json.dumps(summary, indent=2, sort_keys=False) + "\n"
     # a unique temp name (not a fixed .summary.json.tmp that two writers would share)
-    return write_atomically(Path(run_dir) / "summary.json",
-                            lambda f: f.write(text.encode("utf-8")))
+    return write_atomically(Path(run_dir) / "summary.json", lambda f: f.write(text.encode("utf-8")))
 
 
 def fmt_seconds(s: float | None) -> str:
@@ -64,8 +75,14 @@ def format_table(summary: dict[str, Any], order: tuple[str, ...] = ()) -> str:
     for stage in stages:
         entry = summary[stage]
         m = (entry.get("metrics") or {}).get("mAP")
-        rows.append((stage, "-" if m is None else f"{m:.4f}",
-                     fmt_seconds(entry.get("seconds")), str(entry.get("checkpoint") or "-")))
+        rows.append(
+            (
+                stage,
+                "-" if m is None else f"{m:.4f}",
+                fmt_seconds(entry.get("seconds")),
+                str(entry.get("checkpoint") or "-"),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

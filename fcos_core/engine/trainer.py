@@ -71,12 +71,23 @@ class Trainer(Loop):
 
     is_training = True
 
-    def __init__(self, model: Any, num_epochs: int, model_convert_pipeline: Any = None,
-                 data_loader: Any = None, optimizer: Any = None, batch_processor: Any = None,
-                 device: str | None = None, callbacks: Any = (), train_metrics: Any = None,
-                 val_metrics: Any = None, max_steps_per_epoch: int | None = None,
-                 max_nonfinite_steps: int = 10, lr_base_batch_size: int | None = None,
-                 min_total_steps: int | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        num_epochs: int,
+        model_convert_pipeline: Any = None,
+        data_loader: Any = None,
+        optimizer: Any = None,
+        batch_processor: Any = None,
+        device: str | None = None,
+        callbacks: Any = (),
+        train_metrics: Any = None,
+        val_metrics: Any = None,
+        max_steps_per_epoch: int | None = None,
+        max_nonfinite_steps: int = 10,
+        lr_base_batch_size: int | None = None,
+        min_total_steps: int | None = None,
+    ) -> None:
         super().__init__(model, model_convert_pipeline, callbacks, device)
         if lr_base_batch_size is not None and lr_base_batch_size < 1:
             raise ValueError(f"lr_base_batch_size must be >= 1 or null, got {lr_base_batch_size}")
@@ -90,8 +101,7 @@ class Trainer(Loop):
         self.nonfinite_steps = 0  # steps skipped for a NaN/inf gradient (this process's run)
         self._nonfinite_in_a_row = 0
         if max_steps_per_epoch is not None and max_steps_per_epoch < 1:
-            raise ValueError(f"max_steps_per_epoch must be >= 1 or null, got "
-                             f"{max_steps_per_epoch}")
+            raise ValueError(f"max_steps_per_epoch must be >= 1 or null, got {max_steps_per_epoch}")
         self.max_steps_per_epoch = max_steps_per_epoch
         if num_epochs < 0:
             raise ValueError(f"num_epochs must be >= 0, got {num_epochs}")
@@ -99,15 +109,23 @@ class Trainer(Loop):
             raise ValueError("num_epochs > 0 needs a data_loader (or set num_epochs: 0)")
         if num_epochs > 0 and optimizer is None:
             raise ValueError("num_epochs > 0 needs an optimizer block (e.g. type: SGD)")
-        if num_epochs > 0 and batch_processor is not None and not getattr(
-                batch_processor, "need_grad_update", True):
-            raise ValueError("the training batch_processor has need_grad_update: false, so "
-                             "nothing would be trained; set it to true")
+        if (
+            num_epochs > 0
+            and batch_processor is not None
+            and not getattr(batch_processor, "need_grad_update", True)
+        ):
+            raise ValueError(
+                "the training batch_processor has need_grad_update: false, so "
+                "nothing would be trained; set it to true"
+            )
         self.num_epochs = num_epochs
         self.data_loader = data_loader
         self._optimizer_spec = optimizer
-        self.batch_processor = batch_processor if batch_processor is not None else (
-            MultiBatchProcessor(need_grad_update=True) if num_epochs > 0 else None)
+        self.batch_processor = (
+            batch_processor
+            if batch_processor is not None
+            else (MultiBatchProcessor(need_grad_update=True) if num_epochs > 0 else None)
+        )
         self.metrics = self.as_list(train_metrics)
         self.val_metrics = self.as_list(val_metrics)
         self._report_images: list[Any] = []  # a few training batches for the quant report
@@ -142,26 +160,43 @@ class Trainer(Loop):
         factor = total / base_batch_size
         for group in optimizer.param_groups:
             group["lr"] = group["lr"] * factor
-        self.logger.info("lr scaled to the total batch", stage=self.stage, total_batch=total,
-                         lr_base_batch_size=self.lr_base_batch_size, factor=round(factor, 4),
-                         lr=optimizer.param_groups[0]["lr"])
+        self.logger.info(
+            "lr scaled to the total batch",
+            stage=self.stage,
+            total_batch=total,
+            lr_base_batch_size=self.lr_base_batch_size,
+            factor=round(factor, 4),
+            lr=optimizer.param_groups[0]["lr"],
+        )
 
     def setup(self, ctx: Any) -> None:
         self.prepare_model(ctx)
         self.wrap_model()
         self.build_optimizer()
-        if self.data_loader is not None and hasattr(self.data_loader, "set_seed") \
-                and ctx.seed is not None:
+        if (
+            self.data_loader is not None
+            and hasattr(self.data_loader, "set_seed")
+            and ctx.seed is not None
+        ):
             self.data_loader.set_seed(ctx.seed)
         steps = len(self.data_loader) if self.data_loader is not None and self.num_epochs else 0
         if self.max_steps_per_epoch is not None:
             steps = min(steps, self.max_steps_per_epoch)
-        if self.min_total_steps and steps and self.num_epochs \
-                and self.num_epochs * steps < self.min_total_steps:
+        if (
+            self.min_total_steps
+            and steps
+            and self.num_epochs
+            and self.num_epochs * steps < self.min_total_steps
+        ):
             raised = -(-self.min_total_steps // steps)
-            self.logger.info("epochs raised to reach min_total_steps", stage=self.stage,
-                             num_epochs=self.num_epochs, steps_per_epoch=steps,
-                             min_total_steps=self.min_total_steps, now=raised)
+            self.logger.info(
+                "epochs raised to reach min_total_steps",
+                stage=self.stage,
+                num_epochs=self.num_epochs,
+                steps_per_epoch=steps,
+                min_total_steps=self.min_total_steps,
+                now=raised,
+            )
             self.num_epochs = raised
         self.state = LoopState(num_epochs=self.num_epochs, steps_per_epoch=steps)
 
@@ -176,8 +211,11 @@ class Trainer(Loop):
             self.model.load_state_dict(weights, strict=False)
             self.results = dict(ckpt.get("metrics") or {})
             self.state.finished = True
-            self.logger.info("resume: this stage already finished; skipping it",
-                             stage=self.stage, checkpoint=ckpt.get("_path"))
+            self.logger.info(
+                "resume: this stage already finished; skipping it",
+                stage=self.stage,
+                checkpoint=ckpt.get("_path"),
+            )
             return self.results
         self.fire("on_loop_begin")
         if ckpt is not None:
@@ -189,24 +227,41 @@ class Trainer(Loop):
             write_stage_report(self, ctx, self._report_images)
             self.fire("on_loop_end")
         except KeyboardInterrupt as exc:
-            self.logger.warning(f"interrupted ({getattr(exc, 'signal_name', 'Ctrl-C')})",
-                                stage=self.stage, epoch=self.state.epoch + 1,
-                                step=self.state.global_step)
+            self.logger.warning(
+                f"interrupted ({getattr(exc, 'signal_name', 'Ctrl-C')})",
+                stage=self.stage,
+                epoch=self.state.epoch + 1,
+                step=self.state.global_step,
+            )
             for cb in self._order:
                 try:
                     cb.on_interrupt(self)
                 except Exception as exc:  # noqa: BLE001 - saving must not hide the interrupt
-                    self.logger.error("callback failed while handling the interrupt",
-                                      callback=type(cb).__name__, error=str(exc))
+                    self.logger.error(
+                        "callback failed while handling the interrupt",
+                        callback=type(cb).__name__,
+                        error=str(exc),
+                    )
             raise
         except NonFiniteLossError as exc:
-            self.logger.error("non-finite loss; stopping", stage=self.stage, term=exc.term,
-                              value=exc.value, step=exc.step, epoch=exc.epoch + 1)
+            self.logger.error(
+                "non-finite loss; stopping",
+                stage=self.stage,
+                term=exc.term,
+                value=exc.value,
+                step=exc.step,
+                epoch=exc.epoch + 1,
+            )
             raise
         except NonFiniteGradientError as exc:
-            self.logger.error("non-finite gradients; stopping", stage=self.stage, step=exc.step,
-                              epoch=exc.epoch + 1, consecutive=exc.consecutive,
-                              skipped=exc.total)
+            self.logger.error(
+                "non-finite gradients; stopping",
+                stage=self.stage,
+                step=exc.step,
+                epoch=exc.epoch + 1,
+                consecutive=exc.consecutive,
+                skipped=exc.total,
+            )
             raise
         self.results = dict(self.state.val_results)
         return self.results
@@ -224,15 +279,20 @@ class Trainer(Loop):
             if hasattr(self.data_loader, "set_epoch"):
                 self.data_loader.set_epoch(epoch)
             self.fire("on_epoch_begin")
-            bar = Progress(st.steps_per_epoch, f"{self.stage} {epoch + 1}/{self.num_epochs}",
-                           bar_on, initial=start_batch)
+            bar = Progress(
+                st.steps_per_epoch,
+                f"{self.stage} {epoch + 1}/{self.num_epochs}",
+                bar_on,
+                initial=start_batch,
+            )
             try:
                 for batch in self._batches(start_batch):
                     if len(self._report_images) < REPORT_BATCHES and isinstance(batch, dict):
                         self._report_images.append(batch["img"])
                     self.fire("on_step_begin")
-                    outputs = self.batch_processor(self.train_model, batch, self.device,
-                                                   self.optimizer, self)
+                    outputs = self.batch_processor(
+                        self.train_model, batch, self.device, self.optimizer, self
+                    )
                     st.last_batch_size = batch_size_of(batch)
                     st.batch_in_epoch += 1
                     st.global_step += 1
@@ -251,8 +311,13 @@ class Trainer(Loop):
             set_mode(self.train_model, True)  # validation may have switched modes
             start_batch = 0
             if st.stop_reason:  # a callback (EarlyStopping) ended training after this epoch
-                self.logger.info("training stopped early", stage=self.stage, epoch=epoch + 1,
-                                 of=self.num_epochs, reason=st.stop_reason)
+                self.logger.info(
+                    "training stopped early",
+                    stage=self.stage,
+                    epoch=epoch + 1,
+                    of=self.num_epochs,
+                    reason=st.stop_reason,
+                )
                 break
 
     def _skipped_step(self) -> None:
@@ -260,16 +325,27 @@ class Trainer(Loop):
         st = self.state
         self.nonfinite_steps += 1
         self._nonfinite_in_a_row += 1
-        self.logger.warning("non-finite gradient; skipped the optimizer step", stage=self.stage,
-                            epoch=st.epoch + 1, step=st.global_step,
-                            grad_norm=getattr(self.batch_processor, "last_grad_norm", None),
-                            skipped=self.nonfinite_steps, in_a_row=self._nonfinite_in_a_row)
+        self.logger.warning(
+            "non-finite gradient; skipped the optimizer step",
+            stage=self.stage,
+            epoch=st.epoch + 1,
+            step=st.global_step,
+            grad_norm=getattr(self.batch_processor, "last_grad_norm", None),
+            skipped=self.nonfinite_steps,
+            in_a_row=self._nonfinite_in_a_row,
+        )
         if self.ctx is not None and self.ctx.recorder is not None:
-            self.ctx.recorder.log("step", self.stage, st.epoch, st.global_step,
-                                  nonfinite_grad_steps=self.nonfinite_steps)
+            self.ctx.recorder.log(
+                "step",
+                self.stage,
+                st.epoch,
+                st.global_step,
+                nonfinite_grad_steps=self.nonfinite_steps,
+            )
         if self._nonfinite_in_a_row >= self.max_nonfinite_steps:
-            raise NonFiniteGradientError(self.stage, st.epoch, st.global_step,
-                                         self._nonfinite_in_a_row, self.nonfinite_steps)
+            raise NonFiniteGradientError(
+                self.stage, st.epoch, st.global_step, self._nonfinite_in_a_row, self.nonfinite_steps
+            )
 
     def _batches(self, start_batch: int) -> Any:
         """The current epoch's batches from ``start_batch`` on (at most steps_per_epoch)."""
@@ -278,6 +354,9 @@ class Trainer(Loop):
             return itertools.islice(self.data_loader.iter_from(start_batch), remaining)
         # a data loader from elsewhere: skip by reading (exact only if its order is seeded)
         if start_batch:
-            self.logger.warning("this data loader cannot skip batches; reading and dropping "
-                                "the ones already trained on", skip=start_batch)
+            self.logger.warning(
+                "this data loader cannot skip batches; reading and dropping "
+                "the ones already trained on",
+                skip=start_batch,
+            )
         return itertools.islice(iter(self.data_loader), start_batch, start_batch + remaining)

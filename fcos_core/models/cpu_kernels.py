@@ -55,8 +55,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SOURCES = tuple(Path(__file__).with_name("csrc") / name
-                for name in ("batch_norm_act.cpp", "depthwise_weight_grad.cpp"))
+SOURCES = tuple(
+    Path(__file__).with_name("csrc") / name
+    for name in ("batch_norm_act.cpp", "depthwise_weight_grad.cpp")
+)
 #: ops the extension must register (a stale or partial build is treated as unavailable)
 OPS = ("batch_norm_act_forward", "batch_norm_act_backward", "depthwise_weight_grad")
 
@@ -68,8 +70,10 @@ MIN_ELEMENTS_PER_THREAD = 1 << 16
 #: what installs the kernels' Python-side requirement (ninja)
 EXTRA = "fcos-core[cpu-kernels]"
 #: how to enable the kernels, for the note and for ``fcos build-kernels``'s error
-ENABLE_HINT = (f"pip install '{EXTRA}' (ninja) and a C++ compiler (Debian/Ubuntu: apt install "
-               "g++; or point $CXX at one)")
+ENABLE_HINT = (
+    f"pip install '{EXTRA}' (ninja) and a C++ compiler (Debian/Ubuntu: apt install "
+    "g++; or point $CXX at one)"
+)
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {"available": None, "error": None}
@@ -92,8 +96,12 @@ class BuildResult:
 
 def enabled_by_environment() -> bool:
     """False when ``FCOS_CPU_KERNELS=0`` (or ``false``/``no``/``off``) is set."""
-    return os.environ.get("FCOS_CPU_KERNELS", "1").strip().lower() not in ("0", "false", "no",
-                                                                           "off")
+    return os.environ.get("FCOS_CPU_KERNELS", "1").strip().lower() not in (
+        "0",
+        "false",
+        "no",
+        "off",
+    )
 
 
 def _compile_flags() -> list[str]:
@@ -118,8 +126,9 @@ def _build_name() -> str:
                 break
     except OSError:
         pass
-    digest = hashlib.sha1(f"{platform.machine()} {cpu_flags} {torch.__version__} "
-                          f"{_compile_flags()}".encode())
+    digest = hashlib.sha1(
+        f"{platform.machine()} {cpu_flags} {torch.__version__} {_compile_flags()}".encode()
+    )
     for source in SOURCES:
         digest.update(source.read_bytes())
     digest.update(SOURCES[0].with_name("common.h").read_bytes())
@@ -230,8 +239,10 @@ def _is_our_cache(build_dir: Path, name: str) -> bool:
         return False
     if not re.fullmatch(r"fcos_kernels_[0-9a-f]{12}", name):
         return False
-    return all(_BUILD_FILES.fullmatch(p.name) and p.is_file() and not p.is_symlink()
-               for p in build_dir.iterdir())
+    return all(
+        _BUILD_FILES.fullmatch(p.name) and p.is_file() and not p.is_symlink()
+        for p in build_dir.iterdir()
+    )
 
 
 def _library_cut_short(lib: Path) -> bool:
@@ -272,8 +283,14 @@ def _load(cpp_extension: Any, verbose: bool) -> None:
     of failing the same way in every later run."""
     name = _build_name()
     build_dir = _build_directory(cpp_extension, name)
-    kwargs = dict(name=name, sources=[str(s) for s in SOURCES], extra_cflags=_compile_flags(),
-                  is_python_module=False, verbose=verbose, build_directory=str(build_dir))
+    kwargs = dict(
+        name=name,
+        sources=[str(s) for s in SOURCES],
+        extra_cflags=_compile_flags(),
+        is_python_module=False,
+        verbose=verbose,
+        build_directory=str(build_dir),
+    )
     with _build_lock(build_dir.parent / f".{name}.fcos-lock", _lock_timeout()):
         baton = build_dir / "lock"
         if not hasattr(cpp_extension, "FileLock") and baton.is_file():
@@ -290,8 +307,7 @@ def _load(cpp_extension: Any, verbose: bool) -> None:
             names_cache = isinstance(exc, _MissingOps) or str(build_dir) in str(exc)
             if not (had_build and names_cache and _is_our_cache(build_dir, name)):
                 raise
-            _clear_cache(cpp_extension, build_dir, name,
-                         f"{type(exc).__name__}: {str(exc)[:300]}")
+            _clear_cache(cpp_extension, build_dir, name, f"{type(exc).__name__}: {str(exc)[:300]}")
             _load_once(cpp_extension, kwargs)
 
 
@@ -301,7 +317,9 @@ def _clear_cache(cpp_extension: Any, build_dir: Path, name: str, cause: str) -> 
 
     get_logger("fcos.kernels").warning(
         "cpu_kernels: the cached build cannot be loaded; deleting it and rebuilding",
-        folder=str(build_dir), cause=cause)
+        folder=str(build_dir),
+        cause=cause,
+    )
     shutil.rmtree(build_dir)
     build_dir.mkdir(parents=True)
     versions = getattr(getattr(cpp_extension, "JIT_EXTENSION_VERSIONER", None), "entries", None)
@@ -373,9 +391,11 @@ def available(verbose: bool = False) -> bool:
             get_logger("fcos.kernels").info(
                 "cpu_kernels_not_installed",
                 note="CPU training runs the stock PyTorch ops (same results; fcos's C++ "
-                     "kernels make a training step up to ~1.3x faster)",
-                missing=", ".join(missing), enable=ENABLE_HINT,
-                silence="FCOS_CPU_KERNELS=0")
+                "kernels make a training step up to ~1.3x faster)",
+                missing=", ".join(missing),
+                enable=ENABLE_HINT,
+                silence="FCOS_CPU_KERNELS=0",
+            )
             return False
         try:
             result = _build_unlocked(verbose)
@@ -385,14 +405,18 @@ def available(verbose: bool = False) -> bool:
                 "fcos: the C++ kernels for CPU training could not be built, so training runs "
                 "the stock PyTorch ops (same results, slower). `fcos build-kernels --verbose` "
                 "shows the compiler's output; FCOS_CPU_KERNELS=0 silences this. "
-                f"Cause: {_state['error'][:800]}", RuntimeWarning, stacklevel=2)
+                f"Cause: {_state['error'][:800]}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             return False
         if result.seconds > 2.0:
             from fcos_core.logging_setup import get_logger
 
             # the first build takes ~15 s: say where the time went
-            get_logger("fcos.kernels").info("cpu_kernels_ready", seconds=round(result.seconds, 1),
-                                            folder=str(result.folder))
+            get_logger("fcos.kernels").info(
+                "cpu_kernels_ready", seconds=round(result.seconds, 1), folder=str(result.folder)
+            )
         return True
 
 

@@ -19,9 +19,18 @@ from torchvision.ops import batched_nms
 Detections = dict[str, Tensor]
 
 
-def decode_level(cls: Tensor, box: Tensor, ctr: Tensor, max_logit: Tensor, stride: int, *,
-                 threshold: float, score_threshold: float, nms_pre: int,
-                 bbox_upscaled: bool) -> tuple[Tensor, Tensor, Tensor]:
+def decode_level(
+    cls: Tensor,
+    box: Tensor,
+    ctr: Tensor,
+    max_logit: Tensor,
+    stride: int,
+    *,
+    threshold: float,
+    score_threshold: float,
+    nms_pre: int,
+    bbox_upscaled: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Candidates of one image at one stride.
 
     Args:
@@ -41,8 +50,9 @@ def decode_level(cls: Tensor, box: Tensor, ctr: Tensor, max_logit: Tensor, strid
     logits = cls.reshape(cls.shape[0], -1)[:, keep].t()  # [K0, C]
     pair_pos, labels = torch.nonzero(logits > threshold, as_tuple=True)
     ctr_k = ctr.reshape(-1)[keep][pair_pos]
-    scores = torch.sqrt(torch.sigmoid(logits[pair_pos, labels].float())
-                        * torch.sigmoid(ctr_k.float()))
+    scores = torch.sqrt(
+        torch.sigmoid(logits[pair_pos, labels].float()) * torch.sigmoid(ctr_k.float())
+    )
     ok = scores > score_threshold
     pair_pos, labels, scores = pair_pos[ok], labels[ok], scores[ok]
     if scores.numel() > nms_pre:
@@ -59,11 +69,21 @@ def decode_level(cls: Tensor, box: Tensor, ctr: Tensor, max_logit: Tensor, strid
     return boxes, scores, labels
 
 
-def decode(cls: Sequence[Tensor], box: Sequence[Tensor], ctr: Sequence[Tensor],
-           strides: Sequence[int], *, threshold: float, score_threshold: float, nms_pre: int,
-           iou_threshold: float, max_per_img: int, clamp_shape: tuple[int, int] | None,
-           bbox_upscaled: bool = False,
-           max_logits: Sequence[Tensor] | None = None) -> list[Detections]:
+def decode(
+    cls: Sequence[Tensor],
+    box: Sequence[Tensor],
+    ctr: Sequence[Tensor],
+    strides: Sequence[int],
+    *,
+    threshold: float,
+    score_threshold: float,
+    nms_pre: int,
+    iou_threshold: float,
+    max_per_img: int,
+    clamp_shape: tuple[int, int] | None,
+    bbox_upscaled: bool = False,
+    max_logits: Sequence[Tensor] | None = None,
+) -> list[Detections]:
     """Detections of every image of a batch.
 
     Args:
@@ -83,18 +103,34 @@ def decode(cls: Sequence[Tensor], box: Sequence[Tensor], ctr: Sequence[Tensor],
     for b in range(cls[0].shape[0]):
         parts = []
         for lvl, stride in enumerate(strides):
-            ml = (max_logits[lvl][b, 0] if max_logits is not None
-                  else cls[lvl][b].max(dim=0).values)
-            parts.append(decode_level(cls[lvl][b], box[lvl][b], ctr[lvl][b], ml, stride,
-                                      threshold=threshold, score_threshold=score_threshold,
-                                      nms_pre=nms_pre, bbox_upscaled=bbox_upscaled))
+            ml = max_logits[lvl][b, 0] if max_logits is not None else cls[lvl][b].max(dim=0).values
+            parts.append(
+                decode_level(
+                    cls[lvl][b],
+                    box[lvl][b],
+                    ctr[lvl][b],
+                    ml,
+                    stride,
+                    threshold=threshold,
+                    score_threshold=score_threshold,
+                    nms_pre=nms_pre,
+                    bbox_upscaled=bbox_upscaled,
+                )
+            )
         boxes = torch.cat([p[0] for p in parts])
         scores = torch.cat([p[1] for p in parts])
         labels = torch.cat([p[2] for p in parts])
         if clamp_shape is not None:
             h, w = clamp_shape
-            boxes = torch.stack((boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h),
-                                 boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)), -1)
+            boxes = torch.stack(
+                (
+                    boxes[:, 0].clamp(0, w),
+                    boxes[:, 1].clamp(0, h),
+                    boxes[:, 2].clamp(0, w),
+                    boxes[:, 3].clamp(0, h),
+                ),
+                -1,
+            )
         keep = batched_nms(boxes, scores, labels, iou_threshold)[:max_per_img]
         out.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
     return out

@@ -86,10 +86,18 @@ class DynamicFcosTarget(nn.Module):
             centerness, early models then score every detection near 0.
     """
 
-    def __init__(self, strides: Sequence[int], cls_out_channels: int, background_label: int,
-                 topK: int, loss_cls: nn.Module, loss_reg: nn.Module,
-                 center_sampling_radius: float | None = None, min_k: int = 1,
-                 centerness_target: str = "iou") -> None:
+    def __init__(
+        self,
+        strides: Sequence[int],
+        cls_out_channels: int,
+        background_label: int,
+        topK: int,
+        loss_cls: nn.Module,
+        loss_reg: nn.Module,
+        center_sampling_radius: float | None = None,
+        min_k: int = 1,
+        centerness_target: str = "iou",
+    ) -> None:
         super().__init__()
         strides = list(strides)
         if not strides or sorted(set(strides)) != strides:
@@ -97,29 +105,37 @@ class DynamicFcosTarget(nn.Module):
         if cls_out_channels < 1:
             raise ValueError(f"cls_out_channels must be >= 1, got {cls_out_channels}")
         if background_label != cls_out_channels:
-            raise ValueError(f"background_label={background_label} must equal cls_out_channels="
-                             f"{cls_out_channels} (background is the label after the last class)")
+            raise ValueError(
+                f"background_label={background_label} must equal cls_out_channels="
+                f"{cls_out_channels} (background is the label after the last class)"
+            )
         if topK < 1:
             raise ValueError(f"topK must be >= 1, got {topK}")
         if min_k < 1:
             raise ValueError(f"min_k must be >= 1, got {min_k}")
         if centerness_target not in ("iou", "geometric"):
-            raise ValueError(f"centerness_target must be 'iou' or 'geometric', got "
-                             f"{centerness_target!r}")
+            raise ValueError(
+                f"centerness_target must be 'iou' or 'geometric', got {centerness_target!r}"
+            )
         self.centerness_target = centerness_target
         for name, loss in (("loss_cls", loss_cls), ("loss_reg", loss_reg)):
             if loss is None:
                 raise ValueError(f"{name} is required: the matching cost is computed with it")
             if getattr(loss, "reduction", "none") != "none":
-                raise ValueError(f"{name} must have reduction 'none' (an elementwise matching "
-                                 f"cost), got {loss.reduction!r}")
+                raise ValueError(
+                    f"{name} must have reduction 'none' (an elementwise matching "
+                    f"cost), got {loss.reduction!r}"
+                )
         loss_classes = getattr(loss_cls, "num_classes", None)
         if loss_classes is not None and loss_classes != cls_out_channels + 1:
-            raise ValueError(f"loss_cls.num_classes={loss_classes} must be cls_out_channels + 1 "
-                             f"= {cls_out_channels + 1} (classes plus background)")
+            raise ValueError(
+                f"loss_cls.num_classes={loss_classes} must be cls_out_channels + 1 "
+                f"= {cls_out_channels + 1} (classes plus background)"
+            )
         if center_sampling_radius is not None and center_sampling_radius <= 0:
-            raise ValueError(f"center_sampling_radius must be > 0 or null, got "
-                             f"{center_sampling_radius}")
+            raise ValueError(
+                f"center_sampling_radius must be > 0 or null, got {center_sampling_radius}"
+            )
         self.strides = strides
         self.cls_out_channels = cls_out_channels
         self.background_label = background_label
@@ -130,8 +146,9 @@ class DynamicFcosTarget(nn.Module):
         self.min_k = min_k
 
     @torch.no_grad()
-    def forward(self, outputs: Sequence[Tensor], gt_bboxes: Sequence[Tensor],
-                gt_classes: Sequence[Tensor]) -> FcosTargets:
+    def forward(
+        self, outputs: Sequence[Tensor], gt_bboxes: Sequence[Tensor], gt_classes: Sequence[Tensor]
+    ) -> FcosTargets:
         """Assign targets.
 
         Args:
@@ -151,19 +168,24 @@ class DynamicFcosTarget(nn.Module):
         box = torch.cat([b.detach().float().flatten(2) for b in box_maps], 2).transpose(1, 2)
         bsz, num_classes, num_points = cls.shape
         if num_classes != self.cls_out_channels:
-            raise ValueError(f"cls outputs have {num_classes} channels, targets expect "
-                             f"cls_out_channels={self.cls_out_channels}")
+            raise ValueError(
+                f"cls outputs have {num_classes} channels, targets expect "
+                f"cls_out_channels={self.cls_out_channels}"
+            )
         if len(gt_bboxes) != bsz or len(gt_classes) != bsz:
-            raise ValueError(f"batch of {bsz} images got {len(gt_bboxes)} gt_bboxes and "
-                             f"{len(gt_classes)} gt_classes entries")
+            raise ValueError(
+                f"batch of {bsz} images got {len(gt_bboxes)} gt_bboxes and "
+                f"{len(gt_classes)} gt_classes entries"
+            )
         device = cls.device
         points, pstrides = grid_points(sizes, self.strides, device)
         pred_boxes = distances_to_boxes(points, box * pstrides[:, None])  # [B, P, 4]
 
         counts = torch.tensor([len(b) for b in gt_bboxes], device=device)
         gmax = int(counts.max()) if bsz else 0
-        labels = torch.full((bsz, num_points), self.background_label, dtype=torch.long,
-                            device=device)
+        labels = torch.full(
+            (bsz, num_points), self.background_label, dtype=torch.long, device=device
+        )
         out = FcosTargets(
             labels=labels,
             label_weights=torch.ones(bsz, num_points, device=device),
@@ -172,15 +194,21 @@ class DynamicFcosTarget(nn.Module):
             bbox_targets=torch.zeros(bsz, num_points, 4, device=device),
             bbox_weights=torch.zeros(bsz, num_points, device=device),
             centerness_targets=torch.zeros(bsz, num_points, device=device),
-            points=points, point_strides=pstrides)
+            points=points,
+            point_strides=pstrides,
+        )
         if gmax == 0:
             return out
 
         # [B, G, 4] / [B, G]; padding rows are invalid (and zero boxes contain no point)
-        gt = pad_sequence([b.to(device, torch.float32).reshape(-1, 4) for b in gt_bboxes],
-                          batch_first=True)
-        gl = pad_sequence([c.to(device, torch.long).reshape(-1) for c in gt_classes],
-                          batch_first=True, padding_value=-1)
+        gt = pad_sequence(
+            [b.to(device, torch.float32).reshape(-1, 4) for b in gt_bboxes], batch_first=True
+        )
+        gl = pad_sequence(
+            [c.to(device, torch.long).reshape(-1) for c in gt_classes],
+            batch_first=True,
+            padding_value=-1,
+        )
         valid = torch.arange(gmax, device=device)[None, :] < counts[:, None]
         if bool(((gl >= self.cls_out_channels) & valid).any()):
             raise ValueError(f"gt_classes has labels >= cls_out_channels={self.cls_out_channels}")
@@ -216,8 +244,11 @@ class DynamicFcosTarget(nn.Module):
         neg_cost = self.loss_cls(rows, torch.zeros_like(rows)).sum(-1)[inv]  # [N]
         glab = gl[bi, gi]
         logit_g = cls[bi, glab, pi]  # [N] logit of the box's class
-        cls_cost = (neg_cost + self.loss_cls(logit_g, torch.ones_like(logit_g))
-                    - self.loss_cls(logit_g, torch.zeros_like(logit_g)))
+        cls_cost = (
+            neg_cost
+            + self.loss_cls(logit_g, torch.ones_like(logit_g))
+            - self.loss_cls(logit_g, torch.zeros_like(logit_g))
+        )
         pbox, tbox = pred_boxes[bi, pi], gt[bi, gi]  # [N, 4]
         iou, _ = iou_and_giou(pbox, tbox)
         cost = cls_cost + self.loss_reg(pbox, tbox)
@@ -229,8 +260,9 @@ class DynamicFcosTarget(nn.Module):
         start_of = torch.cumsum(count, 0) - count
         order, rank = _rank_within(group, iou, start_of, descending=True)
         top = rank < self.topK
-        iou_sum = torch.zeros(ngroups, device=device).index_add_(0, group[order][top],
-                                                                  iou[order][top])
+        iou_sum = torch.zeros(ngroups, device=device).index_add_(
+            0, group[order][top], iou[order][top]
+        )
         k = iou_sum.floor().long().clamp(min=self.min_k)  # [B*G]
         # --- each box claims its k cheapest candidates ---
         order, rank = _rank_within(group, cost, start_of, descending=False)
@@ -252,8 +284,14 @@ class DynamicFcosTarget(nn.Module):
         tb = tbox[win]
         lr = torch.stack((px[wp] - tb[:, 0], tb[:, 2] - px[wp]), -1)
         tbm = torch.stack((py[wp] - tb[:, 1], tb[:, 3] - py[wp]), -1)
-        geo = ((lr.min(-1).values / lr.max(-1).values.clamp(min=1e-6))
-               * (tbm.min(-1).values / tbm.max(-1).values.clamp(min=1e-6))).clamp(min=0).sqrt()
+        geo = (
+            (
+                (lr.min(-1).values / lr.max(-1).values.clamp(min=1e-6))
+                * (tbm.min(-1).values / tbm.max(-1).values.clamp(min=1e-6))
+            )
+            .clamp(min=0)
+            .sqrt()
+        )
         geo = torch.where(is_inside[win], geo, 1.0)
 
         out["labels"][wb, wp] = glab[win]
@@ -261,14 +299,16 @@ class DynamicFcosTarget(nn.Module):
         out["matched_gt"][wb, wp] = wg
         out["bbox_targets"][wb, wp] = tb
         out["bbox_weights"][wb, wp] = geo
-        out["centerness_targets"][wb, wp] = (geo if self.centerness_target == "geometric"
-                                             else iou[win])
+        out["centerness_targets"][wb, wp] = (
+            geo if self.centerness_target == "geometric" else iou[win]
+        )
         out["label_weights"] = (~(in_ignore & ~out["pos_mask"])).float()
         return out
 
     @staticmethod
-    def _fallback(cand: Tensor, real: Tensor, gt: Tensor, points: Tensor,
-                  finest: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+    def _fallback(
+        cand: Tensor, real: Tensor, gt: Tensor, points: Tensor, finest: tuple[int, int]
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Pairs ``(b, g, p)`` giving each real box without candidates the finest-stride
         position nearest to its centre (so tiny boxes still get one positive)."""
         nb, ng = torch.nonzero(real & ~cand.any(dim=-1), as_tuple=True)
@@ -280,8 +320,9 @@ class DynamicFcosTarget(nn.Module):
         return nb, ng, d2.argmin(dim=-1)
 
 
-def _rank_within(group: Tensor, value: Tensor, start_of: Tensor,
-                 descending: bool) -> tuple[Tensor, Tensor]:
+def _rank_within(
+    group: Tensor, value: Tensor, start_of: Tensor, descending: bool
+) -> tuple[Tensor, Tensor]:
     """Order pairs by (group, value) and give each its rank inside its group.
 
     Args:

@@ -31,17 +31,34 @@ from fcos_core.models.graph_capture import capturing_or_autocast
 #: and tests
 ENABLED = True
 
+
 class _BatchNormAct(torch.autograd.Function):
     """Training-mode ``batch_norm`` (+ ReLU) through ``torch.ops.fcos_kernels``; updates the
     running statistics in place like ``F.batch_norm``."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor,
-                running_mean: Tensor, running_var: Tensor, momentum: float, eps: float,
-                relu: bool) -> Tensor:
+    def forward(
+        ctx,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor,
+        running_mean: Tensor,
+        running_var: Tensor,
+        momentum: float,
+        eps: float,
+        relu: bool,
+    ) -> Tensor:
         y, mean, invstd = torch.ops.fcos_kernels.batch_norm_act_forward(
-            x, weight, bias, running_mean, running_var, momentum, eps, relu,
-            cpu_kernels.MIN_ELEMENTS_PER_THREAD)
+            x,
+            weight,
+            bias,
+            running_mean,
+            running_var,
+            momentum,
+            eps,
+            relu,
+            cpu_kernels.MIN_ELEMENTS_PER_THREAD,
+        )
         # the backward recomputes the ReLU's mask from x (it never reads y)
         ctx.save_for_backward(x, weight, bias, mean, invstd)
         ctx.relu = relu
@@ -53,8 +70,8 @@ class _BatchNormAct(torch.autograd.Function):
         x, weight, bias, mean, invstd = ctx.saved_tensors
         grad_out = grad_out.contiguous(memory_format=torch.channels_last)
         gx, gw, gb = torch.ops.fcos_kernels.batch_norm_act_backward(
-            grad_out, x, weight, bias, mean, invstd, ctx.relu,
-            cpu_kernels.MIN_ELEMENTS_PER_THREAD)
+            grad_out, x, weight, bias, mean, invstd, ctx.relu, cpu_kernels.MIN_ELEMENTS_PER_THREAD
+        )
         return gx, gw, gb, None, None, None, None, None
 
 
@@ -67,23 +84,35 @@ def use_fused_batch_norm(bn: nn.Module, x: Tensor) -> bool:
         return False
     if capturing_or_autocast():  # before the tensor tests below
         return False
-    if not (bn.training and bn.affine and bn.track_running_stats
-            and bn.running_mean is not None and bn.running_var is not None
-            and bn.num_batches_tracked is not None):
+    if not (
+        bn.training
+        and bn.affine
+        and bn.track_running_stats
+        and bn.running_mean is not None
+        and bn.running_var is not None
+        and bn.num_batches_tracked is not None
+    ):
         return False
     w, b = bn.weight, bn.bias
     ok = (
-        type(w) is nn.Parameter and type(b) is nn.Parameter
+        type(w) is nn.Parameter
+        and type(b) is nn.Parameter
         and torch.is_grad_enabled()
         and x.device.type == "cpu"
         and x.dtype == w.dtype == b.dtype == bn.running_mean.dtype == torch.float32
         and x.dim() == 4
         and x.is_contiguous(memory_format=torch.channels_last)
-        and w.is_contiguous() and b.is_contiguous()
-        and bn.running_mean.is_contiguous() and bn.running_var.is_contiguous()
+        and w.is_contiguous()
+        and b.is_contiguous()
+        and bn.running_mean.is_contiguous()
+        and bn.running_var.is_contiguous()
         and x.numel() > x.shape[1] > 0
-        and not (bn._forward_hooks or bn._forward_pre_hooks or bn._backward_hooks
-                 or bn._backward_pre_hooks)
+        and not (
+            bn._forward_hooks
+            or bn._forward_pre_hooks
+            or bn._backward_hooks
+            or bn._backward_pre_hooks
+        )
     )
     return ok and cpu_kernels.available()
 
@@ -97,8 +126,9 @@ def batch_norm_act(bn: nn.BatchNorm2d, x: Tensor, relu: bool) -> Tensor:
         factor = 1.0 / float(bn.num_batches_tracked)  # type: ignore[arg-type]
     else:
         factor = bn.momentum
-    return _BatchNormAct.apply(x, bn.weight, bn.bias, bn.running_mean, bn.running_var,
-                               factor, bn.eps, relu)
+    return _BatchNormAct.apply(
+        x, bn.weight, bn.bias, bn.running_mean, bn.running_var, factor, bn.eps, relu
+    )
 
 
 def batch_norm_relu(bn: nn.Module, x: Tensor, relu: nn.Module | None = None) -> Tensor:

@@ -45,8 +45,13 @@ ENABLED = True
 DEPTHWISE_3X3_KERNEL_MAX_ELEMENTS = 1 << 18
 
 
-def depthwise_weight_grad(grad_out: Tensor, x: Tensor, kernel_size: tuple[int, int],
-                          stride: tuple[int, int], padding: tuple[int, int]) -> Tensor:
+def depthwise_weight_grad(
+    grad_out: Tensor,
+    x: Tensor,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+) -> Tensor:
     """Weight gradient of a depthwise conv (``groups == channels``, no dilation) as another
     depthwise conv: ``x`` convolved with ``grad_out`` as the kernel, dilated by the stride,
     gives ``dL/dw[c, i, j] = sum_{n,h,w} grad_out[n,c,h,w] * x_pad[n,c,h*s+i,w*s+j]``.
@@ -61,8 +66,15 @@ def depthwise_weight_grad(grad_out: Tensor, x: Tensor, kernel_size: tuple[int, i
         out = F.conv2d(x, grad_out.transpose(0, 1), None, 1, padding, stride, c)
     else:
         # the batch joins the channels: [1, N*C, H, W] with N*C kernels, summed over N below
-        out = F.conv2d(x.reshape(1, n * c, h, w), grad_out.reshape(n * c, 1, ho, wo), None, 1,
-                       padding, stride, n * c)
+        out = F.conv2d(
+            x.reshape(1, n * c, h, w),
+            grad_out.reshape(n * c, 1, ho, wo),
+            None,
+            1,
+            padding,
+            stride,
+            n * c,
+        )
     # a stride that does not divide the padded size leaves one extra tap at the end
     out = out[..., :kh, :kw]
     if n == 1:
@@ -87,8 +99,14 @@ class _FastWeightGradConv2d(torch.autograd.Function):
     weight gradient of :func:`depthwise_weight_grad` or :func:`pointwise_weight_grad`."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, stride: tuple[int, int],
-                padding: tuple[int, int], groups: int) -> Tensor:
+    def forward(
+        ctx,
+        x: Tensor,
+        weight: Tensor,
+        stride: tuple[int, int],
+        padding: tuple[int, int],
+        groups: int,
+    ) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.stride, ctx.padding, ctx.groups = stride, padding, groups
         return F.conv2d(x, weight, None, stride, padding, 1, groups)
@@ -100,36 +118,78 @@ class _FastWeightGradConv2d(torch.autograd.Function):
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.ops.aten.convolution_backward(
-                grad_out, x, weight, None, ctx.stride, ctx.padding, (1, 1), False, (0, 0),
-                ctx.groups, (True, False, False))[0]
+                grad_out,
+                x,
+                weight,
+                None,
+                ctx.stride,
+                ctx.padding,
+                (1, 1),
+                False,
+                (0, 0),
+                ctx.groups,
+                (True, False, False),
+            )[0]
         if ctx.needs_input_grad[1]:
             if ctx.groups == 1:
                 if grad_out.is_contiguous(memory_format=torch.channels_last):
                     grad_w = pointwise_weight_grad(grad_out, x)
                 else:  # a gradient in another layout: the stock kernel, no copies
                     grad_w = torch.ops.aten.convolution_backward(
-                        grad_out, x, weight, None, ctx.stride, ctx.padding, (1, 1), False,
-                        (0, 0), 1, (False, True, False))[1]
+                        grad_out,
+                        x,
+                        weight,
+                        None,
+                        ctx.stride,
+                        ctx.padding,
+                        (1, 1),
+                        False,
+                        (0, 0),
+                        1,
+                        (False, True, False),
+                    )[1]
             else:
                 grad_w = _depthwise_weight_grad(grad_out, x, weight, ctx.stride, ctx.padding)
         return grad_x, grad_w, None, None, None
 
 
-def _depthwise_weight_grad(grad_out: Tensor, x: Tensor, weight: Tensor,
-                           stride: tuple[int, int], padding: tuple[int, int]) -> Tensor:
+def _depthwise_weight_grad(
+    grad_out: Tensor, x: Tensor, weight: Tensor, stride: tuple[int, int], padding: tuple[int, int]
+) -> Tensor:
     """The fastest of the three ways for this depthwise conv (see the module docstring)."""
     kh, kw = weight.shape[-2:]
     cl = torch.channels_last
-    if (x.is_contiguous(memory_format=cl) and cpu_kernels.available()
-            and (kh * kw > 9 or grad_out.numel() <= DEPTHWISE_3X3_KERNEL_MAX_ELEMENTS)):
+    if (
+        x.is_contiguous(memory_format=cl)
+        and cpu_kernels.available()
+        and (kh * kw > 9 or grad_out.numel() <= DEPTHWISE_3X3_KERNEL_MAX_ELEMENTS)
+    ):
         return torch.ops.fcos_kernels.depthwise_weight_grad(
-            grad_out.contiguous(memory_format=cl), x, kh, kw, stride[0], stride[1],
-            padding[0], padding[1], cpu_kernels.MIN_ELEMENTS_PER_THREAD)
+            grad_out.contiguous(memory_format=cl),
+            x,
+            kh,
+            kw,
+            stride[0],
+            stride[1],
+            padding[0],
+            padding[1],
+            cpu_kernels.MIN_ELEMENTS_PER_THREAD,
+        )
     if kh * kw > 9:
         return depthwise_weight_grad(grad_out, x, (kh, kw), stride, padding)
     return torch.ops.aten.convolution_backward(  # oneDNN's 3x3 kernel, asked for alone
-        grad_out, x, weight, None, stride, padding, (1, 1), False, (0, 0), weight.shape[0],
-        (False, True, False))[1]
+        grad_out,
+        x,
+        weight,
+        None,
+        stride,
+        padding,
+        (1, 1),
+        False,
+        (0, 0),
+        weight.shape[0],
+        (False, True, False),
+    )[1]
 
 
 def _kind(conv: nn.Conv2d, x: Tensor) -> bool:
@@ -137,14 +197,18 @@ def _kind(conv: nn.Conv2d, x: Tensor) -> bool:
     on a channels-last input, or a 1x1 conv on a channels-last input (the cases
     :class:`_FastWeightGradConv2d` speeds up)."""
     kh, kw = conv.kernel_size
-    channels_last = (x.is_contiguous(memory_format=torch.channels_last)
-                     and not x.is_contiguous())
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     if conv.groups == conv.in_channels == conv.out_channels and conv.groups > 1:
         # oneDNN's depthwise backward-weights kernel covers 3x3 well, but for channels-last
         # inputs the C++ kernel or two separate oneDNN calls are faster still
         return kh * kw > 9 or channels_last
-    return (conv.groups == 1 and kh == kw == 1 and conv.stride == (1, 1)
-            and conv.padding == (0, 0) and channels_last)
+    return (
+        conv.groups == 1
+        and kh == kw == 1
+        and conv.stride == (1, 1)
+        and conv.padding == (0, 0)
+        and channels_last
+    )
 
 
 def use_fast_weight_grad(conv: nn.Module, x: Tensor) -> bool:
@@ -169,8 +233,12 @@ def use_fast_weight_grad(conv: nn.Module, x: Tensor) -> bool:
         and conv.dilation == (1, 1)
         and conv.padding_mode == "zeros"
         and not isinstance(conv.padding, str)
-        and not (conv._forward_hooks or conv._forward_pre_hooks or conv._backward_hooks
-                 or conv._backward_pre_hooks)
+        and not (
+            conv._forward_hooks
+            or conv._forward_pre_hooks
+            or conv._backward_hooks
+            or conv._backward_pre_hooks
+        )
         and _kind(conv, x)
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
@@ -181,8 +249,7 @@ def conv2d(conv: nn.Module, x: Tensor) -> Tensor:
     """``conv(x)``, through :class:`_FastWeightGradConv2d` where :func:`use_fast_weight_grad`
     allows it (same output, bit for bit)."""
     if use_fast_weight_grad(conv, x):
-        return _FastWeightGradConv2d.apply(x, conv.weight, conv.stride, conv.padding,
-                                           conv.groups)
+        return _FastWeightGradConv2d.apply(x, conv.weight, conv.stride, conv.padding, conv.groups)
     return conv(x)
 
 

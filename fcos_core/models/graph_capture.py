@@ -11,5 +11,9 @@ def capturing_or_autocast() -> bool:
     """True while ``torch.jit`` scripts or traces, ``torch.compile``/``torch.export`` capture a
     graph, or CPU autocast is on. Checked before any test on a tensor, so that a trace never
     evaluates (and warns about) one."""
-    return (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
-            or torch.is_autocast_enabled("cpu"))
+    return (
+        torch.jit.is_scripting()
+        or torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or torch.is_autocast_enabled("cpu")
+    )

@@ -39,8 +39,7 @@ class SharedSeparableConv(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, num_levels: int) -> None:
         super().__init__()
-        self.dw = nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels,
-                            bias=False)
+        self.dw = nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels, bias=False)
         self.dw_bn = nn.ModuleList(nn.BatchNorm2d(in_channels) for _ in range(num_levels))
         self.pw = nn.Conv2d(in_channels, out_channels, 1, bias=False)
         self.pw_bn = nn.ModuleList(nn.BatchNorm2d(out_channels) for _ in range(num_levels))
@@ -104,30 +103,41 @@ class FCOSHead(nn.Module):
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if not out_strides or sorted(set(out_strides)) != out_strides:
-            raise ValueError(f"out_strides must be non-empty and strictly increasing, got "
-                             f"{out_strides}")
+            raise ValueError(
+                f"out_strides must be non-empty and strictly increasing, got {out_strides}"
+            )
         if sorted(set(in_strides)) != in_strides:
             raise ValueError(f"in_strides must be strictly increasing, got {in_strides}")
         missing = [s for s in out_strides if s not in in_strides]
         if missing:
-            raise ValueError(f"out_strides {out_strides} has strides {missing} that are not in "
-                             f"in_strides {in_strides}; the head can only predict at strides "
-                             "it receives")
+            raise ValueError(
+                f"out_strides {out_strides} has strides {missing} that are not in "
+                f"in_strides {in_strides}; the head can only predict at strides "
+                "it receives"
+            )
         no_channels = [s for s in in_strides if s not in stride2channels]
         if no_channels:
-            raise ValueError(f"stride2channels {dict(stride2channels)} has no entry for strides "
-                             f"{no_channels} of in_strides {in_strides}")
+            raise ValueError(
+                f"stride2channels {dict(stride2channels)} has no entry for strides "
+                f"{no_channels} of in_strides {in_strides}"
+            )
         channels = {stride2channels[s] for s in out_strides}
         if len(channels) != 1:
-            raise ValueError(f"stride2channels gives different channels {sorted(channels)} for "
-                             f"out_strides {out_strides}; the shared tower needs one width "
-                             "(make the neck's out_channels equal)")
+            raise ValueError(
+                f"stride2channels gives different channels {sorted(channels)} for "
+                f"out_strides {out_strides}; the shared tower needs one width "
+                "(make the neck's out_channels equal)"
+            )
         if feat_channels < 1 or stacked_convs < 1:
-            raise ValueError(f"feat_channels and stacked_convs must be >= 1, got "
-                             f"{feat_channels} and {stacked_convs}")
+            raise ValueError(
+                f"feat_channels and stacked_convs must be >= 1, got "
+                f"{feat_channels} and {stacked_convs}"
+            )
         if int8_output and int16_output:
-            raise ValueError("int8_output and int16_output are both true; set at most one "
-                             "(int16_output=true for 16-bit head outputs)")
+            raise ValueError(
+                "int8_output and int16_output are both true; set at most one "
+                "(int16_output=true for 16-bit head outputs)"
+            )
         if not 0.0 < prior_prob < 1.0:
             raise ValueError(f"prior_prob must be in (0, 1), got {prior_prob}")
         if conv_init not in ("normal", "kaiming"):
@@ -151,10 +161,12 @@ class FCOSHead(nn.Module):
         in_ch = channels.pop()
         self.cls_convs = nn.ModuleList(
             SharedSeparableConv(in_ch if i == 0 else feat_channels, feat_channels, levels)
-            for i in range(stacked_convs))
+            for i in range(stacked_convs)
+        )
         self.reg_convs = nn.ModuleList(
             SharedSeparableConv(in_ch if i == 0 else feat_channels, feat_channels, levels)
-            for i in range(stacked_convs))
+            for i in range(stacked_convs)
+        )
         self.conv_cls = nn.Conv2d(feat_channels, num_classes, 3, padding=1)
         self.conv_reg = nn.Conv2d(feat_channels, 4, 3, padding=1)
         self.conv_centerness = nn.Conv2d(feat_channels, 1, 3, padding=1)
@@ -188,8 +200,9 @@ class FCOSHead(nn.Module):
     def forward(self, feats: Sequence[Tensor]) -> tuple[Tensor, ...]:
         """See the class docstring for shapes."""
         if len(feats) != len(self.in_strides):
-            raise ValueError(f"FCOSHead got {len(feats)} features, expected one per in_stride "
-                             f"{self.in_strides}")
+            raise ValueError(
+                f"FCOSHead got {len(feats)} features, expected one per in_stride {self.in_strides}"
+            )
         cls_out, box_out, ctr_out = [], [], []
         for level, (idx, stride) in enumerate(zip(self._in_index, self.out_strides)):
             x = feats[idx]

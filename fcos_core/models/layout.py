@@ -22,17 +22,20 @@ class PointOutputs(NamedTuple):
     sizes: list[tuple[int, int]]
 
 
-def split_outputs(outputs: Sequence[Tensor], num_levels: int,
-                  ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+def split_outputs(
+    outputs: Sequence[Tensor],
+    num_levels: int,
+) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
     """``(cls_0.., box_0.., ctr_0..[, extra..])`` -> three per-stride lists.
 
     Extra trailing groups (the compile filter's max logits) are ignored here.
     """
     if len(outputs) < 3 * num_levels or len(outputs) % num_levels:
-        raise ValueError(f"expected 3 x {num_levels} head outputs (cls, box, ctr per stride), "
-                         f"got {len(outputs)}")
+        raise ValueError(
+            f"expected 3 x {num_levels} head outputs (cls, box, ctr per stride), got {len(outputs)}"
+        )
     s = num_levels
-    return list(outputs[:s]), list(outputs[s:2 * s]), list(outputs[2 * s:3 * s])
+    return list(outputs[:s]), list(outputs[s : 2 * s]), list(outputs[2 * s : 3 * s])
 
 
 def flatten_outputs(outputs: Sequence[Tensor], num_levels: int) -> PointOutputs:
@@ -42,8 +45,10 @@ def flatten_outputs(outputs: Sequence[Tensor], num_levels: int) -> PointOutputs:
     for group, name in ((box, "box"), (ctr, "centerness")):
         for c, t in zip(cls, group):
             if t.shape[-2:] != c.shape[-2:]:
-                raise ValueError(f"{name} output {tuple(t.shape)} and cls output "
-                                 f"{tuple(c.shape)} differ in spatial size")
+                raise ValueError(
+                    f"{name} output {tuple(t.shape)} and cls output "
+                    f"{tuple(c.shape)} differ in spatial size"
+                )
 
     def cat(maps: list[Tensor]) -> Tensor:
         return torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=1)

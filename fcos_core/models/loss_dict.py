@@ -25,8 +25,9 @@ from typing import Any
 class LossDict(dict):
     """A dict of named scalar losses plus ``monitor``: named values logged, never summed."""
 
-    def __init__(self, losses: Mapping[str, Any] | None = None,
-                 monitor: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, losses: Mapping[str, Any] | None = None, monitor: Mapping[str, Any] | None = None
+    ) -> None:
         super().__init__(losses or {})
         self.monitor: dict[str, Any] = dict(monitor or {})
 

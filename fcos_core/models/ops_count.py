@@ -28,8 +28,9 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def count_macs(model: nn.Module, example: torch.Tensor,
-               groups: Mapping[str, nn.Module]) -> tuple[int, dict[str, int]]:
+def count_macs(
+    model: nn.Module, example: torch.Tensor, groups: Mapping[str, nn.Module]
+) -> tuple[int, dict[str, int]]:
     """Run ``model(example)`` once and count conv/linear MACs.
 
     Args:
@@ -57,8 +58,11 @@ def count_macs(model: nn.Module, example: torch.Tensor,
         if id(mod) in owner:
             per[owner[id(mod)]] += macs
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
     was_training = model.training
     try:
         model.eval()
@@ -99,8 +103,10 @@ def parse_shape(text: str) -> tuple[int, ...]:
     except ValueError:
         shape = ()
     if len(shape) != 4 or min(shape) < 1:
-        raise FcosUserError(f"--input-shape {text!r} is not 4 positive integers",
-                            hint="write it as N,C,H,W, e.g. --input-shape 1,3,512,512")
+        raise FcosUserError(
+            f"--input-shape {text!r} is not 4 positive integers",
+            hint="write it as N,C,H,W, e.g. --input-shape 1,3,512,512",
+        )
     return shape
 
 
@@ -113,12 +119,14 @@ def _fmt(n: int) -> str:
 
 def format_table(reports: Mapping[str, Mapping[str, Any]], shape: tuple[int, ...]) -> str:
     """Human-readable table of :func:`model_report` results."""
-    lines = [(f"input shape {'x'.join(map(str, shape))}; MACs of Conv2d/Linear layers "
-             "(forward hooks)")]
+    lines = [
+        (f"input shape {'x'.join(map(str, shape))}; MACs of Conv2d/Linear layers (forward hooks)")
+    ]
     lines.append(f"{'module':<28}{'params':>14}{'MACs':>14}")
     for key, rep in reports.items():
-        lines.append(f"{key + ' (' + rep['type'] + ')':<28}{_fmt(rep['params']):>14}"
-                     f"{_fmt(rep['macs']):>14}")
+        lines.append(
+            f"{key + ' (' + rep['type'] + ')':<28}{_fmt(rep['params']):>14}{_fmt(rep['macs']):>14}"
+        )
         for name, sub in rep["modules"].items():
             lines.append(f"{'  ' + name:<28}{_fmt(sub['params']):>14}{_fmt(sub['macs']):>14}")
     return "\n".join(lines)
@@ -137,8 +145,10 @@ def ops_command(args: argparse.Namespace, host: Any) -> int:
         if node is not None:
             reports[key] = model_report(build(node), shape)
     if not reports:
-        raise FcosUserError(f"{args.config} has neither 'model' nor 'deploy_model'",
-                            hint="add a model block (type: FCOS, ...)")
+        raise FcosUserError(
+            f"{args.config} has neither 'model' nor 'deploy_model'",
+            hint="add a model block (type: FCOS, ...)",
+        )
     if args.json:
         print(json.dumps({"input_shape": list(shape), "models": reports}, indent=2))
     else:

@@ -8,9 +8,12 @@ import torch
 from torch import Tensor
 
 
-def grid_points(sizes: Sequence[tuple[int, int]], strides: Sequence[int],
-                device: torch.device | None = None,
-                dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+def grid_points(
+    sizes: Sequence[tuple[int, int]],
+    strides: Sequence[int],
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor]:
     """Pixel coordinates of every output position, all strides concatenated.
 
     Position ``(i, j)`` of the stride-``s`` map sits at ``(x, y) = (j*s + s//2, i*s + s//2)``
@@ -45,5 +48,12 @@ def distances_to_boxes(points: Tensor, distances: Tensor) -> Tensor:
         ``[*, 4]`` xyxy boxes.
     """
     x, y = points[..., 0], points[..., 1]
-    return torch.stack((x - distances[..., 0], y - distances[..., 1],
-                        x + distances[..., 2], y + distances[..., 3]), dim=-1)
+    return torch.stack(
+        (
+            x - distances[..., 0],
+            y - distances[..., 1],
+            x + distances[..., 2],
+            y + distances[..., 3],
+        ),
+        dim=-1,
+    )

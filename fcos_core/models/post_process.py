@@ -39,10 +39,17 @@ class FCOSMultiStrideFilter(nn.Module):
         max_shape: ``(h, w)`` boxes are clamped to; None clamps to the network input size.
     """
 
-    def __init__(self, strides: Sequence[int], threshold: float = -2.944,
-                 for_compile: bool = False, score_threshold: float = 0.05,
-                 iou_threshold: float = 0.6, nms_pre: int = 1000, max_per_img: int = 100,
-                 max_shape: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        strides: Sequence[int],
+        threshold: float = -2.944,
+        for_compile: bool = False,
+        score_threshold: float = 0.05,
+        iou_threshold: float = 0.6,
+        nms_pre: int = 1000,
+        max_per_img: int = 100,
+        max_shape: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
         strides = list(strides)
         if not strides or sorted(set(strides)) != strides:
@@ -52,8 +59,9 @@ class FCOSMultiStrideFilter(nn.Module):
         if not 0.0 < iou_threshold <= 1.0:
             raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
         if nms_pre < 1 or max_per_img < 1:
-            raise ValueError(f"nms_pre and max_per_img must be >= 1, got {nms_pre} and "
-                             f"{max_per_img}")
+            raise ValueError(
+                f"nms_pre and max_per_img must be >= 1, got {nms_pre} and {max_per_img}"
+            )
         if max_shape is not None and (len(max_shape) != 2 or min(max_shape) < 1):
             raise ValueError(f"max_shape must be (h, w) with positive sizes, got {max_shape}")
         self.strides = strides
@@ -71,8 +79,12 @@ class FCOSMultiStrideFilter(nn.Module):
         max_logits = [c.max(dim=1, keepdim=True).values for c in cls]
         return (*cls, *box, *ctr, *max_logits)
 
-    def detect(self, outputs: Sequence[Tensor], image_size: tuple[int, int] | None = None,
-               bbox_upscaled: bool = False) -> list[Detections]:
+    def detect(
+        self,
+        outputs: Sequence[Tensor],
+        image_size: tuple[int, int] | None = None,
+        bbox_upscaled: bool = False,
+    ) -> list[Detections]:
         """Detections per image from the body's outputs (3S tensors) or the compile tuple (4S).
 
         Args:
@@ -83,16 +95,29 @@ class FCOSMultiStrideFilter(nn.Module):
         """
         s = len(self.strides)
         cls, box, ctr = split_outputs(outputs, s)
-        max_logits = list(outputs[3 * s:4 * s]) if len(outputs) >= 4 * s else None
+        max_logits = list(outputs[3 * s : 4 * s]) if len(outputs) >= 4 * s else None
         with torch.no_grad():
-            return decode(cls, box, ctr, self.strides, threshold=self.threshold,
-                          score_threshold=self.score_threshold, nms_pre=self.nms_pre,
-                          iou_threshold=self.iou_threshold, max_per_img=self.max_per_img,
-                          clamp_shape=self.max_shape or image_size,
-                          bbox_upscaled=bbox_upscaled, max_logits=max_logits)
+            return decode(
+                cls,
+                box,
+                ctr,
+                self.strides,
+                threshold=self.threshold,
+                score_threshold=self.score_threshold,
+                nms_pre=self.nms_pre,
+                iou_threshold=self.iou_threshold,
+                max_per_img=self.max_per_img,
+                clamp_shape=self.max_shape or image_size,
+                bbox_upscaled=bbox_upscaled,
+                max_logits=max_logits,
+            )
 
-    def forward(self, outputs: Sequence[Tensor], image_size: tuple[int, int] | None = None,
-                bbox_upscaled: bool = False) -> tuple[Tensor, ...] | list[Detections]:
+    def forward(
+        self,
+        outputs: Sequence[Tensor],
+        image_size: tuple[int, int] | None = None,
+        bbox_upscaled: bool = False,
+    ) -> tuple[Tensor, ...] | list[Detections]:
         """``for_compile``: :meth:`compile_outputs`; else :meth:`detect`."""
         if self.for_compile:
             return self.compile_outputs(outputs)

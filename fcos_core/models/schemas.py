@@ -24,11 +24,13 @@ class FCOSArgs:
     neck: Any = component("necks", help="feature pyramid on the backbone's features")
     head: Any = component("heads", help="per-stride classification/box/centerness head")
     targets: Any = component("targets", None, help="training target assigner (null: deploy)")
-    post_process: Any = component("post_processes", None,
-                                  help="turns head outputs into detections (null: raw outputs)")
+    post_process: Any = component(
+        "post_processes", None, help="turns head outputs into detections (null: raw outputs)"
+    )
     loss_cls: Any = component("losses", None, help="classification loss (e.g. FocalLoss)")
-    loss_centerness: Any = component("losses", None,
-                                     help="centerness loss (e.g. CrossEntropyLoss, sigmoid)")
+    loss_centerness: Any = component(
+        "losses", None, help="centerness loss (e.g. CrossEntropyLoss, sigmoid)"
+    )
     loss_reg: Any = component("losses", None, help="box regression loss (e.g. GIoULoss)")
 
 
@@ -40,8 +42,11 @@ class FCOSHeadArgs:
     in_strides: list[int] = arg(help="strides of the incoming features, increasing")
     out_strides: list[int] = arg(help="strides the head predicts at (a subset of in_strides)")
     stride2channels: dict[int, int] = arg(help="stride -> channels of the incoming feature")
-    upscale_bbox_pred: bool = arg(False, help="in eval, multiply box outputs by the stride "
-                                              "(outputs in pixels instead of stride units)")
+    upscale_bbox_pred: bool = arg(
+        False,
+        help="in eval, multiply box outputs by the stride "
+        "(outputs in pixels instead of stride units)",
+    )
     feat_channels: int = arg(256, help="channels of the tower convs")
     stacked_convs: int = arg(4, help="number of separable convs in each tower")
     int8_output: bool = arg(True, help="quantization: last convs give int8 outputs")
@@ -49,9 +54,11 @@ class FCOSHeadArgs:
     dequant_output: bool = arg(True, help="quantization: dequantize outputs to float")
     prior_prob: float = arg(0.01, help="initial foreground probability of the class bias")
     conv_init: Literal["normal", "kaiming"] = arg(
-        "normal", help="tower conv init: HAT's Normal(0, 0.01), or kaiming (fan-out, ReLU gain) "
-                       "for the BatchNorm-followed tower convs; the predictors keep Normal(0, "
-                       "0.01) either way")
+        "normal",
+        help="tower conv init: HAT's Normal(0, 0.01), or kaiming (fan-out, ReLU gain) "
+        "for the BatchNorm-followed tower convs; the predictors keep Normal(0, "
+        "0.01) either way",
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -65,16 +72,22 @@ class DynamicFcosTargetArgs:
     loss_cls: Any = component("losses", help="classification matching cost (reduction none)")
     loss_reg: Any = component("losses", help="box matching cost, e.g. GIoULoss (reduction none)")
     center_sampling_radius: float | None = arg(
-        None, help="candidates must also lie within radius*stride of the box centre (null: off)")
+        None, help="candidates must also lie within radius*stride of the box centre (null: off)"
+    )
     centerness_target: Literal["iou", "geometric"] = arg(
-        "iou", help="centerness target of positives: the IoU of the predicted box with its "
-                    "match (HAT), or FCOS's geometric centerness of the point in the box, which "
-                    "is learnable from the first step (IoU targets are ~0 until the boxes are "
-                    "good, and a low centerness hides every detection)")
-    min_k: int = arg(1, help="floor on each box's dynamic k (SimOTA's is 1): early in "
-                             "training predicted boxes overlap nothing, so k = 1 for every box "
-                             "until the boxes improve; a floor gives small data and short "
-                             "schedules more positives from the start")
+        "iou",
+        help="centerness target of positives: the IoU of the predicted box with its "
+        "match (HAT), or FCOS's geometric centerness of the point in the box, which "
+        "is learnable from the first step (IoU targets are ~0 until the boxes are "
+        "good, and a low centerness hides every detection)",
+    )
+    min_k: int = arg(
+        1,
+        help="floor on each box's dynamic k (SimOTA's is 1): early in "
+        "training predicted boxes overlap nothing, so k = 1 for every box "
+        "until the boxes improve; a floor gives small data and short "
+        "schedules more positives from the start",
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -114,13 +127,20 @@ class FCOSMultiStrideFilterArgs:
     """Per-stride logit pre-filter and FCOS decoding (score, top-k, class-wise NMS)."""
 
     strides: list[int] = arg(help="strides of the head outputs, increasing")
-    threshold: float = arg(-2.944, help="keep positions whose max class logit exceeds this "
-                                        "(logit of the score; -2.944 = logit(0.05))")
-    for_compile: bool = arg(False, help="return fixed-shape tensors (head outputs + per-position "
-                                        "max logit) instead of detections")
+    threshold: float = arg(
+        -2.944,
+        help="keep positions whose max class logit exceeds this "
+        "(logit of the score; -2.944 = logit(0.05))",
+    )
+    for_compile: bool = arg(
+        False,
+        help="return fixed-shape tensors (head outputs + per-position "
+        "max logit) instead of detections",
+    )
     score_threshold: float = arg(0.05, help="minimum sqrt(sigmoid(cls) * sigmoid(ctr)) score")
     iou_threshold: float = arg(0.6, help="IoU threshold of the class-wise NMS")
     nms_pre: int = arg(1000, help="candidates kept per stride level before NMS")
     max_per_img: int = arg(100, help="detections kept per image after NMS")
     max_shape: tuple[int, int] | None = arg(
-        None, help="(h, w) boxes are clamped to (null: the network input size)")
+        None, help="(h, w) boxes are clamped to (null: the network input size)"
+    )

@@ -20,8 +20,9 @@ _CONV = torch.ops.aten.conv2d.default
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
-def fake_quantize_bias(bias: torch.Tensor, input_scale: torch.Tensor,
-                       weight_scale: torch.Tensor, enabled: torch.Tensor) -> torch.Tensor:
+def fake_quantize_bias(
+    bias: torch.Tensor, input_scale: torch.Tensor, weight_scale: torch.Tensor, enabled: torch.Tensor
+) -> torch.Tensor:
     """``float32(sat_int32(round_half_even(b / (s_in * s_w))) * s_in * s_w)`` in float64,
     with a straight-through gradient to ``bias``; the float bias while the weight's
     fake-quant is off (``enabled`` is its flag: calibration observes the float model)."""
@@ -34,8 +35,11 @@ def fake_quantize_bias(bias: torch.Tensor, input_scale: torch.Tensor,
 
 
 def _fake_quant_module(gm: fx.GraphModule, node: object) -> str | None:
-    if (isinstance(node, fx.Node) and node.op == "call_module"
-            and isinstance(gm.get_submodule(str(node.target)), FcosFakeQuantize)):
+    if (
+        isinstance(node, fx.Node)
+        and node.op == "call_module"
+        and isinstance(gm.get_submodule(str(node.target)), FcosFakeQuantize)
+    ):
         return str(node.target)
     return None
 
@@ -52,8 +56,9 @@ def insert_bias_fake_quant(gm: fx.GraphModule) -> int:
         x_fq = _fake_quant_module(gm, conv.args[0])
         w_fq = _fake_quant_module(gm, conv.args[1])
         if x_fq is None or w_fq is None:
-            raise ValueError(f"conv {conv.name}: input and weight must be fake-quantized to "
-                             "quantize its bias")
+            raise ValueError(
+                f"conv {conv.name}: input and weight must be fake-quantized to quantize its bias"
+            )
         with gm.graph.inserting_before(conv):
             s_in = gm.graph.get_attr(f"{x_fq}.scale")
             s_w = gm.graph.get_attr(f"{w_fq}.scale")

@@ -51,20 +51,25 @@ def observer_factory(observer: Any, default: ObserverFactory, what: str) -> Obse
     elif isinstance(observer, LazyComponent):
         factory = observer.build
     elif isinstance(observer, str):
-        raise TypeError(f"{what}: {observer!r} is an observer name; names are resolved in a "
-                        f"config ({what}: {{type: {observer}}}); in Python pass the observer "
-                        f"class or Class.with_args(...)")
+        raise TypeError(
+            f"{what}: {observer!r} is an observer name; names are resolved in a "
+            f"config ({what}: {{type: {observer}}}); in Python pass the observer "
+            f"class or Class.with_args(...)"
+        )
     elif callable(observer):
         factory = observer
     else:
-        raise TypeError(f"{what}: expected an observer block, class or constructor, got "
-                        f"{type(observer).__name__}")
+        raise TypeError(
+            f"{what}: expected an observer block, class or constructor, got "
+            f"{type(observer).__name__}"
+        )
     probe = factory(dtype=torch.int8)
     if not isinstance(probe, SymmetricObserver):
         raise FcosUserError(
             f"{what}: the observer is a {type(probe).__name__}, not a SymmetricObserver",
             hint="derive observers from fcos_core.quantization.observers.SymmetricObserver "
-                 "(its min_val/max_val state is what calibration checkpoints hold)")
+            "(its min_val/max_val state is what calibration checkpoints hold)",
+        )
     return factory
 
 
@@ -120,8 +125,10 @@ def _ctx(ctx: ConvertContext | None) -> ConvertContext:
 def _input_shape(ctx: ConvertContext) -> tuple[int, ...]:
     shapes = ctx.example_inputs
     if not shapes:
-        raise FcosUserError("the quantization converters need an example input shape",
-                            hint="set deploy_inputs: {img: [1, 3, H, W]} in the config")
+        raise FcosUserError(
+            "the quantization converters need an example input shape",
+            hint="set deploy_inputs: {img: [1, 3, H, W]} in the config",
+        )
     if "img" in shapes:
         return tuple(shapes["img"])
     return tuple(next(iter(shapes.values())))
@@ -146,8 +153,9 @@ class _Float2Prepared(abc.ABC):
     mode = "calibration"
     name = "Float2Calibration"
 
-    def __init__(self, qat_mode: str | None, integer_exact: str = "eval",
-                 layer_precision: Any = None) -> None:
+    def __init__(
+        self, qat_mode: str | None, integer_exact: str = "eval", layer_precision: Any = None
+    ) -> None:
         from fcos_core.quantization.integer_exact import EXACT_MODES
         from fcos_core.quantization.precision import parse_layer_precision
         from fcos_core.quantization.prepare import QAT_MODES
@@ -155,8 +163,9 @@ class _Float2Prepared(abc.ABC):
         if qat_mode is not None and qat_mode not in QAT_MODES:
             raise ValueError(f"qat_mode: {qat_mode!r} is not supported; use one of {QAT_MODES}")
         if integer_exact not in EXACT_MODES:
-            raise ValueError(f"integer_exact: {integer_exact!r}; use one of "
-                             f"{', '.join(EXACT_MODES)}")
+            raise ValueError(
+                f"integer_exact: {integer_exact!r}; use one of {', '.join(EXACT_MODES)}"
+            )
         self.qat_mode = qat_mode
         self.integer_exact = integer_exact
         # mixed precision (fcos_core.quantization.precision); parsed now, resolved on the graph
@@ -184,26 +193,47 @@ class _Float2Prepared(abc.ABC):
         body = body_of(model)
         out_dtype = output_dtype_for(model, rules)
         try:
-            gm = prepare_body(body, _input_shape(ctx), rules, self._observer(), out_dtype,
-                              qat_mode, self.integer_exact, self.layer_precision)
+            gm = prepare_body(
+                body,
+                _input_shape(ctx),
+                rules,
+                self._observer(),
+                out_dtype,
+                qat_mode,
+                self.integer_exact,
+                self.layer_precision,
+            )
             _check_precision_on_target(ctx.backend, gm.meta.get("layer_dtypes", {}), self.name)
         except FcosUserError:
             raise
         except ValueError as exc:
-            raise FcosUserError(f"{self.name}: the model cannot be quantized: {exc}",
-                                hint="see docs/quantization.md for the supported ops") from exc
-        prepared = PreparedBody(gm, {
-            "rules": rules, "output_dtype": out_dtype, "dequant_output": dequant_output_for(model),
-            "qat_mode": qat_mode, "input_shape": _input_shape(ctx),
-            "layer_dtypes": dict(gm.meta.get("layer_dtypes", {})),
-            "layer_names": dict(gm.meta.get("layer_names", {})),
-        })
+            raise FcosUserError(
+                f"{self.name}: the model cannot be quantized: {exc}",
+                hint="see docs/quantization.md for the supported ops",
+            ) from exc
+        prepared = PreparedBody(
+            gm,
+            {
+                "rules": rules,
+                "output_dtype": out_dtype,
+                "dequant_output": dequant_output_for(model),
+                "qat_mode": qat_mode,
+                "input_shape": _input_shape(ctx),
+                "layer_dtypes": dict(gm.meta.get("layer_dtypes", {})),
+                "layer_names": dict(gm.meta.get("layer_names", {})),
+            },
+        )
         self._set_mode(prepared)
         prepared.train(model.training if model is not body else False)
         out = _replace_body(model, prepared)
         set_qstate(out, self.produces)
-        _log(ctx, f"{self.name.lower()}.done", output_dtype=out_dtype, qat_mode=qat_mode,
-             fake_quants=sum(1 for _ in _fake_quants(prepared)))
+        _log(
+            ctx,
+            f"{self.name.lower()}.done",
+            output_dtype=out_dtype,
+            qat_mode=qat_mode,
+            fake_quants=sum(1 for _ in _fake_quants(prepared)),
+        )
         return out
 
 
@@ -218,7 +248,8 @@ def _check_precision_on_target(backend: Any, layer_dtypes: dict[str, str], what:
         raise FcosUserError(
             f"{what}: layer_precision: the target ({getattr(backend, 'name', backend)}) cannot "
             f"run {len(issues)} layer(s):\n  " + "\n  ".join(i.render() for i in issues),
-            hint="change those rules (docs/quantization.md, 'Mixed precision') or the march")
+            hint="change those rules (docs/quantization.md, 'Mixed precision') or the march",
+        )
 
 
 def _fake_quants(gm: nn.Module) -> Any:
@@ -247,13 +278,17 @@ class Float2Calibration(_Float2Prepared):
     mode = "calibration"
     name = "Float2Calibration"
 
-    def __init__(self, activation_observer: Any = None, qat_mode: str | None = None,
-                 integer_exact: str = "eval", layer_precision: Any = None) -> None:
+    def __init__(
+        self,
+        activation_observer: Any = None,
+        qat_mode: str | None = None,
+        integer_exact: str = "eval",
+        layer_precision: Any = None,
+    ) -> None:
         from fcos_core.quantization.histogram_observers import MSEObserver
 
         super().__init__(qat_mode, integer_exact, layer_precision)
-        self.observer = observer_factory(activation_observer, MSEObserver,
-                                         "activation_observer")
+        self.observer = observer_factory(activation_observer, MSEObserver, "activation_observer")
 
     def _observer(self) -> Callable[..., Any]:
         return self.observer
@@ -280,9 +315,14 @@ class Float2QAT(_Float2Prepared):
     #: the moving-average weight of the default QAT observer
     DEFAULT_AVERAGING_CONSTANT = 0.01
 
-    def __init__(self, qat_observer: Any = None, freeze_activation_scales: bool = False,
-                 qat_mode: str | None = None, integer_exact: str = "eval",
-                 layer_precision: Any = None) -> None:
+    def __init__(
+        self,
+        qat_observer: Any = None,
+        freeze_activation_scales: bool = False,
+        qat_mode: str | None = None,
+        integer_exact: str = "eval",
+        layer_precision: Any = None,
+    ) -> None:
         from fcos_core.quantization.observers import MinMaxObserver
 
         super().__init__(qat_mode, integer_exact, layer_precision)
@@ -311,8 +351,7 @@ class QAT2Quantize:
 
     name = "QAT2Quantize"
 
-    def __init__(self, dequant_output: bool | None = None, keep_reference: bool = True
-                 ) -> None:
+    def __init__(self, dequant_output: bool | None = None, keep_reference: bool = True) -> None:
         self.dequant_output = dequant_output
         self.keep_reference = keep_reference
         self.fcos_requires_qstate = ("qat", "calibration")
@@ -336,30 +375,43 @@ class QAT2Quantize:
         require_qstate(model, self.fcos_requires_qstate, self.name)
         prepared = body_of(model)
         if not isinstance(prepared, PreparedBody):
-            raise FcosUserError(f"{self.name}: the model body is not a prepared fake-quant graph",
-                                hint="apply Float2QAT (or Float2Calibration) first")
+            raise FcosUserError(
+                f"{self.name}: the model body is not a prepared fake-quant graph",
+                hint="apply Float2QAT (or Float2Calibration) first",
+            )
         info = prepared.info
         gm = prepared.graph_module
         set_mode(gm, "frozen")
         refresh_weight_ranges(gm)  # the weights as loaded now, not as last observed
-        uncalibrated = [n for n, fq in fake_quants(gm)
-                        if not getattr(fq, "is_weight", False) and not fq.has_data()]
+        uncalibrated = [
+            n
+            for n, fq in fake_quants(gm)
+            if not getattr(fq, "is_weight", False) and not fq.has_data()
+        ]
         if uncalibrated:
-            _log(ctx, "qat2quantize.uncalibrated", count=len(uncalibrated),
-                 first=uncalibrated[:5], note="their scale is the minimum scale")
+            _log(
+                ctx,
+                "qat2quantize.uncalibrated",
+                count=len(uncalibrated),
+                first=uncalibrated[:5],
+                note="their scale is the minimum scale",
+            )
         reference = copy.deepcopy(gm) if self.keep_reference else None
         work = copy.deepcopy(gm)
         remove_integer_exact(work)
         remove_bias_fake_quant(work)
         strip_observe_flags(work)
         converted = convert_pt2e(work)
-        dequant = self.dequant_output if self.dequant_output is not None \
-            else bool(info["dequant_output"])
+        dequant = (
+            self.dequant_output if self.dequant_output is not None else bool(info["dequant_output"])
+        )
         try:
             int_model = lower_to_integer(converted, info["rules"], dequant_output=dequant)
         except ValueError as exc:
-            raise FcosUserError(f"{self.name}: cannot lower to integer ops: {exc}",
-                                hint="see docs/quantization.md, 'Integer semantics'") from exc
+            raise FcosUserError(
+                f"{self.name}: cannot lower to integer ops: {exc}",
+                hint="see docs/quantization.md, 'Integer semantics'",
+            ) from exc
         object.__setattr__(int_model, _INFO_ATTR, dict(info, dequant_output=dequant))
         object.__setattr__(int_model, _REFERENCE_ATTR, reference)
         int_model.eval()
@@ -367,10 +419,19 @@ class QAT2Quantize:
         out = _replace_body(model, int_model)
         set_qstate(out, "quantized")
         if int_model.warnings:
-            _log(ctx, "qat2quantize.accumulator_overflow_risk", convs=int_model.warnings[:5],
-                 count=len(int_model.warnings))
-        _log(ctx, "qat2quantize.done", ops=len(int_model.program), dequant_output=dequant,
-             output_dtypes=list(int_model.output_dtypes()))
+            _log(
+                ctx,
+                "qat2quantize.accumulator_overflow_risk",
+                convs=int_model.warnings[:5],
+                count=len(int_model.warnings),
+            )
+        _log(
+            ctx,
+            "qat2quantize.done",
+            ops=len(int_model.program),
+            dequant_output=dequant,
+            output_dtypes=list(int_model.output_dtypes()),
+        )
         return out
 
 

@@ -39,5 +39,7 @@ def require_exact_float32(reason: str) -> bool:
         _logged = True
         get_logger("fcos.quantization").info(
             "TF32 turned off (cuBLAS and cuDNN): the quantized paths compute integers with "
-            "float32 convolutions and must be exact", reason=reason)
+            "float32 convolutions and must be exact",
+            reason=reason,
+        )
     return was_on

@@ -48,8 +48,12 @@ class FcosFakeQuantize(FakeQuantizeBase):
     ) -> None:
         super().__init__()
         obs_kwargs: dict[str, Any] = dict(
-            dtype=dtype, quant_min=quant_min, quant_max=quant_max, qscheme=qscheme,
-            is_dynamic=is_dynamic, **kwargs,
+            dtype=dtype,
+            quant_min=quant_min,
+            quant_max=quant_max,
+            qscheme=qscheme,
+            is_dynamic=is_dynamic,
+            **kwargs,
         )
         if ch_axis is not None:
             obs_kwargs["ch_axis"] = ch_axis
@@ -66,10 +70,12 @@ class FcosFakeQuantize(FakeQuantizeBase):
         self.is_weight = False
         self.weight_target: str | None = None
         # mode flags: buffers (they follow .to() and DDP) but never saved or loaded
-        self.register_buffer("fake_quant_enabled", torch.tensor([1], dtype=torch.uint8),
-                             persistent=False)
-        self.register_buffer("observer_enabled", torch.tensor([1], dtype=torch.uint8),
-                             persistent=False)
+        self.register_buffer(
+            "fake_quant_enabled", torch.tensor([1], dtype=torch.uint8), persistent=False
+        )
+        self.register_buffer(
+            "observer_enabled", torch.tensor([1], dtype=torch.uint8), persistent=False
+        )
         self.register_buffer("scale", torch.tensor([1.0], dtype=torch.float32))
         self.register_buffer("zero_point", torch.tensor([0], dtype=torch.int32))
         self._stale = True
@@ -112,8 +118,11 @@ class FcosFakeQuantize(FakeQuantizeBase):
         # A weight's range is a function of the weight as it is now (no running state), so it
         # always follows: after the last optimizer step, eval quantizes the weights exactly as
         # QAT2Quantize will.
-        if observe and self.observer_enabled[0] == 1 and (
-                self.training or self.fake_quant_enabled[0] == 0 or self.is_weight):
+        if (
+            observe
+            and self.observer_enabled[0] == 1
+            and (self.training or self.fake_quant_enabled[0] == 0 or self.is_weight)
+        ):
             self.activation_post_process(x.detach())
             self._stale = True
         if self.fake_quant_enabled[0] == 1:
@@ -121,10 +130,12 @@ class FcosFakeQuantize(FakeQuantizeBase):
                 self.sync_qparams()
             if self.is_per_channel:
                 x = torch.fake_quantize_per_channel_affine(
-                    x, self.scale, self.zero_point, self.ch_axis, self.quant_min, self.quant_max)
+                    x, self.scale, self.zero_point, self.ch_axis, self.quant_min, self.quant_max
+                )
             else:
                 x = torch.fake_quantize_per_tensor_affine(
-                    x, self.scale, self.zero_point, self.quant_min, self.quant_max)
+                    x, self.scale, self.zero_point, self.quant_min, self.quant_max
+                )
         return x
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
@@ -142,6 +153,8 @@ class FcosFakeQuantize(FakeQuantizeBase):
         self._stale = False
 
     def extra_repr(self) -> str:
-        return (f"dtype={self.dtype}, per_channel={self.is_per_channel}, "
-                f"observer={int(self.observer_enabled[0])}, "
-                f"fake_quant={int(self.fake_quant_enabled[0])}")
+        return (
+            f"dtype={self.dtype}, per_channel={self.is_per_channel}, "
+            f"observer={int(self.observer_enabled[0])}, "
+            f"fake_quant={int(self.fake_quant_enabled[0])}"
+        )

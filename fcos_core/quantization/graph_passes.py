@@ -20,10 +20,24 @@ _BN_TARGETS = {
     _aten.batch_norm.default: 7,  # eps argument index
     _aten._native_batch_norm_legit_no_training.default: 6,
 }
-_DROPOUT_TARGETS = {_aten.dropout.default, _aten.feature_dropout.default,
-                    _aten.alpha_dropout.default}
-_RANDOM_OPS = {"rand", "rand_like", "randn", "randn_like", "bernoulli", "bernoulli_",
-               "uniform_", "normal_", "randint", "randint_like", "native_dropout"}
+_DROPOUT_TARGETS = {
+    _aten.dropout.default,
+    _aten.feature_dropout.default,
+    _aten.alpha_dropout.default,
+}
+_RANDOM_OPS = {
+    "rand",
+    "rand_like",
+    "randn",
+    "randn_like",
+    "bernoulli",
+    "bernoulli_",
+    "uniform_",
+    "normal_",
+    "randint",
+    "randint_like",
+    "native_dropout",
+}
 
 
 def _get_attr_value(gm: fx.GraphModule, node: fx.Node | None) -> torch.Tensor | None:
@@ -56,7 +70,8 @@ def check_no_random_ops(gm: fx.GraphModule) -> None:
             raise ValueError(
                 f"the exported model contains the random op {name} (node {node.name}); "
                 "drop-path / stochastic depth must be 0 (drop_path_rate: 0.0) and the model in "
-                "eval mode for quantization")
+                "eval mode for quantization"
+            )
 
 
 def remove_dropout(gm: fx.GraphModule) -> None:
@@ -65,8 +80,9 @@ def remove_dropout(gm: fx.GraphModule) -> None:
         if node.op == "call_function" and node.target in _DROPOUT_TARGETS:
             train = node.args[2] if len(node.args) > 2 else node.kwargs.get("train", False)
             if train:
-                raise ValueError(f"dropout node {node.name} is in training mode; export the "
-                                 "model in eval mode")
+                raise ValueError(
+                    f"dropout node {node.name} is in training mode; export the model in eval mode"
+                )
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
     gm.graph.lint()
@@ -97,8 +113,12 @@ def fold_conv_bn(gm: fx.GraphModule) -> int:
         if bn.op != "call_function" or bn.target not in _BN_TARGETS:
             continue
         conv = bn.args[0]
-        if not (isinstance(conv, fx.Node) and conv.op == "call_function"
-                and conv.target == _aten.conv2d.default and len(conv.users) == 1):
+        if not (
+            isinstance(conv, fx.Node)
+            and conv.op == "call_function"
+            and conv.target == _aten.conv2d.default
+            and len(conv.users) == 1
+        ):
             continue
         if bn.target == _aten.batch_norm.default and bn.args[5]:
             raise ValueError(f"BatchNorm node {bn.name} is in training mode; export in eval mode")
@@ -138,8 +158,11 @@ def fold_conv_bn(gm: fx.GraphModule) -> int:
 
         with graph.inserting_before(conv):
             w_get = graph.get_attr(new_w_target) if new_w_target != w_target else w_node
-            b_get = graph.get_attr(new_b_target) if b_node is None or \
-                new_b_target != str(b_node.target) else b_node
+            b_get = (
+                graph.get_attr(new_b_target)
+                if b_node is None or new_b_target != str(b_node.target)
+                else b_node
+            )
         args = list(conv.args)
         while len(args) < 3:
             args.append(None)

@@ -21,8 +21,9 @@ import torch.nn.functional as F
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
-def quantize_multiplier(real: torch.Tensor, bits: int = 31, max_shift: int = 62
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_multiplier(
+    real: torch.Tensor, bits: int = 31, max_shift: int = 62
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Integer multiplier and right shift with ``real ~= M * 2**-n``.
 
     ``M`` has ``bits`` significant bits (``2**(bits-1) <= M < 2**bits``) and ``1 <= n <=
@@ -50,7 +51,8 @@ def quantize_multiplier(real: torch.Tensor, bits: int = 31, max_shift: int = 62
     if bool((n < 1).any()):
         raise ValueError(
             f"requantization ratio {real.max().item():.6g} is too large for a {bits}-bit "
-            "multiplier with a right shift >= 1 (the output scale is far below the input scale)")
+            "multiplier with a right shift >= 1 (the output scale is far below the input scale)"
+        )
     return m, n
 
 
@@ -72,8 +74,9 @@ def _channel_view(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(1, -1, 1, 1) if t.dim() == 1 else t
 
 
-def quantize(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int,
-             dtype: torch.dtype) -> torch.Tensor:
+def quantize(
+    x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int, dtype: torch.dtype
+) -> torch.Tensor:
     """Float -> int: ``clamp(round_half_even(x * float32(1 / s)), qmin, qmax)``.
 
     The product is computed in float32 with the float32 reciprocal of the scale, as torch's
@@ -106,9 +109,15 @@ def _float32_holds_partial_sums(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return x_max * w_sum <= _FLOAT32_EXACT
 
 
-def conv2d_acc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-               stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
-               groups: int) -> torch.Tensor:
+def conv2d_acc(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+) -> torch.Tensor:
     """Exact integer accumulator of a (grouped / depthwise) conv, zero padding, as int64.
 
     ``acc[n, c, y, x] = bias[c] + sum_{k, i, j} x[n, g(c)*Cin_g + k, y*sy + i*dy - py,
@@ -121,16 +130,24 @@ def conv2d_acc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         from fcos_core.quantization.exact_float import require_exact_float32
 
         require_exact_float32("int_ops.conv2d_acc on CUDA")
-    acc = F.conv2d(x.to(dtype), weight.to(dtype), None, list(stride), list(padding),
-                   list(dilation), groups)
+    acc = F.conv2d(
+        x.to(dtype), weight.to(dtype), None, list(stride), list(padding), list(dilation), groups
+    )
     acc = acc.long()  # exact: every value is an integer the float type holds
     if bias is not None:
         acc = acc + _channel_view(bias.long())
     return acc
 
 
-def requantize(acc: torch.Tensor, multiplier: torch.Tensor, shift: torch.Tensor, qmin: int,
-               qmax: int, dtype: torch.dtype, relu: bool = False) -> torch.Tensor:
+def requantize(
+    acc: torch.Tensor,
+    multiplier: torch.Tensor,
+    shift: torch.Tensor,
+    qmin: int,
+    qmax: int,
+    dtype: torch.dtype,
+    relu: bool = False,
+) -> torch.Tensor:
     """``sat(round_half_up(acc * M[c] / 2**n[c]))``; with ``relu`` the lower bound is 0.
 
     ``acc`` int (any of int8..int64); ``M``, ``n`` int64 per tensor or per channel (dim 1).
@@ -139,16 +156,25 @@ def requantize(acc: torch.Tensor, multiplier: torch.Tensor, shift: torch.Tensor,
     return saturate(v, 0 if relu else qmin, qmax, dtype)
 
 
-def add(a: torch.Tensor, b: torch.Tensor, mult_a: torch.Tensor, mult_b: torch.Tensor,
-        shift: torch.Tensor, qmin: int, qmax: int, dtype: torch.dtype,
-        relu: bool = False) -> torch.Tensor:
+def add(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    mult_a: torch.Tensor,
+    mult_b: torch.Tensor,
+    shift: torch.Tensor,
+    qmin: int,
+    qmax: int,
+    dtype: torch.dtype,
+    relu: bool = False,
+) -> torch.Tensor:
     """``sat(round_half_up((a * Ma + b * Mb) / 2**n))``: one rounding for the sum."""
     v = round_shift(a.long() * mult_a + b.long() * mult_b, shift)
     return saturate(v, 0 if relu else qmin, qmax, dtype)
 
 
-def add_multipliers(ratio_a: torch.Tensor, ratio_b: torch.Tensor, bits: int = 31,
-                    max_shift: int = 62) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def add_multipliers(
+    ratio_a: torch.Tensor, ratio_b: torch.Tensor, bits: int = 31, max_shift: int = 62
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(Ma, Mb, n)`` of an integer add with ``ratio_x = s_x / s_out`` (float64 scalars).
 
     One shift for both inputs: the larger ratio gets the full ``bits``-bit multiplier (see
@@ -166,21 +192,31 @@ def relu(x: torch.Tensor) -> torch.Tensor:
     return x.clamp_min(0)
 
 
-def max_pool2d(x: torch.Tensor, kernel_size: Sequence[int], stride: Sequence[int],
-               padding: Sequence[int], dilation: Sequence[int], ceil_mode: bool) -> torch.Tensor:
+def max_pool2d(
+    x: torch.Tensor,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    ceil_mode: bool,
+) -> torch.Tensor:
     """Max over each window (padding never wins: it is -inf); same scale and dtype."""
-    y = F.max_pool2d(x.float(), list(kernel_size), list(stride), list(padding), list(dilation),
-                     ceil_mode)
+    y = F.max_pool2d(
+        x.float(), list(kernel_size), list(stride), list(padding), list(dilation), ceil_mode
+    )
     return y.to(x.dtype)
 
 
-def upsample_nearest2d(x: torch.Tensor, output_size: Sequence[int] | None,
-                       scale_factors: Sequence[float] | None) -> torch.Tensor:
+def upsample_nearest2d(
+    x: torch.Tensor, output_size: Sequence[int] | None, scale_factors: Sequence[float] | None
+) -> torch.Tensor:
     """Nearest-neighbour resize (torch's index rule; for an integer factor f,
     ``out[y, x] = in[y // f, x // f]``); same scale and dtype."""
     y = torch.ops.aten.upsample_nearest2d.vec(
-        x.float(), None if output_size is None else list(output_size),
-        None if scale_factors is None else list(scale_factors))
+        x.float(),
+        None if output_size is None else list(output_size),
+        None if scale_factors is None else list(scale_factors),
+    )
     return y.to(x.dtype)
 
 

@@ -85,9 +85,18 @@ class IntegerExactOutput(nn.Module):
     * requantize: ``x_q, s_in, s_out``
     """
 
-    def __init__(self, kind: str, qmin: int, qmax: int, relu: bool, multiplier_bits: int,
-                 max_shift: int, conv: dict[str, Any] | None = None,
-                 weight_qrange: tuple[int, int] = (-128, 127), mode: str = "eval") -> None:
+    def __init__(
+        self,
+        kind: str,
+        qmin: int,
+        qmax: int,
+        relu: bool,
+        multiplier_bits: int,
+        max_shift: int,
+        conv: dict[str, Any] | None = None,
+        weight_qrange: tuple[int, int] = (-128, 127),
+        mode: str = "eval",
+    ) -> None:
         super().__init__()
         if kind not in ("conv", "add", "requantize", "conv_acc"):
             raise ValueError(f"kind: {kind!r}")
@@ -124,8 +133,8 @@ class IntegerExactOutput(nn.Module):
         lo, hi = self.weight_qrange
         zp = torch.zeros(s_w.numel(), dtype=torch.int64)
         return torch.ops.quantized_decomposed.quantize_per_channel(
-            weight.detach().float(), s_w.detach().reshape(-1).float(), zp, 0, lo, hi,
-            torch.int8)
+            weight.detach().float(), s_w.detach().reshape(-1).float(), zp, 0, lo, hi, torch.int8
+        )
 
     def _integer(self, *ops: Any) -> tuple[torch.Tensor, torch.Tensor]:
         if self.kind in ("conv", "conv_acc"):
@@ -136,32 +145,42 @@ class IntegerExactOutput(nn.Module):
             w_q = self._weight_ints(weight, s_w32)
             b_q = None if bias is None else int_ops.quantize_bias(bias.detach(), acc_scale)
             c = self.conv
-            acc = int_ops.conv2d_acc(_ints(x_q, s_in64), w_q, b_q, c["stride"], c["padding"],
-                                     c["dilation"], c["groups"])
+            acc = int_ops.conv2d_acc(
+                _ints(x_q, s_in64), w_q, b_q, c["stride"], c["padding"], c["dilation"], c["groups"]
+            )
             if self.kind == "conv_acc":
                 lo, hi = int_ops.INT32_MIN, int_ops.INT32_MAX
                 q = (acc.clamp_min(0) if self.relu else acc).clamp(lo, hi)
                 return q, acc_scale
             s_out = ops[5].detach().double().reshape(())
-            m, n = int_ops.quantize_multiplier(acc_scale / s_out, self.multiplier_bits,
-                                               self.max_shift)
+            m, n = int_ops.quantize_multiplier(
+                acc_scale / s_out, self.multiplier_bits, self.max_shift
+            )
             q = int_ops.requantize(acc, m, n, self.qmin, self.qmax, torch.int32, self.relu)
             return q, s_out
         if self.kind == "add":
             a_q, s_a, b_q, s_b, s_out = ops
             s_a64, s_b64 = s_a.detach().double().reshape(()), s_b.detach().double().reshape(())
             s_out64 = s_out.detach().double().reshape(())
-            ma, mb, n = int_ops.add_multipliers(s_a64 / s_out64, s_b64 / s_out64,
-                                                self.multiplier_bits, self.max_shift)
-            q = int_ops.add(_ints(a_q, s_a64).long(), _ints(b_q, s_b64).long(), ma, mb, n,
-                            self.qmin, self.qmax, torch.int32, self.relu)
+            ma, mb, n = int_ops.add_multipliers(
+                s_a64 / s_out64, s_b64 / s_out64, self.multiplier_bits, self.max_shift
+            )
+            q = int_ops.add(
+                _ints(a_q, s_a64).long(),
+                _ints(b_q, s_b64).long(),
+                ma,
+                mb,
+                n,
+                self.qmin,
+                self.qmax,
+                torch.int32,
+                self.relu,
+            )
             return q, s_out64
         x_q, s_in, s_out = ops
         s_in64, s_out64 = s_in.detach().double().reshape(()), s_out.detach().double().reshape(())
-        m, n = int_ops.quantize_multiplier(s_in64 / s_out64, self.multiplier_bits,
-                                           self.max_shift)
-        q = int_ops.requantize(_ints(x_q, s_in64).long(), m, n, self.qmin, self.qmax,
-                               torch.int32)
+        m, n = int_ops.quantize_multiplier(s_in64 / s_out64, self.multiplier_bits, self.max_shift)
+        q = int_ops.requantize(_ints(x_q, s_in64).long(), m, n, self.qmin, self.qmax, torch.int32)
         return q, s_out64
 
     def extra_repr(self) -> str:
@@ -173,8 +192,11 @@ class IntegerExactOutput(nn.Module):
 
 def _fq_target(gm: fx.GraphModule, node: Any) -> str | None:
     """The module name when ``node`` calls an activation/weight :class:`FcosFakeQuantize`."""
-    if (isinstance(node, fx.Node) and node.op == "call_module"
-            and isinstance(gm.get_submodule(str(node.target)), FcosFakeQuantize)):
+    if (
+        isinstance(node, fx.Node)
+        and node.op == "call_module"
+        and isinstance(gm.get_submodule(str(node.target)), FcosFakeQuantize)
+    ):
         return str(node.target)
     return None
 
@@ -183,8 +205,11 @@ def _quantized_input(gm: fx.GraphModule, node: Any) -> str | None:
     """The fake-quant module whose value ``node`` is: a fake-quant node itself, or an
     :class:`IntegerExactOutput` node already standing for one (the pass rewires consumers to
     those as it goes, so a later op's inputs are often exact nodes)."""
-    if isinstance(node, fx.Node) and node.op == "call_module" \
-            and isinstance(gm.get_submodule(str(node.target)), IntegerExactOutput):
+    if (
+        isinstance(node, fx.Node)
+        and node.op == "call_module"
+        and isinstance(gm.get_submodule(str(node.target)), IntegerExactOutput)
+    ):
         node = node.args[0]
     return _fq_target(gm, node)
 
@@ -204,14 +229,21 @@ def _conv_static(conv: fx.Node) -> dict[str, Any]:
         v = tuple(int(i) for i in v)
         return (v[0], v[0]) if len(v) == 1 else (v[0], v[1])
 
-    return {"stride": pair(a[3], (1, 1)), "padding": pair(a[4], (0, 0)),
-            "dilation": pair(a[5], (1, 1)), "groups": int(a[6] or 1)}
+    return {
+        "stride": pair(a[3], (1, 1)),
+        "padding": pair(a[4], (0, 0)),
+        "dilation": pair(a[5], (1, 1)),
+        "groups": int(a[6] or 1),
+    }
 
 
 def _raw_bias(node: Any) -> Any:
     """The float bias parameter node behind a (possibly fake-quantized) conv bias."""
-    if isinstance(node, fx.Node) and node.op == "call_function" \
-            and node.target is fake_quantize_bias:
+    if (
+        isinstance(node, fx.Node)
+        and node.op == "call_function"
+        and node.target is fake_quantize_bias
+    ):
         return node.args[0]
     return node
 
@@ -227,8 +259,9 @@ def _conv_operands(gm: fx.GraphModule, conv: fx.Node) -> list[Any] | None:
     return [x, g.get_attr(f"{x_fq}.scale"), w_raw, g.get_attr(f"{w_fq}.scale"), bias]
 
 
-def insert_integer_exact(gm: fx.GraphModule, multiplier_bits: int, max_shift: int,
-                         mode: str = "eval") -> int:
+def insert_integer_exact(
+    gm: fx.GraphModule, multiplier_bits: int, max_shift: int, mode: str = "eval"
+) -> int:
     """Insert an :class:`IntegerExactOutput` after every fake-quant an integer op computes
     (see the module docstring); returns how many were inserted."""
     if mode not in EXACT_MODES:
@@ -252,9 +285,19 @@ def insert_integer_exact(gm: fx.GraphModule, multiplier_bits: int, max_shift: in
                     continue
                 count += 1
                 name = f"integer_exact_{count}"
-                gm.add_submodule(name, IntegerExactOutput(
-                    kind, fq.quant_min, fq.quant_max, relu, multiplier_bits, max_shift,
-                    conv=_conv_static(core) if kind == "conv" else None, mode=mode))
+                gm.add_submodule(
+                    name,
+                    IntegerExactOutput(
+                        kind,
+                        fq.quant_min,
+                        fq.quant_max,
+                        relu,
+                        multiplier_bits,
+                        max_shift,
+                        conv=_conv_static(core) if kind == "conv" else None,
+                        mode=mode,
+                    ),
+                )
                 flag = graph.get_attr(f"{target}.fake_quant_enabled")
                 exact = graph.call_module(name, (node, flag, *operands))
             node.replace_all_uses_with(exact, delete_user_cb=lambda u, new=exact: u is not new)
@@ -280,8 +323,7 @@ def _spec_for_fq(gm: fx.GraphModule, fq_node: fx.Node) -> tuple[str, fx.Node, bo
     return None
 
 
-def _operands(gm: fx.GraphModule, kind: str, core: fx.Node, fq_node: fx.Node
-              ) -> list[Any] | None:
+def _operands(gm: fx.GraphModule, kind: str, core: fx.Node, fq_node: fx.Node) -> list[Any] | None:
     g = gm.graph
     s_out = g.get_attr(f"{fq_node.target}.scale")
     if kind == "requantize":
@@ -296,8 +338,9 @@ def _operands(gm: fx.GraphModule, kind: str, core: fx.Node, fq_node: fx.Node
     return [a, g.get_attr(f"{fa}.scale"), b, g.get_attr(f"{fb}.scale"), s_out]
 
 
-def _exact_accumulator_outputs(gm: fx.GraphModule, out: fx.Node, multiplier_bits: int,
-                               max_shift: int, mode: str, offset: int) -> int:
+def _exact_accumulator_outputs(
+    gm: fx.GraphModule, out: fx.Node, multiplier_bits: int, max_shift: int, mode: str, offset: int
+) -> int:
     """Body outputs that are a conv's int32 accumulator (no fake-quant after the conv)."""
     graph = gm.graph
     count = 0
@@ -316,9 +359,19 @@ def _exact_accumulator_outputs(gm: fx.GraphModule, out: fx.Node, multiplier_bits
                 continue
             count += 1
             name = f"integer_exact_{offset + count}"
-            gm.add_submodule(name, IntegerExactOutput(
-                "conv_acc", int_ops.INT32_MIN, int_ops.INT32_MAX, relu, multiplier_bits,
-                max_shift, conv=_conv_static(core), mode=mode))
+            gm.add_submodule(
+                name,
+                IntegerExactOutput(
+                    "conv_acc",
+                    int_ops.INT32_MIN,
+                    int_ops.INT32_MAX,
+                    relu,
+                    multiplier_bits,
+                    max_shift,
+                    conv=_conv_static(core),
+                    mode=mode,
+                ),
+            )
             flag = graph.get_attr(f"{w_fq}.fake_quant_enabled")
             new_args.append(graph.call_module(name, (arg, flag, *operands)))
     out.args = (type(out.args[0])(new_args), *tuple(out.args[1:]))
@@ -328,8 +381,9 @@ def _exact_accumulator_outputs(gm: fx.GraphModule, out: fx.Node, multiplier_bits
 def remove_integer_exact(gm: fx.GraphModule) -> None:
     """Undo :func:`insert_integer_exact` (before ``convert_pt2e``)."""
     for node in list(gm.graph.nodes):
-        if node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)),
-                                                   IntegerExactOutput):
+        if node.op == "call_module" and isinstance(
+            gm.get_submodule(str(node.target)), IntegerExactOutput
+        ):
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
     for name, mod in list(gm.named_children()):
@@ -343,7 +397,11 @@ def remove_integer_exact(gm: fx.GraphModule) -> None:
 def exact_node_of(fq_node: fx.Node) -> fx.Node | None:
     """The :class:`IntegerExactOutput` node standing for ``fq_node``'s value, if any."""
     for user in fq_node.users:
-        if user.op == "call_module" and str(user.target).startswith("integer_exact_") \
-                and user.args and user.args[0] is fq_node:
+        if (
+            user.op == "call_module"
+            and str(user.target).startswith("integer_exact_")
+            and user.args
+            and user.args[0] is fq_node
+        ):
             return user
     return None

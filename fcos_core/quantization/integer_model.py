@@ -21,10 +21,15 @@ from torch import nn
 from fcos_core.quantization import int_ops
 
 DTYPES: dict[str, torch.dtype] = {
-    "int8": torch.int8, "int16": torch.int16, "int32": torch.int32, "float32": torch.float32,
+    "int8": torch.int8,
+    "int16": torch.int16,
+    "int32": torch.int32,
+    "float32": torch.float32,
 }
 QRANGES: dict[str, tuple[int, int]] = {
-    "int8": (-128, 127), "int16": (-32768, 32767), "int32": (-(2**31), 2**31 - 1),
+    "int8": (-128, 127),
+    "int16": (-32768, 32767),
+    "int32": (-(2**31), 2**31 - 1),
 }
 
 #: op kinds, their inputs and the buffers each holds (see docs/quantization.md)
@@ -82,8 +87,10 @@ class _OpParams(nn.Module):
         for name, buf in list(self._buffers.items()):
             key = prefix + name
             if buf is not None and key in state_dict and state_dict[key].shape != buf.shape:
-                raise RuntimeError(f"quantized model buffer {key}: checkpoint shape "
-                                   f"{tuple(state_dict[key].shape)} != {tuple(buf.shape)}")
+                raise RuntimeError(
+                    f"quantized model buffer {key}: checkpoint shape "
+                    f"{tuple(state_dict[key].shape)} != {tuple(buf.shape)}"
+                )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
@@ -98,8 +105,13 @@ class IntegerModel(nn.Module):
             integer tensors (int8/int16/int32); their scales are :meth:`output_scales`.
     """
 
-    def __init__(self, ops: list[IntOp], tensors: dict[str, dict[str, torch.Tensor]],
-                 outputs: list[str], dequant_output: bool = True) -> None:
+    def __init__(
+        self,
+        ops: list[IntOp],
+        tensors: dict[str, dict[str, torch.Tensor]],
+        outputs: list[str],
+        dequant_output: bool = True,
+    ) -> None:
         super().__init__()
         names = [op.name for op in ops]
         if len(set(names)) != len(names):
@@ -130,8 +142,9 @@ class IntegerModel(nn.Module):
             env[op.name] = self._run(op, env)
         outs = [env[name] for name in self.outputs]
         if self.dequant_output:
-            outs = [int_ops.dequantize(q, self.ops[name].scale)
-                    for q, name in zip(outs, self.outputs)]
+            outs = [
+                int_ops.dequantize(q, self.ops[name].scale) for q, name in zip(outs, self.outputs)
+            ]
         return tuple(outs)
 
     def run_all(self, img: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -150,21 +163,30 @@ class IntegerModel(nn.Module):
         if op.kind == "quantize":
             return int_ops.quantize(x[0], p.scale, qmin, qmax, dtype)
         if op.kind == "conv2d":
-            acc = int_ops.conv2d_acc(x[0], p.weight, getattr(p, "bias", None), a["stride"],
-                                     a["padding"], a["dilation"], a["groups"])
+            acc = int_ops.conv2d_acc(
+                x[0],
+                p.weight,
+                getattr(p, "bias", None),
+                a["stride"],
+                a["padding"],
+                a["dilation"],
+                a["groups"],
+            )
             if op.dtype == "int32":
                 return int_ops.saturate(acc.clamp_min(0) if a["relu"] else acc, qmin, qmax, dtype)
             return int_ops.requantize(acc, p.multiplier, p.shift, qmin, qmax, dtype, a["relu"])
         if op.kind == "add":
-            return int_ops.add(x[0], x[1], p.multiplier_a, p.multiplier_b, p.shift, qmin, qmax,
-                               dtype, a["relu"])
+            return int_ops.add(
+                x[0], x[1], p.multiplier_a, p.multiplier_b, p.shift, qmin, qmax, dtype, a["relu"]
+            )
         if op.kind == "requantize":
             return int_ops.requantize(x[0], p.multiplier, p.shift, qmin, qmax, dtype)
         if op.kind == "relu":
             return int_ops.relu(x[0])
         if op.kind == "max_pool2d":
-            return int_ops.max_pool2d(x[0], a["kernel_size"], a["stride"], a["padding"],
-                                      a["dilation"], a["ceil_mode"])
+            return int_ops.max_pool2d(
+                x[0], a["kernel_size"], a["stride"], a["padding"], a["dilation"], a["ceil_mode"]
+            )
         if op.kind == "upsample_nearest2d":
             return int_ops.upsample_nearest2d(x[0], a["output_size"], a["scale_factors"])
         if op.kind == "cat":
@@ -185,12 +207,14 @@ def integer_program(model: IntegerModel) -> list[IntOpRecord]:
     for op in model.program:
         p = model.ops[op.name]
         tensors = {k: v.detach().clone() for k, v in p.named_buffers()}
-        records.append(IntOpRecord(
-            op=op,
-            input_dtypes=tuple(dtype_of[i] for i in op.inputs),
-            input_scales=tuple(scale_of[i] for i in op.inputs),
-            tensors=tensors,
-        ))
+        records.append(
+            IntOpRecord(
+                op=op,
+                input_dtypes=tuple(dtype_of[i] for i in op.inputs),
+                input_scales=tuple(scale_of[i] for i in op.inputs),
+                tensors=tensors,
+            )
+        )
         scale_of[op.name] = tensors["scale"]
         dtype_of[op.name] = op.dtype
     return records

@@ -83,8 +83,15 @@ class _Lowerer:
         self.used_names.add(name)
         return name
 
-    def _emit(self, base: str, kind: str, inputs: list[_QValue | str], dtype: str,
-              tensors: dict[str, torch.Tensor], **attrs_: Any) -> str:
+    def _emit(
+        self,
+        base: str,
+        kind: str,
+        inputs: list[_QValue | str],
+        dtype: str,
+        tensors: dict[str, torch.Tensor],
+        **attrs_: Any,
+    ) -> str:
         name = self._unique(base)
         in_names = tuple(v if isinstance(v, str) else v.name for v in inputs)
         attrs_["source"] = self.source
@@ -94,8 +101,10 @@ class _Lowerer:
 
     def _dq(self, node: Any, user: fx.Node) -> _QValue:
         if not (isinstance(node, fx.Node) and node in self.values):
-            raise ValueError(f"cannot lower {user.name}: its input {getattr(node, 'name', node)} "
-                             "is not a quantized tensor")
+            raise ValueError(
+                f"cannot lower {user.name}: its input {getattr(node, 'name', node)} "
+                "is not a quantized tensor"
+            )
         return self.values[node]
 
     @staticmethod
@@ -110,14 +119,17 @@ class _Lowerer:
         zp = int(_scalar(self.gm, q.args[2]))
         dtype = _DTYPE_NAMES.get(q.args[5])
         if zp != 0 or dtype is None:
-            raise ValueError(f"{q.name}: fcos lowers symmetric int8/int16 quantization only "
-                             f"(zero point {zp}, dtype {q.args[5]})")
+            raise ValueError(
+                f"{q.name}: fcos lowers symmetric int8/int16 quantization only "
+                f"(zero point {zp}, dtype {q.args[5]})"
+            )
         out = _QValue("", scale, dtype)
         assert isinstance(src, fx.Node)
         self.source = src.name
         if src.op == "placeholder":
-            name = self._emit("quantize_" + src.name, "quantize", ["img"], dtype,
-                              {"scale": self._scale_t(scale)})
+            name = self._emit(
+                "quantize_" + src.name, "quantize", ["img"], dtype, {"scale": self._scale_t(scale)}
+            )
             return attrs.evolve(out, name=name)
         if src in self.values:  # dq -> q: requantize (or the same value)
             v = self.values[src]
@@ -144,18 +156,26 @@ class _Lowerer:
             return attrs.evolve(out, name=self._same_scale(core, kind, [core.args[0]], out))
         if kind == "cat":
             return attrs.evolve(out, name=self._same_scale(core, "cat", list(core.args[0]), out))
-        raise ValueError(f"cannot lower {core.name} ({kind}) feeding {q.name}: not in the fcos "
-                         "integer op set (conv2d, add, relu, max_pool2d, upsample_nearest2d, "
-                         "cat, requantize)")
+        raise ValueError(
+            f"cannot lower {core.name} ({kind}) feeding {q.name}: not in the fcos "
+            "integer op set (conv2d, add, relu, max_pool2d, upsample_nearest2d, "
+            "cat, requantize)"
+        )
 
     def _requantize(self, v: _QValue, out: _QValue, base: str) -> str:
         real = torch.tensor(v.scale / out.scale, dtype=torch.float64)
         m, n = int_ops.quantize_multiplier(real, self.rules.multiplier_bits, self.rules.max_shift)
-        return self._emit(base, "requantize", [v], out.dtype,
-                          {"multiplier": m, "shift": n, "scale": self._scale_t(out.scale)})
+        return self._emit(
+            base,
+            "requantize",
+            [v],
+            out.dtype,
+            {"multiplier": m, "shift": n, "scale": self._scale_t(out.scale)},
+        )
 
-    def _conv_parts(self, conv: fx.Node) -> tuple[_QValue, torch.Tensor, torch.Tensor,
-                                                  torch.Tensor | None, dict[str, Any]]:
+    def _conv_parts(
+        self, conv: fx.Node
+    ) -> tuple[_QValue, torch.Tensor, torch.Tensor, torch.Tensor | None, dict[str, Any]]:
         args = list(conv.args) + [None] * (7 - len(conv.args))
         x = self._dq(args[0], conv)
         wdq = args[1]
@@ -167,8 +187,10 @@ class _Lowerer:
             raise ValueError(f"{conv.name}: weights must be int8 per output channel (axis 0)")
         bias = _attr(self.gm, args[2])
         static = {
-            "stride": tuple(args[3] or (1, 1)), "padding": tuple(args[4] or (0, 0)),
-            "dilation": tuple(args[5] or (1, 1)), "groups": int(args[6] or 1),
+            "stride": tuple(args[3] or (1, 1)),
+            "padding": tuple(args[4] or (0, 0)),
+            "dilation": tuple(args[5] or (1, 1)),
+            "groups": int(args[6] or 1),
         }
         for k in ("stride", "padding", "dilation"):
             if len(static[k]) == 1:
@@ -189,8 +211,9 @@ class _Lowerer:
         if out is None:  # int32 output: the accumulator itself, scale s_in * s_w[c]
             tensors["scale"] = acc_scale
             return self._emit(conv.name, "conv2d", [x], "int32", tensors, relu=relu, **static)
-        m, n = int_ops.quantize_multiplier(acc_scale / out.scale, self.rules.multiplier_bits,
-                                           self.rules.max_shift)
+        m, n = int_ops.quantize_multiplier(
+            acc_scale / out.scale, self.rules.multiplier_bits, self.rules.max_shift
+        )
         tensors.update(multiplier=m, shift=n, scale=self._scale_t(out.scale))
         return self._emit(conv.name, "conv2d", [x], out.dtype, tensors, relu=relu, **static)
 
@@ -198,11 +221,17 @@ class _Lowerer:
         a, b = self._dq(add.args[0], add), self._dq(add.args[1], add)
         ra = torch.tensor(a.scale / out.scale, dtype=torch.float64)
         rb = torch.tensor(b.scale / out.scale, dtype=torch.float64)
-        ma, mb, n = int_ops.add_multipliers(ra, rb, self.rules.multiplier_bits,
-                                            self.rules.max_shift)
-        return self._emit(add.name, "add", [a, b], out.dtype,
-                          {"multiplier_a": ma, "multiplier_b": mb, "shift": n,
-                           "scale": self._scale_t(out.scale)}, relu=relu)
+        ma, mb, n = int_ops.add_multipliers(
+            ra, rb, self.rules.multiplier_bits, self.rules.max_shift
+        )
+        return self._emit(
+            add.name,
+            "add",
+            [a, b],
+            out.dtype,
+            {"multiplier_a": ma, "multiplier_b": mb, "shift": n, "scale": self._scale_t(out.scale)},
+            relu=relu,
+        )
 
     def _same_scale(self, node: fx.Node, kind: str, args: list[Any], out: _QValue) -> str:
         ins = [self._dq(a, node) for a in args]
@@ -210,7 +239,8 @@ class _Lowerer:
             if v.scale != out.scale or v.dtype != out.dtype:
                 raise ValueError(
                     f"{node.name} ({kind}): input {v.name} has scale {v.scale} {v.dtype}, output "
-                    f"{out.scale} {out.dtype}; {kind} must keep its input's scale (quantizer rule)")
+                    f"{out.scale} {out.dtype}; {kind} must keep its input's scale (quantizer rule)"
+                )
         static: dict[str, Any] = {}
         if kind == "max_pool2d":
             a = list(node.args) + [None] * (6 - len(node.args))
@@ -218,7 +248,8 @@ class _Lowerer:
             static = {
                 "kernel_size": k * 2 if len(k) == 1 else k,
                 "stride": tuple(a[2]) if a[2] else (k * 2 if len(k) == 1 else k),
-                "padding": tuple(a[3] or (0, 0)), "dilation": tuple(a[4] or (1, 1)),
+                "padding": tuple(a[3] or (0, 0)),
+                "dilation": tuple(a[4] or (1, 1)),
                 "ceil_mode": bool(a[5] or False),
             }
             for key in ("stride", "padding", "dilation"):
@@ -228,14 +259,16 @@ class _Lowerer:
             if node.target != torch.ops.aten.upsample_nearest2d.vec:
                 raise ValueError(f"{node.name}: only upsample_nearest2d.vec is supported")
             size, factors = node.args[1], node.args[2]
-            static = {"output_size": None if size is None else tuple(int(s) for s in size),
-                      "scale_factors": None if factors is None else
-                      tuple(float(f) for f in factors)}
+            static = {
+                "output_size": None if size is None else tuple(int(s) for s in size),
+                "scale_factors": None if factors is None else tuple(float(f) for f in factors),
+            }
         elif kind == "cat":
             dim = int(node.args[1]) if len(node.args) > 1 else 0
             static = {"dim": dim}
-        return self._emit(node.name, kind, ins, out.dtype, {"scale": self._scale_t(out.scale)},
-                          **static)
+        return self._emit(
+            node.name, kind, ins, out.dtype, {"scale": self._scale_t(out.scale)}, **static
+        )
 
     # -- driver ------------------------------------------------------------------------------
 
@@ -268,11 +301,14 @@ class _Lowerer:
             if isinstance(core, fx.Node) and op_name(core) == "conv2d":
                 self.source = arg.name
                 return self._conv(core, None, relu)
-        raise ValueError(f"cannot lower body output {getattr(arg, 'name', arg)}: outputs must be "
-                         "quantized tensors or the accumulator of a final conv")
+        raise ValueError(
+            f"cannot lower body output {getattr(arg, 'name', arg)}: outputs must be "
+            "quantized tensors or the accumulator of a final conv"
+        )
 
 
-def lower_to_integer(converted: fx.GraphModule, rules: QuantRules,
-                     dequant_output: bool = True) -> IntegerModel:
+def lower_to_integer(
+    converted: fx.GraphModule, rules: QuantRules, dequant_output: bool = True
+) -> IntegerModel:
     """The integer model equivalent to a ``convert_pt2e`` output (see the module docstring)."""
     return _Lowerer(converted, rules).run(dequant_output)

@@ -35,7 +35,8 @@ def qrange(dtype: torch.dtype) -> tuple[int, int]:
         return QRANGE[dtype]
     except KeyError:
         raise ValueError(
-            f"dtype: {dtype} is not supported; use torch.int8 or torch.int16") from None
+            f"dtype: {dtype} is not supported; use torch.int8 or torch.int16"
+        ) from None
 
 
 class SymmetricObserver(ObserverBase):
@@ -145,8 +146,9 @@ class MinMaxObserver(SymmetricObserver):
     def __init__(self, averaging_constant: float | None = None, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         if averaging_constant is not None and not 0.0 < averaging_constant <= 1.0:
-            raise ValueError(f"averaging_constant: must be in (0, 1] or None, got "
-                             f"{averaging_constant}")
+            raise ValueError(
+                f"averaging_constant: must be in (0, 1] or None, got {averaging_constant}"
+            )
         self.averaging_constant = averaging_constant
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -59,8 +59,9 @@ class LayerPrecision:
     index: int = 0  # position in the config list, for messages
 
     def label(self) -> str:
-        what = ", ".join(f"{k}: {v}" for k, v in (("activation", self.activation),
-                                                   ("weight", self.weight)) if v)
+        what = ", ".join(
+            f"{k}: {v}" for k, v in (("activation", self.activation), ("weight", self.weight)) if v
+        )
         return f"layer_precision[{self.index}] ({what})"
 
     def matches(self, pattern: str, name: str) -> bool:
@@ -76,28 +77,33 @@ def _dtype(value: Any, allowed: Sequence[str], where: str, key: str) -> str | No
         raise FcosUserError(
             f"{where}.{key}: float layers are not supported: the integer model has no float op, "
             "so no fcos target can run them and be scored bit-exactly",
-            hint="use int16 for a sensitive layer (docs/quantization.md, 'Mixed precision')")
+            hint="use int16 for a sensitive layer (docs/quantization.md, 'Mixed precision')",
+        )
     if key == "weight" and value == "int16":
         raise FcosUserError(
             f"{where}.weight: int16 weights are not supported: the fcos integer op set (the "
             "reference every backend is checked against) has int8 per-channel weights",
-            hint="keep weight: int8 and set activation: int16 for a sensitive layer")
+            hint="keep weight: int8 and set activation: int16 for a sensitive layer",
+        )
     if value not in allowed:
-        raise FcosUserError(f"{where}.{key}: {value!r} is not a dtype fcos supports here",
-                            hint=f"use one of {', '.join(allowed)}")
+        raise FcosUserError(
+            f"{where}.{key}: {value!r} is not a dtype fcos supports here",
+            hint=f"use one of {', '.join(allowed)}",
+        )
     return str(value)
 
 
-def parse_layer_precision(rules: Any, where: str = "layer_precision"
-                          ) -> tuple[LayerPrecision, ...]:
+def parse_layer_precision(rules: Any, where: str = "layer_precision") -> tuple[LayerPrecision, ...]:
     """Config list (of mappings) -> rules; a FcosUserError naming ``where[i]`` for bad ones."""
     if rules is None:
         return ()
     if isinstance(rules, LayerPrecision):
         return (rules,)
     if not isinstance(rules, (list, tuple)):
-        raise FcosUserError(f"{where}: expected a list of rules, got {type(rules).__name__}",
-                            hint="layer_precision: [{layers: ['neck.*'], activation: int16}]")
+        raise FcosUserError(
+            f"{where}: expected a list of rules, got {type(rules).__name__}",
+            hint="layer_precision: [{layers: ['neck.*'], activation: int16}]",
+        )
     out = []
     for i, rule in enumerate(rules):
         at = f"{where}[{i}]"
@@ -105,30 +111,39 @@ def parse_layer_precision(rules: Any, where: str = "layer_precision"
             out.append(attrs.evolve(rule, index=i))
             continue
         if not isinstance(rule, Mapping):
-            raise FcosUserError(f"{at}: expected a mapping, got {type(rule).__name__}",
-                                hint="{layers: ['neck.*'], activation: int16}")
+            raise FcosUserError(
+                f"{at}: expected a mapping, got {type(rule).__name__}",
+                hint="{layers: ['neck.*'], activation: int16}",
+            )
         unknown = sorted(set(rule) - set(_KEYS))
         if unknown:
-            raise FcosUserError(f"{at}: unknown key(s) {unknown}",
-                                hint=f"a rule has {', '.join(_KEYS)}")
+            raise FcosUserError(
+                f"{at}: unknown key(s) {unknown}", hint=f"a rule has {', '.join(_KEYS)}"
+            )
         layers = rule.get("layers")
         if isinstance(layers, str):
             layers = [layers]
         if not layers or not all(isinstance(p, str) and p for p in layers):
-            raise FcosUserError(f"{at}.layers: expected a non-empty list of layer names or "
-                                "patterns", hint="layers: ['neck.*'] (glob) or ['re:head\\..*']")
+            raise FcosUserError(
+                f"{at}.layers: expected a non-empty list of layer names or patterns",
+                hint="layers: ['neck.*'] (glob) or ['re:head\\..*']",
+            )
         for p in layers:
             if p.startswith("re:"):
                 try:
                     re.compile(p[3:])
                 except re.error as exc:
-                    raise FcosUserError(f"{at}.layers: {p!r} is not a valid regex ({exc})",
-                                        hint="re: patterns use Python's re syntax") from exc
+                    raise FcosUserError(
+                        f"{at}.layers: {p!r} is not a valid regex ({exc})",
+                        hint="re: patterns use Python's re syntax",
+                    ) from exc
         act = _dtype(rule.get("activation"), ACTIVATION_DTYPES, at, "activation")
         weight = _dtype(rule.get("weight"), WEIGHT_DTYPES, at, "weight")
         if act is None and weight is None:
-            raise FcosUserError(f"{at}: the rule sets neither activation nor weight",
-                                hint="add activation: int16 (or int8)")
+            raise FcosUserError(
+                f"{at}: the rule sets neither activation nor weight",
+                hint="add activation: int16 (or int8)",
+            )
         out.append(LayerPrecision(layers=tuple(layers), activation=act, weight=weight, index=i))
     return tuple(out)
 
@@ -146,8 +161,9 @@ class QuantPoint:
     fixed: str | None = None
 
 
-def resolve_layer_precision(rules: Sequence[LayerPrecision], points: Sequence[QuantPoint],
-                            where: str = "layer_precision") -> dict[str, str]:
+def resolve_layer_precision(
+    rules: Sequence[LayerPrecision], points: Sequence[QuantPoint], where: str = "layer_precision"
+) -> dict[str, str]:
     """``{point.key: activation dtype}`` for every point a rule changes or confirms.
 
     Raises FcosUserError for a pattern that matches no quantizable layer (listing the nearest
@@ -164,10 +180,15 @@ def resolve_layer_precision(rules: Sequence[LayerPrecision], points: Sequence[Qu
                 probe = pattern[3:] if pattern.startswith("re:") else pattern.replace("*", "")
                 near = difflib.get_close_matches(probe, all_names, n=5, cutoff=0.3)
                 if not near:
-                    near = [n for n in all_names if probe.split(".")[0] and
-                            n.startswith(probe.split(".")[0])][:5]
-                problems.append(f"{rule.label()}: {pattern!r} matches no quantizable layer"
-                                + (f"; nearest: {', '.join(near)}" if near else ""))
+                    near = [
+                        n
+                        for n in all_names
+                        if probe.split(".")[0] and n.startswith(probe.split(".")[0])
+                    ][:5]
+                problems.append(
+                    f"{rule.label()}: {pattern!r} matches no quantizable layer"
+                    + (f"; nearest: {', '.join(near)}" if near else "")
+                )
                 continue
             if rule.activation is None:
                 continue
@@ -176,12 +197,14 @@ def resolve_layer_precision(rules: Sequence[LayerPrecision], points: Sequence[Qu
                     if not _is_glob(pattern):
                         problems.append(
                             f"{rule.label()}: {p.names[0]} is a body output whose dtype is "
-                            f"{p.fixed} (the head's int8_output/int16_output decides it)")
+                            f"{p.fixed} (the head's int8_output/int16_output decides it)"
+                        )
                     continue  # a pattern sweeping over an output leaves the output alone
                 prev = chosen.get(p.key)
                 if prev is not None and prev[0] != rule.activation:
-                    problems.append(f"{p.names[0]}: conflicting rules {prev[1].label()} and "
-                                    f"{rule.label()}")
+                    problems.append(
+                        f"{p.names[0]}: conflicting rules {prev[1].label()} and {rule.label()}"
+                    )
                     continue
                 chosen[p.key] = (rule.activation, rule)
     if problems:
@@ -189,7 +212,8 @@ def resolve_layer_precision(rules: Sequence[LayerPrecision], points: Sequence[Qu
             f"{where}: {len(problems)} problem(s) with the model's layers:\n  "
             + "\n  ".join(problems),
             hint="names are nn.Module paths as the quantization report prints them; globs "
-                 "(neck.*) or re:<regex>; one dtype per layer")
+            "(neck.*) or re:<regex>; one dtype per layer",
+        )
     return {k: v[0] for k, v in chosen.items()}
 
 

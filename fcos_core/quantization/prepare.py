@@ -49,8 +49,7 @@ def export_float(body: torch.nn.Module, input_shape: tuple[int, ...]) -> fx.Grap
     the config's ``deploy_inputs`` H x W at any batch size; the integer model accepts any size.
     """
     if len(input_shape) != 4:
-        raise ValueError(f"example_inputs: expected an image shape (B, C, H, W), got "
-                         f"{input_shape}")
+        raise ValueError(f"example_inputs: expected an image shape (B, C, H, W), got {input_shape}")
     was_training = body.training
     body.eval()
     b, c, h, w = input_shape
@@ -59,8 +58,9 @@ def export_float(body: torch.nn.Module, input_shape: tuple[int, ...]) -> fx.Grap
         ep = torch.export.export(body, (example,), dynamic_shapes=({0: Dim.AUTO},))
     except Exception as exc:
         first = str(exc).splitlines()[0][:300] if str(exc) else ""
-        raise ValueError(f"torch.export of the body failed ({type(exc).__name__}: {first})"
-                         ) from exc
+        raise ValueError(
+            f"torch.export of the body failed ({type(exc).__name__}: {first})"
+        ) from exc
     finally:
         body.train(was_training)
     return ep.module()
@@ -157,8 +157,9 @@ def observe_once(gm: fx.GraphModule) -> int:
     seen: set[str] = set()
     changed = 0
     for node in gm.graph.nodes:
-        if node.op != "call_module" or not isinstance(gm.get_submodule(str(node.target)),
-                                                      FcosFakeQuantize):
+        if node.op != "call_module" or not isinstance(
+            gm.get_submodule(str(node.target)), FcosFakeQuantize
+        ):
             continue
         mod_id = str(id(gm.get_submodule(str(node.target))))
         if mod_id in seen:

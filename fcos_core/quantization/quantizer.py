@@ -50,8 +50,12 @@ def act_spec(dtype: torch.dtype, observer: Callable[..., Any]) -> QuantizationSp
     """Per-tensor symmetric activation spec whose fake-quant wraps ``observer``."""
     lo, hi = qrange(dtype)
     return QuantizationSpec(
-        dtype=dtype, quant_min=lo, quant_max=hi, qscheme=torch.per_tensor_symmetric,
-        is_dynamic=False, observer_or_fake_quant_ctr=FcosFakeQuantize.with_args(observer=observer),
+        dtype=dtype,
+        quant_min=lo,
+        quant_max=hi,
+        qscheme=torch.per_tensor_symmetric,
+        is_dynamic=False,
+        observer_or_fake_quant_ctr=FcosFakeQuantize.with_args(observer=observer),
     )
 
 
@@ -59,10 +63,15 @@ def weight_spec(dtype: torch.dtype = torch.int8) -> QuantizationSpec:
     """Per-output-channel (axis 0) symmetric weight spec; the range follows the current weight."""
     lo, hi = qrange(dtype)
     return QuantizationSpec(
-        dtype=dtype, quant_min=lo, quant_max=hi, qscheme=torch.per_channel_symmetric,
-        ch_axis=0, is_dynamic=False,
+        dtype=dtype,
+        quant_min=lo,
+        quant_max=hi,
+        qscheme=torch.per_channel_symmetric,
+        ch_axis=0,
+        is_dynamic=False,
         observer_or_fake_quant_ctr=FcosFakeQuantize.with_args(
-            observer=PerChannelAbsMaxObserver, ch_axis=0),
+            observer=PerChannelAbsMaxObserver, ch_axis=0
+        ),
     )
 
 
@@ -80,8 +89,13 @@ class FcosQuantizer(Quantizer):
             nothing or conflicting rules); the result is :attr:`layer_dtypes`.
     """
 
-    def __init__(self, rules: QuantRules, activation_observer: Callable[..., Any],
-                 output_dtype: str, layer_precision: tuple[LayerPrecision, ...] = ()) -> None:
+    def __init__(
+        self,
+        rules: QuantRules,
+        activation_observer: Callable[..., Any],
+        output_dtype: str,
+        layer_precision: tuple[LayerPrecision, ...] = (),
+    ) -> None:
         super().__init__()
         if output_dtype not in ("int8", "int16", "int32"):
             raise ValueError(f"output_dtype: must be int8, int16 or int32, got {output_dtype!r}")
@@ -95,8 +109,9 @@ class FcosQuantizer(Quantizer):
         act_dtype = _DTYPES[rules.activation_dtype]
         self.act = act_spec(act_dtype, activation_observer)
         self._acts = {rules.activation_dtype: self.act}
-        self.input = act_spec(_DTYPES[rules.input_dtype],
-                              FixedRangeObserver.with_args(scale=rules.input_scale))
+        self.input = act_spec(
+            _DTYPES[rules.input_dtype], FixedRangeObserver.with_args(scale=rules.input_scale)
+        )
         self.weight = weight_spec(_DTYPES[rules.weight_dtype])
         if output_dtype == "int32":
             self.output: QuantizationSpec | None = None
@@ -120,8 +135,11 @@ class FcosQuantizer(Quantizer):
         marker = object()
         points = []
         for node in model.graph.nodes:
-            if node.op != "call_function" or not is_tensor_node(node) \
-                    or op_name(node) not in ("conv2d", "add"):
+            if (
+                node.op != "call_function"
+                or not is_tensor_node(node)
+                or op_name(node) not in ("conv2d", "add")
+            ):
                 continue
             relu = self._fusable_relu(node)
             last = relu if relu is not None else node
@@ -129,10 +147,18 @@ class FcosQuantizer(Quantizer):
             if not names:
                 names = [node.name]
             out = self._out(last, marker)
-            fixed = None if out is marker else (
-                "int32" if out is None else _DTYPE_NAME[out.dtype])
-            points.append((last, QuantPoint(key=last.name, names=tuple(names),
-                                            default=self.rules.activation_dtype, fixed=fixed)))
+            fixed = None if out is marker else ("int32" if out is None else _DTYPE_NAME[out.dtype])
+            points.append(
+                (
+                    last,
+                    QuantPoint(
+                        key=last.name,
+                        names=tuple(names),
+                        default=self.rules.activation_dtype,
+                        fixed=fixed,
+                    ),
+                )
+            )
         return points
 
     def _resolve_precision(self, model: fx.GraphModule) -> None:
@@ -152,8 +178,9 @@ class FcosQuantizer(Quantizer):
         self._node_dtype = {by_key[k][0]: d for k, d in chosen.items()}
         self.layer_dtypes = {by_key[k][1].names[0]: d for k, d in chosen.items()}
 
-    def _out(self, node: fx.Node, default: QuantizationSpecBase | None
-             ) -> QuantizationSpecBase | None:
+    def _out(
+        self, node: fx.Node, default: QuantizationSpecBase | None
+    ) -> QuantizationSpecBase | None:
         feeds_output = any(u.op == "output" for u in node.users)
         if not feeds_output:
             return default
@@ -163,19 +190,28 @@ class FcosQuantizer(Quantizer):
         return self.output
 
     @staticmethod
-    def _annotate(node: fx.Node, inputs: dict[fx.Node, QuantizationSpecBase | None],
-                  output: QuantizationSpecBase | None) -> None:
+    def _annotate(
+        node: fx.Node,
+        inputs: dict[fx.Node, QuantizationSpecBase | None],
+        output: QuantizationSpecBase | None,
+    ) -> None:
         node.meta["quantization_annotation"] = QuantizationAnnotation(
             input_qspec_map={k: v for k, v in inputs.items() if v is not None},
-            output_qspec=output, _annotated=True)
+            output_qspec=output,
+            _annotated=True,
+        )
 
     def _input_of(self, spec_of: dict[fx.Node, Any], node: fx.Node, arg: Any) -> Any:
         if not is_tensor_node(arg):
-            raise ValueError(f"{op_name(node)} node {node.name}: input {arg!r} is not a tensor; "
-                             "fcos integer ops take tensors only (fold constants into a conv)")
+            raise ValueError(
+                f"{op_name(node)} node {node.name}: input {arg!r} is not a tensor; "
+                "fcos integer ops take tensors only (fold constants into a conv)"
+            )
         if arg not in spec_of:
-            raise ValueError(f"{op_name(node)} node {node.name}: input {arg.name} "
-                             f"({arg.op} {getattr(arg, 'target', '')}) is not quantized")
+            raise ValueError(
+                f"{op_name(node)} node {node.name}: input {arg.name} "
+                f"({arg.op} {getattr(arg, 'target', '')}) is not quantized"
+            )
         return spec_of[arg]
 
     # -- Quantizer API -----------------------------------------------------------------------
@@ -197,7 +233,8 @@ class FcosQuantizer(Quantizer):
             if name not in rules.supported_ops:
                 raise ValueError(
                     f"op {name} (node {node.name}) is not supported by the target's "
-                    f"quantization rules; supported: {sorted(rules.supported_ops)}")
+                    f"quantization rules; supported: {sorted(rules.supported_ops)}"
+                )
             relu = self._fusable_relu(node) if name in ("conv2d", "add") else None
             last = relu if relu is not None else node
             if name == "conv2d":

@@ -58,8 +58,9 @@ def _as_batches(inputs: torch.Tensor | Iterable[torch.Tensor]) -> list[torch.Ten
     return list(inputs)
 
 
-def _float_values(float_model: nn.Module | None, quant_body: nn.Module, x: torch.Tensor
-                  ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
+def _float_values(
+    float_model: nn.Module | None, quant_body: nn.Module, x: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
     """Float values by node name, and the float outputs."""
     from fcos_core.quantization.graph_passes import fold_conv_bn, remove_dropout
     from fcos_core.quantization.prepare import export_float, fake_quants
@@ -71,13 +72,19 @@ def _float_values(float_model: nn.Module | None, quant_body: nn.Module, x: torch
         cap = _Capture(gm)
         outs = cap.run(x)
         return cap.values, tuple(outs)
-    ref = quant_body.graph_module if isinstance(quant_body, PreparedBody) \
+    ref = (
+        quant_body.graph_module
+        if isinstance(quant_body, PreparedBody)
         else float_reference(quant_body)
+    )
     if not isinstance(ref, fx.GraphModule):
-        raise ValueError("no float reference: pass float_model, or convert with "
-                         "keep_reference=True")
-    saved = [(fq, int(fq.fake_quant_enabled[0]), int(fq.observer_enabled[0]))
-             for _, fq in fake_quants(ref)]
+        raise ValueError(
+            "no float reference: pass float_model, or convert with keep_reference=True"
+        )
+    saved = [
+        (fq, int(fq.fake_quant_enabled[0]), int(fq.observer_enabled[0]))
+        for _, fq in fake_quants(ref)
+    ]
     try:
         for fq, _, _ in saved:
             fq.enable_fake_quant(False)
@@ -92,10 +99,9 @@ def _float_values(float_model: nn.Module | None, quant_body: nn.Module, x: torch
     return cap.values, tuple(outs)
 
 
-
-
-def _quant_points(body: nn.Module, x: torch.Tensor
-                  ) -> tuple[list[dict[str, Any]], tuple[torch.Tensor, ...]]:
+def _quant_points(
+    body: nn.Module, x: torch.Tensor
+) -> tuple[list[dict[str, Any]], tuple[torch.Tensor, ...]]:
     """[{name, source, value (float), scale, dtype}] and the (float) outputs."""
     points: list[dict[str, Any]] = []
     if isinstance(body, IntegerModel):
@@ -104,14 +110,23 @@ def _quant_points(body: nn.Module, x: torch.Tensor
         env = body.run_all(x)
         for op in body.program:
             scale = body.ops[op.name].scale
-            points.append({"name": op.name, "source": op.attrs.get("source", op.name),
-                           "value": int_ops.dequantize(env[op.name], scale),
-                           "scale": scale, "dtype": op.dtype, "kind": op.kind})
+            points.append(
+                {
+                    "name": op.name,
+                    "source": op.attrs.get("source", op.name),
+                    "value": int_ops.dequantize(env[op.name], scale),
+                    "scale": scale,
+                    "dtype": op.dtype,
+                    "kind": op.kind,
+                }
+            )
         outs = tuple(int_ops.dequantize(env[n], body.ops[n].scale) for n in body.outputs)
         return points, outs
     if not isinstance(body, PreparedBody):
-        raise ValueError("quant_model: expected a model converted by Float2Calibration, "
-                         "Float2QAT or QAT2Quantize")
+        raise ValueError(
+            "quant_model: expected a model converted by Float2Calibration, "
+            "Float2QAT or QAT2Quantize"
+        )
     body = body.graph_module
     cap = _Capture(body)
     observers = [(fq, int(fq.observer_enabled[0])) for _, fq in _fqs(body)]
@@ -137,10 +152,17 @@ def _quant_points(body: nn.Module, x: torch.Tensor
         value_name = exact.name if exact is not None else node.name
         if value_name not in cap.values:
             continue
-        points.append({"name": node.name, "source": src.name, "module": module_path(src),
-                       "value": cap.values[value_name],
-                       "scale": fq.scale.detach().clone(), "dtype": _DTYPE_NAME[fq.dtype],
-                       "kind": src.target.__name__ if callable(src.target) else str(src.op)})
+        points.append(
+            {
+                "name": node.name,
+                "source": src.name,
+                "module": module_path(src),
+                "value": cap.values[value_name],
+                "scale": fq.scale.detach().clone(),
+                "dtype": _DTYPE_NAME[fq.dtype],
+                "kind": src.target.__name__ if callable(src.target) else str(src.op),
+            }
+        )
     return points, tuple(outs)
 
 
@@ -166,9 +188,12 @@ def _local_quant(ref: torch.Tensor, scale: torch.Tensor, dtype: str) -> torch.Te
     return (torch.round(ref.double() / s).clamp(-qmax - 1, qmax) * s).float()
 
 
-def quant_report(float_model: nn.Module | None, quant_model: nn.Module,
-                 inputs: torch.Tensor | Iterable[torch.Tensor], worst: int = 10
-                 ) -> dict[str, Any]:
+def quant_report(
+    float_model: nn.Module | None,
+    quant_model: nn.Module,
+    inputs: torch.Tensor | Iterable[torch.Tensor],
+    worst: int = 10,
+) -> dict[str, Any]:
     """Compare a quantized model with float on ``inputs`` (one image batch or several).
 
     Args:
@@ -190,14 +215,27 @@ def quant_report(float_model: nn.Module | None, quant_model: nn.Module,
             ref = ref_values.get(p["source"])
             if ref is None or ref.shape != p["value"].shape:
                 continue
-            rec = acc.setdefault(p["name"], {
-                "name": p["name"], "source": p["source"], "module": p.get("module", ""),
-                "kind": p["kind"], "dtype": p["dtype"],
-                "signal": 0.0, "noise": 0.0, "local_noise": 0.0, "clipped": 0, "numel": 0,
-                "min": math.inf, "max": -math.inf})
+            rec = acc.setdefault(
+                p["name"],
+                {
+                    "name": p["name"],
+                    "source": p["source"],
+                    "module": p.get("module", ""),
+                    "kind": p["kind"],
+                    "dtype": p["dtype"],
+                    "signal": 0.0,
+                    "noise": 0.0,
+                    "local_noise": 0.0,
+                    "clipped": 0,
+                    "numel": 0,
+                    "min": math.inf,
+                    "max": -math.inf,
+                },
+            )
             scale = p["scale"]
-            rec["scale"] = float(scale) if scale.numel() == 1 else \
-                [float(v) for v in scale.reshape(-1)]
+            rec["scale"] = (
+                float(scale) if scale.numel() == 1 else [float(v) for v in scale.reshape(-1)]
+            )
             rec["signal"] += float((ref.double() ** 2).sum())
             rec["noise"] += float(((p["value"].double() - ref.double()) ** 2).sum())
             local = _local_quant(ref, scale, p["dtype"])
@@ -217,15 +255,20 @@ def quant_report(float_model: nn.Module | None, quant_model: nn.Module,
             out_acc[i]["noise"] += float(((q.double() - r.double()) ** 2).sum())
     layers = []
     for rec in acc.values():
-        layers.append({
-            "name": rec["name"], "source": rec["source"], "module": rec["module"],
-            "kind": rec["kind"],
-            "dtype": rec["dtype"], "scale": rec["scale"],
-            "range": [rec["min"], rec["max"]],
-            "sqnr_db": _sqnr(rec["signal"], rec["noise"]),
-            "local_sqnr_db": _sqnr(rec["signal"], rec["local_noise"]),
-            "clipped": rec["clipped"] / max(rec["numel"], 1),
-        })
+        layers.append(
+            {
+                "name": rec["name"],
+                "source": rec["source"],
+                "module": rec["module"],
+                "kind": rec["kind"],
+                "dtype": rec["dtype"],
+                "scale": rec["scale"],
+                "range": [rec["min"], rec["max"]],
+                "sqnr_db": _sqnr(rec["signal"], rec["noise"]),
+                "local_sqnr_db": _sqnr(rec["signal"], rec["local_noise"]),
+                "clipped": rec["clipped"] / max(rec["numel"], 1),
+            }
+        )
     outputs = [{"index": o["index"], "sqnr_db": _sqnr(o["signal"], o["noise"])} for o in out_acc]
     ranked = sorted(layers, key=lambda r: r["local_sqnr_db"])
     info = quant_info(quant_model) or {}
@@ -245,22 +288,31 @@ def _fmt_db(v: float) -> str:
 
 def format_report(report: dict[str, Any]) -> str:
     """A readable table: one line per layer, then the outputs and the worst layers."""
-    lines = [f"quantization report ({report['stage']})",
-             (f"{'layer (module)':<44} {'kind':<16} {'dtype':<6} {'scale':>12} {'min':>10} "
-             f"{'max':>10} {'clip%':>7} {'SQNR':>7} {'local':>7}")]
+    lines = [
+        f"quantization report ({report['stage']})",
+        (
+            f"{'layer (module)':<44} {'kind':<16} {'dtype':<6} {'scale':>12} {'min':>10} "
+            f"{'max':>10} {'clip%':>7} {'SQNR':>7} {'local':>7}"
+        ),
+    ]
     for r in report["layers"]:
         s = r["scale"]
         scale = f"{s:12.6g}" if isinstance(s, float) else f"{'per-ch':>12}"
         label = r.get("module") or r["name"]
         label = label if len(label) <= 44 else "..." + label[-41:]  # the tail names the layer
-        lines.append(f"{label:<44} {str(r['kind'])[:16]:<16} {r['dtype']:<6} {scale} "
-                     f"{r['range'][0]:10.4g} {r['range'][1]:10.4g} {100 * r['clipped']:7.3f} "
-                     f"{_fmt_db(r['sqnr_db']):>7} {_fmt_db(r['local_sqnr_db']):>7}")
-    lines.append("outputs: " + ", ".join(f"#{o['index']} {_fmt_db(o['sqnr_db'])} dB"
-                                         for o in report["outputs"]))
+        lines.append(
+            f"{label:<44} {str(r['kind'])[:16]:<16} {r['dtype']:<6} {scale} "
+            f"{r['range'][0]:10.4g} {r['range'][1]:10.4g} {100 * r['clipped']:7.3f} "
+            f"{_fmt_db(r['sqnr_db']):>7} {_fmt_db(r['local_sqnr_db']):>7}"
+        )
+    lines.append(
+        "outputs: "
+        + ", ".join(f"#{o['index']} {_fmt_db(o['sqnr_db'])} dB" for o in report["outputs"])
+    )
     modules = {r["name"]: r.get("module") or r["name"] for r in report["layers"]}
-    lines.append("losing most (local SQNR): " + ", ".join(modules.get(w, w)
-                                                          for w in report["worst"]))
+    lines.append(
+        "losing most (local SQNR): " + ", ".join(modules.get(w, w) for w in report["worst"])
+    )
     return "\n".join(lines)
 
 
@@ -274,9 +326,13 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def write_quant_report(quant_model: nn.Module, inputs: torch.Tensor | Iterable[torch.Tensor],
-                       run_dir: str | os.PathLike[str], stage: str,
-                       float_model: nn.Module | None = None) -> str:
+def write_quant_report(
+    quant_model: nn.Module,
+    inputs: torch.Tensor | Iterable[torch.Tensor],
+    run_dir: str | os.PathLike[str],
+    stage: str,
+    float_model: nn.Module | None = None,
+) -> str:
     """Write ``quant_report_<stage>.json`` and ``quant_report_<stage>.txt`` into ``run_dir``;
     returns the JSON path."""
     report = quant_report(float_model, quant_model, inputs)

@@ -15,9 +15,16 @@ from typing import Literal
 import attrs
 
 #: operations (aten names without overload) that the fcos integer op set can lower
-SUPPORTED_OPS: frozenset[str] = frozenset({
-    "conv2d", "relu", "add", "max_pool2d", "upsample_nearest2d", "cat",
-})
+SUPPORTED_OPS: frozenset[str] = frozenset(
+    {
+        "conv2d",
+        "relu",
+        "add",
+        "max_pool2d",
+        "upsample_nearest2d",
+        "cat",
+    }
+)
 
 
 def _check_positive(instance: object, attribute: attrs.Attribute, value: float) -> None:
@@ -58,9 +65,11 @@ class QuantRules:
     fuse_relu: bool = attrs.field(default=True)
     add_inputs_share_scale: bool = attrs.field(default=False)
     same_scale_ops: frozenset[str] = attrs.field(
-        default=frozenset({"max_pool2d", "upsample_nearest2d", "relu"}), converter=frozenset)
+        default=frozenset({"max_pool2d", "upsample_nearest2d", "relu"}), converter=frozenset
+    )
     shared_input_scale_ops: frozenset[str] = attrs.field(
-        default=frozenset({"cat"}), converter=frozenset)
+        default=frozenset({"cat"}), converter=frozenset
+    )
     multiplier_bits: int = attrs.field(default=31)
     max_shift: int = attrs.field(default=62)
     supported_ops: frozenset[str] = attrs.field(default=SUPPORTED_OPS, converter=frozenset)
@@ -72,19 +81,26 @@ class QuantRules:
         if self.weight_dtype != "int8":
             raise ValueError(f"weight_dtype: only 'int8' is supported, got {self.weight_dtype!r}")
         if self.output_dtype not in (None, "int8", "int16", "int32"):
-            raise ValueError(f"output_dtype: must be int8, int16, int32 or None, got "
-                             f"{self.output_dtype!r}")
+            raise ValueError(
+                f"output_dtype: must be int8, int16, int32 or None, got {self.output_dtype!r}"
+            )
         if not 8 <= self.multiplier_bits <= 31:
-            raise ValueError(f"multiplier_bits: must be in [8, 31] (int32 multiplier), got "
-                             f"{self.multiplier_bits}")
+            raise ValueError(
+                f"multiplier_bits: must be in [8, 31] (int32 multiplier), got "
+                f"{self.multiplier_bits}"
+            )
         if not 1 <= self.max_shift <= 62:
-            raise ValueError(f"max_shift: must be in [1, 62] (int64 products), got "
-                             f"{self.max_shift}")
-        unknown = (self.same_scale_ops | self.shared_input_scale_ops | self.supported_ops) \
-            - SUPPORTED_OPS
+            raise ValueError(
+                f"max_shift: must be in [1, 62] (int64 products), got {self.max_shift}"
+            )
+        unknown = (
+            self.same_scale_ops | self.shared_input_scale_ops | self.supported_ops
+        ) - SUPPORTED_OPS
         if unknown:
-            raise ValueError(f"rules name ops fcos cannot lower: {sorted(unknown)}; supported: "
-                             f"{sorted(SUPPORTED_OPS)}")
+            raise ValueError(
+                f"rules name ops fcos cannot lower: {sorted(unknown)}; supported: "
+                f"{sorted(SUPPORTED_OPS)}"
+            )
 
 
 DEFAULT_RULES = QuantRules()
@@ -103,5 +119,6 @@ def rules_for(backend: object | None) -> QuantRules:
     if not isinstance(rules, QuantRules):
         raise TypeError(
             f"backend {type(backend).__name__}.quantization_rules() returned "
-            f"{type(rules).__name__}; it must return fcos_core.quantization.rules.QuantRules")
+            f"{type(rules).__name__}; it must return fcos_core.quantization.rules.QuantRules"
+        )
     return rules

@@ -16,23 +16,34 @@ class Float2CalibrationArgs:
     #: keys of earlier releases -> how to write them now (``{value}``: the config's value)
     MOVED_KEYS: ClassVar[dict[str, str]] = {
         "percentile": "activation_observer: {{type: percentile, percentile: {value}}}",
-        **{k: f"activation_observer: {{{{type: <observer>, {k}: {{value}}}}}}"
-           for k in ("histogram_bins", "mse_candidates", "kl_stride")}}
+        **{
+            k: f"activation_observer: {{{{type: <observer>, {k}: {{value}}}}}}"
+            for k in ("histogram_bins", "mse_candidates", "kl_stride")
+        },
+    }
 
     activation_observer: Any = component(
-        "observers", None, lazy=True,
+        "observers",
+        None,
+        lazy=True,
         help="activation observer block, e.g. {type: percentile, percentile: 99.99} or a bare "
-             "name (mse, minmax, percentile, kl); null: mse with its defaults")
+        "name (mse, minmax, percentile, kl); null: mse with its defaults",
+    )
     qat_mode: Literal["fuse_bn"] | None = arg(
-        None, help="BatchNorm handling (fuse_bn: folded into the conv); null: the pipeline's")
+        None, help="BatchNorm handling (fuse_bn: folded into the conv); null: the pipeline's"
+    )
     integer_exact: Literal["eval", "always", "off"] = arg(
-        "eval", help="compute conv/add outputs with the integer model's arithmetic: eval "
-                     "(validation/prediction equal the deployed model), always (training too), "
-                     "off (plain fake-quant)")
+        "eval",
+        help="compute conv/add outputs with the integer model's arithmetic: eval "
+        "(validation/prediction equal the deployed model), always (training too), "
+        "off (plain fake-quant)",
+    )
     layer_precision: list[dict[str, Any]] = arg(
-        [], help="mixed precision: [{layers: [names, globs or re:regex], activation: int8|int16}] "
-                 "on nn.Module names as the quant report prints them; Float2Calibration and "
-                 "Float2QAT must carry the same list (docs/quantization.md, 'Mixed precision')")
+        [],
+        help="mixed precision: [{layers: [names, globs or re:regex], activation: int8|int16}] "
+        "on nn.Module names as the quant report prints them; Float2Calibration and "
+        "Float2QAT must carry the same list (docs/quantization.md, 'Mixed precision')",
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -41,24 +52,34 @@ class Float2QATArgs:
 
     #: keys of earlier releases -> how to write them now (``{value}``: the config's value)
     MOVED_KEYS: ClassVar[dict[str, str]] = {
-        "averaging_constant": "qat_observer: {{type: minmax, averaging_constant: {value}}}"}
+        "averaging_constant": "qat_observer: {{type: minmax, averaging_constant: {value}}}"
+    }
 
     qat_observer: Any = component(
-        "observers", None, lazy=True,
+        "observers",
+        None,
+        lazy=True,
         help="activation observer block during QAT; null: {type: minmax, averaging_constant: "
-             "0.01} (a moving average from the calibrated range)")
+        "0.01} (a moving average from the calibrated range)",
+    )
     freeze_activation_scales: bool = arg(
-        False, help="keep the loaded (calibrated) activation scales fixed during QAT")
+        False, help="keep the loaded (calibrated) activation scales fixed during QAT"
+    )
     qat_mode: Literal["fuse_bn"] | None = arg(
-        None, help="BatchNorm handling (fuse_bn: folded into the conv); null: the pipeline's")
+        None, help="BatchNorm handling (fuse_bn: folded into the conv); null: the pipeline's"
+    )
     integer_exact: Literal["eval", "always", "off"] = arg(
-        "eval", help="compute conv/add outputs with the integer model's arithmetic: eval "
-                     "(validation/prediction equal the deployed model), always (training too), "
-                     "off (plain fake-quant)")
+        "eval",
+        help="compute conv/add outputs with the integer model's arithmetic: eval "
+        "(validation/prediction equal the deployed model), always (training too), "
+        "off (plain fake-quant)",
+    )
     layer_precision: list[dict[str, Any]] = arg(
-        [], help="mixed precision: [{layers: [names, globs or re:regex], activation: int8|int16}] "
-                 "on nn.Module names as the quant report prints them; Float2Calibration and "
-                 "Float2QAT must carry the same list (docs/quantization.md, 'Mixed precision')")
+        [],
+        help="mixed precision: [{layers: [names, globs or re:regex], activation: int8|int16}] "
+        "on nn.Module names as the quant report prints them; Float2Calibration and "
+        "Float2QAT must carry the same list (docs/quantization.md, 'Mixed precision')",
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -66,10 +87,13 @@ class QAT2QuantizeArgs:
     """Convert a QAT (or calibrated) model into the integer deploy model."""
 
     dequant_output: bool | None = arg(
-        None, help="float outputs (true) or integer outputs plus scales (false); null: the "
-                   "head's dequant_output")
+        None,
+        help="float outputs (true) or integer outputs plus scales (false); null: the "
+        "head's dequant_output",
+    )
     keep_reference: bool = arg(
-        True, help="keep the frozen fake-quant graph for the quantization report")
+        True, help="keep the frozen fake-quant graph for the quantization report"
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -77,7 +101,8 @@ class MinMaxObserverArgs:
     """Observe the true min/max (or their moving average) of activations."""
 
     averaging_constant: float | None = arg(
-        None, help="null: running min/max; else weight of a new batch in a moving average")
+        None, help="null: running min/max; else weight of a new batch in a moving average"
+    )
 
 
 @attrs.frozen(kw_only=True)

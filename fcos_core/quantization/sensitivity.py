@@ -87,7 +87,9 @@ class SensitivityResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "metric": self.metric_name, "float": self.float_value, "int8": self.int8_value,
+            "metric": self.metric_name,
+            "float": self.float_value,
+            "int8": self.int8_value,
             "int8_loss": self.float_value - self.int8_value,
             "layers": [attrs.asdict(r) for r in self.by_loss()],
             "suggested_int16": list(self.suggested),
@@ -145,8 +147,10 @@ def layer_groups(model: nn.Module, depth: int | None = None) -> list[LayerGroup]
                 wl = weights.setdefault(name, [])
                 if str(w.target) not in wl:
                     wl.append(str(w.target))
-    return [LayerGroup(n, tuple(a), tuple(weights.get(n, ())), tuple(members[n]))
-            for n, a in acts.items()]
+    return [
+        LayerGroup(n, tuple(a), tuple(weights.get(n, ())), tuple(members[n]))
+        for n, a in acts.items()
+    ]
 
 
 class Switchboard:
@@ -175,8 +179,16 @@ class Switchboard:
     def state(self, enabled: Iterable[str] | None, int16: Iterable[str] = ()) -> Iterator[None]:
         """Fake-quant on for ``enabled`` (None: all) and int16 qparams for ``int16``."""
         on = set(self.fqs) if enabled is None else set(enabled)
-        saved = {n: (fq.dtype, fq.quant_min, fq.quant_max, fq.scale.clone(),
-                     int(fq.fake_quant_enabled[0])) for n, fq in self.fqs.items()}
+        saved = {
+            n: (
+                fq.dtype,
+                fq.quant_min,
+                fq.quant_max,
+                fq.scale.clone(),
+                int(fq.fake_quant_enabled[0]),
+            )
+            for n, fq in self.fqs.items()
+        }
         try:
             for n, fq in self.fqs.items():
                 fq.enable_fake_quant(n in on)
@@ -193,8 +205,13 @@ class Switchboard:
                 fq.enable_fake_quant(bool(en))
 
 
-def suggest(float_value: float, int8_value: float, layers: Sequence[LayerResult],
-            max_loss: float, max_layers: int) -> tuple[list[str], float]:
+def suggest(
+    float_value: float,
+    int8_value: float,
+    layers: Sequence[LayerResult],
+    max_loss: float,
+    max_layers: int,
+) -> tuple[list[str], float]:
     """Layers to make int16 (by decreasing gain, positive gains only) until the predicted loss
     ``float - int8 - sum(gain)`` is at most ``max_loss`` or ``max_layers`` are chosen;
     returns them and the predicted loss."""
@@ -208,10 +225,16 @@ def suggest(float_value: float, int8_value: float, layers: Sequence[LayerResult]
     return chosen, predicted
 
 
-def analyse(base: nn.Module, wide: nn.Module, evaluate: Callable[[nn.Module], float],
-            metric_name: str = "mAP", depth: int | None = None, max_loss: float = 0.005,
-            max_layers: int = 10, progress: Callable[[str], None] | None = None
-            ) -> SensitivityResult:
+def analyse(
+    base: nn.Module,
+    wide: nn.Module,
+    evaluate: Callable[[nn.Module], float],
+    metric_name: str = "mAP",
+    depth: int | None = None,
+    max_loss: float = 0.005,
+    max_layers: int = 10,
+    progress: Callable[[str], None] | None = None,
+) -> SensitivityResult:
     """Measure every layer (group) of the calibrated ``base`` model (see the module doc).
 
     Args:
@@ -242,12 +265,14 @@ def analyse(base: nn.Module, wide: nn.Module, evaluate: Callable[[nn.Module], fl
         only = run((*g.activations, *g.weights))
         int16 = run(None, g.activations)
         dtype = str(board.fqs[g.activations[0]].dtype).replace("torch.", "")
-        results.append(LayerResult(g.name, float_value - only, int16 - int8_value, dtype,
-                                   list(g.members)))
+        results.append(
+            LayerResult(g.name, float_value - only, int16 - int8_value, dtype, list(g.members))
+        )
         tick(g.name)
     res = SensitivityResult(metric_name, float_value, int8_value, results)
-    res.suggested, res.predicted_loss = suggest(float_value, int8_value, results, max_loss,
-                                                max_layers)
+    res.suggested, res.predicted_loss = suggest(
+        float_value, int8_value, results, max_loss, max_layers
+    )
     if res.suggested:
         chosen = [a for g in groups if g.name in set(res.suggested) for a in g.activations]
         res.suggested_value = run(None, chosen)

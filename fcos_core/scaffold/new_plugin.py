@@ -19,8 +19,11 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", help="short plugin name, lower case (e.g. 'brightness'); the "
-                                "distribution is fcos-plugin-<name>")
+    p.add_argument(
+        "name",
+        help="short plugin name, lower case (e.g. 'brightness'); the "
+        "distribution is fcos-plugin-<name>",
+    )
     p.add_argument("--out", default=".", help="folder to create the plugin folder in")
 
 
@@ -50,7 +53,7 @@ test = ["pytest"]
 [tool.setuptools]
 packages = ["{pkg}"]
 ''',
-        "README.md": f'''# {dist}
+        "README.md": f"""# {dist}
 
 An [fcos](https://example.invalid/fcos) plugin that adds the `{cls}` transform.
 
@@ -70,7 +73,7 @@ transforms:
 |---|---|---|---|
 | `delta` | int | `20` | largest brightness change, in grey levels |
 | `p` | float | `0.5` | probability of applying the change |
-''',
+""",
         f"{pkg}/__init__.py": f'"""{dist}: an fcos plugin."""\n',
         f"{pkg}/schema.py": f'''"""Arguments of the components this plugin registers (torch-free)."""
 
@@ -180,8 +183,10 @@ def test_bad_arguments_are_config_errors(host):
 def new_plugin_command(args: argparse.Namespace, host: PluginHost) -> int:
     name = args.name.replace("-", "_")
     if not _NAME.match(name) or keyword.iskeyword(name):
-        raise FcosUserError(f"plugin name {args.name!r} is not usable",
-                            hint="use lower-case letters, digits and '_', starting with a letter")
+        raise FcosUserError(
+            f"plugin name {args.name!r} is not usable",
+            hint="use lower-case letters, digits and '_', starting with a letter",
+        )
     root = Path(args.out) / f"fcos-plugin-{name.replace('_', '-')}"
     if root.exists():
         raise FcosUserError(f"{root} already exists", hint="choose another name or --out folder")

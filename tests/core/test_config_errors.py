@@ -26,59 +26,121 @@ CASES: list[tuple[str, str | None, str]] = [
     ("wrong-type-top", "task_name: [a]\nckpt_dir: d\n", "task_name"),
     ("wrong-type-bool", BASE + "deterministic: maybe\n", "deterministic"),
     ("wrong-type-seed", BASE + "seed: 1.5\n", "seed"),
-    ("unknown-component", BASE + "model: {type: ToyModle, backbone: {type: toynet, depth: 1}}\n",
-     "did you mean 'ToyModel'"),
-    ("unknown-backbone-provider", BASE + "model: {type: ToyModel, backbone: {type: efficientnet}}\n",
-     "fcos-plugin-efficientnet"),
+    (
+        "unknown-component",
+        BASE + "model: {type: ToyModle, backbone: {type: toynet, depth: 1}}\n",
+        "did you mean 'ToyModel'",
+    ),
+    (
+        "unknown-backbone-provider",
+        BASE + "model: {type: ToyModel, backbone: {type: efficientnet}}\n",
+        "fcos-plugin-efficientnet",
+    ),
     ("no-type-key", BASE + "model: {backbone: {type: toynet, depth: 1}}\n", "no 'type' key"),
     ("type-not-string", BASE + "model: {type: 3}\n", "model.type"),
     ("block-not-mapping", BASE + "model: [1, 2]\n", "model"),
-    ("typo-nested-key", BASE + "model: {type: ToyModel, backbone: {type: toynet, depht: 1}}\n",
-     "did you mean 'depth'"),
-    ("missing-nested-required", BASE + "model: {type: ToyModel, backbone: {type: toynet}}\n",
-     "model.backbone"),
-    ("nested-wrong-int", BASE + "model: {type: ToyModel, backbone: {type: toynet, depth: two}}\n",
-     "model.backbone.depth"),
-    ("nested-bool-as-int", BASE + "model: {type: ToyModel, backbone: {type: toynet, depth: true}}\n",
-     "model.backbone.depth"),
-    ("nested-literal", BASE + "model: {type: ToyModel, backbone: {type: toynet, depth: 1, "
-                              "activation: gelu}}\n", "model.backbone.activation"),
-    ("nested-list-item", BASE + "model: {type: ToyModel, backbone: {type: toynet, depth: 1, "
-                                "channels: [8, x]}}\n", "model.backbone.channels"),
-    ("nested-tuple-length", BASE + "model: {type: ToyModel, backbone: {type: toynet, depth: 1, "
-                                   "size: [1, 2, 3]}}\n", "model.backbone.size"),
-    ("nested-dict-key", BASE + "model: {type: ToyModel, backbone: {type: toynet, depth: 1, "
-                               "strides: {a: 1}}}\n", "model.backbone.strides"),
-    ("list-of-components-not-list", BASE + "model: {type: ToyModel, backbone: {type: toynet, "
-                                           "depth: 1}, transforms: {type: ToyFlip}}\n",
-     "model.transforms"),
-    ("list-item-unknown", BASE + "model: {type: ToyModel, backbone: {type: toynet, depth: 1}, "
-                                 "transforms: [{type: ToyFlip}, {type: Flop}]}\n",
-     "model.transforms[1]"),
-    ("list-item-bad-value", BASE + "model: {type: ToyModel, backbone: {type: toynet, depth: 1}, "
-                                   "transforms: [{type: ToyFlip, p: high}]}\n",
-     "model.transforms[0].p"),
-    ("named-unknown", BASE + "model: {type: ToyModel, backbone: {type: toynet, depth: 1}, "
-                             "collate: collate_3d}\n", "model.collate"),
-    ("named-not-string", BASE + "model: {type: ToyModel, backbone: {type: toynet, depth: 1}, "
-                                "collate: [a]}\n", "model.collate"),
+    (
+        "typo-nested-key",
+        BASE + "model: {type: ToyModel, backbone: {type: toynet, depht: 1}}\n",
+        "did you mean 'depth'",
+    ),
+    (
+        "missing-nested-required",
+        BASE + "model: {type: ToyModel, backbone: {type: toynet}}\n",
+        "model.backbone",
+    ),
+    (
+        "nested-wrong-int",
+        BASE + "model: {type: ToyModel, backbone: {type: toynet, depth: two}}\n",
+        "model.backbone.depth",
+    ),
+    (
+        "nested-bool-as-int",
+        BASE + "model: {type: ToyModel, backbone: {type: toynet, depth: true}}\n",
+        "model.backbone.depth",
+    ),
+    (
+        "nested-literal",
+        BASE + "model: {type: ToyModel, backbone: {type: toynet, depth: 1, activation: gelu}}\n",
+        "model.backbone.activation",
+    ),
+    (
+        "nested-list-item",
+        BASE + "model: {type: ToyModel, backbone: {type: toynet, depth: 1, channels: [8, x]}}\n",
+        "model.backbone.channels",
+    ),
+    (
+        "nested-tuple-length",
+        BASE + "model: {type: ToyModel, backbone: {type: toynet, depth: 1, size: [1, 2, 3]}}\n",
+        "model.backbone.size",
+    ),
+    (
+        "nested-dict-key",
+        BASE + "model: {type: ToyModel, backbone: {type: toynet, depth: 1, strides: {a: 1}}}\n",
+        "model.backbone.strides",
+    ),
+    (
+        "list-of-components-not-list",
+        BASE + "model: {type: ToyModel, backbone: {type: toynet, "
+        "depth: 1}, transforms: {type: ToyFlip}}\n",
+        "model.transforms",
+    ),
+    (
+        "list-item-unknown",
+        BASE + "model: {type: ToyModel, backbone: {type: toynet, depth: 1}, "
+        "transforms: [{type: ToyFlip}, {type: Flop}]}\n",
+        "model.transforms[1]",
+    ),
+    (
+        "list-item-bad-value",
+        BASE + "model: {type: ToyModel, backbone: {type: toynet, depth: 1}, "
+        "transforms: [{type: ToyFlip, p: high}]}\n",
+        "model.transforms[0].p",
+    ),
+    (
+        "named-unknown",
+        BASE + "model: {type: ToyModel, backbone: {type: toynet, depth: 1}, collate: collate_3d}\n",
+        "model.collate",
+    ),
+    (
+        "named-not-string",
+        BASE + "model: {type: ToyModel, backbone: {type: toynet, depth: 1}, collate: [a]}\n",
+        "model.collate",
+    ),
     ("ref-missing", BASE + "model: ${vars.nothere}\n", "does not exist"),
-    ("ref-typo-suggest", BASE + "vars: {model: 1}\nfloat_trainer: {type: ToyTrainer, "
-                                "model: '${vars.modle}'}\n", "did you mean ${vars.model}"),
+    (
+        "ref-typo-suggest",
+        BASE + "vars: {model: 1}\nfloat_trainer: {type: ToyTrainer, model: '${vars.modle}'}\n",
+        "did you mean ${vars.model}",
+    ),
     ("ref-cycle", BASE + "vars: {a: '${vars.b}', b: '${vars.a}'}\n", "reference cycle"),
     ("ref-self-cycle", BASE + "vars: {a: 'x${vars.a}'}\n", "reference cycle"),
     ("ref-malformed", BASE + "vars: {a: '${vars..b}'}\n", "malformed reference"),
     ("ref-block-in-string", BASE + "vars: {m: {a: 1}, s: 'x-${vars.m}'}\n", "cannot be placed"),
-    ("trainer-model-wrong-kind", BASE + "float_trainer: {type: ToyTrainer, model: {type: toynet, "
-                                        "depth: 1}}\n", "float_trainer.model.type"),
-    ("factory-rejects", BASE + "model: {type: ToyModel, backbone: {type: toynet, depth: 1}, "
-                               "neck: {type: toyneck, fail: true}}\n", "out_channels must be even"),
-    ("compile-unknown-march", BASE + "compile_cfg: {march: nash_e, hbm: x}\n",
-     "fcos-plugin-nash-e"),
+    (
+        "trainer-model-wrong-kind",
+        BASE + "float_trainer: {type: ToyTrainer, model: {type: toynet, depth: 1}}\n",
+        "float_trainer.model.type",
+    ),
+    (
+        "factory-rejects",
+        BASE + "model: {type: ToyModel, backbone: {type: toynet, depth: 1}, "
+        "neck: {type: toyneck, fail: true}}\n",
+        "out_channels must be even",
+    ),
+    (
+        "compile-unknown-march",
+        BASE + "compile_cfg: {march: nash_e, hbm: x}\n",
+        "fcos-plugin-nash-e",
+    ),
     ("compile-no-march", BASE + "compile_cfg: {hbm: x}\n", "march"),
-    ("alias-bomb", BASE + "vars:\n  a: &a [1,1,1,1,1,1,1,1,1,1]\n  b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
-                          "  c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\n  d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
-                          "  e: [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\n", "anchors and aliases"),
+    (
+        "alias-bomb",
+        BASE + "vars:\n  a: &a [1,1,1,1,1,1,1,1,1,1]\n  b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
+        "  c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\n  d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
+        "  e: [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\n",
+        "anchors and aliases",
+    ),
     ("not-utf8", "task_name: \xff\xfe\n", "not UTF-8"),
 ]
 
@@ -119,8 +181,10 @@ def test_at_least_thirty_cases():
 
 def test_all_problems_reported_at_once(toy_host, tmp_path, capsys):
     path = tmp_path / "bad.yaml"
-    path.write_text("task_name: t\nckpt_dir: d\nseed: x\nmodle: 1\n"
-                    "model: {type: ToyModel, backbone: {type: toynet, depht: 1}}\n")
+    path.write_text(
+        "task_name: t\nckpt_dir: d\nseed: x\nmodle: 1\n"
+        "model: {type: ToyModel, backbone: {type: toynet, depht: 1}}\n"
+    )
     assert main(["check", str(path)], host=toy_host) == 2
     err = capsys.readouterr().err
     assert "4 problems" in err

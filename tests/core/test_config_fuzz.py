@@ -67,18 +67,40 @@ def _typo(rng: random.Random, word: str) -> str:
     i = rng.randrange(max(1, len(word)))
     op = rng.randrange(4)
     if op == 0 and len(word) > 1:
-        return word[:i] + word[i + 1:]  # drop a letter
+        return word[:i] + word[i + 1 :]  # drop a letter
     if op == 1 and len(word) > 1:
         j = min(i + 1, len(word) - 1)
-        return word[:i] + word[j] + word[i] + word[j + 1:]  # swap two letters
+        return word[:i] + word[j] + word[i] + word[j + 1 :]  # swap two letters
     if op == 2:
         return word[:i] + rng.choice("abcdefghijklmnopqrstuvwxyz_") + word[i:]  # insert
     return word.upper() if word != word.upper() else word + "x"
 
 
-WRONG = [None, True, False, 0, -1, 2 ** 70, 1.5, float("nan"), float("inf"), "", "x" * 300,
-         [], [1, "a", None], {}, {"type": "nope"}, {"a": {"b": [1, 2]}}, "${vars}",
-         "${nope.nope}", "${", "$${x}", "${vars.num_classes}", "[", "\u2603"]
+WRONG = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    2**70,
+    1.5,
+    float("nan"),
+    float("inf"),
+    "",
+    "x" * 300,
+    [],
+    [1, "a", None],
+    {},
+    {"type": "nope"},
+    {"a": {"b": [1, 2]}},
+    "${vars}",
+    "${nope.nope}",
+    "${",
+    "$${x}",
+    "${vars.num_classes}",
+    "[",
+    "\u2603",
+]
 
 
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
@@ -124,8 +146,9 @@ def _references(rng, base):
         data["seed"] = f"${{vars.c{n - 1}}}"
     elif kind == 1:  # a cycle through n keys
         for i in range(n):
-            v[f"c{i}"] = f"x-${{vars.c{(i + 1) % n}}}" if rng.random() < 0.5 \
-                else f"${{vars.c{(i + 1) % n}}}"
+            v[f"c{i}"] = (
+                f"x-${{vars.c{(i + 1) % n}}}" if rng.random() < 0.5 else f"${{vars.c{(i + 1) % n}}}"
+            )
         data["task_name"] = "${vars.c0}"
     elif kind == 2:  # exponential blocks
         v["e0"] = [1, 2]
@@ -139,12 +162,16 @@ def _references(rng, base):
     elif kind == 4:  # references into random places, malformed ones
         paths = [p for p in _paths(base) if all(isinstance(x, str) for x in p)]
         for _ in range(rng.randint(1, 5)):
-            target = ".".join(rng.choice(paths)) if rng.random() < 0.7 else \
-                rng.choice(["", "..", "a..b", "x[", "vars[0]", "vars.neck[99]", "}", "${}"])
+            target = (
+                ".".join(rng.choice(paths))
+                if rng.random() < 0.7
+                else rng.choice(["", "..", "a..b", "x[", "vars[0]", "vars.neck[99]", "}", "${}"])
+            )
             path = rng.choice(list(_paths(data)))
             with contextlib.suppress(KeyError, IndexError, TypeError):
-                _parent(data, path)[path[-1]] = (f"${{{target}}}" if rng.random() < 0.5
-                                                 else f"pre-${{{target}}}-post")
+                _parent(data, path)[path[-1]] = (
+                    f"${{{target}}}" if rng.random() < 0.5 else f"pre-${{{target}}}-post"
+                )
     else:  # deep reference stacks
         for i in range(n):
             v[f"d{i}"] = {"next": f"${{vars.d{i + 1}}}" if i + 1 < n else 0}
@@ -177,15 +204,55 @@ def _huge_or_deep(rng, base):
 def _non_utf8(rng, base):
     raw = bytearray(DEMO.read_bytes())
     for _ in range(rng.randint(1, 20)):
-        raw.insert(rng.randrange(len(raw)), rng.choice([0xff, 0xfe, 0xc3, 0x80, 0xed, 0x00,
-                                                         0x1b, 0x85, 0xa0]))
+        raw.insert(
+            rng.randrange(len(raw)),
+            rng.choice([0xFF, 0xFE, 0xC3, 0x80, 0xED, 0x00, 0x1B, 0x85, 0xA0]),
+        )
     return bytes(raw)
 
 
-TOKENS = ["a", "b:", "- ", ": ", "\n", "  ", "{", "}", "[", "]", ",", "&x ", "*x", "!!int ",
-          "!!python/name:os.system ", "'", '"', "#", "${a}", "${", "|", ">", "? ", "---\n",
-          "...\n", "%YAML 1.1\n", "<<: ", "~", "1e999", "0x1f", "task_name", "ckpt_dir",
-          "vars", "model", "type", "\t", "\\", "\ufeff", "!", "@"]
+TOKENS = [
+    "a",
+    "b:",
+    "- ",
+    ": ",
+    "\n",
+    "  ",
+    "{",
+    "}",
+    "[",
+    "]",
+    ",",
+    "&x ",
+    "*x",
+    "!!int ",
+    "!!python/name:os.system ",
+    "'",
+    '"',
+    "#",
+    "${a}",
+    "${",
+    "|",
+    ">",
+    "? ",
+    "---\n",
+    "...\n",
+    "%YAML 1.1\n",
+    "<<: ",
+    "~",
+    "1e999",
+    "0x1f",
+    "task_name",
+    "ckpt_dir",
+    "vars",
+    "model",
+    "type",
+    "\t",
+    "\\",
+    "\ufeff",
+    "!",
+    "@",
+]
 
 
 def _random_yaml(rng, base):
@@ -203,14 +270,21 @@ def _bytes_mutation(rng, base):
         if op == 0:
             raw[pos] = rng.choice(b":-[]{}&*!|>'\"#\n \t$%")
         elif op == 1:
-            del raw[pos:pos + rng.randint(1, 40)]
+            del raw[pos : pos + rng.randint(1, 40)]
         else:
-            raw[pos:pos] = raw[rng.randrange(len(raw)):][:rng.randint(1, 200)]
+            raw[pos:pos] = raw[rng.randrange(len(raw)) :][: rng.randint(1, 200)]
     return bytes(raw)
 
 
-GENERATORS = [_key_typo, _wrong_type, _references, _huge_or_deep, _non_utf8, _random_yaml,
-              _bytes_mutation]
+GENERATORS = [
+    _key_typo,
+    _wrong_type,
+    _references,
+    _huge_or_deep,
+    _non_utf8,
+    _random_yaml,
+    _bytes_mutation,
+]
 
 
 def generate_cases(seed: int = SEED, n: int = N_CASES) -> list[tuple[str, bytes]]:
@@ -263,8 +337,11 @@ def test_fuzzed_configs_exit_cleanly(host, tmp_path, capsys):
         elapsed = time.process_time() - t0
         # the peak RSS during the case (reset before it) minus what the process held before
         # (cheap, unlike tracemalloc); without the reset, the peak since start bounds it
-        grown = (_status_kib("VmHWM") * 1024 - rss_before if exact
-                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before)
+        grown = (
+            _status_kib("VmHWM") * 1024 - rss_before
+            if exact
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
+        )
         out = capsys.readouterr()
         path.unlink()
         if code not in (0, 2):

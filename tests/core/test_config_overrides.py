@@ -66,14 +66,18 @@ def test_unresolved_show_applies_through_references(tmp_path, capsys):
     data, _ = load_yaml(_write(tmp_path))
     (record,) = apply_overrides(data, ["model.backbone.depth=9"], "c.yaml")
     assert data["vars"]["bb"]["depth"] == 9 and data["model"]["backbone"] == "${vars.alias}"
-    assert record.via == ((("model", "backbone"), ("vars", "alias")),
-                          (("vars", "alias"), ("vars", "bb")))
+    assert record.via == (
+        (("model", "backbone"), ("vars", "alias")),
+        (("vars", "alias"), ("vars", "bb")),
+    )
 
 
 def test_show_resolved_names_each_values_origin(toy_host, tmp_path, capsys):
     path = _write(tmp_path)
-    assert main(["config", "show", str(path), "--resolved", "model.backbone.depth=4"],
-                host=toy_host) == 0
+    assert (
+        main(["config", "show", str(path), "--resolved", "model.backbone.depth=4"], host=toy_host)
+        == 0
+    )
     out = capsys.readouterr().out
     cfg = load_config(path, toy_host, ["model.backbone.depth=4"])
     assert yaml.safe_load(out) == cfg.data  # the comments do not change the data
@@ -82,14 +86,18 @@ def test_show_resolved_names_each_values_origin(toy_host, tmp_path, capsys):
     assert lines["ckpt_dir"].endswith("# line 2, formatted from ${task_name}")
     assert lines["num_epochs"].endswith("# line 8")
     # model.backbone.type: written under vars.bb (line 5); depth: the override
-    backbone = out[out.index("\nmodel:"):]
+    backbone = out[out.index("\nmodel:") :]
     assert "type: toynet  # vars.bb.type, line 5" in backbone
     assert "depth: 4  # vars.bb.depth, override model.backbone.depth=4" in backbone
 
 
 def test_show_resolved_round_trips_int_keys_lists_and_quoted_strings(toy_host, tmp_path, capsys):
-    path = _write(tmp_path, TEXT.replace("vars:\n", "vars:\n  strides: {8: 16, 16: [1, {a: 2}]}\n"
-                                          "  empty: []\n  s: 'a: b # c'\n"))
+    path = _write(
+        tmp_path,
+        TEXT.replace(
+            "vars:\n", "vars:\n  strides: {8: 16, 16: [1, {a: 2}]}\n  empty: []\n  s: 'a: b # c'\n"
+        ),
+    )
     assert main(["config", "show", str(path), "--resolved"], host=toy_host) == 0
     out = capsys.readouterr().out
     assert yaml.safe_load(out) == load_config(path, toy_host).data

@@ -36,8 +36,9 @@ def test_each_reference_use_is_independent(toy_host, good_yaml, tmp_path):
 def test_overrides_apply_before_references(toy_host, good_yaml, tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(good_yaml)
-    cfg = load_config(path, toy_host, ["task_name=other", "vars.num=5",
-                                       "float_trainer.num_epochs=7"])
+    cfg = load_config(
+        path, toy_host, ["task_name=other", "vars.num=5", "float_trainer.num_epochs=7"]
+    )
     assert cfg.data["ckpt_dir"] == "./tmp/other"
     assert build(cfg.values["float_trainer"])["model"]["backbone"]["depth"] == 5
     assert cfg.data["float_trainer"]["num_epochs"] == 7
@@ -60,7 +61,9 @@ model: {type: ToyModel, backbone: *bb}
 
 def test_bare_string_is_a_type_block(toy_host, tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("task_name: t\nckpt_dir: d\nmodel: {type: ToyModel, backbone: "
-                    "{type: toynet, depth: 1}, neck: toyneck}\n")
+    path.write_text(
+        "task_name: t\nckpt_dir: d\nmodel: {type: ToyModel, backbone: "
+        "{type: toynet, depth: 1}, neck: toyneck}\n"
+    )
     cfg = load_config(path, toy_host)
     assert build(cfg.values["model"])["neck"]["out_channels"] == 16

@@ -9,10 +9,15 @@ from PIL import Image
 
 from fcos_core.cli.detections_output import COLOURS, draw_detections, draw_scale, print_detections
 
-RESULTS = [{"image": "a.jpg", "detections": [
-    {"label": 1, "name": "car", "score": 0.9, "box": [1.0, 2.0, 10.0, 12.0]},
-    {"label": 3, "score": 0.5, "box": [0.0, 0.0, 4.0, 4.0]},
-]}]
+RESULTS = [
+    {
+        "image": "a.jpg",
+        "detections": [
+            {"label": 1, "name": "car", "score": 0.9, "box": [1.0, 2.0, 10.0, 12.0]},
+            {"label": 3, "score": 0.5, "box": [0.0, 0.0, 4.0, 4.0]},
+        ],
+    }
+]
 
 
 def test_listing_names_or_labels_and_limits(capsys):

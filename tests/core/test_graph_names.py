@@ -8,8 +8,9 @@ from fcos_core.graph_names import layer_name, module_path, op_name
 
 
 def _node(target, stack=None, name="conv2d_3"):
-    return SimpleNamespace(target=target, meta={"nn_module_stack": stack} if stack else {},
-                           name=name)
+    return SimpleNamespace(
+        target=target, meta={"nn_module_stack": stack} if stack else {}, name=name
+    )
 
 
 def test_op_name_strips_overload_and_inplace_underscore():

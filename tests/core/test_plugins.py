@@ -28,8 +28,12 @@ def test_entry_point_plugin_registers_with_provenance():
 
 
 def test_broken_plugin_is_reported_not_fatal(capsys):
-    bad = FakeEntryPoint("broken", "nowhere", FakeDistribution("fcos-plugin-broken", "0.1"),
-                         ImportError("No module named 'nowhere'"))
+    bad = FakeEntryPoint(
+        "broken",
+        "nowhere",
+        FakeDistribution("fcos-plugin-broken", "0.1"),
+        ImportError("No module named 'nowhere'"),
+    )
     host = make_host(entry_points=[bad, _ep()])
     assert "toynet" in host.registries["backbones"]
     (line,) = host.failure_report()
@@ -47,15 +51,18 @@ def test_plugin_raising_any_exception_at_import_is_guarded():
     assert "RuntimeError: boom" in host.plugins["boom"].error
 
 
-@pytest.mark.parametrize("env,loaded", [
-    ({"FCOS_DISABLE_PLUGINS": "fcos-plugin-toy"}, False),
-    ({"FCOS_DISABLE_PLUGINS": "fcos_plugin_toy"}, False),  # normalised like pip does
-    ({"FCOS_DISABLE_PLUGIN_AUTOLOAD": "1"}, False),
-    ({"FCOS_DISABLE_PLUGIN_AUTOLOAD": "1", "FCOS_LOAD_PLUGINS": "toy"}, True),
-    ({"FCOS_LOAD_PLUGINS": ""}, False),
-    ({"FCOS_LOAD_PLUGINS": "fcos-plugin-toy,other"}, True),
-    ({"FCOS_LOAD_PLUGINS": "other"}, False),
-])
+@pytest.mark.parametrize(
+    "env,loaded",
+    [
+        ({"FCOS_DISABLE_PLUGINS": "fcos-plugin-toy"}, False),
+        ({"FCOS_DISABLE_PLUGINS": "fcos_plugin_toy"}, False),  # normalised like pip does
+        ({"FCOS_DISABLE_PLUGIN_AUTOLOAD": "1"}, False),
+        ({"FCOS_DISABLE_PLUGIN_AUTOLOAD": "1", "FCOS_LOAD_PLUGINS": "toy"}, True),
+        ({"FCOS_LOAD_PLUGINS": ""}, False),
+        ({"FCOS_LOAD_PLUGINS": "fcos-plugin-toy,other"}, True),
+        ({"FCOS_LOAD_PLUGINS": "other"}, False),
+    ],
+)
 def test_environment_switches(monkeypatch, env, loaded):
     for key in ("FCOS_DISABLE_PLUGINS", "FCOS_DISABLE_PLUGIN_AUTOLOAD", "FCOS_LOAD_PLUGINS"):
         monkeypatch.delenv(key, raising=False)

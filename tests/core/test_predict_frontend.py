@@ -67,8 +67,9 @@ def test_sources_expand_folders_globs_videos_and_refuse_missing_paths(tmp_path):
         _png(tmp_path / "imgs" / f"{i}.png", i)
     (tmp_path / "imgs" / "notes.txt").write_text("skipped: not an image extension")
     _video(tmp_path / "v.mp4")
-    srcs = open_sources([str(tmp_path / "imgs"), str(tmp_path / "imgs" / "1.png"),
-                         str(tmp_path / "*.mp4")])
+    srcs = open_sources(
+        [str(tmp_path / "imgs"), str(tmp_path / "imgs" / "1.png"), str(tmp_path / "*.mp4")]
+    )
     assert [s.kind for s in srcs] == ["images", "video"]
     assert srcs[0].count == 4 and srcs[0].paths[0].endswith("0.png")
     frames = list(srcs[1].frames())
@@ -103,8 +104,10 @@ def test_lmdb_source_keeps_the_dataset_ids(tmp_path):
 def test_small_images_are_drawn_enlarged_with_readable_coloured_labels():
     assert draw_scale(128, 128) == 4 and draw_scale(1080, 1920) == 1
     rgb = np.zeros((128, 128, 3), np.uint8)
-    dets = [{"label": 0, "name": "cat", "score": 0.91, "box": [20, 40, 60, 100]},
-            {"label": 13, "name": "dog", "score": 0.5, "box": [70, 70, 120, 120]}]
+    dets = [
+        {"label": 0, "name": "cat", "score": 0.91, "box": [20, 40, 60, 100]},
+        {"label": 13, "name": "dog", "score": 0.5, "box": [70, 70, 120, 120]},
+    ]
     img = np.asarray(_render(rgb, dets))
     assert img.shape == (512, 512, 3)
     # each class's box and its filled label tag are in that class's colour
@@ -127,8 +130,11 @@ def _detector(calls):
     def detect(rgbs):
         calls.append(len(rgbs))
         # one box per picture, its score the picture's mean brightness (a known answer)
-        return [[{"label": 1, "score": float(r.mean()) / 255.0,
-                  "box": [1.0, 2.0, 11.0, 22.0]}] for r in rgbs]
+        return [
+            [{"label": 1, "score": float(r.mean()) / 255.0, "box": [1.0, 2.0, 11.0, 22.0]}]
+            for r in rgbs
+        ]
+
     return detect
 
 
@@ -140,8 +146,17 @@ def test_folder_with_a_truncated_image_writes_valid_coco_predictions(tmp_path, c
         _png(tmp_path / "imgs" / f"{i:02d}.png", 20 * i + 10)
     _truncated_jpeg(tmp_path / "imgs" / "03b.jpg")
     calls: list[int] = []
-    args = _args(tmp_path, "--images", str(tmp_path / "imgs"), "--batch-size", "3",
-                 "--out", str(tmp_path / "out"), "--score-threshold", "0")
+    args = _args(
+        tmp_path,
+        "--images",
+        str(tmp_path / "imgs"),
+        "--batch-size",
+        "3",
+        "--out",
+        str(tmp_path / "out"),
+        "--score-threshold",
+        "0",
+    )
     cats = [{"id": 3, "name": "a"}, {"id": 7, "name": "b"}]
     assert run_frontend(args, _detector(calls), categories=cats) == 0
     err = capsys.readouterr().err
@@ -157,10 +172,21 @@ def test_folder_with_a_truncated_image_writes_valid_coco_predictions(tmp_path, c
         value = int(by_id[p["image_id"]].rsplit("/", 1)[1][:2]) * 20 + 10
         assert p["score"] == pytest.approx(value / 255.0, abs=1e-5)
     # pycocotools reads it: ground truth = the predicted boxes, so AP is 1
-    gt = {"images": side["images"], "categories": cats,
-          "annotations": [{"id": i + 1, "image_id": p["image_id"], "category_id": 7,
-                           "bbox": p["bbox"], "area": 200.0, "iscrowd": 0}
-                          for i, p in enumerate(preds)]}
+    gt = {
+        "images": side["images"],
+        "categories": cats,
+        "annotations": [
+            {
+                "id": i + 1,
+                "image_id": p["image_id"],
+                "category_id": 7,
+                "bbox": p["bbox"],
+                "area": 200.0,
+                "iscrowd": 0,
+            }
+            for i, p in enumerate(preds)
+        ],
+    }
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     coco = COCO(str(tmp_path / "gt.json"))
     ev = COCOeval(coco, coco.loadRes(str(tmp_path / "out" / "predictions.json")), "bbox")
@@ -177,8 +203,18 @@ def test_folder_with_a_truncated_image_writes_valid_coco_predictions(tmp_path, c
 def test_video_gives_one_record_per_frame_and_an_annotated_video(tmp_path, capsys):
     _video(tmp_path / "clip.mp4", frames=20)
     calls: list[int] = []
-    args = _args(tmp_path, "--images", str(tmp_path / "clip.mp4"), "--batch-size", "8",
-                 "--save-vis", str(tmp_path / "vis"), "--json", "--score-threshold", "0")
+    args = _args(
+        tmp_path,
+        "--images",
+        str(tmp_path / "clip.mp4"),
+        "--batch-size",
+        "8",
+        "--save-vis",
+        str(tmp_path / "vis"),
+        "--json",
+        "--score-threshold",
+        "0",
+    )
     assert run_frontend(args, _detector(calls)) == 0
     records = json.loads(capsys.readouterr().out)
     assert calls == [8, 8, 4] and len(records) == 20

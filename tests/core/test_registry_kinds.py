@@ -49,8 +49,11 @@ def _registered_by_first_party(monkeypatch: pytest.MonkeyPatch) -> dict[tuple[st
 
 
 def test_kinds_are_the_registration_hookspecs():
-    specs = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
-             if getattr(fn, "fcos_spec", None) is not None]
+    specs = [
+        name
+        for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+        if getattr(fn, "fcos_spec", None) is not None
+    ]
     assert specs, "no hookspec found"
     assert all(re.fullmatch(r"register_[a-z_]+", name) for name in specs), specs
     assert sorted(KINDS.values()) == sorted(specs)

@@ -14,15 +14,29 @@ def _run(folder, stages):
 
 
 def _stage(map_, ap50, seconds, **extra):
-    return {"metrics": {"mAP": map_, "AP50": ap50}, "seconds": seconds, "checkpoint": None,
-            "source": "predictor", **extra}
+    return {
+        "metrics": {"mAP": map_, "AP50": ap50},
+        "seconds": seconds,
+        "checkpoint": None,
+        "source": "predictor",
+        **extra,
+    }
 
 
 def test_side_by_side(toy_host, tmp_path, capsys):
-    stop = {"monitor": "mAP", "mode": "max", "best": 0.4, "best_epoch": 3, "stopped_epoch": 6,
-            "patience": 3, "min_delta": 0.0}
-    a = _run(tmp_path / "a", {"float": _stage(0.4, 0.7, 65.0, early_stopping=stop),
-                              "qat": _stage(0.38, 0.69, 5.0)})
+    stop = {
+        "monitor": "mAP",
+        "mode": "max",
+        "best": 0.4,
+        "best_epoch": 3,
+        "stopped_epoch": 6,
+        "patience": 3,
+        "min_delta": 0.0,
+    }
+    a = _run(
+        tmp_path / "a",
+        {"float": _stage(0.4, 0.7, 65.0, early_stopping=stop), "qat": _stage(0.38, 0.69, 5.0)},
+    )
     b = _run(tmp_path / "b", {"float": _stage(0.45, 0.6, 3725.0)})
     assert main(["runs", str(a), str(b), "--metrics", "mAP,AP50"], host=toy_host) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()]

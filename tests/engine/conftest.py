@@ -38,7 +38,6 @@ def tiny_cfg(host, tmp_path):
     from fcos_core.config import load_config
 
     def load(*overrides: str):
-        return load_config(TINY_CONFIG, host,
-                           [f"ckpt_dir={tmp_path / 'ckpt'}", *overrides])
+        return load_config(TINY_CONFIG, host, [f"ckpt_dir={tmp_path / 'ckpt'}", *overrides])
 
     return load

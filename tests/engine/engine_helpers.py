@@ -14,21 +14,37 @@ from fcos_core.engine.optimizers import SGD
 from fcos_core.engine.trainer import Trainer
 
 
-def tiny_trainer(tmp: Path, *, callbacks: Any = (), num_epochs: int = 2, n: int = 8,
-                 batch_size: int = 4, lr: float = 0.05, dataset: Any = None,
-                 seed: int = 0, data_seed: int = 0, **kwargs: Any) -> Trainer:
+def tiny_trainer(
+    tmp: Path,
+    *,
+    callbacks: Any = (),
+    num_epochs: int = 2,
+    n: int = 8,
+    batch_size: int = 4,
+    lr: float = 0.05,
+    dataset: Any = None,
+    seed: int = 0,
+    data_seed: int = 0,
+    **kwargs: Any,
+) -> Trainer:
     torch.manual_seed(seed)
     model = TinyDet(channels=4)
-    loader = DataLoader(dataset or TinySet(n=n, size=16), batch_size=batch_size, shuffle=True,
-                        seed=data_seed)
-    return Trainer(model=model, num_epochs=num_epochs, data_loader=loader,
-                   optimizer=lambda model: SGD(model, lr=lr, momentum=0.9), device="cpu",
-                   callbacks=list(callbacks), **kwargs)
+    loader = DataLoader(
+        dataset or TinySet(n=n, size=16), batch_size=batch_size, shuffle=True, seed=data_seed
+    )
+    return Trainer(
+        model=model,
+        num_epochs=num_epochs,
+        data_loader=loader,
+        optimizer=lambda model: SGD(model, lr=lr, momentum=0.9),
+        device="cpu",
+        callbacks=list(callbacks),
+        **kwargs,
+    )
 
 
 def ctx_for(tmp: Path, stage: str = "float", **kwargs: Any) -> RunContext:
-    return RunContext(stage=stage, run_dir=tmp / "run", ckpt_dir=tmp / "ckpt", seed=0,
-                      **kwargs)
+    return RunContext(stage=stage, run_dir=tmp / "run", ckpt_dir=tmp / "ckpt", seed=0, **kwargs)
 
 
 def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -58,11 +58,20 @@ class TinyDet(nn.Module):
             return self.body(batch)
         logit, reg = self.body(batch["img"])
         if self.training:
-            return {"cls": F.binary_cross_entropy_with_logits(logit[:, 0], batch["label"]),
-                    "reg": F.mse_loss(reg[:, 0], batch["target"])}
+            return {
+                "cls": F.binary_cross_entropy_with_logits(logit[:, 0], batch["label"]),
+                "reg": F.mse_loss(reg[:, 0], batch["target"]),
+            }
         scores = torch.sigmoid(logit[:, 0])
-        return [{"boxes": torch.zeros(1, 4), "scores": s.reshape(1), "labels": torch.zeros(1),
-                 "reg": r.reshape(1)} for s, r in zip(scores, reg[:, 0])]
+        return [
+            {
+                "boxes": torch.zeros(1, 4),
+                "scores": s.reshape(1),
+                "labels": torch.zeros(1),
+                "reg": r.reshape(1),
+            }
+            for s, r in zip(scores, reg[:, 0])
+        ]
 
 
 @attrs.frozen(kw_only=True)
@@ -80,8 +89,14 @@ class TinySet(torch.utils.data.Dataset):
     """``n`` items of 3 x size x size; label/target depend on the image; random flip + noise
     drawn from numpy (so worker/resume seeding matters)."""
 
-    def __init__(self, n: int = 16, size: int = 32, augment: bool = True,
-                 nan_index: int | None = None, delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        n: int = 16,
+        size: int = 32,
+        augment: bool = True,
+        nan_index: int | None = None,
+        delay: float = 0.0,
+    ) -> None:
         self.n, self.size, self.augment = n, size, augment
         self.nan_index, self.delay = nan_index, delay
 
@@ -98,12 +113,19 @@ class TinySet(torch.utils.data.Dataset):
         if self.augment:
             if np.random.rand() < 0.5:
                 img = img.flip(-1)
-            img = img + torch.from_numpy(
-                np.random.randn(3, self.size, self.size).astype(np.float32)) * 0.05
+            img = (
+                img
+                + torch.from_numpy(np.random.randn(3, self.size, self.size).astype(np.float32))
+                * 0.05
+            )
         if self.nan_index is not None and i == self.nan_index:
             img = img * float("nan")
-        return {"img": img, "label": torch.tensor(label), "target": torch.tensor(target),
-                "img_id": i}
+        return {
+            "img": img,
+            "label": torch.tensor(label),
+            "target": torch.tensor(target),
+            "img_id": i,
+        }
 
 
 @attrs.frozen(kw_only=True)
@@ -120,8 +142,20 @@ class TinySetArgs:
 
 # --- metric -----------------------------------------------------------------------------------
 
-COCO_KEYS = ("mAP", "AP50", "AP75", "APs", "APm", "APl",
-             "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+COCO_KEYS = (
+    "mAP",
+    "AP50",
+    "AP75",
+    "APs",
+    "APm",
+    "APl",
+    "AR1",
+    "AR10",
+    "AR100",
+    "ARs",
+    "ARm",
+    "ARl",
+)
 
 
 class TinyMetric:
@@ -210,9 +244,15 @@ class TinyBackend:
         img = example_inputs["img"]
         with torch.no_grad():
             outs = model(img)
-        (out_dir / "report.json").write_text(json.dumps({
-            "shapes": [list(o.shape) for o in outs], "options": options,
-            "qstate": get_qstate(model)}))
+        (out_dir / "report.json").write_text(
+            json.dumps(
+                {
+                    "shapes": [list(o.shape) for o in outs],
+                    "options": options,
+                    "qstate": get_qstate(model),
+                }
+            )
+        )
         return str(out_dir / "report.json")
 
 

@@ -84,6 +84,7 @@ def test_bfloat16_autocast_step_on_cpu():
         seen["dtype"] = out.dtype
         return {"l": out.float().pow(2).mean()}
 
-    MultiBatchProcessor(amp=True, amp_dtype="bfloat16")(model, {"x": torch.randn(3, 4)},
-                                                        torch.device("cpu"), opt)
+    MultiBatchProcessor(amp=True, amp_dtype="bfloat16")(
+        model, {"x": torch.randn(3, 4)}, torch.device("cpu"), opt
+    )
     assert seen["dtype"] == torch.bfloat16 and not torch.equal(net.weight, before)

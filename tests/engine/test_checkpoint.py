@@ -22,12 +22,15 @@ class _FakeValidation(Callback):
         loop.state.val_count += 1
 
 
-@pytest.mark.parametrize("mode,values,best_epoch", [
-    ("max", [0.1, 0.5, 0.3], 1), ("min", [0.4, 0.5, 0.2], 2), ("max", [0.9, 0.5, 0.3], 0)])
+@pytest.mark.parametrize(
+    "mode,values,best_epoch",
+    [("max", [0.1, 0.5, 0.3], 1), ("min", [0.4, 0.5, 0.2], 2), ("max", [0.9, 0.5, 0.3], 0)],
+)
 def test_best_and_last(tmp_path, mode, values, best_epoch):
     ckpt = Checkpoint(save_dir=str(tmp_path / "ckpt"), mode=mode, monitor_metric_key="mAP")
-    trainer = tiny_trainer(tmp_path, callbacks=[ckpt, _FakeValidation(values)],
-                           num_epochs=len(values))
+    trainer = tiny_trainer(
+        tmp_path, callbacks=[ckpt, _FakeValidation(values)], num_epochs=len(values)
+    )
     trainer.run(ctx_for(tmp_path))
     last = load_file(tmp_path / "ckpt" / "float-checkpoint-last.pth.tar")
     best = load_file(tmp_path / "ckpt" / "float-checkpoint-best.pth.tar")
@@ -39,8 +42,15 @@ def test_best_and_last(tmp_path, mode, values, best_epoch):
     for k, v in trainer.model.state_dict().items():
         assert torch.equal(last["state_dict"][k], v)
     # the layout the resume and the next stage rely on
-    assert {"state_dict", "optimizer", "callbacks", "rng", "data_seed", "batch_in_epoch",
-            "qstate"} <= set(last)
+    assert {
+        "state_dict",
+        "optimizer",
+        "callbacks",
+        "rng",
+        "data_seed",
+        "batch_in_epoch",
+        "qstate",
+    } <= set(last)
     assert last["qstate"] == "float" and isinstance(last["rng"]["torch"], torch.Tensor)
 
 

@@ -29,12 +29,23 @@ def _ann(tmp_path):
     anns, k = [], 1
     for img_id, boxes in BOXES.items():
         for x1, y1, x2, y2 in boxes:
-            anns.append({"id": k, "image_id": img_id, "category_id": 7, "iscrowd": 0,
-                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1)})
+            anns.append(
+                {
+                    "id": k,
+                    "image_id": img_id,
+                    "category_id": 7,
+                    "iscrowd": 0,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                }
+            )
             k += 1
     path = tmp_path / "instances.json"
-    path.write_text(json.dumps({"images": images, "annotations": anns,
-                                "categories": [{"id": 7, "name": "thing"}]}))
+    path.write_text(
+        json.dumps(
+            {"images": images, "annotations": anns, "categories": [{"id": 7, "name": "thing"}]}
+        )
+    )
     return str(path)
 
 
@@ -45,10 +56,16 @@ class _Items(torch.utils.data.Dataset):
     def __getitem__(self, i):
         img_id = list(BOXES)[i]
         boxes = np.array(BOXES[img_id], dtype=np.float32)
-        return {"img": torch.zeros(3, 32, 32), "gt_bboxes": torch.from_numpy(boxes),
-                "gt_classes": torch.zeros(len(boxes), dtype=torch.int64), "img_id": img_id,
-                "ori_shape": (32, 32), "img_shape": (32, 32), "pad_shape": (32, 32),
-                "scale_factor": np.array([1.0, 1.0], dtype=np.float32)}
+        return {
+            "img": torch.zeros(3, 32, 32),
+            "gt_bboxes": torch.from_numpy(boxes),
+            "gt_classes": torch.zeros(len(boxes), dtype=torch.int64),
+            "img_id": img_id,
+            "ori_shape": (32, 32),
+            "img_shape": (32, 32),
+            "pad_shape": (32, 32),
+            "scale_factor": np.array([1.0, 1.0], dtype=np.float32),
+        }
 
 
 class _Oracle(nn.Module):
@@ -63,8 +80,13 @@ class _Oracle(nn.Module):
         out = []
         for boxes, labels in zip(batch["gt_bboxes"], batch["gt_classes"]):
             keep = slice(0, 0) if self.blind else slice(None)
-            out.append({"boxes": boxes[keep], "scores": torch.ones(len(boxes))[keep],
-                        "labels": labels[keep]})
+            out.append(
+                {
+                    "boxes": boxes[keep],
+                    "scores": torch.ones(len(boxes))[keep],
+                    "labels": labels[keep],
+                }
+            )
         return out
 
 
@@ -74,9 +96,13 @@ def _loader():
 
 @pytest.mark.parametrize("blind,expected", [(False, 1.0), (True, 0.0)])
 def test_predictor_with_coco_metric(tmp_path, blind, expected):
-    pred = Predictor(model=_Oracle(blind), data_loader=[_loader()], device="cpu",
-                     metrics=metric_mod.COCODetectionMetric(_ann(tmp_path)),
-                     callbacks=[MetricUpdater(update_metric)])
+    pred = Predictor(
+        model=_Oracle(blind),
+        data_loader=[_loader()],
+        device="cpu",
+        metrics=metric_mod.COCODetectionMetric(_ann(tmp_path)),
+        callbacks=[MetricUpdater(update_metric)],
+    )
     results = pred.run(ctx_for(tmp_path))
     assert set(results) >= {"mAP", "AP50", "AR100"}
     assert results["mAP"] == pytest.approx(expected)
@@ -84,10 +110,13 @@ def test_predictor_with_coco_metric(tmp_path, blind, expected):
 
 def test_validation_callback_with_coco_metric(tmp_path):
     ckpt = Checkpoint(save_dir=str(tmp_path / "ckpt"), monitor_metric_key="mAP")
-    trainer = Trainer(model=_Oracle(), num_epochs=0, device="cpu",
-                      callbacks=[Validation(_loader(), callbacks=[MetricUpdater(update_metric)]),
-                                 ckpt],
-                      val_metrics=metric_mod.COCODetectionMetric(_ann(tmp_path)))
+    trainer = Trainer(
+        model=_Oracle(),
+        num_epochs=0,
+        device="cpu",
+        callbacks=[Validation(_loader(), callbacks=[MetricUpdater(update_metric)]), ckpt],
+        val_metrics=metric_mod.COCODetectionMetric(_ann(tmp_path)),
+    )
     results = trainer.run(ctx_for(tmp_path, stage="int_infer"))
     assert results["mAP"] == pytest.approx(1.0)
     assert ckpt.best == pytest.approx(1.0)

@@ -68,10 +68,15 @@ def test_pipeline_records_order_and_rejects_wrong_order(tmp_path):
         pipe(model, ConvertContext())
     assert "needs a qat model, but the model is float" in str(err.value)
     assert "Float2QAT" in err.value.hint
-    path = _save(tmp_path, StandinFloat2QAT()(TinyDet(4), None).state_dict(),
-                 name="qat-checkpoint-best.pth.tar")
-    pipe = ModelConvertPipeline(qat_mode="fuse_bn", converters=[
-        StandinFloat2QAT(), LoadCheckpoint(str(path)), StandinQAT2Quantize()])
+    path = _save(
+        tmp_path,
+        StandinFloat2QAT()(TinyDet(4), None).state_dict(),
+        name="qat-checkpoint-best.pth.tar",
+    )
+    pipe = ModelConvertPipeline(
+        qat_mode="fuse_bn",
+        converters=[StandinFloat2QAT(), LoadCheckpoint(str(path)), StandinQAT2Quantize()],
+    )
     out = pipe(TinyDet(4), ConvertContext(example_inputs={"img": (1, 3, 16, 16)}))
     assert get_qstate(out) == "quantized" and get_qat_mode(out) == "fuse_bn"
     assert conversions(out) == ["StandinFloat2QAT", "LoadCheckpoint", "StandinQAT2Quantize"]

@@ -11,16 +11,25 @@ from fcos_core.engine.data_loader import DataLoader
 from fcos_core.engine.samplers import DistributedSampler, RandomSampler, SequentialSampler
 
 
-@pytest.mark.parametrize("n,world,shuffle,drop_last", [
-    (10, 3, True, False), (10, 3, False, False), (10, 3, True, True), (12, 4, True, False),
-    (2, 3, False, False)])
+@pytest.mark.parametrize(
+    "n,world,shuffle,drop_last",
+    [
+        (10, 3, True, False),
+        (10, 3, False, False),
+        (10, 3, True, True),
+        (12, 4, True, False),
+        (2, 3, False, False),
+    ],
+)
 def test_distributed_sampler_matches_torch(n, world, shuffle, drop_last):
     data = list(range(n))
     for rank in range(world):
-        ours = DistributedSampler(data, shuffle=shuffle, drop_last=drop_last,
-                                  num_replicas=world, rank=rank)
-        ref = tud.DistributedSampler(data, num_replicas=world, rank=rank, shuffle=shuffle,
-                                     seed=5, drop_last=drop_last)
+        ours = DistributedSampler(
+            data, shuffle=shuffle, drop_last=drop_last, num_replicas=world, rank=rank
+        )
+        ref = tud.DistributedSampler(
+            data, num_replicas=world, rank=rank, shuffle=shuffle, seed=5, drop_last=drop_last
+        )
         ours.set_seed(5)
         for epoch in (0, 3):
             ours.set_epoch(epoch)
@@ -64,8 +73,9 @@ def test_resume_skips_batches_and_reproduces_augmentation():
 def test_workers_give_the_same_batches_as_the_main_process():
     ds = TinySet(n=8, size=8, augment=True)
     main = _collect(DataLoader(ds, batch_size=2, shuffle=True, seed=3), 1, start=1)
-    workers = _collect(DataLoader(ds, batch_size=2, shuffle=True, seed=3, num_workers=2), 1,
-                       start=1)
+    workers = _collect(
+        DataLoader(ds, batch_size=2, shuffle=True, seed=3, num_workers=2), 1, start=1
+    )
     assert len(main) == len(workers) == 3
     for a, b in zip(main, workers):
         assert torch.equal(a["img"], b["img"])
@@ -101,8 +111,9 @@ def test_workers_are_kept_between_epochs_by_default():
     first = _collect(kept, 0)
     second = _collect(kept, 1)
     # a kept worker serves the next epoch, and its items are still seeded per (epoch, index)
-    fresh = DataLoader(ds, batch_size=2, shuffle=True, seed=3, num_workers=1,
-                       persistent_workers=False)
+    fresh = DataLoader(
+        ds, batch_size=2, shuffle=True, seed=3, num_workers=1, persistent_workers=False
+    )
     assert fresh._loader.persistent_workers is False
     for a, b in zip(first + second, _collect(fresh, 0) + _collect(fresh, 1)):
         assert torch.equal(a["img"], b["img"])

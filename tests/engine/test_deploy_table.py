@@ -33,26 +33,30 @@ def _integer_model(seed: int = 0) -> IntegerModel:
     """img -> int8 -> three 3x3 convs: cls (int16, per-tensor scale), box (int16), ctr (int32
     accumulator, per-channel scale)."""
     g = torch.Generator().manual_seed(seed)
-    conv = {"stride": (1, 1), "padding": (1, 1), "dilation": (1, 1), "groups": 1,
-            "relu": False}
-    ops = [IntOp("q", "quantize", ("img",), "int8"),
-           IntOp("cls", "conv2d", ("q",), "int16", dict(conv)),
-           IntOp("box", "conv2d", ("q",), "int16", dict(conv)),
-           IntOp("ctr", "conv2d", ("q",), "int32", dict(conv))]
+    conv = {"stride": (1, 1), "padding": (1, 1), "dilation": (1, 1), "groups": 1, "relu": False}
+    ops = [
+        IntOp("q", "quantize", ("img",), "int8"),
+        IntOp("cls", "conv2d", ("q",), "int16", dict(conv)),
+        IntOp("box", "conv2d", ("q",), "int16", dict(conv)),
+        IntOp("ctr", "conv2d", ("q",), "int32", dict(conv)),
+    ]
 
     def conv_tensors(cout: int, out_scale: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"weight": torch.randint(-127, 128, (cout, 3, 3, 3), generator=g,
-                                        dtype=torch.int8),
-                "bias": torch.randint(-2000, 2000, (cout,), generator=g, dtype=torch.int32),
-                "multiplier": torch.full((cout,), 1 << 30, dtype=torch.int64),
-                "shift": torch.full((cout,), 33, dtype=torch.int64),  # x 1/8
-                "scale": out_scale,
-                "weight_scale": torch.full((cout,), 0.01)}
+        return {
+            "weight": torch.randint(-127, 128, (cout, 3, 3, 3), generator=g, dtype=torch.int8),
+            "bias": torch.randint(-2000, 2000, (cout,), generator=g, dtype=torch.int32),
+            "multiplier": torch.full((cout,), 1 << 30, dtype=torch.int64),
+            "shift": torch.full((cout,), 33, dtype=torch.int64),  # x 1/8
+            "scale": out_scale,
+            "weight_scale": torch.full((cout,), 0.01),
+        }
 
-    tensors = {"q": {"scale": torch.tensor(1.0 / 128)},
-               "cls": conv_tensors(4, torch.tensor(0.02)),
-               "box": conv_tensors(4, torch.tensor(0.05)),
-               "ctr": conv_tensors(1, torch.tensor([0.001], dtype=torch.float64))}
+    tensors = {
+        "q": {"scale": torch.tensor(1.0 / 128)},
+        "cls": conv_tensors(4, torch.tensor(0.02)),
+        "box": conv_tensors(4, torch.tensor(0.05)),
+        "ctr": conv_tensors(1, torch.tensor([0.001], dtype=torch.float64)),
+    }
     del tensors["ctr"]["multiplier"], tensors["ctr"]["shift"]  # an int32 output has none
     return IntegerModel(ops, tensors, ["cls", "box", "ctr"], dequant_output=False)
 
@@ -81,8 +85,9 @@ class ShiftingBackend(CompileBackend):
     def check(self, model: Any, example_inputs: Any) -> list[Any]:
         return []
 
-    def compile(self, model: Any, example_inputs: Any, options: Any,
-                out_dir: Path) -> CompileResult:
+    def compile(
+        self, model: Any, example_inputs: Any, options: Any, out_dir: Path
+    ) -> CompileResult:
         path = Path(out_dir) / "shifting.json"
         path.write_text(json.dumps({"shifts": options.get("shifts", [])}))
         ShiftingBackend.models[str(path)] = model
@@ -102,25 +107,42 @@ class ShiftingBackend(CompileBackend):
         return tuple(outs)
 
 
-def _stage(tmp_path: Path, monkeypatch: Any, shifts: list[list[int]],
-           **check: Any) -> tuple[Any, dict[str, Any] | None, BaseException | None]:
+def _stage(
+    tmp_path: Path, monkeypatch: Any, shifts: list[list[int]], **check: Any
+) -> tuple[Any, dict[str, Any] | None, BaseException | None]:
     """Run the real compile stage with :class:`ShiftingBackend` on :class:`Deploy`."""
     from fcos_core.engine import compile_stage
     from fcos_core.engine.context import RunContext
     from fcos_core.logging_setup import get_logger
 
     model = Deploy().eval()
-    monkeypatch.setattr(compile_stage, "deploy_model",
-                        lambda cfg, ctx: (model, "deploy_model and its pipeline"))
+    monkeypatch.setattr(
+        compile_stage, "deploy_model", lambda cfg, ctx: (model, "deploy_model and its pipeline")
+    )
     entry = SimpleNamespace(load=lambda: ShiftingBackend, name="shifting", provider="tests")
-    cfg = SimpleNamespace(compile_backend=entry, compile_options={"shifts": shifts},
-                          data={"compile_cfg": {"march": "shifting", "shifts": shifts,
-                                                "timing_runs": 5, "timing_warmup": 1,
-                                                **check}},
-                          node=lambda key: None, values={})
-    ctx = RunContext(stage="compile", run_dir=tmp_path / "run", ckpt_dir=tmp_path / "ckpt",
-                     seed=0, logger=get_logger("fcos.compile"),
-                     example_inputs={"img": [1, 3, SIZE, SIZE]})
+    cfg = SimpleNamespace(
+        compile_backend=entry,
+        compile_options={"shifts": shifts},
+        data={
+            "compile_cfg": {
+                "march": "shifting",
+                "shifts": shifts,
+                "timing_runs": 5,
+                "timing_warmup": 1,
+                **check,
+            }
+        },
+        node=lambda key: None,
+        values={},
+    )
+    ctx = RunContext(
+        stage="compile",
+        run_dir=tmp_path / "run",
+        ckpt_dir=tmp_path / "ckpt",
+        seed=0,
+        logger=get_logger("fcos.compile"),
+        example_inputs={"img": [1, 3, SIZE, SIZE]},
+    )
     try:
         return ctx, compile_stage.run_compile_stage(cfg, ctx), None
     except FcosUserError as exc:
@@ -132,11 +154,16 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _numpy_count(reference: tuple[torch.Tensor, ...], candidate: tuple[np.ndarray, ...]
-                 ) -> tuple[int, int, int, int]:
+def _numpy_count(
+    reference: tuple[torch.Tensor, ...], candidate: tuple[np.ndarray, ...]
+) -> tuple[int, int, int, int]:
     """(elements, equal, within one, largest gap): the integer codes subtracted directly."""
-    d = np.concatenate([np.abs(r.numpy().astype(np.int64) - c.astype(np.int64)).ravel()
-                        for r, c in zip(reference, candidate)])
+    d = np.concatenate(
+        [
+            np.abs(r.numpy().astype(np.int64) - c.astype(np.int64)).ravel()
+            for r, c in zip(reference, candidate)
+        ]
+    )
     return d.size, int((d == 0).sum()), int((d <= 1).sum()), int(d.max())
 
 
@@ -153,8 +180,10 @@ def test_output_specs_name_and_scale_every_output():
 
 def test_agreement_against_an_independent_count():
     g = np.random.default_rng(3)
-    ref = [torch.from_numpy(g.integers(-3000, 3000, (2, 4, 5, 5)).astype(np.int16)),
-           torch.from_numpy(g.integers(-2**20, 2**20, (2, 3, 5, 5)).astype(np.int32))]
+    ref = [
+        torch.from_numpy(g.integers(-3000, 3000, (2, 4, 5, 5)).astype(np.int16)),
+        torch.from_numpy(g.integers(-(2**20), 2**20, (2, 3, 5, 5)).astype(np.int32)),
+    ]
     cand = [r.numpy().copy() for r in ref]
     cand[0].reshape(-1)[:7] += 1
     cand[0].reshape(-1)[10:13] -= 2
@@ -166,10 +195,13 @@ def test_agreement_against_an_independent_count():
     assert got["within_0"] == pytest.approx(eq / n) and got["within_1"] == pytest.approx(w1 / n)
     assert got["max_steps"] == gap == 40 and got["worst_output"] == "b"
     # dequantized floats (per-channel scale) give the same codes
-    deq = [ref[0].double() * 0.1, ref[1].double() * torch.tensor([1e-3, 2e-3, 3e-3]
-                                                                 ).reshape(1, 3, 1, 1)]
-    assert code_agreement([d.float() for d in deq], cand, specs)["within_0"] == \
-        pytest.approx(eq / n)
+    deq = [
+        ref[0].double() * 0.1,
+        ref[1].double() * torch.tensor([1e-3, 2e-3, 3e-3]).reshape(1, 3, 1, 1),
+    ]
+    assert code_agreement([d.float() for d in deq], cand, specs)["within_0"] == pytest.approx(
+        eq / n
+    )
     # a tally over two samples counts exactly what one over both counts
     tally = AgreementTally(specs)
     tally.add([r[:1] for r in ref], [c[:1] for c in cand])
@@ -243,18 +275,41 @@ def test_csv_keeps_other_backends_rows(tmp_path):
     path = tmp_path / "deploy_table.csv"
     lat = {"p50_ms": 1.0, "p90_ms": 2.0, "threads": 1}
     agr = {"elements": 10, "within_0": 1.0, "within_1": 1.0, "max_steps": 0}
-    write_csv(path, [table_row("integer model (onnx)", {"mAP": 0.5}, None, lat),
-                     table_row("onnx", {"mAP": 0.5, "AP50": 0.7}, agr, lat)])
-    write_csv(path, [table_row("integer model (nash_e)", {"mAP": 0.5}, None, lat),
-                     table_row("nash_e", {"mAP": 0.5}, agr, None)])
-    write_csv(path, [table_row("integer model (onnx)", {"mAP": 0.25}, None, lat),
-                     table_row("onnx", {"mAP": 0.25}, agr, lat)])  # onnx compiled again
+    write_csv(
+        path,
+        [
+            table_row("integer model (onnx)", {"mAP": 0.5}, None, lat),
+            table_row("onnx", {"mAP": 0.5, "AP50": 0.7}, agr, lat),
+        ],
+    )
+    write_csv(
+        path,
+        [
+            table_row("integer model (nash_e)", {"mAP": 0.5}, None, lat),
+            table_row("nash_e", {"mAP": 0.5}, agr, None),
+        ],
+    )
+    write_csv(
+        path,
+        [
+            table_row("integer model (onnx)", {"mAP": 0.25}, None, lat),
+            table_row("onnx", {"mAP": 0.25}, agr, lat),
+        ],
+    )  # onnx compiled again
     rows = _read_csv(path)
-    assert [r["backend"] for r in rows] == ["integer model (nash_e)", "nash_e",
-                                            "integer model (onnx)", "onnx"]
+    assert [r["backend"] for r in rows] == [
+        "integer model (nash_e)",
+        "nash_e",
+        "integer model (onnx)",
+        "onnx",
+    ]
     assert float(rows[3]["mAP"]) == 0.25
-    text = format_table([table_row("integer model (nash_e)", {"mAP": 0.5}, None, lat),
-                         table_row("nash_e", {"mAP": 0.25}, agr, None)])
+    text = format_table(
+        [
+            table_row("integer model (nash_e)", {"mAP": 0.5}, None, lat),
+            table_row("nash_e", {"mAP": 0.25}, agr, None),
+        ]
+    )
     lines = text.splitlines()
     assert lines[0].split()[:3] == ["backend", "mAP", "AP50"]
     assert "ref" in lines[2] and "0.2500" in lines[3] and lines[3].rstrip().endswith("-")
@@ -270,8 +325,9 @@ def test_config_key_for_every_backend_and_the_cli_flag(host, tmp_path):
     from fcos_core.errors import ConfigError
     from fcos_core.plugins import load_host
 
-    cfg = load_config(TINY_CONFIG, host, ["compile_cfg.allow_disagreement=true",
-                                          "compile_cfg.check_images=2"])
+    cfg = load_config(
+        TINY_CONFIG, host, ["compile_cfg.allow_disagreement=true", "compile_cfg.check_images=2"]
+    )
     assert "allow_disagreement" not in cfg.compile_options  # not handed to the backend
     with pytest.raises(ConfigError, match="allow_disagreement"):
         load_config(TINY_CONFIG, host, ["compile_cfg.allow_disagreement=[1]"])
@@ -279,9 +335,18 @@ def test_config_key_for_every_backend_and_the_cli_flag(host, tmp_path):
     if "compile" not in full.registries["commands"]:
         pytest.skip("fcos compile comes with fcos-plugin-nash-e, not installed")
     run = tmp_path / "run"
-    code = main(["compile", str(TINY_CONFIG), f"ckpt_dir={tmp_path / 'ckpt'}",
-                 "int_infer_trainer=null", "--run-dir", str(run), "--allow-disagreement"],
-                host=full)
+    code = main(
+        [
+            "compile",
+            str(TINY_CONFIG),
+            f"ckpt_dir={tmp_path / 'ckpt'}",
+            "int_infer_trainer=null",
+            "--run-dir",
+            str(run),
+            "--allow-disagreement",
+        ],
+        host=full,
+    )
     assert code == 0
     assert "allow_disagreement: true" in (run / "config.resolved.yaml").read_text()
     summary = json.loads((run / "summary.json").read_text())
@@ -302,8 +367,9 @@ def test_integer_model_mAP_reused_only_from_this_invocations_int_infer(tmp_path,
     torch.save({"state_dict": model.state_dict()}, ckpt)
     run = tmp_path / "run"
     run.mkdir()
-    (run / "summary.json").write_text(json.dumps(
-        {"int_infer": {"metrics": {"mAP": 0.42}, "checkpoint": str(ckpt)}}))
+    (run / "summary.json").write_text(
+        json.dumps({"int_infer": {"metrics": {"mAP": 0.42}, "checkpoint": str(ckpt)}})
+    )
     ctx = RunContext(stage="compile", run_dir=run, ckpt_dir=tmp_path, seed=0)
     cfg = SimpleNamespace(node=lambda key: None, values={})  # no evaluation data
     source = "int_infer_trainer model and model_convert_pipeline"

@@ -10,11 +10,15 @@ from fcos_core.engine.errors import PeerLostError
 from fcos_core.engine.pipeline import _dist_timeout
 from fcos_core.errors import FcosUserError
 
-GLOO_CLOSED = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] "
-               "Connection closed by peer [127.0.0.1]:48801. This is typically caused by a "
-               "remote worker crashing.")
-GLOO_TIMEOUT = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:"
-                "129] Timed out waiting 8000ms for send operation to complete")
+GLOO_CLOSED = (
+    "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] "
+    "Connection closed by peer [127.0.0.1]:48801. This is typically caused by a "
+    "remote worker crashing."
+)
+GLOO_TIMEOUT = (
+    "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:"
+    "129] Timed out waiting 8000ms for send operation to complete"
+)
 
 
 def test_dist_timeout_default_and_override(tiny_cfg):

@@ -17,19 +17,40 @@ from fcos_core.engine.pipeline import run_pipeline
 
 
 def _overrides(tmp_path, sub, batch):
-    return [f"ckpt_dir={tmp_path / sub / 'ckpt'}", f"vars.batch_size={batch}",
-            "float_predictor=null", "deterministic=false"]
+    return [
+        f"ckpt_dir={tmp_path / sub / 'ckpt'}",
+        f"vars.batch_size={batch}",
+        "float_predictor=null",
+        "deterministic=false",
+    ]
 
 
 def test_torchrun_argv():
-    args = argparse.Namespace(config="c.yaml", overrides=["a=1"], stage="float", run_dir="r",
-                              resume=True, nproc_per_node=2, debug=False)
+    args = argparse.Namespace(
+        config="c.yaml",
+        overrides=["a=1"],
+        stage="float",
+        run_dir="r",
+        resume=True,
+        nproc_per_node=2,
+        debug=False,
+    )
     argv = torchrun_argv(args)
     overwrite = argparse.Namespace(**{**vars(args), "resume": False, "overwrite": True})
     assert torchrun_argv(overwrite)[-1] == "--overwrite"
     assert argv[:3] == ["--nproc-per-node", "2", "--standalone"]
-    assert argv[3:] == ["-m", "fcos_core", "run", "c.yaml", "a=1", "--stage", "float",
-                        "--run-dir", "r", "--resume"]
+    assert argv[3:] == [
+        "-m",
+        "fcos_core",
+        "run",
+        "c.yaml",
+        "a=1",
+        "--stage",
+        "float",
+        "--run-dir",
+        "r",
+        "--resume",
+    ]
 
 
 @pytest.mark.slow
@@ -38,9 +59,15 @@ def test_two_process_ddp_equals_one_process(tiny_cfg, host, tmp_path, monkeypatc
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), *sys.path]))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("FCOS_PROGRESS", "0")
-    args = argparse.Namespace(config=str(TINY_CONFIG), overrides=_overrides(tmp_path, "ddp", 2),
-                              stage="float", run_dir=str(tmp_path / "ddp" / "run"),
-                              resume=False, nproc_per_node=2, debug=True)
+    args = argparse.Namespace(
+        config=str(TINY_CONFIG),
+        overrides=_overrides(tmp_path, "ddp", 2),
+        stage="float",
+        run_dir=str(tmp_path / "ddp" / "run"),
+        resume=False,
+        nproc_per_node=2,
+        debug=True,
+    )
     assert launch_with_torchrun(args, entry_module="engine_fcos_main") == 0
     # the same run again would replace those checkpoints: rank 0 checks, every rank stops with
     # exit code 2 (none waits for the others forever), the checkpoint is untouched

@@ -25,8 +25,9 @@ class _Loop:
 
     def __init__(self, num_epochs):
         self.state = LoopState(num_epochs=num_epochs, steps_per_epoch=1)
-        self.logger = types.SimpleNamespace(info=lambda *a, **k: None,
-                                            warning=lambda *a, **k: self.warned.append(k))
+        self.logger = types.SimpleNamespace(
+            info=lambda *a, **k: None, warning=lambda *a, **k: self.warned.append(k)
+        )
         self.warned = []
         self.ctx = types.SimpleNamespace(summary_extra={})
 
@@ -48,20 +49,23 @@ def _drive(values, cb, num_epochs=None):
     return loop, ran
 
 
-@pytest.mark.parametrize("values, kw, ran, best_epoch", [
-    # max, patience 2: 0.5 at epoch 2, then two validations without a gain -> stop at 4
-    ([0.1, 0.5, 0.4, 0.5, 0.9, 0.9], dict(patience=2), 4, 2),
-    # min_delta: 0.505 beats 0.5 by less than 0.01, so it is no improvement
-    ([0.1, 0.5, 0.505, 0.509, 0.508, 0.9], dict(patience=3, min_delta=0.01), 5, 2),
-    # still improving: runs every epoch, never stops
-    ([0.1, 0.2, 0.3, 0.4], dict(patience=1), 4, 4),
-    # min: a loss that falls, then rises
-    ([3.0, 2.0, 2.5, 2.4, 1.0], dict(mode="min", patience=2, monitor="mAP"), 4, 2),
-    # NaN is never an improvement
-    ([0.3, float("nan"), float("nan"), 0.9], dict(patience=2), 3, 1),
-    # val_interval 2: epochs without a validation do not count
-    ([0.3, None, 0.2, None, 0.2, None, 0.9], dict(patience=2), 5, 1),
-])
+@pytest.mark.parametrize(
+    "values, kw, ran, best_epoch",
+    [
+        # max, patience 2: 0.5 at epoch 2, then two validations without a gain -> stop at 4
+        ([0.1, 0.5, 0.4, 0.5, 0.9, 0.9], dict(patience=2), 4, 2),
+        # min_delta: 0.505 beats 0.5 by less than 0.01, so it is no improvement
+        ([0.1, 0.5, 0.505, 0.509, 0.508, 0.9], dict(patience=3, min_delta=0.01), 5, 2),
+        # still improving: runs every epoch, never stops
+        ([0.1, 0.2, 0.3, 0.4], dict(patience=1), 4, 4),
+        # min: a loss that falls, then rises
+        ([3.0, 2.0, 2.5, 2.4, 1.0], dict(mode="min", patience=2, monitor="mAP"), 4, 2),
+        # NaN is never an improvement
+        ([0.3, float("nan"), float("nan"), 0.9], dict(patience=2), 3, 1),
+        # val_interval 2: epochs without a validation do not count
+        ([0.3, None, 0.2, None, 0.2, None, 0.9], dict(patience=2), 5, 1),
+    ],
+)
 def test_decision_rule(values, kw, ran, best_epoch):
     loop, epochs = _drive(values, EarlyStopping(**kw))
     assert epochs[-1] == ran
@@ -79,9 +83,14 @@ def test_last_epoch_is_not_a_stop_and_missing_metric_warns():
     assert epochs == [1, 2, 3] and len(loop.warned) == 1 and cb.best is None
 
 
-@pytest.mark.parametrize("kw,message", [(dict(patience=0), "patience must be >= 1"),
-                                        (dict(mode="up"), "mode must be 'max' or 'min'"),
-                                        (dict(min_delta=-1.0), "min_delta must be a finite")])
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        (dict(patience=0), "patience must be >= 1"),
+        (dict(mode="up"), "mode must be 'max' or 'min'"),
+        (dict(min_delta=-1.0), "min_delta must be a finite"),
+    ],
+)
 def test_bad_arguments(kw, message):
     with pytest.raises(ValueError, match=message):
         EarlyStopping(**kw)
@@ -142,8 +151,10 @@ def host():
 
     from fcos_core.plugins import load_host
 
-    return load_host(entry_points=False, plugins=[("engine_standins", engine_standins),
-                                                  ("scripted", sys.modules[__name__])])
+    return load_host(
+        entry_points=False,
+        plugins=[("engine_standins", engine_standins), ("scripted", sys.modules[__name__])],
+    )
 
 
 def test_a_stalling_run_stops_and_keeps_the_best_checkpoint(tiny_cfg, host, tmp_path):
@@ -153,14 +164,25 @@ def test_a_stalling_run_stops_and_keeps_the_best_checkpoint(tiny_cfg, host, tmp_
         "float_trainer.val_metrics={type: ScriptedMetric, values: [0.2, 0.6, 0.5, 0.55, 0.6, 0.9]}",
         "float_trainer.callbacks=['${vars.val_callback}', '${vars.ckpt_callback}', "
         "{type: EarlyStopping, monitor: mAP, mode: max, patience: 3, min_delta: 0.01}]",
-        "float_predictor=null", "calibration_trainer=null", "qat_trainer=null",
-        "int_infer_trainer=null", "int_infer_predictor=null", "compile_cfg=null")
+        "float_predictor=null",
+        "calibration_trainer=null",
+        "qat_trainer=null",
+        "int_infer_trainer=null",
+        "int_infer_predictor=null",
+        "compile_cfg=null",
+    )
     run_dir = tmp_path / "run"
     assert run_pipeline(cfg, host, ["float"], run_dir=str(run_dir)) == 0
     summary = json.loads((run_dir / "summary.json").read_text())["float"]
-    assert summary["early_stopping"] == {"monitor": "mAP", "mode": "max", "best": 0.6,
-                                         "best_epoch": 2, "stopped_epoch": 5, "patience": 3,
-                                         "min_delta": 0.01}
+    assert summary["early_stopping"] == {
+        "monitor": "mAP",
+        "mode": "max",
+        "best": 0.6,
+        "best_epoch": 2,
+        "stopped_epoch": 5,
+        "patience": 3,
+        "min_delta": 0.01,
+    }
     assert summary["metrics"]["mAP"] == 0.6  # the last validation (epoch 5), not re-run
     ckpt = tmp_path / "ckpt"
     best = torch.load(ckpt / "float-checkpoint-best.pth.tar", weights_only=True)
@@ -168,8 +190,11 @@ def test_a_stalling_run_stops_and_keeps_the_best_checkpoint(tiny_cfg, host, tmp_
     assert best["metric"] == 0.6 and best["epoch"] == 2  # saved at the end of epoch 2
     assert last["finished"] and last["global_step"] == 5 * 4  # 5 epochs of 4 batches
     # the kept best is epoch 2's weights, not the last ones
-    diff = [k for k in best["state_dict"] if not torch.equal(best["state_dict"][k],
-                                                             last["state_dict"][k])]
+    diff = [
+        k
+        for k in best["state_dict"]
+        if not torch.equal(best["state_dict"][k], last["state_dict"][k])
+    ]
     assert diff
     # the stage is finished: --resume skips it instead of training the remaining epochs
     assert run_pipeline(cfg, host, ["float"], run_dir=str(run_dir), resume=True) == 0

@@ -19,16 +19,22 @@ class _Record(Callback):
         self.snaps = []
 
     def on_step_end(self, loop, batch, outputs):
-        self.snaps.append({k: v.detach().clone().double() if v.is_floating_point()
-                           else v.detach().clone() for k, v in loop.model.state_dict().items()})
+        self.snaps.append(
+            {
+                k: v.detach().clone().double() if v.is_floating_point() else v.detach().clone()
+                for k, v in loop.model.state_dict().items()
+            }
+        )
 
 
 def test_ema_follows_the_yolox_rule(tmp_path):
     rec = _Record()
     ema = ExponentialMovingAverage(decay=0.9, ramp_steps=3.0)
     trainer = tiny_trainer(tmp_path, callbacks=[rec, ema], num_epochs=2)
-    init = {k: v.detach().clone().double() if v.is_floating_point() else v.clone()
-            for k, v in trainer.model.state_dict().items()}
+    init = {
+        k: v.detach().clone().double() if v.is_floating_point() else v.clone()
+        for k, v in trainer.model.state_dict().items()
+    }
     trainer.run(ctx_for(tmp_path))
     expected = dict(init)
     for n, snap in enumerate(rec.snaps, start=1):
@@ -42,8 +48,11 @@ def test_ema_follows_the_yolox_rule(tmp_path):
     # the EMA is what the loop evaluates, and it differs from the raw weights
     assert trainer.eval_model is ema.model
     raw = trainer.model.state_dict()
-    assert any(not torch.allclose(raw[k].float(), got[k].float()) for k in raw
-               if raw[k].is_floating_point())
+    assert any(
+        not torch.allclose(raw[k].float(), got[k].float())
+        for k in raw
+        if raw[k].is_floating_point()
+    )
     # integer buffers are copied
     assert int(got["body.bn1.num_batches_tracked"]) == 4
 

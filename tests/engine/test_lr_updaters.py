@@ -48,20 +48,29 @@ def _torch_lrs(make, total, lr=0.1):
 
 def test_cosine_with_step_warmup_matches_torch():
     epochs, spe, warm, start, m = 4, 5, 6, 0.2, 0.05
-    ours = _lrs(CosLrUpdater(warmup_len=warm, warmup_by="step", warmup_start_ratio=start,
-                             min_lr_ratio=m), epochs, spe)
+    ours = _lrs(
+        CosLrUpdater(warmup_len=warm, warmup_by="step", warmup_start_ratio=start, min_lr_ratio=m),
+        epochs,
+        spe,
+    )
     total = epochs * spe
-    ref = _torch_lrs(lambda o: torch.optim.lr_scheduler.SequentialLR(o, [
-        torch.optim.lr_scheduler.LinearLR(o, start_factor=start, total_iters=warm),
-        torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=total - warm, eta_min=0.1 * m)],
-        milestones=[warm]), total)
+    ref = _torch_lrs(
+        lambda o: torch.optim.lr_scheduler.SequentialLR(
+            o,
+            [
+                torch.optim.lr_scheduler.LinearLR(o, start_factor=start, total_iters=warm),
+                torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=total - warm, eta_min=0.1 * m),
+            ],
+            milestones=[warm],
+        ),
+        total,
+    )
     assert ours == pytest.approx(ref, rel=1e-9, abs=1e-12)
 
 
 def test_cosine_with_epoch_warmup_hand_computed():
     epochs, spe = 4, 3
-    ours = _lrs(CosLrUpdater(warmup_len=2, warmup_by="epoch", warmup_start_ratio=0.1), epochs,
-                spe)
+    ours = _lrs(CosLrUpdater(warmup_len=2, warmup_by="epoch", warmup_start_ratio=0.1), epochs, spe)
     expected = []
     for t in range(epochs * spe):
         e = t // spe
@@ -75,14 +84,20 @@ def test_cosine_with_epoch_warmup_hand_computed():
 def test_step_decay_matches_multisteplr():
     epochs, spe = 6, 2
     ours = _lrs(StepDecayLrUpdater(lr_decay_id=[2, 4], lr_decay_factor=0.3), epochs, spe)
-    per_epoch = _torch_lrs(lambda o: torch.optim.lr_scheduler.MultiStepLR(
-        o, milestones=[2, 4], gamma=0.3), epochs)
+    per_epoch = _torch_lrs(
+        lambda o: torch.optim.lr_scheduler.MultiStepLR(o, milestones=[2, 4], gamma=0.3), epochs
+    )
     assert ours == pytest.approx([lr for lr in per_epoch for _ in range(spe)], rel=1e-12)
 
 
 def test_groups_keep_their_ratio_and_bad_arguments():
-    opt = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 1.0},
-                           {"params": [torch.nn.Parameter(torch.zeros(1))]}], lr=0.5)
+    opt = torch.optim.SGD(
+        [
+            {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 1.0},
+            {"params": [torch.nn.Parameter(torch.zeros(1))]},
+        ],
+        lr=0.5,
+    )
     loop = _Loop(opt, 2, 2)
     cb = StepDecayLrUpdater(lr_decay_id=[1])
     cb.on_loop_begin(loop)
@@ -98,13 +113,25 @@ def test_groups_keep_their_ratio_and_bad_arguments():
 def test_min_warmup_steps_floors_a_short_epoch_warmup_like_torch():
     # one warm-up epoch of 2 steps is floored to a per-step ramp over 7 steps
     epochs, spe, floor, start = 10, 2, 7, 0.1
-    ours = _lrs(CosLrUpdater(warmup_len=1, warmup_by="epoch", warmup_start_ratio=start,
-                             min_warmup_steps=floor), epochs, spe)
+    ours = _lrs(
+        CosLrUpdater(
+            warmup_len=1, warmup_by="epoch", warmup_start_ratio=start, min_warmup_steps=floor
+        ),
+        epochs,
+        spe,
+    )
     total = epochs * spe
-    ref = _torch_lrs(lambda o: torch.optim.lr_scheduler.SequentialLR(o, [
-        torch.optim.lr_scheduler.LinearLR(o, start_factor=start, total_iters=floor),
-        torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=total - floor)],
-        milestones=[floor]), total)
+    ref = _torch_lrs(
+        lambda o: torch.optim.lr_scheduler.SequentialLR(
+            o,
+            [
+                torch.optim.lr_scheduler.LinearLR(o, start_factor=start, total_iters=floor),
+                torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=total - floor),
+            ],
+            milestones=[floor],
+        ),
+        total,
+    )
     assert ours == pytest.approx(ref, rel=1e-9, abs=1e-12)
     # a warm-up already longer than the floor is unchanged; the floor never exceeds half the run
     long = CosLrUpdater(warmup_len=2, warmup_by="epoch", min_warmup_steps=3)

@@ -57,9 +57,12 @@ def _finite(state):
 def test_nonfinite_gradient_steps_are_skipped_and_counted(tmp_path):
     spy = _InfGradAt({2, 4})
     ema = ExponentialMovingAverage(decay=0.9, ramp_steps=2.0)
-    trainer = tiny_trainer(tmp_path, num_epochs=2, dataset=TinySet(n=12, size=16),
-                           callbacks=[spy, ema, Checkpoint(save_dir=str(tmp_path / "ckpt"),
-                                                           save_interval_steps=1)])
+    trainer = tiny_trainer(
+        tmp_path,
+        num_epochs=2,
+        dataset=TinySet(n=12, size=16),
+        callbacks=[spy, ema, Checkpoint(save_dir=str(tmp_path / "ckpt"), save_interval_steps=1)],
+    )
     ctx = ctx_for(tmp_path)
     trainer.run(ctx)
     assert trainer.state.global_step == 6 and trainer.state.finished
@@ -72,17 +75,23 @@ def test_nonfinite_gradient_steps_are_skipped_and_counted(tmp_path):
     assert ema.updates == 4  # the EMA was not updated on the two skipped steps
     last = load_file(tmp_path / "ckpt" / "float-checkpoint-last.pth.tar")
     assert _finite(last["state_dict"]) and _finite(last["train_state_dict"])
-    counts = [r["nonfinite_grad_steps"] for r in ctx.recorder.rows("step", "float")
-              if "nonfinite_grad_steps" in r]
+    counts = [
+        r["nonfinite_grad_steps"]
+        for r in ctx.recorder.rows("step", "float")
+        if "nonfinite_grad_steps" in r
+    ]
     assert counts == [1.0, 2.0]
 
 
 def test_consecutive_nonfinite_gradients_stop_with_a_clear_error(tmp_path):
     spy = _InfGradAt(range(1, 100))
-    trainer = tiny_trainer(tmp_path, num_epochs=3, dataset=TinySet(n=16, size=16),
-                           max_nonfinite_steps=3,
-                           callbacks=[spy, Checkpoint(save_dir=str(tmp_path / "ckpt"),
-                                                      save_interval_steps=1)])
+    trainer = tiny_trainer(
+        tmp_path,
+        num_epochs=3,
+        dataset=TinySet(n=16, size=16),
+        max_nonfinite_steps=3,
+        callbacks=[spy, Checkpoint(save_dir=str(tmp_path / "ckpt"), save_interval_steps=1)],
+    )
     with pytest.raises(NonFiniteGradientError) as err:
         trainer.run(ctx_for(tmp_path))
     exc = err.value
@@ -100,7 +109,7 @@ def test_grad_scaler_skips_by_itself_and_is_not_counted_twice():
     model = torch.nn.Linear(2, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     bp = MultiBatchProcessor(need_grad_update=True, loss_collector=lambda out: [out["loss"]])
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     bp._get_scaler = lambda device: scaler
     before = weights(model)
     handle = model.weight.register_hook(lambda g: torch.full_like(g, math.inf))
@@ -111,7 +120,7 @@ def test_grad_scaler_skips_by_itself_and_is_not_counted_twice():
     bp(forward, {"x": torch.ones(1, 2)}, torch.device("cpu"), opt)
     handle.remove()
     assert not bp.last_step_skipped  # the scaler's own skip, not one of ours
-    assert scaler.get_scale() < 2.0 ** 10  # ... which lowered its scale
+    assert scaler.get_scale() < 2.0**10  # ... which lowered its scale
     assert all(torch.equal(before[k], v) for k, v in weights(model).items())
 
 
@@ -129,8 +138,13 @@ def test_skipped_steps_reach_summary_and_metrics_csv(tiny_cfg, host, tmp_path, m
         return torch.tensor(math.nan) if len(calls) == 2 else real(grads, *args, **kwargs)
 
     monkeypatch.setattr(torch.nn.utils, "get_total_norm", norm_inf_on_second_step)
-    cfg = tiny_cfg("calibration_trainer=null", "qat_trainer=null", "int_infer_trainer=null",
-                   "float_predictor=null", "float_trainer.num_epochs=1")
+    cfg = tiny_cfg(
+        "calibration_trainer=null",
+        "qat_trainer=null",
+        "int_infer_trainer=null",
+        "float_predictor=null",
+        "float_trainer.num_epochs=1",
+    )
     run_pipeline(cfg, host, ["float"], run_dir=str(tmp_path / "run"))
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["float"]["nonfinite_grad_steps"] == 1

@@ -47,8 +47,12 @@ def test_nesterov_steps_match_torch_sgd():
     a, b = nn.Linear(4, 3), nn.Linear(4, 3)
     b.load_state_dict(a.state_dict())
     ours = SGD(a, lr=0.1, momentum=0.9, nesterov=True, params={"weight": {"weight_decay": 0.01}})
-    ref = torch.optim.SGD([{"params": [b.weight], "weight_decay": 0.01}, {"params": [b.bias]}],
-                          lr=0.1, momentum=0.9, nesterov=True)
+    ref = torch.optim.SGD(
+        [{"params": [b.weight], "weight_decay": 0.01}, {"params": [b.bias]}],
+        lr=0.1,
+        momentum=0.9,
+        nesterov=True,
+    )
     x = torch.randn(5, 4)
     for _ in range(3):
         for net, opt in ((a, ours), (b, ref)):
@@ -65,8 +69,9 @@ def test_adamw_from_config(host):
     from fcos_core.config.validate import Validator
 
     v = Validator(host.registries, LineMap(None))
-    node = v.check_component("optimizers", {"type": "AdamW", "lr": 0.01,
-                                            "params": {"bias": {"weight_decay": 0.0}}}, ())
+    node = v.check_component(
+        "optimizers", {"type": "AdamW", "lr": 0.01, "params": {"bias": {"weight_decay": 0.0}}}, ()
+    )
     assert not v.problems
     opt = build(node, model=nn.Linear(2, 2))
     assert isinstance(opt, torch.optim.AdamW)

@@ -42,14 +42,30 @@ def test_all_stages(tiny_cfg, host, tmp_path, capsys):
     assert report["qstate"] == "quantized" and report["shapes"] == [[1, 1], [1, 1]]
     assert report["options"]["name"] == "tiny_model"
     # run folder
-    for name in ("config.resolved.yaml", "log.jsonl", "metrics.csv", "loss.png", "lr.png",
-                 "map.png"):
+    for name in (
+        "config.resolved.yaml",
+        "log.jsonl",
+        "metrics.csv",
+        "loss.png",
+        "lr.png",
+        "map.png",
+    ):
         assert (run_dir / name).is_file(), name
         assert (run_dir / name).stat().st_size > 0
     rows = list(csv.DictReader((run_dir / "metrics.csv").read_text().splitlines()))
     cols = set(rows[0])
-    assert {"kind", "stage", "epoch", "step", "lr", "loss", "loss_cls", "loss_reg",
-            "train_cls", "val_mAP"} <= cols
+    assert {
+        "kind",
+        "stage",
+        "epoch",
+        "step",
+        "lr",
+        "loss",
+        "loss_cls",
+        "loss_reg",
+        "train_cls",
+        "val_mAP",
+    } <= cols
     float_steps = [r for r in rows if r["stage"] == "float" and r["kind"] == "step"]
     assert [int(r["step"]) for r in float_steps] == list(range(1, 9))
     events = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
@@ -89,8 +105,9 @@ def test_compile_without_a_backend_names_the_package(tmp_path):
 
     from fcos_core.engine.compile_stage import run_compile_stage
 
-    cfg = SimpleNamespace(compile_backend=None, compile_options=None,
-                          data={"compile_cfg": {"march": "nash_e"}})
+    cfg = SimpleNamespace(
+        compile_backend=None, compile_options=None, data={"compile_cfg": {"march": "nash_e"}}
+    )
     with pytest.raises(FcosUserError) as err:
         run_compile_stage(cfg, ctx_for(tmp_path, stage="compile"))
     assert "march 'nash_e'" in str(err.value) and "pip install fcos-plugin-nash-e" in err.value.hint

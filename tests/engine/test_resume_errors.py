@@ -18,16 +18,21 @@ from fcos_core.errors import FcosUserError
 
 
 def _trainer(tmp_path, channels: int, strict: bool = False) -> Trainer:
-    return Trainer(model=TinyDet(channels=channels), num_epochs=1,
-                   data_loader=DataLoader(TinySet(n=8, size=16), batch_size=4),
-                   optimizer=lambda model: SGD(model, lr=0.05, momentum=0.9), device="cpu",
-                   callbacks=[Checkpoint(save_dir=str(tmp_path / "ckpt"), strict_match=strict)])
+    return Trainer(
+        model=TinyDet(channels=channels),
+        num_epochs=1,
+        data_loader=DataLoader(TinySet(n=8, size=16), batch_size=4),
+        optimizer=lambda model: SGD(model, lr=0.05, momentum=0.9),
+        device="cpu",
+        callbacks=[Checkpoint(save_dir=str(tmp_path / "ckpt"), strict_match=strict)],
+    )
 
 
 @pytest.mark.parametrize("finished", [True, False])
 def test_resume_with_other_model_shapes_names_the_tensors(tmp_path, finished):
-    first = tiny_trainer(tmp_path, num_epochs=1,
-                         callbacks=[Checkpoint(save_dir=str(tmp_path / "ckpt"))])
+    first = tiny_trainer(
+        tmp_path, num_epochs=1, callbacks=[Checkpoint(save_dir=str(tmp_path / "ckpt"))]
+    )
     first.run(ctx_for(tmp_path))
     last = tmp_path / "ckpt" / "float-checkpoint-last.pth.tar"
     if not finished:  # a run cut short: restore() loads the weights, not the finished path
@@ -43,8 +48,9 @@ def test_resume_with_other_model_shapes_names_the_tensors(tmp_path, finished):
 
 
 def test_strict_resume_names_missing_tensors(tmp_path):
-    tiny_trainer(tmp_path, num_epochs=1,
-                 callbacks=[Checkpoint(save_dir=str(tmp_path / "ckpt"))]).run(ctx_for(tmp_path))
+    tiny_trainer(
+        tmp_path, num_epochs=1, callbacks=[Checkpoint(save_dir=str(tmp_path / "ckpt"))]
+    ).run(ctx_for(tmp_path))
     last = tmp_path / "ckpt" / "float-checkpoint-last.pth.tar"
     ckpt = load_file(last)
     ckpt["state_dict"].pop("body.cls.bias")
@@ -55,24 +61,31 @@ def test_strict_resume_names_missing_tensors(tmp_path):
 
 
 def test_resume_with_other_optimizer_groups_is_a_user_error(tmp_path):
-    tiny_trainer(tmp_path, num_epochs=1,
-                 callbacks=[Checkpoint(save_dir=str(tmp_path / "ckpt"))]).run(ctx_for(tmp_path))
+    tiny_trainer(
+        tmp_path, num_epochs=1, callbacks=[Checkpoint(save_dir=str(tmp_path / "ckpt"))]
+    ).run(ctx_for(tmp_path))
     last = tmp_path / "ckpt" / "float-checkpoint-last.pth.tar"
     ckpt = load_file(last)
     ckpt.update(finished=False, epoch=0, batch_in_epoch=1, global_step=1)
     atomic_save(ckpt, last)
     trainer = _trainer(tmp_path, channels=4)
-    trainer._optimizer_spec = lambda model: SGD(model, lr=0.05,
-                                                params={"bias": {"weight_decay": 0.0}})
+    trainer._optimizer_spec = lambda model: SGD(
+        model, lr=0.05, params={"bias": {"weight_decay": 0.0}}
+    )
     with pytest.raises(FcosUserError, match=r"optimizer state .* does not fit"):
         trainer.run(ctx_for(tmp_path, resume=True))
 
 
-@pytest.mark.parametrize("text,match", [
-    ("kind,stage,epoch,step,loss\nstep,float,0,1,0.5\nstep,float,0,2,abc\n",
-     r"line 3: column 'loss' holds 'abc', not a number"),
-    ("kind,stage,epoch,step,loss\nstep,float,0,1,0.5\xff\n", "not a readable metrics table"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        (
+            "kind,stage,epoch,step,loss\nstep,float,0,1,0.5\nstep,float,0,2,abc\n",
+            r"line 3: column 'loss' holds 'abc', not a number",
+        ),
+        ("kind,stage,epoch,step,loss\nstep,float,0,1,0.5\xff\n", "not a readable metrics table"),
+    ],
+)
 def test_damaged_metrics_csv_is_a_user_error(tmp_path, text, match):
     (tmp_path / "metrics.csv").write_bytes(text.encode("latin-1"))
     with pytest.raises(FcosUserError, match=match) as err:
@@ -80,13 +93,19 @@ def test_damaged_metrics_csv_is_a_user_error(tmp_path, text, match):
     assert "metrics.csv" in str(err.value) and "move the file away" in str(err.value)
 
 
-def test_resume_cli_exits_2_on_a_damaged_metrics_csv_and_on_a_changed_model(host, tmp_path,
-                                                                             capsys):
+def test_resume_cli_exits_2_on_a_damaged_metrics_csv_and_on_a_changed_model(host, tmp_path, capsys):
     from fcos_core.cli.main import main
 
     run_dir = tmp_path / "run"
-    base = ["run", str(TINY_CONFIG), f"ckpt_dir={tmp_path / 'ckpt'}", "--stage", "float",
-            "--run-dir", str(run_dir)]
+    base = [
+        "run",
+        str(TINY_CONFIG),
+        f"ckpt_dir={tmp_path / 'ckpt'}",
+        "--stage",
+        "float",
+        "--run-dir",
+        str(run_dir),
+    ]
     assert main([*base, "float_trainer.num_epochs=1", "float_predictor=null"], host=host) == 0
     good = (run_dir / "metrics.csv").read_text()
     lines = good.splitlines()

@@ -21,18 +21,29 @@ from fcos_core.engine.pipeline import run_pipeline
 from fcos_core.engine.run_guard import LOCK_NAME, RunLock, Terminated
 from fcos_core.errors import FcosUserError
 
-ONLY_FLOAT = ("calibration_trainer=null", "qat_trainer=null", "int_infer_trainer=null",
-              "float_predictor=null", "float_trainer.num_epochs=1")
+ONLY_FLOAT = (
+    "calibration_trainer=null",
+    "qat_trainer=null",
+    "int_infer_trainer=null",
+    "float_predictor=null",
+    "float_trainer.num_epochs=1",
+)
 
 
 def _snapshot(*folders):
-    return {p: p.read_bytes() for f in folders if f.is_dir() for p in sorted(f.rglob("*"))
-            if p.is_file() and p.name != LOCK_NAME}
+    return {
+        p: p.read_bytes()
+        for f in folders
+        if f.is_dir()
+        for p in sorted(f.rglob("*"))
+        if p.is_file() and p.name != LOCK_NAME
+    }
 
 
 @pytest.mark.slow
-def test_rerun_refuses_to_replace_checkpoints_until_resume_or_overwrite(tiny_cfg, host, tmp_path,
-                                                                        capsys):
+def test_rerun_refuses_to_replace_checkpoints_until_resume_or_overwrite(
+    tiny_cfg, host, tmp_path, capsys
+):
     cfg = tiny_cfg(*ONLY_FLOAT)
     run, ckpt = tmp_path / "run", tmp_path / "ckpt"
     run_pipeline(cfg, host, ["float"], run_dir=str(run))
@@ -43,16 +54,25 @@ def test_rerun_refuses_to_replace_checkpoints_until_resume_or_overwrite(tiny_cfg
 
     # the default --stage all would train float again: refused, nothing touched
     with pytest.raises(FcosUserError) as err:
-        run_pipeline(cfg, host, ["float", "calibration", "qat", "int_infer", "compile"],
-                     run_dir=str(run))
+        run_pipeline(
+            cfg, host, ["float", "calibration", "qat", "int_infer", "compile"], run_dir=str(run)
+        )
     msg = str(err.value)
     assert str(best) in msg and str(last) in msg
     assert "--resume" in err.value.hint and "--overwrite" in err.value.hint
     assert _snapshot(run, ckpt) == before
 
     # the CLI: exit code 2, the files and both flags named, still nothing touched
-    argv = ["run", str(TINY_CONFIG), f"ckpt_dir={ckpt}", *ONLY_FLOAT, "--stage", "float",
-            "--run-dir", str(run)]
+    argv = [
+        "run",
+        str(TINY_CONFIG),
+        f"ckpt_dir={ckpt}",
+        *ONLY_FLOAT,
+        "--stage",
+        "float",
+        "--run-dir",
+        str(run),
+    ]
     capsys.readouterr()
     assert main(argv, host=host) == 2
     stderr = capsys.readouterr().err
@@ -73,8 +93,13 @@ def test_rerun_refuses_to_replace_checkpoints_until_resume_or_overwrite(tiny_cfg
 
     previous = signal.signal(signal.SIGTERM, sentinel)
     try:
-        run_pipeline(tiny_cfg(*ONLY_FLOAT, "vars.data_loader.dataset.n=8"), host, ["float"],
-                     run_dir=str(run), overwrite=True)
+        run_pipeline(
+            tiny_cfg(*ONLY_FLOAT, "vars.data_loader.dataset.n=8"),
+            host,
+            ["float"],
+            run_dir=str(run),
+            overwrite=True,
+        )
         assert signal.getsignal(signal.SIGTERM) is sentinel
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -84,13 +109,17 @@ def test_rerun_refuses_to_replace_checkpoints_until_resume_or_overwrite(tiny_cfg
 
 
 def test_a_second_run_on_the_same_ckpt_dir_is_refused_and_a_dead_ones_lock_is_not(
-        tiny_cfg, host, tmp_path):
+    tiny_cfg, host, tmp_path
+):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    code = ("import sys; from fcos_core.engine.run_guard import RunLock; "
-            f"RunLock({str(ckpt)!r}).acquire(); print('locked', flush=True); sys.stdin.read()")
-    other = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
+    code = (
+        "import sys; from fcos_core.engine.run_guard import RunLock; "
+        f"RunLock({str(ckpt)!r}).acquire(); print('locked', flush=True); sys.stdin.read()"
+    )
+    other = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert other.stdout.readline().strip() == "locked"
         with pytest.raises(FcosUserError) as err:
@@ -108,8 +137,9 @@ def test_a_second_run_on_the_same_ckpt_dir_is_refused_and_a_dead_ones_lock_is_no
     RunLock(ckpt).acquire().release()
 
 
-def test_unwritable_folders_stop_the_run_before_any_training(tiny_cfg, host, tmp_path, capsys,
-                                                             monkeypatch):
+def test_unwritable_folders_stop_the_run_before_any_training(
+    tiny_cfg, host, tmp_path, capsys, monkeypatch
+):
     blocker = tmp_path / "a_file"
     blocker.write_bytes(b"user data\n")
     run = tmp_path / "run"
@@ -150,8 +180,9 @@ def test_a_failing_checkpoint_write_names_the_file(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(ckpt_mod, "atomic_save", full)
-    trainer = tiny_trainer(tmp_path, num_epochs=1,
-                           callbacks=[ckpt_mod.Checkpoint(save_dir=str(tmp_path / "ckpt"))])
+    trainer = tiny_trainer(
+        tmp_path, num_epochs=1, callbacks=[ckpt_mod.Checkpoint(save_dir=str(tmp_path / "ckpt"))]
+    )
     with pytest.raises(FcosUserError) as err:
         trainer.run(ctx_for(tmp_path))
     assert "float-checkpoint-last.pth.tar" in str(err.value)
@@ -164,31 +195,56 @@ STEPS = 12  # 3 epochs x 4 steps
 
 
 def _overrides(ckpt_dir):
-    return [f"ckpt_dir={ckpt_dir}", "float_trainer.num_epochs=3", "float_predictor=null",
-            "calibration_trainer=null", "qat_trainer=null", "int_infer_trainer=null",
-            "vars.model.dropout=0.2", "vars.data_loader.dataset.delay=0.01",
-            "vars.ckpt_callback.save_interval_steps=1000"]
+    return [
+        f"ckpt_dir={ckpt_dir}",
+        "float_trainer.num_epochs=3",
+        "float_predictor=null",
+        "calibration_trainer=null",
+        "qat_trainer=null",
+        "int_infer_trainer=null",
+        "vars.model.dropout=0.2",
+        "vars.data_loader.dataset.delay=0.01",
+        "vars.ckpt_callback.save_interval_steps=1000",
+    ]
 
 
 def _steps_logged(log_path):
     if not log_path.is_file():
         return 0
-    return sum(1 for line in log_path.read_text().splitlines()
-               if line.strip().endswith("}") and json.loads(line).get("event") == "train")
+    return sum(
+        1
+        for line in log_path.read_text().splitlines()
+        if line.strip().endswith("}") and json.loads(line).get("event") == "train"
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_sigterm_saves_last_and_resume_continues_exactly(tiny_cfg, host, tmp_path):
-    run_pipeline(tiny_cfg(*_overrides(tmp_path / "ref")), host, ["float"],
-                 run_dir=str(tmp_path / "ref_run"))
+    run_pipeline(
+        tiny_cfg(*_overrides(tmp_path / "ref")), host, ["float"], run_dir=str(tmp_path / "ref_run")
+    )
     ref = load_file(tmp_path / "ref" / "float-checkpoint-last.pth.tar")
 
     run_dir, ckpt = tmp_path / "run", tmp_path / "ckpt"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path]),
-           "OMP_NUM_THREADS": "1", "FCOS_PROGRESS": "0"}
-    cmd = [sys.executable, "-m", "engine_fcos_main", "run", str(TINY_CONFIG),
-           *_overrides(ckpt), "--stage", "float", "--run-dir", str(run_dir)]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path]),
+        "OMP_NUM_THREADS": "1",
+        "FCOS_PROGRESS": "0",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "engine_fcos_main",
+        "run",
+        str(TINY_CONFIG),
+        *_overrides(ckpt),
+        "--stage",
+        "float",
+        "--run-dir",
+        str(run_dir),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while _steps_logged(run_dir / "log.jsonl") < 6:  # mid epoch 2; no step checkpoints

@@ -21,8 +21,7 @@ def test_graph_module_round_trip(tmp_path, method, suffix):
     path = cb.save(gm, "int_infer-", torch.device("cpu"))
     assert path.name == f"int_infer-{suffix}"
     x = cb.example_inputs("cpu")["img"]
-    loaded = (torch.jit.load(str(path)) if method == "jit"
-              else torch.export.load(str(path)).module())
+    loaded = torch.jit.load(str(path)) if method == "jit" else torch.export.load(str(path)).module()
     for a, b in zip(loaded(x), gm(x)):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
@@ -36,8 +35,9 @@ def test_pt2e_quantized_model(tmp_path):
 
     x = torch.randn(1, 3, 16, 16)
     exported = torch.export.export(_body(), (x,)).module()
-    prepared = prepare_pt2e(exported, XNNPACKQuantizer().set_global(
-        get_symmetric_quantization_config()))
+    prepared = prepare_pt2e(
+        exported, XNNPACKQuantizer().set_global(get_symmetric_quantization_config())
+    )
     prepared(x)
     quantized = convert_pt2e(prepared)
     assert isinstance(quantized, torch.fx.GraphModule)

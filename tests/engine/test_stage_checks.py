@@ -22,10 +22,16 @@ TYPO = "qat_trainer.optimizer.params={weigth: {weight_decay: 0.0}}"
 
 def test_a_params_key_that_selects_nothing_gets_a_did_you_mean():
     model = TinyDet(channels=4)
-    with pytest.raises(ValueError, match=r"did you mean 'weigth' -> 'weight', "
-                                         r"'bn1\.bais' -> 'bn1\.bias'\?"):
-        SGD(model, lr=0.1, params={"weigth": {"weight_decay": 0.0},
-                                   "bn1.bais": {"weight_decay": 0.0}})
+    with pytest.raises(
+        ValueError,
+        match=r"did you mean 'weigth' -> 'weight', "
+        r"'bn1\.bais' -> 'bn1\.bias'\?",
+    ):
+        SGD(
+            model,
+            lr=0.1,
+            params={"weigth": {"weight_decay": 0.0}, "bn1.bais": {"weight_decay": 0.0}},
+        )
 
 
 def test_fcos_check_reports_a_params_key_typo_without_torch(host, tmp_path, capsys):
@@ -40,11 +46,12 @@ def test_fcos_check_reports_a_params_key_typo_without_torch(host, tmp_path, caps
 
 def test_fcos_check_stays_torch_free_with_the_params_check():
     demo = TINY_CONFIG.parents[2] / "configs" / "fcos_b0_demo.yaml"
-    code = ("import sys\nfrom fcos_core.cli.main import main\n"
-            f"rc = main(['check', {str(demo)!r}, {TYPO!r}])\n"
-            "print(rc, 'torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)
+    code = (
+        "import sys\nfrom fcos_core.cli.main import main\n"
+        f"rc = main(['check', {str(demo)!r}, {TYPO!r}])\n"
+        "print(rc, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.split()[-2:] == ["2", "False"], out.stdout + out.stderr
     assert "did you mean 'weight'?" in out.stderr
 
@@ -54,8 +61,14 @@ def test_fcos_run_checks_later_stages_optimizers_before_training(host, tmp_path,
 
     ckpt, run_dir = tmp_path / "ckpt", tmp_path / "run"
     # 'conv9.weight' ends in weight (fcos check cannot judge it); the model has no conv9
-    argv = ["run", str(TINY_CONFIG), f"ckpt_dir={ckpt}", "--run-dir", str(run_dir),
-            "qat_trainer.optimizer.params={conv9.weight: {weight_decay: 0.0}}"]
+    argv = [
+        "run",
+        str(TINY_CONFIG),
+        f"ckpt_dir={ckpt}",
+        "--run-dir",
+        str(run_dir),
+        "qat_trainer.optimizer.params={conv9.weight: {weight_decay: 0.0}}",
+    ]
     assert main(argv, host=host) == 2
     err = capsys.readouterr().err
     assert "qat_trainer.optimizer" in err and "'conv9.weight' select no parameter" in err
@@ -67,8 +80,11 @@ def test_fcos_run_skips_the_check_for_stages_it_does_not_run(host, tmp_path):
     from fcos_core.config import load_config
     from fcos_core.engine.stage_checks import check_stage_optimizers
 
-    cfg = load_config(TINY_CONFIG, host, [f"ckpt_dir={tmp_path}",
-                                          "qat_trainer.optimizer.params={conv9.weight: {}}"])
+    cfg = load_config(
+        TINY_CONFIG,
+        host,
+        [f"ckpt_dir={tmp_path}", "qat_trainer.optimizer.params={conv9.weight: {}}"],
+    )
     check_stage_optimizers(cfg, ["float"])
     with pytest.raises(FcosUserError, match=r"qat_trainer.optimizer"):
         check_stage_optimizers(cfg, ["float", "qat"])
@@ -77,14 +93,17 @@ def test_fcos_run_skips_the_check_for_stages_it_does_not_run(host, tmp_path):
 # --- huge pages --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("flag,env,expected", [
-    (None, {}, (True, "default")),
-    (False, {}, (False, "--no-thp")),
-    (True, {"FCOS_THP": "0"}, (True, "--thp")),
-    (None, {"FCOS_THP": "off"}, (False, "FCOS_THP")),
-    (None, {"THP_MEM_ALLOC_ENABLE": "0"}, (False, "THP_MEM_ALLOC_ENABLE")),
-    (None, {"FCOS_THP": "1", "THP_MEM_ALLOC_ENABLE": "0"}, (True, "FCOS_THP")),
-])
+@pytest.mark.parametrize(
+    "flag,env,expected",
+    [
+        (None, {}, (True, "default")),
+        (False, {}, (False, "--no-thp")),
+        (True, {"FCOS_THP": "0"}, (True, "--thp")),
+        (None, {"FCOS_THP": "off"}, (False, "FCOS_THP")),
+        (None, {"THP_MEM_ALLOC_ENABLE": "0"}, (False, "THP_MEM_ALLOC_ENABLE")),
+        (None, {"FCOS_THP": "1", "THP_MEM_ALLOC_ENABLE": "0"}, (True, "FCOS_THP")),
+    ],
+)
 def test_thp_setting_precedence(flag, env, expected):
     assert hugepages.resolve(flag, env) == expected
 
@@ -95,8 +114,15 @@ def test_thp_env_override_must_be_a_switch():
 
 
 def test_thp_flag_is_passed_to_torchrun_children():
-    args = argparse.Namespace(config="c.yaml", overrides=[], stage=None, run_dir=None,
-                              resume=False, overwrite=False, thp=False)
+    args = argparse.Namespace(
+        config="c.yaml",
+        overrides=[],
+        stage=None,
+        run_dir=None,
+        resume=False,
+        overwrite=False,
+        thp=False,
+    )
     assert child_argv(args)[-1] == "--no-thp"
     args.thp = None
     assert "--thp" not in child_argv(args) and "--no-thp" not in child_argv(args)
@@ -121,8 +147,13 @@ print(state["thp"], state["applied"], big.data_ptr() % 4096 == 0,
 @pytest.mark.parametrize("flag,on", [(None, True), (False, False)])
 def test_thp_applies_to_this_process_and_is_not_exported(flag, on):
     env = {k: v for k, v in os.environ.items() if k not in ("THP_MEM_ALLOC_ENABLE", "FCOS_THP")}
-    out = subprocess.run([sys.executable, "-c", _PROBE.format(flag=flag)], capture_output=True,
-                         text=True, env=env, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE.format(flag=flag)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     thp, applied, aligned, here, child = out.stdout.split()
     assert thp == str(on) and applied == "True"
@@ -139,9 +170,23 @@ def test_thp_setting_is_logged_and_not_left_in_the_environment(host, tmp_path, m
     monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
     monkeypatch.delenv("FCOS_THP", raising=False)
     run_dir = tmp_path / "run"
-    assert main(["run", str(TINY_CONFIG), f"ckpt_dir={tmp_path / 'ckpt'}", "--stage", "float",
-                 "--run-dir", str(run_dir), "float_trainer.num_epochs=1",
-                 "float_predictor=null"], host=host) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(TINY_CONFIG),
+                f"ckpt_dir={tmp_path / 'ckpt'}",
+                "--stage",
+                "float",
+                "--run-dir",
+                str(run_dir),
+                "float_trainer.num_epochs=1",
+                "float_predictor=null",
+            ],
+            host=host,
+        )
+        == 0
+    )
     # was os.environ.setdefault(...): inherited by every program the run started
     assert "THP_MEM_ALLOC_ENABLE" not in os.environ
     events = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]

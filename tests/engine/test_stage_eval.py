@@ -42,10 +42,15 @@ def _score(cfg, stage, checkpoint=None):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage,source", [("float", "float_predictor"),
-                                          ("calibration", "calibration_trainer"),
-                                          ("qat", "qat_trainer"),
-                                          ("int_infer", "int_infer_predictor")])
+@pytest.mark.parametrize(
+    "stage,source",
+    [
+        ("float", "float_predictor"),
+        ("calibration", "calibration_trainer"),
+        ("qat", "qat_trainer"),
+        ("int_infer", "int_infer_predictor"),
+    ],
+)
 def test_each_stage_scores_what_the_pipeline_scored(ran, stage, source):
     cfg, summary, _ = ran
     ev, results = _score(cfg, stage)

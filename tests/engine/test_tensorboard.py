@@ -12,7 +12,8 @@ from fcos_core.engine.callbacks.tensorboard import TensorBoard, _to_rgb
 
 event_accumulator = pytest.importorskip(
     "tensorboard.backend.event_processing.event_accumulator",
-    reason="the TensorBoard callback is optional: pip install tensorboard")
+    reason="the TensorBoard callback is optional: pip install tensorboard",
+)
 
 
 class _FakeValidation(Callback):
@@ -21,13 +22,16 @@ class _FakeValidation(Callback):
 
 
 def test_writes_scalars_metrics_and_images(tmp_path):
-    tb = TensorBoard(log_dir=str(tmp_path / "tb"), log_freq=1, num_images=2,
-                     score_threshold=0.0, to_yuv=False)
-    trainer = tiny_trainer(tmp_path, callbacks=[_FakeValidation(), tb], num_epochs=2,
-                           dataset=TinySet(n=8, size=16))
+    tb = TensorBoard(
+        log_dir=str(tmp_path / "tb"), log_freq=1, num_images=2, score_threshold=0.0, to_yuv=False
+    )
+    trainer = tiny_trainer(
+        tmp_path, callbacks=[_FakeValidation(), tb], num_epochs=2, dataset=TinySet(n=8, size=16)
+    )
     trainer.run(ctx_for(tmp_path))
-    acc = event_accumulator.EventAccumulator(str(tmp_path / "tb" / "float"),
-                                             size_guidance={"images": 0, "scalars": 0})
+    acc = event_accumulator.EventAccumulator(
+        str(tmp_path / "tb" / "float"), size_guidance={"images": 0, "scalars": 0}
+    )
     acc.Reload()
     tags = acc.Tags()
     assert {"loss/cls", "loss/reg", "lr", "val/mAP", "val/AP50"} <= set(tags["scalars"])

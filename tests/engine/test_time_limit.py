@@ -60,8 +60,11 @@ def test_stops_when_the_next_epoch_would_cross_the_budget(clock):
     assert _drive(cb, loop, [10.0] * 20, clock) == [1, 2, 3, 4, 5, 6]
     assert cb.stopped_epoch == 6 and "time limit" in loop.state.stop_reason
     cb.on_loop_end(loop)
-    assert loop.ctx.summary_extra["time_limit"] == {"max_minutes": 1.0, "elapsed_minutes": 1.0,
-                                                    "stopped_epoch": 6}
+    assert loop.ctx.summary_extra["time_limit"] == {
+        "max_minutes": 1.0,
+        "elapsed_minutes": 1.0,
+        "stopped_epoch": 6,
+    }
 
 
 def test_slower_later_epochs_raise_the_prediction(clock):
@@ -105,8 +108,13 @@ def test_a_real_run_stops_at_its_budget_and_is_finished(tiny_cfg, host, tmp_path
         "float_trainer.num_epochs=5",
         "float_trainer.callbacks=['${vars.val_callback}', '${vars.ckpt_callback}', "
         "{type: TimeLimit, max_minutes: 0.00001}]",
-        "float_predictor=null", "calibration_trainer=null", "qat_trainer=null",
-        "int_infer_trainer=null", "int_infer_predictor=null", "compile_cfg=null")
+        "float_predictor=null",
+        "calibration_trainer=null",
+        "qat_trainer=null",
+        "int_infer_trainer=null",
+        "int_infer_predictor=null",
+        "compile_cfg=null",
+    )
     run_dir = tmp_path / "run"
     assert run_pipeline(cfg, host, ["float"], run_dir=str(run_dir)) == 0
     rec = json.loads((run_dir / "summary.json").read_text())["float"]["time_limit"]

@@ -16,15 +16,22 @@ from fcos_core.engine.errors import NonFiniteLossError
 
 
 def _callbacks(tmp_path, **ckpt):
-    return [ExponentialMovingAverage(decay=0.9, ramp_steps=2.0), CosLrUpdater(warmup_len=1),
-            Checkpoint(save_dir=str(tmp_path / "ckpt"), **ckpt)]
+    return [
+        ExponentialMovingAverage(decay=0.9, ramp_steps=2.0),
+        CosLrUpdater(warmup_len=1),
+        Checkpoint(save_dir=str(tmp_path / "ckpt"), **ckpt),
+    ]
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     # the first item of epoch 0's third batch is NaN (the order is randperm seeded by 0 + 0)
     bad = torch.randperm(12, generator=torch.Generator().manual_seed(0)).tolist()[8]
-    trainer = tiny_trainer(tmp_path, callbacks=_callbacks(tmp_path, save_interval_steps=1),
-                           dataset=TinySet(n=12, size=16, nan_index=bad), num_epochs=2)
+    trainer = tiny_trainer(
+        tmp_path,
+        callbacks=_callbacks(tmp_path, save_interval_steps=1),
+        dataset=TinySet(n=12, size=16, nan_index=bad),
+        num_epochs=2,
+    )
     with pytest.raises(NonFiniteLossError) as err:
         trainer.run(ctx_for(tmp_path))
     exc = err.value
@@ -34,8 +41,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert last["global_step"] == exc.step - 1  # the step before the bad one
     for k, v in trainer.model.named_parameters():  # the NaN step never updated a parameter
         assert torch.equal(last["train_state_dict"][k], v.detach())
-    assert all(torch.isfinite(v).all() for v in last["state_dict"].values()
-               if v.is_floating_point())
+    assert all(
+        torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point()
+    )
 
 
 class _InterruptAt(Callback):
@@ -48,21 +56,27 @@ class _InterruptAt(Callback):
 
 
 def test_ctrl_c_saves_and_resume_is_exact(tmp_path):
-    ref = tiny_trainer(tmp_path / "a", callbacks=_callbacks(tmp_path / "a"), num_epochs=3,
-                       dataset=TinySet(n=12, size=16))
+    ref = tiny_trainer(
+        tmp_path / "a",
+        callbacks=_callbacks(tmp_path / "a"),
+        num_epochs=3,
+        dataset=TinySet(n=12, size=16),
+    )
     ref.run(ctx_for(tmp_path / "a"))
     expected = weights(ref.model), weights(ref.ema_model)
 
     b = tmp_path / "b"
-    first = tiny_trainer(b, callbacks=[*_callbacks(b), _InterruptAt(4)], num_epochs=3,
-                         dataset=TinySet(n=12, size=16))
+    first = tiny_trainer(
+        b, callbacks=[*_callbacks(b), _InterruptAt(4)], num_epochs=3, dataset=TinySet(n=12, size=16)
+    )
     with pytest.raises(KeyboardInterrupt):
         first.run(ctx_for(b))
     saved = load_file(b / "ckpt" / "float-checkpoint-last.pth.tar")
     assert (saved["epoch"], saved["batch_in_epoch"], saved["global_step"]) == (1, 1, 4)
 
-    second = tiny_trainer(b, callbacks=_callbacks(b), num_epochs=3, seed=99,
-                          dataset=TinySet(n=12, size=16))
+    second = tiny_trainer(
+        b, callbacks=_callbacks(b), num_epochs=3, seed=99, dataset=TinySet(n=12, size=16)
+    )
     second.run(ctx_for(b, resume=True))
     for got, want in zip((weights(second.model), weights(second.ema_model)), expected):
         for k in want:
@@ -87,8 +101,12 @@ def test_num_epochs_zero_only_runs_loop_events(tmp_path):
 
     from fcos_core.engine.trainer import Trainer
 
-    trainer = Trainer(model=TinyDet(4), num_epochs=0, device="cpu",
-                      callbacks=[Spy(), Checkpoint(save_dir=str(tmp_path / "ckpt"))])
+    trainer = Trainer(
+        model=TinyDet(4),
+        num_epochs=0,
+        device="cpu",
+        callbacks=[Spy(), Checkpoint(save_dir=str(tmp_path / "ckpt"))],
+    )
     trainer.run(ctx_for(tmp_path, stage="int_infer"))
     assert events == ["on_loop_begin", "on_loop_end"]
     assert (tmp_path / "ckpt" / "int_infer-checkpoint-best.pth.tar").is_file()
@@ -109,8 +127,9 @@ def test_argument_errors_and_callback_order(tmp_path):
 
 def test_lr_base_batch_size_scales_the_lr_linearly(tmp_path):
     for batch, base, want in ((4, 8, 0.025), (4, 2, 0.1), (4, None, 0.05)):
-        tr = tiny_trainer(tmp_path / f"b{batch}_{base}", batch_size=batch, lr=0.05,
-                          lr_base_batch_size=base)
+        tr = tiny_trainer(
+            tmp_path / f"b{batch}_{base}", batch_size=batch, lr=0.05, lr_base_batch_size=base
+        )
         tr.setup(ctx_for(tmp_path / f"b{batch}_{base}"))
         assert [g["lr"] for g in tr.optimizer.param_groups] == pytest.approx([want])
     with pytest.raises(ValueError, match="lr_base_batch_size"):

@@ -50,8 +50,10 @@ def _drive(history, health=None):
         for _ in range(SPE):
             loop.state.global_step += 1
             terms = history(loop.state.global_step)
-            loop.state.last_losses = {**terms, "loss": sum(
-                v for k, v in terms.items() if not k.endswith("_floor"))}
+            loop.state.last_losses = {
+                **terms,
+                "loss": sum(v for k, v in terms.items() if not k.endswith("_floor")),
+            }
             health.on_step_end(loop, None, None)
         health.on_epoch_end(loop)
     health.on_loop_end(loop)
@@ -67,16 +69,23 @@ def _healthy(t):
     # falls from 0.26 to ~0.02, so it is being learnt
     floor = 0.40 + 0.24 * (1 - math.exp(-t / 15))
     gap = 0.02 + 0.24 * math.exp(-t / 15)
-    return {"cls": 0.2 + 1.0 * math.exp(-t / 15) + _wiggle(t),
-            "reg": 0.3 + 0.7 * math.exp(-t / 30), "centerness": floor + gap,
-            "centerness_floor": floor}
+    return {
+        "cls": 0.2 + 1.0 * math.exp(-t / 15) + _wiggle(t),
+        "reg": 0.3 + 0.7 * math.exp(-t / 30),
+        "centerness": floor + gap,
+        "centerness_floor": floor,
+    }
 
 
 def _stuck(t):
     # cls never moves; centerness falls 13% but only with its floor (gap constant 0.02)
     floor = 0.58 + 0.09 * math.exp(-t / 20)
-    return {**_healthy(t), "cls": 0.7 * (1 + _wiggle(t)), "centerness": floor + 0.02,
-            "centerness_floor": floor}
+    return {
+        **_healthy(t),
+        "cls": 0.7 * (1 + _wiggle(t)),
+        "centerness": floor + 0.02,
+        "centerness_floor": floor,
+    }
 
 
 def _jump(t):
@@ -90,8 +99,12 @@ def _kinds(health):
 def test_warmup_end_is_where_the_schedule_peaks():
     assert schedule_peak_step(CosLrUpdater(warmup_len=2, warmup_by="epoch"), 10, 5) == 20
     assert schedule_peak_step(CosLrUpdater(warmup_len=15, warmup_by="step"), 10, 5) == 15
-    assert schedule_peak_step(CosLrUpdater(warmup_len=1, warmup_by="epoch",
-                                           min_warmup_steps=12), 4, 10) == 12
+    assert (
+        schedule_peak_step(
+            CosLrUpdater(warmup_len=1, warmup_by="epoch", min_warmup_steps=12), 4, 10
+        )
+        == 12
+    )
     assert schedule_peak_step(CosLrUpdater(), 10, 5) == 0
     assert schedule_peak_step(StepDecayLrUpdater(lr_decay_id=[2]), 10, 5) == 0
 
@@ -142,11 +155,17 @@ def test_warnings_survive_a_resume_without_repeating():
 
 def test_warnings_land_in_summary_json(tiny_cfg, host, tmp_path):
     # lr 0: the losses cannot move, so every term stays at its first-epoch value
-    cfg = tiny_cfg("float_trainer.optimizer.lr=0.0", "float_trainer.num_epochs=3",
-                   "float_trainer.callbacks=[{type: TrainingHealth, warmup_steps: 0, "
-                   "plateau_epochs: 2}]",
-                   "float_predictor=null", "calibration_trainer=null", "qat_trainer=null",
-                   "int_infer_trainer=null", "int_infer_predictor=null", "compile_cfg=null")
+    cfg = tiny_cfg(
+        "float_trainer.optimizer.lr=0.0",
+        "float_trainer.num_epochs=3",
+        "float_trainer.callbacks=[{type: TrainingHealth, warmup_steps: 0, plateau_epochs: 2}]",
+        "float_predictor=null",
+        "calibration_trainer=null",
+        "qat_trainer=null",
+        "int_infer_trainer=null",
+        "int_infer_predictor=null",
+        "compile_cfg=null",
+    )
     run_dir = tmp_path / "run"
     run_pipeline(cfg, host, ["float"], run_dir=str(run_dir))
     summary = json.loads((run_dir / "summary.json").read_text())

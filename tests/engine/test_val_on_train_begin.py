@@ -33,7 +33,7 @@ class BeginScriptedMetric:
     def compute(self):
         v = self.values[min(self.calls, len(self.values) - 1)]
         self.calls += 1
-        return {k: v for k in COCO_KEYS}
+        return dict.fromkeys(COCO_KEYS, v)
 
 
 @attrs.frozen(kw_only=True)
@@ -59,8 +59,10 @@ def _host():
 
     from fcos_core.plugins import load_host
 
-    return load_host(entry_points=False, plugins=[("engine_standins", engine_standins),
-                                                  ("scripted", sys.modules[__name__])])
+    return load_host(
+        entry_points=False,
+        plugins=[("engine_standins", engine_standins), ("scripted", sys.modules[__name__])],
+    )
 
 
 def _cfg(tiny_cfg, values, begin):
@@ -69,8 +71,13 @@ def _cfg(tiny_cfg, values, begin):
         f"float_trainer.val_metrics={{type: BeginScriptedMetric, values: {values}}}",
         "float_trainer.callbacks=[{type: Validation, data_loader: '${val_data_loader}', "
         f"val_on_train_begin: {str(begin).lower()}}}, '${{vars.ckpt_callback}}']",
-        "float_predictor=null", "calibration_trainer=null", "qat_trainer=null",
-        "int_infer_trainer=null", "int_infer_predictor=null", "compile_cfg=null")
+        "float_predictor=null",
+        "calibration_trainer=null",
+        "qat_trainer=null",
+        "int_infer_trainer=null",
+        "int_infer_predictor=null",
+        "compile_cfg=null",
+    )
 
 
 def test_a_fine_tune_that_never_beats_its_start_keeps_the_start(tiny_cfg, tmp_path):
@@ -83,8 +90,11 @@ def test_a_fine_tune_that_never_beats_its_start_keeps_the_start(tiny_cfg, tmp_pa
     last = torch.load(ckpt / "float-checkpoint-last.pth.tar", weights_only=True)
     assert best["metric"] == 0.9 and best["global_step"] == 0
     assert last["finished"] and last["global_step"] == 3 * 4
-    changed = [k for k in best["state_dict"]
-               if not torch.equal(best["state_dict"][k], last["state_dict"][k])]
+    changed = [
+        k
+        for k in best["state_dict"]
+        if not torch.equal(best["state_dict"][k], last["state_dict"][k])
+    ]
     assert changed  # the kept best is the starting weights, not the trained ones
     summary = json.loads((run_dir / "summary.json").read_text())["float"]
     assert summary["metrics"]["mAP"] == 0.7  # the last validation is still reported

@@ -14,9 +14,23 @@ SMALL = "deploy_inputs.img=[1,3,128,128]"
 
 
 def _check(*overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fcos_core", "check", "configs/fcos_b0.yaml",
-                           "--model", SMALL, *overrides], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fcos_core",
+            "check",
+            "configs/fcos_b0.yaml",
+            "--model",
+            SMALL,
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 @pytest.mark.slow

@@ -16,19 +16,33 @@ ROOT = Path(__file__).parents[2]
 
 
 def _fcos(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fcos_core", *args], capture_output=True,
-                          text=True, timeout=600, cwd=cwd,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "fcos_core", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt,suffix", [("torchscript", ".pt"), ("export", ".pt2"),
-                                        ("onnx", ".onnx")])
+@pytest.mark.parametrize(
+    "fmt,suffix", [("torchscript", ".pt"), ("export", ".pt2"), ("onnx", ".onnx")]
+)
 def test_export_formats_reload_and_match(fmt, suffix, tmp_path):
     out = tmp_path / f"m{suffix}"
-    run = _fcos("export", str(ROOT / "configs" / "fcos_b0_demo.yaml"), "--format", fmt,
-                "--out", str(out), "--allow-untrained", f"ckpt_dir={tmp_path / 'none'}",
-                cwd=tmp_path)
+    run = _fcos(
+        "export",
+        str(ROOT / "configs" / "fcos_b0_demo.yaml"),
+        "--format",
+        fmt,
+        "--out",
+        str(out),
+        "--allow-untrained",
+        f"ckpt_dir={tmp_path / 'none'}",
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert out.exists() and out.stat().st_size > 100_000
     assert "untrained" in run.stdout and "max |difference| to the model" in run.stdout
@@ -39,10 +53,18 @@ def test_export_formats_reload_and_match(fmt, suffix, tmp_path):
 def test_export_lists_formats_and_rejects_a_missing_checkpoint(tmp_path):
     listed = _fcos("export", "--list-formats", cwd=tmp_path)
     assert listed.returncode == 0
-    assert {line.split()[0] for line in listed.stdout.splitlines()} == {"torchscript", "export",
-                                                                       "onnx"}
-    bad = _fcos("export", str(ROOT / "configs" / "fcos_b0_demo.yaml"), "--checkpoint",
-                str(tmp_path / "nope.pth.tar"), cwd=tmp_path)
+    assert {line.split()[0] for line in listed.stdout.splitlines()} == {
+        "torchscript",
+        "export",
+        "onnx",
+    }
+    bad = _fcos(
+        "export",
+        str(ROOT / "configs" / "fcos_b0_demo.yaml"),
+        "--checkpoint",
+        str(tmp_path / "nope.pth.tar"),
+        cwd=tmp_path,
+    )
     assert bad.returncode == 2 and "does not exist" in bad.stderr
     assert "Traceback" not in bad.stderr
 
@@ -57,9 +79,20 @@ def test_predict_draws_detections(tmp_path):
         path = tmp_path / f"img{i}.png"
         Image.fromarray(img).save(path)
         paths.append(str(path))
-    run = _fcos("predict", str(ROOT / "configs" / "fcos_b0_demo.yaml"), "--images", *paths,
-                "--save-vis", str(tmp_path / "vis"), "--score-threshold", "0", "--json",
-                "--allow-untrained", f"ckpt_dir={tmp_path / 'none'}", cwd=tmp_path)
+    run = _fcos(
+        "predict",
+        str(ROOT / "configs" / "fcos_b0_demo.yaml"),
+        "--images",
+        *paths,
+        "--save-vis",
+        str(tmp_path / "vis"),
+        "--score-threshold",
+        "0",
+        "--json",
+        "--allow-untrained",
+        f"ckpt_dir={tmp_path / 'none'}",
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     results = json.loads(run.stdout)
     assert [r["image"] for r in results] == paths
@@ -72,9 +105,15 @@ def test_predict_draws_detections(tmp_path):
         for d in r["detections"]:
             x1, y1, x2, y2 = d["box"]
             assert 0 <= x1 <= x2 <= w and 0 <= y1 <= y2 <= h  # mapped back and clipped
-    missing = _fcos("predict", str(ROOT / "configs" / "fcos_b0_demo.yaml"), "--images",
-                    str(tmp_path / "nope.jpg"), "--allow-untrained",
-                    f"ckpt_dir={tmp_path / 'none'}", cwd=tmp_path)
+    missing = _fcos(
+        "predict",
+        str(ROOT / "configs" / "fcos_b0_demo.yaml"),
+        "--images",
+        str(tmp_path / "nope.jpg"),
+        "--allow-untrained",
+        f"ckpt_dir={tmp_path / 'none'}",
+        cwd=tmp_path,
+    )
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
@@ -84,8 +123,9 @@ DEMO = str(ROOT / "configs" / "fcos_b0_demo.yaml")
 
 
 def _tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 @pytest.mark.parametrize("command", ["export", "predict"])
@@ -112,8 +152,16 @@ def test_export_never_replaces_a_file_without_overwrite(tmp_path, monkeypatch, c
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "mine.pt"
     out.write_bytes(b"the user's model")
-    argv = ["export", DEMO, "--format", "torchscript", "--out", str(out), "--allow-untrained",
-            f"ckpt_dir={tmp_path / 'none'}"]
+    argv = [
+        "export",
+        DEMO,
+        "--format",
+        "torchscript",
+        "--out",
+        str(out),
+        "--allow-untrained",
+        f"ckpt_dir={tmp_path / 'none'}",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert str(out) in err and "--overwrite" in err
@@ -144,8 +192,16 @@ def test_a_failed_export_leaves_no_file(failure, tmp_path, monkeypatch, capsys):
         return lambda inp: tuple(o + 1 for o in run(inp))
 
     monkeypatch.setattr(export_cmd, "_torchscript", broken)
-    argv = ["export", DEMO, "--format", "torchscript", "--out", str(tmp_path / "out" / "m.pt"),
-            "--allow-untrained", f"ckpt_dir={tmp_path / 'none'}"]
+    argv = [
+        "export",
+        DEMO,
+        "--format",
+        "torchscript",
+        "--out",
+        str(tmp_path / "out" / "m.pt"),
+        "--allow-untrained",
+        f"ckpt_dir={tmp_path / 'none'}",
+    ]
     if failure == "exception":
         with pytest.raises(RuntimeError, match="exporter crashed"):
             main(argv)
@@ -169,9 +225,24 @@ def test_predict_save_vis_keeps_same_stem_images_apart(tmp_path, monkeypatch, ca
     vis = tmp_path / "vis"
     vis.mkdir()
     (vis / "x_det.png").write_bytes(b"earlier drawing")
-    assert main(["predict", DEMO, "--images", *paths, "--save-vis", str(vis), "--json",
-                 "--score-threshold", "2", "--allow-untrained",
-                 f"ckpt_dir={tmp_path / 'none'}"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                DEMO,
+                "--images",
+                *paths,
+                "--save-vis",
+                str(vis),
+                "--json",
+                "--score-threshold",
+                "2",
+                "--allow-untrained",
+                f"ckpt_dir={tmp_path / 'none'}",
+            ]
+        )
+        == 0
+    )
     results = json.loads(capsys.readouterr().out)
     assert (vis / "x_det.png").read_bytes() == b"earlier drawing"
     assert len({r["vis"] for r in results}) == 2

@@ -45,7 +45,7 @@ def test_boxes_match_torchvision_masks_to_boxes(tool):
     mask = _instances()
     for x0, y0 in [(0, 0), (64, 192), (256, 256)]:
         got = tool.boxes_in_crop(mask, x0, y0, 256)
-        crop = mask[y0:y0 + 256, x0:x0 + 256]
+        crop = mask[y0 : y0 + 256, x0 : x0 + 256]
         labels = [lab for lab in np.unique(crop) if lab > 0]
         ref = masks_to_boxes(torch.from_numpy(np.stack([crop == lab for lab in labels])))
         assert len(got) == len(labels)
@@ -65,8 +65,10 @@ def test_split_keeps_train_crops_out_of_the_val_quadrant(tool):
 
 def _fake_wheel(path: Path, img: np.ndarray, mask: np.ndarray) -> None:
     with zipfile.ZipFile(path, "w") as zf:
-        for member, arr in ((IMAGE_MEMBER, img.astype(np.uint16)),
-                            (MASK_MEMBER, mask.astype(np.uint16))):
+        for member, arr in (
+            (IMAGE_MEMBER, img.astype(np.uint16)),
+            (MASK_MEMBER, mask.astype(np.uint16)),
+        ):
             ok, buf = cv2.imencode(".tif", arr)
             assert ok
             zf.writestr(member, io.BytesIO(buf.tobytes()).getvalue())
@@ -102,8 +104,9 @@ def test_val_views_are_the_quadrants_8_orientations_with_their_boxes(tool, tmp_p
     seen = set()
     for (tag, turns, mirrored), info in zip(tool.ORIENTATIONS, val["images"]):
         assert info["file_name"].endswith(f"_{tag}.png")
-        pix = cv2.imread(str(tmp_path / "out" / "images" / "val" / info["file_name"]),
-                         cv2.IMREAD_UNCHANGED)
+        pix = cv2.imread(
+            str(tmp_path / "out" / "images" / "val" / info["file_name"]), cv2.IMREAD_UNCHANGED
+        )
         ref_pix = _cv2_view(pixels, turns, mirrored)
         np.testing.assert_array_equal(pix, ref_pix)
         seen.add(pix.tobytes())

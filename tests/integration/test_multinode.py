@@ -31,8 +31,10 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
-                                reason="finds the launchers' children through /proc (Linux)")
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"),
+    reason="finds the launchers' children through /proc (Linux)",
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -59,41 +61,85 @@ def demo_data(tmp_path_factory) -> Path:
 def _overrides(data: Path, node_dir: Path, steps: int) -> list[str]:
     # 16 images, batch 2 per process, 2 processes: 4 steps per epoch
     epochs = -(-steps // 4)
-    return [f"vars.data_root={data}", f"ckpt_dir={node_dir / 'ckpt'}",
-            "vars.batch_size_per_gpu=2", f"float_trainer.num_epochs={epochs}",
-            f"float_trainer.max_steps_per_epoch={min(steps, 4)}", "float_predictor=null",
-            "vars.val_callback.val_on_train_end=false", "vars.val_callback.val_interval=1000",
-            "data_loader.num_workers=0", "vars.stat_callback.log_freq=1",
-            # the demo trains in one process; the seed's config (fcos_b0.yaml) uses these
-            "float_trainer.type=distributed_data_parallel_trainer", "float_trainer.sync_bn=true",
-            "data_loader.sampler={type: DistributedSampler}"]
+    return [
+        f"vars.data_root={data}",
+        f"ckpt_dir={node_dir / 'ckpt'}",
+        "vars.batch_size_per_gpu=2",
+        f"float_trainer.num_epochs={epochs}",
+        f"float_trainer.max_steps_per_epoch={min(steps, 4)}",
+        "float_predictor=null",
+        "vars.val_callback.val_on_train_end=false",
+        "vars.val_callback.val_interval=1000",
+        "data_loader.num_workers=0",
+        "vars.stat_callback.log_freq=1",
+        # the demo trains in one process; the seed's config (fcos_b0.yaml) uses these
+        "float_trainer.type=distributed_data_parallel_trainer",
+        "float_trainer.sync_bn=true",
+        "data_loader.sampler={type: DistributedSampler}",
+    ]
 
 
-def _start_node(node: int, port: int, data: Path, tmp: Path, steps: int,
-                extra: tuple[str, ...] = ()) -> subprocess.Popen:
+def _start_node(
+    node: int, port: int, data: Path, tmp: Path, steps: int, extra: tuple[str, ...] = ()
+) -> subprocess.Popen:
     node_dir = tmp / f"node{node}"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path]),
-           "OMP_NUM_THREADS": "1", "FCOS_PROGRESS": "0", "GLOO_SOCKET_IFNAME": "lo",
-           "FCOS_TEST_WEIGHTS_DIR": str(tmp / "weights")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
-           "--nproc-per-node", "1", "--node-rank", str(node), "--rdzv-backend", "c10d",
-           "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"fcos-test-{port}",
-           # node 0 hosts the rendezvous store, so killing node 1 leaves node 0's launcher able
-           # to report its training process's error
-           "--rdzv-conf", f"is_host={int(node == 0)}", "--max-restarts", "0",
-           "--monitor-interval", "0.2", "--local-addr", "127.0.0.1",
-           "-m", "multinode_child", "run", str(DEMO), "--stage", "float",
-           "--run-dir", str(node_dir / "run"), *_overrides(data, node_dir, steps), *extra]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path]),
+        "OMP_NUM_THREADS": "1",
+        "FCOS_PROGRESS": "0",
+        "GLOO_SOCKET_IFNAME": "lo",
+        "FCOS_TEST_WEIGHTS_DIR": str(tmp / "weights"),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "2",
+        "--nproc-per-node",
+        "1",
+        "--node-rank",
+        str(node),
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{port}",
+        "--rdzv-id",
+        f"fcos-test-{port}",
+        # node 0 hosts the rendezvous store, so killing node 1 leaves node 0's launcher able
+        # to report its training process's error
+        "--rdzv-conf",
+        f"is_host={int(node == 0)}",
+        "--max-restarts",
+        "0",
+        "--monitor-interval",
+        "0.2",
+        "--local-addr",
+        "127.0.0.1",
+        "-m",
+        "multinode_child",
+        "run",
+        str(DEMO),
+        "--stage",
+        "float",
+        "--run-dir",
+        str(node_dir / "run"),
+        *_overrides(data, node_dir, steps),
+        *extra,
+    ]
     out = open(tmp / f"node{node}.out", "wb")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp, start_new_session=True
+    )
     proc.log_path = tmp / f"node{node}.out"  # type: ignore[attr-defined]
     out.close()
     return proc
 
 
-def _start_two_nodes(data: Path, tmp: Path, steps: int,
-                     extra: tuple[str, ...] = ()) -> list[subprocess.Popen]:
+def _start_two_nodes(
+    data: Path, tmp: Path, steps: int, extra: tuple[str, ...] = ()
+) -> list[subprocess.Popen]:
     (tmp / "weights").mkdir(exist_ok=True)
     port = _free_port()
     first = _start_node(0, port, data, tmp, steps, extra)
@@ -141,8 +187,11 @@ def _stop_all(procs: list[subprocess.Popen]) -> None:
 def _train_steps(log: Path) -> int:
     if not log.is_file():
         return 0
-    return sum(1 for line in log.read_text().splitlines()
-               if line.strip().endswith("}") and json.loads(line).get("event") == "train")
+    return sum(
+        1
+        for line in log.read_text().splitlines()
+        if line.strip().endswith("}") and json.loads(line).get("event") == "train"
+    )
 
 
 def _tree(folder: Path) -> list[str]:
@@ -168,8 +217,13 @@ def test_two_nodes_end_with_identical_weights_and_rank_zero_writes(demo_data, tm
     assert len(writers) == 1, writers
     node = tmp_path / f"node{writers[0]}"
     files = _tree(node)
-    assert {"ckpt/float-checkpoint-last.pth.tar", "ckpt/float-checkpoint-best.pth.tar",
-            "run/log.jsonl", "run/metrics.csv", "run/summary.json"} <= set(files), files
+    assert {
+        "ckpt/float-checkpoint-last.pth.tar",
+        "ckpt/float-checkpoint-best.pth.tar",
+        "run/log.jsonl",
+        "run/metrics.csv",
+        "run/summary.json",
+    } <= set(files), files
     ckpt = torch.load(node / "ckpt" / "float-checkpoint-last.pth.tar", weights_only=True)
     assert ckpt["world_size"] == 2 and ckpt["global_step"] == 3
     for name, value in ckpt["train_state_dict"].items():  # the checkpoint is those weights
@@ -218,8 +272,7 @@ def test_a_killed_node_ends_the_other_with_a_clear_error(demo_data, tmp_path):
 @pytest.mark.timeout(240)
 def test_a_silent_node_is_waited_for_dist_timeout_s(demo_data, tmp_path):
     timeout_s = 8
-    procs = _start_two_nodes(demo_data, tmp_path, steps=500,
-                             extra=(f"dist_timeout_s={timeout_s}",))
+    procs = _start_two_nodes(demo_data, tmp_path, steps=500, extra=(f"dist_timeout_s={timeout_s}",))
     frozen: list[int] = []
     try:
         _wait_for_steps(procs, tmp_path, 2)

@@ -41,8 +41,14 @@ PROBE = (
 
 @pytest.mark.parametrize("argv", COMMANDS, ids=[" ".join(c[:1] + c[2:]) or c[0] for c in COMMANDS])
 def test_command_imports_no_torch(argv):
-    out = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True,
-                         timeout=60, cwd=ROOT, env={**os.environ, "FCOS_DEBUG": "1"})
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "FCOS_DEBUG": "1"},
+    )
     assert out.returncode == 0, out.stderr
     heavy = [line for line in out.stderr.splitlines() if line.startswith("HEAVY=")]
     assert heavy == ["HEAVY="], out.stderr

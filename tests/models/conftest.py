@@ -20,27 +20,51 @@ from fcos_core.testing.standin_plugin import StandIns
 from fcos_core.testing.standins import TinyBackbone, TinyNeck
 
 
-def make_fcos(num_classes: int = 3, strides: Sequence[int] = (8, 16), channels: int = 32,
-              stacked_convs: int = 2, train: bool = True, topk: int = 10,
-              for_compile: bool = False, upscale_bbox_pred: bool = False) -> FCOS:
+def make_fcos(
+    num_classes: int = 3,
+    strides: Sequence[int] = (8, 16),
+    channels: int = 32,
+    stacked_convs: int = 2,
+    train: bool = True,
+    topk: int = 10,
+    for_compile: bool = False,
+    upscale_bbox_pred: bool = False,
+) -> FCOS:
     """A small FCOS with stand-in backbone/neck, built like the seed config."""
     backbone = TinyBackbone(strides)
     neck = TinyNeck(strides, backbone.out_channels, channels)
-    head = FCOSHead(num_classes=num_classes, in_strides=strides, out_strides=strides,
-                    stride2channels=dict.fromkeys(strides, channels),
-                    upscale_bbox_pred=upscale_bbox_pred, feat_channels=channels,
-                    stacked_convs=stacked_convs, int8_output=False, int16_output=True)
+    head = FCOSHead(
+        num_classes=num_classes,
+        in_strides=strides,
+        out_strides=strides,
+        stride2channels=dict.fromkeys(strides, channels),
+        upscale_bbox_pred=upscale_bbox_pred,
+        feat_channels=channels,
+        stacked_convs=stacked_convs,
+        int8_output=False,
+        int16_output=True,
+    )
     post = FCOSMultiStrideFilter(strides=strides, for_compile=for_compile)
     if not train:
         return FCOS(backbone, neck, head, post_process=post)
     targets = DynamicFcosTarget(
-        strides=strides, cls_out_channels=num_classes, background_label=num_classes, topK=topk,
+        strides=strides,
+        cls_out_channels=num_classes,
+        background_label=num_classes,
+        topK=topk,
         loss_cls=FocalLoss(num_classes=num_classes + 1, reduction="none"),
-        loss_reg=GIoULoss(loss_weight=2.0, reduction="none"))
-    return FCOS(backbone, neck, head, targets=targets, post_process=post,
-                loss_cls=FocalLoss(num_classes=num_classes + 1),
-                loss_centerness=CrossEntropyLoss(use_sigmoid=True, loss_name="centerness"),
-                loss_reg=GIoULoss())
+        loss_reg=GIoULoss(loss_weight=2.0, reduction="none"),
+    )
+    return FCOS(
+        backbone,
+        neck,
+        head,
+        targets=targets,
+        post_process=post,
+        loss_cls=FocalLoss(num_classes=num_classes + 1),
+        loss_centerness=CrossEntropyLoss(use_sigmoid=True, loss_name="centerness"),
+        loss_reg=GIoULoss(),
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -58,8 +82,7 @@ def tiny():
     ``--import-mode=importlib``)."""
     import types
 
-    return types.SimpleNamespace(TinyBackbone=TinyBackbone, TinyNeck=TinyNeck,
-                                 make_fcos=make_fcos)
+    return types.SimpleNamespace(TinyBackbone=TinyBackbone, TinyNeck=TinyNeck, make_fcos=make_fcos)
 
 
 # --- a config that builds the stand-ins through the registries -----------------------------

@@ -16,11 +16,15 @@ from fcos_core.models.losses.cross_entropy import CrossEntropyLoss
 
 def _batch(size=64, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {"img": torch.randn(2, 3, size, size, generator=g),
-            "gt_bboxes": [torch.tensor([[4.0, 6, 30, 40], [20, 18, 60, 50]]),
-                          torch.tensor([[10.0, 10, 50, 50]])],
-            "gt_classes": [torch.tensor([0, 2]), torch.tensor([1])],
-            "img_shape": [(size, size)] * 2}
+    return {
+        "img": torch.randn(2, 3, size, size, generator=g),
+        "gt_bboxes": [
+            torch.tensor([[4.0, 6, 30, 40], [20, 18, 60, 50]]),
+            torch.tensor([[10.0, 10, 50, 50]]),
+        ],
+        "gt_classes": [torch.tensor([0, 2]), torch.tensor([1])],
+        "img_shape": [(size, size)] * 2,
+    }
 
 
 def _entropy(t: float) -> float:
@@ -61,11 +65,17 @@ def test_floor_follows_the_loss_weight(tiny):
     model = tiny.make_fcos().train()
     b = _batch()
     outputs = model.body(b["img"])
-    base = float(monitor_values(model.compute_losses(outputs, b["gt_bboxes"],
-                                                     b["gt_classes"]))["centerness_floor"])
+    base = float(
+        monitor_values(model.compute_losses(outputs, b["gt_bboxes"], b["gt_classes"]))[
+            "centerness_floor"
+        ]
+    )
     model.loss_centerness.loss_weight = 2.5
-    scaled = float(monitor_values(model.compute_losses(outputs, b["gt_bboxes"],
-                                                       b["gt_classes"]))["centerness_floor"])
+    scaled = float(
+        monitor_values(model.compute_losses(outputs, b["gt_bboxes"], b["gt_classes"]))[
+            "centerness_floor"
+        ]
+    )
     assert math.isclose(scaled, 2.5 * base, rel_tol=1e-6)
 
 
@@ -99,10 +109,14 @@ def test_floor_is_not_part_of_the_total_loss(tiny):
 
     # LossShow averages it separately and keeps it out of "loss"
     show = LossShow()
-    fake = [LossDict({"a": torch.tensor(1.0), "b": torch.tensor(2.0)},
-                     monitor={"b_floor": torch.tensor(0.5)}),
-            LossDict({"a": torch.tensor(3.0), "b": torch.tensor(4.0)},
-                     monitor={"b_floor": torch.tensor(1.5)})]
+    fake = [
+        LossDict(
+            {"a": torch.tensor(1.0), "b": torch.tensor(2.0)}, monitor={"b_floor": torch.tensor(0.5)}
+        ),
+        LossDict(
+            {"a": torch.tensor(3.0), "b": torch.tensor(4.0)}, monitor={"b_floor": torch.tensor(1.5)}
+        ),
+    ]
     for out in fake:
         show.update(None, out)
     got = show.compute()

@@ -20,7 +20,6 @@ from fcos_core.models import cpu_kernels, fast_batchnorm, fast_conv
 CL = torch.channels_last
 
 
-
 def test_kernels_build_here():
     # the project's machines have a C++ compiler; the fallback has its own test below
     assert cpu_kernels.available(), cpu_kernels.error()
@@ -52,14 +51,18 @@ def stock_bn(x, w, b, g, relu):
 def fused_bn(x, w, b, g, relu, min_elements=cpu_kernels.MIN_ELEMENTS_PER_THREAD):
     c = x.shape[1]
     y, mean, invstd = torch.ops.fcos_kernels.batch_norm_act_forward(
-        x, w, b, torch.zeros(c), torch.ones(c), 0.1, 1e-5, relu, min_elements)
+        x, w, b, torch.zeros(c), torch.ones(c), 0.1, 1e-5, relu, min_elements
+    )
     grads = torch.ops.fcos_kernels.batch_norm_act_backward(
-        g.contiguous(memory_format=CL), x, w, b, mean, invstd, relu, min_elements)
+        g.contiguous(memory_format=CL), x, w, b, mean, invstd, relu, min_elements
+    )
     return y, grads
 
 
-@pytest.mark.parametrize("shape", [(1, 16, 9, 7), (2, 3, 5, 5), (4, 17, 6, 6), (1, 64, 32, 32),
-                                   (3, 40, 1, 2), (2, 8, 1, 1)])
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 16, 9, 7), (2, 3, 5, 5), (4, 17, 6, 6), (1, 64, 32, 32), (3, 40, 1, 2), (2, 8, 1, 1)],
+)
 @pytest.mark.parametrize("relu", [True, False])
 @pytest.mark.parametrize("offset", [0.0, 50.0])
 def test_batch_norm_act_matches_float64(shape, relu, offset):
@@ -126,23 +129,57 @@ def test_kernels_reject_what_they_do_not_handle():
     x = torch.randn(1, 8, 4, 4)  # NCHW, not channels-last
     with pytest.raises(RuntimeError, match="channels-last"):
         torch.ops.fcos_kernels.batch_norm_act_forward(
-            x, torch.ones(8), torch.zeros(8), torch.zeros(8), torch.ones(8), 0.1, 1e-5, True,
-            1 << 16)
+            x,
+            torch.ones(8),
+            torch.zeros(8),
+            torch.zeros(8),
+            torch.ones(8),
+            0.1,
+            1e-5,
+            True,
+            1 << 16,
+        )
     with pytest.raises(RuntimeError, match="float32"):
         torch.ops.fcos_kernels.depthwise_weight_grad(
-            x.double().to(memory_format=CL), x.double().to(memory_format=CL), 3, 3, 1, 1, 1, 1,
-            1 << 16)
+            x.double().to(memory_format=CL),
+            x.double().to(memory_format=CL),
+            3,
+            3,
+            1,
+            1,
+            1,
+            1,
+            1 << 16,
+        )
     one = torch.randn(1, 8, 1, 1).to(memory_format=CL)
     with pytest.raises(RuntimeError, match="more than 1 value per channel"):
         torch.ops.fcos_kernels.batch_norm_act_forward(
-            one, torch.ones(8), torch.zeros(8), torch.zeros(8), torch.ones(8), 0.1, 1e-5, True,
-            1 << 16)
+            one,
+            torch.ones(8),
+            torch.zeros(8),
+            torch.zeros(8),
+            torch.ones(8),
+            0.1,
+            1e-5,
+            True,
+            1 << 16,
+        )
 
 
-@pytest.mark.parametrize("n,c,h,w,k,s", [
-    (1, 24, 16, 16, 5, 1), (1, 24, 17, 15, 5, 2), (2, 16, 16, 16, 5, 2), (3, 5, 11, 9, 7, 2),
-    (1, 40, 12, 12, 3, 1), (2, 13, 9, 10, 3, 2), (4, 32, 8, 8, 3, 1), (1, 8, 3, 3, 5, 1),
-    (2, 6, 7, 7, 4, 1)])
+@pytest.mark.parametrize(
+    "n,c,h,w,k,s",
+    [
+        (1, 24, 16, 16, 5, 1),
+        (1, 24, 17, 15, 5, 2),
+        (2, 16, 16, 16, 5, 2),
+        (3, 5, 11, 9, 7, 2),
+        (1, 40, 12, 12, 3, 1),
+        (2, 13, 9, 10, 3, 2),
+        (4, 32, 8, 8, 3, 1),
+        (1, 8, 3, 3, 5, 1),
+        (2, 6, 7, 7, 4, 1),
+    ],
+)
 def test_depthwise_weight_grad_matches_float64(n, c, h, w, k, s):
     gen = torch.Generator().manual_seed(n * 100 + c)
     x = torch.randn(n, c, h, w, generator=gen).to(memory_format=CL)
@@ -151,18 +188,22 @@ def test_depthwise_weight_grad_matches_float64(n, c, h, w, k, s):
     g = torch.randn_like(F.conv2d(x, weight, None, s, p, 1, c)).to(memory_format=CL)
     wd = weight.double().requires_grad_()
     F.conv2d(x.double(), wd, None, s, p, 1, c).backward(g.double())
-    stock = torch.ops.aten.convolution_backward(g, x, weight, None, (s, s), (p, p), (1, 1),
-                                                False, (0, 0), c, (False, True, False))[1]
+    stock = torch.ops.aten.convolution_backward(
+        g, x, weight, None, (s, s), (p, p), (1, 1), False, (0, 0), c, (False, True, False)
+    )[1]
     ours = torch.ops.fcos_kernels.depthwise_weight_grad(g, x, k, k, s, s, p, p, 1 << 16)
     assert ours.shape == weight.shape and ours.is_contiguous()
     assert rel_err(ours, wd.grad) <= max(2e-6, 1.5 * rel_err(stock, wd.grad))
 
 
 class ConvBNReLU(nn.Sequential):
-    def __init__(self, c_in: int, c_out: int, k: int, groups: int = 1,
-                 relu: bool = True, **bn_kwargs) -> None:
-        layers = [nn.Conv2d(c_in, c_out, k, padding=k // 2, groups=groups, bias=False),
-                  nn.BatchNorm2d(c_out, **bn_kwargs)]
+    def __init__(
+        self, c_in: int, c_out: int, k: int, groups: int = 1, relu: bool = True, **bn_kwargs
+    ) -> None:
+        layers = [
+            nn.Conv2d(c_in, c_out, k, padding=k // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(c_out, **bn_kwargs),
+        ]
         super().__init__(*layers, *([nn.ReLU(inplace=True)] if relu else []))
 
     def forward(self, x):
@@ -178,16 +219,19 @@ def test_module_training_matches_the_stock_modules(momentum, relu, monkeypatch):
     torch.manual_seed(0)
 
     def build():
-        return nn.Sequential(ConvBNReLU(8, 16, 1, relu=relu, momentum=momentum),
-                             ConvBNReLU(16, 16, 3, groups=16, relu=relu, momentum=momentum))
+        return nn.Sequential(
+            ConvBNReLU(8, 16, 1, relu=relu, momentum=momentum),
+            ConvBNReLU(16, 16, 3, groups=16, relu=relu, momentum=momentum),
+        )
 
     fused, stock, exact = build(), build(), build().double()
     stock.load_state_dict(fused.state_dict())
     exact.load_state_dict(fused.state_dict())
     calls = []
     real = fast_batchnorm._BatchNormAct.apply
-    monkeypatch.setattr(fast_batchnorm._BatchNormAct, "apply",
-                        lambda *a: calls.append(a[-1]) or real(*a))
+    monkeypatch.setattr(
+        fast_batchnorm._BatchNormAct, "apply", lambda *a: calls.append(a[-1]) or real(*a)
+    )
 
     def step(model, x, use_kernels):
         model.zero_grad()
@@ -200,8 +244,11 @@ def test_module_training_matches_the_stock_modules(momentum, relu, monkeypatch):
         # cancel to a few digits, where any float32 summation order looks "wrong"
         weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(5))
         (y * weights.to(y.dtype)).sum().backward()
-        return [y.detach(), x.grad] + [p.grad for p in model.parameters()] + [
-            b for b in model.buffers() if b.dtype != torch.long]
+        return (
+            [y.detach(), x.grad]
+            + [p.grad for p in model.parameters()]
+            + [b for b in model.buffers() if b.dtype != torch.long]
+        )
 
     for i in range(3):
         x = (torch.randn(2, 8, 12, 12) + i).to(memory_format=CL)

@@ -72,8 +72,7 @@ def test_a_cut_short_library_is_deleted_before_it_is_loaded(tmp_path, no_ops):
     assert [c["_known"] for c in fake.calls] == [False]
 
 
-def test_a_cached_build_that_cannot_load_is_deleted_and_rebuilt_once(tmp_path, no_ops,
-                                                                      monkeypatch):
+def test_a_cached_build_that_cannot_load_is_deleted_and_rebuilt_once(tmp_path, no_ops, monkeypatch):
     monkeypatch.setattr(cpu_kernels, "_library_cut_short", lambda lib: False)
     name = cpu_kernels._build_name()
     so = _corrupt_build(tmp_path / name)
@@ -123,8 +122,7 @@ def test_a_filebaton_lock_left_by_a_killed_build_is_removed(tmp_path, no_ops):
     (tmp_path / name).mkdir()
     (tmp_path / name / "lock").touch()  # torch's FileBaton would wait on it forever
     seen = []
-    fake = FakeCppExtension(tmp_path, lambda d: seen.append((d / "lock").exists()),
-                            file_lock=False)
+    fake = FakeCppExtension(tmp_path, lambda d: seen.append((d / "lock").exists()), file_lock=False)
     cpu_kernels._load(fake, verbose=False)
     assert seen == [False]
     # a torch that locks with FileLock keeps its lock file: left alone
@@ -148,8 +146,9 @@ def _hold_lock(path: Path) -> subprocess.Popen:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="flock")
-def test_waiting_for_another_build_is_bounded_and_a_killed_holder_frees_it(tmp_path, no_ops,
-                                                                          monkeypatch):
+def test_waiting_for_another_build_is_bounded_and_a_killed_holder_frees_it(
+    tmp_path, no_ops, monkeypatch
+):
     name = cpu_kernels._build_name()
     lock = tmp_path / f".{name}.fcos-lock"
     fake = FakeCppExtension(tmp_path, lambda d: None)
@@ -167,9 +166,11 @@ def test_waiting_for_another_build_is_bounded_and_a_killed_holder_frees_it(tmp_p
     assert len(fake.calls) == 1
 
 
-_PROBE = ("import warnings; warnings.simplefilter('error')\n"
-          "from fcos_core.models import cpu_kernels\n"
-          "print('RESULT', cpu_kernels.available(), cpu_kernels.error())")
+_PROBE = (
+    "import warnings; warnings.simplefilter('error')\n"
+    "from fcos_core.models import cpu_kernels\n"
+    "print('RESULT', cpu_kernels.available(), cpu_kernels.error())"
+)
 
 
 def _result(proc: subprocess.CompletedProcess) -> str:
@@ -190,17 +191,20 @@ def test_a_truncated_library_in_the_real_cache_is_rebuilt(tmp_path):
     cached = Path(cpp_extension._get_build_directory(name, False))
     if (cached / f"{name}.so").is_file():  # reuse this machine's build: no compile needed
         shutil.copytree(cached, build_dir, ignore=shutil.ignore_patterns("lock"))
-    first = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True,
-                           text=True, timeout=600)
+    first = subprocess.run(
+        [sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=600
+    )
     assert _result(first) == "True", first.stdout + first.stderr
     lib = build_dir / f"{name}.so"
     lib.write_bytes(lib.read_bytes()[:4096])  # cut short, and newer than its inputs
-    second = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True,
-                            text=True, timeout=600)
+    second = subprocess.run(
+        [sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=600
+    )
     assert _result(second) == "True", second.stdout + second.stderr
     assert "deleting it and rebuilding" in second.stdout + second.stderr
     mtime = lib.stat().st_mtime_ns
-    third = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True,
-                           text=True, timeout=600)
+    third = subprocess.run(
+        [sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=600
+    )
     assert _result(third) == "True" and lib.stat().st_mtime_ns == mtime
     assert "rebuilding" not in third.stdout + third.stderr

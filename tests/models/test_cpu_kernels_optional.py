@@ -40,15 +40,15 @@ def no_build_tools(tmp_path, monkeypatch):
 
 
 def test_missing_requirements_names_what_to_install(no_build_tools, monkeypatch):
-    assert cpu_kernels.missing_requirements() == [
-        "ninja", "a C++ compiler ('c++' is not on PATH)"]
+    assert cpu_kernels.missing_requirements() == ["ninja", "a C++ compiler ('c++' is not on PATH)"]
     _tool(no_build_tools, "ninja")
     _tool(no_build_tools, "clang++")
     monkeypatch.setenv("CXX", "clang++ -stdlib=libc++")  # $CXX's first word is the compiler
     assert cpu_kernels.missing_requirements() == []
     monkeypatch.setenv("CXX", str(no_build_tools / "g++"))
     assert cpu_kernels.missing_requirements() == [
-        f"a C++ compiler ({str(no_build_tools / 'g++')!r} is not on PATH)"]
+        f"a C++ compiler ({str(no_build_tools / 'g++')!r} is not on PATH)"
+    ]
 
 
 def _train(make_fcos, steps: int = 3) -> tuple[list[float], int]:
@@ -100,8 +100,7 @@ def test_training_without_the_kernels_matches_and_notes_once(tiny, no_build_tool
     assert notes[0]["log_level"] == "info"
     # the kernels compute the same function: float32 summation order apart (1e-7 relative
     # here after three steps), the same losses
-    torch.testing.assert_close(torch.tensor(stock), torch.tensor(with_kernels), rtol=1e-5,
-                               atol=0.0)
+    torch.testing.assert_close(torch.tensor(stock), torch.tensor(with_kernels), rtol=1e-5, atol=0.0)
 
 
 def test_switched_off_kernels_give_no_note(no_build_tools, monkeypatch):
@@ -115,8 +114,7 @@ def test_switched_off_kernels_give_no_note(no_build_tools, monkeypatch):
 def test_build_kernels_command_reports_the_cache(capsys):
     assert main(["build-kernels"]) == 0
     out = capsys.readouterr().out
-    match = re.search(r"kernels: (built|loaded from the cache) in (\d+\.\d) s\ncache: (\S+) ",
-                      out)
+    match = re.search(r"kernels: (built|loaded from the cache) in (\d+\.\d) s\ncache: (\S+) ", out)
     assert match, out
     folder = Path(match.group(3))
     assert folder.name == cpu_kernels._build_name()  # keyed as ever: CPU, torch, sources
@@ -130,7 +128,8 @@ def test_build_kernels_command_reports_the_cache(capsys):
 def test_build_kernels_command_fails_clearly_without_the_tools(no_build_tools, capsys):
     assert main(["build-kernels"]) == 2
     err = capsys.readouterr().err
-    assert ("cannot build fcos's C++ CPU training kernels: not installed: ninja, a C++ "
-            "compiler") in err
+    assert (
+        "cannot build fcos's C++ CPU training kernels: not installed: ninja, a C++ compiler"
+    ) in err
     assert "fix: pip install 'fcos-core[cpu-kernels]'" in err
     assert "Traceback" not in err

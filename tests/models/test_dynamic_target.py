@@ -24,9 +24,14 @@ P8 = {(x, y): 4 * (y // 8) + x // 8 for x in (4, 12, 20, 28) for y in (4, 12, 20
 
 def make_target(num_classes=C, strides=STRIDES, radius=None, topk=10):
     return DynamicFcosTarget(
-        strides=strides, cls_out_channels=num_classes, background_label=num_classes, topK=topk,
+        strides=strides,
+        cls_out_channels=num_classes,
+        background_label=num_classes,
+        topK=topk,
         loss_cls=FocalLoss(num_classes=num_classes + 1, reduction="none"),
-        loss_reg=GIoULoss(loss_weight=2.0, reduction="none"), center_sampling_radius=radius)
+        loss_reg=GIoULoss(loss_weight=2.0, reduction="none"),
+        center_sampling_radius=radius,
+    )
 
 
 def outputs(batch=1, logit=-5.0):
@@ -147,8 +152,11 @@ def test_crowd_regions_are_ignored_but_keep_positives():
 def test_empty_images():
     tgt = make_target()
     outs = outputs(batch=2)
-    t = tgt(outs, [torch.zeros(0, 4), torch.tensor([[2.0, 2, 14, 14]])],
-            [torch.zeros(0, dtype=torch.long), torch.tensor([0])])
+    t = tgt(
+        outs,
+        [torch.zeros(0, 4), torch.tensor([[2.0, 2, 14, 14]])],
+        [torch.zeros(0, dtype=torch.long), torch.tensor([0])],
+    )
     assert not t["pos_mask"][0].any() and t["pos_mask"][1].sum() == 1
     assert (t["labels"][0] == C).all() and (t["label_weights"] == 1).all()
     t = tgt(outs, [torch.zeros(0, 4)] * 2, [torch.zeros(0, dtype=torch.long)] * 2)
@@ -185,8 +193,14 @@ def test_invariant_to_ground_truth_order():
     perms = [torch.randperm(30, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     t2 = tgt(outs, [b[p] for b, p in zip(boxes, perms)], [lab[p] for lab, p in zip(labels, perms)])
     assert t1["pos_mask"].sum() > 20
-    for key in ("pos_mask", "labels", "label_weights", "bbox_targets", "bbox_weights",
-                "centerness_targets"):
+    for key in (
+        "pos_mask",
+        "labels",
+        "label_weights",
+        "bbox_targets",
+        "bbox_weights",
+        "centerness_targets",
+    ):
         torch.testing.assert_close(t1[key], t2[key], rtol=0, atol=0, msg=key)
     for b, p in enumerate(perms):
         pos = t1["pos_mask"][b]
@@ -205,8 +219,8 @@ def _bench_module():
 def test_matches_per_gt_loop_reference(n, radius, seed):
     bench = _bench_module()
     strides, outs, boxes, labels = _random_case(2, n, 128, seed=seed)
-    boxes[1] = boxes[1][:n // 2]  # ragged batch: padding must not matter
-    labels[1] = labels[1][:n // 2]
+    boxes[1] = boxes[1][: n // 2]  # ragged batch: padding must not matter
+    labels[1] = labels[1][: n // 2]
     tgt = make_target(num_classes=5, strides=strides, radius=radius)
     got = tgt(outs, boxes, labels)
     ref = bench.reference_simota(outs, strides, boxes, labels, radius=radius)
@@ -216,23 +230,29 @@ def test_matches_per_gt_loop_reference(n, radius, seed):
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="background_label=3 must equal cls_out_channels=2"):
-        DynamicFcosTarget([8], 2, 3, 10, FocalLoss(3, reduction="none"),
-                          GIoULoss(reduction="none"))
+        DynamicFcosTarget([8], 2, 3, 10, FocalLoss(3, reduction="none"), GIoULoss(reduction="none"))
     with pytest.raises(ValueError, match="reduction 'none'"):
         DynamicFcosTarget([8], 2, 2, 10, FocalLoss(3), GIoULoss(reduction="none"))
     with pytest.raises(ValueError, match=r"loss_cls.num_classes=81"):
-        DynamicFcosTarget([8], 2, 2, 10, FocalLoss(81, reduction="none"),
-                          GIoULoss(reduction="none"))
+        DynamicFcosTarget(
+            [8], 2, 2, 10, FocalLoss(81, reduction="none"), GIoULoss(reduction="none")
+        )
     with pytest.raises(ValueError, match="strides"):
-        DynamicFcosTarget([16, 8], 2, 2, 10, FocalLoss(3, reduction="none"),
-                          GIoULoss(reduction="none"))
+        DynamicFcosTarget(
+            [16, 8], 2, 2, 10, FocalLoss(3, reduction="none"), GIoULoss(reduction="none")
+        )
 
 
 def _target(**kw):
     return DynamicFcosTarget(
-        strides=STRIDES, cls_out_channels=C, background_label=C, topK=10,
+        strides=STRIDES,
+        cls_out_channels=C,
+        background_label=C,
+        topK=10,
         loss_cls=FocalLoss(num_classes=C + 1, reduction="none"),
-        loss_reg=GIoULoss(loss_weight=2.0, reduction="none"), **kw)
+        loss_reg=GIoULoss(loss_weight=2.0, reduction="none"),
+        **kw,
+    )
 
 
 def test_min_k_floors_the_dynamic_k():
@@ -262,8 +282,12 @@ def test_geometric_centerness_target_is_fcos_centerness():
     pts = geo_t["points"][pos]
     left, r = pts[:, 0] - gt[0], gt[2] - pts[:, 0]
     top, bot = pts[:, 1] - gt[1], gt[3] - pts[:, 1]
-    ref = torch.sqrt(torch.minimum(left, r) / torch.maximum(left, r)
-                     * torch.minimum(top, bot) / torch.maximum(top, bot))
+    ref = torch.sqrt(
+        torch.minimum(left, r)
+        / torch.maximum(left, r)
+        * torch.minimum(top, bot)
+        / torch.maximum(top, bot)
+    )
     torch.testing.assert_close(geo_t["centerness_targets"][0][pos], ref)
     assert not torch.equal(iou_t["centerness_targets"][0][pos], ref)
     with pytest.raises(ValueError, match="centerness_target"):

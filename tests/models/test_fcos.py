@@ -18,11 +18,17 @@ from fcos_core.models.post_process import FCOSMultiStrideFilter
 
 def batch(num_classes=3, n_img=2, size=64, seed=0):
     g = torch.Generator().manual_seed(seed)
-    boxes = [torch.tensor([[4.0, 6, 30, 40], [20, 18, 60, 50], [0, 0, 64, 20]]),
-             torch.tensor([[10.0, 10, 50, 50]])][:n_img]
+    boxes = [
+        torch.tensor([[4.0, 6, 30, 40], [20, 18, 60, 50], [0, 0, 64, 20]]),
+        torch.tensor([[10.0, 10, 50, 50]]),
+    ][:n_img]
     labels = [torch.tensor([0, num_classes - 1, -1]), torch.tensor([1])][:n_img]
-    return {"img": torch.randn(n_img, 3, size, size, generator=g), "gt_bboxes": boxes,
-            "gt_classes": labels, "img_shape": [(size, size)] * n_img}
+    return {
+        "img": torch.randn(n_img, 3, size, size, generator=g),
+        "gt_bboxes": boxes,
+        "gt_classes": labels,
+        "img_shape": [(size, size)] * n_img,
+    }
 
 
 def test_training_returns_named_losses_with_gradients(tiny):
@@ -45,20 +51,31 @@ def test_loss_values_match_independent_computation(tiny):
     t = model.targets(outputs, b["gt_bboxes"], b["gt_classes"])
     s = len(model.strides)
     cls = torch.cat([o.flatten(2).transpose(1, 2) for o in outputs[:s]], 1)  # [B, P, C]
-    box = torch.cat([o.flatten(2).transpose(1, 2) for o in outputs[s:2 * s]], 1)
-    ctr = torch.cat([o.flatten(2).transpose(1, 2) for o in outputs[2 * s:]], 1)[..., 0]
+    box = torch.cat([o.flatten(2).transpose(1, 2) for o in outputs[s : 2 * s]], 1)
+    ctr = torch.cat([o.flatten(2).transpose(1, 2) for o in outputs[2 * s :]], 1)[..., 0]
     pos = t["pos_mask"]
     npos = pos.sum().float()
     onehot = torch.nn.functional.one_hot(t["labels"], 4)[..., :3].float()
     ref_cls = (sigmoid_focal_loss(cls, onehot) * t["label_weights"][..., None]).sum() / npos
     pts, st = t["points"][None].expand_as(box[..., :2]), t["point_strides"]
     d = box * st[None, :, None]
-    pred = torch.stack([pts[..., 0] - d[..., 0], pts[..., 1] - d[..., 1],
-                        pts[..., 0] + d[..., 2], pts[..., 1] + d[..., 3]], -1)
+    pred = torch.stack(
+        [
+            pts[..., 0] - d[..., 0],
+            pts[..., 1] - d[..., 1],
+            pts[..., 0] + d[..., 2],
+            pts[..., 1] + d[..., 3],
+        ],
+        -1,
+    )
     w = t["bbox_weights"][pos]
     ref_reg = (generalized_box_iou_loss(pred[pos], t["bbox_targets"][pos]) * w).sum() / w.sum()
-    ref_ctr = torch.nn.functional.binary_cross_entropy_with_logits(
-        ctr[pos], t["centerness_targets"][pos], reduction="sum") / npos
+    ref_ctr = (
+        torch.nn.functional.binary_cross_entropy_with_logits(
+            ctr[pos], t["centerness_targets"][pos], reduction="sum"
+        )
+        / npos
+    )
     torch.testing.assert_close(losses["cls"], ref_cls)
     torch.testing.assert_close(losses["reg"], ref_reg)
     torch.testing.assert_close(losses["centerness"], ref_ctr)
@@ -140,42 +157,65 @@ def test_any_number_of_classes(tiny, num_classes):
 def _parts(tiny, num_classes=3, strides=(8, 16)):
     backbone = tiny.TinyBackbone(strides)
     neck = tiny.TinyNeck(strides, backbone.out_channels, 32)
-    head = FCOSHead(num_classes, list(strides), list(strides), dict.fromkeys(strides, 32),
-                    feat_channels=32, stacked_convs=1)
+    head = FCOSHead(
+        num_classes,
+        list(strides),
+        list(strides),
+        dict.fromkeys(strides, 32),
+        feat_channels=32,
+        stacked_convs=1,
+    )
     return backbone, neck, head
 
 
 def _losses(n=4):
-    return dict(loss_cls=FocalLoss(n), loss_centerness=CrossEntropyLoss(True, "centerness"),
-                loss_reg=GIoULoss())
+    return dict(
+        loss_cls=FocalLoss(n),
+        loss_centerness=CrossEntropyLoss(True, "centerness"),
+        loss_reg=GIoULoss(),
+    )
 
 
 def test_construction_errors_name_both_values(tiny):
     from fcos_core.models.dynamic_target import DynamicFcosTarget
 
     def tgt(strides=(8, 16), c=3):
-        return DynamicFcosTarget(list(strides), c, c, 10, FocalLoss(c + 1, reduction="none"),
-                                 GIoULoss(reduction="none"))
+        return DynamicFcosTarget(
+            list(strides), c, c, 10, FocalLoss(c + 1, reduction="none"), GIoULoss(reduction="none")
+        )
 
     backbone, neck, _ = _parts(tiny)
     head = FCOSHead(3, [8, 16, 32], [8, 16, 32], {8: 32, 16: 32, 32: 32})
-    with pytest.raises(ValueError, match=r"head.in_strides=\[8, 16, 32\] does not match "
-                                         r"neck.out_strides=\[8, 16\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"head.in_strides=\[8, 16, 32\] does not match "
+        r"neck.out_strides=\[8, 16\]",
+    ):
         FCOS(backbone, neck, head)
-    with pytest.raises(ValueError, match=r"targets.strides=\[8, 16, 32\] does not match "
-                                         r"head.out_strides=\[8, 16\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"targets.strides=\[8, 16, 32\] does not match "
+        r"head.out_strides=\[8, 16\]",
+    ):
         FCOS(*_parts(tiny), targets=tgt((8, 16, 32)), **_losses())
-    with pytest.raises(ValueError, match=r"targets.cls_out_channels=5 does not match "
-                                         "head.num_classes=3"):
+    with pytest.raises(
+        ValueError,
+        match=r"targets.cls_out_channels=5 does not match "
+        "head.num_classes=3",
+    ):
         FCOS(*_parts(tiny), targets=tgt(c=5), **_losses())
     with pytest.raises(ValueError, match=r"loss_cls.num_classes=81"):
         FCOS(*_parts(tiny), targets=tgt(), **_losses(81))
     with pytest.raises(ValueError, match="missing: loss_reg"):
-        FCOS(*_parts(tiny), targets=tgt(), loss_cls=FocalLoss(4),
-             loss_centerness=GIoULoss("c"))
+        FCOS(*_parts(tiny), targets=tgt(), loss_cls=FocalLoss(4), loss_centerness=GIoULoss("c"))
     with pytest.raises(ValueError, match="same loss_name 'reg'"):
-        FCOS(*_parts(tiny), targets=tgt(), loss_cls=FocalLoss(4), loss_centerness=GIoULoss(),
-             loss_reg=GIoULoss())
+        FCOS(
+            *_parts(tiny),
+            targets=tgt(),
+            loss_cls=FocalLoss(4),
+            loss_centerness=GIoULoss(),
+            loss_reg=GIoULoss(),
+        )
     with pytest.raises(ValueError, match=r"post_process.strides=\[8\]"):
         FCOS(*_parts(tiny), post_process=FCOSMultiStrideFilter([8]))
     b2, n2, h2 = _parts(tiny)
@@ -202,15 +242,23 @@ def test_build_from_config(host_and_config):
 def test_config_mismatch_is_reported_at_the_block(host_and_config, tmp_path):
     host, good = host_and_config
     bad = tmp_path / "bad.yaml"
-    bad.write_text(good.read_text().replace("cls_out_channels: 4", "cls_out_channels: 3")
-                   .replace("background_label: 4", "background_label: 3")
-                   .replace("num_classes: 5, alpha: 0.25, gamma: 2.0,\n               loss_weight:"
-                            " 1.0, reduction: none",
-                            "num_classes: 4, alpha: 0.25, gamma: 2.0,\n               loss_weight:"
-                            " 1.0, reduction: none"))
+    bad.write_text(
+        good.read_text()
+        .replace("cls_out_channels: 4", "cls_out_channels: 3")
+        .replace("background_label: 4", "background_label: 3")
+        .replace(
+            "num_classes: 5, alpha: 0.25, gamma: 2.0,\n               loss_weight:"
+            " 1.0, reduction: none",
+            "num_classes: 4, alpha: 0.25, gamma: 2.0,\n               loss_weight:"
+            " 1.0, reduction: none",
+        )
+    )
     from fcos_core.errors import ConfigError
 
     cfg = load_config(bad, host)
-    with pytest.raises(ConfigError, match=r"targets.cls_out_channels=3 does not match "
-                                          "head.num_classes=4"):
+    with pytest.raises(
+        ConfigError,
+        match=r"targets.cls_out_channels=3 does not match "
+        "head.num_classes=4",
+    ):
         build(cfg.values["model"])

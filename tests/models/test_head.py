@@ -14,8 +14,14 @@ STRIDES = [8, 16, 32]
 
 
 def make_head(**kw):
-    args = dict(num_classes=7, in_strides=STRIDES, out_strides=STRIDES,
-                stride2channels=dict.fromkeys(STRIDES, 16), feat_channels=24, stacked_convs=2)
+    args = dict(
+        num_classes=7,
+        in_strides=STRIDES,
+        out_strides=STRIDES,
+        stride2channels=dict.fromkeys(STRIDES, 16),
+        feat_channels=24,
+        stacked_convs=2,
+    )
     args.update(kw)
     return FCOSHead(**args)
 
@@ -85,9 +91,14 @@ def test_upscale_bbox_pred_multiplies_by_stride_in_eval_only():
 
 
 def test_out_strides_subset_and_quantization_flags():
-    head = make_head(in_strides=[4, 8, 16, 32], out_strides=[8, 32],
-                     stride2channels={4: 8, 8: 16, 16: 16, 32: 16},
-                     int8_output=False, int16_output=True, dequant_output=False)
+    head = make_head(
+        in_strides=[4, 8, 16, 32],
+        out_strides=[8, 32],
+        stride2channels={4: 8, 8: 16, 16: 16, 32: 16},
+        int8_output=False,
+        int16_output=True,
+        dequant_output=False,
+    )
     out = head([torch.zeros(1, 8, 16, 16), *feats(batch=1)])
     assert [o.shape[-1] for o in out] == [8, 2, 8, 2, 8, 2]
     assert head.output_dtype == "int16" and head.int16_output and not head.dequant_output
@@ -104,14 +115,17 @@ def test_exportable():
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(out_strides=[8, 64]), r"out_strides \[8, 64\] has strides \[64\]"),
-    (dict(stride2channels={8: 16, 16: 16}), "no entry for strides"),
-    (dict(stride2channels={8: 16, 16: 32, 32: 16}), "different channels"),
-    (dict(int8_output=True, int16_output=True), "int8_output and int16_output"),
-    (dict(num_classes=0), "num_classes"),
-    (dict(out_strides=[16, 8]), "increasing"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(out_strides=[8, 64]), r"out_strides \[8, 64\] has strides \[64\]"),
+        (dict(stride2channels={8: 16, 16: 16}), "no entry for strides"),
+        (dict(stride2channels={8: 16, 16: 32, 32: 16}), "different channels"),
+        (dict(int8_output=True, int16_output=True), "int8_output and int16_output"),
+        (dict(num_classes=0), "num_classes"),
+        (dict(out_strides=[16, 8]), "increasing"),
+    ],
+)
 def test_bad_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
         make_head(**kw)
@@ -132,8 +146,9 @@ def test_training_forward_uses_the_cpu_kernels_and_matches_the_stock_modules(mon
     stock.to(memory_format=cl)
     calls = []
     real = fast_batchnorm._BatchNormAct.apply
-    monkeypatch.setattr(fast_batchnorm._BatchNormAct, "apply",
-                        lambda *a: calls.append(a[-1]) or real(*a))
+    monkeypatch.setattr(
+        fast_batchnorm._BatchNormAct, "apply", lambda *a: calls.append(a[-1]) or real(*a)
+    )
 
     def step(head, enabled):
         xs = [f.to(memory_format=cl).requires_grad_() for f in feats()]

@@ -58,8 +58,9 @@ def test_focal_labels_with_background_weight_and_avg_factor():
     assert onehot[labels == 80].sum() == 0
     loss = FocalLoss(num_classes=81, loss_weight=2.0)
     got, (gx,) = _grads(lambda a: loss(a, labels, weight=weight, avg_factor=7.0), x)
-    ref, (rx,) = _grads(lambda a: 2.0 * (sigmoid_focal_loss(a, onehot) * weight[:, None]).sum()
-                        / 7.0, x)
+    ref, (rx,) = _grads(
+        lambda a: 2.0 * (sigmoid_focal_loss(a, onehot) * weight[:, None]).sum() / 7.0, x
+    )
     torch.testing.assert_close(got, ref, **TOL)
     torch.testing.assert_close(gx, rx, **TOL)
 
@@ -109,6 +110,7 @@ def test_giou_weight_avg_factor_and_broadcast():
     torch.testing.assert_close(pair, ref_pair, **TOL)
     iou, _ = iou_and_giou(a[:, None], b[None, :])
     from torchvision.ops import box_iou
+
     torch.testing.assert_close(iou, box_iou(a, b), rtol=1e-5, atol=1e-6)
 
 

@@ -17,8 +17,9 @@ from fcos_core.models.ops_count import count_macs, model_report, ops_command, pa
 
 
 def test_hand_counted_conv_and_linear():
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.Flatten(),
-                        nn.Linear(8 * 8 * 8, 10))
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.Flatten(), nn.Linear(8 * 8 * 8, 10)
+    )
     total, per = count_macs(net, torch.zeros(1, 3, 16, 16), {"conv": net[0]})
     assert per["conv"] == 8 * 8 * 8 * 3 * 3 * 3  # out elements x (in/groups) x kh x kw
     assert total == per["conv"] + 512 * 10
@@ -48,8 +49,7 @@ def test_fcos_counts_match_flop_counter(tiny):
 
 def test_ops_command_table_and_json(host_and_config, capsys):
     host, path = host_and_config
-    args = argparse.Namespace(config=str(path), overrides=[], input_shape="1,3,64,64",
-                              json=True)
+    args = argparse.Namespace(config=str(path), overrides=[], input_shape="1,3,64,64", json=True)
     assert ops_command(args, host) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["input_shape"] == [1, 3, 64, 64]
@@ -69,8 +69,9 @@ def test_ops_command_table_and_json(host_and_config, capsys):
 
 
 def test_ops_cli_is_registered():
-    out = subprocess.run([sys.executable, "-m", "fcos_core", "ops", "--help"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "fcos_core", "ops", "--help"], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     assert "--input-shape" in out.stdout and "--json" in out.stdout
 

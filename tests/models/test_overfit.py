@@ -22,18 +22,35 @@ def coco_ap(batch: dict, detections: list[dict], num_classes: int) -> dict[str, 
     for i, (bx, lb) in enumerate(zip(batch["gt_bboxes"], batch["gt_classes"])):
         images.append({"id": i + 1, "width": SIZE, "height": SIZE})
         for (x1, y1, x2, y2), c in zip(bx.tolist(), lb.tolist()):
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": c + 1,
-                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
-                         "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": c + 1,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": 0,
+                }
+            )
     for i, d in enumerate(detections):
-        for (x1, y1, x2, y2), s, c in zip(d["boxes"].tolist(), d["scores"].tolist(),
-                                          d["labels"].tolist()):
-            res.append({"image_id": i + 1, "category_id": c + 1,
-                        "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s})
+        for (x1, y1, x2, y2), s, c in zip(
+            d["boxes"].tolist(), d["scores"].tolist(), d["labels"].tolist()
+        ):
+            res.append(
+                {
+                    "image_id": i + 1,
+                    "category_id": c + 1,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "score": s,
+                }
+            )
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
-        gt.dataset = {"images": images, "annotations": anns,
-                      "categories": [{"id": c + 1, "name": str(c)} for c in range(num_classes)]}
+        gt.dataset = {
+            "images": images,
+            "annotations": anns,
+            "categories": [{"id": c + 1, "name": str(c)} for c in range(num_classes)],
+        }
         gt.createIndex()
         if not res:
             return {"AP": 0.0, "AP50": 0.0}

@@ -11,12 +11,22 @@ from fcos_core.models.post_process import FCOSMultiStrideFilter
 STRIDES = [8, 16, 32]
 
 
-def reference_detect(outputs, strides, *, threshold, score_threshold, nms_pre, iou_threshold,
-                     max_per_img, clamp_shape, bbox_upscaled=False):
+def reference_detect(
+    outputs,
+    strides,
+    *,
+    threshold,
+    score_threshold,
+    nms_pre,
+    iou_threshold,
+    max_per_img,
+    clamp_shape,
+    bbox_upscaled=False,
+):
     """Score every (position, class), keep logit > threshold and score > score_threshold,
     top nms_pre per level, decode, clamp, class-wise NMS, keep max_per_img."""
     s = len(strides)
-    cls, box, ctr = outputs[:s], outputs[s:2 * s], outputs[2 * s:3 * s]
+    cls, box, ctr = outputs[:s], outputs[s : 2 * s], outputs[2 * s : 3 * s]
     results = []
     for b in range(cls[0].shape[0]):
         all_boxes, all_scores, all_labels = [], [], []
@@ -24,8 +34,7 @@ def reference_detect(outputs, strides, *, threshold, score_threshold, nms_pre, i
             c = cls[lvl][b]
             num_classes, h, w = c.shape
             logits = c.permute(1, 2, 0).reshape(-1, num_classes)  # [HW, C]
-            scores = torch.sqrt(torch.sigmoid(logits)
-                                * torch.sigmoid(ctr[lvl][b].reshape(-1, 1)))
+            scores = torch.sqrt(torch.sigmoid(logits) * torch.sigmoid(ctr[lvl][b].reshape(-1, 1)))
             ok = (logits > threshold) & (scores > score_threshold)
             pos, lab = torch.nonzero(ok, as_tuple=True)
             sc = scores[pos, lab]
@@ -74,12 +83,15 @@ def _assert_same(got, ref):
 
 
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("params", [
-    dict(),
-    dict(nms_pre=7, max_per_img=5),
-    dict(threshold=-1.0, score_threshold=0.2, iou_threshold=0.3),
-    dict(max_shape=(40, 50), bbox_upscaled=True),
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(),
+        dict(nms_pre=7, max_per_img=5),
+        dict(threshold=-1.0, score_threshold=0.2, iou_threshold=0.3),
+        dict(max_shape=(40, 50), bbox_upscaled=True),
+    ],
+)
 def test_detect_equals_plain_reference(seed, params):
     params = dict(params)
     upscaled = params.pop("bbox_upscaled", False)
@@ -87,14 +99,24 @@ def test_detect_equals_plain_reference(seed, params):
     outputs = random_outputs(seed=seed, size=96 if seed % 2 else 64)
     if upscaled:
         s = len(STRIDES)
-        outputs = (*outputs[:s], *[b * st for b, st in zip(outputs[s:2 * s], STRIDES)],
-                   *outputs[2 * s:])
+        outputs = (
+            *outputs[:s],
+            *[b * st for b, st in zip(outputs[s : 2 * s], STRIDES)],
+            *outputs[2 * s :],
+        )
     image_size = (96, 96) if seed % 2 else (64, 64)
     got = pp(outputs, image_size, bbox_upscaled=upscaled)
-    ref = reference_detect(outputs, STRIDES, threshold=pp.threshold,
-                           score_threshold=pp.score_threshold, nms_pre=pp.nms_pre,
-                           iou_threshold=pp.iou_threshold, max_per_img=pp.max_per_img,
-                           clamp_shape=pp.max_shape or image_size, bbox_upscaled=upscaled)
+    ref = reference_detect(
+        outputs,
+        STRIDES,
+        threshold=pp.threshold,
+        score_threshold=pp.score_threshold,
+        nms_pre=pp.nms_pre,
+        iou_threshold=pp.iou_threshold,
+        max_per_img=pp.max_per_img,
+        clamp_shape=pp.max_shape or image_size,
+        bbox_upscaled=upscaled,
+    )
     _assert_same(got, ref)
     assert sum(len(r["scores"]) for r in ref) > 0  # the case exercises real detections
     for r in got:

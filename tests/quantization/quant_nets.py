@@ -35,10 +35,12 @@ class SmallNet(nn.Module):
         self.int16_output = int16_output
         self.int8_output = int8_output
         self.dequant_output = True
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8),
-                                  nn.ReLU())
-        self.dw = nn.Sequential(nn.Conv2d(8, 8, 3, 1, 1, groups=8, bias=False),
-                                nn.BatchNorm2d(8), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU()
+        )
+        self.dw = nn.Sequential(
+            nn.Conv2d(8, 8, 3, 1, 1, groups=8, bias=False), nn.BatchNorm2d(8), nn.ReLU()
+        )
         self.pw = nn.Sequential(nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8))
         self.out_a = nn.Conv2d(8, 4, 3, padding=1)
         self.out_b = nn.Conv2d(8, 2, 1)
@@ -60,9 +62,16 @@ class TinyBody(nn.Module):
         # (upsample + add top-down, max-pool + add bottom-up)
         self.backbone = TinyBackbone((4, 8), channels=(8, 16, 16), residual_at=(4,))
         self.neck = TinyNeck((4, 8), (16, 16), 16, fusion="bifpn")
-        self.head = FCOSHead(num_classes=3, in_strides=[4, 8], out_strides=[4, 8],
-                             stride2channels={4: 16, 8: 16}, feat_channels=16, stacked_convs=2,
-                             int8_output=not int16_output, int16_output=int16_output)
+        self.head = FCOSHead(
+            num_classes=3,
+            in_strides=[4, 8],
+            out_strides=[4, 8],
+            stride2channels={4: 16, 8: 16},
+            feat_channels=16,
+            stacked_convs=2,
+            int8_output=not int16_output,
+            int16_output=int16_output,
+        )
         for m in self.modules():  # the head's N(0, 0.01) init gives near-zero outputs
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_uniform_(m.weight, a=1.0)
@@ -109,14 +118,20 @@ def steps_apart(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.
     return (a.double() - b.double()).abs() / s.double()
 
 
-def fit_to_teacher(model: nn.Module, teacher: nn.Module, steps: int, lr: float, seed0: int = 200,
-                   batch: int = 4, optimizer: str = "sgd") -> nn.Module:
+def fit_to_teacher(
+    model: nn.Module,
+    teacher: nn.Module,
+    steps: int,
+    lr: float,
+    seed0: int = 200,
+    batch: int = 4,
+    optimizer: str = "sgd",
+) -> nn.Module:
     """A few optimizer steps of ``model`` towards the float ``teacher``'s outputs (moves the
     weights and, in QAT, the ranges); returns the model in eval mode."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr) if optimizer == "adam" else \
-        torch.optim.SGD(params, lr=lr)
+    opt = torch.optim.Adam(params, lr=lr) if optimizer == "adam" else torch.optim.SGD(params, lr=lr)
     for i in range(steps):
         x = images(batch, seed0 + i)
         with torch.no_grad():

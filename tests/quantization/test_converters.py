@@ -71,8 +71,13 @@ def small_flow():
     qat = train_qat(qat, float_net)
     freeze_observers(qat)
     quantized = QAT2Quantize()(copy.deepcopy(qat), ctx)
-    return {"ctx": ctx, "float": float_net, "calibrated": calibrated, "qat": qat,
-            "quantized": quantized}
+    return {
+        "ctx": ctx,
+        "float": float_net,
+        "calibrated": calibrated,
+        "qat": qat,
+        "quantized": quantized,
+    }
 
 
 def test_states_are_recorded(small_flow):
@@ -138,8 +143,9 @@ def _numpy_interpreter(records, img: np.ndarray) -> dict:
         return (v + (np.int64(1) << (n - 1))) >> n
 
     def sat(v, dtype):
-        lo, hi = {"int8": (-128, 127), "int16": (-32768, 32767),
-                  "int32": (-(2**31), 2**31 - 1)}[dtype]
+        lo, hi = {"int8": (-128, 127), "int16": (-32768, 32767), "int32": (-(2**31), 2**31 - 1)}[
+            dtype
+        ]
         return np.clip(v, lo, hi).astype(np.int64)
 
     def chan(t):
@@ -155,9 +161,19 @@ def _numpy_interpreter(records, img: np.ndarray) -> dict:
             out = sat(np.round(x[0].astype(np.float32) * inv), op.dtype)
         elif op.kind == "conv2d":
             xi = torch.from_numpy(x[0].astype(np.float64))
-            acc = torch.nn.functional.conv2d(
-                xi, torch.from_numpy(t["weight"].astype(np.float64)), None, a["stride"],
-                a["padding"], a["dilation"], a["groups"]).numpy().astype(np.int64)
+            acc = (
+                torch.nn.functional.conv2d(
+                    xi,
+                    torch.from_numpy(t["weight"].astype(np.float64)),
+                    None,
+                    a["stride"],
+                    a["padding"],
+                    a["dilation"],
+                    a["groups"],
+                )
+                .numpy()
+                .astype(np.int64)
+            )
             if "bias" in t:
                 acc = acc + chan(t["bias"].astype(np.int64))
             if op.dtype == "int32":
@@ -173,9 +189,18 @@ def _numpy_interpreter(records, img: np.ndarray) -> dict:
         elif op.kind == "relu":
             out = np.maximum(x[0], 0)
         elif op.kind == "max_pool2d":
-            out = torch.nn.functional.max_pool2d(
-                torch.from_numpy(x[0].astype(np.float64)), a["kernel_size"], a["stride"],
-                a["padding"], a["dilation"], a["ceil_mode"]).numpy().astype(np.int64)
+            out = (
+                torch.nn.functional.max_pool2d(
+                    torch.from_numpy(x[0].astype(np.float64)),
+                    a["kernel_size"],
+                    a["stride"],
+                    a["padding"],
+                    a["dilation"],
+                    a["ceil_mode"],
+                )
+                .numpy()
+                .astype(np.int64)
+            )
         elif op.kind == "upsample_nearest2d":
             f = [int(v) for v in a["scale_factors"]]
             out = x[0].repeat(f[0], axis=2).repeat(f[1], axis=3)
@@ -229,14 +254,23 @@ def test_wrong_converter_order_is_a_clear_error(ctx):
 # -- every observer through the converter --------------------------------------------------
 
 
-@pytest.mark.parametrize("name,cls,options", [
-    ("minmax", MinMaxObserver, {}), ("percentile", PercentileObserver, {"percentile": 99.9}),
-    ("mse", MSEObserver, {}), ("kl", KLObserver, {"stride": 8})])
+@pytest.mark.parametrize(
+    "name,cls,options",
+    [
+        ("minmax", MinMaxObserver, {}),
+        ("percentile", PercentileObserver, {"percentile": 99.9}),
+        ("mse", MSEObserver, {}),
+        ("kl", KLObserver, {"stride": 8}),
+    ],
+)
 def test_calibration_with_each_observer(name, cls, options, ctx):
     model = Float2Calibration(activation_observer=cls.with_args(**options))(make_small(), ctx)
     acts = [fq for _, fq in fake_quants(model) if not fq.is_weight]
-    assert acts and all(isinstance(fq.activation_post_process, cls) for fq in acts
-                        if fq.activation_post_process.__class__.__name__ != "FixedRangeObserver")
+    assert acts and all(
+        isinstance(fq.activation_post_process, cls)
+        for fq in acts
+        if fq.activation_post_process.__class__.__name__ != "FixedRangeObserver"
+    )
     calibrate(model, steps=2)
     float_out = outputs(make_small(), images(4, 3))
     q_out = outputs(model, images(4, 3))
@@ -246,8 +280,9 @@ def test_calibration_with_each_observer(name, cls, options, ctx):
         sqnr = 10 * torch.log10((f**2).sum() / ((q - f) ** 2).sum())
         assert sqnr > bar, (name, float(sqnr))
     # the input is never observed: scale 1/128
-    inputs = [fq for fq in acts
-              if fq.activation_post_process.__class__.__name__ == "FixedRangeObserver"]
+    inputs = [
+        fq for fq in acts if fq.activation_post_process.__class__.__name__ == "FixedRangeObserver"
+    ]
     assert len(inputs) == 1 and inputs[0].scale.item() == 1 / 128
 
 
@@ -272,8 +307,14 @@ def test_detector_body_is_replaced_and_the_rest_kept(detector_flow):
     assert isinstance(q.body, IntegerModel) and isinstance(q.extra, torch.nn.Linear)
     assert q.body.output_dtypes() == ("int16",) * 6
     outs = outputs(q, images(2, 21))
-    assert [tuple(o.shape) for o in outs] == [(2, 3, 8, 8), (2, 3, 4, 4), (2, 4, 8, 8),
-                                              (2, 4, 4, 4), (2, 1, 8, 8), (2, 1, 4, 4)]
+    assert [tuple(o.shape) for o in outs] == [
+        (2, 3, 8, 8),
+        (2, 3, 4, 4),
+        (2, 4, 8, 8),
+        (2, 4, 4, 4),
+        (2, 1, 8, 8),
+        (2, 1, 4, 4),
+    ]
 
 
 def test_detector_int16_outputs_match_qat_within_one_step(detector_flow):
@@ -336,8 +377,9 @@ def test_backend_rules_are_used():
 
 def test_unsupported_op_is_refused_with_its_name():
     ctx = make_ctx()
-    ctx.backend = _Backend(QuantRules(supported_ops={"conv2d", "relu", "add",
-                                                     "upsample_nearest2d"}))
+    ctx.backend = _Backend(
+        QuantRules(supported_ops={"conv2d", "relu", "add", "upsample_nearest2d"})
+    )
     with pytest.raises(FcosUserError, match="max_pool2d"):
         Float2QAT()(make_small(), ctx)
 
@@ -360,24 +402,28 @@ def test_converters_and_observers_are_registered_and_build_from_yaml():
 
     host = load_host()
     assert {"Float2Calibration", "Float2QAT", "QAT2Quantize"} <= set(
-        host.registries["converters"].names())
+        host.registries["converters"].names()
+    )
     assert set(host.registries["observers"].names()) >= {"minmax", "percentile", "mse", "kl"}
-    conv = build_block(host, "converters", "type: Float2Calibration\n"
-                                           "activation_observer: {type: kl, bins: 512}\n")
+    conv = build_block(
+        host, "converters", "type: Float2Calibration\nactivation_observer: {type: kl, bins: 512}\n"
+    )
     assert isinstance(conv, Float2Calibration)
     obs = conv.observer(dtype=torch.int16)
     assert isinstance(obs, KLObserver) and obs.bins == 512 and obs.quant_max == 32767
     # a bare name is the observer with its defaults
-    obs = build_block(host, "converters", "type: Float2Calibration\n"
-                                          "activation_observer: percentile\n").observer()
+    obs = build_block(
+        host, "converters", "type: Float2Calibration\nactivation_observer: percentile\n"
+    ).observer()
     assert isinstance(obs, PercentileObserver) and obs.percentile == 99.99
     # omitted: mse for calibration, a 0.01 moving-average minmax for QAT
-    assert isinstance(build_block(host, "converters", "type: Float2Calibration").observer(),
-                      MSEObserver)
-    assert build_block(host, "converters", "type: Float2QAT").observer().averaging_constant \
-        == 0.01
-    conv = build_block(host, "converters", "type: Float2QAT\n"
-                                           "qat_observer: {type: minmax, averaging_constant: 0.1}")
+    assert isinstance(
+        build_block(host, "converters", "type: Float2Calibration").observer(), MSEObserver
+    )
+    assert build_block(host, "converters", "type: Float2QAT").observer().averaging_constant == 0.01
+    conv = build_block(
+        host, "converters", "type: Float2QAT\nqat_observer: {type: minmax, averaging_constant: 0.1}"
+    )
     assert conv.observer().averaging_constant == 0.1
     assert isinstance(build_block(host, "converters", "type: QAT2Quantize"), QAT2Quantize)
 
@@ -400,13 +446,20 @@ def test_observer_options_are_checked_in_the_config():
     host = make_host()
     # unknown observer name: the registry's message, at the observer's path
     with pytest.raises(ConfigError, match="median"):
-        build_block(host, "converters", "type: Float2Calibration\n"
-                                        "activation_observer: {type: median}")
+        build_block(
+            host, "converters", "type: Float2Calibration\nactivation_observer: {type: median}"
+        )
     # an observer option on the converter (the old flat form) is an unknown key
     with pytest.raises(ConfigError, match="unknown key 'percentile'"):
-        build_block(host, "converters", "type: Float2Calibration\n"
-                                        "activation_observer: percentile\npercentile: 99.9")
+        build_block(
+            host,
+            "converters",
+            "type: Float2Calibration\nactivation_observer: percentile\npercentile: 99.9",
+        )
     # a bad value is reported when the converter is built, not mid-calibration
     with pytest.raises(ConfigError, match=r"percentile.*rejected its arguments"):
-        build_block(host, "converters", "type: Float2Calibration\n"
-                                        "activation_observer: {type: percentile, percentile: 200}")
+        build_block(
+            host,
+            "converters",
+            "type: Float2Calibration\nactivation_observer: {type: percentile, percentile: 200}",
+        )

@@ -85,5 +85,5 @@ def test_the_exact_accumulator_is_exact_with_int16_inputs():
     for c in range(3):
         for i in range(5):
             for j in range(5):
-                ref[0, c, i, j] = (xp[0, :, i:i + 3, j:j + 3] * w[c]).sum()
+                ref[0, c, i, j] = (xp[0, :, i : i + 3, j : j + 3] * w[c]).sum()
     assert torch.equal(acc, ref)

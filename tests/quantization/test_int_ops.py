@@ -33,8 +33,9 @@ def test_quantize_multiplier_rejects_huge_ratios():
 @settings(max_examples=300, deadline=None)
 @given(st.integers(-(2**31), 2**31 - 1), st.integers(0, 2**31 - 1), st.integers(1, 62))
 def test_requantize_rounds_half_up_like_python_integers(acc, m, n):
-    out = int_ops.requantize(torch.tensor([acc]), torch.tensor(m), torch.tensor(n), -32768,
-                             32767, torch.int16)
+    out = int_ops.requantize(
+        torch.tensor([acc]), torch.tensor(m), torch.tensor(n), -32768, 32767, torch.int16
+    )
     ref = (acc * m + (1 << (n - 1))) >> n  # Python ints: exact, >> is floor division
     assert int(out) == max(-32768, min(32767, ref))
 
@@ -43,8 +44,9 @@ def test_requantize_ties_go_up_and_relu_clamps_at_zero():
     acc = torch.tensor([-3, -2, -1, 1, 2, 3, 5])  # times 1/2: -1.5 -1 -0.5 0.5 1 1.5 2.5
     out = int_ops.requantize(acc, torch.tensor(1), torch.tensor(1), -128, 127, torch.int8)
     assert out.tolist() == [-1, -1, 0, 1, 1, 2, 3]
-    out = int_ops.requantize(acc, torch.tensor(1), torch.tensor(1), -128, 127, torch.int8,
-                             relu=True)
+    out = int_ops.requantize(
+        acc, torch.tensor(1), torch.tensor(1), -128, 127, torch.int8, relu=True
+    )
     assert out.tolist() == [0, 0, 0, 1, 1, 2, 3]
 
 
@@ -59,10 +61,10 @@ def _np_conv(x, w, b, stride, pad, groups):
     per_group = cout // groups
     for c in range(cout):
         g = c // per_group
-        xs = xp[:, g * cin_g:(g + 1) * cin_g]
+        xs = xp[:, g * cin_g : (g + 1) * cin_g]
         for i in range(ho):
             for j in range(wo):
-                patch = xs[:, :, i * stride:i * stride + kh, j * stride:j * stride + kw]
+                patch = xs[:, :, i * stride : i * stride + kh, j * stride : j * stride + kw]
                 out[:, c, i, j] = (patch * w[c].astype(np.int64)).sum(axis=(1, 2, 3))
         if b is not None:
             out[:, c] += int(b[c])
@@ -92,8 +94,9 @@ def test_conv_accumulator_is_exact_for_long_int16_sums():
 def test_add_uses_one_rounding():
     a = torch.tensor([10, -7, 100], dtype=torch.int8)
     b = torch.tensor([3, 5, 100], dtype=torch.int8)
-    out = int_ops.add(a, b, torch.tensor(3), torch.tensor(5), torch.tensor(2), -128, 127,
-                      torch.int8)
+    out = int_ops.add(
+        a, b, torch.tensor(3), torch.tensor(5), torch.tensor(2), -128, 127, torch.int8
+    )
     ref = [max(-128, min(127, (int(x) * 3 + int(y) * 5 + 2) >> 2)) for x, y in zip(a, b)]
     assert out.tolist() == ref
 
@@ -129,6 +132,8 @@ def test_bias_is_rounded_at_the_accumulator_scale():
     s = torch.tensor([0.1, 0.1, 1e-3], dtype=torch.float64)
     q = int_ops.quantize_bias(b, s)
     assert q.dtype == torch.int32
-    assert q.tolist()[:2] == [round(float(np.float32(0.3)) / 0.1),
-                              round(float(np.float32(-0.3)) / 0.1)]
+    assert q.tolist()[:2] == [
+        round(float(np.float32(0.3)) / 0.1),
+        round(float(np.float32(-0.3)) / 0.1),
+    ]
     assert q.tolist()[2] == 2**31 - 1  # saturated

@@ -80,8 +80,9 @@ def test_traced_integer_conv_keeps_float64():
     # a trace must not bake in the float32 choice made for one input
     x = torch.full((1, 4, 3, 3), 3.0, dtype=torch.float64)
     w = torch.ones(2, 4, 1, 1, dtype=torch.int8)
-    traced = torch.jit.trace(lambda a: int_ops.conv2d_acc(a, w, None, (1, 1), (0, 0), (1, 1), 1),
-                             (x,))
+    traced = torch.jit.trace(
+        lambda a: int_ops.conv2d_acc(a, w, None, (1, 1), (0, 0), (1, 1), 1), (x,)
+    )
     big = torch.full((1, 4, 3, 3), 2.0**40 + 1, dtype=torch.float64)
     assert torch.equal(traced(big), F.conv2d(big, w.double()).long())
 
@@ -139,8 +140,10 @@ def test_plain_fake_quant_is_not_bit_exact():
         _sgd_steps(qat, make_detector(0))
         q = QAT2Quantize()(copy.deepcopy(qat), ctx)
         exact = [torch.equal(a, b) for a, b in zip(_outs(qat, x), _outs(q, x))]
-        steps = [float(steps_apart(a, b, s).max())
-                 for a, b, s in zip(_outs(qat, x), _outs(q, x), q.body.output_scales())]
+        steps = [
+            float(steps_apart(a, b, s).max())
+            for a, b, s in zip(_outs(qat, x), _outs(q, x), q.body.output_scales())
+        ]
         results[mode] = (all(exact), max(steps))
     assert results["eval"] == (True, 0.0)
     assert results["off"][0] is False and results["off"][1] >= 1.0

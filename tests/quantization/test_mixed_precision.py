@@ -36,31 +36,41 @@ NECK_INT16 = [{"layers": ["neck.td.*", "re:neck\\.bu\\..+"], "activation": "int1
 
 
 def test_parse_accepts_names_globs_regexes_and_a_single_string():
-    rules = parse_layer_precision([{"layers": "neck.*", "activation": "int16"},
-                                   {"layers": ["re:head\\..*", "a.b"], "weight": "int8"}])
+    rules = parse_layer_precision(
+        [
+            {"layers": "neck.*", "activation": "int16"},
+            {"layers": ["re:head\\..*", "a.b"], "weight": "int8"},
+        ]
+    )
     assert rules[0].layers == ("neck.*",) and rules[0].activation == "int16"
     assert rules[1].layers == ("re:head\\..*", "a.b") and rules[1].weight == "int8"
     assert rules[1].index == 1
 
 
-@pytest.mark.parametrize("rule, words", [
-    ({"layers": ["x"], "activation": "float"}, "float layers are not supported"),
-    ({"layers": ["x"], "weight": "int16"}, "int16 weights are not supported"),
-    ({"layers": ["x"], "activation": "int4"}, "'int4' is not a dtype"),
-    ({"layers": [], "activation": "int16"}, "non-empty list"),
-    ({"layers": ["re:("], "activation": "int16"}, "not a valid regex"),
-    ({"layers": ["x"]}, "neither activation nor weight"),
-    ({"layers": ["x"], "activation": "int16", "dtype": "int8"}, "unknown key"),
-])
+@pytest.mark.parametrize(
+    "rule, words",
+    [
+        ({"layers": ["x"], "activation": "float"}, "float layers are not supported"),
+        ({"layers": ["x"], "weight": "int16"}, "int16 weights are not supported"),
+        ({"layers": ["x"], "activation": "int4"}, "'int4' is not a dtype"),
+        ({"layers": [], "activation": "int16"}, "non-empty list"),
+        ({"layers": ["re:("], "activation": "int16"}, "not a valid regex"),
+        ({"layers": ["x"]}, "neither activation nor weight"),
+        ({"layers": ["x"], "activation": "int16", "dtype": "int8"}, "unknown key"),
+    ],
+)
 def test_parse_rejects_bad_rules_with_the_rule_path(rule, words):
     with pytest.raises(FcosUserError) as err:
         parse_layer_precision([rule], where="calibration_trainer.layer_precision")
     assert words in str(err.value) and "calibration_trainer.layer_precision[0]" in str(err.value)
 
 
-POINTS = [QuantPoint("a", ("neck.td.0",), "int8"), QuantPoint("b", ("neck.bu.0",), "int8"),
-          QuantPoint("c", ("head.cls_convs.0.0", "head.cls_convs.0.2"), "int8"),
-          QuantPoint("d", ("head.conv_cls",), "int8", fixed="int16")]
+POINTS = [
+    QuantPoint("a", ("neck.td.0",), "int8"),
+    QuantPoint("b", ("neck.bu.0",), "int8"),
+    QuantPoint("c", ("head.cls_convs.0.0", "head.cls_convs.0.2"), "int8"),
+    QuantPoint("d", ("head.conv_cls",), "int8", fixed="int16"),
+]
 
 
 def test_resolution_unmatched_pattern_lists_near_names():
@@ -72,9 +82,13 @@ def test_resolution_unmatched_pattern_lists_near_names():
 
 
 def test_resolution_reports_conflicts_and_output_contradictions_together():
-    rules = parse_layer_precision([{"layers": ["neck.*"], "activation": "int16"},
-                                   {"layers": ["neck.bu.0"], "activation": "int8"},
-                                   {"layers": ["head.conv_cls"], "activation": "int8"}])
+    rules = parse_layer_precision(
+        [
+            {"layers": ["neck.*"], "activation": "int16"},
+            {"layers": ["neck.bu.0"], "activation": "int8"},
+            {"layers": ["head.conv_cls"], "activation": "int8"},
+        ]
+    )
     with pytest.raises(FcosUserError) as err:
         resolve_layer_precision(rules, POINTS)
     text = str(err.value)
@@ -84,10 +98,13 @@ def test_resolution_reports_conflicts_and_output_contradictions_together():
 
 
 def test_resolution_by_either_name_and_globs_skip_fixed_outputs():
-    rules = parse_layer_precision([{"layers": ["head.cls_convs.0.2", "neck.td.0"],
-                                    "activation": "int16"},
-                                   {"layers": ["head.*"], "activation": "int8"},
-                                   {"layers": ["neck.td.0"], "activation": "int16"}])
+    rules = parse_layer_precision(
+        [
+            {"layers": ["head.cls_convs.0.2", "neck.td.0"], "activation": "int16"},
+            {"layers": ["head.*"], "activation": "int8"},
+            {"layers": ["neck.td.0"], "activation": "int16"},
+        ]
+    )
     with pytest.raises(FcosUserError):  # head.* int8 vs the explicit int16 of cls_convs.0
         resolve_layer_precision(rules, POINTS)
     ok = parse_layer_precision([{"layers": ["head.*", "neck.td.0"], "activation": "int16"}])
@@ -115,7 +132,8 @@ def _act_dtypes(model) -> dict[str, torch.dtype]:
 def test_converter_rejects_an_unknown_layer_before_any_work():
     with pytest.raises(FcosUserError) as err:
         Float2Calibration(layer_precision=[{"layers": ["neck.tdd"], "activation": "int16"}])(
-            make_detector(0), make_ctx())
+            make_detector(0), make_ctx()
+        )
     assert "nearest: neck.td" in str(err.value)
 
 
@@ -136,8 +154,9 @@ def test_rules_set_exactly_the_named_layers_to_int16():
 @pytest.fixture(scope="module")
 def mixed_flow():
     ctx = make_ctx()
-    calibrated = Float2Calibration(activation_observer=MinMaxObserver,
-                                   layer_precision=NECK_INT16)(make_detector(0), ctx)
+    calibrated = Float2Calibration(activation_observer=MinMaxObserver, layer_precision=NECK_INT16)(
+        make_detector(0), ctx
+    )
     with torch.no_grad():
         for i in range(3):
             calibrated(images(4, 100 + i))
@@ -184,17 +203,23 @@ def test_mixed_nash_e_runtime_equals_the_integer_model(mixed_flow, tmp_path):
     q.body.dequant_output = False
     backend = NashEBackend()
     x = images(4, 41)
-    opts = {"name": "mixed", "out_dir": str(tmp_path), "opt": "O3",
-            "hbm": str(tmp_path / "mixed.hbm"), "layer_details": False, "input_source": ["ddr"]}
+    opts = {
+        "name": "mixed",
+        "out_dir": str(tmp_path),
+        "opt": "O3",
+        "hbm": str(tmp_path / "mixed.hbm"),
+        "layer_details": False,
+        "input_source": ["ddr"],
+    }
     assert list(backend.check(q, {"img": torch.zeros(1, 3, 32, 32)})) == []
     result = backend.compile(q, {"img": torch.zeros(1, 3, 32, 32)}, opts, tmp_path)
     prog = backend.load(result.artifact)
     ref = _int_outputs(q, x)
     for i in range(x.shape[0]):
-        out = backend.run(prog, {"img": x[i:i + 1]})
+        out = backend.run(prog, {"img": x[i : i + 1]})
         for r, o in zip(ref, out):
             o = np.asarray(o)
-            assert o.dtype == np.int16 and np.array_equal(r[i:i + 1].numpy(), o)
+            assert o.dtype == np.int16 and np.array_equal(r[i : i + 1].numpy(), o)
 
 
 def test_mixed_onnx_runtime_within_one_step_and_integer_requant_refused(mixed_flow):
@@ -216,12 +241,18 @@ def test_mixed_onnx_runtime_within_one_step_and_integer_requant_refused(mixed_fl
     for i in issues:
         assert "reads the int16 activation of neck." in i.reason, i
     assert list(OnnxBackend(requantization="float").check(q, example)) == []
-    exported = build_qdq_model(records, q.body.outputs, input_shape=(1, 3, 32, 32),
-                               dequant_output=False, requantization="float")
+    exported = build_qdq_model(
+        records,
+        q.body.outputs,
+        input_shape=(1, 3, 32, 32),
+        dequant_output=False,
+        requantization="float",
+    )
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
-    sess = ort.InferenceSession(exported.model.SerializeToString(), so,
-                                providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        exported.model.SerializeToString(), so, providers=["CPUExecutionProvider"]
+    )
     x = images(4, 43)
     outs = sess.run(None, {"img": x.numpy()})
     ref = _int_outputs(q, x)
@@ -246,8 +277,11 @@ def test_a_backend_can_refuse_layer_dtypes_before_calibration():
 
         def check_layer_precision(self, layer_dtypes):
             NoInt16.seen = dict(layer_dtypes)
-            return [CheckIssue(n, "conv2d", "int16 is not supported here")
-                    for n, d in layer_dtypes.items() if d == "int16"]
+            return [
+                CheckIssue(n, "conv2d", "int16 is not supported here")
+                for n, d in layer_dtypes.items()
+                if d == "int16"
+            ]
 
     ctx = ConvertContext(example_inputs={"img": (1, 3, 32, 32)}, backend=NoInt16())
     with pytest.raises(FcosUserError) as err:

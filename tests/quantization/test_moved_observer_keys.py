@@ -13,12 +13,19 @@ ROOT = Path(__file__).resolve().parents[2]
 NEW = "{type: Float2Calibration, activation_observer: {type: percentile, percentile: 99.99}}"
 
 
-@pytest.mark.parametrize("old, expected", [
-    ("{type: Float2Calibration, activation_observer: percentile, percentile: 99.9}",
-     "write activation_observer: {type: percentile, percentile: 99.9} instead"),
-    ("{type: Float2Calibration, activation_observer: kl, kl_stride: 4}",
-     "write activation_observer: {type: <observer>, kl_stride: 4} instead"),
-])
+@pytest.mark.parametrize(
+    "old, expected",
+    [
+        (
+            "{type: Float2Calibration, activation_observer: percentile, percentile: 99.9}",
+            "write activation_observer: {type: percentile, percentile: 99.9} instead",
+        ),
+        (
+            "{type: Float2Calibration, activation_observer: kl, kl_stride: 4}",
+            "write activation_observer: {type: <observer>, kl_stride: 4} instead",
+        ),
+    ],
+)
 def test_old_observer_keys_name_the_new_form(tmp_path, capsys, old, expected):
     text = (ROOT / "configs" / "fcos_b0_custom.yaml").read_text()
     assert NEW in text

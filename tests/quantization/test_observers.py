@@ -132,8 +132,9 @@ def test_kl_matches_a_straightforward_reference():
     obs(data)  # one batch: the histogram is not rebinned, so numpy's is the same
     allv = data.abs()
     hist_max = allv.max().item()
-    hist = np.histogram(allv[allv > 0].numpy().astype(np.float64), bins=bins,
-                        range=(0, hist_max))[0].astype(np.float64)
+    hist = np.histogram(allv[allv > 0].numpy().astype(np.float64), bins=bins, range=(0, hist_max))[
+        0
+    ].astype(np.float64)
     hist[0] += float((allv == 0).sum())
     best = _kl_reference(hist, 8)
     assert obs.range()[1] == pytest.approx(best * hist_max / bins, rel=1e-5)
@@ -174,8 +175,12 @@ def test_every_observer_saves_the_same_keys():
         fq(torch.randn(2, 3, 4, 4))
         keys.add(tuple(sorted(fq.state_dict())))
     assert len(keys) == 1
-    assert keys.pop() == ("activation_post_process.max_val", "activation_post_process.min_val",
-                          "scale", "zero_point")
+    assert keys.pop() == (
+        "activation_post_process.max_val",
+        "activation_post_process.min_val",
+        "scale",
+        "zero_point",
+    )
 
 
 def test_fake_quant_rounds_like_torch_and_flags_are_not_saved():

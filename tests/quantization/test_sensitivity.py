@@ -29,8 +29,9 @@ X = images(8, 5)
 
 
 def _calibrated(rules=(), model_seed=0):
-    m = Float2Calibration(activation_observer=MinMaxObserver, integer_exact="off",
-                          layer_precision=list(rules))(make_detector(model_seed), make_ctx())
+    m = Float2Calibration(
+        activation_observer=MinMaxObserver, integer_exact="off", layer_precision=list(rules)
+    )(make_detector(model_seed), make_ctx())
     with torch.no_grad():
         for x in CALIB:
             m(x)
@@ -47,11 +48,15 @@ def reference():
 @pytest.fixture(scope="module")
 def fidelity(reference):
     """Higher is better: minus the mean relative squared error of the six head outputs."""
+
     def evaluate(model):
         with torch.no_grad():
             out = model(X)
-        return -float(sum(((o - r) ** 2).mean() / (r ** 2).mean()
-                          for o, r in zip(out, reference)) / len(reference))
+        return -float(
+            sum(((o - r) ** 2).mean() / (r**2).mean() for o, r in zip(out, reference))
+            / len(reference)
+        )
+
     return evaluate
 
 
@@ -89,8 +94,7 @@ def test_losses_equal_quantizing_the_layer_alone_by_hand(analysis, fidelity):
     measured = {}
     for r in (top, bottom):
         model = _calibrated()
-        keep = {f"graph_module.{n}" for n in (*groups[r.name].activations,
-                                             *groups[r.name].weights)}
+        keep = {f"graph_module.{n}" for n in (*groups[r.name].activations, *groups[r.name].weights)}
         for name, fq in fake_quants(model.body):  # names under the PreparedBody
             fq.enable_fake_quant(name in keep)
         measured[r.name] = res.float_value - fidelity(model)
@@ -103,8 +107,9 @@ def test_suggested_rules_parse_apply_and_measure_better_than_int8(analysis, fide
 
     res, _ = analysis
     assert res.suggested and len(res.suggested) <= 4
-    rules = parse_layer_precision(yaml.safe_load(rules_yaml(res.suggested_layers()))
-                                  ["layer_precision"])
+    rules = parse_layer_precision(
+        yaml.safe_load(rules_yaml(res.suggested_layers()))["layer_precision"]
+    )
     model = _calibrated([{"layers": list(r.layers), "activation": "int16"} for r in rules])
     assert set(model.body.info["layer_dtypes"]) == set(res.suggested_layers())
     assert fidelity(model) == pytest.approx(res.suggested_value, rel=1e-6)
@@ -117,13 +122,18 @@ def test_groups_by_depth_cover_every_layer_once(analysis):
     grouped = layer_groups(base, depth=1)
     assert {g.name for g in grouped} == {"backbone", "neck", "head"}
     assert sorted(m for g in grouped for m in g.members) == sorted(g.name for g in layers)
-    assert sorted(a for g in grouped for a in g.activations) == \
-        sorted(a for g in layers for a in g.activations)
+    assert sorted(a for g in grouped for a in g.activations) == sorted(
+        a for g in layers for a in g.activations
+    )
 
 
 def test_suggest_stops_at_the_loss_budget_and_skips_useless_layers():
-    rows = [LayerResult("a", 0.01, 0.02, "int8"), LayerResult("b", 0.0, 0.005, "int8"),
-            LayerResult("c", 0.0, -0.001, "int8"), LayerResult("d", 0.0, 0.01, "int8")]
+    rows = [
+        LayerResult("a", 0.01, 0.02, "int8"),
+        LayerResult("b", 0.0, 0.005, "int8"),
+        LayerResult("c", 0.0, -0.001, "int8"),
+        LayerResult("d", 0.0, 0.01, "int8"),
+    ]
     chosen, predicted = suggest(0.5, 0.46, rows, max_loss=0.015, max_layers=5)
     assert chosen == ["a", "d"] and predicted == pytest.approx(0.01)
     assert suggest(0.5, 0.46, rows, max_loss=0.0, max_layers=5)[0] == ["a", "d", "b"]
@@ -135,8 +145,9 @@ def test_suggest_stops_at_the_loss_budget_and_skips_useless_layers():
 
 
 @pytest.mark.slow
-def test_command_on_the_demo_config_writes_files_and_never_overwrites(tmp_path, monkeypatch,
-                                                                      capsys):
+def test_command_on_the_demo_config_writes_files_and_never_overwrites(
+    tmp_path, monkeypatch, capsys
+):
     from pathlib import Path
 
     from fcos_core.build import build
@@ -146,17 +157,32 @@ def test_command_on_the_demo_config_writes_files_and_never_overwrites(tmp_path, 
 
     demo = str(Path(__file__).parents[2] / "configs" / "fcos_b0_demo.yaml")
     monkeypatch.chdir(tmp_path)
-    ov = [f"ckpt_dir={tmp_path / 'ck'}", f"vars.data_root={tmp_path / 'data'}",
-          "vars.batch_size_per_gpu=4"]
+    ov = [
+        f"ckpt_dir={tmp_path / 'ck'}",
+        f"vars.data_root={tmp_path / 'data'}",
+        "vars.batch_size_per_gpu=4",
+    ]
     cfg = load_config(demo, load_host(), ov)
     torch.manual_seed(0)
     model = build(cfg.node("float_trainer").kwargs["model"])
     (tmp_path / "ck").mkdir()
-    torch.save({"state_dict": model.state_dict()}, tmp_path / "ck" /
-               "float-checkpoint-best.pth.tar")
+    torch.save(
+        {"state_dict": model.state_dict()}, tmp_path / "ck" / "float-checkpoint-best.pth.tar"
+    )
     out = tmp_path / "out"
-    args = ["quant-sensitivity", demo, *ov, "--max-images", "4", "--calib-steps", "1",
-            "--depth", "1", "--run-dir", str(out)]
+    args = [
+        "quant-sensitivity",
+        demo,
+        *ov,
+        "--max-images",
+        "4",
+        "--calib-steps",
+        "1",
+        "--depth",
+        "1",
+        "--run-dir",
+        str(out),
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "lost when only this layer is quantized" in printed and "backbone" in printed
@@ -166,8 +192,9 @@ def test_command_on_the_demo_config_writes_files_and_never_overwrites(tmp_path, 
     assert (out / "quant_sensitivity.png").read_bytes()[:4] == b"\x89PNG"
     rows = (out / "quant_sensitivity.csv").read_text().splitlines()
     assert rows[0].startswith("rank,layer,loss,int16_gain") and len(rows) == 4
-    parse_layer_precision(yaml.safe_load((out / "quant_sensitivity_rules.yaml").read_text())
-                          ["layer_precision"])
+    parse_layer_precision(
+        yaml.safe_load((out / "quant_sensitivity_rules.yaml").read_text())["layer_precision"]
+    )
     # a user's file in the folder: refused before any work, the file untouched
     (out / "quant_sensitivity.csv").write_text("mine")
     assert main(args) == 2

@@ -99,8 +99,9 @@ class LoopView(Protocol):
     @property
     def val_metrics(self) -> list[Any]: ...
 
-    def checkpoint_dict(self, *, epoch_done: bool = False, interrupted: bool = False,
-                        metric: float | None = None) -> dict[str, Any]:
+    def checkpoint_dict(
+        self, *, epoch_done: bool = False, interrupted: bool = False, metric: float | None = None
+    ) -> dict[str, Any]:
         """The checkpoint of the current position (see :mod:`fcos_core.engine.loop`)."""
 
 
@@ -142,8 +143,9 @@ class Callback:
 def run_order(callbacks: Iterable[Any]) -> list[Any]:
     """Callbacks in the order events reach them: config order, ``run_last`` ones at the end."""
     callbacks = list(callbacks)
-    return ([c for c in callbacks if not getattr(c, "run_last", False)]
-            + [c for c in callbacks if getattr(c, "run_last", False)])
+    return [c for c in callbacks if not getattr(c, "run_last", False)] + [
+        c for c in callbacks if getattr(c, "run_last", False)
+    ]
 
 
 def callback_key(index: int, callback: Any) -> str:

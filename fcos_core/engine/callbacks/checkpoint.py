@@ -37,10 +37,18 @@ class Checkpoint(Callback):
 
     run_last = True
 
-    def __init__(self, save_dir: str, name_prefix: str | None = None, save_interval: int = 1,
-                 save_interval_steps: int | None = None, strict_match: bool = False,
-                 mode: str = "max", monitor_metric_key: str | None = None,
-                 save_last: bool = True, keep_best: bool = True) -> None:
+    def __init__(
+        self,
+        save_dir: str,
+        name_prefix: str | None = None,
+        save_interval: int = 1,
+        save_interval_steps: int | None = None,
+        strict_match: bool = False,
+        mode: str = "max",
+        monitor_metric_key: str | None = None,
+        save_last: bool = True,
+        keep_best: bool = True,
+    ) -> None:
         if save_interval < 1:
             raise ValueError(f"save_interval must be >= 1, got {save_interval}")
         if save_interval_steps is not None and save_interval_steps < 1:
@@ -91,8 +99,12 @@ class Checkpoint(Callback):
 
     def on_step_end(self, loop: LoopView, batch: Any, outputs: Any) -> None:
         n = self.save_interval_steps
-        if loop.is_training and n and loop.state.global_step % n == 0 \
-                and loop.state.batch_in_epoch < loop.state.steps_per_epoch:
+        if (
+            loop.is_training
+            and n
+            and loop.state.global_step % n == 0
+            and loop.state.batch_in_epoch < loop.state.steps_per_epoch
+        ):
             self.save(loop, consider_best=False)
 
     def on_epoch_end(self, loop: LoopView) -> None:
@@ -108,13 +120,19 @@ class Checkpoint(Callback):
         if not loop.is_training:
             return
         if not loop.state.consistent:
-            loop.logger.warning("the interrupt came during an optimizer step; keeping the "
-                                "previous checkpoint", path=str(self.last_path(loop)))
+            loop.logger.warning(
+                "the interrupt came during an optimizer step; keeping the previous checkpoint",
+                path=str(self.last_path(loop)),
+            )
             return
         path = self.save(loop, consider_best=False, interrupted=True)
         if path is not None:
-            loop.logger.warning("saved a checkpoint; continue with --resume", path=str(path),
-                                epoch=loop.state.epoch + 1, step=loop.state.global_step)
+            loop.logger.warning(
+                "saved a checkpoint; continue with --resume",
+                path=str(path),
+                epoch=loop.state.epoch + 1,
+                step=loop.state.global_step,
+            )
 
     # -- saving -----------------------------------------------------------------------------
 
@@ -133,13 +151,22 @@ class Checkpoint(Callback):
         if key not in results:
             if not self._warned and loop.state.val_count > 0:
                 self._warned = True
-                loop.logger.warning("Checkpoint: monitor_metric_key is not among the "
-                                    "validation results", key=key, available=sorted(results))
+                loop.logger.warning(
+                    "Checkpoint: monitor_metric_key is not among the validation results",
+                    key=key,
+                    available=sorted(results),
+                )
             return None
         return float(results[key])
 
-    def save(self, loop: LoopView, *, epoch_done: bool = False, consider_best: bool = False,
-             interrupted: bool = False) -> Path | None:
+    def save(
+        self,
+        loop: LoopView,
+        *,
+        epoch_done: bool = False,
+        consider_best: bool = False,
+        interrupted: bool = False,
+    ) -> Path | None:
         """Write ``last`` (and ``best`` when due); returns the ``last`` path (None off rank 0)."""
         ctx = loop.ctx
         if ctx is not None and ctx.rank != 0:
@@ -148,7 +175,8 @@ class Checkpoint(Callback):
         write_best = False
         if consider_best and self.keep_best:
             if self.monitor_metric_key is None or (
-                    loop.state.val_count == 0 and loop.state.finished):
+                loop.state.val_count == 0 and loop.state.finished
+            ):
                 # nothing to compare (no key, or a stage that never validates, e.g.
                 # int_infer): the final weights are the best there are
                 write_best = True
@@ -158,15 +186,17 @@ class Checkpoint(Callback):
                 self._seen_val_count = loop.state.val_count
             if write_best and metric is not None:
                 self.best = metric
-        ckpt = loop.checkpoint_dict(epoch_done=epoch_done, interrupted=interrupted,
-                                    metric=metric)
+        ckpt = loop.checkpoint_dict(epoch_done=epoch_done, interrupted=interrupted, metric=metric)
         last = self.last_path(loop)
         if self.save_last:
             _save(ckpt, last)
         if write_best:
             _save(ckpt, self.best_path(loop))
-            loop.logger.info("new best checkpoint", path=str(self.best_path(loop)),
-                             **({self.monitor_metric_key: metric} if metric is not None else {}))
+            loop.logger.info(
+                "new best checkpoint",
+                path=str(self.best_path(loop)),
+                **({self.monitor_metric_key: metric} if metric is not None else {}),
+            )
         return last if self.save_last else None
 
 
@@ -179,4 +209,5 @@ def _save(ckpt: dict[str, Any], path: Path) -> None:
             f"cannot write the checkpoint {str(path)!r}: {exc.strerror or exc}; the previous "
             "file (if any) is unchanged",
             hint="free disk space or fix the folder's permissions, then continue with --resume "
-                 "(from the last checkpoint that was written)") from None
+            "(from the last checkpoint that was written)",
+        ) from None

@@ -28,8 +28,9 @@ class EarlyStopping(Callback):
 
     run_last = True  # after Validation at on_epoch_end: this epoch's result is there
 
-    def __init__(self, monitor: str = "mAP", mode: str = "max", patience: int = 3,
-                 min_delta: float = 0.0) -> None:
+    def __init__(
+        self, monitor: str = "mAP", mode: str = "max", patience: int = 3, min_delta: float = 0.0
+    ) -> None:
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         if patience < 1:
@@ -67,9 +68,12 @@ class EarlyStopping(Callback):
         if self.monitor not in st.val_results:
             if not self._warned:
                 self._warned = True
-                loop.logger.warning("EarlyStopping: the monitored metric is not among the "
-                                    "validation results; not stopping early",
-                                    monitor=self.monitor, available=sorted(st.val_results))
+                loop.logger.warning(
+                    "EarlyStopping: the monitored metric is not among the "
+                    "validation results; not stopping early",
+                    monitor=self.monitor,
+                    available=sorted(st.val_results),
+                )
             return
         value = float(st.val_results[self.monitor])
         if self.improved(value):
@@ -79,13 +83,22 @@ class EarlyStopping(Callback):
         self._publish(loop)
         if self.bad >= self.patience and st.epoch + 1 < st.num_epochs:
             self.stopped_epoch = st.epoch + 1
-            st.stop_reason = (f"early stopping: {self.monitor} has not improved by more than "
-                              f"{self.min_delta:g} for {self.bad} validation(s); best "
-                              f"{self.best} at epoch {self.best_epoch}")
+            st.stop_reason = (
+                f"early stopping: {self.monitor} has not improved by more than "
+                f"{self.min_delta:g} for {self.bad} validation(s); best "
+                f"{self.best} at epoch {self.best_epoch}"
+            )
             self._publish(loop)
-            loop.logger.info("early stopping", stage=loop.stage, epoch=st.epoch + 1,
-                             monitor=self.monitor, value=value, best=self.best,
-                             best_epoch=self.best_epoch, patience=self.patience)
+            loop.logger.info(
+                "early stopping",
+                stage=loop.stage,
+                epoch=st.epoch + 1,
+                monitor=self.monitor,
+                value=value,
+                best=self.best,
+                best_epoch=self.best_epoch,
+                patience=self.patience,
+            )
 
     def on_loop_begin(self, loop: LoopView) -> None:
         self._publish(loop)
@@ -95,9 +108,15 @@ class EarlyStopping(Callback):
 
     def record(self) -> dict[str, Any]:
         """What summary.json keeps (the stage's ``early_stopping``)."""
-        return {"monitor": self.monitor, "mode": self.mode, "best": self.best,
-                "best_epoch": self.best_epoch, "stopped_epoch": self.stopped_epoch,
-                "patience": self.patience, "min_delta": self.min_delta}
+        return {
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "stopped_epoch": self.stopped_epoch,
+            "patience": self.patience,
+            "min_delta": self.min_delta,
+        }
 
     def _publish(self, loop: LoopView) -> None:
         extra = getattr(getattr(loop, "ctx", None), "summary_extra", None)
@@ -107,8 +126,12 @@ class EarlyStopping(Callback):
     # -- checkpoints ------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch, "bad": self.bad,
-                "stopped_epoch": self.stopped_epoch}
+        return {
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "bad": self.bad,
+            "stopped_epoch": self.stopped_epoch,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best = state.get("best")

@@ -20,9 +20,14 @@ class EarlyStoppingArgs:
     its ``best`` checkpoint, the one the next stage loads, is then the best epoch, not the last.
     Goes to summary.json as the stage's ``early_stopping``."""
 
-    monitor: str = arg("mAP", help="validation result to watch (a key of the trainer's "
-                                   "val_metrics results, e.g. mAP, AP50)")
+    monitor: str = arg(
+        "mAP",
+        help="validation result to watch (a key of the trainer's "
+        "val_metrics results, e.g. mAP, AP50)",
+    )
     mode: Literal["max", "min"] = arg("max", help="whether a larger or a smaller value is better")
     patience: int = arg(3, help="validations without improvement before training stops (>= 1)")
-    min_delta: float = arg(0.0, help="an improvement must beat the best by more than this "
-                                     "(>= 0, in the metric's units)")
+    min_delta: float = arg(
+        0.0,
+        help="an improvement must beat the best by more than this (>= 0, in the metric's units)",
+    )

@@ -21,8 +21,7 @@ class _LrUpdater(Callback, abc.ABC):
         self.step_log_interval = step_log_interval
 
     @abc.abstractmethod
-    def factor(self, epoch: int, global_step: int, steps_per_epoch: int,
-               num_epochs: int) -> float:
+    def factor(self, epoch: int, global_step: int, steps_per_epoch: int, num_epochs: int) -> float:
         """Multiplier of the base learning rate at this point of the schedule."""
 
     def on_loop_begin(self, loop: LoopView) -> None:
@@ -63,9 +62,15 @@ class CosLrUpdater(_LrUpdater):
     after the early, large gradients have settled rather than at the first epoch boundary.
     """
 
-    def __init__(self, warmup_len: int = 0, warmup_by: str = "epoch",
-                 warmup_start_ratio: float = 0.1, min_lr_ratio: float = 0.0,
-                 step_log_interval: int = 1, min_warmup_steps: int = 0) -> None:
+    def __init__(
+        self,
+        warmup_len: int = 0,
+        warmup_by: str = "epoch",
+        warmup_start_ratio: float = 0.1,
+        min_lr_ratio: float = 0.0,
+        step_log_interval: int = 1,
+        min_warmup_steps: int = 0,
+    ) -> None:
         super().__init__(step_log_interval)
         if warmup_len < 0:
             raise ValueError(f"warmup_len must be >= 0, got {warmup_len}")
@@ -83,8 +88,7 @@ class CosLrUpdater(_LrUpdater):
         self.warmup_start_ratio = warmup_start_ratio
         self.min_lr_ratio = min_lr_ratio
 
-    def factor(self, epoch: int, global_step: int, steps_per_epoch: int,
-               num_epochs: int) -> float:
+    def factor(self, epoch: int, global_step: int, steps_per_epoch: int, num_epochs: int) -> float:
         s, m = self.warmup_start_ratio, self.min_lr_ratio
         total = num_epochs * steps_per_epoch
         warm = self.warmup_len * (steps_per_epoch if self.warmup_by == "epoch" else 1)
@@ -107,8 +111,9 @@ class StepDecayLrUpdater(_LrUpdater):
     factor at epoch ``e`` = ``lr_decay_factor ** (number of ids <= e)``, like torch's
     ``MultiStepLR(milestones=lr_decay_id, gamma=lr_decay_factor)`` stepped per epoch."""
 
-    def __init__(self, lr_decay_id: list[int], lr_decay_factor: float = 0.1,
-                 step_log_interval: int = 1) -> None:
+    def __init__(
+        self, lr_decay_id: list[int], lr_decay_factor: float = 0.1, step_log_interval: int = 1
+    ) -> None:
         super().__init__(step_log_interval)
         if any(e < 0 for e in lr_decay_id):
             raise ValueError(f"lr_decay_id must hold epochs >= 0, got {lr_decay_id}")
@@ -117,6 +122,5 @@ class StepDecayLrUpdater(_LrUpdater):
         self.lr_decay_id = sorted(lr_decay_id)
         self.lr_decay_factor = lr_decay_factor
 
-    def factor(self, epoch: int, global_step: int, steps_per_epoch: int,
-               num_epochs: int) -> float:
+    def factor(self, epoch: int, global_step: int, steps_per_epoch: int, num_epochs: int) -> float:
         return self.lr_decay_factor ** sum(1 for e in self.lr_decay_id if e <= epoch)

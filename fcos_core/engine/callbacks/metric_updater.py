@@ -18,11 +18,18 @@ class MetricUpdater(Callback):
     an evaluation loop's results are recorded by ``Validation`` / the predictor instead.
     """
 
-    def __init__(self, metric_update_func: Callable[..., None], step_log_freq: int = 1,
-                 epoch_log_freq: int = 1, log_prefix: str = "") -> None:
+    def __init__(
+        self,
+        metric_update_func: Callable[..., None],
+        step_log_freq: int = 1,
+        epoch_log_freq: int = 1,
+        log_prefix: str = "",
+    ) -> None:
         if not callable(metric_update_func):
-            raise TypeError("metric_update_func must be a registered function, e.g. "
-                            "update_metric or update_loss")
+            raise TypeError(
+                "metric_update_func must be a registered function, e.g. "
+                "update_metric or update_loss"
+            )
         if step_log_freq < 0 or epoch_log_freq < 0:
             raise ValueError("step_log_freq and epoch_log_freq must be >= 0 (0: never)")
         self.metric_update_func = metric_update_func
@@ -46,8 +53,13 @@ class MetricUpdater(Callback):
             from fcos_core.engine.predictor import compute_metrics
 
             where = {"epoch": st.epoch + 1} if loop.is_training else {}
-            loop.logger.info(self._event("step"), stage=loop.stage, **where,
-                             step=st.global_step, **_rounded(compute_metrics(loop.metrics)))
+            loop.logger.info(
+                self._event("step"),
+                stage=loop.stage,
+                **where,
+                step=st.global_step,
+                **_rounded(compute_metrics(loop.metrics)),
+            )
 
     def on_epoch_end(self, loop: LoopView) -> None:
         if not loop.metrics:
@@ -58,14 +70,23 @@ class MetricUpdater(Callback):
 
             values = compute_metrics(loop.metrics)
             if loop.ctx is not None and loop.ctx.recorder is not None:
-                loop.ctx.recorder.log("epoch", loop.stage, st.epoch, st.global_step,
-                                      **{f"train_{k}": v for k, v in values.items()})
+                loop.ctx.recorder.log(
+                    "epoch",
+                    loop.stage,
+                    st.epoch,
+                    st.global_step,
+                    **{f"train_{k}": v for k, v in values.items()},
+                )
         else:
             values = dict(getattr(loop, "results", {}) or {})
         if self.epoch_log_freq and (st.epoch + 1) % self.epoch_log_freq == 0:
             where = {"epoch": st.epoch + 1} if loop.is_training else {}
-            loop.logger.info(self._event("epoch" if loop.is_training else "results"),
-                             stage=loop.stage, **where, **_rounded(values))
+            loop.logger.info(
+                self._event("epoch" if loop.is_training else "results"),
+                stage=loop.stage,
+                **where,
+                **_rounded(values),
+            )
 
 
 def _rounded(values: dict[str, float]) -> dict[str, float]:

@@ -56,15 +56,21 @@ def max_abs_diff(a: Any, b: Any) -> float:
 class SaveTraced(Callback):
     """See the module docstring."""
 
-    def __init__(self, save_dir: str, trace_inputs: dict[str, Any],
-                 name_prefix: str | None = None, method: str = "auto",
-                 atol: float = 1e-5) -> None:
+    def __init__(
+        self,
+        save_dir: str,
+        trace_inputs: dict[str, Any],
+        name_prefix: str | None = None,
+        method: str = "auto",
+        atol: float = 1e-5,
+    ) -> None:
         if not trace_inputs:
             raise ValueError("trace_inputs needs at least one input name -> shape")
         for name, shape in trace_inputs.items():
             if not shape or any(int(d) < 1 for d in shape):
-                raise ValueError(f"trace_inputs[{name!r}] must be a shape of positive sizes, "
-                                 f"got {shape}")
+                raise ValueError(
+                    f"trace_inputs[{name!r}] must be a shape of positive sizes, got {shape}"
+                )
         if method not in ("auto", "jit", "export"):
             raise ValueError(f"method must be auto, jit or export, got {method!r}")
         self.save_dir = Path(save_dir)
@@ -76,8 +82,9 @@ class SaveTraced(Callback):
 
     def example_inputs(self, device: Any) -> dict[str, torch.Tensor]:
         g = torch.Generator().manual_seed(0)
-        return {k: torch.randn(shape, generator=g).to(device)
-                for k, shape in self.trace_inputs.items()}
+        return {
+            k: torch.randn(shape, generator=g).to(device) for k, shape in self.trace_inputs.items()
+        }
 
     def on_loop_end(self, loop: LoopView) -> None:
         if loop.ctx is not None and loop.ctx.rank != 0:
@@ -106,20 +113,25 @@ class SaveTraced(Callback):
                 errors.append(f"{how}: {type(exc).__name__}: {str(exc)[:300]}")
                 if logger is not None:
                     logger.info("SaveTraced: falling back", failed=how, error=errors[-1])
-        raise RuntimeError("SaveTraced could not save a model that reloads with the same "
-                           "outputs: " + "; ".join(errors))
+        raise RuntimeError(
+            "SaveTraced could not save a model that reloads with the same "
+            "outputs: " + "; ".join(errors)
+        )
 
     def _check(self, reference: Any, got: Any, path: Path, how: str, logger: Any) -> Path:
         diff = max_abs_diff(reference, got)
         if not diff <= self.atol:
-            raise RuntimeError(f"{how}: the reloaded {path.name} differs from the model "
-                               f"(max abs diff {diff:.3g} > atol {self.atol})")
+            raise RuntimeError(
+                f"{how}: the reloaded {path.name} differs from the model "
+                f"(max abs diff {diff:.3g} > atol {self.atol})"
+            )
         if logger is not None:
             logger.info("saved traced model", path=str(path), method=how, max_abs_diff=diff)
         return path
 
-    def _jit(self, model: Any, args: tuple, kwargs: dict, reference: Any, prefix: str,
-             logger: Any) -> Path:
+    def _jit(
+        self, model: Any, args: tuple, kwargs: dict, reference: Any, prefix: str, logger: Any
+    ) -> Path:
         path = self.save_dir / f"{prefix}traced.pt"
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # jit's deprecation notices
@@ -134,8 +146,9 @@ class SaveTraced(Callback):
             got = loaded(*args, **kwargs)
         return self._check(reference, got, path, "jit", logger)
 
-    def _export(self, model: Any, args: tuple, kwargs: dict, reference: Any, prefix: str,
-                logger: Any) -> Path:
+    def _export(
+        self, model: Any, args: tuple, kwargs: dict, reference: Any, prefix: str, logger: Any
+    ) -> Path:
         path = self.save_dir / f"{prefix}exported.pt2"
         with torch.no_grad():
             program = torch.export.export(model, args, kwargs)

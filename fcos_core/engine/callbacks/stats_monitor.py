@@ -47,12 +47,14 @@ class StatsMonitor(Callback):
         img_s = self._images / elapsed
         remaining = max(st.total_steps - st.global_step, 0) if loop.is_training else 0
         lr = current_lr(loop)
-        losses = {f"loss_{k}" if k != "loss" else k: round(v, 6)
-                  for k, v in st.last_losses.items()}
-        fields: dict[str, Any] = {"stage": loop.stage, "epoch": f"{st.epoch + 1}/"
-                                  f"{max(st.num_epochs, 1)}",
-                                  "step": f"{st.batch_in_epoch}/{st.steps_per_epoch}",
-                                  **losses, "img_s": round(img_s, 2)}
+        losses = {f"loss_{k}" if k != "loss" else k: round(v, 6) for k, v in st.last_losses.items()}
+        fields: dict[str, Any] = {
+            "stage": loop.stage,
+            "epoch": f"{st.epoch + 1}/{max(st.num_epochs, 1)}",
+            "step": f"{st.batch_in_epoch}/{st.steps_per_epoch}",
+            **losses,
+            "img_s": round(img_s, 2),
+        }
         if lr is not None:
             fields["lr"] = float(f"{lr:.6g}")
         if loop.is_training:

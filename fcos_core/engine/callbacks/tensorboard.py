@@ -40,9 +40,16 @@ class TensorBoard(Callback):
         mean, std, to_yuv: how the images were normalised (to show them as they were).
     """
 
-    def __init__(self, log_dir: str | None = None, log_freq: int = 10, num_images: int = 4,
-                 score_threshold: float = 0.3, mean: float = 128.0, std: float = 128.0,
-                 to_yuv: bool = True) -> None:
+    def __init__(
+        self,
+        log_dir: str | None = None,
+        log_freq: int = 10,
+        num_images: int = 4,
+        score_threshold: float = 0.3,
+        mean: float = 128.0,
+        std: float = 128.0,
+        to_yuv: bool = True,
+    ) -> None:
         if log_freq < 1:
             raise ValueError(f"log_freq must be >= 1, got {log_freq}")
         if num_images < 0:
@@ -50,20 +57,29 @@ class TensorBoard(Callback):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise FcosUserError("the TensorBoard callback needs the tensorboard package",
-                                hint="pip install tensorboard, or remove the callback") from None
+            raise FcosUserError(
+                "the TensorBoard callback needs the tensorboard package",
+                hint="pip install tensorboard, or remove the callback",
+            ) from None
         self._writer_cls = SummaryWriter
         self.log_dir, self.log_freq, self.num_images = log_dir, log_freq, num_images
-        self.score_threshold, self.mean, self.std, self.to_yuv = (score_threshold, mean, std,
-                                                                  to_yuv)
+        self.score_threshold, self.mean, self.std, self.to_yuv = (
+            score_threshold,
+            mean,
+            std,
+            to_yuv,
+        )
         self.writer: Any = None
         self._images: torch.Tensor | None = None
 
     def on_loop_begin(self, loop: LoopView) -> None:
         if getattr(loop.ctx, "rank", 0) != 0:
             return
-        folder = self.log_dir or (Path(loop.ctx.run_dir) / "tensorboard"
-                                  if loop.ctx.run_dir is not None else "tensorboard")
+        folder = self.log_dir or (
+            Path(loop.ctx.run_dir) / "tensorboard"
+            if loop.ctx.run_dir is not None
+            else "tensorboard"
+        )
         self.writer = self._writer_cls(log_dir=str(Path(folder) / loop.stage))
 
     def on_step_end(self, loop: LoopView, batch: Any, outputs: Any) -> None:
@@ -87,8 +103,7 @@ class TensorBoard(Callback):
         for name, value in st.val_results.items():
             self.writer.add_scalar(f"val/{name}", float(value), st.epoch + 1)
         if self._images is not None and len(self._images):
-            self.writer.add_images("detections", self._draw(loop), st.epoch + 1,
-                                   dataformats="NHWC")
+            self.writer.add_images("detections", self._draw(loop), st.epoch + 1, dataformats="NHWC")
         self.writer.flush()
 
     def _draw(self, loop: LoopView) -> torch.Tensor:
@@ -102,16 +117,19 @@ class TensorBoard(Callback):
         set_mode(model, False)
         imgs = self._images
         with torch.no_grad():
-            dets = model({"img": imgs.to(loop.device),
-                          "img_shape": [tuple(imgs.shape[-2:])] * len(imgs)})
+            dets = model(
+                {"img": imgs.to(loop.device), "img_shape": [tuple(imgs.shape[-2:])] * len(imgs)}
+            )
         set_mode(model, was_training)
         out = []
         for img, det in zip(imgs, dets):
-            pil = Image.fromarray(_to_rgb(img, self.mean, self.std, self.to_yuv)
-                                  .permute(1, 2, 0).numpy())
+            pil = Image.fromarray(
+                _to_rgb(img, self.mean, self.std, self.to_yuv).permute(1, 2, 0).numpy()
+            )
             draw = ImageDraw.Draw(pil)
-            for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(),
-                                         det["labels"].tolist()):
+            for box, score, label in zip(
+                det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()
+            ):
                 if score >= self.score_threshold:
                     draw.rectangle(box, outline=(255, 64, 64), width=1)
                     draw.text((box[0] + 1, box[1]), f"{label}:{score:.2f}", fill=(255, 255, 0))

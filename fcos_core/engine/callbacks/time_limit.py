@@ -70,11 +70,17 @@ class TimeLimit(Callback):
         st = loop.state
         if self.spent_s + per_epoch > budget_s and st.epoch + 1 < st.num_epochs:
             self.stopped_epoch = st.epoch + 1
-            st.stop_reason = (f"time limit: {self.spent_s / 60:.2f} of {self.max_minutes:g} "
-                              f"minutes spent, one more epoch takes ~{per_epoch / 60:.2f}")
-            loop.logger.info("time limit reached", stage=loop.stage, epoch=st.epoch + 1,
-                             elapsed_min=round(self.spent_s / 60, 2),
-                             max_minutes=self.max_minutes)
+            st.stop_reason = (
+                f"time limit: {self.spent_s / 60:.2f} of {self.max_minutes:g} "
+                f"minutes spent, one more epoch takes ~{per_epoch / 60:.2f}"
+            )
+            loop.logger.info(
+                "time limit reached",
+                stage=loop.stage,
+                epoch=st.epoch + 1,
+                elapsed_min=round(self.spent_s / 60, 2),
+                max_minutes=self.max_minutes,
+            )
 
     def on_loop_end(self, loop: LoopView) -> None:
         self.spent_s = self.elapsed_s()
@@ -82,9 +88,11 @@ class TimeLimit(Callback):
 
     def record(self) -> dict[str, Any]:
         """What summary.json keeps (the stage's ``time_limit``)."""
-        return {"max_minutes": self.max_minutes,
-                "elapsed_minutes": round(self.elapsed_s() / 60.0, 3),
-                "stopped_epoch": self.stopped_epoch}
+        return {
+            "max_minutes": self.max_minutes,
+            "elapsed_minutes": round(self.elapsed_s() / 60.0, 3),
+            "stopped_epoch": self.stopped_epoch,
+        }
 
     def _publish(self, loop: LoopView) -> None:
         extra = getattr(getattr(loop, "ctx", None), "summary_extra", None)
@@ -94,8 +102,11 @@ class TimeLimit(Callback):
     # -- checkpoints ------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {"spent_s": self.elapsed_s(), "epochs_timed": self.epochs_timed,
-                "stopped_epoch": self.stopped_epoch}
+        return {
+            "spent_s": self.elapsed_s(),
+            "epochs_timed": self.epochs_timed,
+            "stopped_epoch": self.stopped_epoch,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.spent_s = float(state.get("spent_s", 0.0))

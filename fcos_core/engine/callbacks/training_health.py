@@ -35,14 +35,18 @@ from fcos_core.engine.callbacks.base import Callback, LoopView
 
 #: the likely causes named by each warning kind
 CAUSES = {
-    "plateau": ("the learning rate is too high for the batch size (the model collapsed to a "
-                "constant prediction) or far too low; the warmup is too short; the objects are "
-                "too small for the strides (few or no grid points inside them) -- run "
-                "`fcos analyze-data CONFIG`"),
-    "jump": ("the learning rate is too high for the batch size (lower it, or set the trainer's "
-             "lr_base_batch_size); the warmup is too short (raise warmup_len or "
-             "min_warmup_steps); the objects are too small for the strides -- run "
-             "`fcos analyze-data CONFIG`"),
+    "plateau": (
+        "the learning rate is too high for the batch size (the model collapsed to a "
+        "constant prediction) or far too low; the warmup is too short; the objects are "
+        "too small for the strides (few or no grid points inside them) -- run "
+        "`fcos analyze-data CONFIG`"
+    ),
+    "jump": (
+        "the learning rate is too high for the batch size (lower it, or set the trainer's "
+        "lr_base_batch_size); the warmup is too short (raise warmup_len or "
+        "min_warmup_steps); the objects are too small for the strides -- run "
+        "`fcos analyze-data CONFIG`"
+    ),
 }
 
 #: steps probed to find the peak of an lr schedule (longer schedules: the peak is found early)
@@ -66,9 +70,14 @@ def schedule_peak_step(updater: Any, steps_per_epoch: int, num_epochs: int) -> i
 class TrainingHealth(Callback):
     """See the module docstring."""
 
-    def __init__(self, plateau_tolerance: float = 0.05, plateau_epochs: int = 3,
-                 jump_factor: float = 3.0, window: int = 20,
-                 warmup_steps: int | None = None) -> None:
+    def __init__(
+        self,
+        plateau_tolerance: float = 0.05,
+        plateau_epochs: int = 3,
+        jump_factor: float = 3.0,
+        window: int = 20,
+        warmup_steps: int | None = None,
+    ) -> None:
         if not plateau_tolerance > 0:
             raise ValueError(f"plateau_tolerance must be > 0, got {plateau_tolerance}")
         if plateau_epochs < 1:
@@ -106,9 +115,11 @@ class TrainingHealth(Callback):
         if self.warmup_steps is not None:
             self._warmup = int(self.warmup_steps)
         else:
-            peaks = [schedule_peak_step(cb, st.steps_per_epoch, st.num_epochs)
-                     for cb in getattr(loop, "callbacks", [])
-                     if callable(getattr(cb, "factor", None))]
+            peaks = [
+                schedule_peak_step(cb, st.steps_per_epoch, st.num_epochs)
+                for cb in getattr(loop, "callbacks", [])
+                if callable(getattr(cb, "factor", None))
+            ]
             self._warmup = max(peaks, default=0)
         self._publish(loop)
 
@@ -119,7 +130,7 @@ class TrainingHealth(Callback):
         """term -> (value, floor or None); the total and the floors themselves are no terms."""
         out = {}
         for name, value in losses.items():
-            if name == "loss" or (name.endswith("_floor") and name[:-len("_floor")] in losses):
+            if name == "loss" or (name.endswith("_floor") and name[: -len("_floor")] in losses):
                 continue
             out[name] = (float(value), losses.get(f"{name}_floor"))
         return out
@@ -147,10 +158,9 @@ class TrainingHealth(Callback):
             elif step <= horizon and term in self._ref:
                 post = self._post.setdefault(term, [])
                 post.append(value)
-                del post[:-self.window]
+                del post[: -self.window]
                 if len(post) == min(self.window, horizon - self._warmup):
-                    self._check_jump(loop, term, sum(post) / len(post), step - len(post) + 1,
-                                     step)
+                    self._check_jump(loop, term, sum(post) / len(post), step - len(post) + 1, step)
 
     def on_epoch_end(self, loop: LoopView) -> None:
         if not getattr(loop, "is_training", False):
@@ -173,8 +183,14 @@ class TrainingHealth(Callback):
             else:
                 streak.clear()
             if len(streak) >= self.plateau_epochs:
-                self._warn(loop, "plateau", term, first=first, epochs=[e + 1 for e, _ in streak],
-                           means=[m for _, m in streak])
+                self._warn(
+                    loop,
+                    "plateau",
+                    term,
+                    first=first,
+                    epochs=[e + 1 for e, _ in streak],
+                    means=[m for _, m in streak],
+                )
         self._sums = {}
         self._publish(loop)
 
@@ -183,37 +199,60 @@ class TrainingHealth(Callback):
 
     # -- warnings ---------------------------------------------------------------------------
 
-    def _check_jump(self, loop: LoopView, term: str, mean: float, first_step: int,
-                    last_step: int) -> None:
+    def _check_jump(
+        self, loop: LoopView, term: str, mean: float, first_step: int, last_step: int
+    ) -> None:
         ref = self._ref[term]
         if ref > 0 and mean >= self.jump_factor * ref:
-            self._warn(loop, "jump", term, ref=ref, mean=mean, ratio=mean / ref,
-                       steps=[first_step, last_step])
+            self._warn(
+                loop,
+                "jump",
+                term,
+                ref=ref,
+                mean=mean,
+                ratio=mean / ref,
+                steps=[first_step, last_step],
+            )
 
     def _warn(self, loop: LoopView, kind: str, term: str, **facts: Any) -> None:
         if (term, kind) in self._given:
             return
         self._given.add((term, kind))
-        checked = f"{term} - {term}_floor" if f"{term}_floor" in loop.state.last_losses \
-            else term
+        checked = f"{term} - {term}_floor" if f"{term}_floor" in loop.state.last_losses else term
         if kind == "plateau":
-            what = (f"loss term '{term}' has stayed at its starting value: '{checked}' was "
-                    f"within {self.plateau_tolerance:.0%} of its first-epoch mean "
-                    f"{facts['first']:.4g} in epochs {facts['epochs'][0]}-{facts['epochs'][-1]} "
-                    f"after warmup")
+            what = (
+                f"loss term '{term}' has stayed at its starting value: '{checked}' was "
+                f"within {self.plateau_tolerance:.0%} of its first-epoch mean "
+                f"{facts['first']:.4g} in epochs {facts['epochs'][0]}-{facts['epochs'][-1]} "
+                f"after warmup"
+            )
         else:
-            what = (f"loss term '{term}' jumped {facts['ratio']:.1f}x right after warmup: "
-                    f"{facts['ref']:.4g} over the last warmup steps (warmup ends at step "
-                    f"{self._warmup}), {facts['mean']:.4g} over steps {facts['steps'][0]}-"
-                    f"{facts['steps'][1]}")
+            what = (
+                f"loss term '{term}' jumped {facts['ratio']:.1f}x right after warmup: "
+                f"{facts['ref']:.4g} over the last warmup steps (warmup ends at step "
+                f"{self._warmup}), {facts['mean']:.4g} over steps {facts['steps'][0]}-"
+                f"{facts['steps'][1]}"
+            )
         message = f"{what}. Likely causes: {CAUSES[kind]}"
         st = loop.state
-        record = {"kind": kind, "term": term, "stage": getattr(loop, "stage", "?"),
-                  "epoch": st.epoch + 1, "step": st.global_step, "message": message,
-                  **{k: _plain(v) for k, v in facts.items()}}
+        record = {
+            "kind": kind,
+            "term": term,
+            "stage": getattr(loop, "stage", "?"),
+            "epoch": st.epoch + 1,
+            "step": st.global_step,
+            "message": message,
+            **{k: _plain(v) for k, v in facts.items()},
+        }
         self.warnings.append(record)
-        loop.logger.warning(f"training health: {kind}", stage=record["stage"], term=term,
-                            epoch=record["epoch"], step=record["step"], message=message)
+        loop.logger.warning(
+            f"training health: {kind}",
+            stage=record["stage"],
+            term=term,
+            epoch=record["epoch"],
+            step=record["step"],
+            message=message,
+        )
         self._publish(loop)
 
     def _publish(self, loop: LoopView) -> None:
@@ -242,8 +281,10 @@ class TrainingHealth(Callback):
         self._first = {str(k): float(v) for k, v in state.get("first", {}).items()}
         self._streak = {str(k): [list(x) for x in v] for k, v in state.get("streak", {}).items()}
         self._sums = {str(k): [float(v[0]), int(v[1])] for k, v in state.get("sums", {}).items()}
-        self._recent = {str(k): deque((float(x) for x in v), maxlen=self.window)
-                        for k, v in state.get("recent", {}).items()}
+        self._recent = {
+            str(k): deque((float(x) for x in v), maxlen=self.window)
+            for k, v in state.get("recent", {}).items()
+        }
         self._ref = {str(k): float(v) for k, v in state.get("ref", {}).items()}
         self._post = {str(k): [float(x) for x in v] for k, v in state.get("post", {}).items()}
 

@@ -31,10 +31,18 @@ from fcos_core.engine.modes import set_mode
 class Validation(Callback):
     """See the module docstring."""
 
-    def __init__(self, data_loader: Any, batch_processor: Any = None, callbacks: Any = (),
-                 val_model: Any = None, init_with_train_model: bool = False,
-                 val_interval: int = 1, val_on_train_end: bool = True,
-                 log_interval: int = 0, val_on_train_begin: bool = False) -> None:
+    def __init__(
+        self,
+        data_loader: Any,
+        batch_processor: Any = None,
+        callbacks: Any = (),
+        val_model: Any = None,
+        init_with_train_model: bool = False,
+        val_interval: int = 1,
+        val_on_train_end: bool = True,
+        log_interval: int = 0,
+        val_on_train_begin: bool = False,
+    ) -> None:
         if data_loader is None:
             raise ValueError("Validation needs a data_loader")
         if val_interval < 1:
@@ -72,8 +80,7 @@ class Validation(Callback):
         if self._per_class and getattr(loop.ctx, "is_main", True):
             from fcos_core.engine import per_class
 
-            per_class.report(loop.ctx, loop.logger, loop.stage, self._per_class,
-                             "last validation")
+            per_class.report(loop.ctx, loop.logger, loop.stage, self._per_class, "last validation")
 
     @staticmethod
     def _position(loop: LoopView) -> tuple[int, int]:
@@ -84,11 +91,13 @@ class Validation(Callback):
             return loop.eval_model
         model = self.val_model.to(loop.device)
         if self.init_with_train_model:
-            missing, unexpected = model.load_state_dict(loop.eval_model.state_dict(),
-                                                        strict=False)
+            missing, unexpected = model.load_state_dict(loop.eval_model.state_dict(), strict=False)
             if missing or unexpected:
-                loop.logger.warning("val_model and the training model differ",
-                                    missing=list(missing)[:10], unexpected=list(unexpected)[:10])
+                loop.logger.warning(
+                    "val_model and the training model differ",
+                    missing=list(missing)[:10],
+                    unexpected=list(unexpected)[:10],
+                )
         return model
 
     def validate(self, loop: LoopView) -> dict[str, float]:
@@ -98,16 +107,26 @@ class Validation(Callback):
         t0 = time.perf_counter()
         # every rank takes part: metrics may gather predictions across ranks in compute()
         if hasattr(self.data_loader, "set_seed"):
-            self.data_loader.set_seed(ctx.seed if ctx is not None and ctx.seed is not None
-                                      else 0)
+            self.data_loader.set_seed(ctx.seed if ctx is not None and ctx.seed is not None else 0)
         if not loop.val_metrics:
-            loop.logger.warning("Validation without val_metrics: nothing to compute; add "
-                                "val_metrics to the trainer", stage=loop.stage)
+            loop.logger.warning(
+                "Validation without val_metrics: nothing to compute; add "
+                "val_metrics to the trainer",
+                stage=loop.stage,
+            )
         model = self._model(loop)
         was_training = model.training
-        inner = EvalLoop(model, [self.data_loader], self.batch_processor, loop.val_metrics,
-                         self.callbacks, loop.device, ctx, self.log_interval,
-                         desc=f"{loop.stage} validation")
+        inner = EvalLoop(
+            model,
+            [self.data_loader],
+            self.batch_processor,
+            loop.val_metrics,
+            self.callbacks,
+            loop.device,
+            ctx,
+            self.log_interval,
+            desc=f"{loop.stage} validation",
+        )
         results = inner.run()
         from fcos_core.engine import per_class
 
@@ -118,11 +137,20 @@ class Validation(Callback):
         st.val_results = dict(results)
         st.val_count += 1
         self._last_validated = self._position(loop)
-        loop.logger.info("validation", stage=loop.stage, epoch=st.epoch + 1,
-                         seconds=round(time.perf_counter() - t0, 2),
-                         **{k: round(v, 6) for k, v in results.items()})
+        loop.logger.info(
+            "validation",
+            stage=loop.stage,
+            epoch=st.epoch + 1,
+            seconds=round(time.perf_counter() - t0, 2),
+            **{k: round(v, 6) for k, v in results.items()},
+        )
         if ctx is not None and ctx.recorder is not None:
-            ctx.recorder.log("epoch", loop.stage, st.epoch, st.global_step,
-                             **{f"val_{k}": v for k, v in results.items()})
+            ctx.recorder.log(
+                "epoch",
+                loop.stage,
+                st.epoch,
+                st.global_step,
+                **{f"val_{k}": v for k, v in results.items()},
+            )
             ctx.recorder.flush()
         return results

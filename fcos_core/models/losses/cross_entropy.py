@@ -20,8 +20,13 @@ class CrossEntropyLoss(nn.Module):
         reduction: ``"none" | "mean" | "sum"``.
     """
 
-    def __init__(self, use_sigmoid: bool = False, loss_name: str = "ce",
-                 loss_weight: float = 1.0, reduction: str = "mean") -> None:
+    def __init__(
+        self,
+        use_sigmoid: bool = False,
+        loss_name: str = "ce",
+        loss_weight: float = 1.0,
+        reduction: str = "mean",
+    ) -> None:
         super().__init__()
         check_weight(loss_weight)
         check_reduction(reduction)
@@ -30,8 +35,13 @@ class CrossEntropyLoss(nn.Module):
         self.loss_weight = loss_weight
         self.reduction = reduction
 
-    def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None = None,
-                avg_factor: float | Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        pred: Tensor,
+        target: Tensor,
+        weight: Tensor | None = None,
+        avg_factor: float | Tensor | None = None,
+    ) -> Tensor:
         """Compute the loss.
 
         Args:
@@ -45,10 +55,11 @@ class CrossEntropyLoss(nn.Module):
         """
         if self.use_sigmoid:
             if target.shape != pred.shape:
-                raise ValueError(f"sigmoid cross-entropy needs target shape {tuple(pred.shape)}"
-                                 f", got {tuple(target.shape)}")
-            loss = F.binary_cross_entropy_with_logits(pred, target.to(pred.dtype),
-                                                      reduction="none")
+                raise ValueError(
+                    f"sigmoid cross-entropy needs target shape {tuple(pred.shape)}"
+                    f", got {tuple(target.shape)}"
+                )
+            loss = F.binary_cross_entropy_with_logits(pred, target.to(pred.dtype), reduction="none")
         else:
             loss = F.cross_entropy(pred, target, reduction="none")
         return self.loss_weight * weight_reduce(loss, weight, self.reduction, avg_factor)

@@ -48,13 +48,21 @@ class FocalLoss(nn.Module):
         loss_name: key of this loss in the detector's loss dict.
     """
 
-    def __init__(self, num_classes: int, alpha: float = 0.25, gamma: float = 2.0,
-                 loss_weight: float = 1.0, reduction: str = "mean",
-                 loss_name: str = "cls") -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        alpha: float = 0.25,
+        gamma: float = 2.0,
+        loss_weight: float = 1.0,
+        reduction: str = "mean",
+        loss_name: str = "cls",
+    ) -> None:
         super().__init__()
         if num_classes < 2:
-            raise ValueError(f"num_classes counts the background and must be >= 2, got "
-                             f"{num_classes} (use 81 for 80 classes)")
+            raise ValueError(
+                f"num_classes counts the background and must be >= 2, got "
+                f"{num_classes} (use 81 for 80 classes)"
+            )
         if not (0.0 <= alpha <= 1.0) and alpha != -1:
             raise ValueError(f"alpha must be in [0, 1] or -1 (off), got {alpha}")
         if gamma < 0:
@@ -68,8 +76,13 @@ class FocalLoss(nn.Module):
         self.reduction = reduction
         self.loss_name = loss_name
 
-    def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None = None,
-                avg_factor: float | Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        pred: Tensor,
+        target: Tensor,
+        weight: Tensor | None = None,
+        avg_factor: float | Tensor | None = None,
+    ) -> Tensor:
         """Compute the loss.
 
         Args:
@@ -86,15 +99,19 @@ class FocalLoss(nn.Module):
         """
         if not target.is_floating_point():
             if pred.shape[-1] != self.num_classes - 1:
-                raise ValueError(f"pred has {pred.shape[-1]} class channels but num_classes="
-                                 f"{self.num_classes} (classes + background) needs "
-                                 f"{self.num_classes - 1}")
+                raise ValueError(
+                    f"pred has {pred.shape[-1]} class channels but num_classes="
+                    f"{self.num_classes} (classes + background) needs "
+                    f"{self.num_classes - 1}"
+                )
             # one-hot over all labels, then drop the background column; a negative label
             # (ignore) counts as background here: give it weight 0 to leave it out
             target = torch.where(target < 0, self.num_classes - 1, target)
             target = F.one_hot(target, self.num_classes)[..., :-1].to(pred.dtype)
         elif target.shape != pred.shape:
-            raise ValueError(f"float target shape {tuple(target.shape)} must equal pred shape "
-                             f"{tuple(pred.shape)}")
+            raise ValueError(
+                f"float target shape {tuple(target.shape)} must equal pred shape "
+                f"{tuple(pred.shape)}"
+            )
         loss = sigmoid_focal(pred, target, self.alpha, self.gamma)
         return self.loss_weight * weight_reduce(loss, weight, self.reduction, avg_factor)

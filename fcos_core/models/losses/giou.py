@@ -49,8 +49,13 @@ class GIoULoss(nn.Module):
         eps: added to denominators (torchvision's 1e-7).
     """
 
-    def __init__(self, loss_name: str = "reg", loss_weight: float = 1.0,
-                 reduction: str = "mean", eps: float = 1e-7) -> None:
+    def __init__(
+        self,
+        loss_name: str = "reg",
+        loss_weight: float = 1.0,
+        reduction: str = "mean",
+        eps: float = 1e-7,
+    ) -> None:
         super().__init__()
         check_weight(loss_weight)
         check_reduction(reduction)
@@ -61,8 +66,13 @@ class GIoULoss(nn.Module):
         self.reduction = reduction
         self.eps = eps
 
-    def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None = None,
-                avg_factor: float | Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        pred: Tensor,
+        target: Tensor,
+        weight: Tensor | None = None,
+        avg_factor: float | Tensor | None = None,
+    ) -> Tensor:
         """Compute the loss.
 
         Args:
@@ -75,7 +85,8 @@ class GIoULoss(nn.Module):
             the loss ``[*]`` (``none``) or a scalar, times ``loss_weight``.
         """
         if pred.shape[-1] != 4 or target.shape[-1] != 4:
-            raise ValueError(f"boxes must be [..., 4] xyxy, got {tuple(pred.shape)} and "
-                             f"{tuple(target.shape)}")
+            raise ValueError(
+                f"boxes must be [..., 4] xyxy, got {tuple(pred.shape)} and {tuple(target.shape)}"
+            )
         _, giou = iou_and_giou(pred, target, self.eps)
         return self.loss_weight * weight_reduce(1 - giou, weight, self.reduction, avg_factor)

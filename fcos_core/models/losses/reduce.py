@@ -53,5 +53,3 @@ def check_weight(weight: float, name: str = "loss_weight") -> None:
     """Loss weights are finite and non-negative."""
     if not (weight >= 0.0) or weight == float("inf"):
         raise ValueError(f"{name} must be a finite number >= 0, got {weight}")
-
-

@@ -31,8 +31,9 @@ def make_activation(name: str) -> nn.Module:
 class ConvBN(nn.Sequential):
     """1x1 ``conv`` (no bias) -> ``bn``: matches channels. [B, Cin, H, W] -> [B, Cout, H, W]."""
 
-    def __init__(self, in_channels: int, out_channels: int,
-                 bn_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, bn_kwargs: dict[str, Any] | None = None
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
         self.bn = nn.BatchNorm2d(out_channels, **(bn_kwargs or {}))
@@ -68,8 +69,13 @@ class Resample(nn.Sequential):
     Shape: [B, Cin, H, W] -> [B, Cout, H * 2^scale, W * 2^scale], ``scale`` in {-1, 0, 1}.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, scale: int,
-                 bn_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        scale: int,
+        bn_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         if scale not in (-1, 0, 1):
             raise ValueError(f"a BiFPN input is resized by x2, x1 or x0.5, got 2**{scale}")
@@ -131,14 +137,21 @@ class FusionNode(nn.Module):
     Shape: inputs [B, in_channels[i], H_i, W_i] with H_i * 2^scales[i] == H -> [B, channels, H, W].
     """
 
-    def __init__(self, in_channels: Sequence[int], scales: Sequence[int], channels: int,
-                 fpn_name: str, activation: str,
-                 bn_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        scales: Sequence[int],
+        channels: int,
+        fpn_name: str,
+        activation: str,
+        bn_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         if len(in_channels) != len(scales) or len(in_channels) < 2:
             raise ValueError("a fusion node takes two or more inputs, one scale for each")
         self.inputs = nn.ModuleList(
-            Resample(c, channels, s, bn_kwargs) for c, s in zip(in_channels, scales))
+            Resample(c, channels, s, bn_kwargs) for c, s in zip(in_channels, scales)
+        )
         if fpn_name == "bifpn_sum":
             self.fuse: nn.Module = SumFusion(len(in_channels))
         elif fpn_name == "bifpn_fa":

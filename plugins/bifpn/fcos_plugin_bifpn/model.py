@@ -45,8 +45,14 @@ class BiFPNLayer(nn.Module):
     [B, channels, H / 2^i, W / 2^i].
     """
 
-    def __init__(self, in_channels: Sequence[int], channels: int, fpn_name: str,
-                 activation: str, bn_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        channels: int,
+        fpn_name: str,
+        activation: str,
+        bn_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         levels = len(in_channels)
         if levels < 2:
@@ -141,14 +147,25 @@ class BiFPN(nn.Module):
         in_strides = [int(s) for s in in_strides]
         out_strides = [int(s) for s in out_strides]
         stride2channels = {int(k): int(v) for k, v in stride2channels.items()}
-        self._check_args(in_strides, out_strides, stride2channels, out_channels, num_outs,
-                         stack, start_level, end_level, fpn_name, activation)
+        self._check_args(
+            in_strides,
+            out_strides,
+            stride2channels,
+            out_channels,
+            num_outs,
+            stack,
+            start_level,
+            end_level,
+            fpn_name,
+            activation,
+        )
         bn_kwargs = dict(bn_kwargs or {})
         try:
             nn.BatchNorm2d(1, **bn_kwargs)
         except TypeError as exc:
-            raise ValueError(f"bn_kwargs {bn_kwargs} are not BatchNorm2d arguments: {exc}; "
-                             "use eps and momentum") from None
+            raise ValueError(
+                f"bn_kwargs {bn_kwargs} are not BatchNorm2d arguments: {exc}; use eps and momentum"
+            ) from None
         end = end_level if end_level >= 0 else len(in_strides) + end_level
         self.in_strides = in_strides
         self.stride2channels = stride2channels
@@ -158,7 +175,7 @@ class BiFPN(nn.Module):
         self.out_strides: list[int] = out_strides
         self.out_channels: list[int] = [out_channels] * num_outs
 
-        level_channels = [stride2channels[s] for s in in_strides[start_level:end + 1]]
+        level_channels = [stride2channels[s] for s in in_strides[start_level : end + 1]]
         extra = []
         last = level_channels[-1]
         for _ in range(num_outs - len(level_channels)):
@@ -169,23 +186,32 @@ class BiFPN(nn.Module):
 
         layers = []
         for _ in range(stack):
-            layers.append(BiFPNLayer(level_channels, out_channels, fpn_name, activation,
-                                     bn_kwargs))
+            layers.append(BiFPNLayer(level_channels, out_channels, fpn_name, activation, bn_kwargs))
             level_channels = [out_channels] * num_outs
         self.layers = nn.ModuleList(layers)
         self.reset_parameters()
 
     @staticmethod
-    def _check_args(in_strides: list[int], out_strides: list[int],
-                    stride2channels: dict[int, int], out_channels: int, num_outs: int,
-                    stack: int, start_level: int, end_level: int, fpn_name: str,
-                    activation: str) -> None:
+    def _check_args(
+        in_strides: list[int],
+        out_strides: list[int],
+        stride2channels: dict[int, int],
+        out_channels: int,
+        num_outs: int,
+        stack: int,
+        start_level: int,
+        end_level: int,
+        fpn_name: str,
+        activation: str,
+    ) -> None:
         if not in_strides or any(b <= a for a, b in itertools.pairwise(in_strides)):
             raise ValueError(f"in_strides must be a non-empty increasing list, got {in_strides}")
         missing = [s for s in in_strides if s not in stride2channels]
         if missing:
-            raise ValueError(f"stride2channels has no entry for stride(s) {missing} of "
-                             f"in_strides {in_strides}; add 'stride: channels' for each")
+            raise ValueError(
+                f"stride2channels has no entry for stride(s) {missing} of "
+                f"in_strides {in_strides}; add 'stride: channels' for each"
+            )
         bad = {s: c for s, c in stride2channels.items() if c < 1}
         if bad:
             raise ValueError(f"stride2channels must map strides to positive channels, got {bad}")
@@ -194,20 +220,28 @@ class BiFPN(nn.Module):
             raise ValueError(f"start_level must index in_strides (0..{n - 1}), got {start_level}")
         end = end_level if end_level >= 0 else n + end_level
         if not start_level <= end < n:
-            raise ValueError(f"end_level must index in_strides at or after start_level "
-                             f"({start_level}..{n - 1}, or -1 for the last), got {end_level}")
-        used = in_strides[start_level:end + 1]
+            raise ValueError(
+                f"end_level must index in_strides at or after start_level "
+                f"({start_level}..{n - 1}, or -1 for the last), got {end_level}"
+            )
+        used = in_strides[start_level : end + 1]
         if any(b != 2 * a for a, b in itertools.pairwise(used)):
-            raise ValueError(f"the backbone levels used (in_strides[{start_level}:{end + 1}] = "
-                             f"{used}) must double from one to the next")
+            raise ValueError(
+                f"the backbone levels used (in_strides[{start_level}:{end + 1}] = "
+                f"{used}) must double from one to the next"
+            )
         if num_outs < max(2, len(used)):
-            raise ValueError(f"num_outs must be at least {max(2, len(used))} (the backbone "
-                             f"levels used, {used}), got {num_outs}")
-        expected = [used[0] * 2 ** i for i in range(num_outs)]
+            raise ValueError(
+                f"num_outs must be at least {max(2, len(used))} (the backbone "
+                f"levels used, {used}), got {num_outs}"
+            )
+        expected = [used[0] * 2**i for i in range(num_outs)]
         if out_strides != expected:
-            raise ValueError(f"out_strides must be {expected} for in_strides {in_strides}, "
-                             f"start_level {start_level} and num_outs {num_outs}, "
-                             f"got {out_strides}")
+            raise ValueError(
+                f"out_strides must be {expected} for in_strides {in_strides}, "
+                f"start_level {start_level} and num_outs {num_outs}, "
+                f"got {out_strides}"
+            )
         if out_channels < 1:
             raise ValueError(f"out_channels must be >= 1, got {out_channels}")
         if stack < 1:
@@ -241,19 +275,27 @@ class BiFPN(nn.Module):
         """
         strides, channels = [int(s) for s in strides], [int(c) for c in channels]
         if strides != self.in_strides:
-            raise ValueError(f"in_strides {self.in_strides} do not match the backbone's "
-                             f"out_strides {strides}; set in_strides: {strides}")
+            raise ValueError(
+                f"in_strides {self.in_strides} do not match the backbone's "
+                f"out_strides {strides}; set in_strides: {strides}"
+            )
         given = dict(zip(strides, channels))
-        wrong = {s: (self.stride2channels[s], c) for s, c in given.items()
-                 if self.stride2channels[s] != c}
+        wrong = {
+            s: (self.stride2channels[s], c)
+            for s, c in given.items()
+            if self.stride2channels[s] != c
+        }
         if wrong:
-            detail = ", ".join(f"stride {s}: {a} configured, backbone gives {b}"
-                               for s, (a, b) in wrong.items())
-            raise ValueError(f"stride2channels does not match the backbone ({detail}); "
-                             f"set stride2channels: {given}")
+            detail = ", ".join(
+                f"stride {s}: {a} configured, backbone gives {b}" for s, (a, b) in wrong.items()
+            )
+            raise ValueError(
+                f"stride2channels does not match the backbone ({detail}); "
+                f"set stride2channels: {given}"
+            )
 
     def forward(self, feats: Sequence[Tensor]) -> list[Tensor]:
-        levels = list(feats[self.start_level:self.end_level + 1])
+        levels = list(feats[self.start_level : self.end_level + 1])
         for resample in self.extra:
             levels.append(resample(levels[-1]))
         for layer in self.layers:

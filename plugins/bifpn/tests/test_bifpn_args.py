@@ -6,27 +6,40 @@ import pytest
 
 from fcos_plugin_bifpn.model import BiFPN
 
-SEED = dict(in_strides=[2, 4, 8, 16, 32], out_strides=[8, 16, 32, 64, 128],
-            stride2channels={2: 16, 4: 24, 8: 40, 16: 112, 32: 320}, out_channels=64,
-            num_outs=5, stack=3, start_level=2, end_level=-1, fpn_name="bifpn_sum")
+SEED = dict(
+    in_strides=[2, 4, 8, 16, 32],
+    out_strides=[8, 16, 32, 64, 128],
+    stride2channels={2: 16, 4: 24, 8: 40, 16: 112, 32: 320},
+    out_channels=64,
+    num_outs=5,
+    stack=3,
+    start_level=2,
+    end_level=-1,
+    fpn_name="bifpn_sum",
+)
 
 
-@pytest.mark.parametrize("change, name", [
-    ({"stride2channels": {2: 16, 4: 24, 8: 40, 16: 112}}, "stride2channels"),
-    ({"in_strides": [2, 8, 4, 16, 32]}, "in_strides"),
-    ({"out_strides": [8, 16, 32, 64, 256]}, "out_strides"),
-    ({"num_outs": 4}, "out_strides"),
-    ({"num_outs": 1, "out_strides": [8]}, "num_outs"),
-    ({"start_level": 5}, "start_level"),
-    ({"end_level": 1}, "end_level"),
-    ({"stack": 0}, "stack"),
-    ({"out_channels": 0}, "out_channels"),
-    ({"fpn_name": "fpn"}, "fpn_name"),
-    ({"activation": "gelu"}, "activation"),
-    ({"bn_kwargs": {"epsilon": 1.0}}, "bn_kwargs"),
-    ({"in_strides": [2, 4, 8, 24, 32], "stride2channels": {2: 1, 4: 1, 8: 1, 24: 1, 32: 1}},
-     "double"),
-])
+@pytest.mark.parametrize(
+    "change, name",
+    [
+        ({"stride2channels": {2: 16, 4: 24, 8: 40, 16: 112}}, "stride2channels"),
+        ({"in_strides": [2, 8, 4, 16, 32]}, "in_strides"),
+        ({"out_strides": [8, 16, 32, 64, 256]}, "out_strides"),
+        ({"num_outs": 4}, "out_strides"),
+        ({"num_outs": 1, "out_strides": [8]}, "num_outs"),
+        ({"start_level": 5}, "start_level"),
+        ({"end_level": 1}, "end_level"),
+        ({"stack": 0}, "stack"),
+        ({"out_channels": 0}, "out_channels"),
+        ({"fpn_name": "fpn"}, "fpn_name"),
+        ({"activation": "gelu"}, "activation"),
+        ({"bn_kwargs": {"epsilon": 1.0}}, "bn_kwargs"),
+        (
+            {"in_strides": [2, 4, 8, 24, 32], "stride2channels": {2: 1, 4: 1, 8: 1, 24: 1, 32: 1}},
+            "double",
+        ),
+    ],
+)
 def test_bad_arguments_raise_value_error_naming_them(change, name):
     with pytest.raises(ValueError, match=name):
         BiFPN(**{**SEED, **change})
@@ -38,8 +51,11 @@ def test_check_inputs_accepts_the_seed_backbone():
 
 def test_check_inputs_names_the_wrong_argument():
     neck = BiFPN(**SEED)
-    with pytest.raises(ValueError, match=r"stride2channels.*stride 8: 40 configured, "
-                                         "backbone gives 48"):
+    with pytest.raises(
+        ValueError,
+        match=r"stride2channels.*stride 8: 40 configured, "
+        "backbone gives 48",
+    ):
         neck.check_inputs([2, 4, 8, 16, 32], [16, 24, 48, 120, 352])  # a b2 backbone
     with pytest.raises(ValueError, match="in_strides"):
         neck.check_inputs([4, 8, 16, 32], [24, 40, 112, 320])

@@ -8,12 +8,27 @@ import torch
 
 from fcos_plugin_bifpn.model import BiFPN
 
-SEED = dict(in_strides=[2, 4, 8, 16, 32], out_strides=[8, 16, 32, 64, 128],
-            stride2channels={2: 16, 4: 24, 8: 40, 16: 112, 32: 320}, out_channels=64,
-            num_outs=5, stack=3, start_level=2, end_level=-1, fpn_name="bifpn_sum")
+SEED = dict(
+    in_strides=[2, 4, 8, 16, 32],
+    out_strides=[8, 16, 32, 64, 128],
+    stride2channels={2: 16, 4: 24, 8: 40, 16: 112, 32: 320},
+    out_channels=64,
+    num_outs=5,
+    stack=3,
+    start_level=2,
+    end_level=-1,
+    fpn_name="bifpn_sum",
+)
 
-ACCELERATOR_OPS = {"conv2d", "batch_norm", "relu", "relu_", "add", "max_pool2d",
-                   "upsample_nearest2d"}
+ACCELERATOR_OPS = {
+    "conv2d",
+    "batch_norm",
+    "relu",
+    "relu_",
+    "add",
+    "max_pool2d",
+    "upsample_nearest2d",
+}
 
 
 @pytest.mark.slow

@@ -14,15 +14,27 @@ import torch
 from fcos_core.models import fast_batchnorm, fast_conv
 from fcos_plugin_bifpn.model import BiFPN
 
-SEED = dict(in_strides=[2, 4, 8, 16, 32], out_strides=[8, 16, 32, 64, 128],
-            stride2channels={2: 16, 4: 24, 8: 40, 16: 112, 32: 320}, out_channels=64,
-            num_outs=5, stack=3, start_level=2, end_level=-1, fpn_name="bifpn_sum")
+SEED = dict(
+    in_strides=[2, 4, 8, 16, 32],
+    out_strides=[8, 16, 32, 64, 128],
+    stride2channels={2: 16, 4: 24, 8: 40, 16: 112, 32: 320},
+    out_channels=64,
+    num_outs=5,
+    stack=3,
+    start_level=2,
+    end_level=-1,
+    fpn_name="bifpn_sum",
+)
 
 
 def features(batch: int, size: int = 256) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
-    return [torch.randn(batch, SEED["stride2channels"][s], size // s, size // s, generator=gen)
-            .to(memory_format=torch.channels_last).requires_grad_() for s in SEED["in_strides"]]
+    return [
+        torch.randn(batch, SEED["stride2channels"][s], size // s, size // s, generator=gen)
+        .to(memory_format=torch.channels_last)
+        .requires_grad_()
+        for s in SEED["in_strides"]
+    ]
 
 
 @pytest.mark.parametrize("fpn_name", ["bifpn_sum", "bifpn_fa"])
@@ -44,12 +56,12 @@ def test_training_step_matches_the_plain_conv_path(fpn_name, batch, monkeypatch)
 
     calls = []
     real = fast_conv._FastWeightGradConv2d.apply
-    monkeypatch.setattr(fast_conv._FastWeightGradConv2d, "apply",
-                        lambda *a: calls.append(a[-1]) or real(*a))
+    monkeypatch.setattr(
+        fast_conv._FastWeightGradConv2d, "apply", lambda *a: calls.append(a[-1]) or real(*a)
+    )
     monkeypatch.setattr(fast_batchnorm, "ENABLED", False)
     out_fast, in_grads_fast = step(fast)
-    n_pw = sum(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1)
-               for m in fast.modules())
+    n_pw = sum(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) for m in fast.modules())
     n_dw = sum(isinstance(m, torch.nn.Conv2d) and m.groups > 1 for m in fast.modules())
     assert sorted(calls) == [1] * n_pw + [64] * n_dw  # every 1x1 and depthwise conv
     monkeypatch.setattr(fast_conv, "ENABLED", False)

@@ -61,11 +61,13 @@ def test_plugin_module_does_not_import_torch(fcos_torch_free):
 
 
 def test_schema_reports_bad_values_at_their_paths(host):
-    text = (SEED_YAML.replace("fpn_name: bifpn_sum", "fpn_name: bifpn_max")
-            .replace("stack: 3", "stack: three").replace("{2: 16,", "{2: sixteen,"))
+    text = (
+        SEED_YAML.replace("fpn_name: bifpn_sum", "fpn_name: bifpn_max")
+        .replace("stack: 3", "stack: three")
+        .replace("{2: 16,", "{2: sixteen,")
+    )
     _, problems = validate(host, text)
-    assert {p.path for p in problems} == {"neck.fpn_name", "neck.stack",
-                                          "neck.stride2channels"}
+    assert {p.path for p in problems} == {"neck.fpn_name", "neck.stack", "neck.stride2channels"}
 
 
 def test_construction_errors_become_config_errors(host):
@@ -88,8 +90,9 @@ def test_seed_backbone_and_neck_forward_backward_at_512(host):
     torch.manual_seed(0)
     image = torch.randn(1, 3, 512, 512)
     outs = model(image)
-    assert [tuple(o.shape) for o in outs] == [(1, 64, 512 // s, 512 // s)
-                                             for s in (8, 16, 32, 64, 128)]
+    assert [tuple(o.shape) for o in outs] == [
+        (1, 64, 512 // s, 512 // s) for s in (8, 16, 32, 64, 128)
+    ]
     loss = sum(o.square().mean() for o in outs)
     loss.backward()
     stem_grad = backbone.stem.conv.weight.grad

@@ -10,15 +10,25 @@ import torch
 from fcos_plugin_bifpn.layers import FastAttentionFusion, FusionNode, SumFusion
 from fcos_plugin_bifpn.model import BiFPN
 
-SEED = dict(in_strides=[2, 4, 8, 16, 32], out_strides=[8, 16, 32, 64, 128],
-            stride2channels={2: 16, 4: 24, 8: 40, 16: 112, 32: 320}, out_channels=64,
-            num_outs=5, stack=3, start_level=2, end_level=-1, fpn_name="bifpn_sum")
+SEED = dict(
+    in_strides=[2, 4, 8, 16, 32],
+    out_strides=[8, 16, 32, 64, 128],
+    stride2channels={2: 16, 4: 24, 8: 40, 16: 112, 32: 320},
+    out_channels=64,
+    num_outs=5,
+    stack=3,
+    start_level=2,
+    end_level=-1,
+    fpn_name="bifpn_sum",
+)
 
 
 def backbone_features(size: int = 256, batch: int = 2, cfg: dict = SEED) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
-    return [torch.randn(batch, cfg["stride2channels"][s], size // s, size // s, generator=gen)
-            for s in cfg["in_strides"]]
+    return [
+        torch.randn(batch, cfg["stride2channels"][s], size // s, size // s, generator=gen)
+        for s in cfg["in_strides"]
+    ]
 
 
 def scales(resample) -> int:
@@ -31,25 +41,38 @@ def test_seed_output_shapes(fpn_name):
     assert neck.out_strides == [8, 16, 32, 64, 128]
     assert neck.out_channels == [64] * 5
     outs = neck(backbone_features())
-    assert [tuple(o.shape) for o in outs] == [(2, 64, 256 // s, 256 // s)
-                                             for s in neck.out_strides]
+    assert [tuple(o.shape) for o in outs] == [(2, 64, 256 // s, 256 // s) for s in neck.out_strides]
     assert all(torch.isfinite(o).all() for o in outs)
 
 
 def test_levels_without_extras_and_other_selection():
-    cfg = dict(in_strides=[4, 8, 16, 32], out_strides=[4, 8, 16, 32],
-               stride2channels={4: 8, 8: 16, 16: 32, 32: 64}, out_channels=24, num_outs=4,
-               stack=1, start_level=0, end_level=3)
+    cfg = dict(
+        in_strides=[4, 8, 16, 32],
+        out_strides=[4, 8, 16, 32],
+        stride2channels={4: 8, 8: 16, 16: 32, 32: 64},
+        out_channels=24,
+        num_outs=4,
+        stack=1,
+        start_level=0,
+        end_level=3,
+    )
     neck = BiFPN(**cfg)
     assert len(neck.extra) == 0
     outs = neck(backbone_features(64, 1, cfg))
-    assert [tuple(o.shape) for o in outs] == [(1, 24, 16, 16), (1, 24, 8, 8), (1, 24, 4, 4),
-                                             (1, 24, 2, 2)]
+    assert [tuple(o.shape) for o in outs] == [
+        (1, 24, 16, 16),
+        (1, 24, 8, 8),
+        (1, 24, 4, 4),
+        (1, 24, 2, 2),
+    ]
     # end_level in the middle: the coarser backbone features are ignored, extras pool
     neck = BiFPN(**{**cfg, "end_level": 1, "out_strides": [4, 8, 16], "num_outs": 3})
     assert len(neck.extra) == 1
     assert [tuple(o.shape) for o in neck(backbone_features(64, 1, cfg))] == [
-        (1, 24, 16, 16), (1, 24, 8, 8), (1, 24, 4, 4)]
+        (1, 24, 16, 16),
+        (1, 24, 8, 8),
+        (1, 24, 4, 4),
+    ]
 
 
 def test_topology_is_efficientdets():
@@ -77,8 +100,10 @@ def test_channel_projection_only_where_channels_differ():
     # P6 from the 320-channel P5: 1x1 conv + BN then pool; P7 pools P6 only
     assert hasattr(neck.extra[0], "proj") and hasattr(neck.extra[0], "down")
     assert not hasattr(neck.extra[1], "proj")
-    projs = [[hasattr(r, "proj") for n in list(layer.top_down) + list(layer.bottom_up)
-              for r in n.inputs] for layer in neck.layers]
+    projs = [
+        [hasattr(r, "proj") for n in list(layer.top_down) + list(layer.bottom_up) for r in n.inputs]
+        for layer in neck.layers
+    ]
     # layer 1: P5 (320) feeds td5 and out5, P4 (112) td4 and out4, P3 (40) out3: 5 convs
     assert sum(projs[0]) == 5
     assert not any(projs[1]) and not any(projs[2])
@@ -88,8 +113,11 @@ def test_sum_fusion_node_computes_relu_sepconv_of_the_plain_sum():
     node = FusionNode([8, 8, 8], [0, 1, -1], 8, "bifpn_sum", "relu").eval()
     assert isinstance(node.fuse, SumFusion)
     a, b, c = torch.randn(1, 8, 8, 8), torch.randn(1, 8, 4, 4), torch.randn(1, 8, 16, 16)
-    merged = (a + torch.nn.functional.interpolate(b, scale_factor=2, mode="nearest")
-              + torch.nn.functional.max_pool2d(c, 2, 2))
+    merged = (
+        a
+        + torch.nn.functional.interpolate(b, scale_factor=2, mode="nearest")
+        + torch.nn.functional.max_pool2d(c, 2, 2)
+    )
     conv = node.conv
     expected = conv.bn(conv.pw(conv.dw(torch.relu(merged))))
     assert torch.allclose(node([a, b, c]), expected, atol=1e-6)
@@ -122,8 +150,9 @@ def test_fast_attention_weights_learn():
 def test_documented_initialisation():
     torch.manual_seed(0)
     neck = BiFPN(**{**SEED, "fpn_name": "bifpn_fa"})
-    weights = torch.cat([m.weight.flatten() for m in neck.modules()
-                         if isinstance(m, torch.nn.Conv2d)])
+    weights = torch.cat(
+        [m.weight.flatten() for m in neck.modules() if isinstance(m, torch.nn.Conv2d)]
+    )
     assert abs(weights.mean().item()) < 1e-3 and abs(weights.std().item() - 0.01) < 5e-4
     bns = [m for m in neck.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert all(torch.all(m.weight == 1) and torch.all(m.bias == 0) for m in bns)

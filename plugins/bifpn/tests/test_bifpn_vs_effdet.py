@@ -8,10 +8,19 @@ import torch
 
 from fcos_plugin_bifpn.model import BiFPN
 
-D0_LIKE = dict(in_strides=[2, 4, 8, 16, 32], out_strides=[8, 16, 32, 64, 128],
-               stride2channels={2: 16, 4: 24, 8: 40, 16: 112, 32: 320}, out_channels=64,
-               num_outs=5, stack=3, start_level=2, end_level=-1, fpn_name="bifpn_fa",
-               activation="swish", bn_kwargs={"eps": 1e-3, "momentum": 0.01})
+D0_LIKE = dict(
+    in_strides=[2, 4, 8, 16, 32],
+    out_strides=[8, 16, 32, 64, 128],
+    stride2channels={2: 16, 4: 24, 8: 40, 16: 112, 32: 320},
+    out_channels=64,
+    num_outs=5,
+    stack=3,
+    start_level=2,
+    end_level=-1,
+    fpn_name="bifpn_fa",
+    activation="swish",
+    bn_kwargs={"eps": 1e-3, "momentum": 0.01},
+)
 
 
 def n_params(module: torch.nn.Module) -> int:

@@ -47,16 +47,22 @@ class ImageRecord:
     def header(self) -> dict[str, Any]:
         """JSON-able form stored in the LMDB (float32 values round-trip exactly)."""
         return {
-            "id": self.id, "file_name": self.file_name, "width": self.width,
-            "height": self.height, "boxes": self.boxes.astype(float).tolist(),
-            "category_ids": self.category_ids.tolist(), "iscrowd": self.iscrowd.tolist(),
+            "id": self.id,
+            "file_name": self.file_name,
+            "width": self.width,
+            "height": self.height,
+            "boxes": self.boxes.astype(float).tolist(),
+            "category_ids": self.category_ids.tolist(),
+            "iscrowd": self.iscrowd.tolist(),
             "ann_ids": self.ann_ids.tolist(),
         }
 
     @classmethod
     def from_header(cls, h: dict[str, Any]) -> ImageRecord:
         return cls(
-            id=int(h["id"]), file_name=str(h["file_name"]), width=int(h["width"]),
+            id=int(h["id"]),
+            file_name=str(h["file_name"]),
+            width=int(h["width"]),
             height=int(h["height"]),
             boxes=np.asarray(h["boxes"], dtype=np.float32).reshape(-1, 4),
             category_ids=np.asarray(h["category_ids"], dtype=np.int64).reshape(-1),
@@ -89,10 +95,11 @@ def read_bounded(path: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_JSON
     try:
         size = os.path.getsize(path)
         if size > max_bytes:
-            raise FcosUserError(f"annotation file {path} is {size / 2**20:.0f} MiB, over the "
-                                f"{max_bytes / 2**20:.0f} MiB limit",
-                                hint="raise the limit (pack-coco --max-json-mb) if the file is "
-                                     "real")
+            raise FcosUserError(
+                f"annotation file {path} is {size / 2**20:.0f} MiB, over the "
+                f"{max_bytes / 2**20:.0f} MiB limit",
+                hint="raise the limit (pack-coco --max-json-mb) if the file is real",
+            )
         with open(path, "rb") as f:
             # read(n) allocates n bytes up front: ask for the file's size, not the limit
             data = f.read(min(max_bytes, size) + 1)
@@ -102,8 +109,9 @@ def read_bounded(path: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_JSON
                     break
                 data += more
     except OSError as exc:
-        raise FcosUserError(f"cannot read annotation file {path}: {exc.strerror}",
-                            hint="check the path") from exc
+        raise FcosUserError(
+            f"cannot read annotation file {path}: {exc.strerror}", hint="check the path"
+        ) from exc
     if len(data) > max_bytes:  # the file grew while we read it
         raise FcosUserError(f"annotation file {path} is over the {max_bytes} byte limit")
     return data
@@ -114,33 +122,46 @@ def parse_json_bytes(data: bytes, path: str) -> Any:
     try:
         return json.loads(data)
     except json.JSONDecodeError as exc:
-        raise FcosUserError(f"annotation file {path} is not valid JSON: {exc.msg} at line "
-                            f"{exc.lineno} column {exc.colno}",
-                            hint="fix or regenerate the file") from exc
+        raise FcosUserError(
+            f"annotation file {path} is not valid JSON: {exc.msg} at line "
+            f"{exc.lineno} column {exc.colno}",
+            hint="fix or regenerate the file",
+        ) from exc
     except (UnicodeDecodeError, RecursionError) as exc:
-        raise FcosUserError(f"annotation file {path} is not valid JSON: {exc}",
-                            hint="fix or regenerate the file") from exc
+        raise FcosUserError(
+            f"annotation file {path} is not valid JSON: {exc}", hint="fix or regenerate the file"
+        ) from exc
     except ValueError as exc:  # an integer over Python's digit limit (int_max_str_digits)
         limit = getattr(sys, "get_int_max_str_digits", lambda: 4300)()
-        what = (f"holds an integer of more than {limit} digits, over Python's limit for "
-                "reading integers" if "digits" in str(exc) else f"cannot be read ({exc})")
-        raise FcosUserError(f"annotation file {path} {what}",
-                            hint="ids, sizes and boxes of a COCO json are small numbers; an "
-                                 "integer that long means the file is damaged: fix or "
-                                 "regenerate it") from exc
+        what = (
+            f"holds an integer of more than {limit} digits, over Python's limit for "
+            "reading integers"
+            if "digits" in str(exc)
+            else f"cannot be read ({exc})"
+        )
+        raise FcosUserError(
+            f"annotation file {path} {what}",
+            hint="ids, sizes and boxes of a COCO json are small numbers; an "
+            "integer that long means the file is damaged: fix or "
+            "regenerate it",
+        ) from exc
 
 
 def check_coco_layout(data: Any, source: str) -> None:
     """A COCO instances json is a mapping with lists ``images``, ``annotations``, ``categories``."""
     if not isinstance(data, dict):
-        raise FcosUserError(f"{source}: expected a JSON object with images/annotations/"
-                            f"categories, got {type(data).__name__}",
-                            hint="pass a COCO instances_*.json file")
+        raise FcosUserError(
+            f"{source}: expected a JSON object with images/annotations/"
+            f"categories, got {type(data).__name__}",
+            hint="pass a COCO instances_*.json file",
+        )
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
-            raise FcosUserError(f"{source}: '{key}' must be a list "
-                                f"({'missing' if key not in data else type(data[key]).__name__})",
-                                hint="pass a COCO instances_*.json file")
+            raise FcosUserError(
+                f"{source}: '{key}' must be a list "
+                f"({'missing' if key not in data else type(data[key]).__name__})",
+                hint="pass a COCO instances_*.json file",
+            )
 
 
 def _is_int(x: Any) -> bool:
@@ -171,11 +192,15 @@ def parse_categories(data: dict, report: PackReport) -> list[dict]:
             report.skip_category("bad_category_id", f"category {cat!r:.80} has no integer id")
             continue
         if cid in seen:
-            report.skip_category("duplicate_category_id",
-                                 f"category id {cid} appears twice; the first is kept")
+            report.skip_category(
+                "duplicate_category_id", f"category id {cid} appears twice; the first is kept"
+            )
             continue
-        seen[cid] = {"id": cid, "name": str(cat.get("name", cid)),
-                     "supercategory": str(cat.get("supercategory", ""))}
+        seen[cid] = {
+            "id": cid,
+            "name": str(cat.get("name", cid)),
+            "supercategory": str(cat.get("supercategory", "")),
+        }
     return [seen[k] for k in sorted(seen)]
 
 
@@ -194,24 +219,35 @@ def build_index(data: Any, report: PackReport) -> CocoIndex:
         fname = img.get("file_name") if isinstance(img, dict) else None
         shown = fname if isinstance(fname, str) else None
         if not _is_int(iid):
-            report.skip_image("bad_image_id", f"image entry {img!r:.80} has no integer id",
-                              file=shown)
+            report.skip_image(
+                "bad_image_id", f"image entry {img!r:.80} has no integer id", file=shown
+            )
             continue
         if iid in images or iid in skipped_ids:
-            report.skip_image("duplicate_image_id",
-                              f"image id {iid} appears twice; the first is kept", file=shown,
-                              image_id=iid)
+            report.skip_image(
+                "duplicate_image_id",
+                f"image id {iid} appears twice; the first is kept",
+                file=shown,
+                image_id=iid,
+            )
             continue
         if not isinstance(fname, str) or not safe_relative(fname):
             skipped_ids.add(iid)
-            report.skip_image("bad_file_name", f"file_name {fname!r:.80} must be a relative path "
-                                               "inside the image folder", image_id=iid)
+            report.skip_image(
+                "bad_file_name",
+                f"file_name {fname!r:.80} must be a relative path inside the image folder",
+                image_id=iid,
+            )
             continue
         w, h = img.get("width"), img.get("height")
         if not (_is_int(w) and _is_int(h) and w > 0 and h > 0):
             skipped_ids.add(iid)
-            report.skip_image("bad_image_size", f"width/height must be positive integers, got "
-                                                f"{w!r}x{h!r}", file=fname, image_id=iid)
+            report.skip_image(
+                "bad_image_size",
+                f"width/height must be positive integers, got {w!r}x{h!r}",
+                file=fname,
+                image_id=iid,
+            )
             continue
         images[iid] = {"id": iid, "file_name": fname, "width": w, "height": h, "anns": []}
 
@@ -228,8 +264,11 @@ def build_index(data: Any, report: PackReport) -> CocoIndex:
             report.drop_box("bad_annotation_id", f"id {aid!r:.40} is not an integer", **where)
             continue
         if aid in ann_ids:
-            report.drop_box("duplicate_annotation_id", f"annotation id {aid} appears twice; the "
-                                                       "first is kept", **where)
+            report.drop_box(
+                "duplicate_annotation_id",
+                f"annotation id {aid} appears twice; the first is kept",
+                **where,
+            )
             continue
         ann_ids.add(aid)
         if img is None:
@@ -237,8 +276,9 @@ def build_index(data: Any, report: PackReport) -> CocoIndex:
             report.drop_box(why, f"image_id {iid!r:.40} is not a usable image", **where)
             continue
         if not _is_int(cid) or cid not in known_cats:
-            report.drop_box("unknown_category_id", f"category_id {cid!r:.40} is not in "
-                                                   "categories", **where)
+            report.drop_box(
+                "unknown_category_id", f"category_id {cid!r:.40} is not in categories", **where
+            )
             continue
         bbox = ann.get("bbox")
         if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(map(_is_num, bbox))):
@@ -249,11 +289,14 @@ def build_index(data: Any, report: PackReport) -> CocoIndex:
             report.drop_box("degenerate_box", f"bbox {bbox} has zero or negative size", **where)
             continue
         W, H = img["width"], img["height"]
-        box = [min(max(x, 0.0), W), min(max(y, 0.0), H),
-               min(max(x + bw, 0.0), W), min(max(y + bh, 0.0), H)]
+        box = [
+            min(max(x, 0.0), W),
+            min(max(y, 0.0), H),
+            min(max(x + bw, 0.0), W),
+            min(max(y + bh, 0.0), H),
+        ]
         if box[2] - box[0] <= 0 or box[3] - box[1] <= 0:
-            report.drop_box("outside_image", f"bbox {bbox} lies outside the {W}x{H} image",
-                            **where)
+            report.drop_box("outside_image", f"bbox {bbox} lies outside the {W}x{H} image", **where)
             continue
         if box != [x, y, x + bw, y + bh]:
             report.boxes_clipped += 1
@@ -266,11 +309,16 @@ def build_index(data: Any, report: PackReport) -> CocoIndex:
     records = []
     for img in images.values():
         anns = img["anns"]
-        records.append(ImageRecord(
-            id=img["id"], file_name=img["file_name"], width=img["width"], height=img["height"],
-            boxes=np.asarray([a[0] for a in anns], dtype=np.float32).reshape(-1, 4),
-            category_ids=np.asarray([a[1] for a in anns], dtype=np.int64),
-            iscrowd=np.asarray([a[2] for a in anns], dtype=bool),
-            ann_ids=np.asarray([a[3] for a in anns], dtype=np.int64),
-        ))
+        records.append(
+            ImageRecord(
+                id=img["id"],
+                file_name=img["file_name"],
+                width=img["width"],
+                height=img["height"],
+                boxes=np.asarray([a[0] for a in anns], dtype=np.float32).reshape(-1, 4),
+                category_ids=np.asarray([a[1] for a in anns], dtype=np.int64),
+                iscrowd=np.asarray([a[2] for a in anns], dtype=bool),
+                ann_ids=np.asarray([a[3] for a in anns], dtype=np.int64),
+            )
+        )
     return CocoIndex(categories=categories, images=records)

@@ -16,8 +16,20 @@ import attrs
 import numpy as np
 
 Backend = Literal["pycocotools", "faster_coco_eval"]
-STAT_KEYS = ("mAP", "AP50", "AP75", "APs", "APm", "APl",
-             "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+STAT_KEYS = (
+    "mAP",
+    "AP50",
+    "AP75",
+    "APs",
+    "APm",
+    "APl",
+    "AR1",
+    "AR10",
+    "AR100",
+    "ARs",
+    "ARm",
+    "ARl",
+)
 
 
 def fast_backend_available() -> bool:
@@ -32,8 +44,10 @@ def resolve_backend(name: str) -> Backend:
     if name == "auto":
         return "faster_coco_eval" if fast_backend_available() else "pycocotools"
     if name == "faster_coco_eval" and not fast_backend_available():
-        raise ImportError("backend 'faster_coco_eval' needs the faster-coco-eval package: "
-                          "pip install 'fcos-plugin-coco[fast]'")
+        raise ImportError(
+            "backend 'faster_coco_eval' needs the faster-coco-eval package: "
+            "pip install 'fcos-plugin-coco[fast]'"
+        )
     if name not in ("pycocotools", "faster_coco_eval"):
         raise ValueError(f"backend must be auto, pycocotools or faster_coco_eval, got {name!r}")
     return name  # type: ignore[return-value]
@@ -70,16 +84,21 @@ class BboxEvaluation:
         pycocotools' own evaluation restricted to it (``params.catIds = [id]``); None when
         the category has no ground truth in the evaluated images."""
         if self.precision.size == 0:
-            return [{"category_id": c, "AP": None, "AP50": None, "AR100": None}
-                    for c in self.cat_ids]
+            return [
+                {"category_id": c, "AP": None, "AP50": None, "AR100": None} for c in self.cat_ids
+            ]
         m100 = self.max_dets.index(100) if 100 in self.max_dets else len(self.max_dets) - 1
         t50 = int(np.argmin(np.abs(self.iou_thrs - 0.5)))
         rows = []
         for k, cat in enumerate(self.cat_ids):
-            rows.append({"category_id": int(cat),
-                         "AP": _mean_valid(self.precision[:, :, k, 0, m100]),
-                         "AP50": _mean_valid(self.precision[t50, :, k, 0, m100]),
-                         "AR100": _mean_valid(self.recall[:, k, 0, m100])})
+            rows.append(
+                {
+                    "category_id": int(cat),
+                    "AP": _mean_valid(self.precision[:, :, k, 0, m100]),
+                    "AP50": _mean_valid(self.precision[t50, :, k, 0, m100]),
+                    "AR100": _mean_valid(self.recall[:, k, 0, m100]),
+                }
+            )
         return rows
 
 
@@ -90,8 +109,12 @@ def _mean_valid(x: np.ndarray) -> float | None:
     return float(valid.mean()) if valid.size else None
 
 
-def evaluate_bbox(gt: dict, dets: np.ndarray, img_ids: Sequence[int] | None = None,
-                  backend: Backend = "pycocotools") -> np.ndarray:
+def evaluate_bbox(
+    gt: dict,
+    dets: np.ndarray,
+    img_ids: Sequence[int] | None = None,
+    backend: Backend = "pycocotools",
+) -> np.ndarray:
     """The 12 COCO summary numbers (see :data:`STAT_KEYS`) for ``dets`` against ``gt``.
 
     ``img_ids`` restricts the evaluation (default: every image of ``gt``). With no detection
@@ -100,8 +123,12 @@ def evaluate_bbox(gt: dict, dets: np.ndarray, img_ids: Sequence[int] | None = No
     return evaluate_bbox_full(gt, dets, img_ids, backend).stats
 
 
-def evaluate_bbox_full(gt: dict, dets: np.ndarray, img_ids: Sequence[int] | None = None,
-                       backend: Backend = "pycocotools") -> BboxEvaluation:
+def evaluate_bbox_full(
+    gt: dict,
+    dets: np.ndarray,
+    img_ids: Sequence[int] | None = None,
+    backend: Backend = "pycocotools",
+) -> BboxEvaluation:
     """:func:`evaluate_bbox` with the per-category arrays kept (:class:`BboxEvaluation`)."""
     cat_ids = tuple(sorted(int(c["id"]) for c in gt.get("categories", [])))
     dets = np.asarray(dets, dtype=np.float64).reshape(-1, 7)
@@ -127,8 +154,9 @@ def evaluate_bbox_full(gt: dict, dets: np.ndarray, img_ids: Sequence[int] | None
             coco_gt = FastCOCO(_gt_copy(gt), print_function=lambda *a, **k: None)
             coco_dt = coco_gt.loadRes(dets)
             # its summarize() prints through print_function: keep the lines for the summary
-            ev = COCOeval_faster(coco_gt, coco_dt, "bbox",
-                                 print_function=lambda *a, **k: print(*a, file=sink))
+            ev = COCOeval_faster(
+                coco_gt, coco_dt, "bbox", print_function=lambda *a, **k: print(*a, file=sink)
+            )
         else:
             raise ValueError(f"unknown backend {backend!r}")
         if img_ids is not None:
@@ -137,13 +165,15 @@ def evaluate_bbox_full(gt: dict, dets: np.ndarray, img_ids: Sequence[int] | None
         ev.accumulate()
         ev.summarize()
     return BboxEvaluation(
-        stats=np.asarray(ev.stats[:len(STAT_KEYS)], dtype=np.float64),
+        stats=np.asarray(ev.stats[: len(STAT_KEYS)], dtype=np.float64),
         precision=np.asarray(ev.eval["precision"], dtype=np.float64),
         recall=np.asarray(ev.eval["recall"], dtype=np.float64),
         iou_thrs=np.asarray(ev.params.iouThrs, dtype=np.float64),
         rec_thrs=np.asarray(ev.params.recThrs, dtype=np.float64),
-        cat_ids=tuple(int(c) for c in ev.params.catIds), max_dets=tuple(ev.params.maxDets),
-        summary=_summary_lines(sink.getvalue()))
+        cat_ids=tuple(int(c) for c in ev.params.catIds),
+        max_dets=tuple(ev.params.maxDets),
+        summary=_summary_lines(sink.getvalue()),
+    )
 
 
 def _summary_lines(printed: str) -> str:
@@ -152,18 +182,29 @@ def _summary_lines(printed: str) -> str:
     return "\n".join(lines)
 
 
-def _empty_evaluation(gt: dict, img_ids: Sequence[int] | None,
-                      cat_ids: tuple[int, ...]) -> BboxEvaluation:
+def _empty_evaluation(
+    gt: dict, img_ids: Sequence[int] | None, cat_ids: tuple[int, ...]
+) -> BboxEvaluation:
     iou_thrs = np.linspace(0.5, 0.95, 10)
     rec_thrs = np.linspace(0.0, 1.0, 101)
     wanted = None if img_ids is None else {int(i) for i in img_ids}
-    has_gt = {int(a["category_id"]) for a in gt.get("annotations", [])
-              if not a.get("iscrowd", 0) and (wanted is None or int(a["image_id"]) in wanted)}
+    has_gt = {
+        int(a["category_id"])
+        for a in gt.get("annotations", [])
+        if not a.get("iscrowd", 0) and (wanted is None or int(a["image_id"]) in wanted)
+    }
     present = np.asarray([c in has_gt for c in cat_ids], dtype=bool)
     precision = np.full((len(iou_thrs), len(rec_thrs), len(cat_ids), 4, 3), -1.0)
     recall = np.full((len(iou_thrs), len(cat_ids), 4, 3), -1.0)
     precision[:, :, present] = 0.0
     recall[:, present] = 0.0
-    return BboxEvaluation(stats=np.zeros(len(STAT_KEYS)), precision=precision, recall=recall,
-                          iou_thrs=iou_thrs, rec_thrs=rec_thrs, cat_ids=cat_ids,
-                          max_dets=(1, 10, 100), summary="")
+    return BboxEvaluation(
+        stats=np.zeros(len(STAT_KEYS)),
+        precision=precision,
+        recall=recall,
+        iou_thrs=iou_thrs,
+        rec_thrs=rec_thrs,
+        cat_ids=cat_ids,
+        max_dets=(1, 10, 100),
+        summary="",
+    )

@@ -27,8 +27,9 @@ def collate_2d(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if key == "img":
             batch[key] = _stack_images(values)
         elif key in _STACKED_PAIRS and all(v is not None for v in values):
-            batch[key] = torch.as_tensor(np.stack([np.asarray(v, dtype=np.float32).reshape(2)
-                                                   for v in values]))
+            batch[key] = torch.as_tensor(
+                np.stack([np.asarray(v, dtype=np.float32).reshape(2) for v in values])
+            )
         elif key in ("ori_shape", "img_shape", "pad_shape"):
             batch[key] = [tuple(int(x) for x in v) for v in values]
         else:
@@ -41,6 +42,8 @@ def _stack_images(images: list[Any]) -> torch.Tensor:
         raise TypeError("collate_2d stacks tensor images: add ToTensor to the transforms")
     shapes = {tuple(im.shape) for im in images}
     if len(shapes) != 1:
-        raise ValueError(f"collate_2d got images of different shapes {sorted(shapes)}: add a "
-                         "Pad transform (size=... or divisor=...) so a batch shares one shape")
+        raise ValueError(
+            f"collate_2d got images of different shapes {sorted(shapes)}: add a "
+            "Pad transform (size=... or divisor=...) so a batch shares one shape"
+        )
     return torch.stack(images)

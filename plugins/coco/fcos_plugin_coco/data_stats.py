@@ -75,21 +75,31 @@ class Geometry:
 # --- reading -----------------------------------------------------------------------------------
 
 
-def _from_lists(source: str, categories: list, hw: list, boxes: list, image: list,
-                cat_ids: list, crowd: list) -> Annotations:
+def _from_lists(
+    source: str, categories: list, hw: list, boxes: list, image: list, cat_ids: list, crowd: list
+) -> Annotations:
     cat_arr = np.asarray([c["id"] for c in categories], dtype=np.int64)
     ids = np.asarray(cat_ids, dtype=np.int64)
     labels = np.searchsorted(cat_arr, ids).astype(np.int64)
-    if len(ids) and (labels.max(initial=0) >= len(cat_arr)
-                     or not np.array_equal(cat_arr[np.minimum(labels, len(cat_arr) - 1)], ids)):
-        raise FcosUserError(f"{source}: boxes refer to category ids missing from its categories",
-                            hint="re-pack the data with `fcos pack-coco`")
+    if len(ids) and (
+        labels.max(initial=0) >= len(cat_arr)
+        or not np.array_equal(cat_arr[np.minimum(labels, len(cat_arr) - 1)], ids)
+    ):
+        raise FcosUserError(
+            f"{source}: boxes refer to category ids missing from its categories",
+            hint="re-pack the data with `fcos pack-coco`",
+        )
     labels[np.asarray(crowd, dtype=bool)] = -1
     size = np.asarray(hw, dtype=np.int64).reshape(-1, 2)
-    return Annotations(source=source, categories=categories, heights=size[:, 0],
-                       widths=size[:, 1],
-                       boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
-                       image=np.asarray(image, dtype=np.int64), labels=labels)
+    return Annotations(
+        source=source,
+        categories=categories,
+        heights=size[:, 0],
+        widths=size[:, 1],
+        boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        image=np.asarray(image, dtype=np.int64),
+        labels=labels,
+    )
 
 
 def read_lmdb_records(path: str) -> tuple[dict, list[int], list[dict]]:
@@ -100,32 +110,46 @@ def read_lmdb_records(path: str) -> tuple[dict, list[int], list[dict]]:
     from fcos_plugin_coco import lmdb_format as fmt
 
     if not os.path.isdir(path):
-        raise FcosUserError(f"dataset folder {path} does not exist",
-                            hint="pack your data with `fcos pack-coco`, or pass --data/--ann")
+        raise FcosUserError(
+            f"dataset folder {path} does not exist",
+            hint="pack your data with `fcos pack-coco`, or pass --data/--ann",
+        )
     headers: list[bytes] = []
     head = len(fmt.MAGIC) + 4
     with lmdb_env.reader(path).begin(buffers=True) as txn:
-        meta, index, done = (txn.get(fmt.META_KEY), txn.get(fmt.INDEX_KEY),
-                             txn.get(fmt.COMPLETE_KEY))
+        meta, index, done = (
+            txn.get(fmt.META_KEY),
+            txn.get(fmt.INDEX_KEY),
+            txn.get(fmt.COMPLETE_KEY),
+        )
         if meta is None:
-            raise FcosUserError(f"{path} is an LMDB but not one written by `fcos pack-coco`",
-                                hint="pack your data with `fcos pack-coco`")
+            raise FcosUserError(
+                f"{path} is an LMDB but not one written by `fcos pack-coco`",
+                hint="pack your data with `fcos pack-coco`",
+            )
         meta_d = json.loads(bytes(meta))
         if meta_d.get("format") != fmt.FORMAT_NAME or meta_d.get("version") != fmt.FORMAT_VERSION:
-            raise FcosUserError(f"{path} has format {meta_d.get('format')} version "
-                                f"{meta_d.get('version')}; this plugin reads {fmt.FORMAT_NAME} "
-                                f"version {fmt.FORMAT_VERSION}", hint="re-pack the data")
+            raise FcosUserError(
+                f"{path} has format {meta_d.get('format')} version "
+                f"{meta_d.get('version')}; this plugin reads {fmt.FORMAT_NAME} "
+                f"version {fmt.FORMAT_VERSION}",
+                hint="re-pack the data",
+            )
         if done is None or index is None:
-            raise FcosUserError(f"packing of {path} did not finish",
-                                hint="rerun the same `fcos pack-coco` command: it resumes")
+            raise FcosUserError(
+                f"packing of {path} did not finish",
+                hint="rerun the same `fcos pack-coco` command: it resumes",
+            )
         ids = [int(i) for i in json.loads(bytes(index))]
         for image_id in ids:
             value = txn.get(fmt.image_key(image_id))
-            if value is None or bytes(value[:len(fmt.MAGIC)]) != fmt.MAGIC:
-                raise FcosUserError(f"{path}: image {image_id} is in the index but has no "
-                                    "valid record", hint="re-pack the data")
+            if value is None or bytes(value[: len(fmt.MAGIC)]) != fmt.MAGIC:
+                raise FcosUserError(
+                    f"{path}: image {image_id} is in the index but has no valid record",
+                    hint="re-pack the data",
+                )
             (length,) = struct.unpack_from("<I", value, len(fmt.MAGIC))
-            headers.append(bytes(value[head:head + length]))
+            headers.append(bytes(value[head : head + length]))
     # one parse of all headers: per-call overhead was a third of the time
     recs = json.loads(b"[" + b",".join(headers) + b"]")
     return meta_d, ids, recs
@@ -180,10 +204,15 @@ def read_json(path: str, max_json_bytes: int | None = None) -> Annotations:
         cat_ids.append(rec.category_ids)
         crowd.append(rec.iscrowd)
     cat = np.concatenate(cat_ids) if cat_ids else np.zeros(0, np.int64)
-    return _from_lists(path, list(index.categories), hw,
-                       np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32),
-                       np.concatenate(image) if image else np.zeros(0, np.int64), cat,
-                       np.concatenate(crowd) if crowd else np.zeros(0, bool))
+    return _from_lists(
+        path,
+        list(index.categories),
+        hw,
+        np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32),
+        np.concatenate(image) if image else np.zeros(0, np.int64),
+        cat,
+        np.concatenate(crowd) if crowd else np.zeros(0, bool),
+    )
 
 
 def _plainly_safe(name: Any) -> bool:
@@ -233,8 +262,9 @@ def _fast_index(data: dict, categories: list) -> tuple | None:
         return None
     if not set(map(type, itertools.chain.from_iterable(bbox))) <= {int, float}:
         return None
-    arr = np.fromiter(itertools.chain.from_iterable(bbox), dtype=np.float64,
-                      count=4 * len(bbox)).reshape(-1, 4)
+    arr = np.fromiter(
+        itertools.chain.from_iterable(bbox), dtype=np.float64, count=4 * len(bbox)
+    ).reshape(-1, 4)
     if not np.isfinite(arr).all():
         return None
     crowd = np.asarray([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
@@ -242,28 +272,42 @@ def _fast_index(data: dict, categories: list) -> tuple | None:
     W = np.asarray(ws, dtype=np.float64)[img_a]
     H = np.asarray(hs, dtype=np.float64)[img_a]
     x, y, bw, bh = arr.T
-    box = np.stack([np.minimum(np.maximum(x, 0.0), W), np.minimum(np.maximum(y, 0.0), H),
-                    np.minimum(np.maximum(x + bw, 0.0), W),
-                    np.minimum(np.maximum(y + bh, 0.0), H)], axis=1)
+    box = np.stack(
+        [
+            np.minimum(np.maximum(x, 0.0), W),
+            np.minimum(np.maximum(y, 0.0), H),
+            np.minimum(np.maximum(x + bw, 0.0), W),
+            np.minimum(np.maximum(y + bh, 0.0), H),
+        ],
+        axis=1,
+    )
     keep = (bw > 0) & (bh > 0) & (box[:, 2] - box[:, 0] > 0) & (box[:, 3] - box[:, 1] > 0)
     order = np.nonzero(keep)[0]
     order = order[np.argsort(img_a[order], kind="stable")]
-    return (list(zip(hs, ws)), box[order].astype(np.float32), img_a[order],
-            np.asarray(cid, dtype=np.int64)[order], crowd[order])
+    return (
+        list(zip(hs, ws)),
+        box[order].astype(np.float32),
+        img_a[order],
+        np.asarray(cid, dtype=np.int64)[order],
+        crowd[order],
+    )
 
 
 # --- geometry ----------------------------------------------------------------------------------
 
 
-def _resize_factors(h: np.ndarray, w: np.ndarray, scale: tuple[int, int], keep_ratio: bool
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def _resize_factors(
+    h: np.ndarray, w: np.ndarray, scale: tuple[int, int], keep_ratio: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """Output (height, width) of ``Resize(img_scale=scale, keep_ratio)`` at ratio 1, rounded
     as the transform rounds (``int(x + 0.5)``, at least 1)."""
     th, tw = float(scale[0]), float(scale[1])
     if keep_ratio:
         f = np.minimum(max(th, tw) / np.maximum(h, w), min(th, tw) / np.minimum(h, w))
-        return (np.maximum(1, np.floor(h * f + 0.5)).astype(np.int64),
-                np.maximum(1, np.floor(w * f + 0.5)).astype(np.int64))
+        return (
+            np.maximum(1, np.floor(h * f + 0.5)).astype(np.int64),
+            np.maximum(1, np.floor(w * f + 0.5)).astype(np.int64),
+        )
     return (np.full_like(h, max(1, int(th))), np.full_like(w, max(1, int(tw))))
 
 
@@ -305,11 +349,24 @@ def apply_geometry(ann: Annotations, geo: Geometry) -> dict[str, np.ndarray]:
     b = ann.boxes * np.stack([fx, fy, fx, fy], axis=1)
     lim_w = w.astype(np.float32)[ann.image]
     lim_h = h.astype(np.float32)[ann.image]
-    b = np.stack([np.clip(b[:, 0], 0, lim_w), np.clip(b[:, 1], 0, lim_h),
-                  np.clip(b[:, 2], 0, lim_w), np.clip(b[:, 3], 0, lim_h)], axis=1)
-    return {"boxes": b.astype(np.float32), "scale_x": sx, "scale_y": sy,
-            "resized_h": h, "resized_w": w, "input_h": in_h.astype(np.int64),
-            "input_w": in_w.astype(np.int64)}
+    b = np.stack(
+        [
+            np.clip(b[:, 0], 0, lim_w),
+            np.clip(b[:, 1], 0, lim_h),
+            np.clip(b[:, 2], 0, lim_w),
+            np.clip(b[:, 3], 0, lim_h),
+        ],
+        axis=1,
+    )
+    return {
+        "boxes": b.astype(np.float32),
+        "scale_x": sx,
+        "scale_y": sy,
+        "resized_h": h,
+        "resized_w": w,
+        "input_h": in_h.astype(np.int64),
+        "input_w": in_w.astype(np.int64),
+    }
 
 
 def points_inside(lo: np.ndarray, hi: np.ndarray, stride: int, size: np.ndarray) -> np.ndarray:
@@ -323,8 +380,9 @@ def points_inside(lo: np.ndarray, hi: np.ndarray, stride: int, size: np.ndarray)
     return np.maximum(j_max - j_min + 1, 0).astype(np.int64)
 
 
-def candidate_points(boxes: np.ndarray, in_h: np.ndarray, in_w: np.ndarray, stride: int,
-                     radius: float | None = None) -> np.ndarray:
+def candidate_points(
+    boxes: np.ndarray, in_h: np.ndarray, in_w: np.ndarray, stride: int, radius: float | None = None
+) -> np.ndarray:
     """Per box (``[N, 4]`` xyxy in input pixels; ``in_h``/``in_w`` the input size of each
     box's image), the stride-``stride`` points that are its candidates (module docstring)."""
     x1, y1, x2, y2 = (boxes[:, i].astype(np.float64) for i in range(4))
@@ -395,8 +453,13 @@ def analyze(ann: Annotations, geo: Geometry) -> dict[str, Any]:
         any_point |= n > 0
         if k == 0:
             finest_none = int((n == 0).sum())
-        per_stride.append({"stride": s, "objects_with_at_least_1_point": int((n >= 1).sum()),
-                           "objects_with_at_least_4_points": int((n >= 4).sum())})
+        per_stride.append(
+            {
+                "stride": s,
+                "objects_with_at_least_1_point": int((n >= 1).sum()),
+                "objects_with_at_least_4_points": int((n >= 4).sum()),
+            }
+        )
 
     per_image = np.bincount(img_of, minlength=len(ann.heights))
     names = _class_names(ann.categories)
@@ -408,9 +471,12 @@ def analyze(ann: Annotations, geo: Geometry) -> dict[str, Any]:
     out: dict[str, Any] = {
         "source": ann.source,
         "input_size": list(sizes[0]) if len(sizes) == 1 else None,
-        "input_size_range": ([min(s[0] for s in sizes), min(s[1] for s in sizes)],
-                             [max(s[0] for s in sizes), max(s[1] for s in sizes)])
-        if sizes else None,
+        "input_size_range": (
+            [min(s[0] for s in sizes), min(s[1] for s in sizes)],
+            [max(s[0] for s in sizes), max(s[1] for s in sizes)],
+        )
+        if sizes
+        else None,
         "strides": strides,
         "center_sampling_radius": geo.center_sampling_radius,
         "transforms_not_modelled": list(geo.ignored),
@@ -419,10 +485,16 @@ def analyze(ann: Annotations, geo: Geometry) -> dict[str, Any]:
         "images_without_objects": int((per_image == 0).sum()),
         "objects": n_obj,
         "crowd_boxes": int((~obj).sum()),
-        "objects_per_image": ({"min": int(per_image.min()), "median": float(np.median(per_image)),
-                               "max": int(per_image.max()),
-                               "mean": round(float(per_image.mean()), 4)}
-                              if per_image.size else {}),
+        "objects_per_image": (
+            {
+                "min": int(per_image.min()),
+                "median": float(np.median(per_image)),
+                "max": int(per_image.max()),
+                "mean": round(float(per_image.mean()), 4),
+            }
+            if per_image.size
+            else {}
+        ),
         "objects_per_class": {n: int(c) for n, c in zip(names, counts)},
         "sqrt_area_px": _stats(sqrt_area),
         "longer_side_px": _stats(longer),
@@ -433,9 +505,11 @@ def analyze(ann: Annotations, geo: Geometry) -> dict[str, Any]:
         "per_stride": per_stride,
         "objects_without_point_at_finest_stride": finest_none,
         "objects_without_point_at_any_stride": int((~any_point).sum()),
-        "histogram": {"edges_px": [round(float(e), 4) for e in edges],
-                      "longer_side": _histogram(longer, edges),
-                      "sqrt_area": _histogram(sqrt_area, edges)},
+        "histogram": {
+            "edges_px": [round(float(e), 4) for e in edges],
+            "longer_side": _histogram(longer, edges),
+            "sqrt_area": _histogram(sqrt_area, edges),
+        },
     }
     out["warnings"] = _warnings(out, longer, max_in)
     return out
@@ -448,16 +522,23 @@ def _describe_resize(geo: Geometry, g: dict[str, np.ndarray]) -> dict[str, Any]:
             continue
         (sh, sw), keep, ratio = op[1], op[2], op[3]
         if keep:
-            rule = (f"Resize img_scale=({sh}, {sw}) keep_ratio: one factor "
-                    f"min({max(sh, sw)}/max(h, w), {min(sh, sw)}/min(h, w))")
+            rule = (
+                f"Resize img_scale=({sh}, {sw}) keep_ratio: one factor "
+                f"min({max(sh, sw)}/max(h, w), {min(sh, sw)}/min(h, w))"
+            )
         else:
             rule = f"Resize img_scale=({sh}, {sw}) without keep_ratio: stretched to it"
         if ratio is not None:
-            rule += (f"; ratio_range {list(ratio)} left at 1 (training scales boxes by a further "
-                     f"{ratio[0]:g}-{ratio[1]:g}x at random)")
+            rule += (
+                f"; ratio_range {list(ratio)} left at 1 (training scales boxes by a further "
+                f"{ratio[0]:g}-{ratio[1]:g}x at random)"
+            )
         rules.append(rule)
-    return {"rule": "; then ".join(rules) if rules else "no Resize: original pixels",
-            "scale_x": _stats(g["scale_x"]), "scale_y": _stats(g["scale_y"])}
+    return {
+        "rule": "; then ".join(rules) if rules else "no Resize: original pixels",
+        "scale_x": _stats(g["scale_x"]),
+        "scale_y": _stats(g["scale_y"]),
+    }
 
 
 def _warnings(fig: dict[str, Any], longer: np.ndarray, max_in: int) -> list[str]:
@@ -474,13 +555,15 @@ def _warnings(fig: dict[str, Any], longer: np.ndarray, max_in: int) -> list[str]
             f"median longer side is {med:.1f} px < 2 x stride {s0}, so a typical object covers "
             f"about one stride-{s0} point. Raise input_size (to about {want}, where the median "
             f"object spans 2 strides) or add a finer stride level (stride {max(s0 // 2, 1)}: "
-            f"neck/head out_strides, targets.strides and post_process.strides)")
+            f"neck/head out_strides, targets.strides and post_process.strides)"
+        )
     fallback = fig["objects_without_point_at_any_stride"]
     if fallback > 0.1 * n:
         out.append(
             f"{fallback} of {n} objects ({100 * fallback / n:.0f}%) contain no grid point at any "
             f"stride and each fall back to the one stride-{s0} point nearest its centre: raise "
-            f"input_size or add a finer stride level")
+            f"input_size or add a finer stride level"
+        )
     if fig["tiny_objects"] > 0.25 * n:
         out.append(f"{fig['tiny_objects']} of {n} objects are tiny ({fig['tiny_definition']})")
     if fig["images_without_objects"] > 0.5 * fig["images"]:
@@ -488,9 +571,12 @@ def _warnings(fig: dict[str, Any], longer: np.ndarray, max_in: int) -> list[str]
     return out
 
 
-def geometry_from_transforms(transforms: Sequence[tuple[str, dict[str, Any]]],
-                             strides: Sequence[int], radius: float | None = None,
-                             fallback_input: tuple[int, int] | None = None) -> Geometry:
+def geometry_from_transforms(
+    transforms: Sequence[tuple[str, dict[str, Any]]],
+    strides: Sequence[int],
+    radius: float | None = None,
+    fallback_input: tuple[int, int] | None = None,
+) -> Geometry:
     """A :class:`Geometry` from ``(transform type, its arguments)`` pairs."""
     ops: list = []
     ignored: list[str] = []
@@ -498,8 +584,14 @@ def geometry_from_transforms(transforms: Sequence[tuple[str, dict[str, Any]]],
         if name == "Resize":
             scale = tuple(int(v) for v in kw["img_scale"])
             ratio = kw.get("ratio_range")
-            ops.append(("resize", scale, bool(kw.get("keep_ratio", True)),
-                        tuple(float(r) for r in ratio) if ratio is not None else None))
+            ops.append(
+                (
+                    "resize",
+                    scale,
+                    bool(kw.get("keep_ratio", True)),
+                    tuple(float(r) for r in ratio) if ratio is not None else None,
+                )
+            )
         elif name == "RandomCrop":
             ops.append(("crop", tuple(int(v) for v in kw["size"])))
         elif name == "Pad":
@@ -510,8 +602,13 @@ def geometry_from_transforms(transforms: Sequence[tuple[str, dict[str, Any]]],
         elif name not in NO_GEOMETRY:
             ignored.append(name)
     if not strides:
-        raise FcosUserError("no strides to analyze against",
-                            hint="the model's targets.strides or head.out_strides")
-    return Geometry(ops=tuple(ops), strides=tuple(int(s) for s in strides),
-                    center_sampling_radius=radius, fallback_input=fallback_input,
-                    ignored=tuple(ignored))
+        raise FcosUserError(
+            "no strides to analyze against", hint="the model's targets.strides or head.out_strides"
+        )
+    return Geometry(
+        ops=tuple(ops),
+        strides=tuple(int(s) for s in strides),
+        center_sampling_radius=radius,
+        fallback_input=fallback_input,
+        ignored=tuple(ignored),
+    )

@@ -58,8 +58,9 @@ def _check_transforms(transforms: Sequence[Transform] | None) -> list[Transform]
     out = list(transforms or [])
     for i, t in enumerate(out):
         if not callable(t):
-            raise TypeError(f"transforms[{i}] is {type(t).__name__}, not a callable "
-                            "sample -> sample")
+            raise TypeError(
+                f"transforms[{i}] is {type(t).__name__}, not a callable sample -> sample"
+            )
     return out
 
 
@@ -70,10 +71,11 @@ def _demo_root_for(path: str, what: str) -> None:
     root = os.path.dirname(os.path.abspath(path))
     ensure_demo(root)
     if not os.path.exists(path):
-        raise FcosUserError(f"{what} {path} is still missing after generating the demo data into "
-                            f"{root}",
-                            hint="point it at train_lmdb, val_lmdb, instances_train.json, "
-                                 "instances_val.json or images/{train,val} inside that folder")
+        raise FcosUserError(
+            f"{what} {path} is still missing after generating the demo data into {root}",
+            hint="point it at train_lmdb, val_lmdb, instances_train.json, "
+            "instances_val.json or images/{train,val} inside that folder",
+        )
 
 
 class _Base(Dataset):
@@ -104,14 +106,21 @@ class Coco(_Base):
         limits: decoding bounds (pixels, bytes).
     """
 
-    def __init__(self, data_path: str, transforms: Sequence[Transform] | None = None,
-                 demo_if_missing: bool = False, limits: ImageLimits = ImageLimits()) -> None:
+    def __init__(
+        self,
+        data_path: str,
+        transforms: Sequence[Transform] | None = None,
+        demo_if_missing: bool = False,
+        limits: ImageLimits = ImageLimits(),
+    ) -> None:
         data_path = os.fspath(data_path)
         if not os.path.exists(data_path):
             if not demo_if_missing:
-                raise FcosUserError(f"dataset folder {data_path} does not exist",
-                                    hint="pack your data with `fcos pack-coco`, generate the "
-                                         "demo with `fcos demo-data`, or set demo_if_missing")
+                raise FcosUserError(
+                    f"dataset folder {data_path} does not exist",
+                    hint="pack your data with `fcos pack-coco`, generate the "
+                    "demo with `fcos demo-data`, or set demo_if_missing",
+                )
             _demo_root_for(data_path, "data_path")
         self.data_path = data_path
         self.transforms = _check_transforms(transforms)
@@ -126,19 +135,29 @@ class Coco(_Base):
 
     def _read_header(self) -> tuple[dict, list[int]]:
         with lmdb_env.reader(self.data_path).begin() as txn:
-            meta, index, done = (txn.get(fmt.META_KEY), txn.get(fmt.INDEX_KEY),
-                                 txn.get(fmt.COMPLETE_KEY))
+            meta, index, done = (
+                txn.get(fmt.META_KEY),
+                txn.get(fmt.INDEX_KEY),
+                txn.get(fmt.COMPLETE_KEY),
+            )
         if meta is None:
-            raise FcosUserError(f"{self.data_path} is an LMDB but not one written by "
-                                "`fcos pack-coco`", hint="pack your data with `fcos pack-coco`")
+            raise FcosUserError(
+                f"{self.data_path} is an LMDB but not one written by `fcos pack-coco`",
+                hint="pack your data with `fcos pack-coco`",
+            )
         meta_d = json.loads(meta)
         if meta_d.get("format") != fmt.FORMAT_NAME or meta_d.get("version") != fmt.FORMAT_VERSION:
-            raise FcosUserError(f"{self.data_path} has format {meta_d.get('format')} version "
-                                f"{meta_d.get('version')}; this plugin reads {fmt.FORMAT_NAME} "
-                                f"version {fmt.FORMAT_VERSION}", hint="re-pack the data")
+            raise FcosUserError(
+                f"{self.data_path} has format {meta_d.get('format')} version "
+                f"{meta_d.get('version')}; this plugin reads {fmt.FORMAT_NAME} "
+                f"version {fmt.FORMAT_VERSION}",
+                hint="re-pack the data",
+            )
         if done is None or index is None:
-            raise FcosUserError(f"packing of {self.data_path} did not finish",
-                                hint="rerun the same `fcos pack-coco` command: it resumes")
+            raise FcosUserError(
+                f"packing of {self.data_path} did not finish",
+                hint="rerun the same `fcos pack-coco` command: it resumes",
+            )
         return meta_d, [int(i) for i in json.loads(index)]
 
     def __len__(self) -> int:
@@ -150,8 +169,10 @@ class Coco(_Base):
         with lmdb_env.reader(self.data_path).begin() as txn:
             value = txn.get(fmt.image_key(image_id))
         if value is None:
-            raise FcosUserError(f"{self.data_path}: image {image_id} is in the index but has "
-                                "no record", hint="re-pack the data")
+            raise FcosUserError(
+                f"{self.data_path}: image {image_id} is in the index but has no record",
+                hint="re-pack the data",
+            )
         header, data = fmt.decode_record(value)
         rgb = decode_image(data, int(header.get("orientation", 1)), self.limits)
         return ImageRecord.from_header(header), rgb
@@ -172,23 +193,34 @@ class CocoFolder(_Base):
     file (``fcos pack-coco`` checks every image up front and skips bad ones instead).
     """
 
-    def __init__(self, data_path: str, ann_file: str,
-                 transforms: Sequence[Transform] | None = None,
-                 demo_if_missing: bool = False, limits: ImageLimits = ImageLimits(),
-                 max_json_bytes: int = DEFAULT_MAX_JSON_BYTES) -> None:
+    def __init__(
+        self,
+        data_path: str,
+        ann_file: str,
+        transforms: Sequence[Transform] | None = None,
+        demo_if_missing: bool = False,
+        limits: ImageLimits = ImageLimits(),
+        max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
+    ) -> None:
         data_path, ann_file = os.fspath(data_path), os.fspath(ann_file)
         if not os.path.exists(ann_file) and demo_if_missing:
             _demo_root_for(ann_file, "ann_file")
         if not os.path.isdir(data_path):
-            raise FcosUserError(f"image folder {data_path} does not exist",
-                                hint="pass the folder holding the json's file_name entries")
+            raise FcosUserError(
+                f"image folder {data_path} does not exist",
+                hint="pass the folder holding the json's file_name entries",
+            )
         report = PackReport(on_error="skip", source=ann_file)
         index = build_index(load_json(ann_file, max_json_bytes), report)
         problems = [p for p in report.problems if p.kind != "note"]
         if problems:
-            log.warning("%s: %d images and %d annotations left out; first: %s", ann_file,
-                        sum(report.images_skipped.values()), sum(report.boxes_dropped.values()),
-                        problems[0].render())
+            log.warning(
+                "%s: %d images and %d annotations left out; first: %s",
+                ann_file,
+                sum(report.images_skipped.values()),
+                sum(report.boxes_dropped.values()),
+                problems[0].render(),
+            )
         self.data_path = data_path
         self.ann_file = ann_file
         self.transforms = _check_transforms(transforms)
@@ -208,10 +240,11 @@ class CocoFolder(_Base):
         try:
             loaded = load_checked(self.data_path, rec, self.limits)
         except DecodeError as exc:
-            raise FcosUserError(f"{os.path.join(self.data_path, rec.file_name)} (image "
-                                f"{rec.id}): {exc}",
-                                hint="fix the file, or pack the data with `fcos pack-coco`, "
-                                     "which skips and reports bad images") from exc
+            raise FcosUserError(
+                f"{os.path.join(self.data_path, rec.file_name)} (image {rec.id}): {exc}",
+                hint="fix the file, or pack the data with `fcos pack-coco`, "
+                "which skips and reports bad images",
+            ) from exc
         return rec, loaded.rgb
 
     def __getitem__(self, idx: int) -> dict[str, Any]:

@@ -104,12 +104,12 @@ def _check_pixels(width: int, height: int, limits: ImageLimits) -> None:
     if width <= 0 or height <= 0:
         raise DecodeError("corrupt_image", f"header says {width}x{height}")
     if width * height > limits.max_pixels:
-        raise DecodeError("too_many_pixels",
-                          f"{width}x{height} > limit {limits.max_pixels} pixels")
+        raise DecodeError("too_many_pixels", f"{width}x{height} > limit {limits.max_pixels} pixels")
 
 
-def decode_image(data: bytes, orientation: int = 1,
-                 limits: ImageLimits = ImageLimits()) -> np.ndarray:
+def decode_image(
+    data: bytes, orientation: int = 1, limits: ImageLimits = ImageLimits()
+) -> np.ndarray:
     """Decode to a C-contiguous ``uint8`` [H, W, 3] RGB array, then apply ``orientation``.
 
     Raises :class:`DecodeError` for corrupt or truncated data and for oversized images.

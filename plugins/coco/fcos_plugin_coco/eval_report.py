@@ -66,8 +66,8 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    w = (np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]))
-    h = (np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]))
+    w = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    h = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
     return w.clip(0) * h.clip(0)
 
 
@@ -102,8 +102,14 @@ class ImageMatch:
         return int(len(self.gt_cats) - self.correct.sum())
 
 
-def _greedy(order: np.ndarray, iou: np.ndarray, allowed: np.ndarray, taken: np.ndarray,
-            det_to_gt: np.ndarray, thr: float) -> None:
+def _greedy(
+    order: np.ndarray,
+    iou: np.ndarray,
+    allowed: np.ndarray,
+    taken: np.ndarray,
+    det_to_gt: np.ndarray,
+    thr: float,
+) -> None:
     for d in order:
         if det_to_gt[d] >= 0:
             continue
@@ -114,9 +120,17 @@ def _greedy(order: np.ndarray, iou: np.ndarray, allowed: np.ndarray, taken: np.n
             taken[g] = True
 
 
-def match_image(img_id: int, gt_xyxy: np.ndarray, gt_cats: np.ndarray, gt_crowd: np.ndarray,
-                det_xyxy: np.ndarray, det_scores: np.ndarray, det_cats: np.ndarray,
-                iou_threshold: float = 0.5, score_threshold: float = 0.3) -> ImageMatch:
+def match_image(
+    img_id: int,
+    gt_xyxy: np.ndarray,
+    gt_cats: np.ndarray,
+    gt_crowd: np.ndarray,
+    det_xyxy: np.ndarray,
+    det_scores: np.ndarray,
+    det_cats: np.ndarray,
+    iou_threshold: float = 0.5,
+    score_threshold: float = 0.3,
+) -> ImageMatch:
     """Match one image's detections to its ground truth (the module docstring's rule)."""
     gt_xyxy = np.asarray(gt_xyxy, np.float64).reshape(-1, 4)
     gt_cats = np.asarray(gt_cats, np.int64).reshape(-1)
@@ -136,12 +150,19 @@ def match_image(img_id: int, gt_xyxy: np.ndarray, gt_cats: np.ndarray, gt_crowd:
     _greedy(seq, iou, cats[:, None] != real_cats[None, :], taken, det_to_gt, iou_threshold)
     ignored = np.zeros(len(boxes), dtype=bool)
     if len(crowd) and len(boxes):
-        area = ((boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0))
+        area = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
         ioa = _intersection(boxes, crowd) / np.maximum(area, 1e-12)[:, None]
         ignored = (det_to_gt < 0) & (ioa.max(axis=1) >= iou_threshold)
-    return ImageMatch(img_id=int(img_id), gt_boxes=real, gt_cats=real_cats, det_boxes=boxes,
-                      det_scores=scores, det_cats=cats, det_to_gt=det_to_gt,
-                      det_ignored=ignored)
+    return ImageMatch(
+        img_id=int(img_id),
+        gt_boxes=real,
+        gt_cats=real_cats,
+        det_boxes=boxes,
+        det_scores=scores,
+        det_cats=cats,
+        det_to_gt=det_to_gt,
+        det_ignored=ignored,
+    )
 
 
 def gt_by_image(gt: dict, img_ids: Sequence[int]) -> dict[int, tuple[np.ndarray, ...]]:
@@ -155,12 +176,15 @@ def gt_by_image(gt: dict, img_ids: Sequence[int]) -> dict[int, tuple[np.ndarray,
             lists[i][0].append([x, y, x + w, y + h])
             lists[i][1].append(int(a["category_id"]))
             lists[i][2].append(bool(a.get("iscrowd", 0)))
-    return {i: (np.asarray(b, np.float64).reshape(-1, 4), np.asarray(c, np.int64),
-                np.asarray(k, bool)) for i, (b, c, k) in lists.items()}
+    return {
+        i: (np.asarray(b, np.float64).reshape(-1, 4), np.asarray(c, np.int64), np.asarray(k, bool))
+        for i, (b, c, k) in lists.items()
+    }
 
 
-def match_all(gt: dict, dets: dict[int, np.ndarray], iou_threshold: float = 0.5,
-              score_threshold: float = 0.3) -> list[ImageMatch]:
+def match_all(
+    gt: dict, dets: dict[int, np.ndarray], iou_threshold: float = 0.5, score_threshold: float = 0.3
+) -> list[ImageMatch]:
     """:func:`match_image` for every image of ``dets`` (image id -> ``[N, 7]`` metric rows
     ``[image_id, x, y, w, h, score, category_id]``), in image-id order."""
     truth = gt_by_image(gt, dets)
@@ -169,8 +193,19 @@ def match_all(gt: dict, dets: dict[int, np.ndarray], iou_threshold: float = 0.5,
         rows = np.asarray(dets[img_id], np.float64).reshape(-1, 7)
         xyxy = np.concatenate([rows[:, 1:3], rows[:, 1:3] + rows[:, 3:5]], axis=1)
         boxes, cats, crowd = truth[int(img_id)]
-        out.append(match_image(img_id, boxes, cats, crowd, xyxy, rows[:, 5],
-                               rows[:, 6].astype(np.int64), iou_threshold, score_threshold))
+        out.append(
+            match_image(
+                img_id,
+                boxes,
+                cats,
+                crowd,
+                xyxy,
+                rows[:, 5],
+                rows[:, 6].astype(np.int64),
+                iou_threshold,
+                score_threshold,
+            )
+        )
     return out
 
 
@@ -180,8 +215,14 @@ def coco_results(dets: dict[int, np.ndarray]) -> list[dict[str, Any]]:
     out = []
     for img_id in sorted(dets):
         for r in np.asarray(dets[img_id], np.float64).reshape(-1, 7).tolist():
-            out.append({"image_id": int(img_id), "category_id": int(r[6]),
-                        "bbox": [r[1], r[2], r[3], r[4]], "score": r[5]})
+            out.append(
+                {
+                    "image_id": int(img_id),
+                    "category_id": int(r[6]),
+                    "bbox": [r[1], r[2], r[3], r[4]],
+                    "score": r[5],
+                }
+            )
     return out
 
 
@@ -207,9 +248,11 @@ def confusion_matrix(matches: Sequence[ImageMatch], cat_ids: Sequence[int]) -> n
 def worst_images(matches: Sequence[ImageMatch], n: int) -> list[ImageMatch]:
     """The ``n`` images with the most errors (false positives + missed boxes); ties: more
     missed first, then the smaller image id. Images without an error are never listed."""
-    ranked = sorted((m for m in matches if m.false_positives + m.missed > 0),
-                    key=lambda m: (-(m.false_positives + m.missed), -m.missed, m.img_id))
-    return ranked[:max(0, n)]
+    ranked = sorted(
+        (m for m in matches if m.false_positives + m.missed > 0),
+        key=lambda m: (-(m.false_positives + m.missed), -m.missed, m.img_id),
+    )
+    return ranked[: max(0, n)]
 
 
 # --- tables -----------------------------------------------------------------------------------
@@ -230,9 +273,17 @@ def _csv_bytes(rows: Sequence[Sequence[Any]]) -> bytes:
 
 def write_per_class_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
     table = [["category_id", "name", "AP", "AP50", "AR100", "gt_boxes"]]
-    table += [[r["category_id"], r["name"], "" if r["AP"] is None else f"{r['AP']:.6f}",
-               "" if r["AP50"] is None else f"{r['AP50']:.6f}",
-               "" if r["AR100"] is None else f"{r['AR100']:.6f}", r["gt_boxes"]] for r in rows]
+    table += [
+        [
+            r["category_id"],
+            r["name"],
+            "" if r["AP"] is None else f"{r['AP']:.6f}",
+            "" if r["AP50"] is None else f"{r['AP50']:.6f}",
+            "" if r["AR100"] is None else f"{r['AR100']:.6f}",
+            r["gt_boxes"],
+        ]
+        for r in rows
+    ]
     return write_file(path, lambda f: f.write(_csv_bytes(table)))
 
 
@@ -257,8 +308,9 @@ def _pyplot() -> Any:
 
 def _save(fig: Any, path: Path, plt: Any, generator: str) -> Path:
     try:
-        return write_file(path, lambda f: fig.savefig(
-            f, format="png", metadata={"Software": generator}))
+        return write_file(
+            path, lambda f: fig.savefig(f, format="png", metadata={"Software": generator})
+        )
     finally:
         plt.close(fig)
 
@@ -278,8 +330,10 @@ def pr_curves(evaluation: Any) -> dict[str, Any]:
             continue
         curves["classes"][int(cat)] = (area_all[t50, :, k], area_all[:, :, k].mean(axis=0))
     if valid.any():
-        curves["all"] = (area_all[t50][:, valid].mean(axis=1),
-                         area_all[:, :, valid].mean(axis=(0, 2)))
+        curves["all"] = (
+            area_all[t50][:, valid].mean(axis=1),
+            area_all[:, :, valid].mean(axis=(0, 2)),
+        )
     else:
         curves["all"] = None
     return curves
@@ -290,12 +344,12 @@ def plot_pr_curves(path: Path, evaluation: Any, names: dict[int, str], generator
     plt = _pyplot()
     curves = pr_curves(evaluation)
     panels = [("all classes", curves["all"])]
-    panels += [(names.get(c, str(c)), v) for c, v in
-               list(curves["classes"].items())[:MAX_PR_PANELS]]
+    panels += [
+        (names.get(c, str(c)), v) for c, v in list(curves["classes"].items())[:MAX_PR_PANELS]
+    ]
     cols = min(4, len(panels))
     rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), dpi=100,
-                             squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), dpi=100, squeeze=False)
     recall = curves["recall"]
     for ax, (title, value) in zip(axes.flat, panels):
         if value is None:
@@ -303,8 +357,7 @@ def plot_pr_curves(path: Path, evaluation: Any, names: dict[int, str], generator
         else:
             at50, mean = value
             ax.plot(recall, at50, label=f"IoU 0.5 (AP {at50.mean():.3f})", linewidth=1.5)
-            ax.plot(recall, mean, label=f"IoU .50:.95 (AP {mean.mean():.3f})",
-                    linewidth=1.5)
+            ax.plot(recall, mean, label=f"IoU .50:.95 (AP {mean.mean():.3f})", linewidth=1.5)
             ax.legend(fontsize=7, loc="lower left")
         ax.set_title(title, fontsize=9)
         ax.set_xlim(0, 1)
@@ -313,14 +366,20 @@ def plot_pr_curves(path: Path, evaluation: Any, names: dict[int, str], generator
         ax.set_ylabel("precision", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(True, alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
     return _save(fig, path, plt, generator)
 
 
-def plot_confusion(path: Path, cm: np.ndarray, names: Sequence[str], generator: str,
-                   iou_threshold: float, score_threshold: float) -> Path:
+def plot_confusion(
+    path: Path,
+    cm: np.ndarray,
+    names: Sequence[str],
+    generator: str,
+    iou_threshold: float,
+    score_threshold: float,
+) -> Path:
     """``confusion_matrix.png``: each row scaled by its total (the colour), counts written
     in the cells up to :data:`MAX_ANNOTATED_CLASSES` classes."""
     plt = _pyplot()
@@ -336,14 +395,22 @@ def plot_confusion(path: Path, cm: np.ndarray, names: Sequence[str], generator: 
     ax.set_yticks(range(n), labels, fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("ground truth")
-    ax.set_title(f"confusion matrix (IoU >= {iou_threshold:g}, score >= {score_threshold:g})",
-                 fontsize=10)
+    ax.set_title(
+        f"confusion matrix (IoU >= {iou_threshold:g}, score >= {score_threshold:g})", fontsize=10
+    )
     if n <= MAX_ANNOTATED_CLASSES + 1:
         for i in range(n):
             for j in range(n):
                 if cm[i, j]:
-                    ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=7,
-                            color="white" if share[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(int(cm[i, j])),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if share[i, j] > 0.5 else "black",
+                    )
     fig.tight_layout()
     return _save(fig, path, plt, generator)
 
@@ -371,30 +438,43 @@ def draw_match(rgb: np.ndarray, m: ImageMatch, names: dict[int, str]) -> Any:
     found = {int(g) for g, ok in zip(m.det_to_gt, correct) if ok}
     for g, (box, cat) in enumerate(zip(m.gt_boxes, m.gt_cats)):
         colour = GT_COLOUR if g in found else MISSED_COLOUR
-        draw.rectangle([float(v) * k for v in box], outline=colour,
-                       width=2 if g in found else 3)
-        draw.text((float(box[0]) * k + 2, float(box[3]) * k - 11),
-                  names.get(int(cat), str(cat)), fill=colour)
+        draw.rectangle([float(v) * k for v in box], outline=colour, width=2 if g in found else 3)
+        draw.text(
+            (float(box[0]) * k + 2, float(box[3]) * k - 11),
+            names.get(int(cat), str(cat)),
+            fill=colour,
+        )
     for d, (box, score, cat) in enumerate(zip(m.det_boxes, m.det_scores, m.det_cats)):
         if m.det_ignored[d]:
             continue
         colour = CORRECT_COLOUR if correct[d] else WRONG_COLOUR
         draw.rectangle([float(v) * k for v in box], outline=colour, width=1)
-        draw.text((float(box[0]) * k + 2, float(box[1]) * k + 1),
-                  f"{names.get(int(cat), str(cat))} {score:.2f}", fill=colour)
+        draw.text(
+            (float(box[0]) * k + 2, float(box[1]) * k + 1),
+            f"{names.get(int(cat), str(cat))} {score:.2f}",
+            fill=colour,
+        )
     return img
 
 
-def write_worst_images(folder: Path, worst: Sequence[ImageMatch], names: dict[int, str],
-                       read_image: Callable[[int], np.ndarray | None]) -> list[dict[str, Any]]:
+def write_worst_images(
+    folder: Path,
+    worst: Sequence[ImageMatch],
+    names: dict[int, str],
+    read_image: Callable[[int], np.ndarray | None],
+) -> list[dict[str, Any]]:
     """Draw each of ``worst`` into ``folder`` as ``NN_img<id>.png`` (rank order); an image
     ``read_image`` cannot give (None) is listed without a drawing."""
     out = []
     for rank, m in enumerate(worst, 1):
-        entry: dict[str, Any] = {"rank": rank, "img_id": m.img_id,
-                                 "false_positives": m.false_positives, "missed": m.missed,
-                                 "gt_boxes": len(m.gt_cats),
-                                 "detections": int((~m.det_ignored).sum())}
+        entry: dict[str, Any] = {
+            "rank": rank,
+            "img_id": m.img_id,
+            "false_positives": m.false_positives,
+            "missed": m.missed,
+            "gt_boxes": len(m.gt_cats),
+            "detections": int((~m.det_ignored).sum()),
+        }
         rgb = read_image(m.img_id)
         if rgb is not None:
             img = draw_match(rgb, m, names)

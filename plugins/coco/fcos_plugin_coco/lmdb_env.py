@@ -42,11 +42,19 @@ def reader(path: str) -> lmdb.Environment:
                 entry[2].close()
             del _envs[key]
         try:
-            env = lmdb.open(key, readonly=True, lock=False, subdir=True, readahead=True,
-                            meminit=False, max_readers=512)
+            env = lmdb.open(
+                key,
+                readonly=True,
+                lock=False,
+                subdir=True,
+                readahead=True,
+                meminit=False,
+                max_readers=512,
+            )
         except lmdb.Error as exc:
-            raise FcosUserError(f"{path} is not a readable LMDB: {exc}",
-                                hint="pack it with `fcos pack-coco`") from exc
+            raise FcosUserError(
+                f"{path} is not a readable LMDB: {exc}", hint="pack it with `fcos pack-coco`"
+            ) from exc
         _envs[key] = (pid, inode, env)
         return env
 

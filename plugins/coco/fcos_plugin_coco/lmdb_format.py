@@ -43,13 +43,13 @@ def encode_record(header: dict[str, Any], image_bytes: bytes) -> bytes:
 def decode_record(value: bytes | memoryview) -> tuple[dict[str, Any], bytes]:
     """Split a stored record into its header and the encoded image bytes."""
     value = bytes(value)
-    if value[:len(MAGIC)] != MAGIC:
+    if value[: len(MAGIC)] != MAGIC:
         raise ValueError("not an fcos image record (bad magic)")
     start = len(MAGIC) + _LEN.size
     (n,) = _LEN.unpack_from(value, len(MAGIC))
     if start + n > len(value):
         raise ValueError("truncated fcos image record")
-    return json.loads(value[start:start + n]), value[start + n:]
+    return json.loads(value[start : start + n]), value[start + n :]
 
 
 def dumps(obj: Any) -> bytes:

@@ -61,21 +61,30 @@ class COCODetectionMetric:
             ``faster_coco_eval``; both give the same numbers.
     """
 
-    def __init__(self, ann_file: str, demo_if_missing: bool = False, backend: str = "auto",
-                 max_json_bytes: int = DEFAULT_MAX_JSON_BYTES) -> None:
+    def __init__(
+        self,
+        ann_file: str,
+        demo_if_missing: bool = False,
+        backend: str = "auto",
+        max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
+    ) -> None:
         ann_file = os.fspath(ann_file)
         self.backend = resolve_backend(backend)
         if not os.path.exists(ann_file):
             if not demo_if_missing:
-                raise FcosUserError(f"annotation file {ann_file} does not exist",
-                                    hint="point ann_file at the split's instances json, or set "
-                                         "demo_if_missing for the demo data")
+                raise FcosUserError(
+                    f"annotation file {ann_file} does not exist",
+                    hint="point ann_file at the split's instances json, or set "
+                    "demo_if_missing for the demo data",
+                )
             from fcos_plugin_coco.demo.generate import ensure_demo
 
             ensure_demo(os.path.dirname(os.path.abspath(ann_file)))
             if not os.path.exists(ann_file):
-                raise FcosUserError(f"{ann_file} is still missing after generating the demo data",
-                                    hint="use instances_train.json or instances_val.json")
+                raise FcosUserError(
+                    f"{ann_file} is still missing after generating the demo data",
+                    hint="use instances_train.json or instances_val.json",
+                )
         gt = load_json(ann_file, max_json_bytes)
         check_coco_layout(gt, ann_file)
         self.ann_file = ann_file
@@ -113,21 +122,28 @@ class COCODetectionMetric:
         if len(outputs) != n:
             raise ValueError(f"{len(outputs)} outputs for a batch of {n} images")
         scale = _rows(batch["scale_factor"], n)
-        offset = _rows(batch["crop_offset"], n) if batch.get("crop_offset") is not None \
+        offset = (
+            _rows(batch["crop_offset"], n)
+            if batch.get("crop_offset") is not None
             else np.zeros((n, 2))
+        )
         for i, (img_id, out) in enumerate(zip(img_ids, outputs)):
             if img_id in self._dets:
                 continue
             if img_id not in self._known_imgs:
-                raise FcosUserError(f"image id {img_id} is not in {self.ann_file}",
-                                    hint="evaluate the split whose json the metric loads")
+                raise FcosUserError(
+                    f"image id {img_id} is not in {self.ann_file}",
+                    hint="evaluate the split whose json the metric loads",
+                )
             boxes = _np(out["boxes"], np.float64).reshape(-1, 4)
             scores = _np(out["scores"], np.float64).reshape(-1)
             labels = _np(out["labels"], np.int64).reshape(-1)
             if len(labels) and (labels.min() < 0 or labels.max() >= len(self.cat_ids)):
-                raise ValueError(f"labels must be in 0..{len(self.cat_ids) - 1} "
-                                 f"({len(self.cat_ids)} categories in {self.ann_file}), got "
-                                 f"{labels.min()}..{labels.max()}")
+                raise ValueError(
+                    f"labels must be in 0..{len(self.cat_ids) - 1} "
+                    f"({len(self.cat_ids)} categories in {self.ann_file}), got "
+                    f"{labels.min()}..{labels.max()}"
+                )
             boxes = (boxes + np.tile(offset[i], 2)) / np.tile(scale[i], 2)
             h, w = batch["ori_shape"][i]
             boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
@@ -162,8 +178,9 @@ class COCODetectionMetric:
             img_ids = list(dets) or None
             rows = np.concatenate(list(dets.values())) if dets else np.zeros((0, 7))
             self.evaluation = evaluate_bbox_full(self.gt, rows, img_ids, self.backend)
-            self._evaluated = dict(dets) if dets else {i: np.zeros((0, 7))
-                                                       for i in sorted(self._known_imgs)}
+            self._evaluated = (
+                dict(dets) if dets else {i: np.zeros((0, 7)) for i in sorted(self._known_imgs)}
+            )
             result = {k: float(v) for k, v in zip(STAT_KEYS, self.evaluation.stats)}
         if distributed:
             box = [result]
@@ -203,9 +220,16 @@ class COCODetectionMetric:
         rows = []
         for row in self.evaluation.per_class():
             cat = row["category_id"]
-            rows.append({"category_id": cat, "name": names.get(cat, str(cat)),
-                         "AP": row["AP"], "AP50": row["AP50"], "AR100": row["AR100"],
-                         "gt_boxes": int(counts.get(cat, 0))})
+            rows.append(
+                {
+                    "category_id": cat,
+                    "name": names.get(cat, str(cat)),
+                    "AP": row["AP"],
+                    "AP50": row["AP50"],
+                    "AR100": row["AR100"],
+                    "gt_boxes": int(counts.get(cat, 0)),
+                }
+            )
         return rows
 
     def __repr__(self) -> str:

@@ -79,8 +79,10 @@ def pack_coco(
     if on_error not in ("skip", "stop"):
         raise ValueError(f"on_error must be 'skip' or 'stop', got {on_error!r}")
     if not os.path.isdir(images_dir):
-        raise FcosUserError(f"image folder {images_dir} does not exist",
-                            hint="pass the folder holding the json's file_name entries")
+        raise FcosUserError(
+            f"image folder {images_dir} does not exist",
+            hint="pass the folder holding the json's file_name entries",
+        )
     raw = read_bounded(ann_file, max_json_bytes)
     sha = hashlib.sha256(raw).hexdigest()
     report = PackReport(on_error=on_error, source=os.fspath(ann_file))
@@ -89,10 +91,16 @@ def pack_coco(
 
     split_name = split_name or os.path.basename(os.path.normpath(out_dir))
     meta = {
-        "format": fmt.FORMAT_NAME, "version": fmt.FORMAT_VERSION, "split_name": split_name,
-        "categories": index.categories, "cat_ids": index.cat_ids,
-        "source": {"ann_file": os.path.abspath(ann_file), "sha256": sha,
-                   "images_dir": os.path.abspath(images_dir)},
+        "format": fmt.FORMAT_NAME,
+        "version": fmt.FORMAT_VERSION,
+        "split_name": split_name,
+        "categories": index.categories,
+        "cat_ids": index.cat_ids,
+        "source": {
+            "ann_file": os.path.abspath(ann_file),
+            "sha256": sha,
+            "images_dir": os.path.abspath(images_dir),
+        },
         "limits": {"max_pixels": limits.max_pixels, "max_bytes": limits.max_bytes},
     }
     out_dir = os.path.normpath(out_dir)
@@ -108,25 +116,48 @@ def pack_coco(
             # our own replacement cut short, for another json: start it again
             lmdb_env.release(new_dir)
             shutil.rmtree(new_dir)
-        summary = _pack_into(new_dir, images_dir, index, meta, report, split_name, limits,
-                             max_map_bytes, progress, out_dir)
+        summary = _pack_into(
+            new_dir,
+            images_dir,
+            index,
+            meta,
+            report,
+            split_name,
+            limits,
+            max_map_bytes,
+            progress,
+            out_dir,
+        )
         _swap_in(new_dir, out_dir)
     else:
         if state != "absent" and old_meta is not None and not _same_source(old_meta, meta):
-            raise FcosUserError(f"{out_dir} holds an LMDB packed from another annotation file "
-                                "(or another format version), so it cannot be resumed",
-                                hint="choose another --out folder, or pass --replace to pack "
-                                     "a new one next to it and swap it in when done")
+            raise FcosUserError(
+                f"{out_dir} holds an LMDB packed from another annotation file "
+                "(or another format version), so it cannot be resumed",
+                hint="choose another --out folder, or pass --replace to pack "
+                "a new one next to it and swap it in when done",
+            )
         if state == "complete":
             raise FcosUserError(
                 f"{out_dir} is a complete LMDB already; training or evaluation may be reading "
                 "it, and packing into it in place would corrupt what they read, so nothing was "
                 "written",
                 hint="pass --replace to pack into a new folder next to it and swap it in when "
-                     "complete (processes reading the old one keep their data), or choose "
-                     "another --out")
-        summary = _pack_into(out_dir, images_dir, index, meta, report, split_name, limits,
-                             max_map_bytes, progress, out_dir)
+                "complete (processes reading the old one keep their data), or choose "
+                "another --out",
+            )
+        summary = _pack_into(
+            out_dir,
+            images_dir,
+            index,
+            meta,
+            report,
+            split_name,
+            limits,
+            max_map_bytes,
+            progress,
+            out_dir,
+        )
     _write_summary(final_summary, summary)
     return report
 
@@ -137,8 +168,9 @@ def _inspect(out_dir: str) -> tuple[str, dict | None]:
     if not os.path.lexists(out_dir):
         return "absent", None
     if not os.path.isdir(out_dir):
-        raise FcosUserError(f"--out {out_dir} exists and is not a folder",
-                            hint="choose a folder path for the LMDB")
+        raise FcosUserError(
+            f"--out {out_dir} exists and is not a folder", hint="choose a folder path for the LMDB"
+        )
     if not os.path.exists(os.path.join(out_dir, "data.mdb")):
         return "absent", None
     try:  # this process's shared read-only handle (py-lmdb opens an LMDB once per process)
@@ -147,13 +179,17 @@ def _inspect(out_dir: str) -> tuple[str, dict | None]:
             raw_meta, done = txn.get(fmt.META_KEY), txn.get(fmt.COMPLETE_KEY)
             entries = txn.stat()["entries"]
     except (FcosUserError, lmdb.Error) as exc:
-        raise FcosUserError(f"--out {out_dir} holds a data.mdb that is not a readable LMDB "
-                            f"({exc})", hint="choose another --out folder") from None
+        raise FcosUserError(
+            f"--out {out_dir} holds a data.mdb that is not a readable LMDB ({exc})",
+            hint="choose another --out folder",
+        ) from None
     if raw_meta is None:
         if entries == 0:
             return "partial", None  # created by an interrupted run before its first commit
-        raise FcosUserError(f"--out {out_dir} holds an LMDB not written by `fcos pack-coco`",
-                            hint="choose another --out folder")
+        raise FcosUserError(
+            f"--out {out_dir} holds an LMDB not written by `fcos pack-coco`",
+            hint="choose another --out folder",
+        )
     try:
         meta = json.loads(raw_meta)
     except ValueError:
@@ -165,18 +201,23 @@ def _only_lmdb_files(folder: str) -> None:
     """Refuse to replace (delete) a folder holding anything besides the LMDB's own files."""
     other = sorted(set(os.listdir(folder)) - {"data.mdb", "lock.mdb"})
     if other:
-        raise FcosUserError(f"{folder} holds files besides the LMDB ({', '.join(other[:5])}"
-                            f"{' ...' if len(other) > 5 else ''}); replacing it would delete "
-                            "them, so nothing was written",
-                            hint="move those files away, or choose another --out")
+        raise FcosUserError(
+            f"{folder} holds files besides the LMDB ({', '.join(other[:5])}"
+            f"{' ...' if len(other) > 5 else ''}); replacing it would delete "
+            "them, so nothing was written",
+            hint="move those files away, or choose another --out",
+        )
 
 
 def _same_source(old: dict | None, new: dict) -> bool:
     if old is None:
         return True  # an empty LMDB: nothing written yet
     try:
-        return (old.get("format") == fmt.FORMAT_NAME and old.get("version") == fmt.FORMAT_VERSION
-                and old["source"]["sha256"] == new["source"]["sha256"])
+        return (
+            old.get("format") == fmt.FORMAT_NAME
+            and old.get("version") == fmt.FORMAT_VERSION
+            and old["source"]["sha256"] == new["source"]["sha256"]
+        )
     except (KeyError, TypeError, AttributeError):
         return False
 
@@ -189,8 +230,13 @@ def _exchange(a: str, b: str) -> bool:
     except (OSError, AttributeError):
         return False
     at_fdcwd, rename_exchange = -100, 2
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-                          ctypes.c_uint]
+    renameat2.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
     return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
@@ -207,9 +253,18 @@ def _swap_in(new_dir: str, out_dir: str) -> None:
     shutil.rmtree(old)
 
 
-def _pack_into(out_dir: str, images_dir: str, index, meta: dict, report: PackReport,
-               split_name: str, limits: ImageLimits, max_map_bytes: int, progress: bool,
-               final_dir: str) -> dict:
+def _pack_into(
+    out_dir: str,
+    images_dir: str,
+    index,
+    meta: dict,
+    report: PackReport,
+    split_name: str,
+    limits: ImageLimits,
+    max_map_bytes: int,
+    progress: bool,
+    final_dir: str,
+) -> dict:
     """Pack (or resume packing) into ``out_dir``, which is absent, empty or partial (or a
     replacement's sibling folder); the summary names ``final_dir``."""
     os.makedirs(out_dir, exist_ok=True)
@@ -218,21 +273,29 @@ def _pack_into(out_dir: str, images_dir: str, index, meta: dict, report: PackRep
     try:
         env = lmdb.open(out_dir, map_size=map_size, subdir=True, meminit=False, map_async=False)
     except lmdb.Error as exc:  # disk full, read-only filesystem...
-        raise FcosUserError(f"cannot open the LMDB {out_dir} for writing: {exc}",
-                            hint="check that the disk has room and --out is writable, then "
-                                 "rerun the same command") from None
+        raise FcosUserError(
+            f"cannot open the LMDB {out_dir} for writing: {exc}",
+            hint="check that the disk has room and --out is writable, then rerun the same command",
+        ) from None
     try:
         _check_or_write_meta(env, meta, out_dir, max_map_bytes)
-        packed_ids = _pack_images(env, images_dir, index.images, report, limits, max_map_bytes,
-                                  progress, split_name)
+        packed_ids = _pack_images(
+            env, images_dir, index.images, report, limits, max_map_bytes, progress, split_name
+        )
         report.check()
         summary = report.to_dict()
         summary["split_name"] = split_name
         summary["lmdb"] = os.path.abspath(final_dir)
         summary["cat_ids"] = index.cat_ids
-        _put_all(env, [(fmt.INDEX_KEY, fmt.dumps(packed_ids)),
-                       (fmt.SUMMARY_KEY, fmt.dumps(summary)),
-                       (fmt.COMPLETE_KEY, b"1")], max_map_bytes)
+        _put_all(
+            env,
+            [
+                (fmt.INDEX_KEY, fmt.dumps(packed_ids)),
+                (fmt.SUMMARY_KEY, fmt.dumps(summary)),
+                (fmt.COMPLETE_KEY, b"1"),
+            ],
+            max_map_bytes,
+        )
         try:
             env.sync()
         except lmdb.Error as exc:
@@ -259,24 +322,41 @@ def _check_or_write_meta(env: lmdb.Environment, meta: dict, out_dir: str, cap: i
         return
     try:
         old_meta = json.loads(old)
-        same = (old_meta.get("format") == fmt.FORMAT_NAME
-                and old_meta.get("version") == fmt.FORMAT_VERSION
-                and old_meta["source"]["sha256"] == meta["source"]["sha256"])
+        same = (
+            old_meta.get("format") == fmt.FORMAT_NAME
+            and old_meta.get("version") == fmt.FORMAT_VERSION
+            and old_meta["source"]["sha256"] == meta["source"]["sha256"]
+        )
     except (ValueError, KeyError, TypeError):
         same = False
     if not same:
-        raise FcosUserError(f"{out_dir} holds an LMDB packed from another annotation file (or "
-                            "another format version), so it cannot be resumed",
-                            hint="choose another --out folder or delete this one")
+        raise FcosUserError(
+            f"{out_dir} holds an LMDB packed from another annotation file (or "
+            "another format version), so it cannot be resumed",
+            hint="choose another --out folder or delete this one",
+        )
 
 
-def _pack_images(env: lmdb.Environment, images_dir: str, records: list, report: PackReport,
-                 limits: ImageLimits, cap: int, progress: bool, split_name: str) -> list[int]:
+def _pack_images(
+    env: lmdb.Environment,
+    images_dir: str,
+    records: list,
+    report: PackReport,
+    limits: ImageLimits,
+    cap: int,
+    progress: bool,
+    split_name: str,
+) -> list[int]:
     packed_ids: list[int] = []
     pending: list[tuple[bytes, bytes]] = []
     pending_bytes = 0
-    bar = tqdm(total=len(records), desc=f"pack {split_name}", unit="img", disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=len(records),
+        desc=f"pack {split_name}",
+        unit="img",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     try:
         for rec in records:
             bar.update(1)
@@ -297,8 +377,14 @@ def _pack_images(env: lmdb.Environment, images_dir: str, records: list, report: 
                 # commit what is done first: under on_error=stop the next line raises
                 _put_all(env, pending, cap)
                 pending, pending_bytes = [], 0
-                report.skip_image(exc.reason, exc.detail, file=rec.file_name, image_id=rec.id,
-                                  boxes=len(rec.boxes), crowd=int(rec.iscrowd.sum()))
+                report.skip_image(
+                    exc.reason,
+                    exc.detail,
+                    file=rec.file_name,
+                    image_id=rec.id,
+                    boxes=len(rec.boxes),
+                    crowd=int(rec.iscrowd.sum()),
+                )
                 continue
             for reason, detail in loaded.notes:
                 report.note(reason, detail, file=rec.file_name, image_id=rec.id)
@@ -332,29 +418,36 @@ def _put_all(env: lmdb.Environment, items: list, cap: int) -> None:
         except lmdb.MapFullError:
             size = env.info()["map_size"]
             if size >= cap:
-                raise FcosUserError(f"the LMDB {env.path()} reached its map-size limit "
-                                    f"({cap / 2**30:.1f} GiB); {_CONSISTENT}",
-                                    hint="raise --max-map-gb and rerun the same command: it "
-                                         "resumes where it stopped") from None
+                raise FcosUserError(
+                    f"the LMDB {env.path()} reached its map-size limit "
+                    f"({cap / 2**30:.1f} GiB); {_CONSISTENT}",
+                    hint="raise --max-map-gb and rerun the same command: it "
+                    "resumes where it stopped",
+                ) from None
             env.set_mapsize(min(cap, size * 2))
         except lmdb.Error as exc:  # disk full (ENOSPC), quota, I/O error...
             raise _write_error(env, exc) from None
 
 
 #: what a failed write leaves behind (LMDB commits are atomic)
-_CONSISTENT = ("the images committed before it are kept and the LMDB is consistent (a failed "
-               "transaction is rolled back)")
+_CONSISTENT = (
+    "the images committed before it are kept and the LMDB is consistent (a failed "
+    "transaction is rolled back)"
+)
 
 
 def _write_error(env: lmdb.Environment, exc: Exception) -> FcosUserError:
     full = "No space left" in str(exc) or "quota" in str(exc).lower()
     cause = "the disk is full" if full else "the write failed"
-    return FcosUserError(f"writing the LMDB {env.path()} failed: {exc}; {cause}, and "
-                         f"{_CONSISTENT}",
-                         hint=("free disk space (or pass an --out on a disk with room), then "
-                               "rerun the same command: it resumes where it stopped"
-                               if full else "fix the cause, then rerun the same command: it "
-                                            "resumes where it stopped"))
+    return FcosUserError(
+        f"writing the LMDB {env.path()} failed: {exc}; {cause}, and {_CONSISTENT}",
+        hint=(
+            "free disk space (or pass an --out on a disk with room), then "
+            "rerun the same command: it resumes where it stopped"
+            if full
+            else "fix the cause, then rerun the same command: it resumes where it stopped"
+        ),
+    )
 
 
 def _write_summary(path: str, summary: dict) -> None:
@@ -366,7 +459,9 @@ def _write_summary(path: str, summary: dict) -> None:
     except OSError as exc:  # the LMDB is complete; only its summary file is missing
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise FcosUserError(f"the LMDB is complete, but its summary {path} could not be "
-                            f"written: {exc.strerror or exc}",
-                            hint="the LMDB can be used as it is (the summary is stored "
-                                 "inside it too); free disk space for later runs") from None
+        raise FcosUserError(
+            f"the LMDB is complete, but its summary {path} could not be "
+            f"written: {exc.strerror or exc}",
+            hint="the LMDB can be used as it is (the summary is stored "
+            "inside it too); free disk space for later runs",
+        ) from None

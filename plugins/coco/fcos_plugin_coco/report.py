@@ -67,12 +67,21 @@ class PackReport:
     def _stop(self, problem: Problem) -> None:
         self.problems.append(problem)
         if self.on_error == "stop":
-            raise PackStopped(f"{self.source}: {problem.render()}",
-                              hint="fix the input, or pass --on-error skip to skip and report "
-                                   "bad items")
+            raise PackStopped(
+                f"{self.source}: {problem.render()}",
+                hint="fix the input, or pass --on-error skip to skip and report bad items",
+            )
 
-    def skip_image(self, reason: str, detail: str, *, file: str | None = None,
-                   image_id: Any = None, boxes: int = 0, crowd: int = 0) -> None:
+    def skip_image(
+        self,
+        reason: str,
+        detail: str,
+        *,
+        file: str | None = None,
+        image_id: Any = None,
+        boxes: int = 0,
+        crowd: int = 0,
+    ) -> None:
         """An image left out; its ``boxes`` (already counted as kept, ``crowd`` of them crowd
         regions) become dropped."""
         self.images_skipped[reason] += 1
@@ -82,8 +91,15 @@ class PackReport:
             self.boxes_dropped[f"image_skipped:{reason}"] += boxes
         self._stop(Problem("image", reason, detail, file, image_id))
 
-    def drop_box(self, reason: str, detail: str, *, file: str | None = None,
-                 image_id: Any = None, ann_id: Any = None) -> None:
+    def drop_box(
+        self,
+        reason: str,
+        detail: str,
+        *,
+        file: str | None = None,
+        image_id: Any = None,
+        ann_id: Any = None,
+    ) -> None:
         self.boxes_dropped[reason] += 1
         self._stop(Problem("box", reason, detail, file, image_id, ann_id))
 
@@ -91,8 +107,15 @@ class PackReport:
         self.categories_skipped[reason] += 1
         self._stop(Problem("category", reason, detail))
 
-    def note(self, reason: str, detail: str, *, file: str | None = None,
-             image_id: Any = None, ann_id: Any = None) -> None:
+    def note(
+        self,
+        reason: str,
+        detail: str,
+        *,
+        file: str | None = None,
+        image_id: Any = None,
+        ann_id: Any = None,
+    ) -> None:
         """Something changed but nothing dropped (clipped box, converted image, EXIF frame)."""
         self.notes[reason] += 1
         self.problems.append(Problem("note", reason, detail, file, image_id, ann_id))
@@ -101,12 +124,16 @@ class PackReport:
         """Raise if the counts do not reconcile (a bug, never a user error)."""
         skipped = sum(self.images_skipped.values())
         if self.images_packed + skipped != self.images_in_json:
-            raise AssertionError(f"image counts do not reconcile: packed {self.images_packed} + "
-                                 f"skipped {skipped} != {self.images_in_json} in json")
+            raise AssertionError(
+                f"image counts do not reconcile: packed {self.images_packed} + "
+                f"skipped {skipped} != {self.images_in_json} in json"
+            )
         dropped = sum(self.boxes_dropped.values())
         if self.boxes_kept + dropped != self.boxes_in_json:
-            raise AssertionError(f"box counts do not reconcile: kept {self.boxes_kept} + dropped "
-                                 f"{dropped} != {self.boxes_in_json} in json")
+            raise AssertionError(
+                f"box counts do not reconcile: kept {self.boxes_kept} + dropped "
+                f"{dropped} != {self.boxes_in_json} in json"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -146,17 +173,24 @@ class PackReport:
 
         lines = [
             f"images: {im['in_json']} in json, {im['read']} read, {im['packed']} packed"
-            + (f" ({im['resumed_from_previous_run']} from a previous run)"
-               if im["resumed_from_previous_run"] else "")
+            + (
+                f" ({im['resumed_from_previous_run']} from a previous run)"
+                if im["resumed_from_previous_run"]
+                else ""
+            )
             + f", {im['skipped']} skipped{reasons(im['skipped_by_reason'])}",
-            (f"boxes: {bx['in_json']} in json, {bx['kept']} kept "
-            f"({bx['kept_crowd']} crowd/ignore, {bx['clipped']} clipped to the image), "
-            f"{bx['dropped']} dropped"
-            f"{reasons(bx['dropped_by_reason'])}"),
+            (
+                f"boxes: {bx['in_json']} in json, {bx['kept']} kept "
+                f"({bx['kept_crowd']} crowd/ignore, {bx['clipped']} clipped to the image), "
+                f"{bx['dropped']} dropped"
+                f"{reasons(bx['dropped_by_reason'])}"
+            ),
         ]
         if d["categories"]["skipped_by_reason"]:
-            lines.append(f"categories: {d['categories']['in_json']} in json, skipped"
-                         f"{reasons(d['categories']['skipped_by_reason'])}")
+            lines.append(
+                f"categories: {d['categories']['in_json']} in json, skipped"
+                f"{reasons(d['categories']['skipped_by_reason'])}"
+            )
         if d["notes_by_reason"]:
             lines.append(f"notes{reasons(d['notes_by_reason'])}")
         shown = [p for p in self.problems if p.kind != "note"][:max_lines]

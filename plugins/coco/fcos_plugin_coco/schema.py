@@ -15,12 +15,17 @@ from fcos_core.schema import arg, component_list
 class CocoArgs:
     """COCO detection dataset read from an LMDB written by `fcos pack-coco`."""
 
-    data_path: str = arg(help="folder of the LMDB written by `fcos pack-coco`, e.g. "
-                              "./tmp_data/mscoco/train_lmdb")
-    transforms: list = component_list("transforms", help="transforms applied to each sample, "
-                                                         "in order")
-    demo_if_missing: bool = arg(False, help="when data_path does not exist, generate the demo "
-                                            "dataset into its parent folder first")
+    data_path: str = arg(
+        help="folder of the LMDB written by `fcos pack-coco`, e.g. ./tmp_data/mscoco/train_lmdb"
+    )
+    transforms: list = component_list(
+        "transforms", help="transforms applied to each sample, in order"
+    )
+    demo_if_missing: bool = arg(
+        False,
+        help="when data_path does not exist, generate the demo "
+        "dataset into its parent folder first",
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -29,10 +34,13 @@ class CocoFolderArgs:
 
     data_path: str = arg(help="folder holding the images named by the json's file_name")
     ann_file: str = arg(help="COCO instances json, e.g. instances_val2017.json")
-    transforms: list = component_list("transforms", help="transforms applied to each sample, "
-                                                         "in order")
-    demo_if_missing: bool = arg(False, help="when ann_file does not exist, generate the demo "
-                                            "dataset into its parent folder first")
+    transforms: list = component_list(
+        "transforms", help="transforms applied to each sample, in order"
+    )
+    demo_if_missing: bool = arg(
+        False,
+        help="when ann_file does not exist, generate the demo dataset into its parent folder first",
+    )
 
 
 # --- transforms -------------------------------------------------------------------------------
@@ -42,10 +50,12 @@ class CocoFolderArgs:
 class ResizeArgs:
     """Resize the image and its boxes (mmcv-style rescale when keep_ratio)."""
 
-    img_scale: tuple[int, int] = arg(help="target (height, width); with keep_ratio the long "
-                                          "and short edges fit max/min of it")
+    img_scale: tuple[int, int] = arg(
+        help="target (height, width); with keep_ratio the long and short edges fit max/min of it"
+    )
     ratio_range: tuple[float, float] | None = arg(
-        None, help="(min, max) random multiplier of img_scale for scale augmentation")
+        None, help="(min, max) random multiplier of img_scale for scale augmentation"
+    )
     keep_ratio: bool = arg(True, help="keep the aspect ratio (else stretch to img_scale)")
 
 
@@ -53,8 +63,9 @@ class ResizeArgs:
 class RandomCropArgs:
     """Crop a random window; boxes are clipped and boxes left empty are dropped."""
 
-    size: tuple[int, int] = arg(help="crop (height, width); smaller images are not cropped "
-                                     "along that side")
+    size: tuple[int, int] = arg(
+        help="crop (height, width); smaller images are not cropped along that side"
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -87,8 +98,9 @@ class AugmentHSVArgs:
 class ToTensorArgs:
     """Convert a numpy sample to torch tensors (image to float CHW, optionally YUV444)."""
 
-    to_yuv: bool = arg(False, help="convert RGB to YUV444 (BT.601 full range), as the BPU "
-                                   "pyramid input")
+    to_yuv: bool = arg(
+        False, help="convert RGB to YUV444 (BT.601 full range), as the BPU pyramid input"
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -107,7 +119,10 @@ class COCODetectionMetricArgs:
     """COCO bbox mAP (the 12 standard numbers) via pycocotools or faster-coco-eval."""
 
     ann_file: str = arg(help="COCO instances json of the evaluated split")
-    demo_if_missing: bool = arg(False, help="when ann_file does not exist, generate the demo "
-                                            "dataset into its parent folder first")
+    demo_if_missing: bool = arg(
+        False,
+        help="when ann_file does not exist, generate the demo dataset into its parent folder first",
+    )
     backend: Literal["auto", "pycocotools", "faster_coco_eval"] = arg(
-        "auto", help="evaluation backend; auto uses faster_coco_eval when it is installed")
+        "auto", help="evaluation backend; auto uses faster_coco_eval when it is installed"
+    )

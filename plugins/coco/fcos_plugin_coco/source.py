@@ -55,20 +55,25 @@ def load_checked(images_dir: str, rec: ImageRecord, limits: ImageLimits) -> Load
     info = probe(data, limits)
     orientation = choose_orientation(info, rec.width, rec.height)
     if orientation is None:
-        raise DecodeError("size_mismatch",
-                          f"the json says {rec.width}x{rec.height} but the image is "
-                          f"{info.width}x{info.height}"
-                          + (f" (EXIF orientation {info.orientation})"
-                             if info.orientation != 1 else ""))
+        raise DecodeError(
+            "size_mismatch",
+            f"the json says {rec.width}x{rec.height} but the image is "
+            f"{info.width}x{info.height}"
+            + (f" (EXIF orientation {info.orientation})" if info.orientation != 1 else ""),
+        )
     rgb = decode_image(data, orientation, limits)
     if rgb.shape[:2] != (rec.height, rec.width):  # header lied about the size
-        raise DecodeError("size_mismatch", f"decoded {rgb.shape[1]}x{rgb.shape[0]}, json says "
-                                           f"{rec.width}x{rec.height}")
+        raise DecodeError(
+            "size_mismatch",
+            f"decoded {rgb.shape[1]}x{rgb.shape[0]}, json says {rec.width}x{rec.height}",
+        )
     notes = [(n, f"{info.format} {info.mode} converted to RGB") for n in describe(info)]
     if info.orientation != 1:
         if orientation == 1:
-            why = ("ignored: the json size matches the stored pixels, so boxes are in the "
-                   "stored frame (COCO convention)")
+            why = (
+                "ignored: the json size matches the stored pixels, so boxes are in the "
+                "stored frame (COCO convention)"
+            )
         else:
             why = "applied at decode: the json size matches the rotated image"
         notes.append(("exif_orientation", f"EXIF orientation {info.orientation} {why}"))

@@ -38,36 +38,75 @@ STAGES = ("float", "calibration", "qat", "int_infer", "compile")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML config (its <stage>_predictor blocks, as `fcos run`)")
-    p.add_argument("overrides", nargs="*", metavar="key.path=value",
-                   help="override config values, e.g. ckpt_dir=./tmp_models/run2")
-    p.add_argument("--stage", default="float", metavar="STAGE",
-                   help=f"the stage whose model is scored: {' | '.join(STAGES)} (default: "
-                        "float); compile runs the compiled artifact with its backend's runtime")
-    p.add_argument("--checkpoint", default=None, metavar="PATH",
-                   help="weights to score instead of the configured ones: replaces the last "
-                        "LoadCheckpoint of the stage's predictor (int_infer: the QAT weights "
-                        "it converts); for a stage without a predictor its "
-                        "<stage>-checkpoint-best.pth.tar; for compile the artifact file")
-    p.add_argument("--data", default=None, metavar="DIR",
-                   help="evaluate this data instead of the config's validation set, with the "
-                        "same transforms: an LMDB from `fcos pack-coco`, or an image folder "
-                        "(then --ann is required)")
-    p.add_argument("--ann", default=None, metavar="JSON",
-                   help="COCO instances json of --data (for an LMDB: default its own ground "
-                        "truth)")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="run folder for the report (default: runs/<task_name>/val-<stage>, "
-                        "numbered when taken); must be new or empty")
-    p.add_argument("--score-threshold", type=float, default=0.3,
-                   help="confusion matrix and worst images: detections scoring at least this "
-                        "(the COCO numbers use every detection)")
-    p.add_argument("--iou-threshold", type=float, default=0.5,
-                   help="confusion matrix and worst images: IoU that matches a detection to a "
-                        "ground-truth box")
-    p.add_argument("--worst", type=int, default=10, metavar="N",
-                   help="draw the N images with the most false positives + missed boxes")
-    p.add_argument("--no-detections", action="store_true",
-                   help="do not write detections.json (every detection, COCO results format)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key.path=value",
+        help="override config values, e.g. ckpt_dir=./tmp_models/run2",
+    )
+    p.add_argument(
+        "--stage",
+        default="float",
+        metavar="STAGE",
+        help=f"the stage whose model is scored: {' | '.join(STAGES)} (default: "
+        "float); compile runs the compiled artifact with its backend's runtime",
+    )
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="PATH",
+        help="weights to score instead of the configured ones: replaces the last "
+        "LoadCheckpoint of the stage's predictor (int_infer: the QAT weights "
+        "it converts); for a stage without a predictor its "
+        "<stage>-checkpoint-best.pth.tar; for compile the artifact file",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="DIR",
+        help="evaluate this data instead of the config's validation set, with the "
+        "same transforms: an LMDB from `fcos pack-coco`, or an image folder "
+        "(then --ann is required)",
+    )
+    p.add_argument(
+        "--ann",
+        default=None,
+        metavar="JSON",
+        help="COCO instances json of --data (for an LMDB: default its own ground truth)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="run folder for the report (default: runs/<task_name>/val-<stage>, "
+        "numbered when taken); must be new or empty",
+    )
+    p.add_argument(
+        "--score-threshold",
+        type=float,
+        default=0.3,
+        help="confusion matrix and worst images: detections scoring at least this "
+        "(the COCO numbers use every detection)",
+    )
+    p.add_argument(
+        "--iou-threshold",
+        type=float,
+        default=0.5,
+        help="confusion matrix and worst images: IoU that matches a detection to a "
+        "ground-truth box",
+    )
+    p.add_argument(
+        "--worst",
+        type=int,
+        default=10,
+        metavar="N",
+        help="draw the N images with the most false positives + missed boxes",
+    )
+    p.add_argument(
+        "--no-detections",
+        action="store_true",
+        help="do not write detections.json (every detection, COCO results format)",
+    )
     p.add_argument("--json", action="store_true", help="print val.json instead of the tables")
 
 
@@ -75,30 +114,41 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    for name, value in (("--score-threshold", args.score_threshold),
-                        ("--iou-threshold", args.iou_threshold)):
+    for name, value in (
+        ("--score-threshold", args.score_threshold),
+        ("--iou-threshold", args.iou_threshold),
+    ):
         if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-            raise FcosUserError(f"{name} must be a number in [0, 1], got {value}",
-                                hint=f"e.g. {name} 0.5")
+            raise FcosUserError(
+                f"{name} must be a number in [0, 1], got {value}", hint=f"e.g. {name} 0.5"
+            )
     if args.iou_threshold == 0.0:
-        raise FcosUserError("--iou-threshold must be > 0 (0 would match boxes that do not "
-                            "overlap)", hint="e.g. --iou-threshold 0.5")
+        raise FcosUserError(
+            "--iou-threshold must be > 0 (0 would match boxes that do not overlap)",
+            hint="e.g. --iou-threshold 0.5",
+        )
     if args.worst < 0:
         raise FcosUserError(f"--worst must be >= 0, got {args.worst}", hint="e.g. --worst 10")
     if args.ann is not None and args.data is None:
-        raise FcosUserError("--ann names the ground truth of --data, which is missing",
-                            hint="pass --data DIR (the images or LMDB) together with --ann")
+        raise FcosUserError(
+            "--ann names the ground truth of --data, which is missing",
+            hint="pass --data DIR (the images or LMDB) together with --ann",
+        )
     if args.data is not None:
         if not os.path.isdir(args.data):
-            raise FcosUserError(f"--data {args.data} is not a folder",
-                                hint="pass an LMDB folder (fcos pack-coco) or an image folder")
+            raise FcosUserError(
+                f"--data {args.data} is not a folder",
+                hint="pass an LMDB folder (fcos pack-coco) or an image folder",
+            )
         if not _is_lmdb(args.data) and args.ann is None:
-            raise FcosUserError(f"--data {args.data} is an image folder, which needs its "
-                                "annotations", hint="add --ann instances.json (or pack the "
-                                                    "folder with `fcos pack-coco`)")
+            raise FcosUserError(
+                f"--data {args.data} is an image folder, which needs its annotations",
+                hint="add --ann instances.json (or pack the folder with `fcos pack-coco`)",
+            )
         if args.ann is not None and not os.path.isfile(args.ann):
-            raise FcosUserError(f"--ann {args.ann} does not exist",
-                                hint="pass the COCO instances json of --data")
+            raise FcosUserError(
+                f"--ann {args.ann} does not exist", hint="pass the COCO instances json of --data"
+            )
 
 
 def _is_lmdb(path: str) -> bool:
@@ -110,18 +160,22 @@ def make_run_folder(out: str | None, task_name: str, stage: str) -> Path:
     if out is not None:
         path = Path(out)
         if path.exists() and not path.is_dir():
-            raise FcosUserError(f"--out {out} is a file, not a folder",
-                                hint="pass a new or empty folder")
+            raise FcosUserError(
+                f"--out {out} is a file, not a folder", hint="pass a new or empty folder"
+            )
         if path.is_dir() and any(path.iterdir()):
-            raise FcosUserError(f"--out {out} is not empty; fcos val never replaces files",
-                                hint="pass a new or empty folder (or leave --out out: "
-                                     "runs/<task_name>/val-<stage> is numbered when taken)")
+            raise FcosUserError(
+                f"--out {out} is not empty; fcos val never replaces files",
+                hint="pass a new or empty folder (or leave --out out: "
+                "runs/<task_name>/val-<stage> is numbered when taken)",
+            )
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise FcosUserError(f"--out {out}: cannot create the folder "
-                                f"({exc.strerror or exc})", hint="pass a writable folder") \
-                from None
+            raise FcosUserError(
+                f"--out {out}: cannot create the folder ({exc.strerror or exc})",
+                hint="pass a writable folder",
+            ) from None
         return path
     base = Path("runs") / task_name
     for n in range(1, 10_000):
@@ -133,10 +187,13 @@ def make_run_folder(out: str | None, task_name: str, stage: str) -> Path:
         except FileExistsError:
             continue
         except OSError as exc:
-            raise FcosUserError(f"cannot create {path} ({exc.strerror or exc})",
-                                hint="pass --out with a writable folder") from None
-    raise FcosUserError(f"{base}/val-{stage}-N: every name is taken",
-                        hint="pass --out with a new folder")
+            raise FcosUserError(
+                f"cannot create {path} ({exc.strerror or exc})",
+                hint="pass --out with a writable folder",
+            ) from None
+    raise FcosUserError(
+        f"{base}/val-{stage}-N: every name is taken", hint="pass --out with a new folder"
+    )
 
 
 # --- other data ----------------------------------------------------------------------------------
@@ -150,13 +207,25 @@ def gt_from_lmdb(path: str) -> dict[str, Any]:
     meta, _, recs = read_lmdb_records(path)
     images, anns = [], []
     for rec in recs:
-        images.append({"id": int(rec["id"]), "width": int(rec["width"]),
-                       "height": int(rec["height"]), "file_name": str(rec["file_name"])})
-        for (x1, y1, x2, y2), cat, crowd in zip(rec["boxes"], rec["category_ids"],
-                                                rec["iscrowd"]):
-            anns.append({"id": len(anns) + 1, "image_id": int(rec["id"]),
-                         "category_id": int(cat), "bbox": [x1, y1, x2 - x1, y2 - y1],
-                         "area": (x2 - x1) * (y2 - y1), "iscrowd": int(bool(crowd))})
+        images.append(
+            {
+                "id": int(rec["id"]),
+                "width": int(rec["width"]),
+                "height": int(rec["height"]),
+                "file_name": str(rec["file_name"]),
+            }
+        )
+        for (x1, y1, x2, y2), cat, crowd in zip(rec["boxes"], rec["category_ids"], rec["iscrowd"]):
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": int(rec["id"]),
+                    "category_id": int(cat),
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": int(bool(crowd)),
+                }
+            )
     return {"images": images, "annotations": anns, "categories": list(meta["categories"])}
 
 
@@ -181,8 +250,11 @@ class _DataSwap:
 
         dataset = node.kwargs.get("dataset") if hasattr(node, "kwargs") else None
         if dataset is None or not hasattr(dataset, "kwargs"):
-            raise FcosUserError("--data replaces the dataset of the evaluation's data loader, "
-                                "which has no dataset block", hint="evaluate without --data")
+            raise FcosUserError(
+                "--data replaces the dataset of the evaluation's data loader, "
+                "which has no dataset block",
+                hint="evaluate without --data",
+            )
         transforms = build(dataset.kwargs.get("transforms")) or []
         if _is_lmdb(self.data):
             ds: Any = Coco(self.data, transforms=transforms)
@@ -197,11 +269,16 @@ class _DataSwap:
         from fcos_core.build import build
 
         if "ann_file" not in getattr(node, "kwargs", {}):
-            raise FcosUserError(f"--data: the metric {getattr(node.entry, 'name', node)!r} "
-                                "takes no ann_file, so it cannot score other data",
-                                hint="use COCODetectionMetric, or evaluate without --data")
-        return build(attrs.evolve(node, kwargs={**node.kwargs, "ann_file": str(self.ann),
-                                                "demo_if_missing": False}))
+            raise FcosUserError(
+                f"--data: the metric {getattr(node.entry, 'name', node)!r} "
+                "takes no ann_file, so it cannot score other data",
+                hint="use COCODetectionMetric, or evaluate without --data",
+            )
+        return build(
+            attrs.evolve(
+                node, kwargs={**node.kwargs, "ann_file": str(self.ann), "demo_if_missing": False}
+            )
+        )
 
 
 def _image_reader(loaders: list[Any]) -> Any:
@@ -235,9 +312,17 @@ def _coco_metric(metrics: list[Any]) -> Any:
     return None
 
 
-def write_report(folder: Path, metric: Any, results: dict[str, float], head: dict[str, Any],
-                 read_image: Any, score_threshold: float, iou_threshold: float,
-                 worst_n: int, save_detections: bool = True) -> dict[str, Any]:
+def write_report(
+    folder: Path,
+    metric: Any,
+    results: dict[str, float],
+    head: dict[str, Any],
+    read_image: Any,
+    score_threshold: float,
+    iou_threshold: float,
+    worst_n: int,
+    save_detections: bool = True,
+) -> dict[str, Any]:
     """Write every file of the report for an evaluated ``metric``; returns val.json's dict."""
     from fcos_plugin_coco import eval_report as er
 
@@ -253,8 +338,9 @@ def write_report(folder: Path, metric: Any, results: dict[str, float], head: dic
     er.write_per_class_csv(folder / "per_class.csv", per_class)
     er.plot_pr_curves(folder / "pr_curves.png", metric.evaluation, names, GENERATOR)
     er.write_confusion_csv(folder / "confusion_matrix.csv", cm, labels)
-    er.plot_confusion(folder / "confusion_matrix.png", cm, labels, GENERATOR, iou_threshold,
-                      score_threshold)
+    er.plot_confusion(
+        folder / "confusion_matrix.png", cm, labels, GENERATOR, iou_threshold, score_threshold
+    )
     drawn = er.write_worst_images(folder / "worst", worst, names, read_image)
     if save_detections:  # COCO's results format: re-score with any COCO tool
         results_json = json.dumps(er.coco_results(metric.detections())).encode("utf-8")
@@ -263,9 +349,14 @@ def write_report(folder: Path, metric: Any, results: dict[str, float], head: dic
         **head,
         "metrics": results,
         "per_class": per_class,
-        "confusion_matrix": {"labels": [*labels, er.BACKGROUND], "rows": "ground truth",
-                             "columns": "predicted", "iou_threshold": iou_threshold,
-                             "score_threshold": score_threshold, "counts": cm.tolist()},
+        "confusion_matrix": {
+            "labels": [*labels, er.BACKGROUND],
+            "rows": "ground truth",
+            "columns": "predicted",
+            "iou_threshold": iou_threshold,
+            "score_threshold": score_threshold,
+            "counts": cm.tolist(),
+        },
         "worst_images": drawn,
         "images": len(matches),
     }
@@ -299,33 +390,63 @@ def val_command(args: argparse.Namespace, host: Any) -> int:
     apply_runtime_settings(data)
     if data.get("seed") is not None:  # as the pipeline seeds each stage
         seed_everything(int(data["seed"]))
-    log.info("val", config=cfg.file, stage=stage, model=ev.source, weights=ev.weights,
-             data=args.data or "the config's", run_dir=str(folder))
+    log.info(
+        "val",
+        config=cfg.file,
+        stage=stage,
+        model=ev.source,
+        weights=ev.weights,
+        data=args.data or "the config's",
+        run_dir=str(folder),
+    )
     results = ev.run(ctx)
-    head = {"generator": GENERATOR, "config": os.path.abspath(cfg.file), "stage": stage,
-            "model": ev.source, "weights": ev.weights,
-            "data": os.path.abspath(args.data) if args.data else "config", "ann_file": None}
+    head = {
+        "generator": GENERATOR,
+        "config": os.path.abspath(cfg.file),
+        "stage": stage,
+        "model": ev.source,
+        "weights": ev.weights,
+        "data": os.path.abspath(args.data) if args.data else "config",
+        "ann_file": None,
+    }
     metric = _coco_metric(ev.metrics)
     from fcos_plugin_coco.eval_report import write_file
 
     if metric is not None:
-        head["ann_file"] = (os.path.abspath(metric.ann_file) if args.ann or not args.data
-                            else "ground_truth.json (from the LMDB)")
+        head["ann_file"] = (
+            os.path.abspath(metric.ann_file)
+            if args.ann or not args.data
+            else "ground_truth.json (from the LMDB)"
+        )
         if args.data and not args.ann:
             gt = json.dumps(metric.gt).encode("utf-8")
             write_file(folder / "ground_truth.json", lambda f: f.write(gt))
-        report = write_report(folder, metric, results, head, _image_reader(ev.loaders),
-                              args.score_threshold, args.iou_threshold, args.worst,
-                              not args.no_detections)
+        report = write_report(
+            folder,
+            metric,
+            results,
+            head,
+            _image_reader(ev.loaders),
+            args.score_threshold,
+            args.iou_threshold,
+            args.worst,
+            not args.no_detections,
+        )
     else:
-        log.warning("no COCODetectionMetric among the stage's metrics: only its numbers are "
-                    "written (no per-class table, curves or confusion matrix)")
+        log.warning(
+            "no COCODetectionMetric among the stage's metrics: only its numbers are "
+            "written (no per-class table, curves or confusion matrix)"
+        )
         report = {**head, "metrics": results}
     report["seconds"] = round(time.perf_counter() - start, 3)
     text = json.dumps(report, indent=2) + "\n"
     write_file(folder / "val.json", lambda f: f.write(text.encode("utf-8")))
-    log.info("val done", stage=stage, seconds=report["seconds"],
-             **{k: round(v, 4) for k, v in results.items() if k in ("mAP", "AP50")})
+    log.info(
+        "val done",
+        stage=stage,
+        seconds=report["seconds"],
+        **{k: round(v, 4) for k, v in results.items() if k in ("mAP", "AP50")},
+    )
     if args.json:
         print(text, end="")
     else:
@@ -334,8 +455,7 @@ def val_command(args: argparse.Namespace, host: Any) -> int:
     return 0
 
 
-def _print_report(report: dict[str, Any], metric: Any, stage: str, ev: Any,
-                  folder: Path) -> None:
+def _print_report(report: dict[str, Any], metric: Any, stage: str, ev: Any, folder: Path) -> None:
     from fcos_plugin_coco.eval_report import format_per_class
 
     results = report["metrics"]
@@ -346,6 +466,8 @@ def _print_report(report: dict[str, Any], metric: Any, stage: str, ev: Any,
     if metric is not None:
         print()
         print(format_per_class(report["per_class"]))
-    print(f"\nstage {stage}: mAP {results.get('mAP', float('nan')):.4f} ({ev.source}; "
-          f"weights {ev.weights})")
+    print(
+        f"\nstage {stage}: mAP {results.get('mAP', float('nan')):.4f} ({ev.source}; "
+        f"weights {ev.weights})"
+    )
     print(f"report: {folder} ({report['seconds']:.1f} s)")

@@ -23,8 +23,15 @@ CATS = [{"id": 11, "name": "kiwi"}, {"id": 2, "name": "apple"}, {"id": 7, "name"
 
 #: (width, height) of each image and its boxes (x, y, w, h, category id, iscrowd)
 IMAGES = [
-    ((256, 192), [(10, 10, 200, 150, 2, 0), (101, 51, 6, 6, 7, 0), (41, 101, 30, 20, 11, 0),
-                  (0, 0, 50, 50, 2, 1)]),
+    (
+        (256, 192),
+        [
+            (10, 10, 200, 150, 2, 0),
+            (101, 51, 6, 6, 7, 0),
+            (41, 101, 30, 20, 11, 0),
+            (0, 0, 50, 50, 2, 1),
+        ],
+    ),
     ((64, 64), [(5, 5, 20, 30, 7, 0), (30.5, 30.5, 3, 3, 7, 0), (1, 40, 9, 3, 2, 0)]),
     ((100, 80), [(0, 0, 100, 80, 11, 0), (50, 20, 10, 40, 2, 0)]),
     ((120, 90), []),
@@ -40,8 +47,16 @@ def _write(root: Path, helpers) -> tuple[str, str]:
         files[f"im{i}.jpg"] = helpers.jpeg_bytes(helpers.scene(rng, h, w))
         images.append({"id": 10 + i, "file_name": f"im{i}.jpg", "width": w, "height": h})
         for x, y, bw, bh, cid, crowd in boxes:
-            anns.append({"id": len(anns) + 1, "image_id": 10 + i, "category_id": cid,
-                         "bbox": [x, y, bw, bh], "area": bw * bh, "iscrowd": crowd})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": 10 + i,
+                    "category_id": cid,
+                    "bbox": [x, y, bw, bh],
+                    "area": bw * bh,
+                    "iscrowd": crowd,
+                }
+            )
     return helpers.write_coco(str(root), images, anns, CATS, files)
 
 
@@ -73,30 +88,46 @@ def _direct(resize: bool) -> dict:
             for (px, py), s in zip(pts, pstr):
                 if x1 < px < x2 and y1 < py < y2:
                     inside[int(s)] += 1
-            objects.append({"w": x2 - x1, "h": y2 - y1, "cid": cid, "inside": inside,
-                            "huge": (x2 - x1) > SIZE or (y2 - y1) > SIZE})
+            objects.append(
+                {
+                    "w": x2 - x1,
+                    "h": y2 - y1,
+                    "cid": cid,
+                    "inside": inside,
+                    "huge": (x2 - x1) > SIZE or (y2 - y1) > SIZE,
+                }
+            )
         per_image.append(n)
     longer = [max(o["w"], o["h"]) for o in objects]
     names = {c["id"]: c["name"] for c in CATS}
     return {
-        "images": len(IMAGES), "objects": len(objects), "crowd_boxes": crowd,
+        "images": len(IMAGES),
+        "objects": len(objects),
+        "crowd_boxes": crowd,
         "images_without_objects": per_image.count(0),
-        "objects_per_image": {"min": min(per_image), "median": float(np.median(per_image)),
-                              "max": max(per_image)},
-        "objects_per_class": {names[c["id"]]: sum(o["cid"] == c["id"] for o in objects)
-                              for c in sorted(CATS, key=lambda c: c["id"])},
+        "objects_per_image": {
+            "min": min(per_image),
+            "median": float(np.median(per_image)),
+            "max": max(per_image),
+        },
+        "objects_per_class": {
+            names[c["id"]]: sum(o["cid"] == c["id"] for o in objects)
+            for c in sorted(CATS, key=lambda c: c["id"])
+        },
         "tiny_objects": sum(v < 8 for v in longer),
         "huge_objects": sum(o["huge"] for o in objects),
-        "per_stride": [{"stride": s,
-                        "objects_with_at_least_1_point": sum(o["inside"][s] >= 1
-                                                             for o in objects),
-                        "objects_with_at_least_4_points": sum(o["inside"][s] >= 4
-                                                              for o in objects)}
-                       for s in STRIDES],
+        "per_stride": [
+            {
+                "stride": s,
+                "objects_with_at_least_1_point": sum(o["inside"][s] >= 1 for o in objects),
+                "objects_with_at_least_4_points": sum(o["inside"][s] >= 4 for o in objects),
+            }
+            for s in STRIDES
+        ],
         "objects_without_point_at_finest_stride": sum(o["inside"][8] == 0 for o in objects),
-        "objects_without_point_at_any_stride": sum(not any(o["inside"].values())
-                                                   for o in objects),
-        "_longer": longer, "_sqrt_area": [math.sqrt(o["w"] * o["h"]) for o in objects],
+        "objects_without_point_at_any_stride": sum(not any(o["inside"].values()) for o in objects),
+        "_longer": longer,
+        "_sqrt_area": [math.sqrt(o["w"] * o["h"]) for o in objects],
     }
 
 
@@ -158,8 +189,10 @@ def test_figures_of_packed_lmdb_and_json_match_a_direct_count(tmp_path, helpers,
 def test_huge_boxes_without_resize(tmp_path, helpers):
     _img_dir, ann = _write(tmp_path / "src", helpers)
     out = tmp_path / "out"
-    tf = ("vars.train_transforms=[{type: RandomCrop, size: [128, 128]}, "
-          "{type: Pad, size: [128, 128]}]")
+    tf = (
+        "vars.train_transforms=[{type: RandomCrop, size: [128, 128]}, "
+        "{type: Pad, size: [128, 128]}]"
+    )
     assert _run(tf, "--ann", ann, "--out", str(out)) == 0
     fig = json.loads((out / "data_report.json").read_text())
     want = _direct(resize=False)
@@ -227,18 +260,27 @@ def test_fast_json_path_equals_the_packer_rules(tmp_path, helpers):
         np.testing.assert_array_equal(got.boxes, np.concatenate([r.boxes for r in recs]))
         assert got.image.tolist() == [n for n, r in enumerate(recs) for _ in r.boxes], name
         cat_ids = [c["id"] for c in index.categories]
-        want_labels = [-1 if crowd else cat_ids.index(c) for r in recs
-                       for c, crowd in zip(r.category_ids, r.iscrowd)]
+        want_labels = [
+            -1 if crowd else cat_ids.index(c)
+            for r in recs
+            for c, crowd in zip(r.category_ids, r.iscrowd)
+        ]
         assert got.labels.tolist() == want_labels, name
 
 
 def test_command_does_not_import_torch(tmp_path, helpers):
     _, ann = _write(tmp_path / "src", helpers)
-    code = ("import sys; from fcos_core.cli.main import main; "
-            f"rc = main(['analyze-data', {DEMO!r}, '--ann', {ann!r}, '--out', "
-            f"{str(tmp_path / 'o')!r}]); print('TORCH', 'torch' in sys.modules); sys.exit(rc)")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    code = (
+        "import sys; from fcos_core.cli.main import main; "
+        f"rc = main(['analyze-data', {DEMO!r}, '--ann', {ann!r}, '--out', "
+        f"{str(tmp_path / 'o')!r}]); print('TORCH', 'torch' in sys.modules); sys.exit(rc)"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert res.returncode == 0, res.stderr
     assert "TORCH False" in res.stdout
 

@@ -10,10 +10,16 @@ from fcos_plugin_coco.collate import collate_2d
 
 
 def _sample(n: int, img_id: int, crop: bool = False) -> dict:
-    s = {"img": torch.full((3, 8, 6), float(img_id)),
-         "gt_bboxes": torch.ones(n, 4) * img_id, "gt_classes": torch.arange(n),
-         "img_id": img_id, "ori_shape": (16, 12), "img_shape": (8, 6), "pad_shape": (8, 6),
-         "scale_factor": np.array([0.5, 0.5], np.float32)}
+    s = {
+        "img": torch.full((3, 8, 6), float(img_id)),
+        "gt_bboxes": torch.ones(n, 4) * img_id,
+        "gt_classes": torch.arange(n),
+        "img_id": img_id,
+        "ori_shape": (16, 12),
+        "img_shape": (8, 6),
+        "pad_shape": (8, 6),
+        "scale_factor": np.array([0.5, 0.5], np.float32),
+    }
     if crop:
         s["crop_offset"] = np.array([1.0, 2.0], np.float32)
     return s

@@ -24,9 +24,15 @@ from fcos_plugin_coco.transforms.tensor import Normalize, ToTensor
 
 
 def _train_transforms():
-    return [Resize((64, 64), ratio_range=(0.5, 2.0)), RandomCrop((64, 64)), Pad(divisor=64),
-            RandomFlip(0.5, 0.5), AugmentHSV(0.015, 0.7, 0.4), ToTensor(to_yuv=True),
-            Normalize(128.0, 128.0)]
+    return [
+        Resize((64, 64), ratio_range=(0.5, 2.0)),
+        RandomCrop((64, 64)),
+        Pad(divisor=64),
+        RandomFlip(0.5, 0.5),
+        AugmentHSV(0.015, 0.7, 0.4),
+        ToTensor(to_yuv=True),
+        Normalize(128.0, 128.0),
+    ]
 
 
 @pytest.fixture
@@ -80,8 +86,10 @@ def test_sample_format_follows_the_interface(packed, helpers):
     assert s["ori_shape"] == s["img_shape"] == s["pad_shape"] == (img0["height"], img0["width"])
     assert s["scale_factor"].dtype == np.float32 and s["scale_factor"].tolist() == [1.0, 1.0]
     anns = [a for a in data["annotations"] if a["image_id"] == 100]
-    expect = [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
-               a["bbox"][1] + a["bbox"][3]] for a in anns]
+    expect = [
+        [a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+        for a in anns
+    ]
     assert s["gt_bboxes"].dtype == np.float32
     np.testing.assert_allclose(s["gt_bboxes"], expect, rtol=1e-6)
     order = sorted(c["id"] for c in helpers.categories)
@@ -180,15 +188,18 @@ dataset:
 def test_demo_if_missing_generates_once(tmp_path, monkeypatch):
     import fcos_plugin_coco.demo.generate as gen
 
-    monkeypatch.setattr(gen, "DEFAULT_PARAMS", gen.DemoParams(num_train=6, num_val=3,
-                                                              image_size=64, min_object=8,
-                                                              max_object=30))
+    monkeypatch.setattr(
+        gen,
+        "DEFAULT_PARAMS",
+        gen.DemoParams(num_train=6, num_val=3, image_size=64, min_object=8, max_object=30),
+    )
     root = tmp_path / "demo"
     with pytest.raises(FcosUserError):
         Coco(str(root / "train_lmdb"))
     train = Coco(str(root / "train_lmdb"), demo_if_missing=True)
-    val = CocoFolder(str(root / "images" / "val"), str(root / "instances_val.json"),
-                     demo_if_missing=True)
+    val = CocoFolder(
+        str(root / "images" / "val"), str(root / "instances_val.json"), demo_if_missing=True
+    )
     assert len(train) == 6 and len(val) == 3 and train.cat_ids == [1, 3, 5, 7, 9]
     lm_val = Coco(str(root / "val_lmdb"))
     for i in range(3):

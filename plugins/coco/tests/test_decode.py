@@ -56,7 +56,7 @@ def test_png_modes(rgb, mode):
 
 
 def test_16bit_png_keeps_the_high_byte():
-    wide = (np.arange(12 * 10, dtype=np.uint16).reshape(10, 12) * 500)
+    wide = np.arange(12 * 10, dtype=np.uint16).reshape(10, 12) * 500
     buf = io.BytesIO()
     Image.fromarray(wide).save(buf, format="PNG")
     out = decode_image(buf.getvalue())
@@ -86,8 +86,11 @@ def test_choose_orientation():
 
 def test_bad_data(rgb):
     data = _save(rgb, "JPEG", quality=90)
-    for bad, reason in [(data[: len(data) // 2], "corrupt_image"),
-                        (b"\x00" * 100, "not_an_image"), (b"", "empty_file")]:
+    for bad, reason in [
+        (data[: len(data) // 2], "corrupt_image"),
+        (b"\x00" * 100, "not_an_image"),
+        (b"", "empty_file"),
+    ]:
         read = probe if reason == "empty_file" else decode_image
         with pytest.raises(DecodeError) as err:
             read(bad)
@@ -115,12 +118,20 @@ def _png_header_only(width: int, height: int) -> bytes:
     import zlib
 
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(body))
+            + kind
+            + body
+            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b""))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_decompression_bomb_is_refused_before_decoding():

@@ -35,8 +35,15 @@ def test_layout_ids_and_determinism(tmp_path):
     ensure_demo(a, SMALL)
     ensure_demo(b, SMALL)
     assert _digest(a) == _digest(b)  # same bytes each run
-    for name in ("train_lmdb", "val_lmdb", "instances_train.json", "instances_val.json",
-                 "images/train", "images/val", MARKER):
+    for name in (
+        "train_lmdb",
+        "val_lmdb",
+        "instances_train.json",
+        "instances_val.json",
+        "images/train",
+        "images/val",
+        MARKER,
+    ):
         assert os.path.exists(os.path.join(a, name)), name
     data = json.loads(Path(a, "instances_train.json").read_text())
     assert len(data["images"]) == 8 and {c["id"] for c in data["categories"]} == {1, 3, 5, 7, 9}
@@ -56,8 +63,10 @@ def test_layout_ids_and_determinism(tmp_path):
     assert s["img"].shape[:2] == (data["images"][0]["height"], data["images"][0]["width"])
     assert set(s["gt_classes"].tolist()) <= set(range(-1, 5))
     other = str(tmp_path / "c")
-    ensure_demo(other, DemoParams(num_train=8, num_val=4, image_size=96, min_object=8,
-                                  max_object=48, seed=1))
+    ensure_demo(
+        other,
+        DemoParams(num_train=8, num_val=4, image_size=96, min_object=8, max_object=48, seed=1),
+    )
     assert _digest(other) != _digest(a)
 
 
@@ -65,8 +74,7 @@ def test_objects_are_where_the_boxes_say(tmp_path):
     """The class colour dominates inside each non-crowd box (boxes match pixels)."""
     root = str(tmp_path / "d")
     ensure_demo(root, SMALL)
-    ds = CocoFolder(os.path.join(root, "images", "val"),
-                    os.path.join(root, "instances_val.json"))
+    ds = CocoFolder(os.path.join(root, "images", "val"), os.path.join(root, "instances_val.json"))
     import colorsys
 
     hues = {0: 0.0, 1: 120.0, 2: 225.0, 3: 50.0, 4: 300.0}
@@ -119,8 +127,26 @@ def test_demo_data_command(tmp_path, capsys):
     from fcos_core.cli.main import main
 
     out = str(tmp_path / "cli")
-    assert main(["demo-data", "--out", out, "--num-train", "5", "--num-val", "2",
-                 "--image-size", "64", "--min-object", "8", "--max-object", "30"]) == 0
+    assert (
+        main(
+            [
+                "demo-data",
+                "--out",
+                out,
+                "--num-train",
+                "5",
+                "--num-val",
+                "2",
+                "--image-size",
+                "64",
+                "--min-object",
+                "8",
+                "--max-object",
+                "30",
+            ]
+        )
+        == 0
+    )
     assert "5 train / 2 val" in capsys.readouterr().out
     assert len(Coco(os.path.join(out, "train_lmdb"))) == 5
     assert main(["demo-data", "--out", out, "--min-object", "50", "--max-object", "20"]) == 2
@@ -132,8 +158,10 @@ def test_demo_data_command(tmp_path, capsys):
 
 def _user_folder(root) -> dict[str, bytes]:
     """A folder with a user's own photo and json where the demo would write."""
-    files = {os.path.join("images", "train", "my_photo.jpg"): b"\xff\xd8 my own photo bytes",
-             "instances_train.json": b'{"images": [], "mine": true}'}
+    files = {
+        os.path.join("images", "train", "my_photo.jpg"): b"\xff\xd8 my own photo bytes",
+        "instances_train.json": b'{"images": [], "mine": true}',
+    }
     for rel, data in files.items():
         os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)
         with open(os.path.join(root, rel), "wb") as f:
@@ -158,8 +186,21 @@ def test_demo_data_command_refuses_a_users_files(tmp_path, capsys, force):
     root = tmp_path / "mine"
     _user_folder(root)
     before = _snapshot(root)
-    argv = ["demo-data", "--out", str(root), "--num-train", "4", "--num-val", "2",
-            "--image-size", "64", "--min-object", "8", "--max-object", "30"]
+    argv = [
+        "demo-data",
+        "--out",
+        str(root),
+        "--num-train",
+        "4",
+        "--num-val",
+        "2",
+        "--image-size",
+        "64",
+        "--min-object",
+        "8",
+        "--max-object",
+        "30",
+    ]
     assert main(argv + (["--force"] if force else [])) == 2
     err = capsys.readouterr().err
     assert "images" in err and "instances_train.json" in err and "fix:" in err
@@ -175,10 +216,12 @@ def test_demo_if_missing_refuses_a_folder_with_users_files(tmp_path, kind):
     before = _snapshot(root)
     build = {
         "Coco": lambda: Coco(str(root / "train_lmdb"), demo_if_missing=True),
-        "CocoFolder": lambda: CocoFolder(str(root / "images" / "val"),
-                                         str(root / "instances_val.json"), demo_if_missing=True),
-        "COCODetectionMetric": lambda: COCODetectionMetric(str(root / "instances_val.json"),
-                                                           demo_if_missing=True),
+        "CocoFolder": lambda: CocoFolder(
+            str(root / "images" / "val"), str(root / "instances_val.json"), demo_if_missing=True
+        ),
+        "COCODetectionMetric": lambda: COCODetectionMetric(
+            str(root / "instances_val.json"), demo_if_missing=True
+        ),
     }[kind]
     with pytest.raises(FcosUserError, match=r"instances_train.json"):
         build()

@@ -13,8 +13,12 @@ from PIL import Image
 from fcos_plugin_coco import eval_report as er
 from fcos_plugin_coco.metric import COCODetectionMetric
 
-CATS = [{"id": 11, "name": "kiwi"}, {"id": 2, "name": "apple"}, {"id": 7, "name": "pear"},
-        {"id": 5, "name": "plum"}]  # plum: no ground truth at all
+CATS = [
+    {"id": 11, "name": "kiwi"},
+    {"id": 2, "name": "apple"},
+    {"id": 7, "name": "pear"},
+    {"id": 5, "name": "plum"},
+]  # plum: no ground truth at all
 
 
 def _scene(seed: int, n_images: int = 12):
@@ -31,17 +35,41 @@ def _scene(seed: int, n_images: int = 12):
             w, h = (float(v) for v in rng.uniform(8, 50, 2))
             x, y = float(rng.uniform(0, 120 - w)), float(rng.uniform(0, 90 - h))
             crowd = int(rng.random() < 0.1)
-            anns.append({"id": len(anns) + 1, "image_id": img_id, "category_id": cat,
-                         "bbox": [x, y, w, h], "area": w * h, "iscrowd": crowd})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": img_id,
+                    "category_id": cat,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": crowd,
+                }
+            )
             for _ in range(int(rng.integers(0, 3))):
                 jit = rng.normal(0, 0.12, 4) * [w, h, w, h]
                 label = cat if rng.random() < 0.8 else int(rng.choice([11, 2, 7, 5]))
-                rows.append([x + jit[0], y + jit[1], x + w + jit[2], y + h + jit[3],
-                             float(rng.uniform(0.05, 1.0)), label])
+                rows.append(
+                    [
+                        x + jit[0],
+                        y + jit[1],
+                        x + w + jit[2],
+                        y + h + jit[3],
+                        float(rng.uniform(0.05, 1.0)),
+                        label,
+                    ]
+                )
         for _ in range(int(rng.integers(0, 4))):
             x, y = float(rng.uniform(0, 100)), float(rng.uniform(0, 70))
-            rows.append([x, y, x + 20, y + 20, float(rng.uniform(0.05, 0.9)),
-                         int(rng.choice([11, 2, 7, 5]))])
+            rows.append(
+                [
+                    x,
+                    y,
+                    x + 20,
+                    y + 20,
+                    float(rng.uniform(0.05, 0.9)),
+                    int(rng.choice([11, 2, 7, 5])),
+                ]
+            )
         dets[img_id] = np.asarray(rows, np.float64).reshape(-1, 6)
     return {"images": images, "annotations": anns, "categories": CATS}, dets
 
@@ -95,10 +123,10 @@ def test_per_class_equals_pycocotools_per_category(tmp_path, backend, seed):
         ref = _pycocotools_per_category(gt, evaluated, cat)
         got = [rows[cat]["AP"], rows[cat]["AP50"], rows[cat]["AR100"]]
         # pycocotools' stats: 0 = AP .50:.95, 1 = AP50, 8 = AR100
-        np.testing.assert_allclose(got, [ref[0], ref[1], ref[8]], rtol=0,
-                                   atol=0 if backend == "pycocotools" else 1e-6)
-        direct = sum(1 for a in gt["annotations"] if a["category_id"] == cat
-                     and not a["iscrowd"])
+        np.testing.assert_allclose(
+            got, [ref[0], ref[1], ref[8]], rtol=0, atol=0 if backend == "pycocotools" else 1e-6
+        )
+        direct = sum(1 for a in gt["annotations"] if a["category_id"] == cat and not a["iscrowd"])
         assert rows[cat]["gt_boxes"] == direct
     assert rows[5]["AP"] is None and rows[5]["gt_boxes"] == 0  # no ground truth: no AP
     assert rows[11]["name"] == "kiwi"
@@ -115,13 +143,16 @@ def test_per_class_with_no_detection_is_zero_where_there_is_ground_truth(tmp_pat
 
 # --- confusion matrix: hand-made boxes, counted by hand ----------------------------------------
 
+
 def _box(x1, y1, x2, y2):
     return [x1, y1, x2 - x1, y2 - y1]
 
 
 HAND_GT = {
-    "images": [{"id": 1, "width": 200, "height": 200, "file_name": "1.jpg"},
-               {"id": 2, "width": 200, "height": 200, "file_name": "2.jpg"}],
+    "images": [
+        {"id": 1, "width": 200, "height": 200, "file_name": "1.jpg"},
+        {"id": 2, "width": 200, "height": 200, "file_name": "2.jpg"},
+    ],
     "annotations": [
         # image 1: A (1), B (2), C (3) and a crowd region of class 1
         {"id": 1, "image_id": 1, "category_id": 1, "bbox": _box(0, 0, 10, 10), "iscrowd": 0},
@@ -131,24 +162,29 @@ HAND_GT = {
         # image 2: D (1)
         {"id": 5, "image_id": 2, "category_id": 1, "bbox": _box(0, 0, 10, 10), "iscrowd": 0},
     ],
-    "categories": [{"id": 1, "name": "one"}, {"id": 2, "name": "two"},
-                   {"id": 3, "name": "three"}],
+    "categories": [{"id": 1, "name": "one"}, {"id": 2, "name": "two"}, {"id": 3, "name": "three"}],
 }
 
 
 def _rows(img_id, boxes):
     """metric rows [img, x, y, w, h, score, cat] from (x1, y1, x2, y2, score, cat)."""
-    return np.asarray([[img_id, x1, y1, x2 - x1, y2 - y1, s, c]
-                       for x1, y1, x2, y2, s, c in boxes], np.float64).reshape(-1, 7)
+    return np.asarray(
+        [[img_id, x1, y1, x2 - x1, y2 - y1, s, c] for x1, y1, x2, y2, s, c in boxes], np.float64
+    ).reshape(-1, 7)
 
 
 HAND_DETS = {
-    1: _rows(1, [(0, 0, 10, 10, 0.9, 1),      # d1 on A, class 1: correct
-                 (1, 0, 11, 10, 0.8, 1),      # d2 A again: A is taken -> false positive
-                 (20, 20, 30, 30, 0.7, 3),    # d3 on B as class 3: confused (2 -> 3)
-                 (20, 20, 30, 30, 0.2, 2),    # d4 below the score threshold: not counted
-                 (65, 65, 85, 85, 0.6, 2),    # d5 inside the crowd region: ignored
-                 (100, 100, 110, 110, 0.5, 2)]),  # d6 on nothing: false positive
+    1: _rows(
+        1,
+        [
+            (0, 0, 10, 10, 0.9, 1),  # d1 on A, class 1: correct
+            (1, 0, 11, 10, 0.8, 1),  # d2 A again: A is taken -> false positive
+            (20, 20, 30, 30, 0.7, 3),  # d3 on B as class 3: confused (2 -> 3)
+            (20, 20, 30, 30, 0.2, 2),  # d4 below the score threshold: not counted
+            (65, 65, 85, 85, 0.6, 2),  # d5 inside the crowd region: ignored
+            (100, 100, 110, 110, 0.5, 2),
+        ],
+    ),  # d6 on nothing: false positive
     # image 2: the wrong class scores higher, but the right one (IoU 0.82) keeps D
     2: _rows(2, [(0, 0, 10, 10, 0.9, 2), (1, 0, 11, 10, 0.5, 1)]),
 }
@@ -158,10 +194,14 @@ def test_confusion_matrix_equals_a_count_by_hand():
     matches = er.match_all(HAND_GT, HAND_DETS, iou_threshold=0.5, score_threshold=0.3)
     cm = er.confusion_matrix(matches, [1, 2, 3])
     # rows: gt one, two, three, background; columns: predicted one, two, three, background
-    expected = np.array([[2, 0, 0, 0],   # A and D found as "one"
-                         [0, 0, 1, 0],   # B taken for "three"
-                         [0, 0, 0, 1],   # C missed
-                         [1, 2, 0, 0]])  # d2 ("one"); d6 and image 2's "two"
+    expected = np.array(
+        [
+            [2, 0, 0, 0],  # A and D found as "one"
+            [0, 0, 1, 0],  # B taken for "three"
+            [0, 0, 0, 1],  # C missed
+            [1, 2, 0, 0],
+        ]
+    )  # d2 ("one"); d6 and image 2's "two"
     np.testing.assert_array_equal(cm, expected)
     by_id = {m.img_id: m for m in matches}
     assert (by_id[1].false_positives, by_id[1].missed) == (3, 2)  # d2 d3 d6; B C
@@ -173,8 +213,7 @@ def test_confusion_matrix_equals_a_count_by_hand():
 def test_confusion_matrix_thresholds():
     # score 0.95: no detection is left -> A, B, C and D all missed
     cm = er.confusion_matrix(er.match_all(HAND_GT, HAND_DETS, 0.5, 0.95), [1, 2, 3])
-    np.testing.assert_array_equal(cm, [[0, 0, 0, 2], [0, 0, 0, 1], [0, 0, 0, 1],
-                                       [0, 0, 0, 0]])
+    np.testing.assert_array_equal(cm, [[0, 0, 0, 2], [0, 0, 0, 1], [0, 0, 0, 1], [0, 0, 0, 0]])
     # IoU 0.9: image 2's class-1 box (IoU 0.82) no longer matches; the class-2 box (IoU 1)
     # takes D as a confusion
     cm = er.confusion_matrix(er.match_all(HAND_GT, HAND_DETS, 0.9, 0.3), [1, 2, 3])
@@ -185,8 +224,12 @@ def test_correct_counts_equal_cocos_true_positives():
     """Step 1 of the matching is COCO's: its correct detections are pycocotools' true
     positives at IoU 0.5 (score threshold 0: every detection)."""
     gt, dets = _scene(4)
-    rows = {i: np.concatenate([np.full((len(d), 1), i), d[:, :2], d[:, 2:4] - d[:, :2],
-                               d[:, 4:]], axis=1) for i, d in dets.items()}
+    rows = {
+        i: np.concatenate(
+            [np.full((len(d), 1), i), d[:, :2], d[:, 2:4] - d[:, :2], d[:, 4:]], axis=1
+        )
+        for i, d in dets.items()
+    }
     matches = er.match_all(gt, rows, 0.5, 0.0)
     ours = sum(int(m.correct.sum()) for m in matches)
     import contextlib
@@ -212,6 +255,7 @@ def test_correct_counts_equal_cocos_true_positives():
 
 
 # --- figures -----------------------------------------------------------------------------------
+
 
 def _content(path, size=None):
     img = Image.open(path)
@@ -241,7 +285,7 @@ def test_figures_have_content(tmp_path):
     labels = [names[c] for c in metric.cat_ids]
     path = er.plot_confusion(tmp_path / "cm.png", cm, labels, "test", 0.5, 0.3)
     _content(path)
-    csv_rows = (tmp_path / "cm.csv")
+    csv_rows = tmp_path / "cm.csv"
     er.write_confusion_csv(csv_rows, cm, labels)
     lines = csv_rows.read_text().splitlines()
     assert lines[0].split(",")[1:] == [*labels, "background"]
@@ -254,8 +298,15 @@ def test_worst_images_are_drawn_in_original_pixels(tmp_path):
     rgb = np.full((200, 200, 3), 128, np.uint8)
     read = {1: rgb, 2: None}.get  # image 2 cannot be read: listed, not drawn
     out = er.write_worst_images(tmp_path, worst, {1: "one", 2: "two", 3: "three"}, read)
-    assert out[0] == {"rank": 1, "img_id": 1, "false_positives": 3, "missed": 2, "gt_boxes": 3,
-                      "detections": 4, "file": "01_img1.png"}
+    assert out[0] == {
+        "rank": 1,
+        "img_id": 1,
+        "false_positives": 3,
+        "missed": 2,
+        "gt_boxes": 3,
+        "detections": 4,
+        "file": "01_img1.png",
+    }
     assert "file" not in out[1]
     img = np.asarray(Image.open(tmp_path / "01_img1.png").convert("RGB"))
     k = er.DRAW_MIN_SIDE // 200  # small images are enlarged by a whole factor

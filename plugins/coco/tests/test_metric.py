@@ -39,9 +39,16 @@ def fixture_data(tmp_path_factory):
             x, y = _q(rng.uniform(0, w - bw)), _q(rng.uniform(0, h - bh))
             cat = int(rng.choice(CAT_ORDER))
             crowd = int(k == 3)
-            anns.append({"id": len(anns) + 1, "image_id": iid, "category_id": cat,
-                         "bbox": [float(x), float(y), float(bw), float(bh)],
-                         "area": float(bw * bh), "iscrowd": crowd})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": iid,
+                    "category_id": cat,
+                    "bbox": [float(x), float(y), float(bw), float(bh)],
+                    "area": float(bw * bh),
+                    "iscrowd": crowd,
+                }
+            )
             if i == 2:
                 continue  # an image with objects but no detections
             jit = _q(rng.normal(0, 3, 4))
@@ -53,8 +60,17 @@ def fixture_data(tmp_path_factory):
             for _ in range(int(rng.integers(0, 4))):  # false positives
                 x1, y1 = _q(rng.uniform(0, w - 20)), _q(rng.uniform(0, h - 20))
                 x2, y2 = _q(x1 + rng.uniform(5, 19)), _q(y1 + rng.uniform(5, 19))
-                dets.append((iid, x1, y1, x2, y2, float(np.float32(rng.uniform(0.05, 0.5))),
-                             int(rng.integers(3))))
+                dets.append(
+                    (
+                        iid,
+                        x1,
+                        y1,
+                        x2,
+                        y2,
+                        float(np.float32(rng.uniform(0.05, 0.5))),
+                        int(rng.integers(3)),
+                    )
+                )
     path = tmp_path_factory.mktemp("metric") / "instances_val.json"
     path.write_text(json.dumps({"images": images, "annotations": anns, "categories": CATS}))
     assert any(a["iscrowd"] for a in anns)
@@ -63,9 +79,20 @@ def fixture_data(tmp_path_factory):
 
 def _reference(ann_file, dets, backend="pycocotools"):
     """COCOeval run directly on the detections, in original pixels, from the json file."""
-    results = [{"image_id": d[0], "category_id": CAT_ORDER[d[6]],
-                "bbox": [float(d[1]), float(d[2]), float(d[3]) - float(d[1]),
-                         float(d[4]) - float(d[2])], "score": d[5]} for d in dets]
+    results = [
+        {
+            "image_id": d[0],
+            "category_id": CAT_ORDER[d[6]],
+            "bbox": [
+                float(d[1]),
+                float(d[2]),
+                float(d[3]) - float(d[1]),
+                float(d[4]) - float(d[2]),
+            ],
+            "score": d[5],
+        }
+        for d in dets
+    ]
     with contextlib.redirect_stdout(io.StringIO()):
         if backend == "pycocotools":
             from pycocotools.coco import COCO
@@ -88,7 +115,7 @@ def _batches(images, dets, batch_size=3):
     """Batches in the network-input frame: each image scaled and cropped differently."""
     scales = [(2.0, 2.0), (0.5, 0.5), (1.0, 2.0), (0.25, 0.5)]
     for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
+        chunk = images[start : start + batch_size]
         sf, off, outs = [], [], []
         for j, img in enumerate(chunk):
             s = np.array(scales[(start + j) % 4], np.float32)
@@ -96,15 +123,21 @@ def _batches(images, dets, batch_size=3):
             mine = [d for d in dets if d[0] == img["id"]]
             boxes = np.array([d[1:5] for d in mine], np.float64).reshape(-1, 4)
             cur = boxes * np.tile(s, 2) - np.tile(o, 2)
-            outs.append({"boxes": torch.tensor(cur, dtype=torch.float32),
-                         "scores": torch.tensor([d[5] for d in mine], dtype=torch.float32),
-                         "labels": torch.tensor([d[6] for d in mine], dtype=torch.int64)})
+            outs.append(
+                {
+                    "boxes": torch.tensor(cur, dtype=torch.float32),
+                    "scores": torch.tensor([d[5] for d in mine], dtype=torch.float32),
+                    "labels": torch.tensor([d[6] for d in mine], dtype=torch.int64),
+                }
+            )
             sf.append(s)
             off.append(o)
-        batch = {"img_id": [im["id"] for im in chunk],
-                 "ori_shape": [(im["height"], im["width"]) for im in chunk],
-                 "scale_factor": torch.tensor(np.stack(sf)),
-                 "crop_offset": torch.tensor(np.stack(off))}
+        batch = {
+            "img_id": [im["id"] for im in chunk],
+            "ori_shape": [(im["height"], im["width"]) for im in chunk],
+            "scale_factor": torch.tensor(np.stack(sf)),
+            "crop_offset": torch.tensor(np.stack(off)),
+        }
         yield batch, outs
 
 
@@ -155,8 +188,9 @@ def test_subset_and_duplicates(fixture_data):
         metric.update(batch, outs)
     from fcos_plugin_coco.coco_eval import evaluate_bbox
 
-    rows = np.array([[d[0], d[1], d[2], d[3] - d[1], d[4] - d[2], d[5], CAT_ORDER[d[6]]]
-                     for d in sub_dets])
+    rows = np.array(
+        [[d[0], d[1], d[2], d[3] - d[1], d[4] - d[2], d[5], CAT_ORDER[d[6]]] for d in sub_dets]
+    )
     ref = evaluate_bbox(json.loads(Path(ann_file).read_text()), rows, [im["id"] for im in subset])
     assert [metric.compute()[k] for k in STAT_KEYS] == ref.tolist()
 
@@ -164,8 +198,7 @@ def test_subset_and_duplicates(fixture_data):
 def test_bad_updates(fixture_data, tmp_path):
     ann_file, images, _ = fixture_data
     metric = COCODetectionMetric(ann_file, backend="pycocotools")
-    batch = {"img_id": [images[0]["id"]], "ori_shape": [(10, 10)],
-             "scale_factor": torch.ones(1, 2)}
+    batch = {"img_id": [images[0]["id"]], "ori_shape": [(10, 10)], "scale_factor": torch.ones(1, 2)}
     out = {"boxes": torch.zeros(1, 4), "scores": torch.ones(1), "labels": torch.tensor([3])}
     with pytest.raises(ValueError, match=r"labels must be in 0..2"):
         metric.update(batch, [out])
@@ -199,8 +232,11 @@ def test_distributed_gather(fixture_data, tmp_path):
     init = f"file://{tmp_path / 'pg'}"
     # fork: the worker lives in this test module, which spawn could not import by name
     torch.multiprocessing.start_processes(
-        _dist_worker, args=(2, init, ann_file, images, dets, str(tmp_path)), nprocs=2,
-        start_method="fork")
+        _dist_worker,
+        args=(2, init, ann_file, images, dets, str(tmp_path)),
+        nprocs=2,
+        start_method="fork",
+    )
     ref = _reference(ann_file, dets).tolist()
     for rank in range(2):
         got = json.loads((tmp_path / f"{rank}.json").read_text())

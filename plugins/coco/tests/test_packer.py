@@ -45,22 +45,30 @@ def bad_folder(tmp_path, helpers):
             files[name] = data
 
     def add_ann(aid, iid, cat, bbox, crowd=0):
-        anns.append({"id": aid, "image_id": iid, "category_id": cat, "bbox": bbox,
-                     "area": 1.0, "iscrowd": crowd})
+        anns.append(
+            {
+                "id": aid,
+                "image_id": iid,
+                "category_id": cat,
+                "bbox": bbox,
+                "area": 1.0,
+                "iscrowd": crowd,
+            }
+        )
 
     good = jb(helpers.scene(rng, 50, 60))
     add_image(1, "good.jpg", 60, 50, good)
-    add_ann(1, 1, 2, [5, 5, 20, 10])                 # kept
-    add_ann(2, 1, 7, [50, 40, 30, 30])                # clipped to the image
-    add_ann(3, 1, 2, [5, 5, 0, 10])                   # degenerate (zero width)
-    add_ann(4, 1, 2, [10, 10, -3, 5])                 # degenerate (negative width)
-    add_ann(5, 1, 2, [70, 60, 10, 10])                # outside the image
-    add_ann(6, 1, 99, [5, 5, 10, 10])                 # unknown category
-    add_ann(1, 1, 2, [5, 5, 10, 10])                  # duplicate annotation id
-    add_ann(7, 999, 2, [5, 5, 10, 10])                # unknown image id
-    add_ann(8, 1, 11, [0, 0, 60, 50], crowd=1)        # crowd: kept as ignore
-    add_ann("x", 1, 2, [5, 5, 10, 10])                # non-integer annotation id
-    add_ann(9, 1, 2, [5, 5, 10])                      # bbox with 3 numbers
+    add_ann(1, 1, 2, [5, 5, 20, 10])  # kept
+    add_ann(2, 1, 7, [50, 40, 30, 30])  # clipped to the image
+    add_ann(3, 1, 2, [5, 5, 0, 10])  # degenerate (zero width)
+    add_ann(4, 1, 2, [10, 10, -3, 5])  # degenerate (negative width)
+    add_ann(5, 1, 2, [70, 60, 10, 10])  # outside the image
+    add_ann(6, 1, 99, [5, 5, 10, 10])  # unknown category
+    add_ann(1, 1, 2, [5, 5, 10, 10])  # duplicate annotation id
+    add_ann(7, 999, 2, [5, 5, 10, 10])  # unknown image id
+    add_ann(8, 1, 11, [0, 0, 60, 50], crowd=1)  # crowd: kept as ignore
+    add_ann("x", 1, 2, [5, 5, 10, 10])  # non-integer annotation id
+    add_ann(9, 1, 2, [5, 5, 10])  # bbox with 3 numbers
     add_image(2, "truncated.jpg", 60, 50, jb(helpers.scene(rng, 50, 60))[:400])
     add_ann(10, 2, 2, [1, 1, 5, 5])
     add_image(3, "random.jpg", 60, 50, rng.integers(0, 256, 3000, dtype=np.uint8).tobytes())
@@ -77,21 +85,20 @@ def bad_folder(tmp_path, helpers):
     # EXIF-rotated photo annotated as displayed (json gives the rotated size): transpose applied
     display = np.full((60, 40, 3), 30, np.uint8)
     display[10:30, 5:25] = RED
-    add_image(8, "exif_display.jpg", 40, 60, _exif_jpeg(np.ascontiguousarray(np.rot90(display)),
-                                                        6))
+    add_image(8, "exif_display.jpg", 40, 60, _exif_jpeg(np.ascontiguousarray(np.rot90(display)), 6))
     add_ann(14, 8, 2, [5, 10, 20, 20])
     # EXIF-rotated photo annotated on stored pixels (json gives the stored size): EXIF ignored
     stored = np.full((40, 60, 3), 30, np.uint8)
     stored[2:12, 30:50] = RED
     add_image(9, "exif_stored.jpg", 60, 40, _exif_jpeg(stored, 6))
     add_ann(15, 9, 2, [30, 2, 20, 10])
-    add_image(9, "dup_id.jpg", 60, 40, good)            # duplicate image id
-    add_image("nine", "bad_id.jpg", 60, 40, good)        # non-integer image id
-    add_image(10, "../escape.jpg", 60, 50)               # escapes the folder
-    add_image(11, "wrong_size.jpg", 100, 100, good)      # json size != image size
+    add_image(9, "dup_id.jpg", 60, 40, good)  # duplicate image id
+    add_image("nine", "bad_id.jpg", 60, 40, good)  # non-integer image id
+    add_image(10, "../escape.jpg", 60, 50)  # escapes the folder
+    add_image(11, "wrong_size.jpg", 100, 100, good)  # json size != image size
     add_image(12, "big.jpg", 120, 100, jb(helpers.scene(rng, 100, 120)))  # over max_pixels
     add_ann(16, 12, 2, [1, 1, 10, 10])
-    add_image(13, "zero_size.jpg", 0, 50, good)          # bad width
+    add_image(13, "zero_size.jpg", 0, 50, good)  # bad width
     cats = [*helpers.categories, {"id": 7, "name": "dup"}, {"id": "z", "name": "bad"}]
     img_dir, ann = helpers.write_coco(str(tmp_path / "bad"), images, anns, cats, files)
     return img_dir, ann
@@ -107,34 +114,66 @@ def test_every_bad_input_is_reported_and_counts_reconcile(bad_folder, tmp_path):
     s = report.to_dict()
 
     assert s["images"]["skipped_by_reason"] == {
-        "bad_file_name": 1, "bad_image_id": 1, "bad_image_size": 1, "corrupt_image": 1,
-        "duplicate_image_id": 1, "missing_file": 1, "not_an_image": 1, "size_mismatch": 1,
-        "too_many_pixels": 1}
+        "bad_file_name": 1,
+        "bad_image_id": 1,
+        "bad_image_size": 1,
+        "corrupt_image": 1,
+        "duplicate_image_id": 1,
+        "missing_file": 1,
+        "not_an_image": 1,
+        "size_mismatch": 1,
+        "too_many_pixels": 1,
+    }
     assert s["images"]["in_json"] == 15
     assert s["images"]["packed"] == 6 and s["images"]["read"] == 11
     assert s["images"]["packed"] + s["images"]["skipped"] == s["images"]["in_json"]
     assert s["boxes"]["dropped_by_reason"] == {
-        "bad_annotation_id": 1, "bad_bbox": 1, "degenerate_box": 2, "duplicate_annotation_id": 1,
-        "image_skipped:corrupt_image": 1, "image_skipped:too_many_pixels": 1,
-        "outside_image": 1, "unknown_category_id": 1, "unknown_image_id": 1}
+        "bad_annotation_id": 1,
+        "bad_bbox": 1,
+        "degenerate_box": 2,
+        "duplicate_annotation_id": 1,
+        "image_skipped:corrupt_image": 1,
+        "image_skipped:too_many_pixels": 1,
+        "outside_image": 1,
+        "unknown_category_id": 1,
+        "unknown_image_id": 1,
+    }
     assert s["boxes"]["in_json"] == 18
     assert s["boxes"]["kept"] + s["boxes"]["dropped"] == s["boxes"]["in_json"]
     assert s["boxes"]["kept"] == 8 and s["boxes"]["kept_crowd"] == 1
     assert s["boxes"]["clipped"] == 1
-    assert s["categories"]["skipped_by_reason"] == {"bad_category_id": 1,
-                                                    "duplicate_category_id": 1}
-    assert s["notes_by_reason"] == {"box_clipped": 1, "cmyk": 1, "exif_orientation": 2,
-                                    "format_png": 1, "grayscale": 1, "mode_rgba": 1}
+    assert s["categories"]["skipped_by_reason"] == {
+        "bad_category_id": 1,
+        "duplicate_category_id": 1,
+    }
+    assert s["notes_by_reason"] == {
+        "box_clipped": 1,
+        "cmyk": 1,
+        "exif_orientation": 2,
+        "format_png": 1,
+        "grayscale": 1,
+        "mode_rgba": 1,
+    }
 
     # each bad file is named with its reason
     by_file = {(p["file"], p["reason"]) for p in s["problems"]}
-    for pair in [("truncated.jpg", "corrupt_image"), ("random.jpg", "not_an_image"),
-                 ("missing.jpg", "missing_file"), ("wrong_size.jpg", "size_mismatch"),
-                 ("big.jpg", "too_many_pixels"), ("dup_id.jpg", "duplicate_image_id"),
-                 ("bad_id.jpg", "bad_image_id"), ("zero_size.jpg", "bad_image_size"),
-                 ("gray.jpg", "grayscale"), ("cmyk.jpg", "cmyk"), ("alpha.png", "format_png"),
-                 ("exif_display.jpg", "exif_orientation"), ("good.jpg", "degenerate_box"),
-                 ("good.jpg", "outside_image"), ("good.jpg", "box_clipped")]:
+    for pair in [
+        ("truncated.jpg", "corrupt_image"),
+        ("random.jpg", "not_an_image"),
+        ("missing.jpg", "missing_file"),
+        ("wrong_size.jpg", "size_mismatch"),
+        ("big.jpg", "too_many_pixels"),
+        ("dup_id.jpg", "duplicate_image_id"),
+        ("bad_id.jpg", "bad_image_id"),
+        ("zero_size.jpg", "bad_image_size"),
+        ("gray.jpg", "grayscale"),
+        ("cmyk.jpg", "cmyk"),
+        ("alpha.png", "format_png"),
+        ("exif_display.jpg", "exif_orientation"),
+        ("good.jpg", "degenerate_box"),
+        ("good.jpg", "outside_image"),
+        ("good.jpg", "box_clipped"),
+    ]:
         assert pair in by_file, pair
     escape = [p for p in s["problems"] if p["reason"] == "bad_file_name"]
     assert escape[0]["image_id"] == 10 and "../escape.jpg" in escape[0]["detail"]
@@ -151,8 +190,9 @@ def test_every_bad_input_is_reported_and_counts_reconcile(bad_folder, tmp_path):
     assert ds.cat_ids == [2, 7, 11] and ds.classes == ["apple", "pear", "kiwi"]
     samples = {ds[i]["img_id"]: ds[i] for i in range(len(ds))}
     good_s = samples[1]
-    np.testing.assert_allclose(good_s["gt_bboxes"], [[5, 5, 25, 15], [50, 40, 60, 50],
-                                                     [0, 0, 60, 50]])
+    np.testing.assert_allclose(
+        good_s["gt_bboxes"], [[5, 5, 25, 15], [50, 40, 60, 50], [0, 0, 60, 50]]
+    )
     assert good_s["gt_classes"].tolist() == [0, 1, -1]  # crowd -> -1; ids 2, 7 -> 0, 1
     gray = samples[5]["img"]
     assert gray.shape == (30, 40, 3) and (gray[..., 0] == gray[..., 1]).all()
@@ -161,23 +201,31 @@ def test_every_bad_input_is_reported_and_counts_reconcile(bad_folder, tmp_path):
         img = samples[iid]["img"]
         box = samples[iid]["gt_bboxes"][0]
         assert tuple(box.astype(int)) == (x0, y0, x1, y1)
-        patch = img[y0 + 2:y1 - 2, x0 + 2:x1 - 2].reshape(-1, 3).mean(0)
+        patch = img[y0 + 2 : y1 - 2, x0 + 2 : x1 - 2].reshape(-1, 3).mean(0)
         assert patch[0] > 200 and patch[1] < 60, (iid, patch)  # red where the box says
 
 
 def test_stop_policy_names_the_first_problem(bad_folder, tmp_path):
     img_dir, ann = bad_folder
     with pytest.raises(PackStopped) as err:
-        pack_coco(img_dir, ann, str(tmp_path / "stop_lmdb"), on_error="stop", limits=LIMITS,
-                  progress=False)
+        pack_coco(
+            img_dir,
+            ann,
+            str(tmp_path / "stop_lmdb"),
+            on_error="stop",
+            limits=LIMITS,
+            progress=False,
+        )
     assert "duplicate_category_id" in str(err.value)
 
 
 def test_stop_policy_on_a_bad_image(tmp_path, helpers):
     rng = np.random.default_rng(0)
     files = {"a.jpg": helpers.jpeg_bytes(helpers.scene(rng, 20, 20)), "b.jpg": b"garbage"}
-    images = [{"id": 1, "file_name": "a.jpg", "width": 20, "height": 20},
-              {"id": 2, "file_name": "b.jpg", "width": 20, "height": 20}]
+    images = [
+        {"id": 1, "file_name": "a.jpg", "width": 20, "height": 20},
+        {"id": 2, "file_name": "b.jpg", "width": 20, "height": 20},
+    ]
     img_dir, ann = helpers.write_coco(str(tmp_path / "s"), images, [], helpers.categories, files)
     with pytest.raises(PackStopped, match=r"b\.jpg.*not_an_image"):
         pack_coco(img_dir, ann, str(tmp_path / "s_lmdb"), on_error="stop", progress=False)
@@ -186,8 +234,10 @@ def test_stop_policy_on_a_bad_image(tmp_path, helpers):
     assert report.images_resumed == 1 and report.images_skipped == {"not_an_image": 1}
 
 
-@pytest.mark.parametrize("text", ["{not json", "[1, 2]", ('{"images": {}, "annotations": [], '
-                                                       '"categories": []}'), "\xff\xfe"])
+@pytest.mark.parametrize(
+    "text",
+    ["{not json", "[1, 2]", ('{"images": {}, "annotations": [], "categories": []}'), "\xff\xfe"],
+)
 def test_malformed_json_is_a_user_error(tmp_path, text):
     (tmp_path / "imgs").mkdir()
     ann = tmp_path / "bad.json"
@@ -270,8 +320,7 @@ def test_map_size_grows_on_demand(tmp_path, clean_coco, monkeypatch):
     assert max(grown) > small
     assert len(Coco(str(tmp_path / "grow_lmdb"))) == 6
     with pytest.raises(FcosUserError, match="map-size limit"):
-        pack_coco(img_dir, ann, str(tmp_path / "cap_lmdb"), max_map_bytes=small,
-                  progress=False)
+        pack_coco(img_dir, ann, str(tmp_path / "cap_lmdb"), max_map_bytes=small, progress=False)
 
 
 def test_pack_coco_command(tmp_path, clean_coco, capsys):
@@ -279,13 +328,27 @@ def test_pack_coco_command(tmp_path, clean_coco, capsys):
 
     img_dir, ann = clean_coco()
     out = str(tmp_path / "cli_lmdb")
-    assert main(["pack-coco", "--images", img_dir, "--ann", ann, "--out", out,
-                 "--split-name", "mini", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "pack-coco",
+                "--images",
+                img_dir,
+                "--ann",
+                ann,
+                "--out",
+                out,
+                "--split-name",
+                "mini",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "6 in json" in text and "6 packed" in text and os.path.exists(out + ".summary.json")
     assert Coco(out).split_name == "mini"
-    assert main(["pack-coco", "--images", str(tmp_path / "nope"), "--ann", ann, "--out",
-                 out]) == 2
+    assert main(["pack-coco", "--images", str(tmp_path / "nope"), "--ann", ann, "--out", out]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -308,8 +371,9 @@ def test_a_complete_lmdb_is_refused_not_written_in_place(tmp_path, clean_coco, c
     summary = _file_bytes(default_summary_path(out))
     with pytest.raises(FcosUserError, match="--replace"):
         pack_coco(img_dir, ann, out, progress=False)
-    assert main(["pack-coco", "--images", img_dir, "--ann", ann, "--out", out,
-                 "--no-progress"]) == 2
+    assert (
+        main(["pack-coco", "--images", img_dir, "--ann", ann, "--out", out, "--no-progress"]) == 2
+    )
     err = capsys.readouterr().err
     assert out in err and "complete" in err and "--replace" in err
     assert _file_bytes(os.path.join(out, "data.mdb")) == data
@@ -318,16 +382,20 @@ def test_a_complete_lmdb_is_refused_not_written_in_place(tmp_path, clean_coco, c
 
 
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
-def test_replace_packs_next_to_it_and_swaps_it_in(tmp_path, clean_coco, capsys, monkeypatch,
-                                                  exchange):
+def test_replace_packs_next_to_it_and_swaps_it_in(
+    tmp_path, clean_coco, capsys, monkeypatch, exchange
+):
     import fcos_plugin_coco.packer as packer
     from fcos_core.cli.main import main
     from fcos_plugin_coco import lmdb_env
 
     swaps = []
     real_exchange = packer._exchange
-    monkeypatch.setattr(packer, "_exchange", lambda a, b: swaps.append(a) or (
-        real_exchange(a, b) if exchange else False))
+    monkeypatch.setattr(
+        packer,
+        "_exchange",
+        lambda a, b: swaps.append(a) or (real_exchange(a, b) if exchange else False),
+    )
 
     img_a, ann_a = clean_coco(n=6, seed=0)
     img_b, ann_b = clean_coco(n=4, seed=1)
@@ -336,8 +404,22 @@ def test_replace_packs_next_to_it_and_swaps_it_in(tmp_path, clean_coco, capsys, 
     held = lmdb_env.reader(out)  # a reader that keeps the old LMDB open
     with held.begin() as txn:
         old_items = {bytes(k): bytes(v) for k, v in txn.cursor()}
-    assert main(["pack-coco", "--images", img_b, "--ann", ann_b, "--out", out, "--replace",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "pack-coco",
+                "--images",
+                img_b,
+                "--ann",
+                ann_b,
+                "--out",
+                out,
+                "--replace",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     with held.begin() as txn:  # the open reader still sees the old data, intact
         assert {bytes(k): bytes(v) for k, v in txn.cursor()} == old_items
@@ -348,8 +430,7 @@ def test_replace_packs_next_to_it_and_swaps_it_in(tmp_path, clean_coco, capsys, 
     assert summary["lmdb"] == os.path.abspath(out) and summary["images"]["packed"] == 4
 
 
-def test_an_interrupted_replace_keeps_the_old_lmdb_and_resumes(tmp_path, clean_coco,
-                                                                monkeypatch):
+def test_an_interrupted_replace_keeps_the_old_lmdb_and_resumes(tmp_path, clean_coco, monkeypatch):
     import fcos_plugin_coco.packer as packer
 
     img_a, ann_a = clean_coco(n=6, seed=0)

@@ -9,8 +9,15 @@ def test_registered_components(fcos_host, fcos_schema_check):
     host = fcos_host(distributions=["fcos-plugin-coco"])
     r = host.registries
     assert {"Coco", "CocoFolder"} <= set(r["datasets"].names())
-    assert {"Resize", "RandomCrop", "Pad", "RandomFlip", "AugmentHSV", "ToTensor",
-            "Normalize"} <= set(r["transforms"].names())
+    assert {
+        "Resize",
+        "RandomCrop",
+        "Pad",
+        "RandomFlip",
+        "AugmentHSV",
+        "ToTensor",
+        "Normalize",
+    } <= set(r["transforms"].names())
     assert "collate_2d" in r["collates"] and r["collates"].get("collate_2d").schema is None
     assert "COCODetectionMetric" in r["metrics"]
     assert {"pack-coco", "demo-data"} <= set(r["commands"].names())
@@ -23,8 +30,11 @@ def test_registered_components(fcos_host, fcos_schema_check):
 
 
 def test_plugin_and_schema_import_without_torch(fcos_torch_free):
-    fcos_torch_free("fcos_plugin_coco.plugin", "fcos_plugin_coco.schema",
-                    forbidden=("torch", "lmdb", "pycocotools", "numpy", "PIL"))
+    fcos_torch_free(
+        "fcos_plugin_coco.plugin",
+        "fcos_plugin_coco.schema",
+        forbidden=("torch", "lmdb", "pycocotools", "numpy", "PIL"),
+    )
 
 
 def test_demo_command_defaults_match_demo_params():

@@ -34,10 +34,16 @@ def painted(draw):
     y2 = draw(st.integers(y1 + 2, h))
     img = np.zeros((h, w, 3), np.uint8)
     img[y1:y2, x1:x2] = 255
-    sample = {"img": img, "gt_bboxes": np.array([[x1, y1, x2, y2]], np.float32),
-              "gt_classes": np.array([4], np.int64), "img_id": 1, "ori_shape": (h, w),
-              "img_shape": (h, w), "pad_shape": (h, w),
-              "scale_factor": np.ones(2, np.float32)}
+    sample = {
+        "img": img,
+        "gt_bboxes": np.array([[x1, y1, x2, y2]], np.float32),
+        "gt_classes": np.array([4], np.int64),
+        "img_id": 1,
+        "ori_shape": (h, w),
+        "img_shape": (h, w),
+        "pad_shape": (h, w),
+        "scale_factor": np.ones(2, np.float32),
+    }
     return sample, draw(st.integers(0, 2**31 - 1))
 
 
@@ -55,13 +61,22 @@ def check_state(out: dict) -> None:
     assert 0 <= ih <= h and 0 <= iw <= w
     b = out["gt_bboxes"]
     assert b.dtype == np.float32 and len(b) == len(out["gt_classes"])
-    assert (b[:, 0] >= 0).all() and (b[:, 2] <= w).all() and (b[:, 1] >= 0).all() \
+    assert (
+        (b[:, 0] >= 0).all()
+        and (b[:, 2] <= w).all()
+        and (b[:, 1] >= 0).all()
         and (b[:, 3] <= h).all()
+    )
 
 
 @SETTINGS
-@given(painted(), st.integers(8, 64), st.integers(8, 64), st.booleans(),
-       st.sampled_from([None, (0.5, 2.0)]))
+@given(
+    painted(),
+    st.integers(8, 64),
+    st.integers(8, 64),
+    st.booleans(),
+    st.sampled_from([None, (0.5, 2.0)]),
+)
 def test_resize(data, th, tw, keep_ratio, ratio_range):
     sample, seed = data
     np.random.seed(seed)
@@ -147,8 +162,12 @@ def test_random_flip(data, px, py, extra):
 def test_flip_always_and_never(helpers):
     img = np.zeros((10, 20, 3), np.uint8)
     img[2:5, 1:4] = 255
-    s = {"img": img, "gt_bboxes": np.array([[1, 2, 4, 5]], np.float32),
-         "gt_classes": np.array([0]), "img_shape": (10, 20)}
+    s = {
+        "img": img,
+        "gt_bboxes": np.array([[1, 2, 4, 5]], np.float32),
+        "gt_classes": np.array([0]),
+        "img_shape": (10, 20),
+    }
     out = RandomFlip(1.0, 1.0)(s)
     assert out["gt_bboxes"].tolist() == [[16, 5, 19, 8]]
     np.testing.assert_array_equal(out["img"], img[::-1, ::-1])
@@ -200,8 +219,9 @@ def test_augment_hsv_changes_colour_within_gains():
 def test_to_tensor_yuv_matches_pil_ycbcr():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (9, 11, 3)).astype(np.uint8)
-    out = ToTensor(to_yuv=True)({"img": img, "gt_bboxes": np.zeros((0, 4), np.float32),
-                                 "gt_classes": np.zeros(0, np.int64)})
+    out = ToTensor(to_yuv=True)(
+        {"img": img, "gt_bboxes": np.zeros((0, 4), np.float32), "gt_classes": np.zeros(0, np.int64)}
+    )
     ref = np.asarray(Image.fromarray(img).convert("YCbCr")).transpose(2, 0, 1).astype(np.float32)
     assert out["img"].dtype == torch.float32 and out["img"].shape == (3, 9, 11)
     assert (out["img"] - torch.from_numpy(ref)).abs().max() <= 1.0  # PIL uses fixed point
@@ -222,20 +242,23 @@ def test_normalize():
         Normalize(0, 1)({"img": np.zeros((2, 2, 3))})
 
 
-@pytest.mark.parametrize("make, match", [
-    (lambda: Resize((0, 10)), "img_scale"),
-    (lambda: Resize((10, 10), ratio_range=(2.0, 1.0)), "ratio_range"),
-    (lambda: Resize((10,)), "img_scale"),
-    (lambda: RandomCrop((10, -1)), "size"),
-    (lambda: Pad(), "exactly one"),
-    (lambda: Pad(divisor=32, size=(1, 1)), "exactly one"),
-    (lambda: Pad(divisor=0), "divisor"),
-    (lambda: Pad(divisor=8, pad_val=300), "pad_val"),
-    (lambda: RandomFlip(1.5), "px"),
-    (lambda: AugmentHSV(-0.1), "hgain"),
-    (lambda: Normalize(0, [1, 2]), "std"),
-    (lambda: Normalize(0, 0), "std"),
-])
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: Resize((0, 10)), "img_scale"),
+        (lambda: Resize((10, 10), ratio_range=(2.0, 1.0)), "ratio_range"),
+        (lambda: Resize((10,)), "img_scale"),
+        (lambda: RandomCrop((10, -1)), "size"),
+        (lambda: Pad(), "exactly one"),
+        (lambda: Pad(divisor=32, size=(1, 1)), "exactly one"),
+        (lambda: Pad(divisor=0), "divisor"),
+        (lambda: Pad(divisor=8, pad_val=300), "pad_val"),
+        (lambda: RandomFlip(1.5), "px"),
+        (lambda: AugmentHSV(-0.1), "hgain"),
+        (lambda: Normalize(0, [1, 2]), "std"),
+        (lambda: Normalize(0, 0), "std"),
+    ],
+)
 def test_bad_arguments_fail_at_construction(make, match):
     with pytest.raises(ValueError, match=match):
         make()
@@ -247,8 +270,13 @@ def test_pad_smaller_than_the_image_says_what_to_do():
 
 
 @SETTINGS
-@given(painted(), st.integers(4, 64), st.integers(4, 64), st.integers(4, 64),
-       st.sampled_from([None, (0.5, 2.0)]))
+@given(
+    painted(),
+    st.integers(4, 64),
+    st.integers(4, 64),
+    st.integers(4, 64),
+    st.sampled_from([None, (0.5, 2.0)]),
+)
 def test_fused_resize_crop_equals_the_pair(data, scale, ch, cw, ratio_range):
     from fcos_plugin_coco.transforms.fused import ResizeCrop, fuse
 
@@ -270,8 +298,14 @@ def test_fused_resize_crop_equals_the_pair(data, scale, ch, cw, ratio_range):
             assert got[k] == ref[k], k
     pad, flip = Pad(divisor=8), RandomFlip()
     fused = fuse([resize, crop, pad, resize, flip, ToTensor(), Normalize(0, 1), ToTensor()])
-    assert [type(t).__name__ for t in fused] == ["ResizeCrop", "Pad", "Resize", "RandomFlip",
-                                                 "ToTensorNormalize", "ToTensor"]
+    assert [type(t).__name__ for t in fused] == [
+        "ResizeCrop",
+        "Pad",
+        "Resize",
+        "RandomFlip",
+        "ToTensorNormalize",
+        "ToTensor",
+    ]
 
 
 def test_augment_hsv_leaves_padding_alone():

@@ -77,8 +77,9 @@ def test_resize_below_half_is_an_area_average(factor):
     img = np.random.default_rng(1).integers(0, 256, (60, 80, 3), dtype=np.uint8)
     nh, nw = int(60 * factor + 0.5), int(80 * factor + 0.5)
     got = resize_image(img, nh, nw).astype(float)
-    ref = np.einsum("oi,ijc,pj->opc", _area_weights(60, nh), img.astype(float),
-                    _area_weights(80, nw))
+    ref = np.einsum(
+        "oi,ijc,pj->opc", _area_weights(60, nh), img.astype(float), _area_weights(80, nw)
+    )
     assert np.abs(got - ref).max() <= 1.0
 
 
@@ -91,8 +92,11 @@ def test_resize_crop_is_bit_identical_to_the_pair_at_photo_sizes():
     for i in range(40):
         h, w = int(rng.integers(40, 640)), int(rng.integers(40, 640))
         img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        s = {"img": img, "gt_bboxes": np.zeros((0, 4), np.float32),
-             "gt_classes": np.zeros(0, np.int64)}
+        s = {
+            "img": img,
+            "gt_bboxes": np.zeros((0, 4), np.float32),
+            "gt_classes": np.zeros(0, np.int64),
+        }
         size = int(rng.integers(16, 512))
         resize, crop = Resize((size, size), (0.5, 2.0)), RandomCrop((size, size))
         np.random.seed(i)
@@ -105,8 +109,7 @@ def test_resize_into_scratch_equals_a_new_array():
     img = _smooth(np.random.default_rng(2), 37, 53)
     for nh, nw in ((37, 53), (70, 101), (20, 30), (9, 12)):
         dst = scratch("test_resize", (nh, nw, 3))
-        np.testing.assert_array_equal(resize_image(img, nh, nw, dst=dst),
-                                      resize_image(img, nh, nw))
+        np.testing.assert_array_equal(resize_image(img, nh, nw, dst=dst), resize_image(img, nh, nw))
 
 
 # --- AugmentHSV ----------------------------------------------------------------------------
@@ -150,13 +153,15 @@ def test_augment_hsv_unit_gains_round_trip_within_8bit_quantization():
     assert err.mean() < 0.7 and err.max() <= 8, (err.mean(), err.max())
     assert err.mean() <= err_pil.mean() + 0.1  # no worse than PIL's 8-bit round trip
     # greys and red (hue 0) survive exactly; 120 / 240 degrees are not on the 256-step circle
-    exact = np.array([[[0, 0, 0], [255, 255, 255], [77, 77, 77], [255, 0, 0], [90, 0, 0]]],
-                     np.uint8)
+    exact = np.array(
+        [[[0, 0, 0], [255, 255, 255], [77, 77, 77], [255, 0, 0], [90, 0, 0]]], np.uint8
+    )
     np.testing.assert_array_equal(AugmentHSV.apply(exact, r), exact)
 
 
-@pytest.mark.parametrize("r", [(1.015, 1.7, 0.6), (0.985, 0.3, 1.4), (1.0, 1.0, 1.4),
-                               (1.3, 0.5, 0.8)])
+@pytest.mark.parametrize(
+    "r", [(1.015, 1.7, 0.6), (0.985, 0.3, 1.4), (1.0, 1.0, 1.4), (1.3, 0.5, 0.8)]
+)
 def test_augment_hsv_fixed_gains_match_a_float_reference(r):
     r = np.array(r)
     img = np.random.default_rng(5).integers(0, 256, (64, 48, 3), dtype=np.uint8)
@@ -165,8 +170,11 @@ def test_augment_hsv_fixed_gains_match_a_float_reference(r):
     away = np.minimum(hue, 1.0 - hue) > 1.5 / 256  # not at the 0/360 discontinuity
     err = np.abs(got - ref)[away]
     err_pil = np.abs(_pil_hsv(img, r) - ref)[away]
-    assert err.mean() < 1.0 and np.percentile(err, 99) <= 7 and err.max() <= 16, \
-        (err.mean(), np.percentile(err, 99), err.max())
+    assert err.mean() < 1.0 and np.percentile(err, 99) <= 7 and err.max() <= 16, (
+        err.mean(),
+        np.percentile(err, 99),
+        err.max(),
+    )
     assert err.mean() <= err_pil.mean() + 0.1
 
 
@@ -213,20 +221,25 @@ def test_to_tensor_rgb_and_views():
     img = np.random.default_rng(7).integers(0, 256, (21, 30, 3), dtype=np.uint8)
     for view in (img, img[3:17, 5:25], img[:, ::-1]):
         got = ToTensor()({"img": view})["img"]
-        assert torch.equal(got, torch.from_numpy(np.ascontiguousarray(
-            view.transpose(2, 0, 1))).float())
+        assert torch.equal(
+            got, torch.from_numpy(np.ascontiguousarray(view.transpose(2, 0, 1))).float()
+        )
     # non-uint8 input keeps the plain float path
     f = img.astype(np.float32) + 0.25
     assert torch.equal(ToTensor()({"img": f})["img"], torch.from_numpy(f.transpose(2, 0, 1)))
 
 
 @pytest.mark.parametrize("to_yuv", [False, True])
-@pytest.mark.parametrize("mean, std", [(128.0, 128.0), ([123.675, 116.28, 103.53],
-                                                         [58.395, 57.12, 57.375]), (0.0, 1.0)])
+@pytest.mark.parametrize(
+    "mean, std", [(128.0, 128.0), ([123.675, 116.28, 103.53], [58.395, 57.12, 57.375]), (0.0, 1.0)]
+)
 def test_to_tensor_normalize_is_bit_identical_to_the_pair(to_yuv, mean, std):
     img = np.random.default_rng(8).integers(0, 256, (33, 47, 3), dtype=np.uint8)
-    sample = {"img": img, "gt_bboxes": np.array([[1, 2, 3, 4]], np.float32),
-              "gt_classes": np.array([2])}
+    sample = {
+        "img": img,
+        "gt_bboxes": np.array([[1, 2, 3, 4]], np.float32),
+        "gt_classes": np.array([2]),
+    }
     tt, nz = ToTensor(to_yuv), Normalize(mean, std)
     ref = nz(tt(sample))
     got = ToTensorNormalize(tt, nz)(sample)
@@ -239,9 +252,15 @@ def test_to_tensor_normalize_is_bit_identical_to_the_pair(to_yuv, mean, std):
 
 
 def _chain(size: int) -> list:
-    return [Resize((size, size), ratio_range=(0.5, 2.0)), RandomCrop((size, size)),
-            Pad(divisor=size), RandomFlip(0.5, 0.5), AugmentHSV(0.015, 0.7, 0.4),
-            ToTensor(to_yuv=True), Normalize(128.0, 128.0)]
+    return [
+        Resize((size, size), ratio_range=(0.5, 2.0)),
+        RandomCrop((size, size)),
+        Pad(divisor=size),
+        RandomFlip(0.5, 0.5),
+        AugmentHSV(0.015, 0.7, 0.4),
+        ToTensor(to_yuv=True),
+        Normalize(128.0, 128.0),
+    ]
 
 
 def _run(transforms: list, samples: list[dict], seed: int) -> list[dict]:
@@ -258,9 +277,14 @@ def test_fixed_seed_is_deterministic_and_fused_equals_unfused():
     rng = np.random.default_rng(9)
     samples = []
     for h, w in ((48, 64), (64, 40), (30, 30), (80, 96)):
-        samples.append({"img": _smooth(rng, h, w),
-                        "gt_bboxes": np.array([[2, 3, w - 5, h - 4]], np.float32),
-                        "gt_classes": np.array([1]), "img_shape": (h, w)})
+        samples.append(
+            {
+                "img": _smooth(rng, h, w),
+                "gt_bboxes": np.array([[2, 3, w - 5, h - 4]], np.float32),
+                "gt_classes": np.array([1]),
+                "img_shape": (h, w),
+            }
+        )
     a = _run(fuse(_chain(40)), samples, 3)
     b = _run(fuse(_chain(40)), samples, 3)
     c = _run(_chain(40), samples, 3)
@@ -277,8 +301,13 @@ def test_outputs_do_not_alias_scratch_memory():
     s1 = {"img": _smooth(rng, 50, 60), "img_shape": (50, 60)}
     s2 = {"img": _smooth(rng, 50, 60), "img_shape": (50, 60)}
     np.random.seed(0)
-    steps = fuse([Resize((64, 64), ratio_range=(1.5, 2.0)), RandomCrop((48, 48)),
-                  AugmentHSV(0.015, 0.7, 0.4)])
+    steps = fuse(
+        [
+            Resize((64, 64), ratio_range=(1.5, 2.0)),
+            RandomCrop((48, 48)),
+            AugmentHSV(0.015, 0.7, 0.4),
+        ]
+    )
     o1 = s1
     for t in steps:
         o1 = t(o1)
@@ -300,8 +329,11 @@ def test_flip_and_pad_equal_numpy():
     ref = np.full((16, 24, 3), 7, np.uint8)
     ref[:13, :17] = img
     np.testing.assert_array_equal(out["img"], ref)
-    for px, py, flip in ((1.0, 0.0, lambda a: a[:, ::-1]), (0.0, 1.0, lambda a: a[::-1]),
-                         (1.0, 1.0, lambda a: a[::-1, ::-1])):
+    for px, py, flip in (
+        (1.0, 0.0, lambda a: a[:, ::-1]),
+        (0.0, 1.0, lambda a: a[::-1]),
+        (1.0, 1.0, lambda a: a[::-1, ::-1]),
+    ):
         got = RandomFlip(px, py)(dict(out))["img"]
         want = ref.copy()
         want[:13, :17] = flip(img)
@@ -309,12 +341,17 @@ def test_flip_and_pad_equal_numpy():
 
 
 def test_opencv_runs_single_threaded_unless_told_otherwise():
-    code = ("import cv2; import fcos_plugin_coco.transforms.resize; "
-            "print(cv2.getNumThreads())")
+    code = "import cv2; import fcos_plugin_coco.transforms.resize; print(cv2.getNumThreads())"
     env = {k: v for k, v in os.environ.items() if k != "FCOS_CV2_THREADS"}
-    one = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout.strip()
+    one = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert one == "1"  # setNumThreads(0): no pool, every call in the calling thread
-    two = subprocess.run([sys.executable, "-c", code], env={**env, "FCOS_CV2_THREADS": "2"},
-                         capture_output=True, text=True, check=True).stdout.strip()
+    two = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "FCOS_CV2_THREADS": "2"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert two == "2"

@@ -16,11 +16,20 @@ from fcos_plugin_coco.dataset import Coco
 from fcos_plugin_coco.packer import pack_coco
 
 
-@pytest.mark.parametrize("option,value", [("--max-json-mb", "nan"), ("--max-map-gb", "inf"),
-                                          ("--max-image-mb", "-inf"), ("--max-json-mb", "0"),
-                                          ("--max-map-gb", "1e300"), ("--max-image-mb", "x")])
-def test_pack_coco_refuses_sizes_that_are_not_finite_and_positive(tmp_path, clean_coco, capsys,
-                                                                   option, value):
+@pytest.mark.parametrize(
+    "option,value",
+    [
+        ("--max-json-mb", "nan"),
+        ("--max-map-gb", "inf"),
+        ("--max-image-mb", "-inf"),
+        ("--max-json-mb", "0"),
+        ("--max-map-gb", "1e300"),
+        ("--max-image-mb", "x"),
+    ],
+)
+def test_pack_coco_refuses_sizes_that_are_not_finite_and_positive(
+    tmp_path, clean_coco, capsys, option, value
+):
     img_dir, ann = clean_coco()
     out = str(tmp_path / "o_lmdb")
     with pytest.raises(SystemExit) as exc:
@@ -37,10 +46,20 @@ def test_pack_coco_command_checks_sizes_given_programmatically(tmp_path, clean_c
     from fcos_plugin_coco.commands import pack_coco_command
 
     img_dir, ann = clean_coco()
-    args = argparse.Namespace(images=img_dir, ann=ann, out=str(tmp_path / "o"), split_name=None,
-                              on_error="skip", summary=None, max_json_mb=float("nan"),
-                              max_pixels=1000, max_image_mb=1.0, max_map_gb=float("inf"),
-                              no_progress=True, replace=False)
+    args = argparse.Namespace(
+        images=img_dir,
+        ann=ann,
+        out=str(tmp_path / "o"),
+        split_name=None,
+        on_error="skip",
+        summary=None,
+        max_json_mb=float("nan"),
+        max_pixels=1000,
+        max_image_mb=1.0,
+        max_map_gb=float("inf"),
+        no_progress=True,
+        replace=False,
+    )
     with pytest.raises(FcosUserError, match="--max-json-mb must be a finite number"):
         pack_coco_command(args)
 
@@ -49,13 +68,24 @@ def test_a_json_integer_over_pythons_digit_limit_is_a_user_error(tmp_path, capsy
     (tmp_path / "imgs").mkdir()
     ann = tmp_path / "huge.json"
     # json.loads raises a plain ValueError (not JSONDecodeError) for this
-    ann.write_text('{"images": [{"id": ' + "9" * 5000 + '}], "annotations": [], '
-                   '"categories": []}')
+    ann.write_text('{"images": [{"id": ' + "9" * 5000 + '}], "annotations": [], "categories": []}')
     with pytest.raises(FcosUserError, match="more than 4300 digits") as err:
         pack_coco(str(tmp_path / "imgs"), str(ann), str(tmp_path / "o"), progress=False)
     assert "huge.json" in str(err.value) and "regenerate" in str(err.value)
-    assert main(["pack-coco", "--images", str(tmp_path / "imgs"), "--ann", str(ann), "--out",
-                 str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "pack-coco",
+                "--images",
+                str(tmp_path / "imgs"),
+                "--ann",
+                str(ann),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "huge.json" in capsys.readouterr().err
 
 
@@ -101,8 +131,9 @@ class _FullDiskTxn:
         return self._txn.put(key, value)
 
 
-def test_disk_full_while_packing_is_a_user_error_and_the_rerun_resumes(tmp_path, clean_coco,
-                                                                        monkeypatch, capsys):
+def test_disk_full_while_packing_is_a_user_error_and_the_rerun_resumes(
+    tmp_path, clean_coco, monkeypatch, capsys
+):
     import fcos_plugin_coco.packer as packer
 
     img_dir, ann = clean_coco(n=6)
@@ -111,8 +142,9 @@ def test_disk_full_while_packing_is_a_user_error_and_the_rerun_resumes(tmp_path,
     # meta + 3 images fit (one commit per image), the 4th image's commit fails
     monkeypatch.setattr(packer, "_CHUNK_IMAGES", 1)
     monkeypatch.setattr(lmdb, "open", lambda *a, **k: _FullDisk(real_open(*a, **k), 4))
-    assert main(["pack-coco", "--images", img_dir, "--ann", ann, "--out", out,
-                 "--no-progress"]) == 2
+    assert (
+        main(["pack-coco", "--images", img_dir, "--ann", ann, "--out", out, "--no-progress"]) == 2
+    )
     err = capsys.readouterr().err
     assert "Traceback" not in err and out in err
     assert "No space left on device" in err and "the disk is full" in err
@@ -130,27 +162,27 @@ def test_disk_full_while_packing_is_a_user_error_and_the_rerun_resumes(tmp_path,
     assert len(Coco(out)) == 6
 
 
-def test_map_size_limit_says_the_lmdb_is_kept_and_how_to_resume(tmp_path, clean_coco,
-                                                                 monkeypatch):
+def test_map_size_limit_says_the_lmdb_is_kept_and_how_to_resume(tmp_path, clean_coco, monkeypatch):
     import fcos_plugin_coco.packer as packer
 
     img_dir, ann = clean_coco(n=6)
     monkeypatch.setattr(packer, "_estimate_map_size", lambda *a: 16 * 1024)
     with pytest.raises(FcosUserError) as err:
-        pack_coco(img_dir, ann, str(tmp_path / "cap_lmdb"), max_map_bytes=16 * 1024,
-                  progress=False)
+        pack_coco(img_dir, ann, str(tmp_path / "cap_lmdb"), max_map_bytes=16 * 1024, progress=False)
     text = str(err.value)
     assert "cap_lmdb" in text and "consistent" in text and "raise --max-map-gb" in text
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--max-object", "8"], "min_object (10) must be <= max_object (8)"),
-    (["--max-object", "2", "--min-object", "1"], "max_object must be >= 4"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--max-object", "8"], "min_object (10) must be <= max_object (8)"),
+        (["--max-object", "2", "--min-object", "1"], "max_object must be >= 4"),
+    ],
+)
 def test_demo_data_refuses_impossible_object_sizes(tmp_path, capsys, extra, message):
     out = tmp_path / "demo"
-    assert main(["demo-data", "--out", str(out), "--num-train", "2", "--num-val", "1",
-                 *extra]) == 2
+    assert main(["demo-data", "--out", str(out), "--num-train", "2", "--num-val", "1", *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and "--min-object" in err and "Traceback" not in err
 
@@ -158,8 +190,24 @@ def test_demo_data_refuses_impossible_object_sizes(tmp_path, capsys, extra, mess
 def test_demo_data_with_small_objects_works(tmp_path):
     # max_object 8 drew distractors with rng.uniform(8, 6.4): a numpy ValueError traceback
     out = tmp_path / "demo"
-    assert main(["demo-data", "--out", str(out), "--num-train", "6", "--num-val", "2",
-                 "--max-object", "8", "--min-object", "4"]) == 0
+    assert (
+        main(
+            [
+                "demo-data",
+                "--out",
+                str(out),
+                "--num-train",
+                "6",
+                "--num-val",
+                "2",
+                "--max-object",
+                "8",
+                "--min-object",
+                "4",
+            ]
+        )
+        == 0
+    )
     data = json.loads((out / "instances_train.json").read_text())
     sizes = [max(a["bbox"][2:]) for a in data["annotations"] if not a["iscrowd"]]
     assert sizes and max(sizes) <= 9

@@ -30,8 +30,7 @@ from fcos_core.schema import arg
 
 SIZE = 64
 COLOURS = [(230, 30, 30), (30, 200, 40), (40, 60, 230)]  # label k's colour
-CATEGORIES = [{"id": 3, "name": "red"}, {"id": 8, "name": "green"},
-              {"id": 12, "name": "blue"}]
+CATEGORIES = [{"id": 3, "name": "red"}, {"id": 8, "name": "green"}, {"id": 12, "name": "blue"}]
 
 
 # --- stand-ins ---------------------------------------------------------------------------------
@@ -77,10 +76,13 @@ class ColourDet(nn.Module):
         for b in range(len(boxes)):
             labels = torch.nonzero(present[b] > 0.5).flatten()
             fp_label = len(labels) % len(COLOURS)
-            out.append({
-                "boxes": torch.cat([boxes[b][labels], torch.tensor([[1.0, 1.0, 12.0, 12.0]])]),
-                "scores": torch.cat([0.9 - 0.2 * labels.float(), torch.tensor([0.4])]),
-                "labels": torch.cat([labels, torch.tensor([fp_label])])})
+            out.append(
+                {
+                    "boxes": torch.cat([boxes[b][labels], torch.tensor([[1.0, 1.0, 12.0, 12.0]])]),
+                    "scores": torch.cat([0.9 - 0.2 * labels.float(), torch.tensor([0.4])]),
+                    "labels": torch.cat([labels, torch.tensor([fp_label])]),
+                }
+            )
         return out
 
 
@@ -188,22 +190,28 @@ def _make_data(root: Path, n: int = 8, seed: int = 0) -> tuple[Path, Path]:
         img = np.full((SIZE, SIZE, 3), 120, np.uint8)
         img += rng.integers(0, 8, img.shape, dtype=np.uint8)
         taken = np.zeros((SIZE, SIZE), bool)
-        for k in rng.permutation(3)[:int(rng.integers(1, 4))]:
+        for k in rng.permutation(3)[: int(rng.integers(1, 4))]:
             for _ in range(50):  # a free spot, so that boxes of other colours do not overlap
                 w, h = (int(v) for v in rng.integers(14, 28, 2))
                 x, y = int(rng.integers(0, SIZE - w)), int(rng.integers(0, SIZE - h))
-                if not taken[y:y + h, x:x + w].any():
+                if not taken[y : y + h, x : x + w].any():
                     break
-            taken[y:y + h, x:x + w] = True
-            img[y:y + h, x:x + w] = COLOURS[k]
-            anns.append({"id": len(anns) + 1, "image_id": 10 + i,
-                         "category_id": CATEGORIES[k]["id"], "bbox": [x, y, w, h],
-                         "area": w * h, "iscrowd": 0})
+            taken[y : y + h, x : x + w] = True
+            img[y : y + h, x : x + w] = COLOURS[k]
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": 10 + i,
+                    "category_id": CATEGORIES[k]["id"],
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
         Image.fromarray(img).save(root / "images" / f"{i}.png")
         images.append({"id": 10 + i, "file_name": f"{i}.png", "width": SIZE, "height": SIZE})
     ann = root / "instances.json"
-    ann.write_text(json.dumps({"images": images, "annotations": anns,
-                               "categories": CATEGORIES}))
+    ann.write_text(json.dumps({"images": images, "annotations": anns, "categories": CATEGORIES}))
     return root / "images", ann
 
 
@@ -294,8 +302,9 @@ def host():
     import fcos_plugin_coco.plugin as coco_plugin
     from fcos_core.plugins import load_host
 
-    return load_host(entry_points=False, plugins=[("coco", coco_plugin),
-                                                  ("val_standins", sys.modules[__name__])])
+    return load_host(
+        entry_points=False, plugins=[("coco", coco_plugin), ("val_standins", sys.modules[__name__])]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -359,8 +368,16 @@ def test_report_files(host, pipeline):
     out = root / "report"
     assert _val(host, config, "--stage", "float", "--out", str(out), "--worst", "3") == 0
     names = {p.name for p in out.iterdir()}
-    assert {"val.json", "coco_summary.txt", "per_class.csv", "pr_curves.png",
-            "confusion_matrix.png", "confusion_matrix.csv", "worst", "log.jsonl"} <= names
+    assert {
+        "val.json",
+        "coco_summary.txt",
+        "per_class.csv",
+        "pr_curves.png",
+        "confusion_matrix.png",
+        "confusion_matrix.csv",
+        "worst",
+        "log.jsonl",
+    } <= names
     report = json.loads((out / "val.json").read_text())
     gt = json.loads(Path(report["ann_file"]).read_text())
     # per_class.csv: the table; its gt boxes counted directly from the json
@@ -404,8 +421,7 @@ def test_report_files(host, pipeline):
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
-        assert [row["AP"], row["AP50"], row["AR100"]] == [ev.stats[0], ev.stats[1],
-                                                          ev.stats[8]]
+        assert [row["AP"], row["AP50"], row["AR100"]] == [ev.stats[0], ev.stats[1], ev.stats[8]]
 
 
 @pytest.mark.slow
@@ -416,13 +432,37 @@ def test_other_data_folder_and_lmdb(host, pipeline):
 
     root, config, summary = pipeline
     data = root / "data"
-    assert _val(host, config, "--stage", "int_infer", "--out", str(root / "d1"), "--data",
-                str(data / "images"), "--ann", str(data / "instances.json")) == 0
+    assert (
+        _val(
+            host,
+            config,
+            "--stage",
+            "int_infer",
+            "--out",
+            str(root / "d1"),
+            "--data",
+            str(data / "images"),
+            "--ann",
+            str(data / "instances.json"),
+        )
+        == 0
+    )
     folder = json.loads((root / "d1" / "val.json").read_text())
     assert folder["metrics"] == summary["int_infer"]["metrics"]
     pack_coco(str(data / "images"), str(data / "instances.json"), str(root / "lmdb"))
-    assert _val(host, config, "--stage", "float", "--out", str(root / "d2"), "--data",
-                str(root / "lmdb")) == 0
+    assert (
+        _val(
+            host,
+            config,
+            "--stage",
+            "float",
+            "--out",
+            str(root / "d2"),
+            "--data",
+            str(root / "lmdb"),
+        )
+        == 0
+    )
     lmdb = json.loads((root / "d2" / "val.json").read_text())
     assert lmdb["metrics"] == summary["float"]["metrics"]
     assert (root / "d2" / "ground_truth.json").is_file()
@@ -432,21 +472,26 @@ def test_other_data_folder_and_lmdb(host, pipeline):
 def test_checkpoint_option(host, pipeline):
     root, config, summary = pipeline
     last = root / "ckpt" / "float-checkpoint-last.pth.tar"
-    assert _val(host, config, "--stage", "float", "--out", str(root / "c1"), "--checkpoint",
-                str(last)) == 0
+    assert (
+        _val(host, config, "--stage", "float", "--out", str(root / "c1"), "--checkpoint", str(last))
+        == 0
+    )
     report = json.loads((root / "c1" / "val.json").read_text())
     assert report["weights"] == str(last)
     assert report["metrics"] == summary["float"]["metrics"]  # one epoch: last is best
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args,message", [
-    (["--stage", "int-infer"], "did you mean 'int_infer'"),
-    (["--score-threshold", "2"], "--score-threshold must be a number in [0, 1]"),
-    (["--ann", "x.json"], "--data"),
-    (["--data", "/nonexistent/folder"], "is not a folder"),
-    (["--checkpoint", "/nonexistent.pth.tar"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--stage", "int-infer"], "did you mean 'int_infer'"),
+        (["--score-threshold", "2"], "--score-threshold must be a number in [0, 1]"),
+        (["--ann", "x.json"], "--data"),
+        (["--data", "/nonexistent/folder"], "is not a folder"),
+        (["--checkpoint", "/nonexistent.pth.tar"], "does not exist"),
+    ],
+)
 def test_user_errors_exit_2_and_write_nothing(host, pipeline, tmp_path, capsys, args, message):
     _root, config, _ = pipeline
     out = tmp_path / "out"
@@ -473,7 +518,9 @@ def test_default_run_folders_are_numbered(host, pipeline, monkeypatch, tmp_path)
     for _ in range(2):
         assert _val(host, config, "--stage", "float") == 0
     assert sorted(p.name for p in (tmp_path / "runs" / "colour").iterdir()) == [
-        "val-float", "val-float-2"]
+        "val-float",
+        "val-float-2",
+    ]
 
 
 def test_ground_truth_from_an_lmdb_equals_its_json(clean_coco, tmp_path):
@@ -487,13 +534,15 @@ def test_ground_truth_from_an_lmdb_equals_its_json(clean_coco, tmp_path):
     got = gt_from_lmdb(str(tmp_path / "lmdb"))
     assert sorted(c["id"] for c in got["categories"]) == sorted(c["id"] for c in src["categories"])
     assert {i["id"]: (i["width"], i["height"]) for i in got["images"]} == {
-        i["id"]: (i["width"], i["height"]) for i in src["images"]}
+        i["id"]: (i["width"], i["height"]) for i in src["images"]
+    }
 
     def key(a):
         return (a["image_id"], a["category_id"], a["iscrowd"], *a["bbox"])
 
     mine, theirs = sorted(map(key, got["annotations"])), sorted(map(key, src["annotations"]))
     assert [k[:3] for k in mine] == [k[:3] for k in theirs]
-    np.testing.assert_allclose([k[3:] for k in mine], [k[3:] for k in theirs],
-                               atol=1e-4)  # the LMDB stores float32 boxes
+    np.testing.assert_allclose(
+        [k[3:] for k in mine], [k[3:] for k in theirs], atol=1e-4
+    )  # the LMDB stores float32 boxes
     assert any(a["iscrowd"] for a in got["annotations"])

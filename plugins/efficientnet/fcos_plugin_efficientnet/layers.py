@@ -50,8 +50,15 @@ class ConvBNAct(nn.Sequential):
         bn_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride,
-                              padding=(kernel_size - 1) // 2, groups=groups, bias=False)
+        self.conv = nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding=(kernel_size - 1) // 2,
+            groups=groups,
+            bias=False,
+        )
         self.bn = nn.BatchNorm2d(out_channels, **(bn_kwargs or {}))
         if activation is not None:
             self.act = make_activation(activation)
@@ -135,17 +142,25 @@ class MBConv(nn.Module):
         self.use_residual = stride == 1 and in_channels == out_channels
         self.expand: nn.Module = nn.Identity()
         if expanded_channels != in_channels:
-            self.expand = ConvBNAct(in_channels, expanded_channels, 1,
-                                    activation=activation, bn_kwargs=bn_kwargs)
-        self.depthwise = ConvBNAct(expanded_channels, expanded_channels, kernel_size, stride,
-                                   groups=expanded_channels, activation=activation,
-                                   bn_kwargs=bn_kwargs)
+            self.expand = ConvBNAct(
+                in_channels, expanded_channels, 1, activation=activation, bn_kwargs=bn_kwargs
+            )
+        self.depthwise = ConvBNAct(
+            expanded_channels,
+            expanded_channels,
+            kernel_size,
+            stride,
+            groups=expanded_channels,
+            activation=activation,
+            bn_kwargs=bn_kwargs,
+        )
         self.se: nn.Module = nn.Identity()
         if use_se:
             # the squeeze width follows the block input, as in the paper and torchvision
             self.se = SqueezeExcite(expanded_channels, max(1, in_channels // 4), activation)
-        self.project = ConvBNAct(expanded_channels, out_channels, 1, activation=None,
-                                 bn_kwargs=bn_kwargs)
+        self.project = ConvBNAct(
+            expanded_channels, out_channels, 1, activation=None, bn_kwargs=bn_kwargs
+        )
         self.drop = DropConnect(drop_connect if self.use_residual else 0.0)
 
     def forward(self, x: Tensor) -> Tensor:

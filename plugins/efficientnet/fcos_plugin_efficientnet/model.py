@@ -76,13 +76,16 @@ class EfficientNet(nn.Module):
         if model_type not in VARIANTS:
             raise ValueError(f"model_type must be one of {', '.join(VARIANTS)}, got {model_type!r}")
         if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, "
-                             f"got {activation!r}")
+            raise ValueError(
+                f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}"
+            )
         if include_top and num_classes < 1:
             raise ValueError(f"num_classes must be >= 1 with include_top, got {num_classes}")
         if not 0.0 <= drop_connect_rate < 1.0:
-            raise ValueError(f"drop_connect_rate must be in [0, 1), got {drop_connect_rate}; "
-                             "use 0 to disable stochastic depth")
+            raise ValueError(
+                f"drop_connect_rate must be in [0, 1), got {drop_connect_rate}; "
+                "use 0 to disable stochastic depth"
+            )
         scaling = VARIANTS[model_type]
         dropout = scaling.dropout if dropout is None else dropout
         if not 0.0 <= dropout < 1.0:
@@ -91,8 +94,9 @@ class EfficientNet(nn.Module):
         try:
             nn.BatchNorm2d(1, **bn_kwargs)
         except TypeError as exc:
-            raise ValueError(f"bn_kwargs {bn_kwargs} are not BatchNorm2d arguments: {exc}; "
-                             "use eps and momentum") from None
+            raise ValueError(
+                f"bn_kwargs {bn_kwargs} are not BatchNorm2d arguments: {exc}; use eps and momentum"
+            ) from None
 
         self.model_type = model_type
         self.include_top = include_top
@@ -100,8 +104,9 @@ class EfficientNet(nn.Module):
         self.drop_connect_rate = drop_connect_rate
 
         stem_channels = scale_width(B0_STEM_CHANNELS, scaling.width)
-        self.stem = ConvBNAct(3, stem_channels, 3, stride=2, activation=activation,
-                              bn_kwargs=bn_kwargs)
+        self.stem = ConvBNAct(
+            3, stem_channels, 3, stride=2, activation=activation, bn_kwargs=bn_kwargs
+        )
 
         depths = [scale_depth(spec.num_blocks, scaling.depth) for spec in B0_STAGES]
         total_blocks = sum(depths)
@@ -118,18 +123,20 @@ class EfficientNet(nn.Module):
                 block_in = in_channels if i == 0 else out_channels
                 fraction = len(self._drop_fractions) / total_blocks
                 self._drop_fractions.append(fraction)
-                blocks.append(MBConv(
-                    in_channels=block_in,
-                    out_channels=out_channels,
-                    # expansion rounds like every width so scaled variants match the reference
-                    expanded_channels=scale_width(block_in, spec.expand_ratio),
-                    kernel_size=spec.kernel,
-                    stride=spec.stride if i == 0 else 1,
-                    activation=activation,
-                    use_se=use_se_block,
-                    drop_connect=drop_connect_rate * fraction,
-                    bn_kwargs=bn_kwargs,
-                ))
+                blocks.append(
+                    MBConv(
+                        in_channels=block_in,
+                        out_channels=out_channels,
+                        # expansion rounds like every width so scaled variants match the reference
+                        expanded_channels=scale_width(block_in, spec.expand_ratio),
+                        kernel_size=spec.kernel,
+                        stride=spec.stride if i == 0 else 1,
+                        activation=activation,
+                        use_se=use_se_block,
+                        drop_connect=drop_connect_rate * fraction,
+                        bn_kwargs=bn_kwargs,
+                    )
+                )
             stages.append(nn.Sequential(*blocks))
             stride *= spec.stride
             last_stage_of_stride[stride] = stage_idx
@@ -145,8 +152,9 @@ class EfficientNet(nn.Module):
 
         if include_top:
             head_channels = HEAD_CHANNEL_RATIO * in_channels
-            self.head = ConvBNAct(in_channels, head_channels, 1, activation=activation,
-                                  bn_kwargs=bn_kwargs)
+            self.head = ConvBNAct(
+                in_channels, head_channels, 1, activation=activation, bn_kwargs=bn_kwargs
+            )
             self.pool = nn.AdaptiveAvgPool2d(1)
             self.flatten = nn.Flatten(1)
             self.dropout = nn.Dropout(dropout)
@@ -165,7 +173,7 @@ class EfficientNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
-                bound = 1.0 / m.out_features ** 0.5
+                bound = 1.0 / m.out_features**0.5
                 nn.init.uniform_(m.weight, -bound, bound)
                 nn.init.zeros_(m.bias)
 
@@ -215,15 +223,24 @@ def build_efficientnet(
     ``model.pretrained_report``.
     """
     model = EfficientNet(
-        model_type=model_type, num_classes=num_classes, include_top=include_top,
-        activation=activation, use_se_block=use_se_block, bn_kwargs=bn_kwargs,
-        drop_connect_rate=drop_connect_rate, dropout=dropout,
+        model_type=model_type,
+        num_classes=num_classes,
+        include_top=include_top,
+        activation=activation,
+        use_se_block=use_se_block,
+        bn_kwargs=bn_kwargs,
+        drop_connect_rate=drop_connect_rate,
+        dropout=dropout,
     )
     if pretrained is not None:
         from fcos_plugin_efficientnet.weights import load_pretrained
 
         report = load_pretrained(model, pretrained)
         model.pretrained_report = report
-        logger.info("efficientnet-%s pretrained weights from %s: %s", model_type, pretrained,
-                    report.summary())
+        logger.info(
+            "efficientnet-%s pretrained weights from %s: %s",
+            model_type,
+            pretrained,
+            report.summary(),
+        )
     return model

@@ -92,8 +92,9 @@ def torchvision_key_map(model: nn.Module) -> dict[str, str]:
     return mapping
 
 
-def convert_torchvision_state_dict(model: nn.Module,
-                                   state_dict: Mapping[str, Tensor]) -> dict[str, str]:
+def convert_torchvision_state_dict(
+    model: nn.Module, state_dict: Mapping[str, Tensor]
+) -> dict[str, str]:
     """Our key for every key of a torchvision ``efficientnet_bN`` state dict.
 
     Keys with no counterpart map to themselves (and then show up as unexpected).
@@ -109,27 +110,33 @@ def convert_torchvision_state_dict(model: nn.Module,
 
 def _read_state_dict(path: str) -> dict[str, Tensor]:
     if not os.path.exists(path):
-        raise FcosUserError(f"pretrained weights file {path!r} does not exist",
-                            hint="give the path of a .pth file with an EfficientNet state dict, "
-                                 "or set pretrained: null")
+        raise FcosUserError(
+            f"pretrained weights file {path!r} does not exist",
+            hint="give the path of a .pth file with an EfficientNet state dict, "
+            "or set pretrained: null",
+        )
     if os.path.isdir(path):
-        raise FcosUserError(f"pretrained weights path {path!r} is a directory",
-                            hint="give the path of a .pth file")
+        raise FcosUserError(
+            f"pretrained weights path {path!r} is a directory", hint="give the path of a .pth file"
+        )
     try:
         obj: Any = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle errors, truncated files, forbidden globals
-        raise FcosUserError(f"cannot read pretrained weights {path!r}: {type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''}",
-                            hint="save the weights with torch.save(model.state_dict(), path)"
-                            ) from None
+        raise FcosUserError(
+            f"cannot read pretrained weights {path!r}: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}",
+            hint="save the weights with torch.save(model.state_dict(), path)",
+        ) from None
     if isinstance(obj, Mapping):
         for key in _CONTAINER_KEYS:
             if isinstance(obj.get(key), Mapping):
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping) or not any(isinstance(v, Tensor) for v in obj.values()):
-        raise FcosUserError(f"pretrained weights {path!r} hold no state dict of tensors",
-                            hint="save the weights with torch.save(model.state_dict(), path)")
+        raise FcosUserError(
+            f"pretrained weights {path!r} hold no state dict of tensors",
+            hint="save the weights with torch.save(model.state_dict(), path)",
+        )
     return {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
 
 
@@ -138,18 +145,19 @@ def _strip_wrappers(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     that have it, keeping keys without it (a detector's neck/head) so they show as unexpected."""
     for prefix in _WRAPPER_PREFIXES:
         if any(k.startswith(prefix) for k in state_dict):
-            state_dict = {k[len(prefix):] if k.startswith(prefix) else k: v
-                          for k, v in state_dict.items()}
+            state_dict = {
+                k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state_dict.items()
+            }
     return state_dict
 
 
-def load_state_dict_report(model: nn.Module, state_dict: Mapping[str, Tensor],
-                           path: str = "<memory>") -> LoadReport:
+def load_state_dict_report(
+    model: nn.Module, state_dict: Mapping[str, Tensor], path: str = "<memory>"
+) -> LoadReport:
     """Load what fits from a torchvision-format or fcos-format state dict into ``model``."""
     sd = _strip_wrappers(dict(state_dict))
     is_torchvision = any(k.startswith("features.") for k in sd)
-    names = (convert_torchvision_state_dict(model, sd) if is_torchvision
-             else {k: k for k in sd})
+    names = convert_torchvision_state_dict(model, sd) if is_torchvision else {k: k for k in sd}
     own = model.state_dict()
     loadable: dict[str, Tensor] = {}
     unexpected: list[str] = []
@@ -167,9 +175,14 @@ def load_state_dict_report(model: nn.Module, state_dict: Mapping[str, Tensor],
             loadable[key] = value
     model.load_state_dict(loadable, strict=False)
     missing = [k for k in own if k not in loadable]
-    return LoadReport(path=path, source_format="torchvision" if is_torchvision else "fcos",
-                      matched=sorted(loadable), missing=missing, unexpected=sorted(unexpected),
-                      shape_mismatch=mismatch)
+    return LoadReport(
+        path=path,
+        source_format="torchvision" if is_torchvision else "fcos",
+        matched=sorted(loadable),
+        missing=missing,
+        unexpected=sorted(unexpected),
+        shape_mismatch=mismatch,
+    )
 
 
 def load_pretrained(model: nn.Module, path: str) -> LoadReport:
@@ -186,5 +199,6 @@ def load_pretrained(model: nn.Module, path: str) -> LoadReport:
             f"({len(report.unexpected)} unexpected keys, e.g. {report.unexpected[:3]}; "
             f"{len(report.shape_mismatch)} with other shapes)",
             hint="use weights of the same EfficientNet variant (model_type), from torchvision "
-                 "or saved from this backbone")
+            "or saved from this backbone",
+        )
     return report

@@ -15,7 +15,8 @@ def test_drop_connect_rates_grow_linearly_and_only_on_residual_blocks():
     assert all(b.drop.p == 0.0 for b in blocks if not b.use_residual)
     # block i of n (counting all blocks) drops with rate * i / n
     assert [b.drop.p for b in blocks if b.use_residual] == [
-        0.2 * i / len(blocks) for i, b in enumerate(blocks) if b.use_residual]
+        0.2 * i / len(blocks) for i, b in enumerate(blocks) if b.use_residual
+    ]
     assert blocks[-2].drop.p == 0.2 * 14 / 16  # block 14 of 16 in b0
 
 
@@ -40,5 +41,11 @@ def test_set_drop_connect_rate_zero_makes_training_deterministic_and_exportable(
     ops = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
     assert not any("bernoulli" in op or "rand" in op for op in ops)
     # only ops an int8 accelerator runs (conv, BN, ReLU, add)
-    assert {op.split(".")[1] for op in ops} <= {"conv2d", "batch_norm", "relu_", "relu",
-                                                "add", "add_"}
+    assert {op.split(".")[1] for op in ops} <= {
+        "conv2d",
+        "batch_norm",
+        "relu_",
+        "relu",
+        "add",
+        "add_",
+    }

@@ -27,8 +27,8 @@ def exact_weight_grad(g, x, weight, stride, padding, groups):
 
 def stock_weight_grad(g, x, weight, stride, padding, groups):
     return torch.ops.aten.convolution_backward(
-        g, x, weight, None, stride, padding, (1, 1), False, (0, 0), groups,
-        (False, True, False))[1]
+        g, x, weight, None, stride, padding, (1, 1), False, (0, 0), groups, (False, True, False)
+    )[1]
 
 
 def assert_float32_close(ours, stock, exact):
@@ -39,9 +39,17 @@ def assert_float32_close(ours, stock, exact):
     assert (stock.double() - exact).abs().max() / scale < 1e-5
 
 
-@pytest.mark.parametrize("n,c,h,w,k,s", [
-    (1, 24, 16, 16, 5, 1), (1, 24, 17, 15, 5, 2), (2, 16, 16, 16, 5, 2), (3, 8, 9, 11, 7, 1),
-    (1, 40, 12, 12, 3, 1), (2, 32, 8, 8, 5, 1)])
+@pytest.mark.parametrize(
+    "n,c,h,w,k,s",
+    [
+        (1, 24, 16, 16, 5, 1),
+        (1, 24, 17, 15, 5, 2),
+        (2, 16, 16, 16, 5, 2),
+        (3, 8, 9, 11, 7, 1),
+        (1, 40, 12, 12, 3, 1),
+        (2, 32, 8, 8, 5, 1),
+    ],
+)
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_depthwise_weight_grad_matches_autograd(n, c, h, w, k, s, channels_last):
     torch.manual_seed(0)
@@ -50,9 +58,11 @@ def test_depthwise_weight_grad_matches_autograd(n, c, h, w, k, s, channels_last)
     weight = torch.randn(c, 1, k, k).to(memory_format=fmt)
     p = k // 2
     g = torch.randn_like(F.conv2d(x, weight, None, s, p, 1, c))
-    assert_float32_close(depthwise_weight_grad(g, x, (k, k), (s, s), (p, p)),
-                         stock_weight_grad(g, x, weight, (s, s), (p, p), c),
-                         exact_weight_grad(g, x, weight, s, p, c))
+    assert_float32_close(
+        depthwise_weight_grad(g, x, (k, k), (s, s), (p, p)),
+        stock_weight_grad(g, x, weight, (s, s), (p, p), c),
+        exact_weight_grad(g, x, weight, s, p, c),
+    )
 
 
 @pytest.mark.parametrize("n,o,i,h,w", [(1, 64, 64, 32, 32), (2, 24, 144, 9, 7), (3, 40, 8, 4, 6)])
@@ -63,9 +73,11 @@ def test_pointwise_weight_grad_matches_autograd(n, o, i, h, w, channels_last):
     x = torch.randn(n, i, h, w).to(memory_format=fmt)
     weight = torch.randn(o, i, 1, 1).to(memory_format=fmt)
     g = torch.randn(n, o, h, w).to(memory_format=fmt)
-    assert_float32_close(pointwise_weight_grad(g, x),
-                         stock_weight_grad(g, x, weight, (1, 1), (0, 0), 1),
-                         exact_weight_grad(g, x, weight, 1, 0, 1))
+    assert_float32_close(
+        pointwise_weight_grad(g, x),
+        stock_weight_grad(g, x, weight, (1, 1), (0, 0), 1),
+        exact_weight_grad(g, x, weight, 1, 0, 1),
+    )
 
 
 def test_fast_path_is_taken_only_where_it_helps():
@@ -105,8 +117,9 @@ def test_model_training_step_matches_the_plain_conv_path(batch, monkeypatch):
 
     calls = []
     real = fast_conv._FastWeightGradConv2d.apply
-    monkeypatch.setattr(fast_conv._FastWeightGradConv2d, "apply",
-                        lambda *a: calls.append(a[-1]) or real(*a))
+    monkeypatch.setattr(
+        fast_conv._FastWeightGradConv2d, "apply", lambda *a: calls.append(a[-1]) or real(*a)
+    )
     monkeypatch.setattr(fast_batchnorm, "ENABLED", False)
     out_fast = step(fast)
     # b0 on channels-last input: 16 depthwise convs (7 3x3, 9 5x5), 15 expansion and 16
@@ -166,8 +179,9 @@ def test_every_batchnorm_trains_through_the_fused_kernel(monkeypatch):
     x = torch.randn(2, 3, 64, 64).to(memory_format=torch.channels_last)
     calls = []
     real = fast_batchnorm._BatchNormAct.apply
-    monkeypatch.setattr(fast_batchnorm._BatchNormAct, "apply",
-                        lambda *a: calls.append(a[-1]) or real(*a))
+    monkeypatch.setattr(
+        fast_batchnorm._BatchNormAct, "apply", lambda *a: calls.append(a[-1]) or real(*a)
+    )
 
     def step(model, inp, enabled):
         model.train().to(memory_format=torch.channels_last).zero_grad()

@@ -58,8 +58,12 @@ def test_seed_block_validates_and_builds(host):
 
 
 def test_bad_values_are_reported_at_their_path(host):
-    _, problems = validate(host, SEED_BACKBONE.replace("activation: relu", "activation: gelu")
-                           .replace("model_type: b0", "model_type: b9"))
+    _, problems = validate(
+        host,
+        SEED_BACKBONE.replace("activation: relu", "activation: gelu").replace(
+            "model_type: b0", "model_type: b9"
+        ),
+    )
     where = {p.path for p in problems}
     assert where == {"backbone.activation", "backbone.model_type"}
 

@@ -24,8 +24,9 @@ def tv_file(tmp_path, tv_b0):
 
 
 def test_torchvision_file_reproduces_torchvision(tv_file, tv_b0):
-    model = build_efficientnet("b0", include_top=True, activation="swish", use_se_block=True,
-                               pretrained=tv_file).eval()
+    model = build_efficientnet(
+        "b0", include_top=True, activation="swish", use_se_block=True, pretrained=tv_file
+    ).eval()
     report = model.pretrained_report
     assert report.source_format == "torchvision" and report.path == tv_file
     assert len(report.matched) == len(tv_b0.state_dict())
@@ -34,11 +35,11 @@ def test_torchvision_file_reproduces_torchvision(tv_file, tv_b0):
         assert torch.allclose(model(x), tv_b0(x), atol=1e-5, rtol=0)
 
 
-def test_seed_backbone_from_torchvision_reports_se_and_top_as_unexpected(tv_file, tv_b0,
-                                                                         caplog):
+def test_seed_backbone_from_torchvision_reports_se_and_top_as_unexpected(tv_file, tv_b0, caplog):
     with caplog.at_level("INFO", logger="fcos_plugin_efficientnet.model"):
-        model = build_efficientnet("b0", include_top=False, activation="relu",
-                                   use_se_block=False, pretrained=tv_file)
+        model = build_efficientnet(
+            "b0", include_top=False, activation="relu", use_se_block=False, pretrained=tv_file
+        )
     report = model.pretrained_report
     tv_keys = set(tv_b0.state_dict())
     se_keys = {k for k in tv_keys if ".fc1." in k or ".fc2." in k}
@@ -48,16 +49,19 @@ def test_seed_backbone_from_torchvision_reports_se_and_top_as_unexpected(tv_file
     assert len(report.matched) == len(model.state_dict())
     assert "unexpected" in caplog.text and tv_file in caplog.text
     # the loaded tensors are torchvision's
-    assert torch.equal(model.stages[3][1].depthwise.conv.weight,
-                       tv_b0.features[4][1].block[1][0].weight)
+    assert torch.equal(
+        model.stages[3][1].depthwise.conv.weight, tv_b0.features[4][1].block[1][0].weight
+    )
 
 
 def test_own_checkpoint_round_trip_with_wrappers(tmp_path):
     src = EfficientNet("b0")
     with torch.no_grad():
         src.stem.bn.running_mean.uniform_()
-    ckpt = {"state_dict": {f"module.backbone.{k}": v for k, v in src.state_dict().items()},
-            "epoch": 3}
+    ckpt = {
+        "state_dict": {f"module.backbone.{k}": v for k, v in src.state_dict().items()},
+        "epoch": 3,
+    }
     ckpt["state_dict"]["module.neck.some.weight"] = torch.zeros(2)
     path = tmp_path / "detector.pth.tar"
     torch.save(ckpt, path)
@@ -71,8 +75,9 @@ def test_own_checkpoint_round_trip_with_wrappers(tmp_path):
 
 
 def test_other_variant_reports_shape_mismatches(tv_file):
-    model = build_efficientnet("b3", include_top=True, activation="swish", use_se_block=True,
-                               pretrained=tv_file)
+    model = build_efficientnet(
+        "b3", include_top=True, activation="swish", use_se_block=True, pretrained=tv_file
+    )
     report = model.pretrained_report
     assert report.shape_mismatch and report.missing
     assert all(len(file) == len(own) for _, file, own in report.shape_mismatch)

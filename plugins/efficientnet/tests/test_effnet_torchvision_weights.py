@@ -26,12 +26,14 @@ def randomised_torchvision(model_type: str) -> torch.nn.Module:
 
 
 # b5 also checks the documented BN settings of torchvision's b5-b7
-@pytest.mark.parametrize("model_type, bn_kwargs", [
-    ("b0", {}), ("b2", {}), ("b5", {"eps": 1e-3, "momentum": 0.01})])
+@pytest.mark.parametrize(
+    "model_type, bn_kwargs", [("b0", {}), ("b2", {}), ("b5", {"eps": 1e-3, "momentum": 0.01})]
+)
 def test_mapped_torchvision_weights_give_the_same_logits_and_features(model_type, bn_kwargs):
     tv = randomised_torchvision(model_type)
-    ours = EfficientNet(model_type, include_top=True, activation="swish", use_se_block=True,
-                        bn_kwargs=bn_kwargs)
+    ours = EfficientNet(
+        model_type, include_top=True, activation="swish", use_se_block=True, bn_kwargs=bn_kwargs
+    )
     report = load_state_dict_report(ours, tv.state_dict())
     assert report.source_format == "torchvision"
     assert not report.missing and not report.unexpected and not report.shape_mismatch

@@ -65,18 +65,24 @@ def test_b0_feature_shapes_at_seed_size_and_odd_size():
     with torch.no_grad():
         feats = model(torch.randn(1, 3, 128, 96))
         assert [tuple(f.shape) for f in feats] == [
-            (1, c, 128 // s, 96 // s) for c, s in zip(model.out_channels, model.out_strides)]
+            (1, c, 128 // s, 96 // s) for c, s in zip(model.out_channels, model.out_strides)
+        ]
         odd = model(torch.randn(1, 3, 65, 33))  # stride-2 convs round up, like 'same' padding
     assert [tuple(f.shape[2:]) for f in odd] == [(33, 17), (17, 9), (9, 5), (5, 3), (3, 2)]
 
 
-@pytest.mark.parametrize("activation, cls", [("relu", torch.nn.ReLU), ("swish", torch.nn.SiLU),
-                                             ("hswish", torch.nn.Hardswish)])
+@pytest.mark.parametrize(
+    "activation, cls",
+    [("relu", torch.nn.ReLU), ("swish", torch.nn.SiLU), ("hswish", torch.nn.Hardswish)],
+)
 def test_activation_choice_is_used_everywhere(activation, cls):
     with torch.device("meta"):
         model = EfficientNet("b0", activation=activation, use_se_block=True)
-    acts = [m for m in model.modules()
-            if isinstance(m, (torch.nn.ReLU, torch.nn.SiLU, torch.nn.Hardswish))]
+    acts = [
+        m
+        for m in model.modules()
+        if isinstance(m, (torch.nn.ReLU, torch.nn.SiLU, torch.nn.Hardswish))
+    ]
     assert acts and all(isinstance(m, cls) for m in acts)
 
 
@@ -93,14 +99,17 @@ def test_bn_kwargs_reach_every_batchnorm():
     assert bns and all(m.eps == 1e-3 and m.momentum == 0.01 for m in bns)
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    ({"model_type": "b8"}, "model_type"),
-    ({"activation": "gelu"}, "activation"),
-    ({"drop_connect_rate": 1.0}, "drop_connect_rate"),
-    ({"include_top": True, "num_classes": 0}, "num_classes"),
-    ({"bn_kwargs": {"epsilon": 1e-3}}, "bn_kwargs"),
-    ({"dropout": -0.1}, "dropout"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"model_type": "b8"}, "model_type"),
+        ({"activation": "gelu"}, "activation"),
+        ({"drop_connect_rate": 1.0}, "drop_connect_rate"),
+        ({"include_top": True, "num_classes": 0}, "num_classes"),
+        ({"bn_kwargs": {"epsilon": 1e-3}}, "bn_kwargs"),
+        ({"dropout": -0.1}, "dropout"),
+    ],
+)
 def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
     with pytest.raises(ValueError, match=name):
         EfficientNet(**kwargs)

@@ -91,9 +91,11 @@ class ArtifactError(FcosUserError):
     """A damaged, truncated, oversized or foreign artifact file."""
 
     def __init__(self, path: Path | str, what: str) -> None:
-        super().__init__(f"{path}: not a valid fcos NASH-E artifact: {what}",
-                         hint="recompile it with `fcos compile CONFIG` (the file may be "
-                              "truncated, corrupted or from another tool)")
+        super().__init__(
+            f"{path}: not a valid fcos NASH-E artifact: {what}",
+            hint="recompile it with `fcos compile CONFIG` (the file may be "
+            "truncated, corrupted or from another tool)",
+        )
         self.path = str(path)
         self.what = what
 
@@ -116,19 +118,40 @@ def program_to_json(prog: Program) -> tuple[dict[str, Any], bytes]:
             blob.extend(b"\0" * (off - len(blob)))
             data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
             blob.extend(data)
-            refs[key] = {"dtype": str(arr.dtype), "shape": list(arr.shape), "offset": off,
-                         "nbytes": len(data)}
-        ops.append({"kind": op.kind, "name": op.name, "inputs": list(op.inputs),
-                    "outputs": list(op.outputs), "attrs": op.attrs, "params": refs,
-                    "fused": list(op.fused)})
+            refs[key] = {
+                "dtype": str(arr.dtype),
+                "shape": list(arr.shape),
+                "offset": off,
+                "nbytes": len(data),
+            }
+        ops.append(
+            {
+                "kind": op.kind,
+                "name": op.name,
+                "inputs": list(op.inputs),
+                "outputs": list(op.outputs),
+                "attrs": op.attrs,
+                "params": refs,
+                "fused": list(op.fused),
+            }
+        )
     meta = {
         "format": "fcos-nash-e-program",
         "name": prog.name,
-        "tensors": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype,
-                     "scale": float(t.scale), "zero_point": int(t.zero_point)}
-                    for t in prog.tensors.values()],
-        "inputs": [{"name": i.name, "tensor": i.tensor, "source": i.source,
-                    "shape": list(i.shape)} for i in prog.inputs],
+        "tensors": [
+            {
+                "name": t.name,
+                "shape": list(t.shape),
+                "dtype": t.dtype,
+                "scale": float(t.scale),
+                "zero_point": int(t.zero_point),
+            }
+            for t in prog.tensors.values()
+        ],
+        "inputs": [
+            {"name": i.name, "tensor": i.tensor, "source": i.source, "shape": list(i.shape)}
+            for i in prog.inputs
+        ],
         "ops": ops,
         "outputs": list(prog.outputs),
         "meta": prog.meta,
@@ -145,24 +168,40 @@ def pack_artifact(sections: list[tuple[bytes, bytes]]) -> bytes:
     for tag, data in sections:
         if len(data) > SECTION_LIMITS[tag]:
             raise ValueError(f"section {tag.decode()} is {len(data)} bytes, over its limit")
-        entries.append(_ENTRY.pack(tag, b"\0" * 4, offset, len(data), zlib.crc32(data),
-                                   b"\0" * 4, hashlib.sha256(data).digest()))
+        entries.append(
+            _ENTRY.pack(
+                tag,
+                b"\0" * 4,
+                offset,
+                len(data),
+                zlib.crc32(data),
+                b"\0" * 4,
+                hashlib.sha256(data).digest(),
+            )
+        )
         body.extend(b"\0" * (offset - table_end - len(body)))
         body.extend(data)
         offset = _align(offset + len(data), ALIGN)
     size = table_end + len(body)
     head = _HEADER.pack(MAGIC, MAJOR, MINOR, HEADER_SIZE, size, len(sections), 0, b"\0" * 28)
     table = b"".join(entries)
-    return head + struct.pack("<I", zlib.crc32(head)) + table + \
-        struct.pack("<I", zlib.crc32(table)) + bytes(body)
+    return (
+        head
+        + struct.pack("<I", zlib.crc32(head))
+        + table
+        + struct.pack("<I", zlib.crc32(table))
+        + bytes(body)
+    )
 
 
 def write_artifact(path: Path | str, prog: Program, perf: dict[str, Any] | None = None) -> Path:
     """Serialise ``prog`` (and the optional per-layer report) to ``path`` atomically."""
     validate_program(prog)
     meta, params = program_to_json(prog)
-    sections = [(b"META", json.dumps(meta, separators=(",", ":"), allow_nan=False).encode()),
-                (b"PARM", params)]
+    sections = [
+        (b"META", json.dumps(meta, separators=(",", ":"), allow_nan=False).encode()),
+        (b"PARM", params),
+    ]
     if perf is not None:
         sections.append((b"PERF", json.dumps(perf, separators=(",", ":")).encode()))
     out = pack_artifact(sections)
@@ -189,18 +228,24 @@ def _read_file(path: Path) -> bytes:
         return read_regular_file(path, MAX_FILE_BYTES)
     except ReadRefused as why:
         if why.kind == "missing":
-            raise FcosUserError(f"{path}: cannot read the artifact: No such file or directory",
-                                hint="check the path (compile_cfg.hbm)") from None
+            raise FcosUserError(
+                f"{path}: cannot read the artifact: No such file or directory",
+                hint="check the path (compile_cfg.hbm)",
+            ) from None
         if why.kind == "unreadable":
-            raise FcosUserError(f"{path}: cannot read the artifact: {why.detail}",
-                                hint="check the path and its permissions") from None
+            raise FcosUserError(
+                f"{path}: cannot read the artifact: {why.detail}",
+                hint="check the path and its permissions",
+            ) from None
         if why.kind == "directory":
             raise ArtifactError(path, "it is a directory, not an artifact file") from None
         if why.kind == "not_regular":
-            raise ArtifactError(path, "it is not a regular file (a FIFO, socket or "
-                                      "device)") from None
-        raise ArtifactError(path, f"file is over the {MAX_FILE_BYTES}-byte limit "
-                                  f"({why.detail})") from None
+            raise ArtifactError(
+                path, "it is not a regular file (a FIFO, socket or device)"
+            ) from None
+        raise ArtifactError(
+            path, f"file is over the {MAX_FILE_BYTES}-byte limit ({why.detail})"
+        ) from None
 
 
 def read_sections(path: Path | str, data: bytes | None = None) -> dict[bytes, bytes]:
@@ -211,29 +256,37 @@ def read_sections(path: Path | str, data: bytes | None = None) -> dict[bytes, by
     if len(data) > MAX_FILE_BYTES:
         raise ArtifactError(path, "file is over the size limit")
     if len(data) < HEADER_SIZE:
-        raise ArtifactError(path, f"file is {len(data)} bytes, shorter than the "
-                                  f"{HEADER_SIZE}-byte header (truncated?)")
+        raise ArtifactError(
+            path,
+            f"file is {len(data)} bytes, shorter than the {HEADER_SIZE}-byte header (truncated?)",
+        )
     magic, major, minor, hsize, fsize, count, flags, reserved = _HEADER.unpack_from(data, 0)
     if magic != MAGIC:
-        raise ArtifactError(path, f"bad magic {magic!r} (expected {MAGIC!r}); this is not an "
-                                  "fcos artifact (Horizon .hbm files are not supported)")
+        raise ArtifactError(
+            path,
+            f"bad magic {magic!r} (expected {MAGIC!r}); this is not an "
+            "fcos artifact (Horizon .hbm files are not supported)",
+        )
     (crc,) = struct.unpack_from("<I", data, 60)
     if crc != zlib.crc32(data[:60]):
         raise ArtifactError(path, "header checksum mismatch (corrupted header)")
     if major != MAJOR:
-        raise ArtifactError(path, f"format version {major}.{minor}; this fcos reads version "
-                                  f"{MAJOR}.x")
+        raise ArtifactError(
+            path, f"format version {major}.{minor}; this fcos reads version {MAJOR}.x"
+        )
     if hsize != HEADER_SIZE or flags != 0 or reserved != b"\0" * 28:
         raise ArtifactError(path, "unsupported header fields")
     if fsize != len(data):
-        raise ArtifactError(path, f"header says {fsize} bytes but the file has {len(data)} "
-                                  "(truncated or appended to)")
+        raise ArtifactError(
+            path,
+            f"header says {fsize} bytes but the file has {len(data)} (truncated or appended to)",
+        )
     if not 1 <= count <= MAX_SECTIONS:
         raise ArtifactError(path, f"section count {count} outside 1..{MAX_SECTIONS}")
     table_end = HEADER_SIZE + ENTRY_SIZE * count + 4
     if table_end > len(data):
         raise ArtifactError(path, "section table runs past the end of the file")
-    table = data[HEADER_SIZE:table_end - 4]
+    table = data[HEADER_SIZE : table_end - 4]
     (tcrc,) = struct.unpack_from("<I", data, table_end - 4)
     if tcrc != zlib.crc32(table):
         raise ArtifactError(path, "section table checksum mismatch")
@@ -249,16 +302,23 @@ def read_sections(path: Path | str, data: bytes | None = None) -> dict[bytes, by
         if res1 != b"\0" * 4 or res2 != b"\0" * 4:
             raise ArtifactError(path, f"section {name}: reserved fields are not zero")
         if length > SECTION_LIMITS[tag]:
-            raise ArtifactError(path, f"section {name} is {length} bytes, over its limit "
-                                      f"{SECTION_LIMITS[tag]}")
+            raise ArtifactError(
+                path, f"section {name} is {length} bytes, over its limit {SECTION_LIMITS[tag]}"
+            )
         if off % ALIGN or off < last_end or off + length > len(data):
-            raise ArtifactError(path, f"section {name} at offset {off} (+{length} bytes) is "
-                                      "misplaced or runs past the end of the file")
+            raise ArtifactError(
+                path,
+                f"section {name} at offset {off} (+{length} bytes) is "
+                "misplaced or runs past the end of the file",
+            )
         gap = data[last_end:off]
         if len(gap) >= ALIGN or gap.count(0) != len(gap):
-            raise ArtifactError(path, f"unexpected bytes before section {name} (only zero "
-                                      "alignment padding may sit between sections)")
-        body = data[off:off + length]
+            raise ArtifactError(
+                path,
+                f"unexpected bytes before section {name} (only zero "
+                "alignment padding may sit between sections)",
+            )
+        body = data[off : off + length]
         if zlib.crc32(body) != scrc:
             raise ArtifactError(path, f"section {name}: CRC32 mismatch (corrupted data)")
         if hashlib.sha256(body).digest() != sha:
@@ -266,8 +326,7 @@ def read_sections(path: Path | str, data: bytes | None = None) -> dict[bytes, by
         sections[tag] = body
         last_end = off + length
     if last_end != len(data):
-        raise ArtifactError(path, f"{len(data) - last_end} unexpected bytes after the last "
-                                  "section")
+        raise ArtifactError(path, f"{len(data) - last_end} unexpected bytes after the last section")
     for tag in REQUIRED:
         if tag not in sections:
             raise ArtifactError(path, f"required section {tag.decode()} is missing")
@@ -298,14 +357,15 @@ class _Reader:
         if isinstance(v, bool) and bool not in kinds:
             raise self.fail(f"{where}.{key}: wrong type bool")
         if not isinstance(v, kinds):
-            raise self.fail(f"{where}.{key}: expected {'/'.join(k.__name__ for k in kinds)}, "
-                            f"got {type(v).__name__}")
+            raise self.fail(
+                f"{where}.{key}: expected {'/'.join(k.__name__ for k in kinds)}, "
+                f"got {type(v).__name__}"
+            )
         return v
 
     def int_list(self, obj: Any, key: str, where: str, max_len: int = 8) -> tuple[int, ...]:
         v = self.get(obj, key, list, where)
-        if len(v) > max_len or not all(isinstance(x, int) and not isinstance(x, bool)
-                                       for x in v):
+        if len(v) > max_len or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
             raise self.fail(f"{where}.{key}: expected at most {max_len} integers")
         return tuple(v)
 
@@ -345,8 +405,7 @@ def _param(rd: _Reader, ref: Any, parm: bytes, where: str) -> np.ndarray:
     if nbytes != elems * itemsize:
         raise rd.fail(f"{where}: {nbytes} bytes do not hold {dtype} {list(shape)}")
     if off < 0 or off % PARAM_ALIGN or off + nbytes > len(parm):
-        raise rd.fail(f"{where}: bytes {off}..{off + nbytes} lie outside PARM "
-                      f"({len(parm)} bytes)")
+        raise rd.fail(f"{where}: bytes {off}..{off + nbytes} lie outside PARM ({len(parm)} bytes)")
     arr = np.frombuffer(parm, dtype=DTYPES[dtype].newbyteorder("<"), count=elems, offset=off)
     return arr.astype(DTYPES[dtype], copy=False).reshape(shape)
 
@@ -360,8 +419,9 @@ def _attrs_ok(value: Any, depth: int = 0) -> bool:
     if isinstance(value, list):
         return len(value) <= 64 and all(_attrs_ok(v, depth + 1) for v in value)
     if isinstance(value, dict):
-        return len(value) <= 64 and all(isinstance(k, str) and _attrs_ok(v, depth + 1)
-                                        for k, v in value.items())
+        return len(value) <= 64 and all(
+            isinstance(k, str) and _attrs_ok(v, depth + 1) for k, v in value.items()
+        )
     return False
 
 
@@ -375,10 +435,19 @@ def program_from_sections(path: Path, sections: dict[bytes, bytes]) -> Program:
         return _program_from_sections(path, sections)
     except ArtifactError:
         raise
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError, ArithmeticError,
-            MemoryError, RecursionError) as exc:
-        raise ArtifactError(path, f"the program cannot be decoded ({type(exc).__name__}: "
-                                  f"{str(exc)[:200]})") from None
+    except (
+        KeyError,
+        IndexError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        ArithmeticError,
+        MemoryError,
+        RecursionError,
+    ) as exc:
+        raise ArtifactError(
+            path, f"the program cannot be decoded ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
 
 
 def _program_from_sections(path: Path, sections: dict[bytes, bytes]) -> Program:
@@ -397,15 +466,24 @@ def _program_from_sections(path: Path, sections: dict[bytes, bytes]) -> Program:
         if name in tensors:
             raise rd.fail(f"{where}: duplicate tensor name {name!r}")
         scale = rd.number(t, "scale", where)
-        tensors[name] = TensorInfo(name, rd.int_list(t, "shape", where, 4),
-                                   rd.get(t, "dtype", str, where), scale,
-                                   rd.get(t, "zero_point", int, where))
+        tensors[name] = TensorInfo(
+            name,
+            rd.int_list(t, "shape", where, 4),
+            rd.get(t, "dtype", str, where),
+            scale,
+            rd.get(t, "zero_point", int, where),
+        )
     inputs = []
     for k, i in enumerate(rd.get(meta, "inputs", list, "META")[:16]):
         where = f"inputs[{k}]"
-        inputs.append(InputInfo(rd.get(i, "name", str, where), rd.get(i, "tensor", str, where),
-                                rd.get(i, "source", str, where),
-                                rd.int_list(i, "shape", where, 4)))
+        inputs.append(
+            InputInfo(
+                rd.get(i, "name", str, where),
+                rd.get(i, "tensor", str, where),
+                rd.get(i, "source", str, where),
+                rd.int_list(i, "shape", where, 4),
+            )
+        )
     if not inputs or len(rd.get(meta, "inputs", list, "META")) > 16:
         raise rd.fail("the program needs 1..16 inputs")
     ops = []
@@ -420,11 +498,20 @@ def _program_from_sections(path: Path, sections: dict[bytes, bytes]) -> Program:
         prefs = rd.get(o, "params", dict, where)
         if len(prefs) > 8:
             raise rd.fail(f"{where}: too many parameters")
-        params = {str(key): _param(rd, ref, parm, f"{where}.params.{key}")
-                  for key, ref in prefs.items()}
-        ops.append(Op(rd.get(o, "kind", str, where), rd.get(o, "name", str, where),
-                      rd.str_list(o, "inputs", where, 64), rd.str_list(o, "outputs", where, 1),
-                      attrs, params, rd.str_list(o, "fused", where, 64)))
+        params = {
+            str(key): _param(rd, ref, parm, f"{where}.params.{key}") for key, ref in prefs.items()
+        }
+        ops.append(
+            Op(
+                rd.get(o, "kind", str, where),
+                rd.get(o, "name", str, where),
+                rd.str_list(o, "inputs", where, 64),
+                rd.str_list(o, "outputs", where, 1),
+                attrs,
+                params,
+                rd.str_list(o, "fused", where, 64),
+            )
+        )
     outputs = rd.str_list(meta, "outputs", "META", 256)
     info = rd.get(meta, "meta", dict, "META")
     prog = Program(rd.get(meta, "name", str, "META"), tensors, inputs, ops, outputs, info)
@@ -441,12 +528,22 @@ MAX_DETECTIONS = 100_000
 MAX_LEVELS = 8
 
 
-def _fin(rd: _Reader, obj: dict, key: str, where: str, lo: float, hi: float,
-         lo_open: bool = False, hi_open: bool = False) -> float:
+def _fin(
+    rd: _Reader,
+    obj: dict,
+    key: str,
+    where: str,
+    lo: float,
+    hi: float,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> float:
     v = rd.number(obj, key, where)
     if v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi):
-        raise rd.fail(f"{where}.{key}: {v} outside {'(' if lo_open else '['}{lo}, {hi}"
-                      f"{')' if hi_open else ']'}")
+        raise rd.fail(
+            f"{where}.{key}: {v} outside {'(' if lo_open else '['}{lo}, {hi}"
+            f"{')' if hi_open else ']'}"
+        )
     return v
 
 
@@ -471,9 +568,15 @@ def check_meta(rd: _Reader, prog: Program) -> None:
     of one tensor per stride: class logits, boxes, centerness, max logits, with the feature-map
     size of each stride). Keys it does not know are allowed (additive minor versions)."""
     info, where = prog.meta, "META.meta"
-    for key, kind in (("dequant_output", bool), ("input_source", str), ("opt", str),
-                      ("memory_plan", dict), ("compiler", dict), ("preprocess", dict),
-                      ("detection", dict)):
+    for key, kind in (
+        ("dequant_output", bool),
+        ("input_source", str),
+        ("opt", str),
+        ("memory_plan", dict),
+        ("compiler", dict),
+        ("preprocess", dict),
+        ("detection", dict),
+    ):
         if key in info:
             rd.get(info, key, kind, where)
     size = None
@@ -481,8 +584,9 @@ def check_meta(rd: _Reader, prog: Program) -> None:
         size = _pair(rd, info, "input_size", where, LIMITS.max_spatial)
         shape = prog.inputs[0].shape
         if tuple(shape[2:]) != size:
-            raise rd.fail(f"{where}.input_size {list(size)} is not the input's size "
-                          f"{list(shape[2:])}")
+            raise rd.fail(
+                f"{where}.input_size {list(size)} is not the input's size {list(shape[2:])}"
+            )
     pre = info.get("preprocess")
     if pre is not None:
         color = pre.get("color", "yuv")
@@ -498,13 +602,17 @@ def check_meta(rd: _Reader, prog: Program) -> None:
     if size is None:
         raise rd.fail(f"{w}: needs {where}.input_size")
     if len(prog.inputs) != 1:
-        raise rd.fail(f"{w}: a detector has one image input, the program has "
-                      f"{len(prog.inputs)}")
+        raise rd.fail(f"{w}: a detector has one image input, the program has {len(prog.inputs)}")
     strides = rd.int_list(det, "strides", w, max_len=MAX_LEVELS)
-    if (not strides or not all(1 <= v <= LIMITS.max_spatial for v in strides)
-            or sorted(set(strides)) != list(strides)):
-        raise rd.fail(f"{w}.strides: expected 1..{MAX_LEVELS} strictly increasing strides in "
-                      f"1..{LIMITS.max_spatial}, got {list(strides)}")
+    if (
+        not strides
+        or not all(1 <= v <= LIMITS.max_spatial for v in strides)
+        or sorted(set(strides)) != list(strides)
+    ):
+        raise rd.fail(
+            f"{w}.strides: expected 1..{MAX_LEVELS} strictly increasing strides in "
+            f"1..{LIMITS.max_spatial}, got {list(strides)}"
+        )
     _fin(rd, det, "threshold", w, -1e6, 1e6)
     _fin(rd, det, "score_threshold", w, 0.0, 1.0, hi_open=True)
     _fin(rd, det, "iou_threshold", w, 0.0, 1.0, lo_open=True)
@@ -520,9 +628,11 @@ def check_meta(rd: _Reader, prog: Program) -> None:
         rd.get(det, "layout", str, w)
     n = len(strides)
     if len(prog.outputs) not in (3 * n, 4 * n):
-        raise rd.fail(f"{w}.strides: {n} strides need 3 x {n} or 4 x {n} outputs (class, box, "
-                      f"centerness[, max logit] per stride); the program has "
-                      f"{len(prog.outputs)}")
+        raise rd.fail(
+            f"{w}.strides: {n} strides need 3 x {n} or 4 x {n} outputs (class, box, "
+            f"centerness[, max logit] per stride); the program has "
+            f"{len(prog.outputs)}"
+        )
     groups = ("class", "box", "centerness", "max logit")
     for lvl, stride in enumerate(strides):
         hw = None
@@ -532,18 +642,24 @@ def check_meta(rd: _Reader, prog: Program) -> None:
             if want is None:
                 want = num_classes = t.shape[1]
             if t.shape[1] != want:
-                raise rd.fail(f"{w}: {groups[g]} output {t.name!r} of stride {stride} has "
-                              f"{t.shape[1]} channels, expected {want}")
+                raise rd.fail(
+                    f"{w}: {groups[g]} output {t.name!r} of stride {stride} has "
+                    f"{t.shape[1]} channels, expected {want}"
+                )
             if hw is None:
                 hw = tuple(t.shape[2:])
                 for dim, full in zip(hw, size):
                     if not full // stride <= dim <= -(-full // stride):
-                        raise rd.fail(f"{w}: output {t.name!r} is {hw[0]}x{hw[1]}, which is "
-                                      f"not stride {stride} of the {size[0]}x{size[1]} input")
+                        raise rd.fail(
+                            f"{w}: output {t.name!r} is {hw[0]}x{hw[1]}, which is "
+                            f"not stride {stride} of the {size[0]}x{size[1]} input"
+                        )
             elif tuple(t.shape[2:]) != hw:
-                raise rd.fail(f"{w}: output {t.name!r} of stride {stride} is "
-                              f"{t.shape[2]}x{t.shape[3]}, the other outputs of that stride "
-                              f"are {hw[0]}x{hw[1]}")
+                raise rd.fail(
+                    f"{w}: output {t.name!r} of stride {stride} is "
+                    f"{t.shape[2]}x{t.shape[3]}, the other outputs of that stride "
+                    f"are {hw[0]}x{hw[1]}"
+                )
 
 
 def read_artifact(path: Path | str) -> tuple[Program, dict[str, Any] | None]:

@@ -41,11 +41,14 @@ def _is_quantized(model: Any) -> bool:
     return find_integer_model(model) is not None
 
 
-def detection_meta(model: Any, program: Program, input_shape: Sequence[int],
-                   color: str) -> dict[str, Any]:
+def detection_meta(
+    model: Any, program: Program, input_shape: Sequence[int], color: str
+) -> dict[str, Any]:
     """What ``fcos infer`` needs to decode the outputs without the config."""
-    meta: dict[str, Any] = {"input_size": [int(input_shape[2]), int(input_shape[3])],
-                            "preprocess": {"color": color, "mean": 128.0, "std": 128.0}}
+    meta: dict[str, Any] = {
+        "input_size": [int(input_shape[2]), int(input_shape[3])],
+        "preprocess": {"color": color, "mean": 128.0, "std": 128.0},
+    }
     params = post_process_params(model)
     if params is None:
         return meta
@@ -54,7 +57,8 @@ def detection_meta(model: Any, program: Program, input_shape: Sequence[int],
     meta["detection"] = dict(
         params,
         num_classes=int(first_cls.shape[1]),  # the program's, whatever the model says
-        layout="cls[S], box[S], ctr[S], max_logit[S]" if len(program.outputs) >= 4 * s
+        layout="cls[S], box[S], ctr[S], max_logit[S]"
+        if len(program.outputs) >= 4 * s
         else "cls[S], box[S], ctr[S]",
     )
     return meta
@@ -72,9 +76,15 @@ class NashEBackend(CompileBackend):
     def quantization_rules(self) -> Any:
         from fcos_core.quantization.rules import QuantRules
 
-        return QuantRules(activation_dtype="int8", weight_dtype="int8", input_dtype="int8",
-                          input_scale=1.0 / 128.0, fuse_relu=True, multiplier_bits=31,
-                          max_shift=62)
+        return QuantRules(
+            activation_dtype="int8",
+            weight_dtype="int8",
+            input_dtype="int8",
+            input_scale=1.0 / 128.0,
+            fuse_relu=True,
+            multiplier_bits=31,
+            max_shift=62,
+        )
 
     # -- check ---------------------------------------------------------------------------
 
@@ -93,8 +103,13 @@ class NashEBackend(CompileBackend):
 
     # -- compile -------------------------------------------------------------------------
 
-    def compile(self, model: Any, example_inputs: Mapping[str, Any], options: Mapping[str, Any],
-                out_dir: Path) -> CompileResult:
+    def compile(
+        self,
+        model: Any,
+        example_inputs: Mapping[str, Any],
+        options: Mapping[str, Any],
+        out_dir: Path,
+    ) -> CompileResult:
         from fcos_plugin_nash_e.lower import lower
 
         opts = {**self.options, **dict(options)}
@@ -108,8 +123,9 @@ class NashEBackend(CompileBackend):
         hbm = self.artifact_path(opts, out_dir)
         program = optimize(canonical, level)
         in_shape = next(iter(shapes.values()))
-        program.meta.update(detection_meta(model, program, in_shape,
-                                           str(opts.get("input_color", "yuv"))))
+        program.meta.update(
+            detection_meta(model, program, in_shape, str(opts.get("input_color", "yuv")))
+        )
         program.meta["compiler"] = {"fcos_plugin_nash_e": __version__, "opt": level}
         perf = estimate(program)
         write_artifact(hbm, program, perf if opts.get("layer_details") else None)
@@ -117,8 +133,11 @@ class NashEBackend(CompileBackend):
         if opts.get("layer_details"):
             files.extend(write_reports(perf, out_dir, name))
         report = {
-            "artifact": str(hbm), "opt": level, "ops": len(program.ops),
-            "macs": perf["totals"]["macs"], "params": perf["totals"]["params"],
+            "artifact": str(hbm),
+            "opt": level,
+            "ops": len(program.ops),
+            "macs": perf["totals"]["macs"],
+            "params": perf["totals"]["params"],
             "estimated_latency_ms": perf["totals"]["latency_ms"],
             "estimated_cycles": perf["totals"]["cycles"],
             "artifact_bytes": hbm.stat().st_size,
@@ -161,12 +180,13 @@ class NashEBackend(CompileBackend):
             feed = arr
         outputs = runtime.run({inp.name: feed})
         h, w = int(arr.shape[2]), int(arr.shape[3])
-        return [decode_outputs(runtime, tuple(o[b:b + 1] for o in outputs), det, (h, w), None)
-                for b in range(arr.shape[0])]
+        return [
+            decode_outputs(runtime, tuple(o[b : b + 1] for o in outputs), det, (h, w), None)
+            for b in range(arr.shape[0])
+        ]
 
 
 def _to_numpy(value: Any) -> Any:
     if hasattr(value, "detach"):  # a torch tensor, without importing torch here
         return value.detach().cpu().numpy()
     return value
-

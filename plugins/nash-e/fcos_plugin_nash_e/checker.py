@@ -17,12 +17,28 @@ from fcos_core.graph_names import layer_name, op_name
 from fcos_plugin_nash_e.target import LIMITS
 
 _CONV = {"conv2d", "convolution", "_convolution"}
-_BN = {"batch_norm", "_native_batch_norm_legit_no_training", "native_batch_norm",
-       "_native_batch_norm_legit"}
+_BN = {
+    "batch_norm",
+    "_native_batch_norm_legit_no_training",
+    "native_batch_norm",
+    "_native_batch_norm_legit",
+}
 #: ops that move no data on the target (graph plumbing, eval-mode dropout)
-_TRANSPARENT = {"detach", "clone", "alias", "contiguous", "dropout", "feature_dropout",
-                "alpha_dropout", "_assert_tensor_metadata", "lift_fresh_copy", "_to_copy",
-                "sym_size", "sym_constrain_range_for_size", "_assert_async"}
+_TRANSPARENT = {
+    "detach",
+    "clone",
+    "alias",
+    "contiguous",
+    "dropout",
+    "feature_dropout",
+    "alpha_dropout",
+    "_assert_tensor_metadata",
+    "lift_fresh_copy",
+    "_to_copy",
+    "sym_size",
+    "sym_constrain_range_for_size",
+    "_assert_async",
+}
 _HINTS = {
     "sigmoid": "the FCOS decoder applies sigmoid on the host; return logits",
     "gelu": "use ReLU (activation: relu)",
@@ -31,7 +47,7 @@ _HINTS = {
     "layer_norm": "use BatchNorm after a conv (folded into the conv)",
     "group_norm": "use BatchNorm after a conv (folded into the conv)",
     "mul": "element-wise multiplication is not supported (e.g. bifpn_fa weights or SE blocks: "
-           "use fpn_name bifpn_sum and use_se_block false)",
+    "use fpn_name bifpn_sum and use_se_block false)",
 }
 
 
@@ -75,8 +91,9 @@ def _check_conv(node: Any, issue) -> None:
     else:
         pad = _pair(padding, (0, 0))
     if dil != (1, 1):
-        issue(f"dilation {dil} is not supported (only 1); the conv engine has no dilated "
-              "line buffers")
+        issue(
+            f"dilation {dil} is not supported (only 1); the conv engine has no dilated line buffers"
+        )
     if not (kh <= LIMITS.max_kernel and kw <= LIMITS.max_kernel):
         issue(f"kernel {kh}x{kw} exceeds the {LIMITS.max_kernel}x{LIMITS.max_kernel} limit")
     if any(s not in LIMITS.conv_strides for s in stride):
@@ -100,11 +117,15 @@ def check_float_model(model: Any, example_inputs: Mapping[str, Any]) -> list[Che
         args.append(value)
     for v in args:
         shape = tuple(v.shape)
-        if len(shape) == 4 and (shape[0] > LIMITS.max_batch
-                                or max(shape[2:]) > LIMITS.max_spatial):
-            issues.append(CheckIssue("<input>", "placeholder",
-                                     f"input shape {list(shape)}: batch must be <= "
-                                     f"{LIMITS.max_batch} and sizes <= {LIMITS.max_spatial}"))
+        if len(shape) == 4 and (shape[0] > LIMITS.max_batch or max(shape[2:]) > LIMITS.max_spatial):
+            issues.append(
+                CheckIssue(
+                    "<input>",
+                    "placeholder",
+                    f"input shape {list(shape)}: batch must be <= "
+                    f"{LIMITS.max_batch} and sizes <= {LIMITS.max_spatial}",
+                )
+            )
     was_training = model.training
     model.eval()
     try:
@@ -112,8 +133,14 @@ def check_float_model(model: Any, example_inputs: Mapping[str, Any]) -> list[Che
             ep = torch.export.export(model, tuple(args), strict=False)
     except Exception as exc:  # noqa: BLE001 - any export failure is a check result
         first_line = str(exc).splitlines()[0] if str(exc) else ""
-        return [*issues, CheckIssue("<model>", "torch.export", "the model cannot be exported: "
-                                    f"{type(exc).__name__}: {first_line}")]
+        return [
+            *issues,
+            CheckIssue(
+                "<model>",
+                "torch.export",
+                f"the model cannot be exported: {type(exc).__name__}: {first_line}",
+            ),
+        ]
     finally:
         model.train(was_training)
     graph = ep.graph
@@ -129,18 +156,27 @@ def check_float_model(model: Any, example_inputs: Mapping[str, Any]) -> list[Che
             issues.append(CheckIssue(_layer, _name, reason))
 
         shape = _shape(node)
-        if (shape is not None and len(shape) == 4 and name not in _TRANSPARENT
-                and shape[1] > LIMITS.max_channels):
-            issue(f"feature map has {shape[1]} channels, over the limit of "
-                  f"{LIMITS.max_channels}")
+        if (
+            shape is not None
+            and len(shape) == 4
+            and name not in _TRANSPARENT
+            and shape[1] > LIMITS.max_channels
+        ):
+            issue(f"feature map has {shape[1]} channels, over the limit of {LIMITS.max_channels}")
         if name in _CONV:
             _check_conv(node, issue)
         elif name in _BN:
             src = node.args[0]
-            if not (hasattr(src, "op") and src.op == "call_function" and op_name(src) in _CONV
-                    and len(src.users) == 1):
-                issue("BatchNorm must directly follow a conv (it is folded into the conv's "
-                      "weights); a standalone BatchNorm has no integer op")
+            if not (
+                hasattr(src, "op")
+                and src.op == "call_function"
+                and op_name(src) in _CONV
+                and len(src.users) == 1
+            ):
+                issue(
+                    "BatchNorm must directly follow a conv (it is folded into the conv's "
+                    "weights); a standalone BatchNorm has no integer op"
+                )
         elif name in ("relu", "getitem") or name in _TRANSPARENT:
             pass
         elif name == "add":
@@ -149,8 +185,10 @@ def check_float_model(model: Any, example_inputs: Mapping[str, Any]) -> list[Che
             if not hasattr(other, "op"):
                 issue("adding a constant is not supported (fold it into a conv bias)")
             elif _shape(node.args[0]) != _shape(other):
-                issue(f"add of shapes {_shape(node.args[0])} and {_shape(other)}: "
-                      "broadcasting is not supported")
+                issue(
+                    f"add of shapes {_shape(node.args[0])} and {_shape(other)}: "
+                    "broadcasting is not supported"
+                )
             elif alpha != 1:
                 issue("add with alpha != 1 is not supported")
         elif name in ("max_pool2d", "max_pool2d_with_indices"):
@@ -159,35 +197,49 @@ def check_float_model(model: Any, example_inputs: Mapping[str, Any]) -> list[Che
             s = _pair(a[2], k)
             p = _pair(a[3], (0, 0))
             d = _pair(a[4], (1, 1))
-            if (any(v not in LIMITS.pool_kernels for v in k)
-                    or any(v not in LIMITS.pool_strides for v in s)):
-                issue(f"max-pool kernel {k} / stride {s} not supported (kernels "
-                      f"{LIMITS.pool_kernels}, strides {LIMITS.pool_strides})")
+            if any(v not in LIMITS.pool_kernels for v in k) or any(
+                v not in LIMITS.pool_strides for v in s
+            ):
+                issue(
+                    f"max-pool kernel {k} / stride {s} not supported (kernels "
+                    f"{LIMITS.pool_kernels}, strides {LIMITS.pool_strides})"
+                )
             if d != (1, 1):
                 issue("dilated max-pool is not supported")
             if p[0] > k[0] // 2 or p[1] > k[1] // 2:
                 issue(f"max-pool padding {p} above half the kernel")
         elif name == "upsample_nearest2d":
             src, out = _shape(node.args[0]), shape
-            ok = (src is not None and out is not None and out[2] % src[2] == 0
-                  and out[3] % src[3] == 0 and out[2] // src[2] == out[3] // src[3]
-                  and out[2] // src[2] in LIMITS.upsample_factors)
+            ok = (
+                src is not None
+                and out is not None
+                and out[2] % src[2] == 0
+                and out[3] % src[3] == 0
+                and out[2] // src[2] == out[3] // src[3]
+                and out[2] // src[2] in LIMITS.upsample_factors
+            )
             if not ok:
-                issue(f"nearest upsampling must be by an integer factor in "
-                      f"{LIMITS.upsample_factors} (got {src} -> {out})")
+                issue(
+                    f"nearest upsampling must be by an integer factor in "
+                    f"{LIMITS.upsample_factors} (got {src} -> {out})"
+                )
         elif name in ("max", "amax"):
             dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
             dims = [dims] if isinstance(dims, int) else list(dims or [])
             if dims not in ([1], [-3]):
-                issue("max is supported only over the channel axis (the compile filter's "
-                      "max class logit)")
+                issue(
+                    "max is supported only over the channel axis (the compile filter's "
+                    "max class logit)"
+                )
         elif name == "cat":
             dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
             if dim not in (1, -3):
                 issue("concatenation is supported along channels (dim 1) only")
         else:
             hint = _HINTS.get(name)
-            issue(f"{name} is not in the NASH-E operator set (conv2d, batch_norm folded into "
-                  "conv, relu, add, max_pool2d, upsample_nearest2d x2, cat on channels, channel "
-                  "max)" + (f"; {hint}" if hint else ""))
+            issue(
+                f"{name} is not in the NASH-E operator set (conv2d, batch_norm folded into "
+                "conv, relu, add, max_pool2d, upsample_nearest2d x2, cat on channels, channel "
+                "max)" + (f"; {hint}" if hint else "")
+            )
     return issues

@@ -22,8 +22,10 @@ def compile_command(args: argparse.Namespace, host: Any) -> int:
         overrides.append("compile_cfg.allow_disagreement=true")
     cfg = load_config(args.config, host, overrides)
     if cfg.data.get("compile_cfg") is None:
-        raise FcosUserError(f"{args.config}: the config has no compile_cfg block",
-                            hint="add compile_cfg (march, hbm, out_dir, opt, ...)")
+        raise FcosUserError(
+            f"{args.config}: the config has no compile_cfg block",
+            hint="add compile_cfg (march, hbm, out_dir, opt, ...)",
+        )
     from fcos_core.engine.pipeline import run_pipeline
 
     code = run_pipeline(cfg, host, ["compile"], run_dir=args.run_dir)
@@ -49,8 +51,13 @@ def letterbox(rgb: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, float
     return out, scale
 
 
-def decode_outputs(runtime: Any, outputs: tuple[np.ndarray, ...], det: dict[str, Any],
-            image_size: tuple[int, int], score_threshold: float | None) -> dict[str, Any]:
+def decode_outputs(
+    runtime: Any,
+    outputs: tuple[np.ndarray, ...],
+    det: dict[str, Any],
+    image_size: tuple[int, int],
+    score_threshold: float | None,
+) -> dict[str, Any]:
     import torch
 
     from fcos_core.models.post_process import FCOSMultiStrideFilter
@@ -63,13 +70,15 @@ def decode_outputs(runtime: Any, outputs: tuple[np.ndarray, ...], det: dict[str,
             value = value.astype(np.float64) * info.scale
         floats.append(torch.from_numpy(np.asarray(value, dtype=np.float32)))
     post = FCOSMultiStrideFilter(
-        det["strides"], threshold=det["threshold"],
+        det["strides"],
+        threshold=det["threshold"],
         score_threshold=det["score_threshold"] if score_threshold is None else score_threshold,
-        iou_threshold=det["iou_threshold"], nms_pre=det["nms_pre"],
-        max_per_img=det["max_per_img"], max_shape=det["max_shape"])
+        iou_threshold=det["iou_threshold"],
+        nms_pre=det["nms_pre"],
+        max_per_img=det["max_per_img"],
+        max_shape=det["max_shape"],
+    )
     return post.detect(floats, image_size, bbox_upscaled=det["bbox_upscaled"])[0]
-
-
 
 
 def infer_command(args: argparse.Namespace, host: Any) -> int:
@@ -85,10 +94,12 @@ def infer_command(args: argparse.Namespace, host: Any) -> int:
     program, _ = read_artifact(args.artifact)
     det = program.meta.get("detection")
     if not det:
-        raise FcosUserError(f"{args.artifact}: the compiled model has no detection post-process "
-                            "information (compiled from a bare body?)",
-                            hint="compile the deploy model with its FCOSMultiStrideFilter "
-                                 "post_process (for_compile: true)")
+        raise FcosUserError(
+            f"{args.artifact}: the compiled model has no detection post-process "
+            "information (compiled from a bare body?)",
+            hint="compile the deploy model with its FCOSMultiStrideFilter "
+            "post_process (for_compile: true)",
+        )
     runtime = Runtime(program, validate=False)
     h, w = program.meta["input_size"]
     color = program.meta.get("preprocess", {}).get("color", "yuv")
@@ -96,8 +107,11 @@ def infer_command(args: argparse.Namespace, host: Any) -> int:
 
     def detect_one(rgb: np.ndarray) -> list[dict[str, Any]]:
         boxed, scale = letterbox(rgb, (h, w))
-        pixels = rgb_to_yuv444_uint8(boxed) if (color == "yuv" or inp.source == "pyramid") \
+        pixels = (
+            rgb_to_yuv444_uint8(boxed)
+            if (color == "yuv" or inp.source == "pyramid")
             else np.ascontiguousarray(boxed.transpose(2, 0, 1))
+        )
         if inp.source == "pyramid":
             feed: Any = pixels
         else:
@@ -106,12 +120,22 @@ def infer_command(args: argparse.Namespace, host: Any) -> int:
         d = decode_outputs(runtime, outputs, det, (h, w), args.score_threshold)
         oh, ow = float(rgb.shape[0]), float(rgb.shape[1])
         dets = []
-        for box, score, label in zip(d["boxes"].tolist(), d["scores"].tolist(),
-                                     d["labels"].tolist()):
+        for box, score, label in zip(
+            d["boxes"].tolist(), d["scores"].tolist(), d["labels"].tolist()
+        ):
             x1, y1, x2, y2 = (v / scale for v in box)
-            dets.append({"label": int(label), "score": round(float(score), 4),
-                         "box": [round(min(max(x1, 0), ow), 1), round(min(max(y1, 0), oh), 1),
-                                 round(min(max(x2, 0), ow), 1), round(min(max(y2, 0), oh), 1)]})
+            dets.append(
+                {
+                    "label": int(label),
+                    "score": round(float(score), 4),
+                    "box": [
+                        round(min(max(x1, 0), ow), 1),
+                        round(min(max(y1, 0), oh), 1),
+                        round(min(max(x2, 0), ow), 1),
+                        round(min(max(y2, 0), oh), 1),
+                    ],
+                }
+            )
         return dets
 
     # the CPU runtime takes one picture per run: a batch is run picture by picture

@@ -28,8 +28,12 @@ from fcos_plugin_nash_e.target import ACTIVATION_DTYPES, LIMITS, QRANGE
 
 #: dtypes a program tensor or parameter may have
 DTYPES: dict[str, np.dtype] = {
-    "int8": np.dtype(np.int8), "uint8": np.dtype(np.uint8), "int16": np.dtype(np.int16),
-    "int32": np.dtype(np.int32), "int64": np.dtype(np.int64), "float32": np.dtype(np.float32),
+    "int8": np.dtype(np.int8),
+    "uint8": np.dtype(np.uint8),
+    "int16": np.dtype(np.int16),
+    "int32": np.dtype(np.int32),
+    "int64": np.dtype(np.int64),
+    "float32": np.dtype(np.float32),
     "float64": np.dtype(np.float64),
 }
 
@@ -132,8 +136,9 @@ class Program:
 # --- shape inference ------------------------------------------------------------------------
 
 
-def conv_out_hw(h: int, w: int, k: tuple[int, int], stride: tuple[int, int],
-                pad: tuple[int, int, int, int]) -> tuple[int, int]:
+def conv_out_hw(
+    h: int, w: int, k: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int, int, int]
+) -> tuple[int, int]:
     """Output size of an undilated conv / pool; ``pad`` is (top, left, bottom, right)."""
     oh = (h + pad[0] + pad[2] - k[0]) // stride[0] + 1
     ow = (w + pad[1] + pad[3] - k[1]) // stride[1] + 1
@@ -141,10 +146,14 @@ def conv_out_hw(h: int, w: int, k: tuple[int, int], stride: tuple[int, int],
 
 
 def _ints(value: Any, n: int, what: str, op: Op) -> tuple[int, ...]:
-    if (not isinstance(value, (list, tuple)) or len(value) != n
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
-        raise ProgramError(f"op {op.name!r} ({op.kind}): attribute {what} must be {n} integers, "
-                           f"got {value!r}")
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != n
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        raise ProgramError(
+            f"op {op.name!r} ({op.kind}): attribute {what} must be {n} integers, got {value!r}"
+        )
     return tuple(value)
 
 
@@ -155,8 +164,10 @@ def _attr(op: Op, key: str, kinds: type | tuple[type, ...]) -> Any:
     if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
         raise ProgramError(f"op {op.name!r} ({op.kind}): attribute {key!r} has the wrong type")
     if not isinstance(value, kinds):
-        raise ProgramError(f"op {op.name!r} ({op.kind}): attribute {key!r} has the wrong type "
-                           f"({type(value).__name__})")
+        raise ProgramError(
+            f"op {op.name!r} ({op.kind}): attribute {key!r} has the wrong type "
+            f"({type(value).__name__})"
+        )
     return value
 
 
@@ -174,8 +185,9 @@ def _check_requant_params(op: Op, channels: int) -> None:
     if m.dtype != np.int32 or s.dtype != np.int8 or m.shape != s.shape or m.ndim != 1:
         raise ProgramError(f"op {op.name!r}: multiplier must be int32 [C] and shift int8 [C]")
     if m.shape[0] not in (1, channels):
-        raise ProgramError(f"op {op.name!r}: {m.shape[0]} requant channels for {channels} "
-                           "output channels")
+        raise ProgramError(
+            f"op {op.name!r}: {m.shape[0]} requant channels for {channels} output channels"
+        )
     if s.size and (int(s.min()) < 0 or int(s.max()) > MAX_SHIFT):
         raise ProgramError(f"op {op.name!r}: shift outside 0..{MAX_SHIFT}")
 
@@ -185,7 +197,7 @@ def _check_add_attrs(op: Op, spec: Any) -> None:
         raise ProgramError(f"op {op.name!r}: add attributes must be a mapping")
     for key in ("a_multiplier", "b_multiplier"):
         v = spec.get(key)
-        if not isinstance(v, int) or isinstance(v, bool) or not -(2 ** 31) <= v < 2 ** 31:
+        if not isinstance(v, int) or isinstance(v, bool) or not -(2**31) <= v < 2**31:
             raise ProgramError(f"op {op.name!r}: add {key} must be an int32, got {v!r}")
     s = spec.get("shift")
     if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= MAX_SHIFT:
@@ -200,8 +212,9 @@ def _check_fused_add(op: Op, spec: Any) -> None:
         raise ProgramError(f"op {op.name!r}: fused add conv_operand must be 0 or 1")
     dtype, zp = spec.get("mid_dtype"), spec.get("mid_zero_point")
     if dtype not in ("int8", "int16") or not isinstance(zp, int) or isinstance(zp, bool):
-        raise ProgramError(f"op {op.name!r}: fused add needs mid_dtype int8/int16 and an "
-                           "integer mid_zero_point")
+        raise ProgramError(
+            f"op {op.name!r}: fused add needs mid_dtype int8/int16 and an integer mid_zero_point"
+        )
     lo, hi = QRANGE[dtype]
     if not lo <= zp <= hi:
         raise ProgramError(f"op {op.name!r}: mid_zero_point {zp} outside {dtype}")
@@ -212,18 +225,25 @@ def infer_shape(op: Op, ins: list[TensorInfo]) -> tuple[int, ...]:
     x = ins[0]
     for t in ins:
         if len(t.shape) != 4:
-            raise ProgramError(f"op {op.name!r} ({op.kind}): input {t.name!r} must be 4-D NCHW, "
-                               f"got {tuple(t.shape)}")
+            raise ProgramError(
+                f"op {op.name!r} ({op.kind}): input {t.name!r} must be 4-D NCHW, "
+                f"got {tuple(t.shape)}"
+            )
     if op.kind == "requant":
         _check_requant_params(op, x.shape[1])
     if op.kind in ("quantize", "requant", "relu", "dequantize"):
         if op.kind == "dequantize" and "scale" in op.params:
             sc = op.params["scale"]
-            if (sc.dtype not in (np.float32, np.float64) or sc.shape != (x.shape[1],)
-                    or not np.all(np.isfinite(sc)) or not np.all(sc >= MIN_SCALE)
-                    or not np.all(sc <= MAX_SCALE)):
-                raise ProgramError(f"op {op.name!r}: per-channel scale must be positive "
-                                   f"float [{x.shape[1]}]")
+            if (
+                sc.dtype not in (np.float32, np.float64)
+                or sc.shape != (x.shape[1],)
+                or not np.all(np.isfinite(sc))
+                or not np.all(sc >= MIN_SCALE)
+                or not np.all(sc <= MAX_SCALE)
+            ):
+                raise ProgramError(
+                    f"op {op.name!r}: per-channel scale must be positive float [{x.shape[1]}]"
+                )
         return x.shape
     if len(x.shape) != 4:
         raise ProgramError(f"op {op.name!r} ({op.kind}): input must be 4-D NCHW, got {x.shape}")
@@ -237,22 +257,33 @@ def infer_shape(op: Op, ins: list[TensorInfo]) -> tuple[int, ...]:
         groups = _attr(op, "groups", int)
         o, ipg, kh, kw = (int(v) for v in wt.shape)
         if not (1 <= kh <= LIMITS.max_kernel and 1 <= kw <= LIMITS.max_kernel):
-            raise ProgramError(f"op {op.name!r}: kernel {kh}x{kw} exceeds the target's "
-                               f"{LIMITS.max_kernel}x{LIMITS.max_kernel} limit")
+            raise ProgramError(
+                f"op {op.name!r}: kernel {kh}x{kw} exceeds the target's "
+                f"{LIMITS.max_kernel}x{LIMITS.max_kernel} limit"
+            )
         if not 1 <= o <= LIMITS.max_channels:
-            raise ProgramError(f"op {op.name!r}: {o} output channels outside "
-                               f"1..{LIMITS.max_channels}")
+            raise ProgramError(
+                f"op {op.name!r}: {o} output channels outside 1..{LIMITS.max_channels}"
+            )
         if groups < 1 or c % groups or o % groups or ipg * groups != c:
-            raise ProgramError(f"op {op.name!r}: weight {wt.shape} with groups={groups} does not "
-                               f"fit {c} input channels")
+            raise ProgramError(
+                f"op {op.name!r}: weight {wt.shape} with groups={groups} does not "
+                f"fit {c} input channels"
+            )
         stride = _ints(_attr(op, "stride", list), 2, "stride", op)
         pad = _ints(_attr(op, "padding", list), 4, "padding", op)
-        if (any(v not in LIMITS.conv_strides for v in stride) or min(pad) < 0
-                or max(pad) > LIMITS.max_padding or max(pad[0], pad[2]) >= kh
-                or max(pad[1], pad[3]) >= kw):
-            raise ProgramError(f"op {op.name!r}: stride {stride} or padding {pad} outside the "
-                               f"target's limits (strides {LIMITS.conv_strides}, padding "
-                               f"0..{LIMITS.max_padding} and below the kernel size)")
+        if (
+            any(v not in LIMITS.conv_strides for v in stride)
+            or min(pad) < 0
+            or max(pad) > LIMITS.max_padding
+            or max(pad[0], pad[2]) >= kh
+            or max(pad[1], pad[3]) >= kw
+        ):
+            raise ProgramError(
+                f"op {op.name!r}: stride {stride} or padding {pad} outside the "
+                f"target's limits (strides {LIMITS.conv_strides}, padding "
+                f"0..{LIMITS.max_padding} and below the kernel size)"
+            )
         oh, ow = conv_out_hw(h, w, (kh, kw), stride, pad)
         if oh < 1 or ow < 1:
             raise ProgramError(f"op {op.name!r}: output would be empty")
@@ -266,8 +297,10 @@ def infer_shape(op: Op, ins: list[TensorInfo]) -> tuple[int, ...]:
         if len(ins) == 2:
             _check_fused_add(op, op.attrs.get("add"))
             if ins[1].shape != (n, o, oh, ow):
-                raise ProgramError(f"op {op.name!r}: fused add input {ins[1].shape} does not "
-                                   f"match the conv output {(n, o, oh, ow)}")
+                raise ProgramError(
+                    f"op {op.name!r}: fused add input {ins[1].shape} does not "
+                    f"match the conv output {(n, o, oh, ow)}"
+                )
         return (n, o, oh, ow)
     if op.kind == "add":
         if ins[1].shape != x.shape:
@@ -278,12 +311,18 @@ def infer_shape(op: Op, ins: list[TensorInfo]) -> tuple[int, ...]:
         k = _ints(_attr(op, "kernel", list), 2, "kernel", op)
         stride = _ints(_attr(op, "stride", list), 2, "stride", op)
         pad = _ints(_attr(op, "padding", list), 4, "padding", op)
-        if (any(v not in LIMITS.pool_kernels for v in k)
-                or any(v not in LIMITS.pool_strides for v in stride) or min(pad) < 0
-                or max(pad[0], pad[2]) >= k[0] or max(pad[1], pad[3]) >= k[1]):
-            raise ProgramError(f"op {op.name!r}: pool kernel {k}, stride {stride}, padding {pad} "
-                               f"outside the target's limits (kernels {LIMITS.pool_kernels}, "
-                               f"strides {LIMITS.pool_strides}, padding below the kernel)")
+        if (
+            any(v not in LIMITS.pool_kernels for v in k)
+            or any(v not in LIMITS.pool_strides for v in stride)
+            or min(pad) < 0
+            or max(pad[0], pad[2]) >= k[0]
+            or max(pad[1], pad[3]) >= k[1]
+        ):
+            raise ProgramError(
+                f"op {op.name!r}: pool kernel {k}, stride {stride}, padding {pad} "
+                f"outside the target's limits (kernels {LIMITS.pool_kernels}, "
+                f"strides {LIMITS.pool_strides}, padding below the kernel)"
+            )
         oh, ow = conv_out_hw(h, w, k, stride, pad)
         if oh < 1 or ow < 1:
             raise ProgramError(f"op {op.name!r}: output would be empty")
@@ -291,16 +330,17 @@ def infer_shape(op: Op, ins: list[TensorInfo]) -> tuple[int, ...]:
     if op.kind == "upsample_nearest2d":
         f = _attr(op, "factor", int)
         if f not in LIMITS.upsample_factors:
-            raise ProgramError(f"op {op.name!r}: upsample factor {f} is not one of the target's "
-                               f"{LIMITS.upsample_factors}")
+            raise ProgramError(
+                f"op {op.name!r}: upsample factor {f} is not one of the target's "
+                f"{LIMITS.upsample_factors}"
+            )
         return (n, c, h * f, w * f)
     if op.kind == "reduce_max":
         return (n, 1, h, w)
     if op.kind == "concat":
         for t in ins[1:]:
             if t.shape[0] != n or tuple(t.shape[2:]) != (h, w):
-                raise ProgramError(f"op {op.name!r}: concat of shapes "
-                                   f"{[i.shape for i in ins]}")
+                raise ProgramError(f"op {op.name!r}: concat of shapes {[i.shape for i in ins]}")
             if t.dtype != x.dtype or t.scale != x.scale or t.zero_point != x.zero_point:
                 raise ProgramError(f"op {op.name!r}: concat inputs must share dtype and scale")
         return (n, sum(t.shape[1] for t in ins), h, w)
@@ -323,13 +363,21 @@ def validate_program(prog: Program) -> None:
         elems = int(np.prod(t.shape, dtype=np.int64))
         if elems > MAX_ELEMENTS:
             raise ProgramError(f"tensor {t.name!r}: {elems} elements exceed the limit")
-        if (not isinstance(t.zero_point, int) or isinstance(t.zero_point, bool)
-                or abs(t.zero_point) > 1 << 16):
+        if (
+            not isinstance(t.zero_point, int)
+            or isinstance(t.zero_point, bool)
+            or abs(t.zero_point) > 1 << 16
+        ):
             raise ProgramError(f"tensor {t.name!r}: zero point {t.zero_point!r} out of range")
-        if (not isinstance(t.scale, (int, float)) or not np.isfinite(t.scale)
-                or not MIN_SCALE <= t.scale <= MAX_SCALE):
-            raise ProgramError(f"tensor {t.name!r}: scale {t.scale!r} must be positive, finite "
-                               f"and within {MIN_SCALE:g}..{MAX_SCALE:g}")
+        if (
+            not isinstance(t.scale, (int, float))
+            or not np.isfinite(t.scale)
+            or not MIN_SCALE <= t.scale <= MAX_SCALE
+        ):
+            raise ProgramError(
+                f"tensor {t.name!r}: scale {t.scale!r} must be positive, finite "
+                f"and within {MIN_SCALE:g}..{MAX_SCALE:g}"
+            )
         total += t.nbytes
     if total > MAX_TOTAL_ACTIVATION_BYTES:
         raise ProgramError(f"activations need {total} bytes, over the limit")
@@ -364,8 +412,10 @@ def validate_program(prog: Program) -> None:
             raise ProgramError(f"op {op.name!r}: tensor {out.name!r} is written twice")
         shape = infer_shape(op, ins)
         if tuple(shape) != tuple(out.shape):
-            raise ProgramError(f"op {op.name!r}: output {out.name!r} has shape {out.shape}, "
-                               f"the op computes {shape}")
+            raise ProgramError(
+                f"op {op.name!r}: output {out.name!r} has shape {out.shape}, "
+                f"the op computes {shape}"
+            )
         if op.kind == "dequantize" and out.dtype != "float32":
             raise ProgramError(f"op {op.name!r}: dequantize must write float32")
         if op.kind != "dequantize" and out.dtype not in ("int8", "int16", "int32", "uint8"):
@@ -380,20 +430,27 @@ def validate_program(prog: Program) -> None:
             raise ProgramError(f"output {t!r} is never written")
     peak, where = runtime_bytes(prog)
     if peak > MAX_RUNTIME_BYTES:
-        raise ProgramError(f"running the program needs about {peak} bytes of memory (at op "
-                           f"{where!r}), over the limit of {MAX_RUNTIME_BYTES}")
+        raise ProgramError(
+            f"running the program needs about {peak} bytes of memory (at op "
+            f"{where!r}), over the limit of {MAX_RUNTIME_BYTES}"
+        )
 
 
 def _check_tensor_shape(what: str, shape: Any) -> None:
     """A feature map of the target: ``[1, C, H, W]`` within the channel and size limits."""
-    if (not isinstance(shape, (tuple, list)) or len(shape) != 4
-            or any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in shape)):
+    if (
+        not isinstance(shape, (tuple, list))
+        or len(shape) != 4
+        or any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in shape)
+    ):
         raise ProgramError(f"{what}: shape {shape!r} is not [N, C, H, W] with positive sizes")
     n, c, h, w = shape
     if n > LIMITS.max_batch or c > LIMITS.max_channels or max(h, w) > LIMITS.max_spatial:
-        raise ProgramError(f"{what}: shape {list(shape)} outside the target's limits (batch "
-                           f"{LIMITS.max_batch}, at most {LIMITS.max_channels} channels, "
-                           f"sizes up to {LIMITS.max_spatial})")
+        raise ProgramError(
+            f"{what}: shape {list(shape)} outside the target's limits (batch "
+            f"{LIMITS.max_batch}, at most {LIMITS.max_channels} channels, "
+            f"sizes up to {LIMITS.max_spatial})"
+        )
 
 
 def _check_inputs(prog: Program) -> None:
@@ -408,8 +465,10 @@ def _check_inputs(prog: Program) -> None:
     for op in prog.ops:
         if op.kind == "quantize":
             if len(op.inputs) != 1 or op.inputs[0] not in names:
-                raise ProgramError(f"op {op.name!r}: quantize reads {op.inputs}, which is not a "
-                                   f"program input ({names})")
+                raise ProgramError(
+                    f"op {op.name!r}: quantize reads {op.inputs}, which is not a "
+                    f"program input ({names})"
+                )
             quantizers.setdefault(op.inputs[0], []).append(op)
     for inp in prog.inputs:
         if inp.source not in ("pyramid", "ddr"):
@@ -417,21 +476,31 @@ def _check_inputs(prog: Program) -> None:
         _check_tensor_shape(f"input {inp.name!r}", inp.shape)
         src = prog.tensors.get(inp.name)
         if src is None or src.dtype != "float32" or tuple(src.shape) != tuple(inp.shape):
-            raise ProgramError(f"input {inp.name!r}: needs a float32 tensor {inp.name!r} of shape "
-                               f"{list(inp.shape)}")
+            raise ProgramError(
+                f"input {inp.name!r}: needs a float32 tensor {inp.name!r} of shape "
+                f"{list(inp.shape)}"
+            )
         if inp.tensor not in prog.tensors:
             raise ProgramError(f"input {inp.name!r}: no tensor {inp.tensor!r}")
         qs = quantizers.get(inp.name, [])
         if len(qs) != 1 or qs[0].outputs != [inp.tensor]:
-            raise ProgramError(f"input {inp.name!r}: needs exactly one quantize op reading "
-                               f"{inp.name!r} and writing {inp.tensor!r}, found "
-                               f"{[(q.name, q.outputs) for q in qs]}")
+            raise ProgramError(
+                f"input {inp.name!r}: needs exactly one quantize op reading "
+                f"{inp.name!r} and writing {inp.tensor!r}, found "
+                f"{[(q.name, q.outputs) for q in qs]}"
+            )
         if inp.source == "pyramid":
             t = prog.tensors[inp.tensor]
-            if (t.dtype != "int8" or t.zero_point != 0 or t.scale != PYRAMID_SCALE
-                    or inp.shape[1] != 3):
-                raise ProgramError(f"input {inp.name!r}: a pyramid input is 3-channel YUV "
-                                   f"quantized to int8 with scale 1/128 and zero point 0")
+            if (
+                t.dtype != "int8"
+                or t.zero_point != 0
+                or t.scale != PYRAMID_SCALE
+                or inp.shape[1] != 3
+            ):
+                raise ProgramError(
+                    f"input {inp.name!r}: a pyramid input is 3-channel YUV "
+                    f"quantized to int8 with scale 1/128 and zero point 0"
+                )
 
 
 def op_workspace_bytes(op: Op, ins: list[TensorInfo], out: TensorInfo) -> int:

@@ -39,8 +39,14 @@ def round_shift(prod: np.ndarray, shift: np.ndarray | int) -> np.ndarray:
     return np.right_shift(prod + half, shift)
 
 
-def requantize(acc: np.ndarray, multiplier: np.ndarray, shift: np.ndarray, zero_point: int,
-               out_dtype: str, relu: bool = False) -> np.ndarray:
+def requantize(
+    acc: np.ndarray,
+    multiplier: np.ndarray,
+    shift: np.ndarray,
+    zero_point: int,
+    out_dtype: str,
+    relu: bool = False,
+) -> np.ndarray:
     """Per-channel requantization of an NCHW int64 accumulator (see the module docstring).
 
     ``multiplier`` / ``shift`` have one entry per channel (axis 1) or a single entry.
@@ -62,9 +68,15 @@ def _pad(x: np.ndarray, pad: tuple[int, int, int, int], value: float | int) -> n
     return np.pad(x, ((0, 0), (0, 0), (t, b), (left, r)), constant_values=value)
 
 
-def conv2d_acc(x: np.ndarray, in_zp: int, weight: np.ndarray, bias: np.ndarray,
-               stride: tuple[int, int], pad: tuple[int, int, int, int],
-               groups: int) -> np.ndarray:
+def conv2d_acc(
+    x: np.ndarray,
+    in_zp: int,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    stride: tuple[int, int],
+    pad: tuple[int, int, int, int],
+    groups: int,
+) -> np.ndarray:
     """Exact int64 accumulator ``sum((x - in_zp) * w) + bias`` of an NCHW conv.
 
     Padding is with the input zero point (real value 0). Dense convs use im2col and a float64
@@ -84,28 +96,39 @@ def conv2d_acc(x: np.ndarray, in_zp: int, weight: np.ndarray, bias: np.ndarray,
         out[:] = 0.0
         for i in range(kh):
             for j in range(kw):
-                tap = xf[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+                tap = xf[:, :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw]
                 out += tap * wf[:, 0, i, j].reshape(1, c, 1, 1)
     else:
         opg = o // groups
         for b in range(n):
             for g in range(groups):
-                xg = xf[b, g * ipg:(g + 1) * ipg]
-                wg = wf[g * opg:(g + 1) * opg].reshape(opg, ipg * kh * kw)
+                xg = xf[b, g * ipg : (g + 1) * ipg]
+                wg = wf[g * opg : (g + 1) * opg].reshape(opg, ipg * kh * kw)
                 if kh == 1 and kw == 1:
                     cols = xg[:, ::sh, ::sw][:, :oh, :ow].reshape(ipg, oh * ow)
                 else:
                     win = sliding_window_view(xg, (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :oh, :ow]
                     # [ipg, oh, ow, kh, kw] -> [ipg, kh, kw, oh*ow]
                     cols = np.ascontiguousarray(win.transpose(0, 3, 4, 1, 2)).reshape(
-                        ipg * kh * kw, oh * ow)
-                out[b, g * opg:(g + 1) * opg] = (wg @ cols).reshape(opg, oh, ow)
+                        ipg * kh * kw, oh * ow
+                    )
+                out[b, g * opg : (g + 1) * opg] = (wg @ cols).reshape(opg, oh, ow)
     acc = np.rint(out).astype(np.int64)  # exact integers already; rint guards -0.0 only
     return acc + bias.astype(np.int64).reshape(1, -1, 1, 1)
 
 
-def add(a: np.ndarray, b: np.ndarray, a_zp: int, b_zp: int, a_mult: int, b_mult: int,
-        shift: int, out_zp: int, out_dtype: str, relu: bool) -> np.ndarray:
+def add(
+    a: np.ndarray,
+    b: np.ndarray,
+    a_zp: int,
+    b_zp: int,
+    a_mult: int,
+    b_mult: int,
+    shift: int,
+    out_zp: int,
+    out_dtype: str,
+    relu: bool,
+) -> np.ndarray:
     """``clamp(((a - za) * Ma + (b - zb) * Mb + 2^(n-1)) >> n + zo)``: each input rescaled
     to the output scale by its own multiplier, one rounding."""
     acc = (a.astype(np.int64) - a_zp) * a_mult + (b.astype(np.int64) - b_zp) * b_mult
@@ -121,8 +144,9 @@ def relu(x: np.ndarray, zero_point: int) -> np.ndarray:
     return np.maximum(x, np.array(zero_point, dtype=x.dtype))
 
 
-def maxpool2d(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
-              pad: tuple[int, int, int, int]) -> np.ndarray:
+def maxpool2d(
+    x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int, int, int]
+) -> np.ndarray:
     """Max over windows; padding never wins (it is the dtype's minimum)."""
     lo = QRANGE[str(x.dtype)][0] if str(x.dtype) in QRANGE else np.iinfo(x.dtype).min
     xp = _pad(x, pad, lo)
@@ -133,7 +157,7 @@ def maxpool2d(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
     out = None
     for i in range(kh):
         for j in range(kw):
-            tap = xp[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+            tap = xp[:, :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw]
             out = tap.copy() if out is None else np.maximum(out, tap)
     return out
 

@@ -30,9 +30,11 @@ class CompileError(FcosUserError):
 
     def __init__(self, issues: Sequence[CheckIssue]) -> None:
         lines = "".join(f"\n  - {i.render()}" for i in issues)
-        super().__init__(f"{len(issues)} layer(s) cannot be compiled for NASH-E:{lines}",
-                         hint="change those layers (see the nash-e README, 'Operator set and "
-                              "limits') or pick another march")
+        super().__init__(
+            f"{len(issues)} layer(s) cannot be compiled for NASH-E:{lines}",
+            hint="change those layers (see the nash-e README, 'Operator set and "
+            "limits') or pick another march",
+        )
         self.issues = list(issues)
 
 
@@ -55,8 +57,10 @@ def _check_conv(name: str, rec_op: Any, weight_shape: Sequence[int]) -> list[Che
         issues.append(CheckIssue(name, "conv2d", reason))
 
     if tuple(_pair(a.get("dilation", (1, 1)))) != (1, 1):
-        bad(f"dilation {tuple(a['dilation'])} is not supported (only dilation 1); use a larger "
-            "undilated kernel or a stride")
+        bad(
+            f"dilation {tuple(a['dilation'])} is not supported (only dilation 1); use a larger "
+            "undilated kernel or a stride"
+        )
     if not (1 <= kh <= LIMITS.max_kernel and 1 <= kw <= LIMITS.max_kernel):
         bad(f"kernel {kh}x{kw} exceeds the {LIMITS.max_kernel}x{LIMITS.max_kernel} limit")
     stride = _pair(a.get("stride", (1, 1)))
@@ -79,15 +83,27 @@ def check_record(rec: Any, shapes: Mapping[str, tuple[int, ...]]) -> list[CheckI
     if op.kind == "conv2d":
         issues += _check_conv(op.name, op, tuple(rec.tensors["weight"].shape))
         if any(d not in ("int8", "int16") for d in rec.input_dtypes):
-            issues.append(CheckIssue(op.name, "conv2d", f"input dtype {rec.input_dtypes[0]} not "
-                                                        "supported (int8 or int16)"))
+            issues.append(
+                CheckIssue(
+                    op.name,
+                    "conv2d",
+                    f"input dtype {rec.input_dtypes[0]} not supported (int8 or int16)",
+                )
+            )
     elif op.kind == "max_pool2d":
         k, s = _pair(a["kernel_size"]), _pair(a["stride"])
-        if any(v not in LIMITS.pool_kernels for v in k) or any(v not in LIMITS.pool_strides
-                                                                for v in s):
-            issues.append(CheckIssue(op.name, "max_pool2d", f"kernel {k} / stride {s} not "
-                                     f"supported (kernels {LIMITS.pool_kernels}, strides "
-                                     f"{LIMITS.pool_strides})"))
+        if any(v not in LIMITS.pool_kernels for v in k) or any(
+            v not in LIMITS.pool_strides for v in s
+        ):
+            issues.append(
+                CheckIssue(
+                    op.name,
+                    "max_pool2d",
+                    f"kernel {k} / stride {s} not "
+                    f"supported (kernels {LIMITS.pool_kernels}, strides "
+                    f"{LIMITS.pool_strides})",
+                )
+            )
         if _pair(a.get("dilation", (1, 1))) != (1, 1):
             issues.append(CheckIssue(op.name, "max_pool2d", "dilated pooling is not supported"))
         if any(p > kk // 2 for p, kk in zip(_pair(a.get("padding", (0, 0))), k)):
@@ -97,9 +113,13 @@ def check_record(rec: Any, shapes: Mapping[str, tuple[int, ...]]) -> list[CheckI
         factor = _upsample_factor(a, src)
         if factor not in LIMITS.upsample_factors:
             got = a.get("scale_factors") or a.get("output_size")
-            issues.append(CheckIssue(op.name, "upsample_nearest2d",
-                                     f"only integer factors {LIMITS.upsample_factors} are "
-                                     f"supported, got {got}"))
+            issues.append(
+                CheckIssue(
+                    op.name,
+                    "upsample_nearest2d",
+                    f"only integer factors {LIMITS.upsample_factors} are supported, got {got}",
+                )
+            )
     elif op.kind == "cat":
         if int(a.get("dim", 1)) not in (1, -3):
             issues.append(CheckIssue(op.name, "cat", "only channel concatenation (dim 1)"))
@@ -136,8 +156,12 @@ def pool_padding(a: Mapping[str, Any], h: int, w: int) -> tuple[int, int, int, i
     return (t, left, max(b, 0), max(r, 0))
 
 
-def lower(model: Any, input_shapes: Mapping[str, Sequence[int]], input_sources: Sequence[str],
-          name: str = "model") -> Program:
+def lower(
+    model: Any,
+    input_shapes: Mapping[str, Sequence[int]],
+    input_sources: Sequence[str],
+    name: str = "model",
+) -> Program:
     """The canonical program of a quantized deploy model (see the module docstring)."""
     from fcos_core.quantization.find_integer import require_integer_model
     from fcos_core.quantization.integer_model import integer_program
@@ -145,8 +169,10 @@ def lower(model: Any, input_shapes: Mapping[str, Sequence[int]], input_sources: 
     int_model, post = require_integer_model(model)
     records = integer_program(int_model)
     if len(input_shapes) != 1:
-        raise FcosUserError(f"the integer model takes one image input, got inputs "
-                            f"{list(input_shapes)}", hint="deploy_inputs: {img: [1, 3, H, W]}")
+        raise FcosUserError(
+            f"the integer model takes one image input, got inputs {list(input_shapes)}",
+            hint="deploy_inputs: {img: [1, 3, H, W]}",
+        )
     in_name, in_shape = next(iter(input_shapes.items()))
     in_shape = tuple(int(v) for v in in_shape)
     if len(in_shape) != 4:
@@ -154,8 +180,10 @@ def lower(model: Any, input_shapes: Mapping[str, Sequence[int]], input_sources: 
     in_shape = (1, *in_shape[1:])  # a program processes one frame
     source = input_sources[0] if input_sources else "ddr"
     if len(input_sources) > 1:
-        raise FcosUserError(f"input_source lists {len(input_sources)} sources for a model with "
-                            "one input", hint="input_source: [pyramid] or [ddr]")
+        raise FcosUserError(
+            f"input_source lists {len(input_sources)} sources for a model with one input",
+            hint="input_source: [pyramid] or [ddr]",
+        )
 
     tensors: dict[str, TensorInfo] = {in_name: TensorInfo(in_name, in_shape, "float32", 1.0, 0)}
     alias = {"img": in_name}
@@ -193,49 +221,91 @@ def lower(model: Any, input_shapes: Mapping[str, Sequence[int]], input_sources: 
             inputs.append(InputInfo(in_name, op.name, source, in_shape))
         elif op.kind == "conv2d":
             w = _np(t["weight"])
-            bias = _np(t["bias"]).astype(np.int32) if "bias" in t else \
-                np.zeros(w.shape[0], np.int32)
+            bias = (
+                _np(t["bias"]).astype(np.int32) if "bias" in t else np.zeros(w.shape[0], np.int32)
+            )
             if op.dtype == "int32":
                 mult, shift = np.ones(1, np.int32), np.zeros(1, np.int8)
             else:
                 mult, shift = _requant_params(op.name, t)
             pad = _pair(op.attrs["padding"])
-            emit(Op("conv2d", op.name, ins, out,
-                    {"stride": list(_pair(op.attrs["stride"])),
-                     "padding": [pad[0], pad[1], pad[0], pad[1]],
-                     "groups": int(op.attrs["groups"]), "relu": bool(op.attrs.get("relu")),
-                     "requant": op.dtype != "int32"},
-                    {"weight": w.astype(np.int8), "bias": bias, "multiplier": mult,
-                     "shift": shift}), op.dtype, scale)
+            emit(
+                Op(
+                    "conv2d",
+                    op.name,
+                    ins,
+                    out,
+                    {
+                        "stride": list(_pair(op.attrs["stride"])),
+                        "padding": [pad[0], pad[1], pad[0], pad[1]],
+                        "groups": int(op.attrs["groups"]),
+                        "relu": bool(op.attrs.get("relu")),
+                        "requant": op.dtype != "int32",
+                    },
+                    {"weight": w.astype(np.int8), "bias": bias, "multiplier": mult, "shift": shift},
+                ),
+                op.dtype,
+                scale,
+            )
             if op.dtype == "int32":
                 tensors[op.name].scale = 1.0
                 per_channel[op.name] = _np(t["scale"]).astype(np.float64).reshape(-1)
         elif op.kind == "add":
             ma, mb, n = (int(t[k].item()) for k in ("multiplier_a", "multiplier_b", "shift"))
             for v, what in ((ma, "multiplier_a"), (mb, "multiplier_b")):
-                if not -(2 ** 31) <= v < 2 ** 31:
+                if not -(2**31) <= v < 2**31:
                     issues.append(CheckIssue(op.name, "add", f"{what} {v} does not fit int32"))
             if issues:
                 continue
-            emit(Op("add", op.name, ins, out, {"a_multiplier": ma, "b_multiplier": mb,
-                                               "shift": n, "relu": bool(op.attrs.get("relu"))}),
-                 op.dtype, scale)
+            emit(
+                Op(
+                    "add",
+                    op.name,
+                    ins,
+                    out,
+                    {
+                        "a_multiplier": ma,
+                        "b_multiplier": mb,
+                        "shift": n,
+                        "relu": bool(op.attrs.get("relu")),
+                    },
+                ),
+                op.dtype,
+                scale,
+            )
         elif op.kind == "requantize":
             mult, shift = _requant_params(op.name, t)
-            emit(Op("requant", op.name, ins, out, {}, {"multiplier": mult, "shift": shift}),
-                 op.dtype, scale)
+            emit(
+                Op("requant", op.name, ins, out, {}, {"multiplier": mult, "shift": shift}),
+                op.dtype,
+                scale,
+            )
         elif op.kind == "relu":
             emit(Op("relu", op.name, ins, out), op.dtype, scale)
         elif op.kind == "max_pool2d":
             _, _, h, w_ = shapes[ins[0]]
-            emit(Op("maxpool2d", op.name, ins, out,
-                    {"kernel": list(_pair(op.attrs["kernel_size"])),
-                     "stride": list(_pair(op.attrs["stride"])),
-                     "padding": list(pool_padding(op.attrs, h, w_))}), op.dtype, scale)
+            emit(
+                Op(
+                    "maxpool2d",
+                    op.name,
+                    ins,
+                    out,
+                    {
+                        "kernel": list(_pair(op.attrs["kernel_size"])),
+                        "stride": list(_pair(op.attrs["stride"])),
+                        "padding": list(pool_padding(op.attrs, h, w_)),
+                    },
+                ),
+                op.dtype,
+                scale,
+            )
         elif op.kind == "upsample_nearest2d":
             factor = _upsample_factor(op.attrs, shapes[ins[0]])
-            emit(Op("upsample_nearest2d", op.name, ins, out, {"factor": int(factor or 0)}),
-                 op.dtype, scale)
+            emit(
+                Op("upsample_nearest2d", op.name, ins, out, {"factor": int(factor or 0)}),
+                op.dtype,
+                scale,
+            )
         elif op.kind == "cat":
             emit(Op("concat", op.name, ins, out), op.dtype, scale)
     if issues:
@@ -246,12 +316,23 @@ def lower(model: Any, input_shapes: Mapping[str, Sequence[int]], input_sources: 
         s = len(post.strides)
         for k in range(s):
             src = outputs[k]
-            emit(Op("reduce_max", f"post_process.max_logit_{k}", [src], [src + ".max"]),
-                 tensors[src].dtype, tensors[src].scale)
+            emit(
+                Op("reduce_max", f"post_process.max_logit_{k}", [src], [src + ".max"]),
+                tensors[src].dtype,
+                tensors[src].scale,
+            )
             if src in per_channel:
-                raise CompileError([CheckIssue(src, "reduce_max", "the max over classes of an "
-                                               "int32 output with per-channel scales is not "
-                                               "exact; use int8_output or int16_output")])
+                raise CompileError(
+                    [
+                        CheckIssue(
+                            src,
+                            "reduce_max",
+                            "the max over classes of an "
+                            "int32 output with per-channel scales is not "
+                            "exact; use int8_output or int16_output",
+                        )
+                    ]
+                )
         outputs = outputs + [o + ".max" for o in outputs[:s]]
     final = []
     for src in outputs:
@@ -270,7 +351,7 @@ def lower(model: Any, input_shapes: Mapping[str, Sequence[int]], input_sources: 
 def _requant_params(name: str, t: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     m = _np(t["multiplier"]).astype(np.int64).reshape(-1)
     n = _np(t["shift"]).astype(np.int64).reshape(-1)
-    if m.size and (m.min() < -(2 ** 31) or m.max() >= 2 ** 31):
+    if m.size and (m.min() < -(2**31) or m.max() >= 2**31):
         raise CompileError([CheckIssue(name, "requant", "multiplier does not fit int32")])
     if n.size and (n.min() < 0 or n.max() > 62):
         raise CompileError([CheckIssue(name, "requant", "shift outside 0..62")])

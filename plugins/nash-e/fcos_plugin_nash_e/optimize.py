@@ -45,26 +45,38 @@ def unfuse(prog: Program) -> Program:
             out.tensors[acc_name] = TensorInfo(acc_name, final.shape, "int32", 1.0, 0)
             conv_attrs = {k: v for k, v in op.attrs.items() if k != "relu"}
             conv_attrs["requant"] = False
-            ops.append(Op("conv2d", op.name, list(op.inputs), [acc_name], conv_attrs,
-                          dict(op.params), []))
+            ops.append(
+                Op("conv2d", op.name, list(op.inputs), [acc_name], conv_attrs, dict(op.params), [])
+            )
             rq_out = op.outputs[0]
             relu = bool(op.attrs.get("relu", False))
             if relu:
                 rq_out = op.outputs[0] + ".pre_relu"
-                out.tensors[rq_out] = TensorInfo(rq_out, final.shape, final.dtype, final.scale,
-                                                 final.zero_point)
-            ops.append(Op("requant", op.name + ".requant", [acc_name], [rq_out], {},
-                          {"multiplier": op.params["multiplier"], "shift": op.params["shift"]},
-                          []))
+                out.tensors[rq_out] = TensorInfo(
+                    rq_out, final.shape, final.dtype, final.scale, final.zero_point
+                )
+            ops.append(
+                Op(
+                    "requant",
+                    op.name + ".requant",
+                    [acc_name],
+                    [rq_out],
+                    {},
+                    {"multiplier": op.params["multiplier"], "shift": op.params["shift"]},
+                    [],
+                )
+            )
             if relu:
                 ops.append(Op("relu", op.name + ".relu", [rq_out], list(op.outputs), {}, {}, []))
         elif op.kind == "add" and op.attrs.get("relu", False):
             final = prog.tensors[op.outputs[0]]
             mid = op.outputs[0] + ".pre_relu"
-            out.tensors[mid] = TensorInfo(mid, final.shape, final.dtype, final.scale,
-                                          final.zero_point)
-            ops.append(Op("add", op.name, list(op.inputs), [mid],
-                          {**op.attrs, "relu": False}, {}, []))
+            out.tensors[mid] = TensorInfo(
+                mid, final.shape, final.dtype, final.scale, final.zero_point
+            )
+            ops.append(
+                Op("add", op.name, list(op.inputs), [mid], {**op.attrs, "relu": False}, {}, [])
+            )
             ops.append(Op("relu", op.name + ".relu", [mid], list(op.outputs), {}, {}, []))
         else:
             ops.append(op)
@@ -85,10 +97,16 @@ def fuse_conv_add(prog: Program) -> Program:
         cands = []
         for operand, t in enumerate(op.inputs):
             j = producer.get(t)
-            if (j is not None and prog.ops[j].kind == "conv2d" and len(prog.ops[j].inputs) == 1
-                    and prog.ops[j].attrs.get("requant", True) and consumers.get(t) == [i]
-                    and t not in outputs and j not in fused_convs
-                    and op.inputs[0] != op.inputs[1]):
+            if (
+                j is not None
+                and prog.ops[j].kind == "conv2d"
+                and len(prog.ops[j].inputs) == 1
+                and prog.ops[j].attrs.get("requant", True)
+                and consumers.get(t) == [i]
+                and t not in outputs
+                and j not in fused_convs
+                and op.inputs[0] != op.inputs[1]
+            ):
                 cands.append((j, operand))
         if cands:
             j, operand = max(cands)  # the later conv: the other operand is ready before it
@@ -106,13 +124,26 @@ def fuse_conv_add(prog: Program) -> Program:
             mid = prog.tensors[conv.outputs[0]]
             residual = op.inputs[1 - operand]
             attrs: dict[str, Any] = dict(conv.attrs)
-            attrs["add"] = {"a_multiplier": op.attrs["a_multiplier"],
-                            "b_multiplier": op.attrs["b_multiplier"],
-                            "shift": op.attrs["shift"], "relu": bool(op.attrs.get("relu")),
-                            "conv_operand": operand, "mid_dtype": mid.dtype,
-                            "mid_zero_point": mid.zero_point}
-            ops.append(Op("conv2d", conv.name, [conv.inputs[0], residual], list(op.outputs),
-                          attrs, dict(conv.params), [*conv.fused, op.name, *op.fused]))
+            attrs["add"] = {
+                "a_multiplier": op.attrs["a_multiplier"],
+                "b_multiplier": op.attrs["b_multiplier"],
+                "shift": op.attrs["shift"],
+                "relu": bool(op.attrs.get("relu")),
+                "conv_operand": operand,
+                "mid_dtype": mid.dtype,
+                "mid_zero_point": mid.zero_point,
+            }
+            ops.append(
+                Op(
+                    "conv2d",
+                    conv.name,
+                    [conv.inputs[0], residual],
+                    list(op.outputs),
+                    attrs,
+                    dict(conv.params),
+                    [*conv.fused, op.name, *op.fused],
+                )
+            )
             tensors.pop(conv.outputs[0], None)
         else:
             ops.append(op)
@@ -152,8 +183,11 @@ def schedule(prog: Program) -> Program:
 
     def gain(i: int) -> int:
         op = prog.ops[i]
-        freed = sum(prog.tensors[t].nbytes for t in set(op.inputs)
-                    if remaining_reads.get(t, 0) == 1 and t not in outputs)
+        freed = sum(
+            prog.tensors[t].nbytes
+            for t in set(op.inputs)
+            if remaining_reads.get(t, 0) == 1 and t not in outputs
+        )
         return freed - sum(prog.tensors[t].nbytes for t in op.outputs)
 
     ready = [(-gain(i), i) for i, w in enumerate(waiting) if w == 0]
@@ -227,8 +261,8 @@ def optimize(prog: Program, level: str) -> Program:
     out.meta = {**prog.meta, "opt": level}
     if level == "O3":
         plan = plan_memory(out)
-        out.meta["memory_plan"] = {"peak_bytes": plan["peak_bytes"],
-                                   "unplanned_bytes": plan["unplanned_bytes"]}
+        out.meta["memory_plan"] = {
+            "peak_bytes": plan["peak_bytes"],
+            "unplanned_bytes": plan["unplanned_bytes"],
+        }
     return out
-
-

@@ -43,8 +43,9 @@ def conv_macs(op, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int:
     return _prod(out_shape) * int(ipg) * int(kh) * int(kw)
 
 
-def layer_estimate(prog: Program, index: int, pm: PerfModel = PERF,
-                   on_chip: set[str] | None = None) -> dict[str, Any]:
+def layer_estimate(
+    prog: Program, index: int, pm: PerfModel = PERF, on_chip: set[str] | None = None
+) -> dict[str, Any]:
     """The performance record of op ``index`` (see the module docstring)."""
     op = prog.ops[index]
     ins = [prog.tensors[t] for t in op.inputs]
@@ -62,8 +63,15 @@ def layer_estimate(prog: Program, index: int, pm: PerfModel = PERF,
             compute = oh * ow * kh * kw * math.ceil(o / pm.depthwise_lanes)
         else:
             opg = o // groups
-            compute = (oh * ow * kh * kw * math.ceil(ipg / pm.mac_rows)
-                       * math.ceil(opg / pm.mac_cols) * groups)
+            compute = (
+                oh
+                * ow
+                * kh
+                * kw
+                * math.ceil(ipg / pm.mac_rows)
+                * math.ceil(opg / pm.mac_cols)
+                * groups
+            )
         compute *= factor
         if len(ins) == 2:  # fused add on the vector unit, overlapped with the conv
             compute = max(compute, math.ceil(out.nbytes / pm.vector_bytes_per_cycle))
@@ -73,8 +81,9 @@ def layer_estimate(prog: Program, index: int, pm: PerfModel = PERF,
         touched = sum(t.nbytes for t in ins) + out.nbytes
         compute = math.ceil(touched / pm.vector_bytes_per_cycle)
     param_bytes = sum(int(a.nbytes) for a in op.params.values())
-    param_count = int(op.params["weight"].size + op.params["bias"].size) \
-        if op.kind == "conv2d" else 0
+    param_count = (
+        int(op.params["weight"].size + op.params["bias"].size) if op.kind == "conv2d" else 0
+    )
     read = sum(t.nbytes for t in ins if t.name not in on_chip)
     written = out.nbytes
     memory = math.ceil((read + written + param_bytes) / pm.ddr_bytes_per_cycle)
@@ -106,7 +115,11 @@ def estimate(prog: Program, pm: PerfModel = PERF) -> dict[str, Any]:
     for i, op in enumerate(prog.ops):
         on_chip: set[str] = set()
         # the previous op's output stays in SRAM for its immediate consumer when it fits
-        if fused_level and prev_out is not None and prog.tensors[prev_out].nbytes <= SRAM_BYTES // 2:
+        if (
+            fused_level
+            and prev_out is not None
+            and prog.tensors[prev_out].nbytes <= SRAM_BYTES // 2
+        ):
             on_chip.add(prev_out)
         layers.append(layer_estimate(prog, i, pm, on_chip))
         prev_out = op.outputs[0]
@@ -124,12 +137,15 @@ def estimate(prog: Program, pm: PerfModel = PERF) -> dict[str, Any]:
         "model": prog.name,
         "opt": prog.meta.get("opt"),
         "perf_model": {
-            "clock_hz": pm.clock_hz, "mac_array": [pm.mac_rows, pm.mac_cols],
-            "macs_per_cycle": pm.macs_per_cycle, "int16_mac_factor": pm.int16_mac_factor,
+            "clock_hz": pm.clock_hz,
+            "mac_array": [pm.mac_rows, pm.mac_cols],
+            "macs_per_cycle": pm.macs_per_cycle,
+            "int16_mac_factor": pm.int16_mac_factor,
             "depthwise_lanes": pm.depthwise_lanes,
             "vector_bytes_per_cycle": pm.vector_bytes_per_cycle,
             "ddr_bytes_per_cycle": pm.ddr_bytes_per_cycle,
-            "op_overhead_cycles": pm.op_overhead_cycles, "sram_bytes": SRAM_BYTES,
+            "op_overhead_cycles": pm.op_overhead_cycles,
+            "sram_bytes": SRAM_BYTES,
             "formula": "cycles = max(compute, memory) + overhead; see the nash-e README",
         },
         "memory_plan": prog.meta.get("memory_plan"),

@@ -33,9 +33,11 @@ def nv12_to_yuv444(y: np.ndarray, uv: np.ndarray) -> np.ndarray:
     """Y ``[H, W]`` and interleaved UV ``[H/2, W/2, 2]`` uint8 -> planar YUV444 ``[3, H, W]``."""
     h, w = y.shape
     if h % 2 or w % 2 or uv.shape != (h // 2, w // 2, 2):
-        raise FcosUserError(f"NV12 frame: Y plane {y.shape} needs even sizes and a UV plane of "
-                            f"shape {(h // 2, w // 2, 2)}, got {uv.shape}",
-                            hint="pass YUV444 [3, H, W] or NV12 with matching planes")
+        raise FcosUserError(
+            f"NV12 frame: Y plane {y.shape} needs even sizes and a UV plane of "
+            f"shape {(h // 2, w // 2, 2)}, got {uv.shape}",
+            hint="pass YUV444 [3, H, W] or NV12 with matching planes",
+        )
     chroma = np.repeat(np.repeat(uv, 2, axis=0), 2, axis=1)  # [H, W, 2]
     return np.stack((y, chroma[..., 0], chroma[..., 1]))
 
@@ -50,8 +52,10 @@ def to_yuv444(frame: Any, height: int, width: int) -> np.ndarray:
     else:
         arr = np.asarray(frame)
         if arr.dtype != np.uint8:
-            raise FcosUserError(f"a pyramid frame must be uint8, got {arr.dtype}",
-                                hint="pass YUV444 [3, H, W] or NV12 [H*3/2, W] uint8 data")
+            raise FcosUserError(
+                f"a pyramid frame must be uint8, got {arr.dtype}",
+                hint="pass YUV444 [3, H, W] or NV12 [H*3/2, W] uint8 data",
+            )
         if arr.ndim == 4 and arr.shape[0] == 1:
             arr = arr[0]
         if arr.ndim == 3 and arr.shape[0] == 3:
@@ -61,13 +65,17 @@ def to_yuv444(frame: Any, height: int, width: int) -> np.ndarray:
             uv = arr[h:].reshape(h // 2, arr.shape[1] // 2, 2)
             yuv = nv12_to_yuv444(arr[:h], uv)
         else:
-            raise FcosUserError(f"pyramid frame of shape {arr.shape} is neither YUV444 "
-                                "[3, H, W] nor NV12 [H*3/2, W]",
-                                hint="see the nash-e README, 'Input sources'")
+            raise FcosUserError(
+                f"pyramid frame of shape {arr.shape} is neither YUV444 "
+                "[3, H, W] nor NV12 [H*3/2, W]",
+                hint="see the nash-e README, 'Input sources'",
+            )
     if yuv.shape != (3, height, width):
-        raise FcosUserError(f"pyramid frame is {yuv.shape[1]}x{yuv.shape[2]}, the model was "
-                            f"compiled for {height}x{width}",
-                            hint="resize/pad the frame to the compiled input size")
+        raise FcosUserError(
+            f"pyramid frame is {yuv.shape[1]}x{yuv.shape[2]}, the model was "
+            f"compiled for {height}x{width}",
+            hint="resize/pad the frame to the compiled input size",
+        )
     return yuv
 
 

@@ -28,18 +28,24 @@ def render_html(report: dict[str, Any]) -> str:
         rows.append(
             "<tr>"
             f"<td class=n>{r['index']}</td><td class=l>{e(r['layer'])}"
-            + (f"<div class=f>fused: {fused}</div>" if fused else "") + "</td>"
+            + (f"<div class=f>fused: {fused}</div>" if fused else "")
+            + "</td>"
             f"<td>{e(r['op'])}</td><td class=s>{ins}</td><td class=s>{e(_shape(r['output']))}</td>"
             f"<td class=n>{_fmt_int(r['macs'])}</td><td class=n>{_fmt_int(r['params'])}</td>"
             f"<td class=n>{_fmt_int(r['ddr_bytes'])}</td>"
             f"<td class=n>{_fmt_int(r['cycles'])}</td><td>{e(r['bound'])}</td>"
-            f"<td class=n>{r['time_us']:.2f}</td></tr>")
+            f"<td class=n>{r['time_us']:.2f}</td></tr>"
+        )
     mem = report.get("memory_plan") or {}
-    mem_line = (f"<li>activation arena (O3 buffer plan): {_fmt_int(mem['peak_bytes'])} bytes "
-                f"(without reuse: {_fmt_int(mem['unplanned_bytes'])})</li>" if mem else "")
+    mem_line = (
+        f"<li>activation arena (O3 buffer plan): {_fmt_int(mem['peak_bytes'])} bytes "
+        f"(without reuse: {_fmt_int(mem['unplanned_bytes'])})</li>"
+        if mem
+        else ""
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
-<title>{e(report['model'])} - fcos NASH-E layer report</title>
+<title>{e(report["model"])} - fcos NASH-E layer report</title>
 <style>
 body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}}
 table{{border-collapse:collapse;font-size:13px}}
@@ -49,23 +55,23 @@ td.n{{text-align:right;font-variant-numeric:tabular-nums}}
 td.s{{font-family:monospace;white-space:nowrap}} td.l{{font-family:monospace}}
 div.f{{color:#666;font-size:11px}} tfoot td{{font-weight:bold;background:#f6f6f6}}
 </style></head><body>
-<h1>{e(report['model'])}</h1>
-<p>fcos NASH-E compile report, optimisation level <b>{e(str(report.get('opt')))}</b>.</p>
+<h1>{e(report["model"])}</h1>
+<p>fcos NASH-E compile report, optimisation level <b>{e(str(report.get("opt")))}</b>.</p>
 <h2>Summary</h2>
 <ul id="summary">
-<li>layers: {tot['layers']}</li>
-<li>MACs: {_fmt_int(tot['macs'])}</li>
-<li>parameters: {_fmt_int(tot['params'])} ({_fmt_int(tot['param_bytes'])} bytes)</li>
-<li>DDR traffic: {_fmt_int(tot['ddr_bytes'])} bytes</li>
-<li>estimated cycles: {_fmt_int(tot['cycles'])}</li>
-<li>estimated latency: <b id="latency">{tot['latency_ms']:.3f} ms</b></li>
+<li>layers: {tot["layers"]}</li>
+<li>MACs: {_fmt_int(tot["macs"])}</li>
+<li>parameters: {_fmt_int(tot["params"])} ({_fmt_int(tot["param_bytes"])} bytes)</li>
+<li>DDR traffic: {_fmt_int(tot["ddr_bytes"])} bytes</li>
+<li>estimated cycles: {_fmt_int(tot["cycles"])}</li>
+<li>estimated latency: <b id="latency">{tot["latency_ms"]:.3f} ms</b></li>
 {mem_line}
 </ul>
 <h2>Performance model (assumed target, not measured)</h2>
-<p>clock {pm['clock_hz'] / 1e9:.2f} GHz; conv engine {pm['mac_array'][0]}x{pm['mac_array'][1]}
-int8 MACs ({pm['macs_per_cycle']} MAC/cycle; int16 inputs x{pm['int16_mac_factor']});
-depthwise {pm['depthwise_lanes']} lanes; vector unit {pm['vector_bytes_per_cycle']} B/cycle;
-DDR {pm['ddr_bytes_per_cycle']} B/cycle; {pm['op_overhead_cycles']} cycles per op.
+<p>clock {pm["clock_hz"] / 1e9:.2f} GHz; conv engine {pm["mac_array"][0]}x{pm["mac_array"][1]}
+int8 MACs ({pm["macs_per_cycle"]} MAC/cycle; int16 inputs x{pm["int16_mac_factor"]});
+depthwise {pm["depthwise_lanes"]} lanes; vector unit {pm["vector_bytes_per_cycle"]} B/cycle;
+DDR {pm["ddr_bytes_per_cycle"]} B/cycle; {pm["op_overhead_cycles"]} cycles per op.
 cycles = max(compute, memory) + overhead.</p>
 <h2>Layers</h2>
 <table id="layers">
@@ -75,9 +81,9 @@ cycles = max(compute, memory) + overhead.</p>
 {chr(10).join(rows)}
 </tbody>
 <tfoot><tr><td></td><td>total</td><td></td><td></td><td></td>
-<td class=n>{_fmt_int(tot['macs'])}</td><td class=n>{_fmt_int(tot['params'])}</td>
-<td class=n>{_fmt_int(tot['ddr_bytes'])}</td><td class=n>{_fmt_int(tot['cycles'])}</td><td></td>
-<td class=n>{tot['latency_ms'] * 1e3:.2f}</td></tr></tfoot>
+<td class=n>{_fmt_int(tot["macs"])}</td><td class=n>{_fmt_int(tot["params"])}</td>
+<td class=n>{_fmt_int(tot["ddr_bytes"])}</td><td class=n>{_fmt_int(tot["cycles"])}</td><td></td>
+<td class=n>{tot["latency_ms"] * 1e3:.2f}</td></tr></tfoot>
 </table>
 </body></html>
 """

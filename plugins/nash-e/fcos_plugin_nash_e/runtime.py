@@ -23,30 +23,71 @@ class RuntimeInputError(FcosUserError):
     """Inputs that do not fit the compiled program."""
 
 
-def _conv(op: Op, x: np.ndarray, tin: TensorInfo, tout: TensorInfo,
-          residual: np.ndarray | None, tres: TensorInfo | None) -> np.ndarray:
+def _conv(
+    op: Op,
+    x: np.ndarray,
+    tin: TensorInfo,
+    tout: TensorInfo,
+    residual: np.ndarray | None,
+    tres: TensorInfo | None,
+) -> np.ndarray:
     a = op.attrs
     p = op.params
-    acc = K.conv2d_acc(x, tin.zero_point, p["weight"], p["bias"], tuple(a["stride"]),
-                       tuple(a["padding"]), a["groups"])
+    acc = K.conv2d_acc(
+        x,
+        tin.zero_point,
+        p["weight"],
+        p["bias"],
+        tuple(a["stride"]),
+        tuple(a["padding"]),
+        a["groups"],
+    )
     if not a.get("requant", True):  # raw accumulator output (int32), ReLU at 0
         return K.saturate(np.maximum(acc, 0) if a.get("relu", False) else acc, "int32")
     if residual is None:
-        return K.requantize(acc, p["multiplier"], p["shift"], tout.zero_point, tout.dtype,
-                            relu=bool(a.get("relu", False)))
+        return K.requantize(
+            acc,
+            p["multiplier"],
+            p["shift"],
+            tout.zero_point,
+            tout.dtype,
+            relu=bool(a.get("relu", False)),
+        )
     add = a["add"]
-    mid = K.requantize(acc, p["multiplier"], p["shift"], add["mid_zero_point"],
-                       add["mid_dtype"], relu=bool(a.get("relu", False)))
+    mid = K.requantize(
+        acc,
+        p["multiplier"],
+        p["shift"],
+        add["mid_zero_point"],
+        add["mid_dtype"],
+        relu=bool(a.get("relu", False)),
+    )
     operands = (mid, residual) if add["conv_operand"] == 0 else (residual, mid)
-    zps = ((add["mid_zero_point"], tres.zero_point) if add["conv_operand"] == 0
-           else (tres.zero_point, add["mid_zero_point"]))
-    return K.add(operands[0], operands[1], zps[0], zps[1], add["a_multiplier"],
-                 add["b_multiplier"], add["shift"], tout.zero_point, tout.dtype,
-                 bool(add.get("relu", False)))
+    zps = (
+        (add["mid_zero_point"], tres.zero_point)
+        if add["conv_operand"] == 0
+        else (tres.zero_point, add["mid_zero_point"])
+    )
+    return K.add(
+        operands[0],
+        operands[1],
+        zps[0],
+        zps[1],
+        add["a_multiplier"],
+        add["b_multiplier"],
+        add["shift"],
+        tout.zero_point,
+        tout.dtype,
+        bool(add.get("relu", False)),
+    )
 
 
-def execute_op(op: Op, args: list[np.ndarray], tin: list[TensorInfo], tout: TensorInfo,
-               ) -> np.ndarray:
+def execute_op(
+    op: Op,
+    args: list[np.ndarray],
+    tin: list[TensorInfo],
+    tout: TensorInfo,
+) -> np.ndarray:
     """Run one op on its input arrays; returns the output array (``tout``'s dtype)."""
     k, a = op.kind, op.attrs
     x = args[0]
@@ -57,14 +98,29 @@ def execute_op(op: Op, args: list[np.ndarray], tin: list[TensorInfo], tout: Tens
         return _conv(op, x, tin[0], tout, res, tin[1] if res is not None else None)
     if k == "requant":
         acc = x.astype(np.int64) - tin[0].zero_point
-        return K.requantize(acc, op.params["multiplier"], op.params["shift"], tout.zero_point,
-                            tout.dtype, relu=bool(a.get("relu", False)))
+        return K.requantize(
+            acc,
+            op.params["multiplier"],
+            op.params["shift"],
+            tout.zero_point,
+            tout.dtype,
+            relu=bool(a.get("relu", False)),
+        )
     if k == "relu":
         return K.relu(x, tin[0].zero_point).astype(tout.dtype)
     if k == "add":
-        return K.add(x, args[1], tin[0].zero_point, tin[1].zero_point, a["a_multiplier"],
-                     a["b_multiplier"], a["shift"], tout.zero_point, tout.dtype,
-                     bool(a.get("relu", False)))
+        return K.add(
+            x,
+            args[1],
+            tin[0].zero_point,
+            tin[1].zero_point,
+            a["a_multiplier"],
+            a["b_multiplier"],
+            a["shift"],
+            tout.zero_point,
+            tout.dtype,
+            bool(a.get("relu", False)),
+        )
     if k == "maxpool2d":
         return K.maxpool2d(x, tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"]))
     if k == "upsample_nearest2d":
@@ -101,16 +157,24 @@ class Runtime:
         """One frame of one input as the float/int8 array its first op reads."""
         _, c, h, w = inp.shape
         if inp.source == "pyramid":
-            frame = value[b] if isinstance(value, (list, tuple)) else (
-                value if isinstance(value, Mapping) or np.asarray(value).ndim <= 3
-                else np.asarray(value)[b])
+            frame = (
+                value[b]
+                if isinstance(value, (list, tuple))
+                else (
+                    value
+                    if isinstance(value, Mapping) or np.asarray(value).ndim <= 3
+                    else np.asarray(value)[b]
+                )
+            )
             return yuv444_to_int8(to_yuv444(frame, h, w))
         arr = np.asarray(value)
         if arr.dtype.kind not in "fiu" or arr.ndim != 4 or tuple(arr.shape[1:]) != (c, h, w):
-            raise RuntimeInputError(f"input {inp.name!r} must be a numeric [B, {c}, {h}, {w}] "
-                                    f"array, got {arr.dtype} {tuple(arr.shape)}",
-                                    hint="pass the normalised image tensor the model takes")
-        return arr[b:b + 1].astype(np.float32)
+            raise RuntimeInputError(
+                f"input {inp.name!r} must be a numeric [B, {c}, {h}, {w}] "
+                f"array, got {arr.dtype} {tuple(arr.shape)}",
+                hint="pass the normalised image tensor the model takes",
+            )
+        return arr[b : b + 1].astype(np.float32)
 
     def _batch_size(self, inputs: Mapping[str, Any]) -> int:
         sizes = set()
@@ -137,12 +201,16 @@ class Runtime:
         prog = self.program
         missing = [i.name for i in prog.inputs if i.name not in inputs]
         if missing:
-            raise RuntimeInputError(f"missing inputs {missing}; the program takes "
-                                    f"{[i.name for i in prog.inputs]}")
+            raise RuntimeInputError(
+                f"missing inputs {missing}; the program takes {[i.name for i in prog.inputs]}"
+            )
         results: list[list[np.ndarray]] = []
         for b in range(self._batch_size(inputs)):
-            results.append(self._run_frame({i.name: self._frame_input(i, inputs[i.name], b)
-                                            for i in prog.inputs}, codes))
+            results.append(
+                self._run_frame(
+                    {i.name: self._frame_input(i, inputs[i.name], b) for i in prog.inputs}, codes
+                )
+            )
         return tuple(np.concatenate([r[k] for r in results]) for k in range(len(prog.outputs)))
 
     def _run_frame(self, frames: dict[str, np.ndarray], codes: bool) -> list[np.ndarray]:
@@ -180,10 +248,11 @@ class Runtime:
 def check_pyramid_input(tensor: TensorInfo) -> str | None:
     """Why a pyramid source cannot feed this quantized input (None: it can)."""
     if tensor.dtype != "int8" or tensor.zero_point != 0 or tensor.scale != PYRAMID_SCALE:
-        return (f"a pyramid input needs the int8 input quantized with scale 1/128 and zero "
-                f"point 0 (yuv - 128), got {tensor.dtype} scale {tensor.scale} zero point "
-                f"{tensor.zero_point}")
+        return (
+            f"a pyramid input needs the int8 input quantized with scale 1/128 and zero "
+            f"point 0 (yuv - 128), got {tensor.dtype} scale {tensor.scale} zero point "
+            f"{tensor.zero_point}"
+        )
     if tensor.shape[1] != 3:
         return f"a pyramid input has 3 channels (YUV), the model input has {tensor.shape[1]}"
     return None
-

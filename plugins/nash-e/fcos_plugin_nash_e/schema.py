@@ -21,10 +21,17 @@ class NashECompileOptions:
     hbm: str = arg(help="path of the compiled artifact (fcos's own format, not Horizon's)")
     layer_details: bool = arg(False, help="write per-layer JSON and HTML performance reports")
     input_source: list[InputSource] = arg(
-        ["ddr"], help="per model input: 'pyramid' (camera YUV planes, NV12 or YUV444 uint8) "
-                      "or 'ddr' (the model's float input tensor, quantized by the runtime)")
+        ["ddr"],
+        help="per model input: 'pyramid' (camera YUV planes, NV12 or YUV444 uint8) "
+        "or 'ddr' (the model's float input tensor, quantized by the runtime)",
+    )
     input_color: Literal["yuv", "rgb"] = arg(
-        "yuv", help="colour space the model was trained on (ToTensor to_yuv); `fcos infer` "
-                    "converts images to it. Pyramid inputs are always YUV")
-    opt: OptLevel = arg("O3", help="optimisation level: O0 none, O1 requant/ReLU folding, "
-                                   "O2 + conv+add fusion, O3 + scheduling and buffer reuse")
+        "yuv",
+        help="colour space the model was trained on (ToTensor to_yuv); `fcos infer` "
+        "converts images to it. Pyramid inputs are always YUV",
+    )
+    opt: OptLevel = arg(
+        "O3",
+        help="optimisation level: O0 none, O1 requant/ReLU folding, "
+        "O2 + conv+add fusion, O3 + scheduling and buffer reuse",
+    )

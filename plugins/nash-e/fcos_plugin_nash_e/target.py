@@ -17,7 +17,7 @@ QRANGE: dict[str, tuple[int, int]] = {
     "int8": (-128, 127),
     "uint8": (0, 255),
     "int16": (-32768, 32767),
-    "int32": (-(2 ** 31), 2 ** 31 - 1),
+    "int32": (-(2**31), 2**31 - 1),
 }
 
 #: activation dtypes an op may read or write (int32 only as a raw accumulator output)

@@ -62,26 +62,46 @@ class _Builder:
         self._run_last()
         return name
 
-    def conv(self, name: str, x: str, cout: int, k: int, stride: int = 1, groups: int = 1,
-             relu: bool = False, dtype: str = "int8", bias: bool = True) -> str:
+    def conv(
+        self,
+        name: str,
+        x: str,
+        cout: int,
+        k: int,
+        stride: int = 1,
+        groups: int = 1,
+        relu: bool = False,
+        dtype: str = "int8",
+        bias: bool = True,
+    ) -> str:
         cin = self.channels[x]
-        w = torch.randint(-127, 128, (cout, cin // groups, k, k), generator=self.g,
-                          dtype=torch.int8)
+        w = torch.randint(
+            -127, 128, (cout, cin // groups, k, k), generator=self.g, dtype=torch.int8
+        )
         w_scale = torch.empty(cout).uniform_(0.002, 0.02, generator=self.g).float()
         acc_scale = self.scale[x] * w_scale.double()
         t: dict[str, Any] = {"weight": w, "weight_scale": w_scale}
         if bias:
             t["bias"] = torch.randint(-3000, 3000, (cout,), generator=self.g, dtype=torch.int32)
         pad = k // 2
-        static = {"stride": (stride, stride), "padding": (pad, pad), "dilation": (1, 1),
-                  "groups": groups, "relu": relu}
+        static = {
+            "stride": (stride, stride),
+            "padding": (pad, pad),
+            "dilation": (1, 1),
+            "groups": groups,
+            "relu": relu,
+        }
         if dtype == "int32":
             # the integer model requires multiplier/shift buffers; an int32 output ignores them
-            t.update(scale=acc_scale, multiplier=torch.ones(cout, dtype=torch.long),
-                     shift=torch.ones(cout, dtype=torch.long))
+            t.update(
+                scale=acc_scale,
+                multiplier=torch.ones(cout, dtype=torch.long),
+                shift=torch.ones(cout, dtype=torch.long),
+            )
         else:
-            acc = int_ops.conv2d_acc(self.env[x], w, t.get("bias"), static["stride"],
-                                     static["padding"], (1, 1), groups)
+            acc = int_ops.conv2d_acc(
+                self.env[x], w, t.get("bias"), static["stride"], static["padding"], (1, 1), groups
+            )
             real = acc.double() * acc_scale.reshape(1, -1, 1, 1)
             s_out = self._calibrated(real.clamp_min(0) if relu else real, dtype)
             m, n = int_ops.quantize_multiplier(acc_scale / s_out)
@@ -102,8 +122,12 @@ class _Builder:
         ma = torch.round(ra * 2.0 ** n.double()).long()
         mb = torch.round(rb * 2.0 ** n.double()).long()
         self.ops.append(IntOp(name, "add", (a, b), "int8", {"relu": relu}))
-        self.tensors[name] = {"multiplier_a": ma, "multiplier_b": mb, "shift": n,
-                              "scale": torch.tensor(s_out, dtype=torch.float32)}
+        self.tensors[name] = {
+            "multiplier_a": ma,
+            "multiplier_b": mb,
+            "shift": n,
+            "scale": torch.tensor(s_out, dtype=torch.float32),
+        }
         self.scale[name], self.dtype[name], self.channels[name] = s_out, "int8", self.channels[a]
         self._run_last()
         return name
@@ -119,11 +143,13 @@ class _Builder:
 
     def requantize(self, name: str, x: str, dtype: str) -> str:
         s_out = self._calibrated(self.env[x].double() * self.scale[x], dtype)
-        m, n = int_ops.quantize_multiplier(torch.tensor(self.scale[x] / s_out,
-                                                        dtype=torch.float64))
+        m, n = int_ops.quantize_multiplier(torch.tensor(self.scale[x] / s_out, dtype=torch.float64))
         self.ops.append(IntOp(name, "requantize", (x,), dtype))
-        self.tensors[name] = {"multiplier": m, "shift": n,
-                              "scale": torch.tensor(s_out, dtype=torch.float32)}
+        self.tensors[name] = {
+            "multiplier": m,
+            "shift": n,
+            "scale": torch.tensor(s_out, dtype=torch.float32),
+        }
         self.scale[name], self.dtype[name], self.channels[name] = s_out, dtype, self.channels[x]
         self._run_last()
         return name
@@ -132,8 +158,13 @@ class _Builder:
         return IntegerModel(self.ops, self.tensors, outputs, dequant_output=dequant)
 
 
-def make_mini_fcos(seed: int = 0, num_classes: int = 5, dequant: bool = False,
-                   head_dtype: str = "int16", size: int = 64) -> IntegerModel:
+def make_mini_fcos(
+    seed: int = 0,
+    num_classes: int = 5,
+    dequant: bool = False,
+    head_dtype: str = "int16",
+    size: int = 64,
+) -> IntegerModel:
     """An FCOS-shaped integer model: stem, MBConv-like blocks with residuals, a 2-level
     BiFPN-like fusion (max-pool down, x2 upsample up, adds) and a shared head with int16
     outputs. Output order: cls_0, cls_1, box_0, box_1, ctr_0, ctr_1 (strides 4, 8)."""
@@ -156,8 +187,16 @@ def make_mini_fcos(seed: int = 0, num_classes: int = 5, dequant: bool = False,
     n4 = b.add("neck_td4", l4, up, relu=True)
     n4 = b.conv("neck_td4_dw", n4, 16, 3, groups=16)
     n4 = b.conv("neck_td4_pw", n4, 16, 1)
-    down = b.same("neck_down", "max_pool2d", n4, kernel_size=(2, 2), stride=(2, 2),
-                  padding=(0, 0), dilation=(1, 1), ceil_mode=False)
+    down = b.same(
+        "neck_down",
+        "max_pool2d",
+        n4,
+        kernel_size=(2, 2),
+        stride=(2, 2),
+        padding=(0, 0),
+        dilation=(1, 1),
+        ceil_mode=False,
+    )
     n8 = b.add("neck_bu8", p8, down, relu=True)
     n8 = b.conv("neck_bu8_dw", n8, 16, 3, groups=16)
     n8 = b.conv("neck_bu8_pw", n8, 16, 1)
@@ -179,10 +218,26 @@ def make_op_zoo(seed: int = 0, dequant: bool = True, size: int = 62) -> IntegerM
     x = b.conv("c7", x, 8, 7, stride=2, relu=False)
     r = b.same("relu", "relu", x)
     g = b.conv("grouped", r, 8, 3, groups=2, relu=True)
-    pool = b.same("pool3", "max_pool2d", g, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1),
-                  dilation=(1, 1), ceil_mode=True)
-    pool2 = b.same("pool2ceil", "max_pool2d", g, kernel_size=(2, 2), stride=(2, 2),
-                   padding=(0, 0), dilation=(1, 1), ceil_mode=True)
+    pool = b.same(
+        "pool3",
+        "max_pool2d",
+        g,
+        kernel_size=(3, 3),
+        stride=(2, 2),
+        padding=(1, 1),
+        dilation=(1, 1),
+        ceil_mode=True,
+    )
+    pool2 = b.same(
+        "pool2ceil",
+        "max_pool2d",
+        g,
+        kernel_size=(2, 2),
+        stride=(2, 2),
+        padding=(0, 0),
+        dilation=(1, 1),
+        ceil_mode=True,
+    )
     cat = b.same("cat", "cat", [pool, pool2], dim=1)
     q16 = b.requantize("to16", cat, "int16")
     c16 = b.conv("conv_int16_in", q16, 6, 3, relu=True)
@@ -200,8 +255,9 @@ class MiniDetector(torch.nn.Module):
         from fcos_core.models.post_process import FCOSMultiStrideFilter
 
         self.body = body
-        self.post_process = FCOSMultiStrideFilter(strides, threshold=-2.944, for_compile=True,
-                                                  max_shape=(64, 64))
+        self.post_process = FCOSMultiStrideFilter(
+            strides, threshold=-2.944, for_compile=True, max_shape=(64, 64)
+        )
 
     def forward(self, img):
         return self.post_process(self.body(img))
@@ -233,6 +289,10 @@ def nash():
     """The builders above (tests run with --import-mode=importlib and cannot import conftest)."""
     import types
 
-    return types.SimpleNamespace(make_mini_fcos=make_mini_fcos, make_op_zoo=make_op_zoo,
-                                 MiniDetector=MiniDetector, random_images=random_images,
-                                 to_float_input=to_float_input)
+    return types.SimpleNamespace(
+        make_mini_fcos=make_mini_fcos,
+        make_op_zoo=make_op_zoo,
+        MiniDetector=MiniDetector,
+        random_images=random_images,
+        to_float_input=to_float_input,
+    )

@@ -32,10 +32,19 @@ from fcos_plugin_nash_e.backend import NashEBackend
 def artifact(tmp_path_factory, nash):
     d = tmp_path_factory.mktemp("art")
     model = nash.MiniDetector(nash.make_mini_fcos(seed=1, size=32), [4, 8]).eval()
-    res = NashEBackend().compile(model, {"img": torch.zeros(1, 3, 32, 32)},
-                                 {"name": "fz", "out_dir": str(d), "hbm": str(d / "fz.hbm"),
-                                  "layer_details": True, "opt": "O3",
-                                  "input_source": ["ddr"]}, d)
+    res = NashEBackend().compile(
+        model,
+        {"img": torch.zeros(1, 3, 32, 32)},
+        {
+            "name": "fz",
+            "out_dir": str(d),
+            "hbm": str(d / "fz.hbm"),
+            "layer_details": True,
+            "opt": "O3",
+            "input_source": ["ddr"],
+        },
+        d,
+    )
     return res.artifact, model
 
 
@@ -83,7 +92,7 @@ def test_fuzz_truncations_flips_and_garbage(artifact, tmp_path):
                 data[pos] ^= 1 << int(rng.integers(0, 8))
         elif kind == 2:
             pos = int(rng.integers(0, len(data) - 8))
-            data[pos:pos + 8] = rng.integers(0, 256, 8, dtype=np.uint8).tobytes()
+            data[pos : pos + 8] = rng.integers(0, 256, 8, dtype=np.uint8).tobytes()
         elif kind == 3:
             data += rng.integers(0, 256, int(rng.integers(1, 300)), dtype=np.uint8).tobytes()
         elif kind == 4:  # flip inside the header or table (structure, not payload)
@@ -102,11 +111,11 @@ def _reseal(good: bytes, edit) -> bytes:
     """Apply ``edit`` to the decoded META JSON and rebuild a file with valid checksums: the
     container is intact, the content hostile."""
     (count,) = struct.unpack_from("<I", good, 24)
-    table = bytearray(good[HEADER_SIZE:HEADER_SIZE + ENTRY_SIZE * count])
+    table = bytearray(good[HEADER_SIZE : HEADER_SIZE + ENTRY_SIZE * count])
     secs = {}
     for k in range(count):
         tag, _, off, length, *_ = struct.unpack_from("<4s4sQQI4s32s", table, k * ENTRY_SIZE)
-        secs[tag] = good[off:off + length]
+        secs[tag] = good[off : off + length]
     meta = json.loads(secs[b"META"])
     edit(meta)
     secs[b"META"] = json.dumps(meta).encode()
@@ -118,8 +127,18 @@ def _reseal(good: bytes, edit) -> bytes:
         if tag not in secs:
             continue
         d = secs[tag]
-        entries.append(struct.pack("<4s4sQQI4s32s", tag, b"\0" * 4, off, len(d), zlib.crc32(d),
-                                   b"\0" * 4, hashlib.sha256(d).digest()))
+        entries.append(
+            struct.pack(
+                "<4s4sQQI4s32s",
+                tag,
+                b"\0" * 4,
+                off,
+                len(d),
+                zlib.crc32(d),
+                b"\0" * 4,
+                hashlib.sha256(d).digest(),
+            )
+        )
         body += b"\0" * (off - table_end - len(body)) + d
         off = (off + len(d) + 63) // 64 * 64
     size = table_end + len(body)
@@ -138,12 +157,14 @@ HOSTILE = {
     "negative dim": lambda m: m["tensors"][1].update(shape=[1, -3, 8, 8]),
     "bad dtype": lambda m: m["tensors"][1].update(dtype="complex128"),
     "zero scale": lambda m: m["tensors"][1].update(scale=0.0),
-    "huge zero point": lambda m: m["tensors"][1].update(zero_point=10 ** 30),
+    "huge zero point": lambda m: m["tensors"][1].update(zero_point=10**30),
     "unknown op": lambda m: m["ops"][1].update(kind="sigmoid"),
     "param out of range": lambda m: m["ops"][_conv_index(m)]["params"]["weight"].update(
-        offset=1 << 40),
+        offset=1 << 40
+    ),
     "param size lie": lambda m: m["ops"][_conv_index(m)]["params"]["weight"].update(
-        shape=[100000, 100000, 3, 3]),
+        shape=[100000, 100000, 3, 3]
+    ),
     "param misaligned": lambda m: m["ops"][_conv_index(m)]["params"]["bias"].update(offset=3),
     "missing param": lambda m: m["ops"][_conv_index(m)]["params"].pop("multiplier"),
     "wrong attr type": lambda m: m["ops"][_conv_index(m)]["attrs"].update(stride="2"),
@@ -156,8 +177,11 @@ HOSTILE = {
     "no inputs": lambda m: m.update(inputs=[]),
     "not a program": lambda m: m.update(format="something"),
     "output never written": lambda m: m["outputs"].append("ghost"),
-    "huge shift": lambda m: m["ops"][[o["kind"] for o in m["ops"]].index("add")]["attrs"].update(
-        shift=200) if any(o["kind"] == "add" for o in m["ops"]) else m.update(inputs=[]),
+    "huge shift": lambda m: (
+        m["ops"][[o["kind"] for o in m["ops"]].index("add")]["attrs"].update(shift=200)
+        if any(o["kind"] == "add" for o in m["ops"])
+        else m.update(inputs=[])
+    ),
 }
 
 
@@ -218,9 +242,11 @@ def test_write_fsyncs_before_the_rename_and_leaves_no_temp(artifact, tmp_path, m
     events = []
     real_fsync, real_replace = os.fsync, os.replace
     monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync") or real_fsync(fd))
-    monkeypatch.setattr(os, "replace",
-                        lambda a, b: events.append(("replace", os.path.basename(a)))
-                        or real_replace(a, b))
+    monkeypatch.setattr(
+        os,
+        "replace",
+        lambda a, b: events.append(("replace", os.path.basename(a))) or real_replace(a, b),
+    )
     out = tmp_path / "m.hbm"
     art.write_artifact(out, prog, perf)
     assert events[0] == "fsync" and events[1][0] == "replace"
@@ -230,8 +256,9 @@ def test_write_fsyncs_before_the_rename_and_leaves_no_temp(artifact, tmp_path, m
 
 
 @pytest.mark.parametrize("fail_at", ["fsync", "replace"])
-def test_a_failed_write_removes_the_temp_and_keeps_the_old_file(artifact, tmp_path,
-                                                                 monkeypatch, fail_at):
+def test_a_failed_write_removes_the_temp_and_keeps_the_old_file(
+    artifact, tmp_path, monkeypatch, fail_at
+):
     import os
 
     import fcos_plugin_nash_e.artifact as art
@@ -279,8 +306,7 @@ def _seal(meta: dict, parm: bytes, perf: bytes | None = None) -> bytes:
 def _png(path, h=20, w=30):
     from PIL import Image
 
-    Image.fromarray(np.random.default_rng(3).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
-        path)
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
     return path
 
 
@@ -291,19 +317,52 @@ def _im2col_bomb() -> tuple[dict, bytes]:
     from fcos_plugin_nash_e.ir import InputInfo, Op, Program, TensorInfo
 
     w = np.zeros((1, 2, 64, 64), np.int8)
-    ops = [Op("quantize", "q", ["img"], ["x"]),
-           Op("conv2d", "big", ["x"], ["y"], {"stride": [1, 1], "padding": [0, 0, 0, 0],
-                                              "groups": 1, "relu": False, "requant": True},
-              {"weight": w, "bias": np.zeros(1, np.int32), "multiplier": np.ones(1, np.int32),
-               "shift": np.ones(1, np.int8)})]
-    tensors = {"img": TensorInfo("img", (1, 2, 512, 512), "float32"),
-               "x": TensorInfo("x", (1, 2, 512, 512), "int8", 0.01),
-               "y": TensorInfo("y", (1, 1, 449, 449), "int8", 0.01)}
-    det = {"strides": [1], "num_classes": 1, "threshold": 0.0, "score_threshold": 0.05,
-           "iou_threshold": 0.6, "nms_pre": 10, "max_per_img": 10, "max_shape": None,
-           "bbox_upscaled": False}
-    prog = Program("bomb", tensors, [InputInfo("img", "x", "ddr", (1, 2, 512, 512))], ops,
-                   ["y", "y", "y"], {"input_size": [512, 512], "detection": det})
+    ops = [
+        Op("quantize", "q", ["img"], ["x"]),
+        Op(
+            "conv2d",
+            "big",
+            ["x"],
+            ["y"],
+            {
+                "stride": [1, 1],
+                "padding": [0, 0, 0, 0],
+                "groups": 1,
+                "relu": False,
+                "requant": True,
+            },
+            {
+                "weight": w,
+                "bias": np.zeros(1, np.int32),
+                "multiplier": np.ones(1, np.int32),
+                "shift": np.ones(1, np.int8),
+            },
+        ),
+    ]
+    tensors = {
+        "img": TensorInfo("img", (1, 2, 512, 512), "float32"),
+        "x": TensorInfo("x", (1, 2, 512, 512), "int8", 0.01),
+        "y": TensorInfo("y", (1, 1, 449, 449), "int8", 0.01),
+    }
+    det = {
+        "strides": [1],
+        "num_classes": 1,
+        "threshold": 0.0,
+        "score_threshold": 0.05,
+        "iou_threshold": 0.6,
+        "nms_pre": 10,
+        "max_per_img": 10,
+        "max_shape": None,
+        "bbox_upscaled": False,
+    }
+    prog = Program(
+        "bomb",
+        tensors,
+        [InputInfo("img", "x", "ddr", (1, 2, 512, 512))],
+        ops,
+        ["y", "y", "y"],
+        {"input_size": [512, 512], "detection": det},
+    )
     return program_to_json(prog)
 
 
@@ -312,10 +371,15 @@ def _per_channel_1d() -> tuple[dict, bytes]:
     from fcos_plugin_nash_e.artifact import program_to_json
     from fcos_plugin_nash_e.ir import InputInfo, Op, Program, TensorInfo
 
-    ops = [Op("quantize", "q", ["img"], ["x"]),
-           Op("dequantize", "dq", ["x"], ["y"], {}, {"scale": np.ones(3, np.float32)})]
-    tensors = {"img": TensorInfo("img", (3,), "float32"), "x": TensorInfo("x", (3,), "int8", .1),
-               "y": TensorInfo("y", (3,), "float32")}
+    ops = [
+        Op("quantize", "q", ["img"], ["x"]),
+        Op("dequantize", "dq", ["x"], ["y"], {}, {"scale": np.ones(3, np.float32)}),
+    ]
+    tensors = {
+        "img": TensorInfo("img", (3,), "float32"),
+        "x": TensorInfo("x", (3,), "int8", 0.1),
+        "y": TensorInfo("y", (3,), "float32"),
+    }
     prog = Program("dq", tensors, [InputInfo("img", "x", "ddr", (3,))], ops, ["y"], {})
     return program_to_json(prog)
 
@@ -330,6 +394,7 @@ def _set(path: str, value=None, drop: bool = False):
             cur.pop(last)
         else:
             cur[int(last) if last.isdigit() else last] = value
+
     return edit
 
 
@@ -425,8 +490,9 @@ def test_infer_reads_only_regular_files(cli_host, tmp_path, capsys, kind):
     assert main(["infer", str(path), str(img)], host=cli_host) == 2
     assert time.perf_counter() - t0 < 5
     err = capsys.readouterr().err
-    assert str(path) in err and ("directory" in err if kind == "directory"
-                                 else "not a regular file" in err)
+    assert str(path) in err and (
+        "directory" in err if kind == "directory" else "not a regular file" in err
+    )
 
 
 def test_target_limits_are_the_checkers(artifact):
@@ -449,12 +515,61 @@ FUZZ_CASES = 1100
 FUZZ_MEMORY_CAP = 1 << 30  # address space a case may add to the worker (RLIMIT_AS)
 FUZZ_TIME_CAP_S = 10.0
 
-VALUES = [None, True, False, 0, 1, -1, 2, 3, 4, 7, 8, 64, 4096, 4097, 2 ** 31, 2 ** 63, 10 ** 30,
-          -5, 0.5, 1e-300, 1e308, float("nan"), float("inf"), "", "ab", "int8", "float32",
-          "pyramid", [], [1], [-5, 8], [200000, 200000], [1, 2, 3], [1, 3, 32, 32], [32, 32],
-          [[1]], ["x"], {}, {"a": 1}, {"color": "rgb"}]
-DTYPE_NAMES = ["int8", "uint8", "int16", "int32", "int64", "float32", "float64", "complex64",
-               "bool", "", "<i4"]
+VALUES = [
+    None,
+    True,
+    False,
+    0,
+    1,
+    -1,
+    2,
+    3,
+    4,
+    7,
+    8,
+    64,
+    4096,
+    4097,
+    2**31,
+    2**63,
+    10**30,
+    -5,
+    0.5,
+    1e-300,
+    1e308,
+    float("nan"),
+    float("inf"),
+    "",
+    "ab",
+    "int8",
+    "float32",
+    "pyramid",
+    [],
+    [1],
+    [-5, 8],
+    [200000, 200000],
+    [1, 2, 3],
+    [1, 3, 32, 32],
+    [32, 32],
+    [[1]],
+    ["x"],
+    {},
+    {"a": 1},
+    {"color": "rgb"},
+]
+DTYPE_NAMES = [
+    "int8",
+    "uint8",
+    "int16",
+    "int32",
+    "int64",
+    "float32",
+    "float64",
+    "complex64",
+    "bool",
+    "",
+    "<i4",
+]
 
 
 def _value(rng):
@@ -490,12 +605,18 @@ def _refresh_output(m, op):
         n, c, h, w = x["shape"]
         if op["kind"] == "conv2d":
             o, _, kh, kw = op["params"]["weight"]["shape"]
-            oh, ow = conv_out_hw(h, w, (kh, kw), tuple(op["attrs"]["stride"]),
-                                 tuple(op["attrs"]["padding"]))
+            oh, ow = conv_out_hw(
+                h, w, (kh, kw), tuple(op["attrs"]["stride"]), tuple(op["attrs"]["padding"])
+            )
             out["shape"] = [n, o, oh, ow]
         elif op["kind"] == "maxpool2d":
-            oh, ow = conv_out_hw(h, w, tuple(op["attrs"]["kernel"]),
-                                 tuple(op["attrs"]["stride"]), tuple(op["attrs"]["padding"]))
+            oh, ow = conv_out_hw(
+                h,
+                w,
+                tuple(op["attrs"]["kernel"]),
+                tuple(op["attrs"]["stride"]),
+                tuple(op["attrs"]["padding"]),
+            )
             out["shape"] = [n, c, oh, ow]
     except Exception:  # noqa: BLE001 - a mutated op need not have a computable shape
         pass
@@ -503,20 +624,38 @@ def _refresh_output(m, op):
 
 def _m_meta(rng, m, parm):
     info = m["meta"]
-    key = rng.choice(["input_size", "preprocess", "detection", "detection", "detection",
-                      "dequant_output", "opt", "compiler", "memory_plan", "input_source"])
+    key = rng.choice(
+        [
+            "input_size",
+            "preprocess",
+            "detection",
+            "detection",
+            "detection",
+            "dequant_output",
+            "opt",
+            "compiler",
+            "memory_plan",
+            "input_source",
+        ]
+    )
     if key == "detection" and isinstance(info.get(key), dict) and rng.random() < 0.8:
         det = info[key]
         sub = rng.choice([*sorted(det), "extra"])
         if rng.random() < 0.25:
             det.pop(sub, None)
             return f"meta.detection.{sub} removed"
-        det[sub] = rng.choice([_value(rng), [4], [4, 8, 16], [8, 4], [4, 4], [2, 4], [1, 2],
-                               [0, 8], [4, 2 ** 40]]) if sub == "strides" else _value(rng)
+        det[sub] = (
+            rng.choice(
+                [_value(rng), [4], [4, 8, 16], [8, 4], [4, 4], [2, 4], [1, 2], [0, 8], [4, 2**40]]
+            )
+            if sub == "strides"
+            else _value(rng)
+        )
         return f"meta.detection.{sub} = {str(det[sub])[:30]}"
     if key == "preprocess" and isinstance(info.get(key), dict) and rng.random() < 0.5:
         info[key][rng.choice(["color", "mean", "std"])] = rng.choice(
-            ["rgb", "bgr", "yuv", 0, -1, float("nan"), None, [1]])
+            ["rgb", "bgr", "yuv", 0, -1, float("nan"), None, [1]]
+        )
         return "meta.preprocess field"
     if rng.random() < 0.3:
         info.pop(key, None)
@@ -534,7 +673,7 @@ def _m_shape(rng, m, parm):
         i = rng.randrange(len(shape))
         shape[i] *= rng.choice([2, 3, 100, 1000])
     elif kind == 1 and shape:
-        shape[rng.randrange(len(shape))] = rng.choice([0, -1, 1, 4097, 2 ** 40, 10 ** 20])
+        shape[rng.randrange(len(shape))] = rng.choice([0, -1, 1, 4097, 2**40, 10**20])
     elif kind == 2 and shape:
         shape.pop(rng.randrange(len(shape)))
     elif kind == 3:
@@ -557,7 +696,7 @@ def _m_kernel(rng, m, parm):
     shape = (o, ipg, k, k) if rng.random() < 0.7 else (o, ipg, k, kw)
     if rng.random() < 0.3:
         shape = (o, max(1, ipg * rng.choice([2, 3])), shape[2], shape[3])  # input channels lie
-    rnd = np.random.default_rng(rng.randrange(2 ** 32))
+    rnd = np.random.default_rng(rng.randrange(2**32))
     conv["params"]["weight"] = _append_param(parm, rnd.integers(-127, 128, shape, dtype=np.int8))
     if rng.random() < 0.5:
         conv["attrs"]["padding"] = [shape[2] // 2] * 4
@@ -568,12 +707,26 @@ def _m_kernel(rng, m, parm):
 
 def _m_stride_padding(rng, m, parm):
     op = rng.choice(_ops_with(m, rng.choice(["stride", "padding", "kernel"])))
-    key = rng.choice([k for k in ("stride", "padding", "kernel") if k in op["attrs"]] or
-                     ["stride"])
+    key = rng.choice([k for k in ("stride", "padding", "kernel") if k in op["attrs"]] or ["stride"])
     n = 4 if key == "padding" else 2
-    op["attrs"][key] = rng.choice([[1] * n, [2] * n, [3] * n, [0] * n, [-1] * n, [4] * n,
-                                   [64] * n, [1], [1] * (n + 1), "2", [2 ** 40] * n, [True] * n,
-                                   [1.5] * n, None])
+    op["attrs"][key] = rng.choice(
+        [
+            [1] * n,
+            [2] * n,
+            [3] * n,
+            [0] * n,
+            [-1] * n,
+            [4] * n,
+            [64] * n,
+            [1],
+            [1] * (n + 1),
+            "2",
+            [2**40] * n,
+            [True] * n,
+            [1.5] * n,
+            None,
+        ]
+    )
     if rng.random() < 0.7:
         _refresh_output(m, op)
     return f"{op['name']}.{key} = {op['attrs'][key]}"
@@ -585,8 +738,9 @@ def _m_attrs(rng, m, parm):
     if "add" in a and rng.random() < 0.5:
         a["add"][rng.choice([*sorted(a["add"]), "x"])] = _value(rng)
         return f"{op['name']}.add field"
-    key = rng.choice([*sorted(a), "groups", "factor", "relu", "requant", "a_multiplier",
-                      "shift", "add"])
+    key = rng.choice(
+        [*sorted(a), "groups", "factor", "relu", "requant", "a_multiplier", "shift", "add"]
+    )
     a[key] = rng.choice([_value(rng), 1, 2, 4, 8, 16, 24, 1000])
     return f"{op['name']}.{key} = {str(a[key])[:30]}"
 
@@ -617,8 +771,15 @@ def _m_dtype(rng, m, parm):
     key = rng.choice(sorted(op["params"]))
     ref = op["params"][key]
     dtype = rng.choice(DTYPE_NAMES)
-    if rng.random() < 0.5 and dtype in ("int8", "uint8", "int16", "int32", "int64", "float32",
-                                        "float64"):  # a consistent param of another dtype
+    if rng.random() < 0.5 and dtype in (
+        "int8",
+        "uint8",
+        "int16",
+        "int32",
+        "int64",
+        "float32",
+        "float64",
+    ):  # a consistent param of another dtype
         op["params"][key] = _append_param(parm, np.ones(ref["shape"], dtype))
     else:
         ref["dtype"] = dtype
@@ -628,23 +789,24 @@ def _m_dtype(rng, m, parm):
 def _m_param_length(rng, m, parm):
     op = rng.choice([o for o in m["ops"] if o["params"]])
     key = rng.choice([*sorted(op["params"]), "scale"])
-    ref = op["params"].setdefault(key, {"dtype": "float32", "shape": [1], "offset": 0,
-                                        "nbytes": 4})
+    ref = op["params"].setdefault(key, {"dtype": "float32", "shape": [1], "offset": 0, "nbytes": 4})
     kind = rng.randrange(6)
     if kind == 0:
-        ref["nbytes"] = rng.choice([0, ref["nbytes"] - 1, ref["nbytes"] + 1, 2 ** 40, -1])
+        ref["nbytes"] = rng.choice([0, ref["nbytes"] - 1, ref["nbytes"] + 1, 2**40, -1])
     elif kind == 1:
-        ref["offset"] = rng.choice([len(parm), len(parm) - 16, -16, 8, 2 ** 62])
+        ref["offset"] = rng.choice([len(parm), len(parm) - 16, -16, 8, 2**62])
     elif kind == 2:
-        ref["shape"] = rng.choice([[], [0], [2 ** 31], [1, 1, 1, 1, 1], [3, -1]])
+        ref["shape"] = rng.choice([[], [0], [2**31], [1, 1, 1, 1, 1], [3, -1]])
     elif kind == 3:  # a consistent, wrongly sized parameter (per-channel params vs channels)
         n = rng.choice([1, 2, 3, 7, 100])
-        dtype = {"weight": np.int8, "bias": np.int32, "multiplier": np.int32,
-                 "shift": np.int8}.get(key, np.float32)
-        op["params"][key] = _append_param(parm, np.ones(
-            [n, *list(ref["shape"][1:])] if key == "weight" else [n], dtype))
+        dtype = {"weight": np.int8, "bias": np.int32, "multiplier": np.int32, "shift": np.int8}.get(
+            key, np.float32
+        )
+        op["params"][key] = _append_param(
+            parm, np.ones([n, *list(ref["shape"][1:])] if key == "weight" else [n], dtype)
+        )
     elif kind == 4:
-        del parm[rng.randrange(len(parm)):]
+        del parm[rng.randrange(len(parm)) :]
     else:
         ref[rng.choice(["dtype", "shape", "offset", "nbytes"])] = _value(rng)
     return f"{op['name']}.{key} length ({kind})"
@@ -660,8 +822,9 @@ def _m_inputs(rng, m, parm):
     elif kind == 2:
         inp["source"] = rng.choice(["pyramid", "camera", "", "ddr"])
     elif kind == 3:
-        inp["shape"] = rng.choice([[32, 32], [3, 32, 32], [1, 1, 32, 32], [2, 3, 32, 32],
-                                   [1, 3, 64, 64], _value(rng)])
+        inp["shape"] = rng.choice(
+            [[32, 32], [3, 32, 32], [1, 1, 32, 32], [2, 3, 32, 32], [1, 3, 64, 64], _value(rng)]
+        )
     elif kind == 4:
         m["inputs"].append(dict(inp, name=inp["name"] + rng.choice(["", "2"])))
     else:
@@ -681,9 +844,21 @@ def _m_ops_list(rng, m, parm):
         j = rng.randrange(len(ops))
         ops[i], ops[j] = ops[j], ops[i]
     elif kind == 3:
-        ops[i]["kind"] = rng.choice(["quantize", "conv2d", "requant", "relu", "add", "maxpool2d",
-                                     "upsample_nearest2d", "reduce_max", "concat", "dequantize",
-                                     "sigmoid"])
+        ops[i]["kind"] = rng.choice(
+            [
+                "quantize",
+                "conv2d",
+                "requant",
+                "relu",
+                "add",
+                "maxpool2d",
+                "upsample_nearest2d",
+                "reduce_max",
+                "concat",
+                "dequantize",
+                "sigmoid",
+            ]
+        )
     else:
         ops[i] = _value(rng)
     return f"ops list ({kind}) at {i}"
@@ -699,7 +874,7 @@ def _m_outputs(rng, m, parm):
     elif kind == 2:
         rng.shuffle(outs)
     else:
-        outs[:] = outs[len(outs) // 4:]
+        outs[:] = outs[len(outs) // 4 :]
     return f"outputs ({kind})"
 
 
@@ -746,9 +921,22 @@ def _m_random_path(rng, m, parm):
     return "META." + ".".join(map(str, path))[:60]
 
 
-MUTATORS = [_m_meta, _m_shape, _m_kernel, _m_stride_padding, _m_attrs, _m_op_io, _m_dtype,
-            _m_param_length, _m_inputs, _m_ops_list, _m_outputs, _m_quant, _m_resize,
-            _m_random_path]
+MUTATORS = [
+    _m_meta,
+    _m_shape,
+    _m_kernel,
+    _m_stride_padding,
+    _m_attrs,
+    _m_op_io,
+    _m_dtype,
+    _m_param_length,
+    _m_inputs,
+    _m_ops_list,
+    _m_outputs,
+    _m_quant,
+    _m_resize,
+    _m_random_path,
+]
 
 
 def fuzz_mutants(good: bytes, seed: int, n: int):
@@ -818,7 +1006,7 @@ def _fuzz_worker(good_path: str, image: str, work: str, seed: int, n: int) -> No
         try:
             code = None
             if i % 10:  # `fcos infer` reads the artifact first: most mutants stop there, and
-                try:    # the reader alone is 10x faster than the CLI around it
+                try:  # the reader alone is 10x faster than the CLI around it
                     read_artifact(target)
                 except FcosUserError as exc:  # what main() prints with exit 2
                     err.write(f"error: {exc}\n")
@@ -832,8 +1020,14 @@ def _fuzz_worker(good_path: str, image: str, work: str, seed: int, n: int) -> No
             code = f"escaped {type(exc).__name__}: {str(exc)[:200]}"
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
-        row = {"i": i, "cat": cat, "desc": desc, "code": code,
-               "secs": round(time.perf_counter() - t0, 4), "err": err.getvalue()[-600:]}
+        row = {
+            "i": i,
+            "cat": cat,
+            "desc": desc,
+            "code": code,
+            "secs": round(time.perf_counter() - t0, 4),
+            "err": err.getvalue()[-600:],
+        }
         if code == 0:
             try:
                 dets = json.loads(res.getvalue())[0]["detections"]
@@ -858,16 +1052,34 @@ def test_fuzz_resealed_structure_mutations(artifact, tmp_path):
         pytest.skip("the memory cap needs Linux (/proc, RLIMIT_AS)")
     path, _ = artifact
     img = _png(tmp_path / "x.png")
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
-               MALLOC_ARENA_MAX="2")
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        OPENBLAS_NUM_THREADS="1",
+        MALLOC_ARENA_MAX="2",
+    )
     proc = subprocess.run(
-        [sys.executable, __file__, "--fuzz-worker", str(path), str(img), str(tmp_path),
-         str(FUZZ_SEED), str(FUZZ_CASES)],
-        capture_output=True, text=True, env=env, timeout=600)
+        [
+            sys.executable,
+            __file__,
+            "--fuzz-worker",
+            str(path),
+            str(img),
+            str(tmp_path),
+            str(FUZZ_SEED),
+            str(FUZZ_CASES),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert proc.returncode == 0 and len(rows) == FUZZ_CASES, (
         f"worker died (rc {proc.returncode}) after {len(rows)} cases: "
-        f"{rows[-1] if rows else ''}\n{proc.stderr[-3000:]}")
+        f"{rows[-1] if rows else ''}\n{proc.stderr[-3000:]}"
+    )
     bad = []
     for r in rows:
         what = f"case {r['i']} [{r['desc']}]"

@@ -24,17 +24,23 @@ def _bits_equal(ref: torch.Tensor, out: np.ndarray) -> bool:
 
 def _compile(tmp_path, model, shape, level, source="ddr"):
     backend = NashEBackend()
-    opts = {"name": f"m_{level}_{source}", "out_dir": str(tmp_path), "opt": level,
-            "hbm": str(tmp_path / f"m_{level}_{source}.hbm"), "layer_details": False,
-            "input_source": [source]}
+    opts = {
+        "name": f"m_{level}_{source}",
+        "out_dir": str(tmp_path),
+        "opt": level,
+        "hbm": str(tmp_path / f"m_{level}_{source}.hbm"),
+        "layer_details": False,
+        "input_source": [source],
+    }
     result = backend.compile(model, {"img": torch.zeros(shape)}, opts, tmp_path)
     return backend, backend.load(result.artifact)
 
 
 @pytest.fixture(scope="module")
 def detector(nash):
-    return nash.MiniDetector(nash.make_mini_fcos(seed=3, num_classes=5, dequant=False),
-                             [4, 8]).eval()
+    return nash.MiniDetector(
+        nash.make_mini_fcos(seed=3, num_classes=5, dequant=False), [4, 8]
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +79,13 @@ def test_nv12_frames_equal_chroma_repeated_yuv444(tmp_path, nash, detector, imag
     yuv = images[0]
     uv = np.stack((yuv[1, ::2, ::2], yuv[2, ::2, ::2]), axis=-1)  # subsampled chroma
     nv12 = np.concatenate((yuv[0], uv.reshape(32, 64)), axis=0)  # [H*3/2, W] buffer
-    expected = np.stack((yuv[0], np.repeat(np.repeat(uv[..., 0], 2, 0), 2, 1),
-                         np.repeat(np.repeat(uv[..., 1], 2, 0), 2, 1)))
+    expected = np.stack(
+        (
+            yuv[0],
+            np.repeat(np.repeat(uv[..., 0], 2, 0), 2, 1),
+            np.repeat(np.repeat(uv[..., 1], 2, 0), 2, 1),
+        )
+    )
     with torch.no_grad():
         ref = detector(nash.to_float_input(expected[None]))
     for frame in (nv12, {"y": yuv[0], "uv": uv}):

@@ -48,8 +48,9 @@ def test_supported_float_model_has_no_issues():
     assert list(_check(Net())) == []
 
 
-@pytest.mark.parametrize("act, op", [(nn.GELU(), "gelu"), (nn.Sigmoid(), "sigmoid"),
-                                     (nn.SiLU(), "silu")])
+@pytest.mark.parametrize(
+    "act, op", [(nn.GELU(), "gelu"), (nn.Sigmoid(), "sigmoid"), (nn.SiLU(), "silu")]
+)
 def test_unsupported_activation_is_named(act, op):
     issues = _check(Net(Block(act=act)))
     assert [(i.layer, i.op) for i in issues] == [("block.act", op)]
@@ -84,8 +85,7 @@ def test_layer_norm_and_standalone_bn_are_rejected():
     issues = _check(N())
     names = {(i.layer, i.op) for i in issues}
     assert any(layer == "norm" for layer, _ in names)
-    assert any(layer == "bn" and "follow a conv" in i.reason for i in issues
-               for layer in [i.layer])
+    assert any(layer == "bn" and "follow a conv" in i.reason for i in issues for layer in [i.layer])
 
 
 def test_broadcast_add_and_scalar_mul_are_rejected():
@@ -108,17 +108,23 @@ def test_quantized_model_check_names_the_integer_op(nash):
     ops = list(model.program)
     for k, op in enumerate(ops):
         if op.name == "grouped":
-            ops[k] = type(op)(op.name, op.kind, op.inputs, op.dtype,
-                              {**op.attrs, "dilation": (2, 2)})
+            ops[k] = type(op)(
+                op.name, op.kind, op.inputs, op.dtype, {**op.attrs, "dilation": (2, 2)}
+            )
         if op.name == "pool3":
-            ops[k] = type(op)(op.name, op.kind, op.inputs, op.dtype,
-                              {**op.attrs, "kernel_size": (4, 4)})
+            ops[k] = type(op)(
+                op.name, op.kind, op.inputs, op.dtype, {**op.attrs, "kernel_size": (4, 4)}
+            )
     model.program = tuple(ops)
     issues = NashEBackend().check(model, {"img": torch.zeros(1, 3, 62, 62)})
     assert {(i.layer, i.op) for i in issues} == {("grouped", "conv2d"), ("pool3", "max_pool2d")}
     with pytest.raises(CompileError, match="grouped"):
-        NashEBackend().compile(model, {"img": torch.zeros(1, 3, 62, 62)},
-                               {"hbm": "/nonexistent/x.hbm", "out_dir": "/nonexistent"}, None)
+        NashEBackend().compile(
+            model,
+            {"img": torch.zeros(1, 3, 62, 62)},
+            {"hbm": "/nonexistent/x.hbm", "out_dir": "/nonexistent"},
+            None,
+        )
 
 
 def test_float_model_is_not_compiled():
@@ -136,8 +142,10 @@ def test_seed_fcos_deploy_model_passes_and_swish_fails():
     from fcos_core.testing import build_block as build
 
     host = load_host()
-    if "efficientnet" not in host.registries["backbones"].names() or \
-            "BiFPN" not in host.registries["necks"].names():
+    if (
+        "efficientnet" not in host.registries["backbones"].names()
+        or "BiFPN" not in host.registries["necks"].names()
+    ):
         pytest.skip("efficientnet/bifpn plugins are not installed")
 
     def model(act: str) -> nn.Module:

@@ -19,9 +19,13 @@ def host():
 
 
 def test_plugin_module_is_torch_free_and_registers(fcos_host, fcos_torch_free):
-    fcos_torch_free("fcos_plugin_nash_e.plugin", "fcos_plugin_nash_e.schema",
-                    "fcos_plugin_nash_e.artifact", "fcos_plugin_nash_e.runtime",
-                    "fcos_plugin_nash_e.perf")
+    fcos_torch_free(
+        "fcos_plugin_nash_e.plugin",
+        "fcos_plugin_nash_e.schema",
+        "fcos_plugin_nash_e.artifact",
+        "fcos_plugin_nash_e.runtime",
+        "fcos_plugin_nash_e.perf",
+    )
     h = fcos_host(distributions=["fcos-plugin-nash-e"])
     assert h.registries["compile_backends"].get("nash_e") is not None
     assert h.registries["compile_backends"].get("NASH_E") is not None
@@ -33,9 +37,11 @@ def test_compile_cfg_is_validated(tmp_path, host):
     from fcos_core.errors import ConfigError
 
     cfg = tmp_path / "c.yaml"
-    base = ("task_name: t\nckpt_dir: {d}\nmarch: nash_e\ncompile_cfg:\n  march: nash_e\n"
-            "  name: m\n  out_dir: {d}/compile\n  hbm: {d}/compile/m.hbm\n"
-            "  layer_details: true\n  input_source: [{src}]\n  opt: {opt}\n")
+    base = (
+        "task_name: t\nckpt_dir: {d}\nmarch: nash_e\ncompile_cfg:\n  march: nash_e\n"
+        "  name: m\n  out_dir: {d}/compile\n  hbm: {d}/compile/m.hbm\n"
+        "  layer_details: true\n  input_source: [{src}]\n  opt: {opt}\n"
+    )
     cfg.write_text(base.format(d=tmp_path, src="pyramid", opt="O3"))
     resolved = load_config(cfg, host)
     assert resolved.compile_options["opt"] == "O3"
@@ -69,15 +75,26 @@ def test_infer_prints_and_draws_detections(tmp_path, nash, host, capsys, source)
     det = nash.MiniDetector(nash.make_mini_fcos(seed=9, size=64), [4, 8]).eval()
     det.post_process.score_threshold = 0.05
     art = tmp_path / "m.hbm"
-    NashEBackend().compile(det, {"img": torch.zeros(1, 3, 64, 64)},
-                           {"name": "m", "out_dir": str(tmp_path), "hbm": str(art),
-                            "opt": "O3", "input_source": [source]}, tmp_path)
+    NashEBackend().compile(
+        det,
+        {"img": torch.zeros(1, 3, 64, 64)},
+        {
+            "name": "m",
+            "out_dir": str(tmp_path),
+            "hbm": str(art),
+            "opt": "O3",
+            "input_source": [source],
+        },
+        tmp_path,
+    )
     rng = np.random.default_rng(0)
     imgs = [tmp_path / "a.png", tmp_path / "b.png"]
     _png(imgs[0], rng, 48, 80)  # letterboxed: scale 0.8, padded at the bottom
     _png(imgs[1], rng, 64, 64)
-    code = main(["infer", str(art), *map(str, imgs), "--json", "--save-vis",
-                 str(tmp_path / "vis")], host=host)
+    code = main(
+        ["infer", str(art), *map(str, imgs), "--json", "--save-vis", str(tmp_path / "vis")],
+        host=host,
+    )
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert [r["image"] for r in out] == list(map(str, imgs))
@@ -114,13 +131,23 @@ def test_infer_reports_a_damaged_artifact(tmp_path, host, capsys):
     assert str(bad) in err and "fcos compile" in err
 
 
-def test_infer_save_vis_keeps_same_stem_images_apart_and_never_overwrites(tmp_path, nash, host,
-                                                                         capsys):
+def test_infer_save_vis_keeps_same_stem_images_apart_and_never_overwrites(
+    tmp_path, nash, host, capsys
+):
     det = nash.MiniDetector(nash.make_mini_fcos(seed=9, size=64), [4, 8]).eval()
     art = tmp_path / "m.hbm"
-    NashEBackend().compile(det, {"img": torch.zeros(1, 3, 64, 64)},
-                           {"name": "m", "out_dir": str(tmp_path), "hbm": str(art),
-                            "opt": "O3", "input_source": ["ddr"]}, tmp_path)
+    NashEBackend().compile(
+        det,
+        {"img": torch.zeros(1, 3, 64, 64)},
+        {
+            "name": "m",
+            "out_dir": str(tmp_path),
+            "hbm": str(art),
+            "opt": "O3",
+            "input_source": ["ddr"],
+        },
+        tmp_path,
+    )
     rng = np.random.default_rng(1)
     imgs = [tmp_path / "a" / "x.png", tmp_path / "b" / "x.png"]
     for p in imgs:
@@ -129,8 +156,9 @@ def test_infer_save_vis_keeps_same_stem_images_apart_and_never_overwrites(tmp_pa
     vis = tmp_path / "vis"
     vis.mkdir()
     (vis / "x_det.png").write_bytes(b"drawn by me earlier")
-    assert main(["infer", str(art), *map(str, imgs), "--json", "--save-vis", str(vis)],
-                host=host) == 0
+    assert (
+        main(["infer", str(art), *map(str, imgs), "--json", "--save-vis", str(vis)], host=host) == 0
+    )
     out = json.loads(capsys.readouterr().out)
     written = [r["vis"] for r in out]
     assert len(set(written)) == 2 and str(vis / "x_det.png") not in written

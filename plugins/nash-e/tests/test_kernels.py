@@ -11,8 +11,10 @@ from fcos_plugin_nash_e import kernels as K
 from fcos_plugin_nash_e.lower import pool_padding
 
 
-@pytest.mark.parametrize("groups, k, stride, pad", [(1, 3, 1, 1), (1, 1, 2, 0), (4, 3, 2, 1),
-                                                    (8, 5, 1, 2), (8, 3, 2, 1), (1, 7, 2, 3)])
+@pytest.mark.parametrize(
+    "groups, k, stride, pad",
+    [(1, 3, 1, 1), (1, 1, 2, 0), (4, 3, 2, 1), (8, 5, 1, 2), (8, 3, 2, 1), (1, 7, 2, 3)],
+)
 def test_conv_accumulator_matches_torch(groups, k, stride, pad):
     g = torch.Generator().manual_seed(k * 10 + groups)
     x = torch.randint(-128, 128, (1, 8, 13, 11), generator=g, dtype=torch.int8)
@@ -20,8 +22,9 @@ def test_conv_accumulator_matches_torch(groups, k, stride, pad):
     w = torch.randint(-128, 128, (cout, 8 // groups, k, k), generator=g, dtype=torch.int8)
     b = torch.randint(-5000, 5000, (cout,), generator=g, dtype=torch.int32)
     ref = F.conv2d(x.double(), w.double(), b.double(), stride, pad, 1, groups).long()
-    out = K.conv2d_acc(x.numpy(), 0, w.numpy(), b.numpy(), (stride, stride),
-                       (pad, pad, pad, pad), groups)
+    out = K.conv2d_acc(
+        x.numpy(), 0, w.numpy(), b.numpy(), (stride, stride), (pad, pad, pad, pad), groups
+    )
     assert out.dtype == np.int64 and np.array_equal(out, ref.numpy())
 
 
@@ -30,13 +33,14 @@ def test_conv_with_zero_point_pads_with_it():
     x = torch.randint(0, 256, (1, 3, 6, 6), generator=g, dtype=torch.uint8)
     w = torch.randint(-128, 128, (4, 3, 3, 3), generator=g, dtype=torch.int8)
     ref = F.conv2d(x.double() - 100, w.double(), None, 1, 1).long()
-    out = K.conv2d_acc(x.numpy(), 100, w.numpy(), np.zeros(4, np.int32), (1, 1),
-                       (1, 1, 1, 1), 1)
+    out = K.conv2d_acc(x.numpy(), 100, w.numpy(), np.zeros(4, np.int32), (1, 1), (1, 1, 1, 1), 1)
     assert np.array_equal(out, ref.numpy())
 
 
-@pytest.mark.parametrize("k, s, p, ceil", [(2, 2, 0, False), (3, 2, 1, False), (2, 2, 0, True),
-                                           (3, 2, 1, True), (3, 1, 1, False)])
+@pytest.mark.parametrize(
+    "k, s, p, ceil",
+    [(2, 2, 0, False), (3, 2, 1, False), (2, 2, 0, True), (3, 2, 1, True), (3, 1, 1, False)],
+)
 @pytest.mark.parametrize("size", [(9, 9), (8, 11)])
 def test_maxpool_matches_torch(k, s, p, ceil, size):
     x = torch.randint(-32768, 32767, (1, 3, *size), dtype=torch.int16)
@@ -63,7 +67,7 @@ def test_quantize_matches_torch_quantize_per_tensor():
 
 def test_round_shift_rounds_half_up_exactly():
     rng = np.random.default_rng(0)
-    v = rng.integers(-(2 ** 40), 2 ** 40, 5000)
+    v = rng.integers(-(2**40), 2**40, 5000)
     for n in (1, 7, 20, 31):
         expected = np.array([(int(a) + (1 << (n - 1))) // (1 << n) for a in v])
         assert np.array_equal(K.round_shift(v, n), expected)

@@ -18,11 +18,15 @@ from fcos_plugin_nash_e.target import PERF
 
 def _compile(tmp_path, nash, level="O3", details=True):
     model = nash.MiniDetector(nash.make_mini_fcos(seed=4, size=64), [4, 8]).eval()
-    opts = {"name": f"mini_{level}", "out_dir": str(tmp_path), "opt": level,
-            "hbm": str(tmp_path / f"mini_{level}.hbm"), "layer_details": details,
-            "input_source": ["pyramid"]}
-    return model, NashEBackend().compile(model, {"img": torch.zeros(1, 3, 64, 64)}, opts,
-                                         tmp_path)
+    opts = {
+        "name": f"mini_{level}",
+        "out_dir": str(tmp_path),
+        "opt": level,
+        "hbm": str(tmp_path / f"mini_{level}.hbm"),
+        "layer_details": details,
+        "input_source": ["pyramid"],
+    }
+    return model, NashEBackend().compile(model, {"img": torch.zeros(1, 3, 64, 64)}, opts, tmp_path)
 
 
 def _independent_macs(model) -> tuple[int, int]:
@@ -48,8 +52,9 @@ def test_layer_details_json(tmp_path, nash):
     assert rep["totals"]["params"] == params
     assert rep["totals"]["layers"] == len(rep["layers"])
     assert rep["totals"]["cycles"] == sum(r["cycles"] for r in rep["layers"])
-    assert rep["totals"]["latency_ms"] == pytest.approx(rep["totals"]["cycles"] / PERF.clock_hz
-                                                        * 1e3)
+    assert rep["totals"]["latency_ms"] == pytest.approx(
+        rep["totals"]["cycles"] / PERF.clock_hz * 1e3
+    )
     for r in rep["layers"]:
         assert {"layer", "op", "inputs", "output", "macs", "params", "cycles"} <= set(r)
         assert r["cycles"] >= PERF.op_overhead_cycles
@@ -59,12 +64,18 @@ def test_layer_details_json(tmp_path, nash):
 
 
 def test_fusion_lowers_the_estimate_not_the_macs(tmp_path, nash):
-    est = {lvl: _compile(tmp_path, nash, lvl, details=False)[1].report for lvl in
-           ("O0", "O1", "O2", "O3")}
+    est = {
+        lvl: _compile(tmp_path, nash, lvl, details=False)[1].report
+        for lvl in ("O0", "O1", "O2", "O3")
+    }
     assert len({r["macs"] for r in est.values()}) == 1
     assert est["O0"]["ops"] > est["O1"]["ops"] > est["O2"]["ops"]
-    assert est["O0"]["estimated_cycles"] > est["O1"]["estimated_cycles"] \
-        > est["O2"]["estimated_cycles"] >= est["O3"]["estimated_cycles"]
+    assert (
+        est["O0"]["estimated_cycles"]
+        > est["O1"]["estimated_cycles"]
+        > est["O2"]["estimated_cycles"]
+        >= est["O3"]["estimated_cycles"]
+    )
 
 
 class _Table(HTMLParser):
@@ -104,19 +115,38 @@ def test_html_report_is_self_contained(tmp_path, nash):
 
 
 def test_html_report_renders_in_headless_chromium(tmp_path, nash):
-    exe = shutil.which("chromium") or shutil.which("chromium-browser") \
+    exe = (
+        shutil.which("chromium")
+        or shutil.which("chromium-browser")
         or shutil.which("google-chrome")
+    )
     if exe is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium); the DOM check of "
-                    "the HTML report needs it")
+        pytest.skip(
+            "Chromium is not installed (apt-get install chromium); the DOM check of "
+            "the HTML report needs it"
+        )
     _, _res = _compile(tmp_path, nash)
     page = (tmp_path / "mini_O3_layers.html").resolve()
     with tempfile.TemporaryDirectory() as profile:
         proc = subprocess.run(
-            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-             "--no-first-run", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
-            capture_output=True, text=True, timeout=120)
+            [
+                exe,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                "--dump-dom",
+                page.as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     dom = proc.stdout
     assert proc.returncode == 0, proc.stderr[-2000:]
     t = _Table()

@@ -49,8 +49,10 @@ compile_cfg:
 @pytest.mark.slow
 def test_fcos_compile_reference_architecture(tmp_path, nash, capsys):
     host = load_host()
-    if not {"efficientnet"} <= set(host.registries["backbones"].names()) or \
-            "BiFPN" not in host.registries["necks"].names():
+    if (
+        not {"efficientnet"} <= set(host.registries["backbones"].names())
+        or "BiFPN" not in host.registries["necks"].names()
+    ):
         pytest.skip("efficientnet / bifpn plugins are not installed")
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(CONFIG.format(d=tmp_path))
@@ -67,8 +69,13 @@ def test_fcos_compile_reference_architecture(tmp_path, nash, capsys):
 
     cfg = load_config(cfg_path, host)
     seed_everything(0)
-    ctx = RunContext(stage="compile", ckpt_dir=tmp_path / "ckpt", config=cfg,
-                     example_inputs={"img": (1, 3, 128, 128)}, backend=NashEBackend())
+    ctx = RunContext(
+        stage="compile",
+        ckpt_dir=tmp_path / "ckpt",
+        config=cfg,
+        example_inputs={"img": (1, 3, 128, 128)},
+        backend=NashEBackend(),
+    )
     model, _ = deploy_model(cfg, ctx)
     backend = NashEBackend()
     runtime = backend.load(hbm)

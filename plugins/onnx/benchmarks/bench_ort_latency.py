@@ -29,8 +29,11 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=512, help="input height and width")
     ap.add_argument("--runs", type=int, default=30, help="timed runs per path")
     ap.add_argument("--threads", type=int, default=None, help="torch / ORT intra-op threads")
-    ap.add_argument("--config", default=str(ROOT / "configs" / "fcos_b0.yaml"),
-                    help="config whose deploy_model is timed")
+    ap.add_argument(
+        "--config",
+        default=str(ROOT / "configs" / "fcos_b0.yaml"),
+        help="config whose deploy_model is timed",
+    )
     args = ap.parse_args()
     size = 128 if args.quick else args.size
     runs = 5 if args.quick else args.runs
@@ -64,34 +67,51 @@ def main() -> int:
     quant = QAT2Quantize()(qat, ctx).eval()
     x = torch.rand(1, 3, size, size, generator=g) * 2 - 1
 
-    print(f"ONNX Runtime latency, batch 1, {size}x{size}, {threads} thread(s), "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, {runs} runs")
+    print(
+        f"ONNX Runtime latency, batch 1, {size}x{size}, {threads} thread(s), "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, {runs} runs"
+    )
     rows: list[tuple[str, dict, str]] = []
     tmp = Path(tempfile.mkdtemp(prefix="fcos_ort_bench_"))
     for requant, storage in (("integer", "uint8"), ("float", "uint8"), ("float", "int8")):
-        res = backend.compile(quant, {"img": x}, {"latency_runs": runs, "warmup_runs": 3,
-                                                  "activation_dtype": storage,
-                                                  "requantization": requant,
-                                                  "onnx_file": f"q_{requant}_{storage}.onnx"},
-                              tmp)
+        res = backend.compile(
+            quant,
+            {"img": x},
+            {
+                "latency_runs": runs,
+                "warmup_runs": 3,
+                "activation_dtype": storage,
+                "requantization": requant,
+                "onnx_file": f"q_{requant}_{storage}.onnx",
+            },
+            tmp,
+        )
         r = res.report
-        note = (f"{r['ort_fused_int8_convs']} QLinearConv, {r['ort_integer_convs']} "
-                f"ConvInteger, codes equal: {r['agreement']['within_0']:.4%}")
-        rows.append((f"ORT {requant} requantization ({storage} activations)", r["latency"],
-                     note))
+        note = (
+            f"{r['ort_fused_int8_convs']} QLinearConv, {r['ort_integer_convs']} "
+            f"ConvInteger, codes equal: {r['agreement']['within_0']:.4%}"
+        )
+        rows.append((f"ORT {requant} requantization ({storage} activations)", r["latency"], note))
     fpath = export_float_onnx(float_model, {"img": x}, tmp / "float.onnx")
     sess, _ = make_session(str(fpath), threads=threads)
     name = sess.get_inputs()[0].name
     feed = {name: x.numpy()}
     rows.append(("ORT float", measure_latency(lambda: sess.run(None, feed), runs, 3), ""))
     with torch.no_grad():
-        rows.append(("fcos integer model (torch, reference)",
-                     measure_latency(lambda: quant(x), max(2, runs // 5), 1), "float64 convs"))
+        rows.append(
+            (
+                "fcos integer model (torch, reference)",
+                measure_latency(lambda: quant(x), max(2, runs // 5), 1),
+                "float64 convs",
+            )
+        )
         rows.append(("float eager (torch)", measure_latency(lambda: float_model(x), runs, 3), ""))
     width = max(len(r[0]) for r in rows)
     for label, lat, note in rows:
-        print(f"{label:<{width}}  mean {lat['mean_ms']:8.2f} ms  p50 {lat['p50_ms']:8.2f} ms  "
-              f"p90 {lat['p90_ms']:8.2f} ms  {note}")
+        print(
+            f"{label:<{width}}  mean {lat['mean_ms']:8.2f} ms  p50 {lat['p50_ms']:8.2f} ms  "
+            f"p90 {lat['p90_ms']:8.2f} ms  {note}"
+        )
     sys.stdout.flush()
     return 0
 

@@ -46,34 +46,44 @@ def read_artifact(path: str | Path) -> tuple[Any, dict[str, Any]]:
 
     p = Path(path)
     if not p.is_file():
-        raise FcosUserError(f"{p}: no such ONNX file", hint="compile first (fcos compile CONFIG "
-                                                           "with compile_cfg.march: onnx)")
+        raise FcosUserError(
+            f"{p}: no such ONNX file",
+            hint="compile first (fcos compile CONFIG with compile_cfg.march: onnx)",
+        )
     size = p.stat().st_size
     if size == 0 or size > MAX_FILE_BYTES:
-        raise FcosUserError(f"{p}: {size} bytes is not a valid single-file ONNX model",
-                            hint="recompile the model")
+        raise FcosUserError(
+            f"{p}: {size} bytes is not a valid single-file ONNX model", hint="recompile the model"
+        )
     try:
         model = onnx.load_model(str(p), load_external_data=False)
         onnx.checker.check_model(model)
     except Exception as exc:  # noqa: BLE001 - protobuf/checker raise many types
-        raise FcosUserError(f"{p}: damaged ONNX file ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0][:200] if str(exc) else ''})",
-                            hint="recompile the model") from None
+        raise FcosUserError(
+            f"{p}: damaged ONNX file ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''})",
+            hint="recompile the model",
+        ) from None
     props = {m.key: m.value for m in model.metadata_props}
     raw = props.get(META_KEY)
     if raw is None:
-        raise FcosUserError(f"{p}: this ONNX file was not written by fcos-plugin-onnx (no "
-                            f"'{META_KEY}' metadata), so its output structure is unknown",
-                            hint="compile the model with compile_cfg.march: onnx, or run "
-                                 "foreign files with onnxruntime directly")
+        raise FcosUserError(
+            f"{p}: this ONNX file was not written by fcos-plugin-onnx (no "
+            f"'{META_KEY}' metadata), so its output structure is unknown",
+            hint="compile the model with compile_cfg.march: onnx, or run "
+            "foreign files with onnxruntime directly",
+        )
     if len(raw) > MAX_META_BYTES:
-        raise FcosUserError(f"{p}: fcos metadata of {len(raw)} bytes is implausibly large",
-                            hint="recompile the model")
+        raise FcosUserError(
+            f"{p}: fcos metadata of {len(raw)} bytes is implausibly large",
+            hint="recompile the model",
+        )
     try:
         meta = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise FcosUserError(f"{p}: damaged fcos metadata ({exc})",
-                            hint="recompile the model") from None
+        raise FcosUserError(
+            f"{p}: damaged fcos metadata ({exc})", hint="recompile the model"
+        ) from None
     _validate_meta(p, meta, model)
     return model, meta
 
@@ -83,8 +93,10 @@ def _validate_meta(p: Path, meta: Any, model: Any) -> None:
         return FcosUserError(f"{p}: fcos metadata {why}", hint="recompile the model")
 
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
-        raise bad(f"has format {meta.get('format') if isinstance(meta, dict) else None!r}; "
-                  f"this plugin reads format {FORMAT_VERSION}")
+        raise bad(
+            f"has format {meta.get('format') if isinstance(meta, dict) else None!r}; "
+            f"this plugin reads format {FORMAT_VERSION}"
+        )
     outs = meta.get("outputs")
     inp = meta.get("input")
     if not isinstance(outs, list) or not isinstance(inp, dict):
@@ -121,16 +133,20 @@ class OnnxProgram:
         arr = to_numpy(value)
         if inp["dtype"] == "uint8":
             if arr.dtype != np.uint8:
-                raise TypeError(f"input {inp['name']!r} is raw uint8 YUV444 planes "
-                                f"(input_source pyramid), got {arr.dtype}")
+                raise TypeError(
+                    f"input {inp['name']!r} is raw uint8 YUV444 planes "
+                    f"(input_source pyramid), got {arr.dtype}"
+                )
         else:
             arr = arr.astype(np.float32, copy=False)
         if arr.ndim != 4:
             raise ValueError(f"input {inp['name']!r}: expected [B, C, H, W], got {arr.shape}")
         want = inp["shape"]
         if list(arr.shape[1:]) != list(want[1:]):
-            raise ValueError(f"input {inp['name']!r}: the model was exported for [B, "
-                             f"{', '.join(str(v) for v in want[1:])}], got {list(arr.shape)}")
+            raise ValueError(
+                f"input {inp['name']!r}: the model was exported for [B, "
+                f"{', '.join(str(v) for v in want[1:])}], got {list(arr.shape)}"
+            )
         return {inp["name"]: np.ascontiguousarray(arr)}
 
     def run(self, inputs: Mapping[str, Any]) -> tuple[np.ndarray, ...]:

@@ -44,21 +44,28 @@ def detection_meta(model: Any) -> dict[str, Any] | None:
     return post_process_params(model)
 
 
-def _resolve_options(defaults: Mapping[str, Any], options: Mapping[str, Any],
-                     out_dir: Path | None) -> dict[str, Any]:
+def _resolve_options(
+    defaults: Mapping[str, Any], options: Mapping[str, Any], out_dir: Path | None
+) -> dict[str, Any]:
     opts = resolve_compile_options(OnnxCompileOptions, "onnx", defaults, options, out_dir)
     if opts["requantization"] == "integer" and opts["activation_dtype"] != "uint8":
-        raise FcosUserError("compile_cfg.requantization: integer needs activation_dtype: "
-                            "uint8 (ConvInteger's exact uint8 kernel)",
-                            hint="set compile_cfg.activation_dtype: uint8, or "
-                                 "requantization: float")
+        raise FcosUserError(
+            "compile_cfg.requantization: integer needs activation_dtype: "
+            "uint8 (ConvInteger's exact uint8 kernel)",
+            hint="set compile_cfg.activation_dtype: uint8, or requantization: float",
+        )
     if len(opts["input_source"]) != 1:
-        raise FcosUserError(f"compile_cfg.input_source: {opts['input_source']} lists "
-                            f"{len(opts['input_source'])} sources; the FCOS deploy model has "
-                            "one input", hint="use input_source: [ddr] or [pyramid]")
+        raise FcosUserError(
+            f"compile_cfg.input_source: {opts['input_source']} lists "
+            f"{len(opts['input_source'])} sources; the FCOS deploy model has "
+            "one input",
+            hint="use input_source: [ddr] or [pyramid]",
+        )
     if int(opts["latency_runs"]) < 0 or int(opts["warmup_runs"]) < 0:
-        raise FcosUserError("compile_cfg.latency_runs and warmup_runs must be >= 0",
-                            hint="use 0 to skip the latency measurement")
+        raise FcosUserError(
+            "compile_cfg.latency_runs and warmup_runs must be >= 0",
+            hint="use 0 to skip the latency measurement",
+        )
     return opts
 
 
@@ -88,8 +95,14 @@ class OnnxBackend(CompileBackend):
         """
         from fcos_core.quantization.rules import QuantRules
 
-        return QuantRules(activation_dtype="int8", weight_dtype="int8", input_dtype="int8",
-                          input_scale=1.0 / 128.0, fuse_relu=True, add_inputs_share_scale=False)
+        return QuantRules(
+            activation_dtype="int8",
+            weight_dtype="int8",
+            input_dtype="int8",
+            input_scale=1.0 / 128.0,
+            fuse_relu=True,
+            add_inputs_share_scale=False,
+        )
 
     # -- check ---------------------------------------------------------------------------
 
@@ -103,14 +116,23 @@ class OnnxBackend(CompileBackend):
             from fcos_core.quantization.integer_model import integer_program
 
             names = (quant_info(found[0]) or {}).get("layer_names", {})
-            return check_quantized(integer_program(found[0]), opset,
-                                   str(self.options.get("requantization", "integer")), names)
+            return check_quantized(
+                integer_program(found[0]),
+                opset,
+                str(self.options.get("requantization", "integer")),
+                names,
+            )
         return check_float_model(model, example_inputs, self.quantization_rules().supported_ops)
 
     # -- compile -------------------------------------------------------------------------
 
-    def compile(self, model: Any, example_inputs: Mapping[str, Any], options: Mapping[str, Any],
-                out_dir: Path) -> CompileResult:
+    def compile(
+        self,
+        model: Any,
+        example_inputs: Mapping[str, Any],
+        options: Mapping[str, Any],
+        out_dir: Path,
+    ) -> CompileResult:
         import torch
 
         from fcos_core.compile.agreement import code_agreement
@@ -129,16 +151,24 @@ class OnnxBackend(CompileBackend):
         strides = det["strides"] if det else None
         try:
             exported = build_qdq_model(
-                records, int_model.outputs, input_shape=tuple(x.shape),
-                dequant_output=bool(int_model.dequant_output), opset=int(opts["opset"]),
-                strides=strides, max_logit=post is not None, pyramid_input=pyramid,
+                records,
+                int_model.outputs,
+                input_shape=tuple(x.shape),
+                dequant_output=bool(int_model.dequant_output),
+                opset=int(opts["opset"]),
+                strides=strides,
+                max_logit=post is not None,
+                pyramid_input=pyramid,
                 uint8_activations=opts["activation_dtype"] == "uint8",
                 requantization=str(opts["requantization"]),
-                graph_name=str(opts["name"]))
+                graph_name=str(opts["name"]),
+            )
         except ExportError as exc:
-            raise FcosUserError(f"compile_cfg (march onnx): cannot export the quantized model: "
-                                f"{exc}", hint="see `fcos check CONFIG --model` and the "
-                                               "fcos-plugin-onnx README for the op set") from None
+            raise FcosUserError(
+                f"compile_cfg (march onnx): cannot export the quantized model: {exc}",
+                hint="see `fcos check CONFIG --model` and the "
+                "fcos-plugin-onnx README for the op set",
+            ) from None
         out = Path(opts["out_dir"])
         path = Path(opts["onnx_file"])
         path = path if path.is_absolute() else out / path
@@ -146,13 +176,15 @@ class OnnxBackend(CompileBackend):
             "format": FORMAT_VERSION,
             "producer": f"fcos-plugin-onnx {__version__}",
             "name": str(opts["name"]),
-            "input": {"name": exported.input_name, "dtype": exported.input_dtype,
-                      "shape": list(exported.input_shape),
-                      "source": opts["input_source"][0],
-                      # pyramid planes are normalised inside the graph; ddr input arrives
-                      # normalised by the data pipeline (Normalize transform)
-                      "normalisation": "(x - 128) / 128 in the graph" if pyramid
-                      else "by the caller"},
+            "input": {
+                "name": exported.input_name,
+                "dtype": exported.input_dtype,
+                "shape": list(exported.input_shape),
+                "source": opts["input_source"][0],
+                # pyramid planes are normalised inside the graph; ddr input arrives
+                # normalised by the data pipeline (Normalize transform)
+                "normalisation": "(x - 128) / 128 in the graph" if pyramid else "by the caller",
+            },
             "outputs": [_spec_dict(s) for s in exported.outputs],
             "dequant_output": bool(int_model.dequant_output),
             "activation_dtype": opts["activation_dtype"],
@@ -163,8 +195,9 @@ class OnnxBackend(CompileBackend):
 
         with tempfile.TemporaryDirectory() as tmp:
             opt_path = str(Path(tmp) / "optimized.onnx")
-            sess, threading = make_session(str(path), opts["providers"], opts["threads"],
-                                           optimized_path=opt_path)
+            sess, threading = make_session(
+                str(path), opts["providers"], opts["threads"], optimized_path=opt_path
+            )
             optimized = _count_ops(opt_path)
         program = OnnxProgram(session=sess, meta=meta, threading=threading)
 
@@ -179,8 +212,9 @@ class OnnxBackend(CompileBackend):
         latency = None
         if int(opts["latency_runs"]) > 0:
             one = program.feed({"img": feed[:1]})
-            latency = measure_latency(lambda: sess.run(None, one), int(opts["latency_runs"]),
-                                      int(opts["warmup_runs"]))
+            latency = measure_latency(
+                lambda: sess.run(None, one), int(opts["latency_runs"]), int(opts["warmup_runs"])
+            )
             latency = {"batch": 1, **latency, **threading}
 
         nodes = collections.Counter(n.op_type for n in exported.model.graph.node)
@@ -208,8 +242,7 @@ class OnnxBackend(CompileBackend):
         # informative only: the compile stage checks every backend's artifact against the
         # integer model on validation images and fails beyond one step on > 0.1 % of the codes
         # (fcos_core.compile.deploy_table; compile_cfg.allow_disagreement makes it a warning)
-        report["agreement_ok"] = (disagreement(agreement) is None if agreement is not None
-                                  else None)
+        report["agreement_ok"] = disagreement(agreement) is None if agreement is not None else None
         report_path.write_text(json.dumps(report, indent=1, sort_keys=True))
         return CompileResult(artifact=path, report=report, files=(report_path,))
 
@@ -219,9 +252,11 @@ class OnnxBackend(CompileBackend):
         from fcos_plugin_onnx.session import make_session
 
         model, meta = read_artifact(artifact)
-        sess, threading = make_session(model.SerializeToString(),
-                                       self.options.get("providers") or ["CPUExecutionProvider"],
-                                       self.options.get("threads"))
+        sess, threading = make_session(
+            model.SerializeToString(),
+            self.options.get("providers") or ["CPUExecutionProvider"],
+            self.options.get("threads"),
+        )
         return OnnxProgram(session=sess, meta=meta, threading=threading)
 
     def run(self, program: Any, inputs: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -269,18 +304,32 @@ class OnnxBackend(CompileBackend):
                 value = (value.astype(np.float64) - int(spec.get("zero_point", 0))) * scale
             floats.append(torch.from_numpy(np.asarray(value, dtype=np.float32)))
         s = len(det["strides"])
-        floats = floats if len(floats) == 4 * s else floats[:3 * s]
+        floats = floats if len(floats) == 4 * s else floats[: 3 * s]
         post = FCOSMultiStrideFilter(
-            det["strides"], threshold=det["threshold"], score_threshold=det["score_threshold"],
-            iou_threshold=det["iou_threshold"], nms_pre=det["nms_pre"],
-            max_per_img=det["max_per_img"], max_shape=det["max_shape"])
-        return post.detect(floats, (int(arr.shape[2]), int(arr.shape[3])),
-                           bbox_upscaled=bool(det.get("bbox_upscaled", False)))
+            det["strides"],
+            threshold=det["threshold"],
+            score_threshold=det["score_threshold"],
+            iou_threshold=det["iou_threshold"],
+            nms_pre=det["nms_pre"],
+            max_per_img=det["max_per_img"],
+            max_shape=det["max_shape"],
+        )
+        return post.detect(
+            floats,
+            (int(arr.shape[2]), int(arr.shape[3])),
+            bbox_upscaled=bool(det.get("bbox_upscaled", False)),
+        )
 
 
 def _spec_dict(spec: Any) -> dict[str, Any]:
-    return {"name": spec.name, "value": spec.value, "dtype": spec.dtype,
-            "scale": list(spec.scale), "kind": spec.kind, "zero_point": spec.zero_point}
+    return {
+        "name": spec.name,
+        "value": spec.value,
+        "dtype": spec.dtype,
+        "scale": list(spec.scale),
+        "kind": spec.kind,
+        "zero_point": spec.zero_point,
+    }
 
 
 def _count_ops(path: str) -> dict[str, int]:

@@ -20,27 +20,48 @@ from fcos_core.compile.backend import CheckIssue
 from fcos_core.graph_names import layer_name, op_name
 
 _CONV = {"conv2d", "convolution", "_convolution"}
-_BN = {"batch_norm", "_native_batch_norm_legit_no_training", "native_batch_norm",
-       "_native_batch_norm_legit"}
+_BN = {
+    "batch_norm",
+    "_native_batch_norm_legit_no_training",
+    "native_batch_norm",
+    "_native_batch_norm_legit",
+}
 #: graph plumbing that moves no data (and eval-mode dropout, removed before quantization)
-_TRANSPARENT = {"detach", "clone", "alias", "contiguous", "dropout", "feature_dropout",
-                "alpha_dropout", "_assert_tensor_metadata", "lift_fresh_copy", "_to_copy",
-                "sym_size", "sym_constrain_range_for_size", "_assert_async", "getitem"}
+_TRANSPARENT = {
+    "detach",
+    "clone",
+    "alias",
+    "contiguous",
+    "dropout",
+    "feature_dropout",
+    "alpha_dropout",
+    "_assert_tensor_metadata",
+    "lift_fresh_copy",
+    "_to_copy",
+    "sym_size",
+    "sym_constrain_range_for_size",
+    "_assert_async",
+    "getitem",
+}
 _HINTS = {
     "sigmoid": "the FCOS decoder applies sigmoid after the model; return logits",
     "silu": "use ReLU (activation: relu)",
     "gelu": "use ReLU (activation: relu)",
     "hardswish": "use ReLU (activation: relu)",
     "mul": "element-wise products are not in the integer op set (SE blocks, bifpn_fa "
-           "weights): use use_se_block: false and fpn_name: bifpn_sum",
+    "weights): use use_se_block: false and fpn_name: bifpn_sum",
     "mean": "global pooling is not in the integer op set",
     "layer_norm": "use BatchNorm after a conv (folded into the conv)",
     "group_norm": "use BatchNorm after a conv (folded into the conv)",
 }
 
 
-def check_quantized(records: Any, opset: int, requantization: str = "integer",
-                    layer_names: Mapping[str, str] | None = None) -> list[CheckIssue]:
+def check_quantized(
+    records: Any,
+    opset: int,
+    requantization: str = "integer",
+    layer_names: Mapping[str, str] | None = None,
+) -> list[CheckIssue]:
     """Every integer op of ``records`` the exporter cannot express at ``opset`` with this
     ``requantization``; mixed precision (``layer_precision``): with ``integer``
     requantization a conv reads its input through ``ConvInteger``, whose operands are 8-bit,
@@ -49,8 +70,9 @@ def check_quantized(records: Any, opset: int, requantization: str = "integer",
     the quantized model's ``quant_info(...)["layer_names"]``)."""
     from fcos_plugin_onnx.qdq_export import check_program
 
-    issues = [CheckIssue(layer, kind, reason) for layer, kind, reason in
-              check_program(records, opset)]
+    issues = [
+        CheckIssue(layer, kind, reason) for layer, kind, reason in check_program(records, opset)
+    ]
     if requantization == "integer":
         names = dict(layer_names or {})
 
@@ -61,21 +83,30 @@ def check_quantized(records: Any, opset: int, requantization: str = "integer",
         source = {r.op.name: layer(r.op) for r in records}
         for rec in records:
             op = rec.op
-            if op.kind == "conv2d" and op.dtype != "int32" and rec.input_dtypes \
-                    and rec.input_dtypes[0] == "int16":
+            if (
+                op.kind == "conv2d"
+                and op.dtype != "int32"
+                and rec.input_dtypes
+                and rec.input_dtypes[0] == "int16"
+            ):
                 src = source.get(op.inputs[0], op.inputs[0])
-                issues.append(CheckIssue(
-                    layer(op), "conv2d",
-                    f"reads the int16 activation of {src} (layer_precision); "
-                    "requantization 'integer' runs convs as ConvInteger, which takes 8-bit "
-                    "inputs only: set compile_cfg.requantization: float (int16 convs run as "
-                    "float convs, within one step of the integer model) or keep that layer "
-                    "int8"))
+                issues.append(
+                    CheckIssue(
+                        layer(op),
+                        "conv2d",
+                        f"reads the int16 activation of {src} (layer_precision); "
+                        "requantization 'integer' runs convs as ConvInteger, which takes 8-bit "
+                        "inputs only: set compile_cfg.requantization: float (int16 convs run as "
+                        "float convs, within one step of the integer model) or keep that layer "
+                        "int8",
+                    )
+                )
     return issues
 
 
-def check_float_model(model: Any, example_inputs: Mapping[str, Any],
-                      supported_ops: frozenset[str]) -> list[CheckIssue]:
+def check_float_model(
+    model: Any, example_inputs: Mapping[str, Any], supported_ops: frozenset[str]
+) -> list[CheckIssue]:
     """Every layer of the float deploy ``model`` with no QDQ ONNX form (empty: none)."""
     import torch
 
@@ -91,9 +122,14 @@ def check_float_model(model: Any, example_inputs: Mapping[str, Any],
             ep = torch.export.export(model, tuple(args), strict=False)
     except Exception as exc:  # noqa: BLE001 - any export failure is a check result
         first = str(exc).splitlines()[0][:300] if str(exc) else ""
-        return [CheckIssue("<model>", "torch.export",
-                           f"the model cannot be exported ({type(exc).__name__}: {first}); "
-                           "ONNX export and quantization both start from torch.export")]
+        return [
+            CheckIssue(
+                "<model>",
+                "torch.export",
+                f"the model cannot be exported ({type(exc).__name__}: {first}); "
+                "ONNX export and quantization both start from torch.export",
+            )
+        ]
     finally:
         model.train(was_training)
     issues: list[CheckIssue] = []
@@ -104,27 +140,49 @@ def check_float_model(model: Any, example_inputs: Mapping[str, Any],
         layer = layer_name(node)
         if name in _CONV:
             if name != "conv2d" and len(node.args) > 6 and node.args[6]:
-                issues.append(CheckIssue(layer, name, "transposed convolution has no fcos "
-                                                      "integer op; use nearest upsample + conv"))
+                issues.append(
+                    CheckIssue(
+                        layer,
+                        name,
+                        "transposed convolution has no fcos "
+                        "integer op; use nearest upsample + conv",
+                    )
+                )
             continue
         if name in _BN:
             src = node.args[0]
-            if not (getattr(src, "op", None) == "call_function" and op_name(src) in _CONV
-                    and len(src.users) == 1):
-                issues.append(CheckIssue(layer, name, "BatchNorm must directly follow a conv "
-                                                      "(it is folded into the conv's weights)"))
+            if not (
+                getattr(src, "op", None) == "call_function"
+                and op_name(src) in _CONV
+                and len(src.users) == 1
+            ):
+                issues.append(
+                    CheckIssue(
+                        layer,
+                        name,
+                        "BatchNorm must directly follow a conv "
+                        "(it is folded into the conv's weights)",
+                    )
+                )
             continue
         if name in _TRANSPARENT or name in supported_ops:
             if name == "add":
                 other = node.args[1] if len(node.args) > 1 else None
                 if not hasattr(other, "op"):
-                    issues.append(CheckIssue(layer, name, "adding a constant has no integer "
-                                                          "op; fold it into a conv bias"))
+                    issues.append(
+                        CheckIssue(
+                            layer,
+                            name,
+                            "adding a constant has no integer op; fold it into a conv bias",
+                        )
+                    )
             continue
         if name in ("max", "amax") and _channel_reduce(node):
             continue  # FCOSMultiStrideFilter(for_compile): ReduceMax over channels
-        reason = (f"{name} has no fcos integer op (the quantized model supports "
-                  f"{', '.join(sorted(supported_ops))}), so it cannot reach the QDQ ONNX model")
+        reason = (
+            f"{name} has no fcos integer op (the quantized model supports "
+            f"{', '.join(sorted(supported_ops))}), so it cannot reach the QDQ ONNX model"
+        )
         if name in _HINTS:
             reason += f"; {_HINTS[name]}"
         issues.append(CheckIssue(layer, name, reason))

@@ -73,15 +73,21 @@ def evaluate_onnx_vs_int_infer(
     cfg = load_config(str(cfg_path), host, list(overrides))
     node = cfg.node("int_infer_predictor")
     if node is None:
-        raise FcosUserError(f"{cfg_path}: the config has no int_infer_predictor block",
-                            hint="onnx-compare evaluates the int_infer_predictor's model and "
-                                 "data on the validation set; add that block")
+        raise FcosUserError(
+            f"{cfg_path}: the config has no int_infer_predictor block",
+            hint="onnx-compare evaluates the int_infer_predictor's model and "
+            "data on the validation set; add that block",
+        )
     kw = node.kwargs
     # the rules the int_infer model was quantized with: those of the config's march
     backend = cfg.compile_backend.load()() if cfg.compile_backend is not None else None
-    ctx = RunContext(stage="int_infer", ckpt_dir=Path(cfg.data["ckpt_dir"]),
-                     example_inputs=cfg.data.get("deploy_inputs") or {"img": [1, 3, 512, 512]},
-                     backend=backend, seed=cfg.data.get("seed"))
+    ctx = RunContext(
+        stage="int_infer",
+        ckpt_dir=Path(cfg.data["ckpt_dir"]),
+        example_inputs=cfg.data.get("deploy_inputs") or {"img": [1, 3, 512, 512]},
+        backend=backend,
+        seed=cfg.data.get("seed"),
+    )
     model = build(kw["model"])
     pipeline = build(kw.get("model_convert_pipeline"))
     if pipeline is not None:
@@ -89,14 +95,18 @@ def evaluate_onnx_vs_int_infer(
     model = model.eval()
     body = getattr(model, "body", None)
     if body is None or not hasattr(model, "post_process"):
-        raise FcosUserError("onnx-compare needs an FCOS-style detector (body + post_process)",
-                            hint="use the int_infer_predictor of an FCOS config")
+        raise FcosUserError(
+            "onnx-compare needs an FCOS-style detector (body + post_process)",
+            hint="use the int_infer_predictor of an FCOS config",
+        )
     loaders = build(kw["data_loader"])
     loaders = loaders if isinstance(loaders, list) else [loaders]
     metric_node = kw.get("metrics")
     if metric_node is None:
-        raise FcosUserError("int_infer_predictor has no metrics block",
-                            hint="add metrics: {type: COCODetectionMetric, ann_file: ...}")
+        raise FcosUserError(
+            "int_infer_predictor has no metrics block",
+            hint="add metrics: {type: COCODetectionMetric, ann_file: ...}",
+        )
     metric_int, metric_ort = build(metric_node), build(metric_node)  # two fresh instances
     for m in (metric_int, metric_ort):
         m.reset()
@@ -120,9 +130,17 @@ def evaluate_onnx_vs_int_infer(
                     where = Path(out_dir or tmp.name)  # type: ignore[union-attr]
                     onnx_backend = OnnxBackend(threads=threads)
                     result = onnx_backend.compile(
-                        model, {"img": img[:1]},
-                        {"out_dir": str(where), "name": "onnx_compare", "latency_runs": 20,
-                         "threads": threads, "agreement_check": False}, where)
+                        model,
+                        {"img": img[:1]},
+                        {
+                            "out_dir": str(where),
+                            "name": "onnx_compare",
+                            "latency_runs": 20,
+                            "threads": threads,
+                            "agreement_check": False,
+                        },
+                        where,
+                    )
                     report = result.report
                     program = onnx_backend.load(result.artifact)
                     tally = AgreementTally(program.meta["outputs"])
@@ -154,21 +172,33 @@ def evaluate_onnx_vs_int_infer(
         "mAP_difference": float(res_ort["mAP"]) - float(res_int["mAP"]),
         "agreement": _totals(tally.result()) if tally is not None else {},
         "images": n_images,
-        "onnx_report": {k: report.get(k) for k in ("artifact_bytes", "nodes", "requantization",
-                                                   "ort_fused_int8_convs", "ort_integer_convs",
-                                                   "latency")},
+        "onnx_report": {
+            k: report.get(k)
+            for k in (
+                "artifact_bytes",
+                "nodes",
+                "requantization",
+                "ort_fused_int8_convs",
+                "ort_integer_convs",
+                "latency",
+            )
+        },
     }
     log(f"images: {n_images}")
     log(f"int_infer mAP: {float(res_int['mAP']):.4f}  AP50: {float(res_int.get('AP50', 0)):.4f}")
     log(f"onnx      mAP: {float(res_ort['mAP']):.4f}  AP50: {float(res_ort.get('AP50', 0)):.4f}")
     log(f"difference (onnx - int_infer): {out['mAP_difference'] * 100:+.3f} AP points")
     agr = out["agreement"]
-    log(f"head outputs: {agr['within_0']:.4%} equal, {agr['within_1']:.4%} within 1 step, "
-        f"{agr['within_2']:.4%} within 2 steps, max {agr['max_steps']} steps")
+    log(
+        f"head outputs: {agr['within_0']:.4%} equal, {agr['within_1']:.4%} within 1 step, "
+        f"{agr['within_2']:.4%} within 2 steps, max {agr['max_steps']} steps"
+    )
     lat = report.get("latency")
     if lat:
-        log(f"ORT latency (batch 1, {lat['threads']} thread(s)): mean {lat['mean_ms']:.2f} ms, "
-            f"p50 {lat['p50_ms']:.2f} ms, p90 {lat['p90_ms']:.2f} ms")
+        log(
+            f"ORT latency (batch 1, {lat['threads']} thread(s)): mean {lat['mean_ms']:.2f} ms, "
+            f"p50 {lat['p50_ms']:.2f} ms, p90 {lat['p90_ms']:.2f} ms"
+        )
     return out
 
 
@@ -176,9 +206,14 @@ def compare_command(args: argparse.Namespace, host: Any) -> int:
     """Body of ``fcos onnx-compare``."""
     lines: list[str] = []
     result = evaluate_onnx_vs_int_infer(
-        args.config, args.overrides, host=host, max_batches=args.max_batches,
-        threads=args.threads, out_dir=args.out_dir,
-        log=(lines.append if args.json else print))
+        args.config,
+        args.overrides,
+        host=host,
+        max_batches=args.max_batches,
+        threads=args.threads,
+        out_dir=args.out_dir,
+        log=(lines.append if args.json else print),
+    )
     if args.json:
         print(json.dumps(result, indent=1, sort_keys=True, default=float))
     return 0
@@ -186,5 +221,7 @@ def compare_command(args: argparse.Namespace, host: Any) -> int:
 
 def _totals(agreement: dict[str, Any]) -> dict[str, Any]:
     """The overall figures of an agreement result (the per-output list is left out)."""
-    return {k: agreement[k] for k in ("elements", "within_0", "within_1", "within_2",
-                                      "max_steps", "worst_output")}
+    return {
+        k: agreement[k]
+        for k in ("elements", "within_0", "within_1", "within_2", "max_steps", "worst_output")
+    }

@@ -59,12 +59,20 @@ from typing import Any
 import attrs
 import numpy as np
 
-ONNX_TYPES = {"int8": 3, "int16": 5, "int32": 6, "int64": 7, "float32": 1, "uint8": 2}  # TensorProto enums
+ONNX_TYPES = {
+    "int8": 3,
+    "int16": 5,
+    "int32": 6,
+    "int64": 7,
+    "float32": 1,
+    "uint8": 2,
+}  # TensorProto enums
 NP_TYPES = {"int8": np.int8, "int16": np.int16, "int32": np.int32, "uint8": np.uint8}
 
 #: op kinds of the integer program this exporter translates
-SUPPORTED_KINDS = frozenset({"quantize", "conv2d", "add", "requantize", "relu", "max_pool2d",
-                             "upsample_nearest2d", "cat"})
+SUPPORTED_KINDS = frozenset(
+    {"quantize", "conv2d", "add", "requantize", "relu", "max_pool2d", "upsample_nearest2d", "cat"}
+)
 
 #: lowest opset the exporter emits: per-axis DequantizeLinear (13), Shape start/end (15),
 #: ReduceMax with axes as an input (18); int16 QuantizeLinear needs 21
@@ -149,11 +157,15 @@ class _Graph:
             self._consts[key] = name
         return name
 
-    def node(self, op: str, inputs: Sequence[str], base: str, out: str | None = None,
-             **attributes: Any) -> str:
+    def node(
+        self, op: str, inputs: Sequence[str], base: str, out: str | None = None, **attributes: Any
+    ) -> str:
         out = out if out is not None else self.unique(base)
-        self.nodes.append(self.helper.make_node(op, list(inputs), [out],
-                                                name=self.unique("n_" + base), **attributes))
+        self.nodes.append(
+            self.helper.make_node(
+                op, list(inputs), [out], name=self.unique("n_" + base), **attributes
+            )
+        )
         return out
 
 
@@ -166,8 +178,14 @@ def _np(t: Any) -> np.ndarray:
 
 
 class _Builder:
-    def __init__(self, records: Sequence[Any], opset: int, uint8_activations: bool,
-                 uint8_weights: bool = False, integer_requant: bool = False) -> None:
+    def __init__(
+        self,
+        records: Sequence[Any],
+        opset: int,
+        uint8_activations: bool,
+        uint8_weights: bool = False,
+        integer_requant: bool = False,
+    ) -> None:
         self.records = records
         self.opset = opset
         self.uint8 = uint8_activations
@@ -250,8 +268,9 @@ class _Builder:
         c = self.g.node("Cast", [value], value + "_i64", to=ONNX_TYPES["int64"])
         zp = self.zero_point(self.dtype[value])
         if zp:
-            c = self.g.node("Sub", [c, self.g.const("zp_i64", np.array(zp, np.int64))],
-                            value + "_codes")
+            c = self.g.node(
+                "Sub", [c, self.g.const("zp_i64", np.array(zp, np.int64))], value + "_codes"
+            )
         return c
 
     def requant_codes(self, v: str, shift: Any, op: Any, relu: bool) -> None:
@@ -271,8 +290,9 @@ class _Builder:
         qmin, qmax = {"int8": (-128, 127), "int16": (-32768, 32767)}[op.dtype]
         zp = self.zero_point(op.dtype)
         if zp:
-            q = self.g.node("Add", [q, self.g.const("zp_i64", np.array(zp, np.int64))],
-                            name + "_zp")
+            q = self.g.node(
+                "Add", [q, self.g.const("zp_i64", np.array(zp, np.int64))], name + "_zp"
+            )
         lo = self.g.const("clip_i64", np.array((0 if relu else qmin) + zp, np.int64))
         hi = self.g.const("clip_i64", np.array(qmax + zp, np.int64))
         c = self.g.node("Clip", [q, lo, hi], name + "_sat")
@@ -286,17 +306,25 @@ class _Builder:
         t, a = self.tensors, op.attrs
         x = op.inputs[0]
         if self.dtype[x] != "int8" or not self.uint8:
-            raise ExportError(f"{op.name} (conv2d): integer requantization takes int8 inputs "
-                              f"stored as uint8 (input {x} is {self.dtype[x]}); use "
-                              "requantization 'float'")
+            raise ExportError(
+                f"{op.name} (conv2d): integer requantization takes int8 inputs "
+                f"stored as uint8 (input {x} is {self.dtype[x]}); use "
+                "requantization 'float'"
+            )
         kh, kw = int(t["weight"].shape[2]), int(t["weight"].shape[3])
         ph, pw = (int(v) for v in a["padding"])
         xz = self.g.const("zp_uint8", np.array(128, np.uint8))
         wz = self.g.const("zp_uint8", np.array(128, np.uint8))
-        acc = self.g.node("ConvInteger", [x, w_name, xz, wz], op.name + "_acc",
-                          kernel_shape=[kh, kw], strides=[int(v) for v in a["stride"]],
-                          pads=[ph, pw, ph, pw], dilations=[int(v) for v in a["dilation"]],
-                          group=int(a["groups"]))
+        acc = self.g.node(
+            "ConvInteger",
+            [x, w_name, xz, wz],
+            op.name + "_acc",
+            kernel_shape=[kh, kw],
+            strides=[int(v) for v in a["stride"]],
+            pads=[ph, pw, ph, pw],
+            dilations=[int(v) for v in a["dilation"]],
+            group=int(a["groups"]),
+        )
         v = self.g.node("Cast", [acc], op.name + "_acc64", to=ONNX_TYPES["int64"])
         if "bias" in t:
             b = self._i64(op.name + "_b64", _np(t["bias"]).astype(np.int64), True)
@@ -332,18 +360,24 @@ class _Builder:
         w_dq = self.g.node("DequantizeLinear", [w, ws, wz], op.name + "_w_dq", axis=0)
         inputs = [self.dequantize(x), w_dq]
         # the accumulator scale, float64 in fcos: s_in * s_w[c]
-        acc_scale = (np.float64(s_in) * w_scale.astype(np.float64))
+        acc_scale = np.float64(s_in) * w_scale.astype(np.float64)
         if "bias" in t:
             b = self.g.const(op.name + "_b", _np(t["bias"]).astype(np.int32).reshape(-1))
             bs = self.g.const(op.name + "_b_scale", acc_scale.astype(np.float32))
             bz = self.g.const(op.name + "_b_zp", np.zeros(w_scale.shape, np.int32))
-            inputs.append(self.g.node("DequantizeLinear", [b, bs, bz], op.name + "_b_dq",
-                                      axis=0))
+            inputs.append(self.g.node("DequantizeLinear", [b, bs, bz], op.name + "_b_dq", axis=0))
         kh, kw = int(w_q.shape[2]), int(w_q.shape[3])
         ph, pw = (int(v) for v in a["padding"])
-        conv = self.g.node("Conv", inputs, op.name + "_conv", kernel_shape=[kh, kw],
-                           strides=[int(v) for v in a["stride"]], pads=[ph, pw, ph, pw],
-                           dilations=[int(v) for v in a["dilation"]], group=int(a["groups"]))
+        conv = self.g.node(
+            "Conv",
+            inputs,
+            op.name + "_conv",
+            kernel_shape=[kh, kw],
+            strides=[int(v) for v in a["stride"]],
+            pads=[ph, pw, ph, pw],
+            dilations=[int(v) for v in a["dilation"]],
+            group=int(a["groups"]),
+        )
         if op.dtype == "int32":
             # no requantization: the value is the (dequantized) accumulator itself
             out = self.g.node("Relu", [conv], op.name + "_relu") if a.get("relu") else conv
@@ -357,10 +391,16 @@ class _Builder:
         a, b = op.inputs
         if self.integer_requant:
             t = self.tensors
-            pa = self.g.node("Mul", [self.codes64(a), self._i64(
-                op.name + "_mult_a", _np(t["multiplier_a"]), False)], op.name + "_pa")
-            pb = self.g.node("Mul", [self.codes64(b), self._i64(
-                op.name + "_mult_b", _np(t["multiplier_b"]), False)], op.name + "_pb")
+            pa = self.g.node(
+                "Mul",
+                [self.codes64(a), self._i64(op.name + "_mult_a", _np(t["multiplier_a"]), False)],
+                op.name + "_pa",
+            )
+            pb = self.g.node(
+                "Mul",
+                [self.codes64(b), self._i64(op.name + "_mult_b", _np(t["multiplier_b"]), False)],
+                op.name + "_pb",
+            )
             v = self.g.node("Add", [pa, pb], op.name + "_sum")
             self.requant_codes(v, _np(t["shift"]), op, relu=bool(op.attrs.get("relu")))
             return
@@ -370,8 +410,14 @@ class _Builder:
     def op_requantize(self, op: Any) -> None:
         if self.integer_requant:
             t = self.tensors
-            v = self.g.node("Mul", [self.codes64(op.inputs[0]), self._i64(
-                op.name + "_mult", _np(t["multiplier"]), True)], op.name + "_prod")
+            v = self.g.node(
+                "Mul",
+                [
+                    self.codes64(op.inputs[0]),
+                    self._i64(op.name + "_mult", _np(t["multiplier"]), True),
+                ],
+                op.name + "_prod",
+            )
             self.requant_codes(v, _np(t["shift"]), op, relu=False)
             return
         self._emit_q(self.dequantize(op.inputs[0]), op, relu=False)
@@ -386,11 +432,16 @@ class _Builder:
     def op_max_pool2d(self, op: Any) -> None:
         a = op.attrs
         ph, pw = (int(v) for v in a["padding"])
-        y = self.g.node("MaxPool", [self.dequantize(op.inputs[0])], op.name + "_f",
-                        kernel_shape=[int(v) for v in a["kernel_size"]],
-                        strides=[int(v) for v in a["stride"]], pads=[ph, pw, ph, pw],
-                        dilations=[int(v) for v in a["dilation"]],
-                        ceil_mode=int(bool(a["ceil_mode"])))
+        y = self.g.node(
+            "MaxPool",
+            [self.dequantize(op.inputs[0])],
+            op.name + "_f",
+            kernel_shape=[int(v) for v in a["kernel_size"]],
+            strides=[int(v) for v in a["stride"]],
+            pads=[ph, pw, ph, pw],
+            dilations=[int(v) for v in a["dilation"]],
+            ceil_mode=int(bool(a["ceil_mode"])),
+        )
         self._emit_q(y, op, relu=False)
 
     def op_upsample_nearest2d(self, op: Any) -> None:
@@ -398,21 +449,25 @@ class _Builder:
         x = self.dequantize(op.inputs[0])
         # torch's nearest rule: src = floor(dst * in / out) = ONNX asymmetric + floor. Scales and
         # sizes are given for all four axes: ORT 1.2x's layout optimizer mishandles Resize `axes`
-        kwargs = dict(mode="nearest", coordinate_transformation_mode="asymmetric",
-                      nearest_mode="floor")
+        kwargs = dict(
+            mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"
+        )
         if a.get("output_size") is not None:
-            hw = self.g.const(op.name + "_hw", np.array([int(v) for v in a["output_size"]],
-                                                        np.int64))
+            hw = self.g.const(
+                op.name + "_hw", np.array([int(v) for v in a["output_size"]], np.int64)
+            )
             nc = self.g.node("Shape", [x], op.name + "_nc", start=0, end=2)
             sizes = self.g.node("Concat", [nc, hw], op.name + "_sizes", axis=0)
             y = self.g.node("Resize", [x, "", "", sizes], op.name + "_f", **kwargs)
         else:
             factors = a.get("scale_factors")
             if factors is None:
-                raise ExportError(f"{op.name} (upsample_nearest2d): neither output_size nor "
-                                  "scale_factors is set")
-            scales = self.g.const(op.name + "_scales",
-                                  np.array([1.0, 1.0] + [float(v) for v in factors], np.float32))
+                raise ExportError(
+                    f"{op.name} (upsample_nearest2d): neither output_size nor scale_factors is set"
+                )
+            scales = self.g.const(
+                op.name + "_scales", np.array([1.0, 1.0] + [float(v) for v in factors], np.float32)
+            )
             y = self.g.node("Resize", [x, "", scales], op.name + "_f", **kwargs)
         self._emit_q(y, op, relu=False)
 
@@ -427,8 +482,10 @@ class _Builder:
         for rec in self.records:
             op = rec.op
             if op.kind not in SUPPORTED_KINDS:
-                raise ExportError(f"{op.name}: integer op kind {op.kind!r} has no ONNX "
-                                  f"translation (supported: {sorted(SUPPORTED_KINDS)})")
+                raise ExportError(
+                    f"{op.name}: integer op kind {op.kind!r} has no ONNX "
+                    f"translation (supported: {sorted(SUPPORTED_KINDS)})"
+                )
             self.tensors = rec.tensors
             if op.kind == "quantize":
                 self.op_quantize(op, input_name)
@@ -443,14 +500,30 @@ def check_program(records: Sequence[Any], opset: int) -> list[tuple[str, str, st
         op = rec.op
         where = op.attrs.get("source") or op.name
         if op.kind not in SUPPORTED_KINDS:
-            problems.append((where, op.kind, (f"integer op kind {op.kind!r} has no ONNX "
-                                             "translation in fcos-plugin-onnx")))
+            problems.append(
+                (
+                    where,
+                    op.kind,
+                    (f"integer op kind {op.kind!r} has no ONNX translation in fcos-plugin-onnx"),
+                )
+            )
             continue
         if op.dtype == "int16" and opset < MIN_OPSET_INT16:
-            problems.append((where, op.kind, (f"int16 QuantizeLinear needs opset >= "
-                                             f"{MIN_OPSET_INT16}; compile_cfg.opset is {opset}")))
-        if op.kind == "upsample_nearest2d" and op.attrs.get("output_size") is None \
-                and op.attrs.get("scale_factors") is None:
+            problems.append(
+                (
+                    where,
+                    op.kind,
+                    (
+                        f"int16 QuantizeLinear needs opset >= "
+                        f"{MIN_OPSET_INT16}; compile_cfg.opset is {opset}"
+                    ),
+                )
+            )
+        if (
+            op.kind == "upsample_nearest2d"
+            and op.attrs.get("output_size") is None
+            and op.attrs.get("scale_factors") is None
+        ):
             problems.append((where, op.kind, "upsample without output_size or scale_factors"))
         if op.kind == "max_pool2d" and op.dtype not in ("int8", "int16"):
             problems.append((where, op.kind, f"max-pool of a {op.dtype} tensor"))
@@ -504,8 +577,10 @@ def build_qdq_model(
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old: the exporter needs >= {MIN_OPSET}")
     if opset > onnx.defs.onnx_opset_version():
-        raise ExportError(f"opset {opset} is newer than the installed onnx package supports "
-                          f"({onnx.defs.onnx_opset_version()})")
+        raise ExportError(
+            f"opset {opset} is newer than the installed onnx package supports "
+            f"({onnx.defs.onnx_opset_version()})"
+        )
     problems = check_program(records, opset)
     if problems:
         raise ExportError("; ".join(f"{w} ({k}): {r}" for w, k, r in problems))
@@ -516,16 +591,29 @@ def build_qdq_model(
     if requantization not in REQUANTIZATIONS:
         raise ExportError(f"requantization {requantization!r}: use one of {REQUANTIZATIONS}")
     if requantization == "integer" and not uint8_activations:
-        raise ExportError("requantization 'integer' needs uint8 activation storage "
-                          "(ConvInteger's exact uint8 x uint8 kernel)")
-    b = _Builder(records, opset, uint8_activations, uint8_weights,
-                 integer_requant=requantization == "integer")
+        raise ExportError(
+            "requantization 'integer' needs uint8 activation storage "
+            "(ConvInteger's exact uint8 x uint8 kernel)"
+        )
+    b = _Builder(
+        records,
+        opset,
+        uint8_activations,
+        uint8_weights,
+        integer_requant=requantization == "integer",
+    )
     in_name = "img"
-    shape: tuple[Any, ...] = ("batch", int(input_shape[1]), int(input_shape[2]),
-                              int(input_shape[3]))
+    shape: tuple[Any, ...] = (
+        "batch",
+        int(input_shape[1]),
+        int(input_shape[2]),
+        int(input_shape[3]),
+    )
     if pyramid_input:
-        s, z = b.g.const("pyramid_scale", np.array(1.0 / 128.0, np.float32)), \
-            b.g.const("pyramid_zp", np.array(128, np.uint8))
+        s, z = (
+            b.g.const("pyramid_scale", np.array(1.0 / 128.0, np.float32)),
+            b.g.const("pyramid_zp", np.array(128, np.uint8)),
+        )
         first = b.g.node("DequantizeLinear", [in_name, s, z], "img_normalised")
         in_type = "uint8"
     else:
@@ -549,10 +637,12 @@ def build_qdq_model(
                 out_dtype = "float32"
             else:  # codes of the accumulator: round(y / (s_in * s_w[c]))
                 c = len(scale)
-                sc = b.g.const(value + "_acc_scale",
-                               b.acc_scale[value].astype(np.float32).reshape(1, c, 1, 1))
-                r = b.g.node("Round", [b.g.node("Div", [acc, sc], value + "_codes_f")],
-                             value + "_codes_r")
+                sc = b.g.const(
+                    value + "_acc_scale", b.acc_scale[value].astype(np.float32).reshape(1, c, 1, 1)
+                )
+                r = b.g.node(
+                    "Round", [b.g.node("Div", [acc, sc], value + "_codes_f")], value + "_codes_r"
+                )
                 t = b.g.node("Cast", [r], name, out=name, to=ONNX_TYPES["int32"])
                 out_dtype = "int32"
         else:
@@ -569,8 +659,7 @@ def build_qdq_model(
             else:
                 t = b.g.node("Identity", [value], name, out=name)
                 out_dtype = dtype
-        specs.append(OutputSpec(name=name, value=value, dtype=out_dtype, scale=scale,
-                                kind="body"))
+        specs.append(OutputSpec(name=name, value=value, dtype=out_dtype, scale=scale, kind="body"))
         body_tensors.append((t, out_dtype))
         graph_outputs.append((t, out_dtype))
     if max_logit:
@@ -588,8 +677,15 @@ def build_qdq_model(
             else:
                 t = b.g.node("ReduceMax", [src, axes], name, out=name, keepdims=1)
             scale = specs[k].scale
-            specs.append(OutputSpec(name=name, value=specs[k].value, dtype=dtype,
-                                    scale=scale if len(scale) == 1 else [], kind="max_logit"))
+            specs.append(
+                OutputSpec(
+                    name=name,
+                    value=specs[k].value,
+                    dtype=dtype,
+                    scale=scale if len(scale) == 1 else [],
+                    kind="max_logit",
+                )
+            )
             graph_outputs.append((t, dtype))
     exposed: list[OutputSpec] = []
     if expose_values:
@@ -598,19 +694,34 @@ def build_qdq_model(
             if b.dtype.get(v) in ("int8", "int16") and v not in outputs:
                 odt = b.onnx_dtype(b.dtype[v])
                 graph_outputs.append((v, odt))
-                exposed.append(OutputSpec(name=v, value=v, dtype=odt, scale=[b.scale[v]],
-                                          kind="value", zero_point=b.zero_point(b.dtype[v])))
+                exposed.append(
+                    OutputSpec(
+                        name=v,
+                        value=v,
+                        dtype=odt,
+                        scale=[b.scale[v]],
+                        kind="value",
+                        zero_point=b.zero_point(b.dtype[v]),
+                    )
+                )
 
     inputs = [helper.make_tensor_value_info(in_name, ONNX_TYPES[in_type], list(shape))]
     # every output is [B, C, H, W]; shape inference fills in the sizes below
     outs = [helper.make_tensor_value_info(t, ONNX_TYPES[d], [None] * 4) for t, d in graph_outputs]
     graph = helper.make_graph(b.g.nodes, graph_name, inputs, outs, initializer=b.g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
-                              producer_name="fcos-plugin-onnx")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="fcos-plugin-onnx"
+    )
     model.ir_version = min(model.ir_version, 10)  # what onnxruntime >= 1.20 reads
     onnx.checker.check_model(model, full_check=True)
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     for out in model.graph.output:
         out.CopyFrom(next(o for o in inferred.graph.output if o.name == out.name))
-    return ExportedGraph(model=model, outputs=tuple(specs), input_name=in_name,
-                         input_dtype=in_type, input_shape=shape, values=tuple(exposed))
+    return ExportedGraph(
+        model=model,
+        outputs=tuple(specs),
+        input_name=in_name,
+        input_dtype=in_type,
+        input_shape=shape,
+        values=tuple(exposed),
+    )

@@ -20,8 +20,15 @@ from fcos_core.compile.latency import percentile as _percentile
 from fcos_core.errors import FcosUserError
 
 # the thread budget and the latency measurement are fcos core's, shared by every backend
-__all__ = ["_percentile", "check_providers", "default_threads", "make_session",
-           "measure_latency", "run_session", "spinning_allowed"]
+__all__ = [
+    "_percentile",
+    "check_providers",
+    "default_threads",
+    "make_session",
+    "measure_latency",
+    "run_session",
+    "spinning_allowed",
+]
 
 
 def spinning_allowed() -> bool:
@@ -37,16 +44,21 @@ def check_providers(providers: Sequence[str], where: str = "compile_cfg.provider
     providers = list(providers) or ["CPUExecutionProvider"]
     missing = [p for p in providers if p not in available]
     if missing:
-        raise FcosUserError(f"{where}: execution provider(s) {missing} are not available in "
-                            f"this onnxruntime build (available: {available})",
-                            hint="install the onnxruntime package that has them (e.g. "
-                                 "onnxruntime-gpu) or list only available providers")
+        raise FcosUserError(
+            f"{where}: execution provider(s) {missing} are not available in "
+            f"this onnxruntime build (available: {available})",
+            hint="install the onnxruntime package that has them (e.g. "
+            "onnxruntime-gpu) or list only available providers",
+        )
     return providers
 
 
-def make_session(model: str | bytes, providers: Sequence[str] = ("CPUExecutionProvider",),
-                 threads: int | None = None, optimized_path: str | None = None
-                 ) -> tuple[Any, dict[str, Any]]:
+def make_session(
+    model: str | bytes,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    threads: int | None = None,
+    optimized_path: str | None = None,
+) -> tuple[Any, dict[str, Any]]:
     """An ``InferenceSession`` and a description of its threading.
 
     Args:

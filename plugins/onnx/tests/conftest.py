@@ -36,5 +36,10 @@ def trained():
     deploy_float = nets.make_fcos(train=False, for_compile=True, dequant_output=False)
     deploy_float.body.load_state_dict(float_model.body.state_dict())
     deploy = nets.quantize(deploy_float.eval(), calib)
-    return {"batch": batch, "float": float_model, "eval_model": eval_model,
-            "deploy": deploy, "calib": calib}
+    return {
+        "batch": batch,
+        "float": float_model,
+        "eval_model": eval_model,
+        "deploy": deploy,
+        "calib": calib,
+    }

@@ -28,10 +28,17 @@ def both(trained, tmp_path_factory):
         dets_int = model(batch)  # the predictor's path: body + post_process.detect
     ort_outs = backend.run(program, {"img": batch["img"]})
     size = (nets.SIZE, nets.SIZE)
-    dets_ort = model.post_process.detect([torch.from_numpy(o) for o in ort_outs], size,
-                                         bbox_upscaled=model.bbox_upscaled)
-    return {"int_outs": int_outs, "ort_outs": ort_outs, "specs": program.meta["outputs"],
-            "dets_int": dets_int, "dets_ort": dets_ort, "batch": batch}
+    dets_ort = model.post_process.detect(
+        [torch.from_numpy(o) for o in ort_outs], size, bbox_upscaled=model.bbox_upscaled
+    )
+    return {
+        "int_outs": int_outs,
+        "ort_outs": ort_outs,
+        "specs": program.meta["outputs"],
+        "dets_int": dets_int,
+        "dets_ort": dets_ort,
+        "batch": batch,
+    }
 
 
 @pytest.mark.slow

@@ -35,8 +35,9 @@ SIZES = [(CALIB, CALIB), (128, 128), (96, 160), (256, 256), (512, 512)]
 def stand_in():
     """An untrained stand-in detector with varied BN statistics (a for_compile deploy model:
     int16 head codes and the per-stride max logits)."""
-    return nets.randomise_bn(nets.make_fcos(seed=0, train=False, for_compile=True,
-                                            dequant_output=False), 1).eval()
+    return nets.randomise_bn(
+        nets.make_fcos(seed=0, train=False, for_compile=True, dequant_output=False), 1
+    ).eval()
 
 
 def test_scenes_are_photo_like():
@@ -65,14 +66,15 @@ def test_integer_requantization_is_bit_exact_at_every_size(stand_in, tmp_path, h
     assert agr["elements"] > 0 and agr["within_0"] == 1.0 and agr["max_steps"] == 0, agr
 
 
-def test_float_requantization_stays_within_one_step_at_the_calibration_size(stand_in,
-                                                                            tmp_path):
+def test_float_requantization_stays_within_one_step_at_the_calibration_size(stand_in, tmp_path):
     """The standard QDQ form (QLinearConv, uint8 x uint8) of the small model: ties and the
     float32 ratio move a few codes by one step; none further."""
-    q = nets.quantize_for_size(stand_in, [nets.scenes(4, seed=s) for s in (1, 2)], CALIB,
-                               (CALIB, CALIB))
-    res = OnnxBackend().compile(q, {"img": nets.scenes(4, seed=5)},
-                                {"latency_runs": 0, "requantization": "float"}, tmp_path)
+    q = nets.quantize_for_size(
+        stand_in, [nets.scenes(4, seed=s) for s in (1, 2)], CALIB, (CALIB, CALIB)
+    )
+    res = OnnxBackend().compile(
+        q, {"img": nets.scenes(4, seed=5)}, {"latency_runs": 0, "requantization": "float"}, tmp_path
+    )
     r = res.report
     assert r["ort_fused_int8_convs"] > 0 and r["ort_integer_convs"] == 0
     assert r["agreement"]["within_1"] >= 0.999 and r["agreement"]["within_2"] == 1.0
@@ -98,8 +100,13 @@ def test_b0_bifpn_calibrated_at_128_compiled_at_512_is_bit_exact(tmp_path):
     torch.manual_seed(0)
     model = nets.randomise_bn(build(cfg.values["deploy_model"]), 0).eval()
     backend = OnnxBackend()
-    q = nets.quantize_for_size(model, [nets.scenes(2, seed=s, height=128) for s in (1, 2)], 128,
-                               (size, size), backend=backend)
+    q = nets.quantize_for_size(
+        model,
+        [nets.scenes(2, seed=s, height=128) for s in (1, 2)],
+        128,
+        (size, size),
+        backend=backend,
+    )
     x = nets.scenes(1, seed=9, height=size)
     res = backend.compile(q, {"img": x}, {"latency_runs": 0}, tmp_path)
     agr = res.report["agreement"]
@@ -111,8 +118,13 @@ def test_b0_bifpn_calibrated_at_128_compiled_at_512_is_bit_exact(tmp_path):
     except ImportError:
         return
     nash = NashEBackend()
-    opts = {"name": "b0_512", "out_dir": str(tmp_path), "opt": "O3",
-            "hbm": str(tmp_path / "b0_512.hbm"), "layer_details": False}
+    opts = {
+        "name": "b0_512",
+        "out_dir": str(tmp_path),
+        "opt": "O3",
+        "hbm": str(tmp_path / "b0_512.hbm"),
+        "layer_details": False,
+    }
     program = nash.load(nash.compile(q, {"img": x}, opts, tmp_path).artifact)
     out = nash.run(program, {"img": x})
     assert len(out) == len(ref)

@@ -21,9 +21,12 @@ def compiled(trained, tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx_compile")
     backend = OnnxBackend()
     x = trained["batch"]["img"][:2]
-    result = backend.compile(trained["deploy"], {"img": x},
-                             {"out_dir": str(out), "name": "tiny", "latency_runs": 10,
-                              "warmup_runs": 2, "threads": 1}, out)
+    result = backend.compile(
+        trained["deploy"],
+        {"img": x},
+        {"out_dir": str(out), "name": "tiny", "latency_runs": 10, "warmup_runs": 2, "threads": 1},
+        out,
+    )
     return {"backend": backend, "result": result, "out": out, "x": x}
 
 
@@ -42,8 +45,9 @@ def test_registered_with_schema_alias_and_command():
 
 
 def test_registration_modules_do_not_import_torch(fcos_torch_free):
-    fcos_torch_free("fcos_plugin_onnx.plugin", "fcos_plugin_onnx.schema",
-                    forbidden=("torch", "onnxruntime"))
+    fcos_torch_free(
+        "fcos_plugin_onnx.plugin", "fcos_plugin_onnx.schema", forbidden=("torch", "onnxruntime")
+    )
 
 
 def test_compile_writes_one_onnx_file_and_a_report(compiled):
@@ -56,8 +60,19 @@ def test_compile_writes_one_onnx_file_and_a_report(compiled):
     assert r["nodes"] == sum(r["nodes_by_op"].values())
     # integer requantization (the default): ConvInteger + int64 multiplier/shift arithmetic
     assert r["requantization"] == "integer"
-    assert {"QuantizeLinear", "DequantizeLinear", "ConvInteger", "Mul", "Mod", "Div", "Clip",
-            "MaxPool", "Resize", "Concat", "ReduceMax"} <= set(r["nodes_by_op"])
+    assert {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "ConvInteger",
+        "Mul",
+        "Mod",
+        "Div",
+        "Clip",
+        "MaxPool",
+        "Resize",
+        "Concat",
+        "ReduceMax",
+    } <= set(r["nodes_by_op"])
     assert r["ort_integer_convs"] == r["nodes_by_op"]["ConvInteger"] > 0
     lat = r["latency"]
     assert lat["batch"] == 1 and lat["runs"] == 10 and lat["threads"] == 1
@@ -81,8 +96,9 @@ def test_load_and_run_give_the_deploy_models_output_structure(compiled, trained)
     for o, r in zip(outs, ref):
         assert isinstance(o, np.ndarray) and o.shape == tuple(r.shape)
         assert o.dtype == np.int16 and r.dtype == torch.int16
-    diff = np.concatenate([np.abs(o.astype(np.int64) - r.numpy()).ravel()
-                           for o, r in zip(outs, ref)])
+    diff = np.concatenate(
+        [np.abs(o.astype(np.int64) - r.numpy()).ravel() for o, r in zip(outs, ref)]
+    )
     assert (diff <= 1).mean() >= 0.999 and diff.max() <= 2
     meta = program.meta
     assert meta["detection"]["strides"] == nets.STRIDES and meta["input"]["dtype"] == "float32"
@@ -102,12 +118,13 @@ def test_unreadable_damaged_and_foreign_files_are_user_errors(compiled, tmp_path
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["img"], ["out"])], "foreign",
+        [helper.make_node("Relu", ["img"], ["out"])],
+        "foreign",
         [helper.make_tensor_value_info("img", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 8, 8])])
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 8, 8])],
+    )
     foreign = tmp_path / "f.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]),
-              str(foreign))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(foreign))
     with pytest.raises(FcosUserError, match="not written by fcos-plugin-onnx") as e:
         backend.load(foreign)
     assert e.value.hint
@@ -135,23 +152,32 @@ def test_compile_refuses_a_float_model_and_bad_options(tmp_path, trained):
     with pytest.raises(FcosUserError, match="not a quantized deploy model"):
         backend.compile(nets.make_fcos(train=False), {"img": (1, 3, 64, 64)}, {}, tmp_path)
     with pytest.raises(FcosUserError, match="not available"):
-        backend.compile(trained["deploy"], {"img": (1, 3, 64, 64)},
-                        {"providers": ["NoSuchExecutionProvider"]}, tmp_path)
+        backend.compile(
+            trained["deploy"],
+            {"img": (1, 3, 64, 64)},
+            {"providers": ["NoSuchExecutionProvider"]},
+            tmp_path,
+        )
     with pytest.raises(FcosUserError, match="opset"):
         backend.compile(trained["deploy"], {"img": (1, 3, 64, 64)}, {"opset": 20}, tmp_path)
     with pytest.raises(FcosUserError, match="input_source"):
-        backend.compile(trained["deploy"], {"img": (1, 3, 64, 64)},
-                        {"input_source": ["ddr", "ddr"]}, tmp_path)
+        backend.compile(
+            trained["deploy"], {"img": (1, 3, 64, 64)}, {"input_source": ["ddr", "ddr"]}, tmp_path
+        )
     with pytest.raises(FcosUserError, match="requantization: integer needs activation_dtype"):
-        backend.compile(trained["deploy"], {"img": (1, 3, 64, 64)},
-                        {"activation_dtype": "int8"}, tmp_path)
+        backend.compile(
+            trained["deploy"], {"img": (1, 3, 64, 64)}, {"activation_dtype": "int8"}, tmp_path
+        )
 
 
 def test_pyramid_compile_reports_agreement_on_uint8_planes(trained, tmp_path):
     backend = OnnxBackend()
-    res = backend.compile(trained["deploy"], {"img": (1, 3, 64, 64)},
-                          {"input_source": ["pyramid"], "latency_runs": 2, "warmup_runs": 0},
-                          tmp_path)
+    res = backend.compile(
+        trained["deploy"],
+        {"img": (1, 3, 64, 64)},
+        {"input_source": ["pyramid"], "latency_runs": 2, "warmup_runs": 0},
+        tmp_path,
+    )
     assert res.report["input"]["dtype"] == "uint8" and res.report["input"]["source"] == "pyramid"
     assert res.report["agreement"]["within_2"] == 1.0
     program = backend.load(res.artifact)
@@ -167,9 +193,12 @@ def test_latency_threading_follows_the_wait_policy(trained, tmp_path, monkeypatc
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert not spinning_allowed() and default_threads() == 2
-    res = OnnxBackend().compile(trained["deploy"], {"img": (1, 3, 64, 64)},
-                                {"latency_runs": 3, "warmup_runs": 0,
-                                 "agreement_check": False}, tmp_path)
+    res = OnnxBackend().compile(
+        trained["deploy"],
+        {"img": (1, 3, 64, 64)},
+        {"latency_runs": 3, "warmup_runs": 0, "agreement_check": False},
+        tmp_path,
+    )
     lat = res.report["latency"]
     assert lat["spinning"] is False and lat["threads"] == 2 and lat["runs"] == 3
     assert res.report["agreement"] is None
@@ -219,8 +248,9 @@ def test_detect_decodes_like_the_quantized_eval_model(compiled, trained):
         assert torch.allclose(g["scores"], w["scores"], atol=1e-5)
 
 
-def test_compile_reports_disagreement_and_leaves_the_rule_to_the_stage(trained, tmp_path,
-                                                                      monkeypatch):
+def test_compile_reports_disagreement_and_leaves_the_rule_to_the_stage(
+    trained, tmp_path, monkeypatch
+):
     """ORT's first output moved by 5 steps: the compile report says so (agreement_ok false,
     the worst output named) and the compile itself succeeds; failing beyond one step on
     more than 0.1 % of the codes is the compile stage's rule for every backend (fcos core,
@@ -235,12 +265,17 @@ def test_compile_reports_disagreement_and_leaves_the_rule_to_the_stage(trained, 
         return real(ref, cand, specs)
 
     monkeypatch.setattr(agreement_mod, "code_agreement", shifted)
-    res = OnnxBackend().compile(trained["deploy"], {"img": (1, 3, 64, 64)},
-                                {"latency_runs": 0}, tmp_path)
+    res = OnnxBackend().compile(
+        trained["deploy"], {"img": (1, 3, 64, 64)}, {"latency_runs": 0}, tmp_path
+    )
     report = json.loads((tmp_path / "model_onnx_report.json").read_text())
     assert report["agreement_ok"] is False and res.report["agreement_ok"] is False
     assert report["agreement"]["worst_output"] == "cls_8"
     assert report["agreement"]["max_steps"] == 5 and (tmp_path / "model.onnx").is_file()
     with pytest.raises(FcosUserError, match=r"unknown option.*allow_disagreement"):
-        OnnxBackend().compile(trained["deploy"], {"img": (1, 3, 64, 64)},
-                              {"latency_runs": 0, "allow_disagreement": True}, tmp_path)
+        OnnxBackend().compile(
+            trained["deploy"],
+            {"img": (1, 3, 64, 64)},
+            {"latency_runs": 0, "allow_disagreement": True},
+            tmp_path,
+        )

@@ -94,8 +94,12 @@ def setup(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("onnx_cfg")
     demo, ckpt = root / "demo", root / "ckpt"
-    ensure_demo(str(demo), DemoParams(num_train=2, num_val=8, image_size=64, min_object=12,
-                                      max_object=40, max_objects=3))
+    ensure_demo(
+        str(demo),
+        DemoParams(
+            num_train=2, num_val=8, image_size=64, min_object=12, max_object=40, max_objects=3
+        ),
+    )
     path = root / "tiny.yaml"
     path.write_text(CONFIG.format(ckpt=ckpt, demo=demo))
     host = load_host(plugins=[("onnx-test-stand-ins", nets.StandIns())])
@@ -133,11 +137,12 @@ def test_evaluate_onnx_vs_int_infer(setup):
 def test_onnx_compare_command_json(setup, capsys):
     from fcos_plugin_onnx.compare import compare_command
 
-    args = argparse.Namespace(config=str(setup["path"]), overrides=[], max_batches=1,
-                              threads=1, out_dir=None, json=True)
+    args = argparse.Namespace(
+        config=str(setup["path"]), overrides=[], max_batches=1, threads=1, out_dir=None, json=True
+    )
     assert compare_command(args, setup["host"]) == 0
     text = capsys.readouterr().out  # log lines (unconfigured structlog) come before the JSON
-    out = json.loads(text[text.index("{\n"):])
+    out = json.loads(text[text.index("{\n") :])
     assert out["images"] == 4 and set(out) >= {"int_infer", "onnx", "mAP_difference"}
 
 
@@ -159,7 +164,8 @@ def test_compile_stage_with_march_onnx(setup, tmp_path):
     assert onnx["backend"] == "onnx" and onnx["within_0"] == 1.0 and onnx["max_steps"] == 0
     assert table["agreement"]["images"] == 8
     assert {p["name"] for p in table["agreement"]["per_output"]} == {
-        o["name"] for o in report["outputs"]}  # the core names every output as the export
+        o["name"] for o in report["outputs"]
+    }  # the core names every output as the export
     assert onnx["mAP"] is not None and onnx["mAP"] == integer["mAP"]
     assert onnx["p50_ms"] > 0 and integer["p50_ms"] > 0
     assert (tmp_path / "deploy_table.csv").is_file()
@@ -197,7 +203,8 @@ def test_unknown_compile_option_is_a_config_error(setup, tmp_path):
     from fcos_core.errors import ConfigError
 
     bad = tmp_path / "bad.yaml"
-    bad.write_text(setup["path"].read_text().replace("  warmup_runs: 1\n",
-                                                     "  warmup_runs: 1\n  opt: O3\n"))
+    bad.write_text(
+        setup["path"].read_text().replace("  warmup_runs: 1\n", "  warmup_runs: 1\n  opt: O3\n")
+    )
     with pytest.raises(ConfigError, match="unknown key 'opt'"):
         load_config(str(bad), setup["host"], [])

@@ -20,20 +20,26 @@ def _session(exported, optimized_path=None):
     so.log_severity_level = 3
     if optimized_path:
         so.optimized_model_filepath = str(optimized_path)
-    return ort.InferenceSession(exported.model.SerializeToString(), so,
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        exported.model.SerializeToString(), so, providers=["CPUExecutionProvider"]
+    )
 
 
 def _export(model, **kw):
     kw.setdefault("input_shape", (1, 3, nets.SIZE, nets.SIZE))
     kw.setdefault("strides", nets.STRIDES)
-    return build_qdq_model(integer_program(model.body), model.body.outputs,
-                           dequant_output=model.body.dequant_output, **kw)
+    return build_qdq_model(
+        integer_program(model.body),
+        model.body.outputs,
+        dequant_output=model.body.dequant_output,
+        **kw,
+    )
 
 
 def _specs(exported):
-    return [{"name": s.name, "scale": s.scale, "zero_point": s.zero_point}
-            for s in exported.outputs]
+    return [
+        {"name": s.name, "scale": s.scale, "zero_point": s.zero_point} for s in exported.outputs
+    ]
 
 
 @pytest.mark.parametrize("uint8", [True, False])

@@ -42,23 +42,30 @@ from fcos_plugin_tensorrt.schema import TensorRTCompileOptions
 
 #: integer dtypes TensorRT's explicit quantization accepts in a Q/DQ pair
 TRT_QDQ_DTYPES = ("int8",)
-_INT8_HINT = ("TensorRT's explicit quantization takes int8 Q/DQ only: set int8_output: true "
-              "and int16_output: false on the FCOS head of both model and deploy_model (in the "
-              "shipped configs vars.head and deploy_model.head, which copies it when the file "
-              "is read) and run QAT and int_infer again")
+_INT8_HINT = (
+    "TensorRT's explicit quantization takes int8 Q/DQ only: set int8_output: true "
+    "and int16_output: false on the FCOS head of both model and deploy_model (in the "
+    "shipped configs vars.head and deploy_model.head, which copies it when the file "
+    "is read) and run QAT and int_infer again"
+)
 
 
-def resolve_options(defaults: Mapping[str, Any], options: Mapping[str, Any],
-                    out_dir: Path | None) -> dict[str, Any]:
+def resolve_options(
+    defaults: Mapping[str, Any], options: Mapping[str, Any], out_dir: Path | None
+) -> dict[str, Any]:
     """The backend's defaults, then the config's ``compile_cfg`` (without ``march``), checked."""
     opts = resolve_compile_options(TensorRTCompileOptions, "tensorrt", defaults, options, out_dir)
     if not 1 <= int(opts["opt_batch"]) <= int(opts["max_batch"]):
-        raise FcosUserError(f"compile_cfg: opt_batch {opts['opt_batch']} must be between 1 and "
-                            f"max_batch {opts['max_batch']}", hint="e.g. opt_batch: 1, "
-                                                                   "max_batch: 8")
+        raise FcosUserError(
+            f"compile_cfg: opt_batch {opts['opt_batch']} must be between 1 and "
+            f"max_batch {opts['max_batch']}",
+            hint="e.g. opt_batch: 1, max_batch: 8",
+        )
     if int(opts["latency_runs"]) < 0 or int(opts["warmup_runs"]) < 0:
-        raise FcosUserError("compile_cfg.latency_runs and warmup_runs must be >= 0",
-                            hint="use 0 to skip the latency measurement")
+        raise FcosUserError(
+            "compile_cfg.latency_runs and warmup_runs must be >= 0",
+            hint="use 0 to skip the latency measurement",
+        )
     if int(opts["workspace_mib"]) < 1:
         raise FcosUserError("compile_cfg.workspace_mib must be >= 1", hint="e.g. 1024")
     return opts
@@ -71,9 +78,13 @@ def engine_path(opts: Mapping[str, Any]) -> Path:
 
 def int8_only_issues(records: Sequence[Any]) -> list[CheckIssue]:
     """One issue per value of the integer program TensorRT's Q/DQ cannot hold."""
-    return [CheckIssue(layer=r.op.name, op=r.op.kind,
-                       reason=f"produces an {r.op.dtype} value; {_INT8_HINT}")
-            for r in records if r.op.kind != "quantize" and r.op.dtype not in TRT_QDQ_DTYPES]
+    return [
+        CheckIssue(
+            layer=r.op.name, op=r.op.kind, reason=f"produces an {r.op.dtype} value; {_INT8_HINT}"
+        )
+        for r in records
+        if r.op.kind != "quantize" and r.op.dtype not in TRT_QDQ_DTYPES
+    ]
 
 
 @attrs.define
@@ -119,8 +130,13 @@ class TensorRTBackend(CompileBackend):
         head = getattr(model, "head", None)
         if head is not None and not getattr(head, "int8_output", True):
             wide = "int16" if getattr(head, "int16_output", False) else "int32"
-            issues.append(CheckIssue(layer="head", op=type(head).__name__,
-                                     reason=f"its outputs would be {wide}; {_INT8_HINT}"))
+            issues.append(
+                CheckIssue(
+                    layer="head",
+                    op=type(head).__name__,
+                    reason=f"its outputs would be {wide}; {_INT8_HINT}",
+                )
+            )
         return issues
 
     # -- compile -------------------------------------------------------------------------
@@ -128,8 +144,13 @@ class TensorRTBackend(CompileBackend):
     def artifact_path(self, options: Mapping[str, Any], out_dir: Path) -> Path | None:
         return engine_path(resolve_options(self.options, options, Path(out_dir)))
 
-    def compile(self, model: Any, example_inputs: Mapping[str, Any], options: Mapping[str, Any],
-                out_dir: Path) -> CompileResult:
+    def compile(
+        self,
+        model: Any,
+        example_inputs: Mapping[str, Any],
+        options: Mapping[str, Any],
+        out_dir: Path,
+    ) -> CompileResult:
         import torch
 
         from fcos_core.atomic_write import write_atomically
@@ -156,19 +177,30 @@ class TensorRTBackend(CompileBackend):
         if wide:
             raise FcosUserError(
                 f"compile_cfg (march tensorrt): {len(wide)} value(s) are not int8, e.g. "
-                + "; ".join(i.render() for i in wide[:3]), hint=_INT8_HINT)
+                + "; ".join(i.render() for i in wide[:3]),
+                hint=_INT8_HINT,
+            )
         x = example_image_tensor(example_inputs)
         det = post_process_params(model)
         try:
             exported = build_qdq_model(
-                records, int_model.outputs, input_shape=tuple(x.shape), dequant_output=True,
-                opset=int(opts["opset"]), strides=det["strides"] if det else None,
-                max_logit=post is not None, pyramid_input=False, uint8_activations=False,
-                graph_name=str(opts["name"]))
+                records,
+                int_model.outputs,
+                input_shape=tuple(x.shape),
+                dequant_output=True,
+                opset=int(opts["opset"]),
+                strides=det["strides"] if det else None,
+                max_logit=post is not None,
+                pyramid_input=False,
+                uint8_activations=False,
+                graph_name=str(opts["name"]),
+            )
         except ExportError as exc:
-            raise FcosUserError(f"compile_cfg (march tensorrt): cannot export the quantized "
-                                f"model to QDQ ONNX: {exc}",
-                                hint="see `fcos check CONFIG --model`") from None
+            raise FcosUserError(
+                f"compile_cfg (march tensorrt): cannot export the quantized "
+                f"model to QDQ ONNX: {exc}",
+                hint="see `fcos check CONFIG --model`",
+            ) from None
         out = Path(str(opts["out_dir"]))
         out.mkdir(parents=True, exist_ok=True)
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(opts["name"])) or "model"
@@ -177,17 +209,35 @@ class TensorRTBackend(CompileBackend):
         onnx_path = write_atomically(out / f"{safe}.qdq.onnx", lambda f: f.write(onnx_bytes))
         device = int(opts["device"])
         engine, build_info = build_engine(
-            onnx_bytes, exported.input_name, tuple(x.shape[1:]), max_batch=int(opts["max_batch"]),
-            opt_batch=int(opts["opt_batch"]), workspace_mib=int(opts["workspace_mib"]),
-            fp16=bool(opts["fp16"]), timing_cache=opts.get("timing_cache"))
-        outputs = [{"name": s.name, "value": s.value, "dtype": "float32",
-                    "scale": list(s.scale), "kind": s.kind, "zero_point": 0}
-                   for s in exported.outputs]
+            onnx_bytes,
+            exported.input_name,
+            tuple(x.shape[1:]),
+            max_batch=int(opts["max_batch"]),
+            opt_batch=int(opts["opt_batch"]),
+            workspace_mib=int(opts["workspace_mib"]),
+            fp16=bool(opts["fp16"]),
+            timing_cache=opts.get("timing_cache"),
+        )
+        outputs = [
+            {
+                "name": s.name,
+                "value": s.value,
+                "dtype": "float32",
+                "scale": list(s.scale),
+                "kind": s.kind,
+                "zero_point": 0,
+            }
+            for s in exported.outputs
+        ]
         meta = {
             "producer": f"fcos-plugin-tensorrt {__version__}",
             "name": str(opts["name"]),
-            "input": {"name": exported.input_name, "dtype": "float32",
-                      "shape": list(exported.input_shape), "normalisation": "by the caller"},
+            "input": {
+                "name": exported.input_name,
+                "dtype": "float32",
+                "shape": list(exported.input_shape),
+                "normalisation": "by the caller",
+            },
             "outputs": outputs,
             "detection": det,
             "gpu": gpu_name(device),
@@ -207,9 +257,13 @@ class TensorRTBackend(CompileBackend):
         latency = None
         if int(opts["latency_runs"]) > 0:
             one = x[:1].to(runner.device)
-            latency = {"batch": 1, "device": meta["gpu"],
-                       **measure_latency(lambda: runner(one), int(opts["latency_runs"]),
-                                         int(opts["warmup_runs"]))}
+            latency = {
+                "batch": 1,
+                "device": meta["gpu"],
+                **measure_latency(
+                    lambda: runner(one), int(opts["latency_runs"]), int(opts["warmup_runs"])
+                ),
+            }
         nodes: dict[str, int] = {}
         for node in exported.model.graph.node:
             nodes[node.op_type] = nodes.get(node.op_type, 0) + 1
@@ -230,8 +284,9 @@ class TensorRTBackend(CompileBackend):
             "compile_seconds": time.perf_counter() - t0,
         }
         text = json.dumps(report, indent=1, sort_keys=True).encode()
-        report_path = write_atomically(out / f"{safe}_tensorrt_report.json",
-                                       lambda f: f.write(text))
+        report_path = write_atomically(
+            out / f"{safe}_tensorrt_report.json", lambda f: f.write(text)
+        )
         return CompileResult(artifact=path, report=report, files=(report_path, onnx_path))
 
     # -- execute -------------------------------------------------------------------------
@@ -241,8 +296,9 @@ class TensorRTBackend(CompileBackend):
         from fcos_plugin_tensorrt.runtime import EngineRunner
 
         engine, meta = read_engine_file(artifact)
-        runner = EngineRunner(engine, [o["name"] for o in meta["outputs"]],
-                              int(self.options.get("device", 0)))
+        runner = EngineRunner(
+            engine, [o["name"] for o in meta["outputs"]], int(self.options.get("device", 0))
+        )
         return TensorRTProgram(runner=runner, meta=meta)
 
     def run(self, program: Any, inputs: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -263,8 +319,13 @@ class TensorRTBackend(CompileBackend):
             return None
         outs = [t.float().cpu() for t in program.runner(images)]
         post = FCOSMultiStrideFilter(
-            det["strides"], threshold=det["threshold"], score_threshold=det["score_threshold"],
-            iou_threshold=det["iou_threshold"], nms_pre=det["nms_pre"],
-            max_per_img=det["max_per_img"], max_shape=det["max_shape"])
+            det["strides"],
+            threshold=det["threshold"],
+            score_threshold=det["score_threshold"],
+            iou_threshold=det["iou_threshold"],
+            nms_pre=det["nms_pre"],
+            max_per_img=det["max_per_img"],
+            max_shape=det["max_shape"],
+        )
         h, w = int(images.shape[2]), int(images.shape[3])
         return post.detect(outs, (h, w), bbox_upscaled=det["bbox_upscaled"])

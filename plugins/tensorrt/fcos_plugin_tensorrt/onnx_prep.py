@@ -42,8 +42,7 @@ def fold_int32_dequantize(model: Any) -> int:
             scale = scale.reshape(shape)
             zp = zp.reshape(shape) if zp.ndim == 1 else zp
         value = (q.astype(np.int64) - zp).astype(np.float32) * scale
-        graph.initializer.append(numpy_helper.from_array(value.astype(np.float32),
-                                                         node.output[0]))
+        graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), node.output[0]))
         folded.append(node)
     for node in folded:
         graph.node.remove(node)

@@ -12,5 +12,9 @@ from fcos_plugin_tensorrt.schema import TensorRTCompileOptions
 
 @hookimpl
 def register_compile_backends(register):
-    register("tensorrt", factory="fcos_plugin_tensorrt.backend:TensorRTBackend",
-             schema=TensorRTCompileOptions, aliases=["TensorRT", "trt"])
+    register(
+        "tensorrt",
+        factory="fcos_plugin_tensorrt.backend:TensorRTBackend",
+        schema=TensorRTCompileOptions,
+        aliases=["TensorRT", "trt"],
+    )

@@ -16,8 +16,10 @@ from typing import Any
 
 from fcos_core.errors import FcosUserError
 
-INSTALL_HINT = ("install it on a machine with an NVIDIA GPU: pip install "
-                "'fcos-plugin-tensorrt[tensorrt]' (the tensorrt wheel matching your CUDA)")
+INSTALL_HINT = (
+    "install it on a machine with an NVIDIA GPU: pip install "
+    "'fcos-plugin-tensorrt[tensorrt]' (the tensorrt wheel matching your CUDA)"
+)
 
 
 def tensorrt_missing() -> str | None:
@@ -53,9 +55,17 @@ def gpu_name(device: int) -> str:
     return torch.cuda.get_device_name(device)
 
 
-def build_engine(onnx_model: bytes, input_name: str, chw: Sequence[int], *, max_batch: int,
-                 opt_batch: int, workspace_mib: int, fp16: bool,
-                 timing_cache: str | None = None) -> tuple[bytes, dict[str, Any]]:
+def build_engine(
+    onnx_model: bytes,
+    input_name: str,
+    chw: Sequence[int],
+    *,
+    max_batch: int,
+    opt_batch: int,
+    workspace_mib: int,
+    fp16: bool,
+    timing_cache: str | None = None,
+) -> tuple[bytes, dict[str, Any]]:
     """Serialized engine of an ONNX model with a dynamic batch; and how it was built."""
     trt = require_tensorrt()
     logger = _logger(trt)
@@ -71,10 +81,12 @@ def build_engine(onnx_model: bytes, input_name: str, chw: Sequence[int], *, max_
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_model):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise FcosUserError(f"TensorRT cannot parse the QDQ ONNX export: {errors[:1500]}",
-                            hint="`fcos check CONFIG --model` lists the layers; TensorRT's "
-                                 "explicit quantization takes int8 Q/DQ only (set the head's "
-                                 "int16_output: false)")
+        raise FcosUserError(
+            f"TensorRT cannot parse the QDQ ONNX export: {errors[:1500]}",
+            hint="`fcos check CONFIG --model` lists the layers; TensorRT's "
+            "explicit quantization takes int8 Q/DQ only (set the head's "
+            "int16_output: false)",
+        )
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
     if not strongly_typed:
@@ -88,25 +100,39 @@ def build_engine(onnx_model: bytes, input_name: str, chw: Sequence[int], *, max_
         config.set_timing_cache(cache, ignore_mismatch=False)
     profile = builder.create_optimization_profile()
     c, h, w = (int(v) for v in chw)
-    profile.set_shape(input_name, (1, c, h, w), (int(opt_batch), c, h, w),
-                      (int(max_batch), c, h, w))
+    profile.set_shape(
+        input_name, (1, c, h, w), (int(opt_batch), c, h, w), (int(max_batch), c, h, w)
+    )
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise FcosUserError("TensorRT could not build an engine from the QDQ ONNX export (its "
-                            "log above says why)",
-                            hint="raise compile_cfg.workspace_mib, or check the layers with "
-                                 "`fcos check CONFIG --model`")
+        raise FcosUserError(
+            "TensorRT could not build an engine from the QDQ ONNX export (its log above says why)",
+            hint="raise compile_cfg.workspace_mib, or check the layers with "
+            "`fcos check CONFIG --model`",
+        )
     if cache is not None:
         Path(timing_cache).write_bytes(bytes(cache.serialize()))
-    info = {"tensorrt": trt.__version__, "strongly_typed": strongly_typed,
-            "fp16_flag": bool(fp16 and not strongly_typed), "max_batch": int(max_batch),
-            "opt_batch": int(opt_batch)}
+    info = {
+        "tensorrt": trt.__version__,
+        "strongly_typed": strongly_typed,
+        "fp16_flag": bool(fp16 and not strongly_typed),
+        "max_batch": int(max_batch),
+        "opt_batch": int(opt_batch),
+    }
     return bytes(serialized), info
 
 
-_DTYPES = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32",
-           "INT64": "int64", "BOOL": "bool", "UINT8": "uint8", "BF16": "bfloat16"}
+_DTYPES = {
+    "FLOAT": "float32",
+    "HALF": "float16",
+    "INT8": "int8",
+    "INT32": "int32",
+    "INT64": "int64",
+    "BOOL": "bool",
+    "UINT8": "uint8",
+    "BF16": "bfloat16",
+}
 
 
 class EngineRunner:
@@ -121,17 +147,22 @@ class EngineRunner:
         self._runtime = trt.Runtime(_logger(trt))
         self.engine = self._runtime.deserialize_cuda_engine(engine)
         if self.engine is None:
-            raise FcosUserError("TensorRT cannot load this engine: it was built by another "
-                                "TensorRT version or for another GPU",
-                                hint="compile again on this machine")
+            raise FcosUserError(
+                "TensorRT cannot load this engine: it was built by another "
+                "TensorRT version or for another GPU",
+                hint="compile again on this machine",
+            )
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         mode = trt.TensorIOMode.INPUT
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == mode]
         missing = [n for n in output_names if n not in names]
         if len(self.inputs) != 1 or missing:
-            raise FcosUserError(f"the engine's tensors {names} do not match its metadata "
-                                f"(outputs {list(output_names)})", hint="compile again")
+            raise FcosUserError(
+                f"the engine's tensors {names} do not match its metadata "
+                f"(outputs {list(output_names)})",
+                hint="compile again",
+            )
         self.outputs = list(output_names)
 
     def _torch_dtype(self, name: str) -> Any:

@@ -17,4 +17,3 @@ if HELPERS not in sys.path:
 
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
-

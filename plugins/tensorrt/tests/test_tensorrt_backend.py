@@ -27,8 +27,13 @@ def quantized():
     calib = [nets.images(4, seed=1), nets.images(4, seed=2)]
     out = {}
     for name, int8 in (("int8", True), ("int16", False)):
-        float_model = nets.make_fcos(train=False, for_compile=True, dequant_output=False,
-                                     int8_output=int8, int16_output=not int8)
+        float_model = nets.make_fcos(
+            train=False,
+            for_compile=True,
+            dequant_output=False,
+            int8_output=int8,
+            int16_output=not int8,
+        )
         out[name] = nets.quantize(nets.randomise_bn(float_model, 0).eval(), calib)
     return out
 
@@ -45,8 +50,11 @@ def test_registered_with_schema_and_aliases():
 
 
 def test_registration_imports_neither_torch_nor_tensorrt(fcos_torch_free):
-    fcos_torch_free("fcos_plugin_tensorrt.plugin", "fcos_plugin_tensorrt.schema",
-                    forbidden=("torch", "tensorrt"))
+    fcos_torch_free(
+        "fcos_plugin_tensorrt.plugin",
+        "fcos_plugin_tensorrt.schema",
+        forbidden=("torch", "tensorrt"),
+    )
 
 
 def test_options_defaults_and_errors(tmp_path):
@@ -56,8 +64,10 @@ def test_options_defaults_and_errors(tmp_path):
         resolve_options({}, {"nope": 1}, tmp_path)
     with pytest.raises(FcosUserError, match="opt_batch"):
         resolve_options({}, {"opt_batch": 9, "max_batch": 8}, tmp_path)
-    assert TensorRTBackend().artifact_path({"engine_file": "e.fcos-trt"}, tmp_path) == \
-        tmp_path / "e.fcos-trt"
+    assert (
+        TensorRTBackend().artifact_path({"engine_file": "e.fcos-trt"}, tmp_path)
+        == tmp_path / "e.fcos-trt"
+    )
 
 
 def test_engine_file_roundtrip_and_damage(tmp_path):
@@ -96,7 +106,8 @@ def test_check_wants_int8_outputs_everywhere(quantized):
 
     records = integer_program(quantized["int16"].body)
     assert len(int8_only_issues(records)) == sum(
-        1 for r in records if r.op.kind != "quantize" and r.op.dtype != "int8")
+        1 for r in records if r.op.kind != "quantize" and r.op.dtype != "int8"
+    )
     float_head = nets.make_fcos(train=False, for_compile=True, int16_output=True)
     assert any(i.layer == "head" for i in backend.check(float_head, x))
 
@@ -105,8 +116,12 @@ def test_check_wants_int8_outputs_everywhere(quantized):
 @pytest.mark.skipif(_WHY is None, reason="TensorRT is available here")
 def test_compile_without_tensorrt_says_what_to_install(quantized, tmp_path):
     with pytest.raises(FcosUserError) as e:
-        TensorRTBackend().compile(quantized["int8"], {"img": (1, 3, nets.SIZE, nets.SIZE)},
-                                  {"out_dir": str(tmp_path)}, tmp_path)
+        TensorRTBackend().compile(
+            quantized["int8"],
+            {"img": (1, 3, nets.SIZE, nets.SIZE)},
+            {"out_dir": str(tmp_path)},
+            tmp_path,
+        )
     assert "fcos-plugin-tensorrt[tensorrt]" in e.value.hint
     assert list(tmp_path.iterdir()) == []  # nothing written
 
@@ -117,9 +132,12 @@ def test_engine_builds_runs_agrees_and_detects(quantized, tmp_path):
     backend = TensorRTBackend()
     model = quantized["int8"]
     x = nets.images(2, seed=5)
-    result = backend.compile(model, {"img": x}, {"out_dir": str(tmp_path), "name": "tiny",
-                                                 "latency_runs": 20, "warmup_runs": 5},
-                             tmp_path)
+    result = backend.compile(
+        model,
+        {"img": x},
+        {"out_dir": str(tmp_path), "name": "tiny", "latency_runs": 20, "warmup_runs": 5},
+        tmp_path,
+    )
     report = result.report
     assert result.artifact.is_file() and report["latency"]["p50_ms"] > 0
     # explicit int8: TensorRT's int8 kernels round like the integer model, up to one step
@@ -153,16 +171,20 @@ def test_folding_int32_bias_dequantize_keeps_the_graphs_outputs(quantized):
     int_model, post = find_integer_model(model)
     x = nets.images(2, seed=3).numpy()
     exported = build_qdq_model(
-        integer_program(int_model), int_model.outputs, input_shape=x.shape, dequant_output=True,
-        strides=post_process_params(model)["strides"], max_logit=post is not None,
-        uint8_activations=False)
+        integer_program(int_model),
+        int_model.outputs,
+        input_shape=x.shape,
+        dequant_output=True,
+        strides=post_process_params(model)["strides"],
+        max_logit=post is not None,
+        uint8_activations=False,
+    )
 
     def run(m):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        sess = ort.InferenceSession(m.SerializeToString(), opts,
-                                    providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         return sess.run(None, {exported.input_name: x})
 
     before = run(exported.model)

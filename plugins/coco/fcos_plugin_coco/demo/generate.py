@@ -45,8 +45,15 @@ MARKER = ".fcos-demo.json"
 PENDING = ".fcos-demo-pending.json"
 LOCK = ".fcos-demo.lock"
 #: what the demo writes into its folder (and may therefore replace)
-TARGETS = ("images", "instances_train.json", "instances_val.json", "train_lmdb", "val_lmdb",
-           "train_lmdb.summary.json", "val_lmdb.summary.json")
+TARGETS = (
+    "images",
+    "instances_train.json",
+    "instances_val.json",
+    "train_lmdb",
+    "val_lmdb",
+    "train_lmdb.summary.json",
+    "val_lmdb.summary.json",
+)
 _DEMO_IMAGE = re.compile(r"\d{6}\.jpg")
 _TMP_PREFIX = ".fcos-demo-tmp-"
 _SPLITS = (("train", 0), ("val", 1))
@@ -58,6 +65,7 @@ def _positive(name: str):
     def check(inst: Any, attribute: Any, value: int) -> None:
         if not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
     return check
 
 
@@ -77,14 +85,18 @@ class DemoParams:
         if self.image_size < 32:
             raise ValueError(f"image_size must be >= 32, got {self.image_size}")
         if self.max_object < 4:
-            raise ValueError(f"max_object must be >= 4, got {self.max_object} (a smaller shape "
-                             "covers under 16 pixels and is never annotated)")
+            raise ValueError(
+                f"max_object must be >= 4, got {self.max_object} (a smaller shape "
+                "covers under 16 pixels and is never annotated)"
+            )
         if self.min_object > self.max_object:
-            raise ValueError(f"min_object ({self.min_object}) must be <= max_object "
-                             f"({self.max_object})")
+            raise ValueError(
+                f"min_object ({self.min_object}) must be <= max_object ({self.max_object})"
+            )
         if self.min_object * 4 > self.image_size * 3:
-            raise ValueError(f"min_object ({self.min_object}) must fit in 3/4 of image_size "
-                             f"({self.image_size})")
+            raise ValueError(
+                f"min_object ({self.min_object}) must fit in 3/4 of image_size ({self.image_size})"
+            )
 
 
 #: parameters used by ``demo_if_missing`` and as the command's defaults: 128x128 images keep
@@ -100,8 +112,10 @@ def categories() -> list[dict[str, Any]]:
 
 def _image_size(rng: np.random.Generator, size: int) -> tuple[int, int]:
     """Each side is ``size`` half of the time, else 3/4..1 of it (even): keep_ratio matters."""
+
     def side() -> int:
         return size if rng.random() < 0.5 else max(32, int(size * rng.uniform(0.75, 1.0)) // 2 * 2)
+
     return side(), side()
 
 
@@ -124,8 +138,11 @@ def write_split(root: str, split: str, code: int, count: int, p: DemoParams) -> 
         for obj in objs:
             anns.append({"id": len(anns) + 1, "image_id": image_id, **obj})
     data = {
-        "info": {"description": "fcos synthetic shapes demo", "version": "1",
-                 "params": attrs.asdict(p)},
+        "info": {
+            "description": "fcos synthetic shapes demo",
+            "version": "1",
+            "params": attrs.asdict(p),
+        },
         "licenses": [],
         "images": images,
         "annotations": anns,
@@ -161,7 +178,8 @@ def _exclusive(lock_path: str, timeout_s: float = 1800.0) -> Iterator[None]:
             if time.monotonic() > deadline:
                 raise FcosUserError(
                     f"timed out waiting for {lock_path}.x",
-                    hint="delete it if no other fcos process is running") from None
+                    hint="delete it if no other fcos process is running",
+                ) from None
             time.sleep(0.5)
     try:  # pragma: no cover
         yield
@@ -186,8 +204,9 @@ def _remove(path: str) -> None:
 
 
 def _existing_targets(root: str) -> list[str]:
-    return [os.path.join(root, name) for name in TARGETS
-            if os.path.lexists(os.path.join(root, name))]
+    return [
+        os.path.join(root, name) for name in TARGETS if os.path.lexists(os.path.join(root, name))
+    ]
 
 
 def _foreign_files(root: str) -> list[str]:
@@ -208,16 +227,31 @@ def _foreign_files(root: str) -> list[str]:
         walk(images, lambda name, path: name in ("train", "val"))
         for split in ("train", "val"):
             if os.path.lexists(os.path.join(images, split)):
-                walk(os.path.join(images, split),
-                     lambda name, path: bool(_DEMO_IMAGE.fullmatch(name))
-                     and os.path.isfile(path) and not os.path.islink(path))
+                walk(
+                    os.path.join(images, split),
+                    lambda name, path: (
+                        bool(_DEMO_IMAGE.fullmatch(name))
+                        and os.path.isfile(path)
+                        and not os.path.islink(path)
+                    ),
+                )
     for split in ("train", "val"):
         lmdb_dir = os.path.join(root, f"{split}_lmdb")
         if os.path.lexists(lmdb_dir):
-            walk(lmdb_dir, lambda name, path: name in ("data.mdb", "lock.mdb")
-                 and os.path.isfile(path) and not os.path.islink(path))
-    for name in ("instances_train.json", "instances_val.json", "train_lmdb.summary.json",
-                 "val_lmdb.summary.json"):
+            walk(
+                lmdb_dir,
+                lambda name, path: (
+                    name in ("data.mdb", "lock.mdb")
+                    and os.path.isfile(path)
+                    and not os.path.islink(path)
+                ),
+            )
+    for name in (
+        "instances_train.json",
+        "instances_val.json",
+        "train_lmdb.summary.json",
+        "val_lmdb.summary.json",
+    ):
         path = os.path.join(root, name)
         if os.path.lexists(path) and (os.path.islink(path) or not os.path.isfile(path)):
             foreign.append(path)
@@ -240,18 +274,21 @@ def _refuse_foreign(root: str, own: bool) -> None:
             f"{root} already holds {_listing(existing)}, not written by `fcos demo-data` (no "
             f"{MARKER} marker); the demo data would replace them, so nothing was written",
             hint="choose an empty or new folder for the demo data (--out, or the parent folder "
-                 "of data_path/ann_file with demo_if_missing), or move these files away; "
-                 "--force does not replace files the demo did not create")
+            "of data_path/ann_file with demo_if_missing), or move these files away; "
+            "--force does not replace files the demo did not create",
+        )
     foreign = _foreign_files(root)
     if foreign:
         raise FcosUserError(
             f"{root} holds demo data plus files the demo did not write: {_listing(foreign)}; "
             "regenerating would delete them, so nothing was changed",
-            hint="move these files out of the demo folder, or use another folder")
+            hint="move these files out of the demo folder, or use another folder",
+        )
 
 
-def ensure_demo(root: str, params: DemoParams | None = None, *, force: bool = False,
-                progress: bool = False) -> dict[str, Any]:
+def ensure_demo(
+    root: str, params: DemoParams | None = None, *, force: bool = False, progress: bool = False
+) -> dict[str, Any]:
     """Make sure ``root`` holds the demo dataset for ``params``; returns the marker content.
 
     Returns at once when it is already there. A demo made with other parameters is an error
@@ -268,8 +305,9 @@ def ensure_demo(root: str, params: DemoParams | None = None, *, force: bool = Fa
     if marker == wanted:
         return marker
     if os.path.lexists(root) and not os.path.isdir(root):
-        raise FcosUserError(f"{root} exists and is not a folder",
-                            hint="choose a folder path for the demo data")
+        raise FcosUserError(
+            f"{root} exists and is not a folder", hint="choose a folder path for the demo data"
+        )
     own = marker is not None or os.path.lexists(os.path.join(root, PENDING))
     # checked before anything (even the lock file) is created in a folder that is not ours
     _refuse_foreign(root, own)
@@ -279,11 +317,11 @@ def ensure_demo(root: str, params: DemoParams | None = None, *, force: bool = Fa
         if marker == wanted:
             return marker  # another process made it while we waited
         if marker is not None and not force:
-            raise FcosUserError(f"{root} holds demo data made with other settings "
-                                f"({marker.get('params')})",
-                                hint="pass --force to regenerate it, or use another folder")
-        _refuse_foreign(root, marker is not None
-                        or os.path.lexists(os.path.join(root, PENDING)))
+            raise FcosUserError(
+                f"{root} holds demo data made with other settings ({marker.get('params')})",
+                hint="pass --force to regenerate it, or use another folder",
+            )
+        _refuse_foreign(root, marker is not None or os.path.lexists(os.path.join(root, PENDING)))
         for stale in glob.glob(os.path.join(root, _TMP_PREFIX + "*")):
             _remove(stale)
         _write_json(os.path.join(root, PENDING), wanted)
@@ -302,9 +340,14 @@ def ensure_demo(root: str, params: DemoParams | None = None, *, force: bool = Fa
                 # pending marker makes the next call redo an interrupted generation
                 out = os.path.join(root, f"{split}_lmdb")
                 _remove(out)
-                pack_coco(os.path.join(root, "images", split),
-                          os.path.join(root, f"instances_{split}.json"), out,
-                          split_name=split, on_error="stop", progress=progress)
+                pack_coco(
+                    os.path.join(root, "images", split),
+                    os.path.join(root, f"instances_{split}.json"),
+                    out,
+                    split_name=split,
+                    on_error="stop",
+                    progress=progress,
+                )
         finally:
             _remove(tmp)
         _write_json(os.path.join(root, MARKER), wanted)

@@ -47,8 +47,9 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     c0, c1 = _muted(rng), _muted(rng)
     angle = rng.uniform(0, math.pi)
     # broadcasting [1, W] + [H, 1] is cheaper than a full meshgrid
-    proj = (np.arange(w, dtype=np.float32)[None, :] * math.cos(angle)
-            + np.arange(h, dtype=np.float32)[:, None] * math.sin(angle))
+    proj = np.arange(w, dtype=np.float32)[None, :] * math.cos(angle) + np.arange(
+        h, dtype=np.float32
+    )[:, None] * math.sin(angle)
     if kind == 0:  # flat colour with coarse noise
         coarse = rng.standard_normal((h // 8 + 1, w // 8 + 1, 3), dtype=np.float32) * 18
         img = c0 + np.repeat(np.repeat(coarse, 8, 0), 8, 1)[:h, :w]
@@ -62,14 +63,16 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return img.astype(np.float32)
 
 
-def _rotated(points: list[tuple[float, float]], cx: float, cy: float,
-             angle: float) -> list[tuple[float, float]]:
+def _rotated(
+    points: list[tuple[float, float]], cx: float, cy: float, angle: float
+) -> list[tuple[float, float]]:
     c, s = math.cos(angle), math.sin(angle)
     return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in points]
 
 
-def _shape_mask(name: str, cx: float, cy: float, size: float, angle: float,
-                hw: tuple[int, int]) -> np.ndarray:
+def _shape_mask(
+    name: str, cx: float, cy: float, size: float, angle: float, hw: tuple[int, int]
+) -> np.ndarray:
     """Boolean [H, W] mask of one shape whose extent is about ``size`` pixels."""
     h, w = hw
     im = Image.new("L", (w, h), 0)
@@ -88,16 +91,29 @@ def _shape_mask(name: str, cx: float, cy: float, size: float, angle: float,
         d.polygon([(cx + x, cy + y) for x, y in pts], fill=255)
     elif name == "cross":
         t = r * 0.32
-        arm = [(-t, -r), (t, -r), (t, -t), (r, -t), (r, t), (t, t), (t, r), (-t, r), (-t, t),
-               (-r, t), (-r, -t), (-t, -t)]
+        arm = [
+            (-t, -r),
+            (t, -r),
+            (t, -t),
+            (r, -t),
+            (r, t),
+            (t, t),
+            (t, r),
+            (-t, r),
+            (-t, t),
+            (-r, t),
+            (-r, -t),
+            (-t, -t),
+        ]
         d.polygon(_rotated([(x * 0.9, y * 0.9) for x, y in arm], cx, cy, angle), fill=255)
     else:
         raise ValueError(f"unknown shape {name!r}")
     return np.asarray(im) > 0
 
 
-def _distractor_mask(rng: np.random.Generator, hw: tuple[int, int], max_size: float,
-                     thin: bool) -> np.ndarray:
+def _distractor_mask(
+    rng: np.random.Generator, hw: tuple[int, int], max_size: float, thin: bool
+) -> np.ndarray:
     h, w = hw
     im = Image.new("L", (w, h), 0)
     d = ImageDraw.Draw(im)
@@ -110,9 +126,13 @@ def _distractor_mask(rng: np.random.Generator, hw: tuple[int, int], max_size: fl
         d.polygon(_rotated(pts, cx, cy, rng.uniform(0, math.pi)), fill=255)
     elif kind == 1:  # irregular blob
         n = int(rng.integers(6, 10))
-        pts = [(size / 2 * rng.uniform(0.4, 1.0) * math.cos(2 * math.pi * k / n),
-                size / 2 * rng.uniform(0.4, 1.0) * math.sin(2 * math.pi * k / n))
-               for k in range(n)]
+        pts = [
+            (
+                size / 2 * rng.uniform(0.4, 1.0) * math.cos(2 * math.pi * k / n),
+                size / 2 * rng.uniform(0.4, 1.0) * math.sin(2 * math.pi * k / n),
+            )
+            for k in range(n)
+        ]
         d.polygon([(cx + x, cy + y) for x, y in pts], fill=255)
     else:  # line
         ang = rng.uniform(0, math.pi)
@@ -126,15 +146,22 @@ def _random_rgb(rng: np.random.Generator) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def _paint(img: np.ndarray, mask: np.ndarray, rgb: tuple[int, int, int],
-           rng: np.random.Generator) -> None:
+def _paint(
+    img: np.ndarray, mask: np.ndarray, rgb: tuple[int, int, int], rng: np.random.Generator
+) -> None:
     # slight shading inside the shape so pixels are not one flat value
     shade = rng.uniform(0.85, 1.15, 3).astype(np.float32)
     img[mask] = np.asarray(rgb, dtype=np.float32) * shade
 
 
-def render_scene(rng: np.random.Generator, width: int, height: int, min_object: float,
-                 max_object: float, max_objects: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
+def render_scene(
+    rng: np.random.Generator,
+    width: int,
+    height: int,
+    min_object: float,
+    max_object: float,
+    max_objects: int,
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """One image (uint8 [H, W, 3] RGB) and its annotations (``category_id``, ``bbox`` xywh,
     ``area``, ``iscrowd``; ids are added by the caller)."""
     hw = (height, width)
@@ -157,8 +184,7 @@ def render_scene(rng: np.random.Generator, width: int, height: int, min_object: 
         return True
 
     for _ in range(int(rng.integers(0, 4))):  # distractors under the objects
-        _paint(img, _distractor_mask(rng, hw, max_object * 0.8, thin=False), _random_rgb(rng),
-               rng)
+        _paint(img, _distractor_mask(rng, hw, max_object * 0.8, thin=False), _random_rgb(rng), rng)
 
     if rng.random() < 0.08:  # a crowd: tiny shapes of one class, one ignore region
         cat, name, hue = CLASSES[int(rng.integers(len(CLASSES)))]
@@ -167,9 +193,14 @@ def render_scene(rng: np.random.Generator, width: int, height: int, min_object: 
         crowd_mask = np.zeros(hw, dtype=bool)
         for _ in range(int(rng.integers(5, 10))):
             s = rng.uniform(6, 10)
-            m = _shape_mask(name, x0 + rng.uniform(s / 2, region - s / 2),
-                            y0 + rng.uniform(s / 2, region - s / 2), s, rng.uniform(0, math.pi),
-                            hw)
+            m = _shape_mask(
+                name,
+                x0 + rng.uniform(s / 2, region - s / 2),
+                y0 + rng.uniform(s / 2, region - s / 2),
+                s,
+                rng.uniform(0, math.pi),
+                hw,
+            )
             _paint(img, m, _colour(rng, hue), rng)
             crowd_mask |= m
         place(crowd_mask, cat, 1, None)
@@ -200,7 +231,12 @@ def render_scene(rng: np.random.Generator, width: int, height: int, min_object: 
         if len(xs) == 0:
             continue  # hidden completely by the lines: nothing to annotate
         x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
-        anns.append({"category_id": cat, "bbox": [float(x0), float(y0), float(x1 - x0),
-                                                  float(y1 - y0)],
-                     "area": float(len(xs)), "iscrowd": crowd})
+        anns.append(
+            {
+                "category_id": cat,
+                "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+                "area": float(len(xs)),
+                "iscrowd": crowd,
+            }
+        )
     return np.clip(img, 0, 255).astype(np.uint8), anns

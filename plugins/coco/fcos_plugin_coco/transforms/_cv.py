@@ -54,8 +54,11 @@ def scratch(key: str, shape: tuple[int, ...], dtype: np.dtype | type = np.uint8)
         nbytes *= int(n)
     if nbytes > MAX_SCRATCH_BYTES:
         return np.empty(shape, dt)
-    buf = entry[0] if entry is not None and entry[0].nbytes >= nbytes else \
-        np.empty(max(nbytes, 64), np.uint8)
+    buf = (
+        entry[0]
+        if entry is not None and entry[0].nbytes >= nbytes
+        else np.empty(max(nbytes, 64), np.uint8)
+    )
     view = buf[:nbytes].view(dt).reshape(shape)
     bufs[key] = (buf, shape, dtype, view)
     return view

@@ -27,12 +27,12 @@ class RandomCrop:
         return oy, ox, ch, cw
 
     @staticmethod
-    def crop_meta(sample: dict[str, Any], hw: tuple[int, int], oy: int, ox: int, ch: int,
-                  cw: int) -> dict[str, Any]:
+    def crop_meta(
+        sample: dict[str, Any], hw: tuple[int, int], oy: int, ox: int, ch: int, cw: int
+    ) -> dict[str, Any]:
         """``sample`` with boxes and shapes of the crop of an ``hw`` image; ``img`` untouched."""
         out = dict(sample)
-        boxes = clip_boxes(boxes_of(sample) - np.array([ox, oy, ox, oy], dtype=np.float32),
-                           cw, ch)
+        boxes = clip_boxes(boxes_of(sample) - np.array([ox, oy, ox, oy], dtype=np.float32), cw, ch)
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         out["gt_bboxes"] = boxes[keep]
         if "gt_classes" in sample:
@@ -47,7 +47,7 @@ class RandomCrop:
         img = sample["img"]
         oy, ox, ch, cw = self.draw_window(*img.shape[:2])
         out = self.crop_meta(sample, img.shape[:2], oy, ox, ch, cw)
-        out["img"] = np.ascontiguousarray(img[oy:oy + ch, ox:ox + cw])
+        out["img"] = np.ascontiguousarray(img[oy : oy + ch, ox : ox + cw])
         return out
 
     def __repr__(self) -> str:

@@ -61,8 +61,14 @@ def _resize_top_left(img: np.ndarray, nh: int, nw: int, need_h: int, need_w: int
     part = img[:sh, :sw]
     if (dw, dh) == (nw, nh):  # not cut after all: the plain call (same scale either way)
         return resize_image(img, nh, nw, dst=scratch("resized", (nh, nw, *img.shape[2:])))
-    return cv2.resize(part, None, dst=scratch("resized", (dh, dw, *img.shape[2:])), fx=fx,
-                      fy=fy, interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(
+        part,
+        None,
+        dst=scratch("resized", (dh, dw, *img.shape[2:])),
+        fx=fx,
+        fy=fy,
+        interpolation=cv2.INTER_LINEAR,
+    )
 
 
 class ResizeCrop:
@@ -87,7 +93,7 @@ class ResizeCrop:
         out, nh, nw, oy, ox, ch, cw = self.draw(sample)
         if (nh, nw) != (h, w):
             img = _resize_top_left(img, nh, nw, oy + ch, ox + cw)
-        out["img"] = img[oy:oy + ch, ox:ox + cw].copy()
+        out["img"] = img[oy : oy + ch, ox : ox + cw].copy()
         return out
 
     def __repr__(self) -> str:
@@ -103,8 +109,12 @@ class ToTensorNormalize:
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         img = sample["img"]
-        if not (isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim == 3
-                and img.shape[2] == 3):
+        if not (
+            isinstance(img, np.ndarray)
+            and img.dtype == np.uint8
+            and img.ndim == 3
+            and img.shape[2] == 3
+        ):
             return self.normalize(self.to_tensor(sample))  # not a decoded image: the pair
         out = targets_to_tensors(sample)
         out["img"] = to_chw_float(img, self.to_tensor.to_yuv, self.normalize.lookup_tables())

@@ -16,13 +16,16 @@ class Pad:
     the valid area; ``pad_shape`` becomes the padded size.
     """
 
-    def __init__(self, divisor: int | None = None, size: tuple[int, int] | None = None,
-                 pad_val: int = 0) -> None:
+    def __init__(
+        self, divisor: int | None = None, size: tuple[int, int] | None = None, pad_val: int = 0
+    ) -> None:
         if (divisor is None) == (size is None):
-            raise ValueError("Pad needs exactly one of divisor or size, got "
-                             f"divisor={divisor!r}, size={size!r}")
-        if divisor is not None and (not isinstance(divisor, int) or isinstance(divisor, bool)
-                                    or divisor <= 0):
+            raise ValueError(
+                f"Pad needs exactly one of divisor or size, got divisor={divisor!r}, size={size!r}"
+            )
+        if divisor is not None and (
+            not isinstance(divisor, int) or isinstance(divisor, bool) or divisor <= 0
+        ):
             raise ValueError(f"divisor must be a positive integer, got {divisor!r}")
         if not 0 <= int(pad_val) <= 255:
             raise ValueError(f"pad_val must be in 0..255 (uint8 image), got {pad_val!r}")
@@ -35,8 +38,10 @@ class Pad:
         if self.size is not None:
             th, tw = self.size
             if h > th or w > tw:
-                raise ValueError(f"Pad(size={self.size}) got a larger {h}x{w} image; put a "
-                                 "Resize with img_scale <= size (or a RandomCrop) before Pad")
+                raise ValueError(
+                    f"Pad(size={self.size}) got a larger {h}x{w} image; put a "
+                    "Resize with img_scale <= size (or a RandomCrop) before Pad"
+                )
             return th, tw
         d = self.divisor
         return -(-h // d) * d, -(-w // d) * d
@@ -49,9 +54,9 @@ class Pad:
         if (th, tw) != (h, w):
             if img.dtype == np.uint8 and img.ndim == 3 and 1 <= img.shape[2] <= 4 and h and w:
                 # one pass: copies the image and fills only the border
-                out["img"] = cv2.copyMakeBorder(img, 0, th - h, 0, tw - w, cv2.BORDER_CONSTANT,
-                                                value=(self.pad_val,) * 4).reshape(
-                                                    (th, tw, *img.shape[2:]))
+                out["img"] = cv2.copyMakeBorder(
+                    img, 0, th - h, 0, tw - w, cv2.BORDER_CONSTANT, value=(self.pad_val,) * 4
+                ).reshape((th, tw, *img.shape[2:]))
             else:
                 padded = np.full((th, tw, *img.shape[2:]), self.pad_val, dtype=img.dtype)
                 padded[:h, :w] = img

@@ -10,8 +10,7 @@ from fcos_plugin_coco.transforms._cv import cv2
 from fcos_plugin_coco.transforms._geometry import boxes_of, clip_boxes, pair, rescale_state
 
 
-def resize_image(img: np.ndarray, nh: int, nw: int, dst: np.ndarray | None = None
-                 ) -> np.ndarray:
+def resize_image(img: np.ndarray, nh: int, nw: int, dst: np.ndarray | None = None) -> np.ndarray:
     """``img`` resampled to (nh, nw) with OpenCV: bilinear (``INTER_LINEAR``, pixel centres at
     half-integers, as mmcv / HAT and PIL), except that a side shrunk below half its length
     uses area averaging (``INTER_AREA``) so every source pixel counts (2-tap bilinear would
@@ -48,9 +47,12 @@ class Resize:
     per-axis factors actually applied (after rounding the output size) and clipped to the image.
     """
 
-    def __init__(self, img_scale: tuple[int, int],
-                 ratio_range: tuple[float, float] | None = None,
-                 keep_ratio: bool = True) -> None:
+    def __init__(
+        self,
+        img_scale: tuple[int, int],
+        ratio_range: tuple[float, float] | None = None,
+        keep_ratio: bool = True,
+    ) -> None:
         self.img_scale = pair(img_scale, "img_scale")
         if ratio_range is not None:
             try:
@@ -101,5 +103,7 @@ class Resize:
         return out
 
     def __repr__(self) -> str:
-        return (f"Resize(img_scale={self.img_scale}, ratio_range={self.ratio_range}, "
-                f"keep_ratio={self.keep_ratio})")
+        return (
+            f"Resize(img_scale={self.img_scale}, ratio_range={self.ratio_range}, "
+            f"keep_ratio={self.keep_ratio})"
+        )

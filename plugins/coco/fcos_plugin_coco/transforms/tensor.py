@@ -28,8 +28,9 @@ _IDENTITY = lookup_tables(torch.zeros(3), torch.ones(3))
 _PLANE_KEYS = ("plane0", "plane1", "plane2")
 
 
-def to_chw_float(img: np.ndarray, to_yuv: bool = False,
-                 tables: Sequence[np.ndarray] | None = None) -> torch.Tensor:
+def to_chw_float(
+    img: np.ndarray, to_yuv: bool = False, tables: Sequence[np.ndarray] | None = None
+) -> torch.Tensor:
     """uint8 [H, W, 3] RGB -> float32 [3, H, W] tensor: the RGB values, or with ``to_yuv`` the
     8-bit YUV444 of :func:`rgb_to_yuv444`; each plane mapped through ``tables`` (from
     :func:`lookup_tables`: normalization) when given.
@@ -42,10 +43,16 @@ def to_chw_float(img: np.ndarray, to_yuv: bool = False,
     formula summed in another order may then land on the other side (1 level; ~1e-4 of the
     values of random pixels, tested).
     """
-    if not (isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim == 3
-            and img.shape[2] == 3):
-        raise TypeError("expected a uint8 [H, W, 3] image, got "
-                        f"{getattr(img, 'dtype', type(img).__name__)} {getattr(img, 'shape', '')}")
+    if not (
+        isinstance(img, np.ndarray)
+        and img.dtype == np.uint8
+        and img.ndim == 3
+        and img.shape[2] == 3
+    ):
+        raise TypeError(
+            "expected a uint8 [H, W, 3] image, got "
+            f"{getattr(img, 'dtype', type(img).__name__)} {getattr(img, 'shape', '')}"
+        )
     h, w = img.shape[:2]
     out = np.empty((3, h, w), dtype=np.float32)
     if h and w:
@@ -68,10 +75,12 @@ def targets_to_tensors(sample: dict[str, Any]) -> dict[str, Any]:
     out = dict(sample)
     if "gt_bboxes" in sample:
         out["gt_bboxes"] = torch.as_tensor(
-            np.asarray(sample["gt_bboxes"], dtype=np.float32).reshape(-1, 4))
+            np.asarray(sample["gt_bboxes"], dtype=np.float32).reshape(-1, 4)
+        )
     if "gt_classes" in sample:
         out["gt_classes"] = torch.as_tensor(
-            np.asarray(sample["gt_classes"], dtype=np.int64).reshape(-1))
+            np.asarray(sample["gt_classes"], dtype=np.int64).reshape(-1)
+        )
     return out
 
 
@@ -89,8 +98,10 @@ class ToTensor:
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         img = sample["img"]
         if not (isinstance(img, np.ndarray) and img.ndim == 3 and img.shape[2] == 3):
-            raise TypeError("ToTensor expects img as a numpy [H, W, 3] array, got "
-                            f"{type(img).__name__} {getattr(img, 'shape', '')}")
+            raise TypeError(
+                "ToTensor expects img as a numpy [H, W, 3] array, got "
+                f"{type(img).__name__} {getattr(img, 'shape', '')}"
+            )
         out = targets_to_tensors(sample)
         if img.dtype == np.uint8:
             out["img"] = to_chw_float(img, self.to_yuv)
@@ -109,8 +120,9 @@ def _per_channel(value: float | Sequence[float], name: str) -> torch.Tensor:
     else:
         vals = [float(v) for v in value]
         if len(vals) != 3:
-            raise ValueError(f"{name} must be a number or 3 numbers (one per channel), got "
-                             f"{value!r}")
+            raise ValueError(
+                f"{name} must be a number or 3 numbers (one per channel), got {value!r}"
+            )
     return torch.tensor(vals, dtype=torch.float32).view(3, 1, 1)
 
 

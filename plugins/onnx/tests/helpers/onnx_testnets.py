@@ -40,8 +40,9 @@ STRIDES = [8, 16, 32]
 
 
 def _cbr(cin: int, cout: int, k: int = 3, s: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, s, k // 2, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU())
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, s, k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
+    )
 
 
 def stand_in_backbone(width: int = 16) -> TinyBackbone:
@@ -58,8 +59,7 @@ class StandInNeck(nn.Module):
         super().__init__()
         c = out_channels
         self.lat8 = nn.Sequential(nn.Conv2d(in_channels[0], c, 1, bias=False), nn.BatchNorm2d(c))
-        self.lat16 = nn.Sequential(nn.Conv2d(in_channels[1], c, 1, bias=False),
-                                   nn.BatchNorm2d(c))
+        self.lat16 = nn.Sequential(nn.Conv2d(in_channels[1], c, 1, bias=False), nn.BatchNorm2d(c))
         self.fuse = _cbr(2 * c, c, 1)
         self.in_strides = [8, 16]
         self.out_strides = list(STRIDES)
@@ -74,31 +74,54 @@ class StandInNeck(nn.Module):
         return [p8, p16, F.max_pool2d(p16, 2, 2)]
 
 
-def make_fcos(seed: int = 0, num_classes: int = 3, train: bool = True,
-              for_compile: bool = False, dequant_output: bool = True,
-              int16_output: bool = True, int8_output: bool = False, act: str = "relu") -> FCOS:
+def make_fcos(
+    seed: int = 0,
+    num_classes: int = 3,
+    train: bool = True,
+    for_compile: bool = False,
+    dequant_output: bool = True,
+    int16_output: bool = True,
+    int8_output: bool = False,
+    act: str = "relu",
+) -> FCOS:
     """The test detector; ``act="silu"`` puts an op without integer form in the backbone."""
     torch.manual_seed(seed)
     backbone = stand_in_backbone()
     if act == "silu":
         backbone.stages[3][2] = nn.SiLU()  # the stride-16 stage's activation
     neck = StandInNeck(backbone.out_channels)
-    head = FCOSHead(num_classes=num_classes, in_strides=STRIDES, out_strides=STRIDES,
-                    stride2channels=dict.fromkeys(STRIDES, 32), feat_channels=32, stacked_convs=2,
-                    int8_output=int8_output, int16_output=int16_output,
-                    dequant_output=dequant_output)
-    post = FCOSMultiStrideFilter(strides=STRIDES, for_compile=for_compile,
-                                 max_shape=(SIZE, SIZE))
+    head = FCOSHead(
+        num_classes=num_classes,
+        in_strides=STRIDES,
+        out_strides=STRIDES,
+        stride2channels=dict.fromkeys(STRIDES, 32),
+        feat_channels=32,
+        stacked_convs=2,
+        int8_output=int8_output,
+        int16_output=int16_output,
+        dequant_output=dequant_output,
+    )
+    post = FCOSMultiStrideFilter(strides=STRIDES, for_compile=for_compile, max_shape=(SIZE, SIZE))
     if not train:
         return FCOS(backbone, neck, head, post_process=post)
     targets = DynamicFcosTarget(
-        strides=STRIDES, cls_out_channels=num_classes, background_label=num_classes, topK=10,
+        strides=STRIDES,
+        cls_out_channels=num_classes,
+        background_label=num_classes,
+        topK=10,
         loss_cls=FocalLoss(num_classes=num_classes + 1, reduction="none"),
-        loss_reg=GIoULoss(loss_weight=2.0, reduction="none"))
-    return FCOS(backbone, neck, head, targets=targets, post_process=post,
-                loss_cls=FocalLoss(num_classes=num_classes + 1),
-                loss_centerness=CrossEntropyLoss(use_sigmoid=True, loss_name="centerness"),
-                loss_reg=GIoULoss())
+        loss_reg=GIoULoss(loss_weight=2.0, reduction="none"),
+    )
+    return FCOS(
+        backbone,
+        neck,
+        head,
+        targets=targets,
+        post_process=post,
+        loss_cls=FocalLoss(num_classes=num_classes + 1),
+        loss_centerness=CrossEntropyLoss(use_sigmoid=True, loss_name="centerness"),
+        loss_reg=GIoULoss(),
+    )
 
 
 def randomise_bn(model: nn.Module, seed: int) -> nn.Module:
@@ -139,8 +162,11 @@ def scenes(n: int, seed: int, height: int = SIZE, width: int | None = None) -> t
         base = g.uniform(60, 190, 3)
         for c in range(3):  # a sky-to-ground gradient and a broad light blob
             fy, fx = g.uniform(0.5, 2.5, 2)
-            img[c] = base[c] + 40 * (yy - 0.5) * g.choice([-1, 1]) \
+            img[c] = (
+                base[c]
+                + 40 * (yy - 0.5) * g.choice([-1, 1])
                 + 25 * np.sin(2 * np.pi * (fy * yy + fx * xx) + g.uniform(0, 6.3))
+            )
         for _ in range(int(g.integers(4, 12))):
             h = int(g.integers(max(4, height // 16), max(5, height // 2)))
             w = int(g.integers(max(4, width // 16), max(5, width // 2)))
@@ -148,7 +174,7 @@ def scenes(n: int, seed: int, height: int = SIZE, width: int | None = None) -> t
             colour = g.uniform(0, 255, 3).astype(np.float32)
             if g.random() < 0.5:
                 mask = np.zeros((height, width), np.float32)
-                mask[y0:y0 + h, x0:x0 + w] = 1.0
+                mask[y0 : y0 + h, x0 : x0 + w] = 1.0
             else:
                 cy, cx = (y0 + h / 2) / height, (x0 + w / 2) / width
                 r2 = ((yy - cy) * height / h) ** 2 + ((xx - cx) * width / w) ** 2
@@ -171,8 +197,9 @@ def train(model: FCOS, batch: dict[str, Any], steps: int = 150, lr: float = 5e-3
     return model.eval()
 
 
-def quantize(model: nn.Module, calib: Sequence[torch.Tensor], backend: Any = None,
-             size: int = SIZE) -> nn.Module:
+def quantize(
+    model: nn.Module, calib: Sequence[torch.Tensor], backend: Any = None, size: int = SIZE
+) -> nn.Module:
     """Float2QAT -> a few calibration batches -> freeze -> QAT2Quantize (the public flow)."""
     ctx = ConvertContext(example_inputs={"img": (1, 3, size, size)}, backend=backend)
     qat = Float2QAT()(copy.deepcopy(model).eval(), ctx)
@@ -187,8 +214,13 @@ def quantize(model: nn.Module, calib: Sequence[torch.Tensor], backend: Any = Non
     return QAT2Quantize()(qat, ctx).eval()
 
 
-def quantize_for_size(model: nn.Module, calib: Sequence[torch.Tensor], calib_size: int,
-                      deploy_hw: tuple[int, int], backend: Any = None) -> nn.Module:
+def quantize_for_size(
+    model: nn.Module,
+    calib: Sequence[torch.Tensor],
+    calib_size: int,
+    deploy_hw: tuple[int, int],
+    backend: Any = None,
+) -> nn.Module:
     """The quantized model of ``model`` calibrated at ``calib_size`` and rebuilt for a
     ``deploy_hw`` input, as the pipeline does when a config's input size changes after QAT:
     a QAT model at the new size loads the calibrated QAT state (scales included), then
@@ -209,8 +241,9 @@ def quantize_for_size(model: nn.Module, calib: Sequence[torch.Tensor], calib_siz
     return QAT2Quantize()(qat_d, ctx_d).eval()
 
 
-def coco_ap(gt_batch: dict[str, Any], detections: Sequence[dict[str, Any]],
-            num_classes: int) -> dict[str, float]:
+def coco_ap(
+    gt_batch: dict[str, Any], detections: Sequence[dict[str, Any]], num_classes: int
+) -> dict[str, float]:
     """COCO box AP@[.5:.95] and AP50 of ``detections`` against the batch's boxes
     (pycocotools, the reference implementation)."""
     from pycocotools.coco import COCO
@@ -220,18 +253,35 @@ def coco_ap(gt_batch: dict[str, Any], detections: Sequence[dict[str, Any]],
     for i, (bx, lb) in enumerate(zip(gt_batch["gt_bboxes"], gt_batch["gt_classes"])):
         imgs.append({"id": i + 1, "width": SIZE, "height": SIZE})
         for (x1, y1, x2, y2), c in zip(bx.tolist(), lb.tolist()):
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": c + 1,
-                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
-                         "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": c + 1,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": 0,
+                }
+            )
     for i, d in enumerate(detections):
-        for (x1, y1, x2, y2), s, c in zip(d["boxes"].tolist(), d["scores"].tolist(),
-                                          d["labels"].tolist()):
-            res.append({"image_id": i + 1, "category_id": int(c) + 1,
-                        "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(s)})
+        for (x1, y1, x2, y2), s, c in zip(
+            d["boxes"].tolist(), d["scores"].tolist(), d["labels"].tolist()
+        ):
+            res.append(
+                {
+                    "image_id": i + 1,
+                    "category_id": int(c) + 1,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "score": float(s),
+                }
+            )
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
-        gt.dataset = {"images": imgs, "annotations": anns,
-                      "categories": [{"id": c + 1, "name": str(c)} for c in range(num_classes)]}
+        gt.dataset = {
+            "images": imgs,
+            "annotations": anns,
+            "categories": [{"id": c + 1, "name": str(c)} for c in range(num_classes)],
+        }
         gt.createIndex()
         if not res:
             return {"AP": 0.0, "AP50": 0.0}
