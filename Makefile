@@ -9,7 +9,9 @@ PY     := $(VENV)/bin/python
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
 STAMP  := $(VENV)/.fcos-installed
 # tcmalloc speeds up CPU training 1.1-1.6x; `make setup` installs it where it can (see below)
-TCMALLOC_PATHS := /usr/lib/x86_64-linux-gnu/libtcmalloc.so.4 /usr/lib/aarch64-linux-gnu/libtcmalloc.so.4 /usr/lib64/libtcmalloc.so.4
+# tcmalloc_minimal (no heap profiler/checker): OpenVINO's runtime aborts ("free(): invalid
+# pointer") under the full libtcmalloc.so.4 but runs under the minimal one, the same allocator
+TCMALLOC_PATHS := /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4
 TCMALLOC_LIB := $(firstword $(wildcard $(TCMALLOC_PATHS)))
 # looked up by the shell when a recipe runs (make caches directory listings), so a tcmalloc
 # installed by `setup` in the same `make demo` is used
@@ -30,12 +32,12 @@ $(STAMP): pyproject.toml $(PLUGINS) Makefile
 	# 2 AVX2 cores, docs/benchmarks.md); installed here when this is a root shell with apt-get
 	# (FCOS_NO_APT=1 skips it), else a one-line note says how to install it
 	@if [ -z "$(TCMALLOC_LIB)" ] && [ -z "$$FCOS_NO_APT" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  echo "installing tcmalloc (Debian package libgoogle-perftools4)"; \
-	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libgoogle-perftools4 >/dev/null 2>&1 \
-	   || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libgoogle-perftools4 >/dev/null)) \
+	  echo "installing tcmalloc (Debian package libtcmalloc-minimal4)"; \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libtcmalloc-minimal4 >/dev/null 2>&1 \
+	   || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libtcmalloc-minimal4 >/dev/null)) \
 	   || echo "note: tcmalloc could not be installed; training runs with glibc malloc (slower)"; \
 	elif [ -z "$(TCMALLOC_LIB)" ]; then \
-	  echo "note: tcmalloc not found; CPU training is about 1.6x faster with it: apt-get install libgoogle-perftools4"; \
+	  echo "note: tcmalloc not found; CPU training is about 1.6x faster with it: apt-get install libtcmalloc-minimal4"; \
 	fi
 	touch $(STAMP)
 

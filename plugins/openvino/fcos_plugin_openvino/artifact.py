@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,34 @@ def read_manifest(path: str | Path) -> tuple[dict[str, Any], Path, Path]:
     return meta, xml, bin_
 
 
+def preloaded_full_tcmalloc(ld_preload: str | None = None) -> str | None:
+    """The full ``libtcmalloc`` (heap profiler/checker) in ``LD_PRELOAD``, if any: OpenVINO's
+    runtime aborts the process with ``free(): invalid pointer`` under it (measured with
+    Debian's 2.10 and openvino 2026.4), while ``libtcmalloc_minimal`` -- the same allocator,
+    what ``make demo`` preloads -- works."""
+    value = os.environ.get("LD_PRELOAD", "") if ld_preload is None else ld_preload
+    for entry in value.replace(":", " ").split():
+        name = os.path.basename(entry)
+        if name.startswith("libtcmalloc") and not name.startswith("libtcmalloc_minimal"):
+            return entry
+    return None
+
+
+def core() -> Any:
+    """An ``openvino.Core``, after refusing the one preload known to abort it (a clear error
+    instead of a killed process)."""
+    import openvino as ov
+
+    bad = preloaded_full_tcmalloc()
+    if bad is not None:
+        raise FcosUserError(
+            f"OpenVINO aborts under the preloaded {bad} (free(): invalid pointer)",
+            hint="preload libtcmalloc_minimal.so.4 instead (Debian libtcmalloc-minimal4; "
+            "what `make demo` uses), or run this command without LD_PRELOAD",
+        )
+    return ov.Core()
+
+
 def compile_for_cpu(ov_model: Any, threads: int) -> Any:
     """An OpenVINO CompiledModel on the CPU: float32 inference precision (see the module
     doc), one stream, ``threads`` inference threads, tuned for latency."""
@@ -127,7 +156,7 @@ def compile_for_cpu(ov_model: Any, threads: int) -> Any:
         "NUM_STREAMS": 1,
         "INFERENCE_NUM_THREADS": int(threads),
     }
-    return ov.Core().compile_model(ov_model, "CPU", config)
+    return core().compile_model(ov_model, "CPU", config)
 
 
 def load_program(path: str | Path, threads: int) -> OpenVinoProgram:
@@ -136,7 +165,7 @@ def load_program(path: str | Path, threads: int) -> OpenVinoProgram:
 
     meta, xml, bin_ = read_manifest(path)
     try:
-        model = ov.Core().read_model(str(xml), str(bin_))
+        model = core().read_model(str(xml), str(bin_))
     except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses
         raise FcosUserError(
             f"{xml}: OpenVINO cannot read the IR ({str(exc).splitlines()[0]})", hint=_HINT

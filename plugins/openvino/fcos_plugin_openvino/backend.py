@@ -192,7 +192,7 @@ class OpenVinoBackend(CompileBackend):
         from fcos_core.quantization.find_integer import require_integer_model
         from fcos_core.quantization.integer_model import integer_program
         from fcos_plugin_onnx.qdq_export import ExportError
-        from fcos_plugin_openvino.artifact import load_program, write_artifact
+        from fcos_plugin_openvino.artifact import core, load_program, write_artifact
         from fcos_plugin_openvino.int32_requant import LoweringError, wide_accumulators
 
         t0 = time.perf_counter()
@@ -222,7 +222,7 @@ class OpenVinoBackend(CompileBackend):
         with tempfile.TemporaryDirectory() as tmp:  # OpenVINO's ONNX reader takes a file
             onnx_path = Path(tmp) / "export.onnx"
             onnx_path.write_bytes(exported.model.SerializeToString())
-            ov_model = ov.Core().read_model(str(onnx_path))
+            ov_model = core().read_model(str(onnx_path))
         path = artifact_file(opts)
         meta = {
             "producer": f"fcos-plugin-openvino {__version__}",

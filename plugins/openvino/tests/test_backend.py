@@ -217,3 +217,27 @@ def test_pyramid_input_is_bit_exact(deploy, tmp_path):
     )
     assert res.report["input"]["dtype"] == "uint8"
     assert res.report["agreement"]["within_0"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "preload, bad",
+    [
+        ("/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4", True),
+        ("/x/libjemalloc.so.2:/usr/lib64/libtcmalloc_and_profiler.so.4", True),
+        ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", False),
+        ("", False),
+    ],
+)
+def test_the_preload_that_aborts_openvino_is_refused_clearly(monkeypatch, preload, bad):
+    # the full libtcmalloc makes OpenVINO abort the process (free(): invalid pointer); the
+    # check runs before openvino.Core exists, so the user gets an error instead of a crash
+    from fcos_plugin_openvino import artifact
+
+    monkeypatch.setenv("LD_PRELOAD", preload)
+    assert (artifact.preloaded_full_tcmalloc() is not None) == bad
+    if bad:
+        with pytest.raises(FcosUserError, match="free\\(\\): invalid pointer") as exc:
+            artifact.core()
+        assert "libtcmalloc_minimal" in exc.value.hint
+    else:
+        assert artifact.core() is not None
