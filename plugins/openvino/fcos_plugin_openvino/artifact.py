@@ -148,7 +148,6 @@ def core() -> Any:
 def compile_for_cpu(ov_model: Any, threads: int) -> Any:
     """An OpenVINO CompiledModel on the CPU: float32 inference precision (see the module
     doc), one stream, ``threads`` inference threads, tuned for latency."""
-    import openvino as ov
 
     config = {
         "INFERENCE_PRECISION_HINT": "f32",
@@ -161,7 +160,6 @@ def compile_for_cpu(ov_model: Any, threads: int) -> Any:
 
 def load_program(path: str | Path, threads: int) -> OpenVinoProgram:
     """Read and verify an artifact and compile it for the CPU."""
-    import openvino as ov
 
     meta, xml, bin_ = read_manifest(path)
     try:
