@@ -180,7 +180,7 @@ def test_a_failed_export_leaves_no_file(failure, tmp_path, monkeypatch, capsys):
     from fcos_core.cli.main import main
 
     monkeypatch.chdir(tmp_path)
-    real = export_cmd._torchscript
+    real = export_cmd.WRITERS["torchscript"]
     written = []
 
     def broken(model, x, path):
@@ -191,7 +191,7 @@ def test_a_failed_export_leaves_no_file(failure, tmp_path, monkeypatch, capsys):
             raise RuntimeError("exporter crashed")
         return lambda inp: tuple(o + 1 for o in run(inp))
 
-    monkeypatch.setattr(export_cmd, "_torchscript", broken)
+    monkeypatch.setitem(export_cmd.WRITERS, "torchscript", broken)
     argv = [
         "export",
         DEMO,

@@ -449,8 +449,8 @@ def test_observer_options_are_checked_in_the_config():
         build_block(
             host, "converters", "type: Float2Calibration\nactivation_observer: {type: median}"
         )
-    # an observer option on the converter (the old flat form) is an unknown key
-    with pytest.raises(ConfigError, match="unknown key 'percentile'"):
+    # an observer option on the converter (the old flat form) names the new form
+    with pytest.raises(ConfigError, match="no longer takes 'percentile'"):
         build_block(
             host,
             "converters",
