@@ -8,6 +8,32 @@ import attrs
 
 from fcos_core.schema import arg, component
 
+# fields Float2Calibration and Float2QAT share (their graphs must be prepared alike)
+
+
+def _qat_mode_field() -> Any:
+    return arg(
+        None, help="BatchNorm handling (fuse_bn: folded into the conv); null: the pipeline's"
+    )
+
+
+def _integer_exact_field() -> Any:
+    return arg(
+        "eval",
+        help="compute conv/add outputs with the integer model's arithmetic: eval "
+        "(validation/prediction equal the deployed model), always (training too), "
+        "off (plain fake-quant)",
+    )
+
+
+def _layer_precision_field() -> Any:
+    return arg(
+        [],
+        help="mixed precision: [{layers: [names, globs or re:regex], activation: int8|int16}] "
+        "on nn.Module names as the quant report prints them; Float2Calibration and "
+        "Float2QAT must carry the same list (docs/quantization.md, 'Mixed precision')",
+    )
+
 
 @attrs.frozen(kw_only=True)
 class Float2CalibrationArgs:
@@ -29,21 +55,9 @@ class Float2CalibrationArgs:
         help="activation observer block, e.g. {type: percentile, percentile: 99.99} or a bare "
         "name (mse, minmax, percentile, kl); null: mse with its defaults",
     )
-    qat_mode: Literal["fuse_bn"] | None = arg(
-        None, help="BatchNorm handling (fuse_bn: folded into the conv); null: the pipeline's"
-    )
-    integer_exact: Literal["eval", "always", "off"] = arg(
-        "eval",
-        help="compute conv/add outputs with the integer model's arithmetic: eval "
-        "(validation/prediction equal the deployed model), always (training too), "
-        "off (plain fake-quant)",
-    )
-    layer_precision: list[dict[str, Any]] = arg(
-        [],
-        help="mixed precision: [{layers: [names, globs or re:regex], activation: int8|int16}] "
-        "on nn.Module names as the quant report prints them; Float2Calibration and "
-        "Float2QAT must carry the same list (docs/quantization.md, 'Mixed precision')",
-    )
+    qat_mode: Literal["fuse_bn"] | None = _qat_mode_field()
+    integer_exact: Literal["eval", "always", "off"] = _integer_exact_field()
+    layer_precision: list[dict[str, Any]] = _layer_precision_field()  # noqa: RUF009 - an attrs field
 
 
 @attrs.frozen(kw_only=True)
@@ -65,21 +79,9 @@ class Float2QATArgs:
     freeze_activation_scales: bool = arg(
         False, help="keep the loaded (calibrated) activation scales fixed during QAT"
     )
-    qat_mode: Literal["fuse_bn"] | None = arg(
-        None, help="BatchNorm handling (fuse_bn: folded into the conv); null: the pipeline's"
-    )
-    integer_exact: Literal["eval", "always", "off"] = arg(
-        "eval",
-        help="compute conv/add outputs with the integer model's arithmetic: eval "
-        "(validation/prediction equal the deployed model), always (training too), "
-        "off (plain fake-quant)",
-    )
-    layer_precision: list[dict[str, Any]] = arg(
-        [],
-        help="mixed precision: [{layers: [names, globs or re:regex], activation: int8|int16}] "
-        "on nn.Module names as the quant report prints them; Float2Calibration and "
-        "Float2QAT must carry the same list (docs/quantization.md, 'Mixed precision')",
-    )
+    qat_mode: Literal["fuse_bn"] | None = _qat_mode_field()
+    integer_exact: Literal["eval", "always", "off"] = _integer_exact_field()
+    layer_precision: list[dict[str, Any]] = _layer_precision_field()  # noqa: RUF009 - an attrs field
 
 
 @attrs.frozen(kw_only=True)
