@@ -10,6 +10,36 @@ from __future__ import annotations
 
 from typing import Any
 
+#: ATen op names (as :func:`op_name` gives them) of a convolution
+CONV_OPS = frozenset({"conv2d", "convolution", "_convolution"})
+#: ... of a BatchNorm (folded into the preceding conv by the quantization flow)
+BN_OPS = frozenset(
+    {
+        "batch_norm",
+        "_native_batch_norm_legit_no_training",
+        "native_batch_norm",
+        "_native_batch_norm_legit",
+    }
+)
+#: ... of graph plumbing that moves no data (and eval-mode dropout, removed before quantization)
+TRANSPARENT_OPS = frozenset(
+    {
+        "detach",
+        "clone",
+        "alias",
+        "contiguous",
+        "dropout",
+        "feature_dropout",
+        "alpha_dropout",
+        "_assert_tensor_metadata",
+        "lift_fresh_copy",
+        "_to_copy",
+        "sym_size",
+        "sym_constrain_range_for_size",
+        "_assert_async",
+    }
+)
+
 # prefixes torch versions put before the module path in ``nn_module_stack``
 _SELF_PREFIXES = ("L['self'].", "L__self___", "L__self__.")
 

@@ -15,21 +15,11 @@ from typing import Any, Literal
 import attrs
 import numpy as np
 
+from fcos_core.engine.summary import COCO_KEYS
+
 Backend = Literal["pycocotools", "faster_coco_eval"]
-STAT_KEYS = (
-    "mAP",
-    "AP50",
-    "AP75",
-    "APs",
-    "APm",
-    "APl",
-    "AR1",
-    "AR10",
-    "AR100",
-    "ARs",
-    "ARm",
-    "ARl",
-)
+#: the 12 numbers of COCOeval.stats, in its order (the names fcos reports everywhere)
+STAT_KEYS = COCO_KEYS
 
 
 def fast_backend_available() -> bool:

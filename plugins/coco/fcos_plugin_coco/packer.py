@@ -116,19 +116,7 @@ def pack_coco(
             # our own replacement cut short, for another json: start it again
             lmdb_env.release(new_dir)
             shutil.rmtree(new_dir)
-        summary = _pack_into(
-            new_dir,
-            images_dir,
-            index,
-            meta,
-            report,
-            split_name,
-            limits,
-            max_map_bytes,
-            progress,
-            out_dir,
-        )
-        _swap_in(new_dir, out_dir)
+        target = new_dir
     else:
         if state != "absent" and old_meta is not None and not _same_source(old_meta, meta):
             raise FcosUserError(
@@ -146,18 +134,21 @@ def pack_coco(
                 "complete (processes reading the old one keep their data), or choose "
                 "another --out",
             )
-        summary = _pack_into(
-            out_dir,
-            images_dir,
-            index,
-            meta,
-            report,
-            split_name,
-            limits,
-            max_map_bytes,
-            progress,
-            out_dir,
-        )
+        target = out_dir
+    summary = _pack_into(
+        target,
+        images_dir,
+        index,
+        meta,
+        report,
+        split_name,
+        limits,
+        max_map_bytes,
+        progress,
+        out_dir,
+    )
+    if target != out_dir:
+        _swap_in(target, out_dir)
     _write_summary(final_summary, summary)
     return report
 

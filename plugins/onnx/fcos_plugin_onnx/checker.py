@@ -17,32 +17,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from fcos_core.compile.backend import CheckIssue
-from fcos_core.graph_names import layer_name, op_name
+from fcos_core.graph_names import BN_OPS, CONV_OPS, TRANSPARENT_OPS, layer_name, op_name
 
-_CONV = {"conv2d", "convolution", "_convolution"}
-_BN = {
-    "batch_norm",
-    "_native_batch_norm_legit_no_training",
-    "native_batch_norm",
-    "_native_batch_norm_legit",
-}
-#: graph plumbing that moves no data (and eval-mode dropout, removed before quantization)
-_TRANSPARENT = {
-    "detach",
-    "clone",
-    "alias",
-    "contiguous",
-    "dropout",
-    "feature_dropout",
-    "alpha_dropout",
-    "_assert_tensor_metadata",
-    "lift_fresh_copy",
-    "_to_copy",
-    "sym_size",
-    "sym_constrain_range_for_size",
-    "_assert_async",
-    "getitem",
-}
+_CONV = CONV_OPS
+_BN = BN_OPS
+#: graph plumbing that moves no data, and the getitem of multi-output ops
+_TRANSPARENT = TRANSPARENT_OPS | {"getitem"}
 _HINTS = {
     "sigmoid": "the FCOS decoder applies sigmoid after the model; return logits",
     "silu": "use ReLU (activation: relu)",
