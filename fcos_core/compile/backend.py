@@ -120,6 +120,39 @@ def post_process_params(model: Any) -> dict[str, Any] | None:
     }
 
 
+def decode_detections(
+    outputs: Sequence[Any], det: Mapping[str, Any], image_hw: tuple[int, int]
+) -> list[dict[str, Any]]:
+    """Detections from an artifact's float head outputs (``[B, C, H, W]`` tensors per stride,
+    cls then box then centerness, as the deploy model returns them), decoded by fcos's
+    ``FCOSMultiStrideFilter`` with the parameters :func:`post_process_params` stored in the
+    artifact (``det``): one dict per image (``boxes``, ``scores``, ``labels``) in the
+    ``image_hw`` network-input pixels, exactly like the model's eval mode."""
+    from fcos_core.models.post_process import FCOSMultiStrideFilter
+
+    post = FCOSMultiStrideFilter(
+        det["strides"],
+        threshold=det["threshold"],
+        score_threshold=det["score_threshold"],
+        iou_threshold=det["iou_threshold"],
+        nms_pre=det["nms_pre"],
+        max_per_img=det["max_per_img"],
+        max_shape=det["max_shape"],
+    )
+    return post.detect(list(outputs), image_hw, bbox_upscaled=bool(det.get("bbox_upscaled", False)))
+
+
+def check_timing_options(opts: Mapping[str, Any]) -> None:
+    """A backend's own ``latency_runs`` / ``warmup_runs`` must be counts (0 skips timing)."""
+    from fcos_core.errors import FcosUserError
+
+    if int(opts["latency_runs"]) < 0 or int(opts["warmup_runs"]) < 0:
+        raise FcosUserError(
+            "compile_cfg.latency_runs and warmup_runs must be >= 0",
+            hint="use 0 to skip the latency measurement",
+        )
+
+
 def resolve_compile_options(
     schema: type,
     march: str,

@@ -28,6 +28,8 @@ from fcos_core.compile.backend import (
     CheckIssue,
     CompileBackend,
     CompileResult,
+    check_timing_options,
+    decode_detections,
     example_image_tensor,
     post_process_params,
     resolve_compile_options,
@@ -36,6 +38,7 @@ from fcos_core.errors import FcosUserError
 from fcos_core.quantization.find_integer import find_integer_model, require_integer_model
 from fcos_plugin_onnx import __version__
 from fcos_plugin_onnx.artifact import FORMAT_VERSION, OnnxProgram, read_artifact, write_artifact
+from fcos_plugin_onnx.outputs import artifact_feed, check_single_input_source, head_outputs
 from fcos_plugin_onnx.schema import OnnxCompileOptions
 
 
@@ -54,18 +57,8 @@ def _resolve_options(
             "uint8 (ConvInteger's exact uint8 kernel)",
             hint="set compile_cfg.activation_dtype: uint8, or requantization: float",
         )
-    if len(opts["input_source"]) != 1:
-        raise FcosUserError(
-            f"compile_cfg.input_source: {opts['input_source']} lists "
-            f"{len(opts['input_source'])} sources; the FCOS deploy model has "
-            "one input",
-            hint="use input_source: [ddr] or [pyramid]",
-        )
-    if int(opts["latency_runs"]) < 0 or int(opts["warmup_runs"]) < 0:
-        raise FcosUserError(
-            "compile_cfg.latency_runs and warmup_runs must be >= 0",
-            hint="use 0 to skip the latency measurement",
-        )
+    check_single_input_source(opts)
+    check_timing_options(opts)
     return opts
 
 
@@ -276,49 +269,14 @@ class OnnxBackend(CompileBackend):
         the artifact (pyramid artifacts get the uint8 frame back, ``x * 128 + 128`` exactly),
         its codes are dequantized with the artifact's scales and decoded by fcos's
         ``FCOSMultiStrideFilter`` with the decoding parameters stored in the artifact."""
-        import numpy as np
-        import torch
-
-        from fcos_core.models.post_process import FCOSMultiStrideFilter
-
         if not isinstance(program, OnnxProgram):
             raise TypeError(f"detect() takes what load() returned, got {type(program).__name__}")
         det = program.meta.get("detection")
         if not det:
             return None
-        arr = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
-        arr = arr.astype(np.float32, copy=False)
-        if program.meta["input"]["dtype"] == "uint8":
-            feed = np.clip(np.rint(arr * 128.0 + 128.0), 0, 255).astype(np.uint8)
-        else:
-            feed = arr
-        outputs = program.run({"img": feed})
-        floats = []
-        for spec, value in zip(program.meta["outputs"], outputs):
-            if spec["kind"] == "max_logit" and not spec.get("scale"):
-                continue  # a max over per-channel scales: the decoder works without it
-            if value.dtype.kind in "iu":
-                scale = np.asarray(spec["scale"], np.float64)
-                if scale.size > 1:
-                    scale = scale.reshape(1, -1, 1, 1)
-                value = (value.astype(np.float64) - int(spec.get("zero_point", 0))) * scale
-            floats.append(torch.from_numpy(np.asarray(value, dtype=np.float32)))
-        s = len(det["strides"])
-        floats = floats if len(floats) == 4 * s else floats[: 3 * s]
-        post = FCOSMultiStrideFilter(
-            det["strides"],
-            threshold=det["threshold"],
-            score_threshold=det["score_threshold"],
-            iou_threshold=det["iou_threshold"],
-            nms_pre=det["nms_pre"],
-            max_per_img=det["max_per_img"],
-            max_shape=det["max_shape"],
-        )
-        return post.detect(
-            floats,
-            (int(arr.shape[2]), int(arr.shape[3])),
-            bbox_upscaled=bool(det.get("bbox_upscaled", False)),
-        )
+        arr, feed = artifact_feed(program.meta, images)
+        floats = head_outputs(program.meta, program.run({"img": feed}))
+        return decode_detections(floats, det, (int(arr.shape[2]), int(arr.shape[3])))
 
 
 def _spec_dict(spec: Any) -> dict[str, Any]:

@@ -29,11 +29,14 @@ from fcos_core.compile.backend import (
     CheckIssue,
     CompileBackend,
     CompileResult,
+    check_timing_options,
+    decode_detections,
     example_image_tensor,
     post_process_params,
     resolve_compile_options,
 )
 from fcos_core.errors import FcosUserError
+from fcos_plugin_onnx.outputs import check_single_input_source
 from fcos_plugin_openvino import __version__
 from fcos_plugin_openvino.schema import OpenVinoCompileOptions
 
@@ -43,18 +46,8 @@ def resolve_options(
 ) -> dict[str, Any]:
     """Schema defaults, the backend's defaults, then the config's ``compile_cfg``, checked."""
     opts = resolve_compile_options(OpenVinoCompileOptions, "openvino", defaults, options, out_dir)
-    if len(opts["input_source"]) != 1:
-        raise FcosUserError(
-            f"compile_cfg.input_source: {opts['input_source']} lists "
-            f"{len(opts['input_source'])} sources; the FCOS deploy model has "
-            "one input",
-            hint="use input_source: [ddr] or [pyramid]",
-        )
-    if int(opts["latency_runs"]) < 0 or int(opts["warmup_runs"]) < 0:
-        raise FcosUserError(
-            "compile_cfg.latency_runs and warmup_runs must be >= 0",
-            hint="use 0 to skip the latency measurement",
-        )
+    check_single_input_source(opts)
+    check_timing_options(opts)
     if opts["threads"] is not None and int(opts["threads"]) < 1:
         raise FcosUserError(
             f"compile_cfg.threads must be >= 1 or null, got {opts['threads']}",
@@ -331,10 +324,7 @@ class OpenVinoBackend(CompileBackend):
         runs the artifact (pyramid artifacts get the uint8 frame, ``x * 128 + 128``), its codes
         are dequantized with the manifest's scales and decoded by fcos's
         ``FCOSMultiStrideFilter`` with the decoding parameters stored in the manifest."""
-        import numpy as np
-        import torch
-
-        from fcos_core.models.post_process import FCOSMultiStrideFilter
+        from fcos_plugin_onnx.outputs import artifact_feed, head_outputs
         from fcos_plugin_openvino.artifact import OpenVinoProgram
 
         if not isinstance(program, OpenVinoProgram):
@@ -342,38 +332,9 @@ class OpenVinoBackend(CompileBackend):
         det = program.meta.get("detection")
         if not det:
             return None
-        arr = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
-        arr = arr.astype(np.float32, copy=False)
-        feed = (
-            np.clip(np.rint(arr * 128.0 + 128.0), 0, 255).astype(np.uint8)
-            if program.meta["input"]["dtype"] == "uint8"
-            else arr
-        )
-        floats = []
-        for spec, value in zip(program.meta["outputs"], program.run({"img": feed})):
-            if spec["kind"] == "max_logit" and not spec.get("scale"):
-                continue  # a max over per-channel scales: the decoder works without it
-            if value.dtype.kind in "iu":
-                scale = np.asarray(spec["scale"], np.float64)
-                scale = scale.reshape(1, -1, 1, 1) if scale.size > 1 else scale
-                value = (value.astype(np.float64) - int(spec.get("zero_point", 0))) * scale
-            floats.append(torch.from_numpy(np.asarray(value, dtype=np.float32)))
-        s = len(det["strides"])
-        floats = floats if len(floats) == 4 * s else floats[: 3 * s]
-        post = FCOSMultiStrideFilter(
-            det["strides"],
-            threshold=det["threshold"],
-            score_threshold=det["score_threshold"],
-            iou_threshold=det["iou_threshold"],
-            nms_pre=det["nms_pre"],
-            max_per_img=det["max_per_img"],
-            max_shape=det["max_shape"],
-        )
-        return post.detect(
-            floats,
-            (int(arr.shape[2]), int(arr.shape[3])),
-            bbox_upscaled=bool(det.get("bbox_upscaled", False)),
-        )
+        arr, feed = artifact_feed(program.meta, images)
+        floats = head_outputs(program.meta, program.run({"img": feed}))
+        return decode_detections(floats, det, (int(arr.shape[2]), int(arr.shape[3])))
 
 
 def _ir(manifest: Path) -> tuple[Path, Path]:

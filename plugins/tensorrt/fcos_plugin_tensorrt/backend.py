@@ -32,6 +32,8 @@ from fcos_core.compile.backend import (
     CheckIssue,
     CompileBackend,
     CompileResult,
+    check_timing_options,
+    decode_detections,
     example_image_tensor,
     post_process_params,
     resolve_compile_options,
@@ -61,11 +63,7 @@ def resolve_options(
             f"max_batch {opts['max_batch']}",
             hint="e.g. opt_batch: 1, max_batch: 8",
         )
-    if int(opts["latency_runs"]) < 0 or int(opts["warmup_runs"]) < 0:
-        raise FcosUserError(
-            "compile_cfg.latency_runs and warmup_runs must be >= 0",
-            hint="use 0 to skip the latency measurement",
-        )
+    check_timing_options(opts)
     if int(opts["workspace_mib"]) < 1:
         raise FcosUserError("compile_cfg.workspace_mib must be >= 1", hint="e.g. 1024")
     return opts
@@ -310,22 +308,10 @@ class TensorRTBackend(CompileBackend):
 
     def detect(self, program: Any, images: Any) -> list[dict[str, Any]] | None:
         """Detections for normalised images ``[B, 3, H, W]``, decoded like the model's."""
-        from fcos_core.models.post_process import FCOSMultiStrideFilter
-
         if not isinstance(program, TensorRTProgram):
             raise TypeError(f"detect() takes what load() returned, got {type(program).__name__}")
         det = program.meta.get("detection")
         if not det:
             return None
         outs = [t.float().cpu() for t in program.runner(images)]
-        post = FCOSMultiStrideFilter(
-            det["strides"],
-            threshold=det["threshold"],
-            score_threshold=det["score_threshold"],
-            iou_threshold=det["iou_threshold"],
-            nms_pre=det["nms_pre"],
-            max_per_img=det["max_per_img"],
-            max_shape=det["max_shape"],
-        )
-        h, w = int(images.shape[2]), int(images.shape[3])
-        return post.detect(outs, (h, w), bbox_upscaled=det["bbox_upscaled"])
+        return decode_detections(outs, det, (int(images.shape[2]), int(images.shape[3])))
