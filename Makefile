@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
 STAMP  := $(VENV)/.fcos-installed
-# tcmalloc speeds up CPU training 1.1-1.6x; `make setup` installs it where it can (see below)
+# tcmalloc speeds up CPU training 1.2-1.6x; `make setup` installs it where it can (see below)
 # tcmalloc_minimal (no heap profiler/checker): OpenVINO's runtime aborts ("free(): invalid
 # pointer") under the full libtcmalloc.so.4 but runs under the minimal one, the same allocator
 TCMALLOC_PATHS := /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4
@@ -28,8 +28,9 @@ $(STAMP): pyproject.toml $(PLUGINS) Makefile
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	# cpu-kernels: ninja, to build fcos's C++ CPU training kernels (with the system's g++)
 	$(PY) -m pip install --quiet -e '.[test,lint,cpu-kernels]' $(foreach p,$(PLUGINS),-e $(dir $(p)))
-	# tcmalloc: CPU training at 1.6x the speed with glibc malloc on the demo (17 -> 28 img/s on
-	# 2 AVX2 cores, docs/benchmarks.md); installed here when this is a root shell with apt-get
+	# tcmalloc: CPU training 1.2-1.6x faster than with glibc malloc on the demo (17 -> 28 img/s
+	# on 2 AVX2 cores, 50 -> 59 on 2 AVX-512 cores; README); installed here when this is a root
+	# shell with apt-get
 	# (FCOS_NO_APT=1 skips it), else a one-line note says how to install it
 	@if [ -z "$(TCMALLOC_LIB)" ] && [ -z "$$FCOS_NO_APT" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  echo "installing tcmalloc (Debian package libtcmalloc-minimal4)"; \
