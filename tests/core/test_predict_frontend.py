@@ -84,18 +84,41 @@ def test_sources_expand_folders_globs_videos_and_refuse_missing_paths(tmp_path):
 
 
 def test_lmdb_source_keeps_the_dataset_ids(tmp_path):
-    import pathlib
-
     pytest.importorskip("fcos_plugin_coco")
+    from PIL import Image
 
-    lmdb = pathlib.Path(__file__).parents[2] / "tmp_data" / "demo" / "val_lmdb"
-    if not (lmdb / "data.mdb").is_file():
-        pytest.skip("the demo LMDB is not generated")
+    from fcos_plugin_coco.packer import pack_coco
+
+    # a small COCO folder of our own (ids not 1..n, so an id kept by the source is the dataset's)
+    (tmp_path / "imgs").mkdir()
+    rng = np.random.default_rng(0)
+    images, anns = [], []
+    for k, image_id in enumerate((7, 42, 1001)):
+        name = f"im{image_id}.png"
+        pix = rng.integers(0, 256, size=(24 + 8 * k, 32, 3), dtype=np.uint8)
+        Image.fromarray(pix).save(tmp_path / "imgs" / name)
+        images.append({"id": image_id, "file_name": name, "height": pix.shape[0], "width": 32})
+        anns.append(
+            {
+                "id": k + 1,
+                "image_id": image_id,
+                "category_id": 3,
+                "bbox": [2.0, 3.0, 10.0, 8.0],
+                "area": 80.0,
+                "iscrowd": 0,
+            }
+        )
+    ann = {"images": images, "annotations": anns, "categories": [{"id": 3, "name": "thing"}]}
+    (tmp_path / "ann.json").write_text(json.dumps(ann))
+    lmdb = tmp_path / "val_lmdb"
+    pack_coco(str(tmp_path / "imgs"), str(tmp_path / "ann.json"), str(lmdb), progress=False)
+
     (src,) = open_sources([str(lmdb)])
-    ann = json.loads((lmdb.parent / "instances_val.json").read_text())
-    first = next(src.frames())
-    assert src.kind == "lmdb" and src.count == len(ann["images"])
-    assert first.image_id in {im["id"] for im in ann["images"]} and first.rgb.ndim == 3
+    frames = list(src.frames())
+    assert src.kind == "lmdb" and src.count == len(images) == len(frames)
+    assert sorted(f.image_id for f in frames) == [7, 42, 1001]
+    by_id = {f.image_id: f for f in frames}
+    assert by_id[42].rgb.shape == (32, 32, 3) and by_id[1001].rgb.ndim == 3
 
 
 # --- drawing -------------------------------------------------------------------------------
