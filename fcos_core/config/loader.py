@@ -94,7 +94,12 @@ def parse_yaml_text(text: str, file: str | None = None) -> tuple[Any, LineMap]:
         node = yaml.compose(text, Loader=_Loader)
         if node is not None:
             _walk(node, (), lines, [MAX_ALIAS_NODES])
-        data = yaml.load(text, Loader=_Loader)
+        # what yaml.load does, spelled out: _Loader is always a SafeLoader (C or pure Python)
+        loader = _Loader(text)
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
