@@ -142,20 +142,7 @@ class TinySetArgs:
 
 # --- metric -----------------------------------------------------------------------------------
 
-COCO_KEYS = (
-    "mAP",
-    "AP50",
-    "AP75",
-    "APs",
-    "APm",
-    "APl",
-    "AR1",
-    "AR10",
-    "AR100",
-    "ARs",
-    "ARm",
-    "ARl",
-)
+from fcos_core.engine.summary import COCO_KEYS  # noqa: E402 - the names every metric reports
 
 
 class TinyMetric:
@@ -181,6 +168,32 @@ class TinyMetric:
 @attrs.frozen(kw_only=True)
 class TinyMetricArgs:
     """Accuracy under COCO keys for engine tests."""
+
+
+class ScriptedMetric:
+    """Reports ``values[i]`` as every COCO key at its i-th validation (then the last value)."""
+
+    def __init__(self, values: list[float]) -> None:
+        self.values = list(values)
+        self.calls = 0
+
+    def reset(self) -> None:
+        pass
+
+    def update(self, batch: Any, outputs: Any) -> None:
+        pass
+
+    def compute(self) -> dict[str, float]:
+        v = self.values[min(self.calls, len(self.values) - 1)]
+        self.calls += 1
+        return dict.fromkeys(COCO_KEYS, v)
+
+
+@attrs.frozen(kw_only=True)
+class ScriptedMetricArgs:
+    """A metric whose values are given (tests of what reacts to validation results)."""
+
+    values: list[float] = arg(help="the value of each validation in turn")
 
 
 # --- quantization-like converters -------------------------------------------------------------
@@ -280,6 +293,7 @@ def register_datasets(register):
 @hookimpl
 def register_metrics(register):
     register("TinyMetric", factory=TinyMetric, schema=TinyMetricArgs)
+    register("ScriptedMetric", factory=ScriptedMetric, schema=ScriptedMetricArgs)
 
 
 @hookimpl

@@ -4,19 +4,14 @@ metric stalls with the best epoch's checkpoint kept, summary.json's record, resu
 from __future__ import annotations
 
 import json
-import sys
 import types
 
-import attrs
 import pytest
 import torch
 
-from fcos_core import hookimpl
 from fcos_core.engine.callbacks.early_stopping import EarlyStopping
 from fcos_core.engine.loop import LoopState
 from fcos_core.engine.pipeline import run_pipeline
-from fcos_core.engine.summary import COCO_KEYS
-from fcos_core.schema import arg
 
 
 class _Loop:
@@ -111,50 +106,6 @@ def test_state_survives_a_resume():
 
 
 # --- a real run: the tiny pipeline with a metric that follows a script -------------------------
-
-
-class ScriptedMetric:
-    """Reports ``values[i]`` as every COCO key at its i-th validation (then the last value)."""
-
-    def __init__(self, values):
-        self.values = list(values)
-        self.calls = 0
-
-    def reset(self):
-        pass
-
-    def update(self, batch, outputs):
-        pass
-
-    def compute(self):
-        v = self.values[min(self.calls, len(self.values) - 1)]
-        self.calls += 1
-        return dict.fromkeys(COCO_KEYS, v)
-
-
-@attrs.frozen(kw_only=True)
-class ScriptedMetricArgs:
-    """A metric whose values are given (tests)."""
-
-    values: list[float] = arg(help="the value of each validation in turn")
-
-
-@hookimpl
-def register_metrics(register):
-    register("ScriptedMetric", factory=ScriptedMetric, schema=ScriptedMetricArgs)
-
-
-@pytest.fixture
-def host():
-    """The engine stand-ins plus ScriptedMetric (replaces conftest's ``host`` here)."""
-    import engine_standins
-
-    from fcos_core.plugins import load_host
-
-    return load_host(
-        entry_points=False,
-        plugins=[("engine_standins", engine_standins), ("scripted", sys.modules[__name__])],
-    )
 
 
 def test_a_stalling_run_stops_and_keeps_the_best_checkpoint(tiny_cfg, host, tmp_path):

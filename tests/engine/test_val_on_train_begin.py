@@ -5,70 +5,16 @@ and a fine-tune whose epochs never beat them keeps them as the ``best`` checkpoi
 from __future__ import annotations
 
 import json
-import sys
 
-import attrs
-import pytest
 import torch
 
-from fcos_core import hookimpl
 from fcos_core.engine.pipeline import run_pipeline
-from fcos_core.engine.summary import COCO_KEYS
-from fcos_core.schema import arg
-
-
-class BeginScriptedMetric:
-    """Reports ``values[i]`` as every COCO key at its i-th validation (then the last value)."""
-
-    def __init__(self, values):
-        self.values = list(values)
-        self.calls = 0
-
-    def reset(self):
-        pass
-
-    def update(self, batch, outputs):
-        pass
-
-    def compute(self):
-        v = self.values[min(self.calls, len(self.values) - 1)]
-        self.calls += 1
-        return dict.fromkeys(COCO_KEYS, v)
-
-
-@attrs.frozen(kw_only=True)
-class BeginScriptedMetricArgs:
-    """A metric whose values are given (tests)."""
-
-    values: list[float] = arg(help="the value of each validation in turn")
-
-
-@hookimpl
-def register_metrics(register):
-    register("BeginScriptedMetric", factory=BeginScriptedMetric, schema=BeginScriptedMetricArgs)
-
-
-@pytest.fixture
-def host():
-    """The engine stand-ins plus BeginScriptedMetric (replaces conftest's ``host`` here)."""
-    return _host()
-
-
-def _host():
-    import engine_standins
-
-    from fcos_core.plugins import load_host
-
-    return load_host(
-        entry_points=False,
-        plugins=[("engine_standins", engine_standins), ("scripted", sys.modules[__name__])],
-    )
 
 
 def _cfg(tiny_cfg, values, begin):
     return tiny_cfg(
         "float_trainer.num_epochs=3",
-        f"float_trainer.val_metrics={{type: BeginScriptedMetric, values: {values}}}",
+        f"float_trainer.val_metrics={{type: ScriptedMetric, values: {values}}}",
         "float_trainer.callbacks=[{type: Validation, data_loader: '${val_data_loader}', "
         f"val_on_train_begin: {str(begin).lower()}}}, '${{vars.ckpt_callback}}']",
         "float_predictor=null",
@@ -80,11 +26,11 @@ def _cfg(tiny_cfg, values, begin):
     )
 
 
-def test_a_fine_tune_that_never_beats_its_start_keeps_the_start(tiny_cfg, tmp_path):
+def test_a_fine_tune_that_never_beats_its_start_keeps_the_start(tiny_cfg, host, tmp_path):
     # start 0.9, then three epochs that score lower: best is the untouched start
     cfg = _cfg(tiny_cfg, [0.9, 0.5, 0.6, 0.7], begin=True)
     run_dir = tmp_path / "run"
-    assert run_pipeline(cfg, _host(), ["float"], run_dir=str(run_dir)) == 0
+    assert run_pipeline(cfg, host, ["float"], run_dir=str(run_dir)) == 0
     ckpt = tmp_path / "ckpt"
     best = torch.load(ckpt / "float-checkpoint-best.pth.tar", weights_only=True)
     last = torch.load(ckpt / "float-checkpoint-last.pth.tar", weights_only=True)
@@ -100,9 +46,9 @@ def test_a_fine_tune_that_never_beats_its_start_keeps_the_start(tiny_cfg, tmp_pa
     assert summary["metrics"]["mAP"] == 0.7  # the last validation is still reported
 
 
-def test_resume_does_not_score_the_start_again(tiny_cfg, tmp_path):
+def test_resume_does_not_score_the_start_again(tiny_cfg, host, tmp_path):
     cfg = _cfg(tiny_cfg, [0.9, 0.5, 0.6, 0.7], begin=True)
-    assert run_pipeline(cfg, _host(), ["float"], run_dir=str(tmp_path / "run")) == 0
+    assert run_pipeline(cfg, host, ["float"], run_dir=str(tmp_path / "run")) == 0
     # a finished stage is skipped on --resume; an unfinished one would restore after
     # on_loop_begin, so the start must not be validated then: check the flag is honoured
     from fcos_core.engine.callbacks.validation import Validation
@@ -125,17 +71,17 @@ def test_resume_does_not_score_the_start_again(tiny_cfg, tmp_path):
     assert len(calls) == 1
 
 
-def test_an_epoch_that_beats_the_start_wins(tiny_cfg, tmp_path):
+def test_an_epoch_that_beats_the_start_wins(tiny_cfg, host, tmp_path):
     cfg = _cfg(tiny_cfg, [0.3, 0.5, 0.8, 0.6], begin=True)
-    assert run_pipeline(cfg, _host(), ["float"], run_dir=str(tmp_path / "run")) == 0
+    assert run_pipeline(cfg, host, ["float"], run_dir=str(tmp_path / "run")) == 0
     best = torch.load(tmp_path / "ckpt" / "float-checkpoint-best.pth.tar", weights_only=True)
     assert best["metric"] == 0.8 and best["global_step"] == 2 * 4
 
 
-def test_off_by_default_the_first_validation_is_epoch_one(tiny_cfg, tmp_path):
+def test_off_by_default_the_first_validation_is_epoch_one(tiny_cfg, host, tmp_path):
     cfg = _cfg(tiny_cfg, [0.9, 0.5, 0.6], begin=False)
     run_dir = tmp_path / "run"
-    assert run_pipeline(cfg, _host(), ["float"], run_dir=str(run_dir)) == 0
+    assert run_pipeline(cfg, host, ["float"], run_dir=str(run_dir)) == 0
     best = torch.load(tmp_path / "ckpt" / "float-checkpoint-best.pth.tar", weights_only=True)
     assert best["metric"] == 0.9 and best["global_step"] == 4
     summary = json.loads((run_dir / "summary.json").read_text())["float"]
