@@ -20,10 +20,11 @@ Stopping:
   after ``max_nonfinite_steps`` such steps in a row
   :class:`~fcos_core.engine.errors.NonFiniteGradientError` stops training (exit code 2) without
   saving;
-* Ctrl-C (``KeyboardInterrupt``) fires ``on_interrupt`` (``Checkpoint`` saves the position of
-  the last finished step) and re-raises, so ``fcos run`` exits with code 130; SIGTERM (a
-  cluster scheduler, ``docker stop``) takes the same path during ``fcos run`` and exits with
-  code 143. ``--resume`` continues from there.
+* Ctrl-C (``KeyboardInterrupt``) waits for the running step to finish
+  (:mod:`~fcos_core.engine.step_interrupts`; a second Ctrl-C does not wait), then fires
+  ``on_interrupt`` (``Checkpoint`` saves the position of that step) and re-raises, so
+  ``fcos run`` exits with code 130; SIGTERM (a cluster scheduler, ``docker stop``) takes the
+  same path during ``fcos run`` and exits with code 143. ``--resume`` continues from there.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from fcos_core.engine.loop import Loop, LoopState
 from fcos_core.engine.modes import set_mode
 from fcos_core.engine.progress import Progress, progress_enabled
 from fcos_core.engine.quant_report_writer import REPORT_BATCHES, write_stage_report
+from fcos_core.engine.step_interrupts import step_interrupts_deferred
 from fcos_core.schema import LazyComponent
 
 
@@ -289,20 +291,22 @@ class Trainer(Loop):
                 for batch in self._batches(start_batch):
                     if len(self._report_images) < REPORT_BATCHES and isinstance(batch, dict):
                         self._report_images.append(batch["img"])
-                    self.fire("on_step_begin")
-                    outputs = self.batch_processor(
-                        self.train_model, batch, self.device, self.optimizer, self
-                    )
-                    st.last_batch_size = batch_size_of(batch)
-                    st.batch_in_epoch += 1
-                    st.global_step += 1
-                    if getattr(self.batch_processor, "last_step_skipped", False):
-                        self._skipped_step()
-                    else:
-                        self._nonfinite_in_a_row = 0
-                        self.fire("on_step_end", batch, outputs)
-                    st.consistent = True
-                    st.rng_snapshot = capture_rng()
+                    # Ctrl-C/SIGTERM wait for the step's end: the checkpoint then holds it
+                    with step_interrupts_deferred():
+                        self.fire("on_step_begin")
+                        outputs = self.batch_processor(
+                            self.train_model, batch, self.device, self.optimizer, self
+                        )
+                        st.last_batch_size = batch_size_of(batch)
+                        st.batch_in_epoch += 1
+                        st.global_step += 1
+                        if getattr(self.batch_processor, "last_step_skipped", False):
+                            self._skipped_step()
+                        else:
+                            self._nonfinite_in_a_row = 0
+                            self.fire("on_step_end", batch, outputs)
+                        st.consistent = True
+                        st.rng_snapshot = capture_rng()
                     bar.update(st.last_losses)
             finally:
                 bar.close()

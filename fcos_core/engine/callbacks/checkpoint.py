@@ -13,8 +13,9 @@ is atomic, see :mod:`fcos_core.engine.checkpoint_io`):
   and a stage that never validated gets its final weights as ``best``);
 * ``on_loop_end``: ``last`` marked finished (and ``best`` as above; with ``num_epochs: 0``
   this is the only save);
-* ``on_interrupt`` (Ctrl-C; SIGTERM during ``fcos run``): ``last`` at the last finished step --
-  unless the interrupt came while the optimizer was changing the weights, in which case the
+* ``on_interrupt`` (Ctrl-C; SIGTERM during ``fcos run``): ``last`` at the last finished step
+  (the trainer holds the first signal until the running step is complete) -- unless a second
+  signal cut a step short while the optimizer was changing the weights, in which case the
   previous ``last`` is kept.
 
 The prefix defaults to ``<stage>-``, giving the paths the next stage's ``LoadCheckpoint``
