@@ -8,11 +8,26 @@ A backend is selected by the config's ``march`` and is the one place that knows 
   :class:`CheckIssue` per unsupported layer, naming the layer and the reason. ``fcos check
   CONFIG --model`` calls it before any training, as HAT's model checker does.
 * :meth:`CompileBackend.compile` -- quantized deploy model + example inputs + the validated
-  ``compile_cfg`` options -> one artifact file and a report.
+  options *object* (an instance of the backend's attrs schema, :attr:`CompileBackend.
+  options_schema`, the class it registers for ``compile_cfg``) -> one artifact file and a
+  report. The backend reads attributes (``options.latency_runs``).
 * :meth:`CompileBackend.load` / :meth:`CompileBackend.run` -- execute an artifact on this
   machine; outputs have the deploy model's output structure.
 * optional: :meth:`CompileBackend.detect` (decoded detections of an artifact, to score it) and
   :meth:`CompileBackend.artifact_path` (where :meth:`CompileBackend.compile` puts the artifact).
+
+Options: :meth:`CompileBackend.resolve_options` is the one way from a mapping (the config's
+``compile_cfg``, a test's dict) to the options object: the schema's defaults, then the
+backend's :meth:`~CompileBackend.option_defaults` (its constructor keywords), then the mapping;
+``march`` and fcos core's compile-stage keys (:data:`fcos_core.compile.deploy_table.CHECK_KEYS`:
+``allow_disagreement``, ``check_images``, ...) are dropped, ``out_dir`` falls back to the
+argument, unknown names, missing required ones and wrongly typed values are a
+:class:`~fcos_core.errors.FcosUserError`, then :meth:`~CompileBackend.check_options` runs the
+backend's own value checks. The compile stage resolves once and passes the object to
+``compile`` and ``artifact_path``. For convenience a subclass's ``compile`` and
+``artifact_path`` also accept a mapping: the base class converts it through
+:meth:`~CompileBackend.resolve_options` before the subclass's code runs (one place,
+:meth:`CompileBackend.__init_subclass__`), so an implementation always sees the object.
 
 The module is torch-free so registration stays cheap; implementations import torch lazily.
 """
@@ -20,11 +35,16 @@ The module is torch-free so registration stays cheap; implementations import tor
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+import functools
+import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 import attrs
+
+#: a backend's options object: an instance of its attrs ``compile_cfg`` schema
+OptionsT = TypeVar("OptionsT")
 
 
 @attrs.frozen
@@ -48,11 +68,59 @@ class CompileResult:
     files: tuple[Path, ...] = ()  # extra files written (per-layer JSON, HTML report ...)
 
 
-class CompileBackend(abc.ABC):
-    """Base class for compile backends; see the module docstring for the contract."""
+class CompileBackend(abc.ABC, Generic[OptionsT]):
+    """Base class for compile backends; see the module docstring for the contract.
+
+    Subclass as ``CompileBackend[MyCompileOptions]`` and set :attr:`options_schema` to the same
+    attrs class (the one registered as the backend's ``compile_cfg`` schema)."""
 
     #: the ``march`` name this backend answers to
     name: str = ""
+    #: the attrs class of this backend's options (None: ``compile`` gets the mapping as given)
+    options_schema: type | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Let a subclass's ``compile`` / ``artifact_path`` take a mapping too: it is resolved
+        through :meth:`resolve_options` before the subclass's code runs."""
+        super().__init_subclass__(**kwargs)
+        for name in ("compile", "artifact_path"):
+            impl = cls.__dict__.get(name)
+            if callable(impl) and not getattr(impl, "__isabstractmethod__", False):
+                setattr(cls, name, _resolving(impl, name))
+
+    def option_defaults(self) -> Mapping[str, Any]:
+        """The backend's own defaults, between the schema's and the config's (e.g. the
+        constructor's keywords); none by default."""
+        return {}
+
+    def check_options(self, options: OptionsT) -> None:
+        """The backend's value checks beyond the schema's types (a :class:`FcosUserError`
+        naming the ``compile_cfg`` key); none by default."""
+
+    def resolve_options(
+        self, options: OptionsT | Mapping[str, Any] | None = None, out_dir: Path | None = None
+    ) -> OptionsT:
+        """The options object for ``options`` (see the module docstring); an instance of
+        :attr:`options_schema` is checked and returned as it is. A backend without a schema
+        gets ``options`` back unchanged."""
+        schema = self.options_schema
+        if schema is None:
+            return cast(OptionsT, options if options is not None else {})
+        if isinstance(options, schema):
+            opts = cast(OptionsT, options)
+        else:
+            opts = cast(
+                OptionsT,
+                resolve_compile_options(
+                    schema,
+                    self.name,
+                    self.option_defaults(),
+                    cast(Mapping[str, Any], options or {}),
+                    out_dir,
+                ),
+            )
+        self.check_options(opts)
+        return opts
 
     def quantization_rules(self) -> Any:
         """Quantization rules for this target, or None for fcos's defaults."""
@@ -67,10 +135,11 @@ class CompileBackend(abc.ABC):
         self,
         model: Any,
         example_inputs: Mapping[str, Any],
-        options: Mapping[str, Any],
+        options: OptionsT,
         out_dir: Path,
     ) -> CompileResult:
-        """Compile a quantized deploy model; ``options`` are the validated compile_cfg."""
+        """Compile a quantized deploy model; ``options`` is the backend's options object
+        (:meth:`resolve_options`; a mapping is converted before this runs)."""
 
     @abc.abstractmethod
     def load(self, artifact: Path) -> Any:
@@ -92,11 +161,37 @@ class CompileBackend(abc.ABC):
         """
         return None
 
-    def artifact_path(self, options: Mapping[str, Any], out_dir: Path) -> Path | None:
-        """Optional: the file :meth:`compile` writes for these ``options`` and ``out_dir``,
+    def artifact_path(self, options: OptionsT, out_dir: Path) -> Path | None:
+        """Optional: the file :meth:`compile` writes for these ``options`` (the options
+        object, as :meth:`compile` gets it) and ``out_dir``,
         so ``fcos val --stage compile`` finds the compile stage's artifact without compiling
         again. The default (None) means the user names it (``--checkpoint``)."""
         return None
+
+
+def _resolving(impl: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """``impl`` (a subclass's ``compile`` or ``artifact_path``) with its ``options`` argument
+    resolved through :meth:`CompileBackend.resolve_options` first."""
+    if name == "compile":
+
+        @functools.wraps(impl)
+        def compile(
+            self: CompileBackend[Any],
+            model: Any,
+            example_inputs: Mapping[str, Any],
+            options: Any,
+            out_dir: Path | None = None,
+        ) -> Any:
+            opts = self.resolve_options(options, Path(out_dir) if out_dir else None)
+            return impl(self, model, example_inputs, opts, out_dir)
+
+        return compile
+
+    @functools.wraps(impl)
+    def artifact_path(self: CompileBackend[Any], options: Any, out_dir: Path) -> Any:
+        return impl(self, self.resolve_options(options, Path(out_dir)), out_dir)
+
+    return artifact_path
 
 
 def post_process_params(model: Any) -> dict[str, Any] | None:
@@ -142,11 +237,12 @@ def decode_detections(
     return post.detect(list(outputs), image_hw, bbox_upscaled=bool(det.get("bbox_upscaled", False)))
 
 
-def check_timing_options(opts: Mapping[str, Any]) -> None:
-    """A backend's own ``latency_runs`` / ``warmup_runs`` must be counts (0 skips timing)."""
+def check_timing_options(opts: Any) -> None:
+    """A backend's own ``latency_runs`` / ``warmup_runs`` (attributes of its options object)
+    must be counts (0 skips timing)."""
     from fcos_core.errors import FcosUserError
 
-    if int(opts["latency_runs"]) < 0 or int(opts["warmup_runs"]) < 0:
+    if int(opts.latency_runs) < 0 or int(opts.warmup_runs) < 0:
         raise FcosUserError(
             "compile_cfg.latency_runs and warmup_runs must be >= 0",
             hint="use 0 to skip the latency measurement",
@@ -159,21 +255,25 @@ def resolve_compile_options(
     defaults: Mapping[str, Any],
     options: Mapping[str, Any],
     out_dir: Path | None,
-) -> dict[str, Any]:
-    """A backend's options for one compile: the schema's defaults, then the backend's own
-    ``defaults``, then the config's ``compile_cfg`` (without ``march``); ``out_dir`` falls back
-    to the argument. Names the schema does not know are a user error that lists the valid
-    ones. Backend-specific value checks come after this, in the backend."""
+) -> Any:
+    """A backend's options object for one compile: an instance of ``schema`` built from the
+    schema's defaults, then the backend's own ``defaults``, then the config's ``compile_cfg``
+    (``march`` and fcos core's compile-stage keys dropped); ``out_dir`` falls back to the
+    argument. Unknown names (the hint lists the valid ones, the core keys included), missing
+    required ones and values of the wrong type are user errors. Backend-specific value checks
+    come after this (:meth:`CompileBackend.check_options`)."""
+    from fcos_core.compile.deploy_table import CHECK_KEYS
     from fcos_core.errors import FcosUserError
-    from fcos_core.schema import fields_of
+    from fcos_core.schema import check_type, coerce, fields_of
 
     fields = fields_of(schema)
     opts: dict[str, Any] = {
         name: info.default for name, info in fields.items() if not info.required
     }
-    opts.update(defaults)
-    opts.update({k: v for k, v in options.items() if k != "march"})
-    if not opts.get("out_dir"):
+    core = ("march", *CHECK_KEYS)
+    opts.update({k: v for k, v in defaults.items() if k not in core})
+    opts.update({k: v for k, v in options.items() if k not in core})
+    if "out_dir" in fields and not opts.get("out_dir"):
         if out_dir is None:
             raise FcosUserError("compile_cfg.out_dir is not set", hint="set compile_cfg.out_dir")
         opts["out_dir"] = str(out_dir)
@@ -181,9 +281,26 @@ def resolve_compile_options(
     if unknown:
         raise FcosUserError(
             f"compile_cfg: unknown option(s) {sorted(unknown)} for march {march}",
-            hint=f"use {', '.join(sorted(fields))}",
+            hint=f"march {march} takes {', '.join(sorted(fields))}; every backend's compile "
+            f"stage also takes {', '.join(core)}",
         )
-    return opts
+    missing = sorted(name for name, info in fields.items() if info.required and name not in opts)
+    if missing:
+        raise FcosUserError(
+            f"compile_cfg: march {march} needs {', '.join(missing)}",
+            hint=f"set compile_cfg.{missing[0]}",
+        )
+    for name, value in list(opts.items()):
+        if isinstance(value, os.PathLike):  # a Path where the schema says str
+            value = os.fspath(value)
+        why = check_type(value, fields[name].type)
+        if why:
+            raise FcosUserError(
+                f"compile_cfg.{name} (march {march}): {why}",
+                hint=f"compile_cfg.{name}: {fields[name].help}",
+            )
+        opts[name] = coerce(value, fields[name].type)
+    return schema(**opts)
 
 
 def example_image_tensor(example_inputs: Mapping[str, Any]) -> Any:

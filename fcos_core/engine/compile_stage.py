@@ -8,10 +8,12 @@ Which model is compiled:
 * otherwise ``deploy_model`` through ``deploy_model_convert_pipeline`` (a compile check; its
   weights are trained only if that pipeline loads a checkpoint, and the log says so).
 
-The backend is ``cfg.compile_backend.load()()``; it is called as
+The backend is ``cfg.compile_backend.load()()``; the ``compile_cfg`` options are resolved once
+into its options object (``backend.resolve_options``: an instance of the backend's attrs
+schema; ``out_dir`` from the options or ``<ckpt_dir>/compile``), and it is called as
 ``backend.compile(model, example_inputs, options, out_dir)`` with random example inputs of the
-``deploy_inputs`` shapes, the ``compile_cfg`` options (without ``march``), and ``out_dir`` from
-the options or ``<ckpt_dir>/compile``.
+``deploy_inputs`` shapes. A duck-typed backend without ``resolve_options`` gets the validated
+``compile_cfg`` mapping (without ``march`` and fcos core's keys).
 
 After compiling, the artifact is checked through the backend contract alone
 (:mod:`fcos_core.compile.deploy_table`): its runtime against the integer model on validation
@@ -24,6 +26,7 @@ the stage unless ``compile_cfg.allow_disagreement``), batch-1 latency, and COCO 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -123,8 +126,9 @@ def run_compile_stage(cfg: Any, ctx: Any) -> dict[str, Any] | None:
     example_inputs = {
         k: torch.randn(tuple(shape), generator=g) for k, shape in ctx.example_inputs.items()
     }
-    options = dict(cfg.compile_options or {})
-    out_dir = Path(options.get("out_dir") or Path(ctx.ckpt_dir) / "compile")
+    options, out_dir = resolve_backend_options(
+        backend, cfg.compile_options, Path(ctx.ckpt_dir) / "compile"
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx.logger.info(
         "compiling", march=entry.name, backend=entry.provider, model=source, out_dir=str(out_dir)
@@ -190,13 +194,36 @@ def run_compile_stage(cfg: Any, ctx: Any) -> dict[str, Any] | None:
     }
 
 
+def resolve_backend_options(
+    backend: Any, compile_options: Mapping[str, Any] | None, default_out_dir: Path
+) -> tuple[Any, Path]:
+    """``(options, out_dir)`` for one compile: the backend's options object
+    (:meth:`~fcos_core.compile.backend.CompileBackend.resolve_options`, ``out_dir`` falling back
+    to ``default_out_dir``), or -- for a duck-typed backend without ``resolve_options`` -- the
+    validated ``compile_cfg`` mapping as it is."""
+    raw = dict(compile_options or {})
+    resolve = getattr(backend, "resolve_options", None)
+    if not callable(resolve):
+        return raw, Path(raw.get("out_dir") or default_out_dir)
+    options = resolve(raw, default_out_dir)
+    where = _option(options, "out_dir")
+    return options, Path(where) if where else default_out_dir
+
+
+def _option(options: Any, name: str, default: Any = None) -> Any:
+    """One backend option from an options object (or a duck-typed backend's mapping)."""
+    if isinstance(options, Mapping):
+        return options.get(name, default)
+    return getattr(options, name, default)
+
+
 def _check_artifact(
     cfg: Any,
     ctx: Any,
     backend: Any,
     program: Any,
     model: Any,
-    options: dict[str, Any],
+    options: Any,
     check: dict[str, Any],
 ) -> tuple[dict[str, Any], Any, Any, str]:
     """Agreement of ``program`` with the integer ``model`` on validation images (else the
@@ -216,7 +243,7 @@ def _check_artifact(
 
     name = next(iter(ctx.example_inputs))
     example = example_image_tensor({name: ctx.example_inputs[name]})
-    pyramid = list(options.get("input_source") or ["ddr"]) == ["pyramid"]
+    pyramid = list(_option(options, "input_source") or ["ddr"]) == ["pyramid"]
     loader_nodes, _ = artifact_eval_nodes(cfg)
     loaders = [build(n) for n in loader_nodes[:1]] if check["check_images"] else []
     images, inputs = comparison_images(loaders, example, max(1, check["check_images"]))

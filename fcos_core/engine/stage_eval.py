@@ -281,8 +281,11 @@ def _prepare_compile(
 def default_artifact(cfg: Any, backend: Any) -> Path | None:
     """Where the compile stage of ``cfg`` writes its artifact (the backend's
     ``artifact_path``), or None when the backend does not say."""
-    options = dict(cfg.compile_options or {})
-    out_dir = Path(options.get("out_dir") or Path(cfg.data["ckpt_dir"]) / "compile")
+    from fcos_core.engine.compile_stage import resolve_backend_options
+
+    options, out_dir = resolve_backend_options(
+        backend, cfg.compile_options, Path(cfg.data["ckpt_dir"]) / "compile"
+    )
     where = getattr(backend, "artifact_path", None)
     path = where(options, out_dir) if callable(where) else None
     return Path(path) if path is not None else None

@@ -17,8 +17,10 @@ tests (the suites' own names do not start with ``Test``, so they are not collect
             return MyDataset(root=make_tiny_folder(tmp_path))
 
 Every fixture a suite uses is a method that a subclass may override (the backend suite's are
-class-scoped classmethods: the host, the model, the images; ``compile_options`` and
-``run_inputs`` are classmethods too). The module imports no torch; the fixtures do.
+class-scoped classmethods: the host, the model, the images; ``compile_options`` -- the
+``compile_cfg`` mapping, which the suite resolves into the backend's options object with
+``backend.resolve_options`` -- and ``run_inputs`` are classmethods too). The module imports no
+torch; the fixtures do.
 """
 
 from __future__ import annotations
@@ -140,14 +142,14 @@ class CompileBackendConformance:
 
     @pytest.fixture(scope="class")
     @classmethod
-    def backend(cls, entry: Any) -> CompileBackend:
+    def backend(cls, entry: Any) -> CompileBackend[Any]:
         backend = entry.load()()
         assert isinstance(backend, CompileBackend), f"{entry.factory_ref} is no CompileBackend"
         return backend
 
     @pytest.fixture(scope="class")
     @classmethod
-    def model(cls, backend: CompileBackend) -> Any:
+    def model(cls, backend: CompileBackend[Any]) -> Any:
         return tiny_quantized_fcos(backend, cls.input_size, head_output=cls.head_output)
 
     @pytest.fixture(scope="class")
@@ -160,8 +162,8 @@ class CompileBackendConformance:
 
     @classmethod
     def compile_options(cls, out_dir: Path) -> dict[str, Any]:
-        """The ``compile_cfg`` (without ``march``) for the tiny model (override as a
-        classmethod)."""
+        """The ``compile_cfg`` (without ``march``) for the tiny model, as YAML would give it
+        (override as a classmethod); the suite resolves it into the options object."""
         return {"out_dir": str(out_dir)}
 
     @classmethod
@@ -173,17 +175,19 @@ class CompileBackendConformance:
     @pytest.fixture(scope="class")
     @classmethod
     def compiled(
-        cls, backend: CompileBackend, model: Any, tmp_path_factory: pytest.TempPathFactory
+        cls, backend: CompileBackend[Any], model: Any, tmp_path_factory: pytest.TempPathFactory
     ) -> dict[str, Any]:
         import torch
 
         out_dir = tmp_path_factory.mktemp(f"compile-{cls.backend_name}")
         g = torch.Generator().manual_seed(2)
         example = {"img": torch.rand(1, 3, cls.input_size, cls.input_size, generator=g) * 2 - 1}
-        options = cls.compile_options(out_dir)
+        config = cls.compile_options(out_dir)
+        options = backend.resolve_options(config, out_dir)
         result = backend.compile(model, example, options, out_dir)
         return {
             "result": result,
+            "config": config,
             "options": options,
             "out_dir": out_dir,
             "program": backend.load(result.artifact),
@@ -192,12 +196,61 @@ class CompileBackendConformance:
     # -- registration -------------------------------------------------------------------
 
     def test_registered_with_a_schema(
-        self, host: PluginHost, entry: Any, backend: CompileBackend
+        self, host: PluginHost, entry: Any, backend: CompileBackend[Any]
     ) -> None:
         assert isinstance(backend, CompileBackend)
         assert backend.name == entry.name
         assert entry.schema is not None, "register the compile_cfg options schema"
         assert entry.doc.strip(), "the schema's docstring is the backend's one-line doc"
+        assert backend.options_schema is entry.schema, (
+            "set the backend's options_schema to its registered compile_cfg schema"
+        )
+
+    # -- options ------------------------------------------------------------------------
+
+    def test_options_object_carries_the_config(self, entry: Any, compiled: dict[str, Any]) -> None:
+        options = compiled["options"]
+        assert isinstance(options, entry.schema)
+        for key, value in compiled["config"].items():
+            assert getattr(options, key) == value, key
+
+    def test_compile_receives_its_options_object(
+        self, backend: CompileBackend[Any], entry: Any, model: Any, tmp_path: Path
+    ) -> None:
+        """``compile`` given the config's mapping (with ``march`` and fcos core's keys, as
+        ``compile_cfg`` has them) gets an instance of the schema with the config's values."""
+        received: list[Any] = []
+
+        class Received(Exception):
+            pass
+
+        def record(self: Any, model: Any, example: Any, options: Any, out_dir: Path) -> Any:
+            received.append(options)
+            raise Received
+
+        spy = type("Spy", (type(backend),), {"compile": record})()
+        config = self.compile_options(tmp_path)
+        size = [1, 3, self.input_size, self.input_size]
+        cfg = {"march": self.backend_name, "check_images": 2, "allow_disagreement": True, **config}
+        with pytest.raises(Received):
+            spy.compile(model, {"img": size}, cfg, tmp_path)
+        (options,) = received
+        assert isinstance(options, entry.schema)
+        for key, value in config.items():
+            assert getattr(options, key) == value, key
+
+    def test_unknown_option_names_the_valid_ones(
+        self, backend: CompileBackend[Any], entry: Any, tmp_path: Path
+    ) -> None:
+        from fcos_core.compile.deploy_table import CHECK_KEYS
+        from fcos_core.schema import fields_of
+
+        config = {**self.compile_options(tmp_path), "no_such_option": 1}
+        with pytest.raises(FcosUserError, match="no_such_option") as info:
+            backend.resolve_options(config, tmp_path)
+        hint = info.value.hint or ""
+        for name in (*fields_of(entry.schema), *CHECK_KEYS):
+            assert name in hint, f"the hint does not name {name}: {hint}"
 
     def test_registration_imports_no_torch(self, host: PluginHost, entry: Any) -> None:
         plugin = host.pm.get_plugin(entry.plugin)
@@ -206,13 +259,13 @@ class CompileBackendConformance:
 
     # -- check / compile / load / run ---------------------------------------------------
 
-    def test_check_accepts_the_tiny_model(self, backend: CompileBackend, model: Any) -> None:
+    def test_check_accepts_the_tiny_model(self, backend: CompileBackend[Any], model: Any) -> None:
         issues = list(backend.check(model, {"img": [1, 3, self.input_size, self.input_size]}))
         assert all(isinstance(i, CheckIssue) for i in issues)
         assert issues == [], "\n".join(i.render() for i in issues)
 
     def test_compile_writes_one_artifact(
-        self, backend: CompileBackend, compiled: dict[str, Any]
+        self, backend: CompileBackend[Any], compiled: dict[str, Any]
     ) -> None:
         result = compiled["result"]
         assert isinstance(result, CompileResult)
@@ -225,7 +278,7 @@ class CompileBackendConformance:
         )
 
     def test_run_has_the_models_output_structure(
-        self, backend: CompileBackend, model: Any, compiled: dict[str, Any], images: Any
+        self, backend: CompileBackend[Any], model: Any, compiled: dict[str, Any], images: Any
     ) -> None:
         import torch
 
@@ -236,7 +289,7 @@ class CompileBackendConformance:
         assert got == want
 
     def test_load_rejects_a_damaged_artifact(
-        self, backend: CompileBackend, compiled: dict[str, Any], tmp_path: Path
+        self, backend: CompileBackend[Any], compiled: dict[str, Any], tmp_path: Path
     ) -> None:
         data = compiled["result"].artifact.read_bytes()
         truncated = tmp_path / f"truncated{compiled['result'].artifact.suffix}"
@@ -248,7 +301,7 @@ class CompileBackendConformance:
                 backend.load(path)
 
     def test_detect_returns_one_dict_per_image(
-        self, backend: CompileBackend, compiled: dict[str, Any], images: Any
+        self, backend: CompileBackend[Any], compiled: dict[str, Any], images: Any
     ) -> None:
         dets = backend.detect(compiled["program"], images)
         if not self.supports_detect:

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
+import attrs
 import numpy as np
 import pytest
 import torch
@@ -24,6 +25,7 @@ from fcos_core.compile.deploy_table import format_table, output_specs, table_row
 from fcos_core.errors import FcosUserError
 from fcos_core.models.post_process import FCOSMultiStrideFilter
 from fcos_core.quantization.integer_model import IntegerModel, IntOp
+from fcos_core.schema import arg
 
 SIZE = 16
 TINY_CONFIG = Path(__file__).parent / "tiny_pipeline.yaml"  # by path: `conftest` is ambiguous
@@ -107,10 +109,39 @@ class ShiftingBackend(CompileBackend):
         return tuple(outs)
 
 
+@attrs.frozen(kw_only=True)
+class ShiftingOptions:
+    """compile_cfg of :class:`TypedShiftingBackend`."""
+
+    out_dir: str = arg(help="folder of the artifact")
+    shifts: list[list[int]] = arg([], help="[[output index, steps, count], ...]")
+
+
+class TypedShiftingBackend(ShiftingBackend):
+    """:class:`ShiftingBackend` with an options schema: records the options object it gets."""
+
+    options_schema = ShiftingOptions
+    received: ClassVar[list[Any]] = []
+
+    def compile(
+        self, model: Any, example_inputs: Any, options: ShiftingOptions, out_dir: Path
+    ) -> CompileResult:
+        TypedShiftingBackend.received.append((options, out_dir))
+        path = Path(out_dir) / "shifting.json"
+        path.write_text(json.dumps({"shifts": options.shifts}))
+        ShiftingBackend.models[str(path)] = model
+        return CompileResult(artifact=path, report={})
+
+
 def _stage(
-    tmp_path: Path, monkeypatch: Any, shifts: list[list[int]], **check: Any
+    tmp_path: Path,
+    monkeypatch: Any,
+    shifts: list[list[int]],
+    backend: type = ShiftingBackend,
+    **check: Any,
 ) -> tuple[Any, dict[str, Any] | None, BaseException | None]:
-    """Run the real compile stage with :class:`ShiftingBackend` on :class:`Deploy`."""
+    """Run the real compile stage with ``backend`` (:class:`ShiftingBackend`) on
+    :class:`Deploy`."""
     from fcos_core.engine import compile_stage
     from fcos_core.engine.context import RunContext
     from fcos_core.logging_setup import get_logger
@@ -119,7 +150,7 @@ def _stage(
     monkeypatch.setattr(
         compile_stage, "deploy_model", lambda cfg, ctx: (model, "deploy_model and its pipeline")
     )
-    entry = SimpleNamespace(load=lambda: ShiftingBackend, name="shifting", provider="tests")
+    entry = SimpleNamespace(load=lambda: backend, name="shifting", provider="tests")
     cfg = SimpleNamespace(
         compile_backend=entry,
         compile_options={"shifts": shifts},
@@ -230,6 +261,19 @@ def test_stage_prints_and_stores_one_table(tmp_path, monkeypatch, capsys):
     rows = _read_csv(tmp_path / "run" / "deploy_table.csv")
     assert [r["backend"] for r in rows] == ["integer model (shifting)", "shifting"]
     assert float(rows[1]["within_1"]) == 1.0 and float(rows[1]["p50_ms"]) > 0
+
+
+def test_stage_hands_the_backend_its_options_object(tmp_path, monkeypatch):
+    """The stage resolves compile_cfg once: the backend gets an instance of its schema with the
+    config's values (out_dir: <ckpt_dir>/compile), never the core keys."""
+    TypedShiftingBackend.received.clear()
+    _ctx, out, err = _stage(tmp_path, monkeypatch, [[0, 1, 3]], TypedShiftingBackend)
+    assert err is None and out is not None
+    ((options, out_dir),) = TypedShiftingBackend.received
+    want = tmp_path / "ckpt" / "compile"
+    assert options == ShiftingOptions(out_dir=str(want), shifts=[[0, 1, 3]])
+    assert out_dir == want and out["out_dir"] == str(want)
+    assert out["deploy_table"]["agreement"]["max_steps"] == 1  # the shifts took effect
 
 
 def test_disagreement_beyond_one_step_fails_the_stage(tmp_path, monkeypatch):

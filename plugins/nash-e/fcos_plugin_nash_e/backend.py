@@ -25,6 +25,7 @@ from fcos_plugin_nash_e.optimize import optimize
 from fcos_plugin_nash_e.perf import estimate
 from fcos_plugin_nash_e.report import write_reports
 from fcos_plugin_nash_e.runtime import Runtime
+from fcos_plugin_nash_e.schema import NashECompileOptions
 
 
 def _shapes(example_inputs: Mapping[str, Any]) -> dict[str, list[int]]:
@@ -64,14 +65,35 @@ def detection_meta(
     return meta
 
 
-class NashEBackend(CompileBackend):
+class NashEBackend(CompileBackend[NashECompileOptions]):
     """Integer-only NASH-E-like target: int8/int16 tensors, int32 accumulation, per-channel
     multiplier/shift requantization; see the plugin README for the operator set and limits."""
 
     name = "nash_e"
+    options_schema = NashECompileOptions
 
     def __init__(self, **options: Any) -> None:
         self.options = dict(options)  # optional defaults for compile()
+
+    def option_defaults(self) -> Mapping[str, Any]:
+        return self.options
+
+    def resolve_options(
+        self,
+        options: NashECompileOptions | Mapping[str, Any] | None = None,
+        out_dir: Path | None = None,
+    ) -> NashECompileOptions:
+        """The base class's resolution, with two fallbacks for API callers (a config must
+        set both): ``out_dir`` -> the argument, else the working folder; ``hbm`` ->
+        ``<out_dir>/<name>.hbm``."""
+        if not isinstance(options, NashECompileOptions):
+            merged = {**self.options, **(options or {})}
+            where = merged.get("out_dir") or out_dir or "."
+            merged["out_dir"] = str(where)
+            if not merged.get("hbm"):
+                merged["hbm"] = str(Path(where) / f"{merged.get('name') or 'model'}.hbm")
+            options = merged
+        return super().resolve_options(options, out_dir)
 
     def quantization_rules(self) -> Any:
         from fcos_core.quantization.rules import QuantRules
@@ -107,30 +129,28 @@ class NashEBackend(CompileBackend):
         self,
         model: Any,
         example_inputs: Mapping[str, Any],
-        options: Mapping[str, Any],
+        options: NashECompileOptions,
         out_dir: Path,
     ) -> CompileResult:
         from fcos_plugin_nash_e.lower import lower
 
-        opts = {**self.options, **dict(options)}
-        name = str(opts.get("name", "model"))
-        level = str(opts.get("opt", "O3"))
-        sources = list(opts.get("input_source") or ["ddr"])
+        opts = options
+        name = opts.name
+        level = opts.opt
+        sources = list(opts.input_source)
         shapes = _shapes(example_inputs)
         t0 = time.perf_counter()
         canonical = lower(model, shapes, sources, name=name)
-        out_dir = Path(opts.get("out_dir") or out_dir or ".")
+        out_dir = Path(opts.out_dir)
         hbm = self.artifact_path(opts, out_dir)
         program = optimize(canonical, level)
         in_shape = next(iter(shapes.values()))
-        program.meta.update(
-            detection_meta(model, program, in_shape, str(opts.get("input_color", "yuv")))
-        )
+        program.meta.update(detection_meta(model, program, in_shape, opts.input_color))
         program.meta["compiler"] = {"fcos_plugin_nash_e": __version__, "opt": level}
         perf = estimate(program)
-        write_artifact(hbm, program, perf if opts.get("layer_details") else None)
+        write_artifact(hbm, program, perf if opts.layer_details else None)
         files: list[Path] = []
-        if opts.get("layer_details"):
+        if opts.layer_details:
             files.extend(write_reports(perf, out_dir, name))
         report = {
             "artifact": str(hbm),
@@ -145,11 +165,9 @@ class NashEBackend(CompileBackend):
         }
         return CompileResult(artifact=hbm, report=report, files=tuple(files))
 
-    def artifact_path(self, options: Mapping[str, Any], out_dir: Path) -> Path:
-        """``options["hbm"]``, else ``<out_dir>/<name>.hbm``."""
-        opts = {**self.options, **dict(options)}
-        out_dir = Path(opts.get("out_dir") or out_dir or ".")
-        return Path(opts.get("hbm") or out_dir / f"{opts.get('name', 'model')}.hbm")
+    def artifact_path(self, options: NashECompileOptions, out_dir: Path) -> Path:
+        """``compile_cfg.hbm`` (API callers without one: ``<out_dir>/<name>.hbm``)."""
+        return Path(options.hbm)
 
     # -- execute -------------------------------------------------------------------------
 

@@ -32,7 +32,6 @@ from fcos_core.compile.backend import (
     decode_detections,
     example_image_tensor,
     post_process_params,
-    resolve_compile_options,
 )
 from fcos_core.errors import FcosUserError
 from fcos_core.quantization.find_integer import find_integer_model, require_integer_model
@@ -47,21 +46,6 @@ def detection_meta(model: Any) -> dict[str, Any] | None:
     return post_process_params(model)
 
 
-def _resolve_options(
-    defaults: Mapping[str, Any], options: Mapping[str, Any], out_dir: Path | None
-) -> dict[str, Any]:
-    opts = resolve_compile_options(OnnxCompileOptions, "onnx", defaults, options, out_dir)
-    if opts["requantization"] == "integer" and opts["activation_dtype"] != "uint8":
-        raise FcosUserError(
-            "compile_cfg.requantization: integer needs activation_dtype: "
-            "uint8 (ConvInteger's exact uint8 kernel)",
-            hint="set compile_cfg.activation_dtype: uint8, or requantization: float",
-        )
-    check_single_input_source(opts)
-    check_timing_options(opts)
-    return opts
-
-
 def _pyramid_pair(x: Any) -> tuple[Any, Any]:
     """(raw uint8 planes for ORT, the normalised float image the torch model sees)."""
     import torch
@@ -70,13 +54,27 @@ def _pyramid_pair(x: Any) -> tuple[Any, Any]:
     return raw, (raw.float() - 128.0) / 128.0
 
 
-class OnnxBackend(CompileBackend):
+class OnnxBackend(CompileBackend[OnnxCompileOptions]):
     """QDQ ONNX export of the quantized deploy model, run and timed with ONNX Runtime."""
 
     name = "onnx"
+    options_schema = OnnxCompileOptions
 
     def __init__(self, **options: Any) -> None:
         self.options = dict(options)  # defaults for compile() and check()
+
+    def option_defaults(self) -> Mapping[str, Any]:
+        return self.options
+
+    def check_options(self, options: OnnxCompileOptions) -> None:
+        if options.requantization == "integer" and options.activation_dtype != "uint8":
+            raise FcosUserError(
+                "compile_cfg.requantization: integer needs activation_dtype: "
+                "uint8 (ConvInteger's exact uint8 kernel)",
+                hint="set compile_cfg.activation_dtype: uint8, or requantization: float",
+            )
+        check_single_input_source(options.input_source)
+        check_timing_options(options)
 
     def quantization_rules(self) -> Any:
         """fcos's default rules, spelled out: everything they produce has a QDQ form.
@@ -123,7 +121,7 @@ class OnnxBackend(CompileBackend):
         self,
         model: Any,
         example_inputs: Mapping[str, Any],
-        options: Mapping[str, Any],
+        options: OnnxCompileOptions,
         out_dir: Path,
     ) -> CompileResult:
         import torch
@@ -135,11 +133,11 @@ class OnnxBackend(CompileBackend):
         from fcos_plugin_onnx.session import make_session
 
         t0 = time.perf_counter()
-        opts = _resolve_options(self.options, options, Path(out_dir) if out_dir else None)
+        opts = options
         int_model, post = require_integer_model(model)
         records = integer_program(int_model)
         x = example_image_tensor(example_inputs)
-        pyramid = opts["input_source"] == ["pyramid"]
+        pyramid = opts.input_source == ["pyramid"]
         det = detection_meta(model)
         strides = det["strides"] if det else None
         try:
@@ -148,13 +146,13 @@ class OnnxBackend(CompileBackend):
                 int_model.outputs,
                 input_shape=tuple(x.shape),
                 dequant_output=bool(int_model.dequant_output),
-                opset=int(opts["opset"]),
+                opset=int(opts.opset),
                 strides=strides,
                 max_logit=post is not None,
                 pyramid_input=pyramid,
-                uint8_activations=opts["activation_dtype"] == "uint8",
-                requantization=str(opts["requantization"]),
-                graph_name=str(opts["name"]),
+                uint8_activations=opts.activation_dtype == "uint8",
+                requantization=str(opts.requantization),
+                graph_name=str(opts.name),
             )
         except ExportError as exc:
             raise FcosUserError(
@@ -162,26 +160,26 @@ class OnnxBackend(CompileBackend):
                 hint="see `fcos check CONFIG --model` and the "
                 "fcos-plugin-onnx README for the op set",
             ) from None
-        out = Path(opts["out_dir"])
-        path = Path(opts["onnx_file"])
+        out = Path(opts.out_dir)
+        path = Path(opts.onnx_file)
         path = path if path.is_absolute() else out / path
         meta = {
             "format": FORMAT_VERSION,
             "producer": f"fcos-plugin-onnx {__version__}",
-            "name": str(opts["name"]),
+            "name": str(opts.name),
             "input": {
                 "name": exported.input_name,
                 "dtype": exported.input_dtype,
                 "shape": list(exported.input_shape),
-                "source": opts["input_source"][0],
+                "source": opts.input_source[0],
                 # pyramid planes are normalised inside the graph; ddr input arrives
                 # normalised by the data pipeline (Normalize transform)
                 "normalisation": "(x - 128) / 128 in the graph" if pyramid else "by the caller",
             },
             "outputs": [_spec_dict(s) for s in exported.outputs],
             "dequant_output": bool(int_model.dequant_output),
-            "activation_dtype": opts["activation_dtype"],
-            "requantization": opts["requantization"],
+            "activation_dtype": opts.activation_dtype,
+            "requantization": opts.requantization,
             "detection": det,
         }
         write_artifact(path, exported.model, meta)
@@ -189,24 +187,24 @@ class OnnxBackend(CompileBackend):
         with tempfile.TemporaryDirectory() as tmp:
             opt_path = str(Path(tmp) / "optimized.onnx")
             sess, threading = make_session(
-                str(path), opts["providers"], opts["threads"], optimized_path=opt_path
+                str(path), opts.providers, opts.threads, optimized_path=opt_path
             )
             optimized = _count_ops(opt_path)
         program = OnnxProgram(session=sess, meta=meta, threading=threading)
 
         feed, model_in = _pyramid_pair(x) if pyramid else (x, x)
         agreement = None
-        if opts["agreement_check"]:
+        if opts.agreement_check:
             with torch.no_grad():
                 ref = model(model_in)
             ref = ref if isinstance(ref, (tuple, list)) else (ref,)
             agreement = code_agreement(ref, program.run({"img": feed}), meta["outputs"])
 
         latency = None
-        if int(opts["latency_runs"]) > 0:
+        if int(opts.latency_runs) > 0:
             one = program.feed({"img": feed[:1]})
             latency = measure_latency(
-                lambda: sess.run(None, one), int(opts["latency_runs"]), int(opts["warmup_runs"])
+                lambda: sess.run(None, one), int(opts.latency_runs), int(opts.warmup_runs)
             )
             latency = {"batch": 1, **latency, **threading}
 
@@ -215,7 +213,7 @@ class OnnxBackend(CompileBackend):
             "march": "onnx",
             "artifact": str(path),
             "artifact_bytes": path.stat().st_size,
-            "opset": int(opts["opset"]),
+            "opset": int(opts.opset),
             "input": meta["input"],
             "outputs": [{"name": s.name, "dtype": s.dtype} for s in exported.outputs],
             "nodes": sum(nodes.values()),
@@ -223,13 +221,13 @@ class OnnxBackend(CompileBackend):
             "ort_nodes_by_op": optimized,
             "ort_fused_int8_convs": optimized.get("QLinearConv", 0),
             "ort_integer_convs": optimized.get("ConvInteger", 0),
-            "requantization": opts["requantization"],
+            "requantization": opts.requantization,
             "providers": threading["providers"],
             "latency": latency,
             "agreement": agreement,
             "compile_seconds": time.perf_counter() - t0,
         }
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(opts["name"])) or "model"
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(opts.name)) or "model"
         report_path = out / f"{safe}_onnx_report.json"
         report_path.parent.mkdir(parents=True, exist_ok=True)
         # informative only: the compile stage checks every backend's artifact against the
@@ -257,12 +255,11 @@ class OnnxBackend(CompileBackend):
             raise TypeError(f"run() takes what load() returned, got {type(program).__name__}")
         return program.run(inputs)
 
-    def artifact_path(self, options: Mapping[str, Any], out_dir: Path) -> Path:
+    def artifact_path(self, options: OnnxCompileOptions, out_dir: Path) -> Path:
         """``compile_cfg.onnx_file`` (relative to out_dir, or a path), as :meth:`compile`
         writes it."""
-        opts = {**self.options, **dict(options)}
-        path = Path(opts.get("onnx_file") or "model.onnx")
-        return path if path.is_absolute() else Path(opts.get("out_dir") or out_dir) / path
+        path = Path(options.onnx_file)
+        return path if path.is_absolute() else Path(options.out_dir) / path
 
     def detect(self, program: Any, images: Any) -> list[dict[str, Any]] | None:
         """Detections of a loaded artifact for normalised images ``[B, 3, H, W]``: ORT runs

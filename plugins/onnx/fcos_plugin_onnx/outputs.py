@@ -11,12 +11,12 @@ from typing import Any
 from fcos_core.errors import FcosUserError
 
 
-def check_single_input_source(opts: Mapping[str, Any]) -> None:
+def check_single_input_source(input_source: Sequence[str]) -> None:
     """``compile_cfg.input_source`` names the one input of the FCOS deploy model."""
-    if len(opts["input_source"]) != 1:
+    if len(input_source) != 1:
         raise FcosUserError(
-            f"compile_cfg.input_source: {opts['input_source']} lists "
-            f"{len(opts['input_source'])} sources; the FCOS deploy model has "
+            f"compile_cfg.input_source: {list(input_source)} lists "
+            f"{len(input_source)} sources; the FCOS deploy model has "
             "one input",
             hint="use input_source: [ddr] or [pyramid]",
         )

@@ -272,10 +272,6 @@ def test_compile_reports_disagreement_and_leaves_the_rule_to_the_stage(
     assert report["agreement_ok"] is False and res.report["agreement_ok"] is False
     assert report["agreement"]["worst_output"] == "cls_8"
     assert report["agreement"]["max_steps"] == 5 and (tmp_path / "model.onnx").is_file()
-    with pytest.raises(FcosUserError, match=r"unknown option.*allow_disagreement"):
-        OnnxBackend().compile(
-            trained["deploy"],
-            {"img": (1, 3, 64, 64)},
-            {"latency_runs": 0, "allow_disagreement": True},
-            tmp_path,
-        )
+    # allow_disagreement is fcos core's compile-stage key: dropped from the backend's options
+    opts = OnnxBackend().resolve_options({"latency_runs": 0, "allow_disagreement": True}, tmp_path)
+    assert not hasattr(opts, "allow_disagreement") and opts.latency_runs == 0

@@ -33,7 +33,6 @@ from fcos_core.compile.backend import (
     decode_detections,
     example_image_tensor,
     post_process_params,
-    resolve_compile_options,
 )
 from fcos_core.errors import FcosUserError
 from fcos_plugin_onnx.outputs import check_single_input_source
@@ -41,24 +40,9 @@ from fcos_plugin_openvino import __version__
 from fcos_plugin_openvino.schema import OpenVinoCompileOptions
 
 
-def resolve_options(
-    defaults: Mapping[str, Any], options: Mapping[str, Any], out_dir: Path | None
-) -> dict[str, Any]:
-    """Schema defaults, the backend's defaults, then the config's ``compile_cfg``, checked."""
-    opts = resolve_compile_options(OpenVinoCompileOptions, "openvino", defaults, options, out_dir)
-    check_single_input_source(opts)
-    check_timing_options(opts)
-    if opts["threads"] is not None and int(opts["threads"]) < 1:
-        raise FcosUserError(
-            f"compile_cfg.threads must be >= 1 or null, got {opts['threads']}",
-            hint="e.g. threads: 2, or null for OMP_NUM_THREADS / the cores",
-        )
-    return opts
-
-
-def artifact_file(opts: Mapping[str, Any]) -> Path:
-    path = Path(str(opts.get("artifact_file") or "model.openvino.json"))
-    return path if path.is_absolute() else Path(str(opts["out_dir"])) / path
+def artifact_file(opts: OpenVinoCompileOptions) -> Path:
+    path = Path(opts.artifact_file)
+    return path if path.is_absolute() else Path(opts.out_dir) / path
 
 
 def _threads(value: Any) -> int:
@@ -110,13 +94,26 @@ def _pyramid_pair(x: Any) -> tuple[Any, Any]:
     return raw, (raw.float() - 128.0) / 128.0
 
 
-class OpenVinoBackend(CompileBackend):
+class OpenVinoBackend(CompileBackend[OpenVinoCompileOptions]):
     """The onnx plugin's integer export, lowered to int32, as OpenVINO IR run on the CPU."""
 
     name = "openvino"
+    options_schema = OpenVinoCompileOptions
 
     def __init__(self, **options: Any) -> None:
         self.options = dict(options)  # defaults for compile() and check()
+
+    def option_defaults(self) -> Mapping[str, Any]:
+        return self.options
+
+    def check_options(self, options: OpenVinoCompileOptions) -> None:
+        check_single_input_source(options.input_source)
+        check_timing_options(options)
+        if options.threads is not None and int(options.threads) < 1:
+            raise FcosUserError(
+                f"compile_cfg.threads must be >= 1 or null, got {options.threads}",
+                hint="e.g. threads: 2, or null for OMP_NUM_THREADS / the cores",
+            )
 
     def quantization_rules(self) -> Any:
         """The onnx backend's rules (fcos's defaults: every op has an export): int8
@@ -161,19 +158,16 @@ class OpenVinoBackend(CompileBackend):
 
     # -- compile -------------------------------------------------------------------------
 
-    def artifact_path(self, options: Mapping[str, Any], out_dir: Path) -> Path:
+    def artifact_path(self, options: OpenVinoCompileOptions, out_dir: Path) -> Path:
         """``compile_cfg.artifact_file`` (relative to out_dir, or a path), as :meth:`compile`
         writes it."""
-        opts = {**self.options, **{k: v for k, v in dict(options).items() if k != "march"}}
-        opts.setdefault("out_dir", str(out_dir))
-        opts["out_dir"] = opts["out_dir"] or str(out_dir)
-        return artifact_file(opts)
+        return artifact_file(options)
 
     def compile(
         self,
         model: Any,
         example_inputs: Mapping[str, Any],
-        options: Mapping[str, Any],
+        options: OpenVinoCompileOptions,
         out_dir: Path,
     ) -> CompileResult:
         import openvino as ov
@@ -189,11 +183,11 @@ class OpenVinoBackend(CompileBackend):
         from fcos_plugin_openvino.int32_requant import LoweringError, wide_accumulators
 
         t0 = time.perf_counter()
-        opts = resolve_options(self.options, options, Path(out_dir) if out_dir else None)
+        opts = options
         int_model, post = require_integer_model(model)
         records = integer_program(int_model)
         x = example_image_tensor(example_inputs)
-        pyramid = opts["input_source"] == ["pyramid"]
+        pyramid = opts.input_source == ["pyramid"]
         det = post_process_params(model)
         try:
             exported, lowered = export_for_openvino(
@@ -203,9 +197,9 @@ class OpenVinoBackend(CompileBackend):
                 strides=det["strides"] if det else None,
                 max_logit=post is not None,
                 pyramid=pyramid,
-                requantization=str(opts["requantization"]),
-                opset=int(opts["opset"]),
-                name=str(opts["name"]),
+                requantization=str(opts.requantization),
+                opset=int(opts.opset),
+                name=str(opts.name),
             )
         except (ExportError, LoweringError) as exc:
             raise FcosUserError(
@@ -220,12 +214,12 @@ class OpenVinoBackend(CompileBackend):
         meta = {
             "producer": f"fcos-plugin-openvino {__version__}",
             "openvino": ov.get_version(),
-            "name": str(opts["name"]),
+            "name": str(opts.name),
             "input": {
                 "name": exported.input_name,
                 "dtype": exported.input_dtype,
                 "shape": list(exported.input_shape),
-                "source": opts["input_source"][0],
+                "source": opts.input_source[0],
                 "normalisation": "(x - 128) / 128 in the graph" if pyramid else "by the caller",
             },
             "outputs": [
@@ -240,28 +234,28 @@ class OpenVinoBackend(CompileBackend):
                 for s in exported.outputs
             ],
             "dequant_output": bool(int_model.dequant_output),
-            "requantization": opts["requantization"],
+            "requantization": opts.requantization,
             "detection": det,
         }
         write_artifact(path, ov_model, meta)
-        program = load_program(path, _threads(opts["threads"]))
+        program = load_program(path, _threads(opts.threads))
 
         feed, model_in = _pyramid_pair(x) if pyramid else (x, x)
         agreement = None
-        if opts["agreement_check"]:
+        if opts.agreement_check:
             with torch.no_grad():
                 ref = model(model_in)
             ref = ref if isinstance(ref, (tuple, list)) else (ref,)
             agreement = code_agreement(ref, program.run({"img": feed}), program.meta["outputs"])
         latency = None
-        if int(opts["latency_runs"]) > 0:
+        if int(opts.latency_runs) > 0:
             one = program.feed({"img": feed[:1]})
             latency = {
                 "batch": 1,
                 **measure_latency(
                     lambda: program.request.infer(one),
-                    int(opts["latency_runs"]),
-                    int(opts["warmup_runs"]),
+                    int(opts.latency_runs),
+                    int(opts.warmup_runs),
                 ),
                 **program.threading,
             }
@@ -279,10 +273,10 @@ class OpenVinoBackend(CompileBackend):
             "artifact": str(path),
             "artifact_bytes": sum(p.stat().st_size for p in (path, *_ir(path))),
             "openvino": meta["openvino"],
-            "opset": int(opts["opset"]),
+            "opset": int(opts.opset),
             "input": meta["input"],
             "outputs": [{"name": o["name"], "dtype": o["dtype"]} for o in meta["outputs"]],
-            "requantization": opts["requantization"],
+            "requantization": opts.requantization,
             "requantizations_lowered_to_int32": lowered,
             # OpenVINO runs ConvInteger in float32: exact by construction below 2**24
             "convs_beyond_float32_exact_bound": wide_accumulators(exported.model),
@@ -298,7 +292,7 @@ class OpenVinoBackend(CompileBackend):
         # integer model on validation images and fails beyond one step on > 0.1 % of the codes
         # (fcos_core.compile.deploy_table; compile_cfg.allow_disagreement makes it a warning)
         report["agreement_ok"] = disagreement(agreement) is None if agreement is not None else None
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(opts["name"])) or "model"
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(opts.name)) or "model"
         text = json.dumps(report, indent=1, sort_keys=True).encode()
         report_path = write_atomically(
             path.parent / f"{safe}_openvino_report.json", lambda f: f.write(text)

@@ -17,7 +17,7 @@ import torch
 
 from fcos_core.compile.backend import CompileBackend
 from fcos_core.errors import FcosUserError
-from fcos_plugin_openvino.backend import OpenVinoBackend, resolve_options
+from fcos_plugin_openvino.backend import OpenVinoBackend
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +76,18 @@ def test_fcos_plugins_lists_the_backend_without_importing_openvino_or_torch():
 
 
 def test_options_defaults_and_errors(tmp_path):
-    opts = resolve_options({}, {"march": "openvino"}, tmp_path)
-    assert opts["out_dir"] == str(tmp_path) and opts["requantization"] == "integer"
+    from fcos_plugin_openvino.schema import OpenVinoCompileOptions
+
+    backend = OpenVinoBackend()
+    opts = backend.resolve_options({"march": "openvino"}, tmp_path)
+    assert isinstance(opts, OpenVinoCompileOptions)
+    assert opts.out_dir == str(tmp_path) and opts.requantization == "integer"
     with pytest.raises(FcosUserError, match="unknown option"):
-        resolve_options({}, {"onnx_file": "m.onnx"}, tmp_path)
+        backend.resolve_options({"onnx_file": "m.onnx"}, tmp_path)
     with pytest.raises(FcosUserError, match="threads"):
-        resolve_options({}, {"threads": 0}, tmp_path)
+        backend.resolve_options({"threads": 0}, tmp_path)
     with pytest.raises(FcosUserError, match="input_source"):
-        resolve_options({}, {"input_source": ["ddr", "pyramid"]}, tmp_path)
+        backend.resolve_options({"input_source": ["ddr", "pyramid"]}, tmp_path)
     assert (
         OpenVinoBackend().artifact_path({"artifact_file": "a.openvino.json"}, tmp_path)
         == tmp_path / "a.openvino.json"

@@ -36,7 +36,6 @@ from fcos_core.compile.backend import (
     decode_detections,
     example_image_tensor,
     post_process_params,
-    resolve_compile_options,
 )
 from fcos_core.errors import FcosUserError
 from fcos_plugin_tensorrt import __version__
@@ -52,26 +51,9 @@ _INT8_HINT = (
 )
 
 
-def resolve_options(
-    defaults: Mapping[str, Any], options: Mapping[str, Any], out_dir: Path | None
-) -> dict[str, Any]:
-    """The backend's defaults, then the config's ``compile_cfg`` (without ``march``), checked."""
-    opts = resolve_compile_options(TensorRTCompileOptions, "tensorrt", defaults, options, out_dir)
-    if not 1 <= int(opts["opt_batch"]) <= int(opts["max_batch"]):
-        raise FcosUserError(
-            f"compile_cfg: opt_batch {opts['opt_batch']} must be between 1 and "
-            f"max_batch {opts['max_batch']}",
-            hint="e.g. opt_batch: 1, max_batch: 8",
-        )
-    check_timing_options(opts)
-    if int(opts["workspace_mib"]) < 1:
-        raise FcosUserError("compile_cfg.workspace_mib must be >= 1", hint="e.g. 1024")
-    return opts
-
-
-def engine_path(opts: Mapping[str, Any]) -> Path:
-    path = Path(str(opts["engine_file"]))
-    return path if path.is_absolute() else Path(str(opts["out_dir"])) / path
+def engine_path(opts: TensorRTCompileOptions) -> Path:
+    path = Path(opts.engine_file)
+    return path if path.is_absolute() else Path(opts.out_dir) / path
 
 
 def int8_only_issues(records: Sequence[Any]) -> list[CheckIssue]:
@@ -97,13 +79,28 @@ class TensorRTProgram:
         return [o["name"] for o in self.meta["outputs"]]
 
 
-class TensorRTBackend(CompileBackend):
+class TensorRTBackend(CompileBackend[TensorRTCompileOptions]):
     """An explicitly quantized int8 TensorRT engine built from the QDQ ONNX export."""
 
     name = "tensorrt"
+    options_schema = TensorRTCompileOptions
 
     def __init__(self, **options: Any) -> None:
         self.options = dict(options)  # defaults for compile() and check()
+
+    def option_defaults(self) -> Mapping[str, Any]:
+        return self.options
+
+    def check_options(self, options: TensorRTCompileOptions) -> None:
+        if not 1 <= int(options.opt_batch) <= int(options.max_batch):
+            raise FcosUserError(
+                f"compile_cfg: opt_batch {options.opt_batch} must be between 1 and "
+                f"max_batch {options.max_batch}",
+                hint="e.g. opt_batch: 1, max_batch: 8",
+            )
+        check_timing_options(options)
+        if int(options.workspace_mib) < 1:
+            raise FcosUserError("compile_cfg.workspace_mib must be >= 1", hint="e.g. 1024")
 
     def quantization_rules(self) -> Any:
         """The ONNX backend's rules (every op has a QDQ form): symmetric per-channel int8
@@ -139,14 +136,14 @@ class TensorRTBackend(CompileBackend):
 
     # -- compile -------------------------------------------------------------------------
 
-    def artifact_path(self, options: Mapping[str, Any], out_dir: Path) -> Path | None:
-        return engine_path(resolve_options(self.options, options, Path(out_dir)))
+    def artifact_path(self, options: TensorRTCompileOptions, out_dir: Path) -> Path | None:
+        return engine_path(options)
 
     def compile(
         self,
         model: Any,
         example_inputs: Mapping[str, Any],
-        options: Mapping[str, Any],
+        options: TensorRTCompileOptions,
         out_dir: Path,
     ) -> CompileResult:
         import torch
@@ -167,7 +164,7 @@ class TensorRTBackend(CompileBackend):
         )
 
         t0 = time.perf_counter()
-        opts = resolve_options(self.options, options, Path(out_dir) if out_dir else None)
+        opts = options
         require_tensorrt()  # before any work: says what to install
         int_model, post = require_integer_model(model)
         records = integer_program(int_model)
@@ -186,12 +183,12 @@ class TensorRTBackend(CompileBackend):
                 int_model.outputs,
                 input_shape=tuple(x.shape),
                 dequant_output=True,
-                opset=int(opts["opset"]),
+                opset=int(opts.opset),
                 strides=det["strides"] if det else None,
                 max_logit=post is not None,
                 pyramid_input=False,
                 uint8_activations=False,
-                graph_name=str(opts["name"]),
+                graph_name=str(opts.name),
             )
         except ExportError as exc:
             raise FcosUserError(
@@ -199,22 +196,22 @@ class TensorRTBackend(CompileBackend):
                 f"model to QDQ ONNX: {exc}",
                 hint="see `fcos check CONFIG --model`",
             ) from None
-        out = Path(str(opts["out_dir"]))
+        out = Path(str(opts.out_dir))
         out.mkdir(parents=True, exist_ok=True)
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(opts["name"])) or "model"
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(opts.name)) or "model"
         fold_int32_dequantize(exported.model)  # int32 bias codes -> float32 constants
         onnx_bytes = exported.model.SerializeToString()
         onnx_path = write_atomically(out / f"{safe}.qdq.onnx", lambda f: f.write(onnx_bytes))
-        device = int(opts["device"])
+        device = int(opts.device)
         engine, build_info = build_engine(
             onnx_bytes,
             exported.input_name,
             tuple(x.shape[1:]),
-            max_batch=int(opts["max_batch"]),
-            opt_batch=int(opts["opt_batch"]),
-            workspace_mib=int(opts["workspace_mib"]),
-            fp16=bool(opts["fp16"]),
-            timing_cache=opts.get("timing_cache"),
+            max_batch=int(opts.max_batch),
+            opt_batch=int(opts.opt_batch),
+            workspace_mib=int(opts.workspace_mib),
+            fp16=bool(opts.fp16),
+            timing_cache=opts.timing_cache,
         )
         outputs = [
             {
@@ -229,7 +226,7 @@ class TensorRTBackend(CompileBackend):
         ]
         meta = {
             "producer": f"fcos-plugin-tensorrt {__version__}",
-            "name": str(opts["name"]),
+            "name": str(opts.name),
             "input": {
                 "name": exported.input_name,
                 "dtype": "float32",
@@ -246,20 +243,20 @@ class TensorRTBackend(CompileBackend):
         runner = EngineRunner(engine, [o["name"] for o in outputs], device)
 
         agreement = None
-        if opts["agreement_check"]:
+        if opts.agreement_check:
             with torch.no_grad():
                 ref = model(x)
             ref = ref if isinstance(ref, (tuple, list)) else (ref,)
             got = [t.cpu() for t in runner(x)]
             agreement = code_agreement(ref, got, outputs)
         latency = None
-        if int(opts["latency_runs"]) > 0:
+        if int(opts.latency_runs) > 0:
             one = x[:1].to(runner.device)
             latency = {
                 "batch": 1,
                 "device": meta["gpu"],
                 **measure_latency(
-                    lambda: runner(one), int(opts["latency_runs"]), int(opts["warmup_runs"])
+                    lambda: runner(one), int(opts.latency_runs), int(opts.warmup_runs)
                 ),
             }
         nodes: dict[str, int] = {}
@@ -272,7 +269,7 @@ class TensorRTBackend(CompileBackend):
             "engine_bytes": len(engine),
             "source_onnx": str(onnx_path),
             "onnx_nodes_by_op": dict(sorted(nodes.items())),
-            "opset": int(opts["opset"]),
+            "opset": int(opts.opset),
             "input": meta["input"],
             "outputs": [{"name": o["name"], "kind": o["kind"]} for o in outputs],
             "build": build_info,

@@ -12,7 +12,7 @@ import torch
 
 from fcos_core.compile.backend import CompileBackend
 from fcos_core.errors import FcosUserError
-from fcos_plugin_tensorrt.backend import TensorRTBackend, int8_only_issues, resolve_options
+from fcos_plugin_tensorrt.backend import TensorRTBackend, int8_only_issues
 from fcos_plugin_tensorrt.engine_file import MAGIC, read_engine_file, write_engine_file
 from fcos_plugin_tensorrt.runtime import tensorrt_missing
 
@@ -58,12 +58,13 @@ def test_registration_imports_neither_torch_nor_tensorrt(fcos_torch_free):
 
 
 def test_options_defaults_and_errors(tmp_path):
-    opts = resolve_options({}, {"march": "tensorrt", "name": "m"}, tmp_path)
-    assert opts["out_dir"] == str(tmp_path) and opts["max_batch"] == 8 and opts["opset"] == 21
+    backend = TensorRTBackend()
+    opts = backend.resolve_options({"march": "tensorrt", "name": "m"}, tmp_path)
+    assert opts.out_dir == str(tmp_path) and opts.max_batch == 8 and opts.opset == 21
     with pytest.raises(FcosUserError, match="unknown option"):
-        resolve_options({}, {"nope": 1}, tmp_path)
+        backend.resolve_options({"nope": 1}, tmp_path)
     with pytest.raises(FcosUserError, match="opt_batch"):
-        resolve_options({}, {"opt_batch": 9, "max_batch": 8}, tmp_path)
+        backend.resolve_options({"opt_batch": 9, "max_batch": 8}, tmp_path)
     assert (
         TensorRTBackend().artifact_path({"engine_file": "e.fcos-trt"}, tmp_path)
         == tmp_path / "e.fcos-trt"
