@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
+import threading
 
 _RDZV_FLAGS = (
     "--nnodes",
@@ -65,6 +67,10 @@ def launch_with_torchrun(args: argparse.Namespace, entry_module: str = "fcos_cor
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     targs = torchrun.get_args_parser().parse_args(torchrun_argv(args, entry_module))
+    # torchrun's agent installs its own SIGINT/SIGTERM/... handlers and leaves them behind;
+    # put ours back, so a caller in the same process (a notebook, a test) keeps Ctrl-C
+    signums = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+    before = {s: signal.getsignal(s) for s in signums}
     try:
         torchrun.run(targs)
     except ChildFailedError as exc:
@@ -72,4 +78,8 @@ def launch_with_torchrun(args: argparse.Namespace, entry_module: str = "fcos_cor
         if 2 in codes:
             return 2
         return next((c for c in codes if c), 1) if codes else 1
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for signum, handler in before.items():
+                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
     return 0

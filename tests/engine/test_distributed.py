@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 import pytest
@@ -68,7 +69,9 @@ def test_two_process_ddp_equals_one_process(tiny_cfg, host, tmp_path, monkeypatc
         nproc_per_node=2,
         debug=True,
     )
+    sigint = signal.getsignal(signal.SIGINT)
     assert launch_with_torchrun(args, entry_module="engine_fcos_main") == 0
+    assert signal.getsignal(signal.SIGINT) is sigint  # torchrun's agent handler is not left
     # the same run again would replace those checkpoints: rank 0 checks, every rank stops with
     # exit code 2 (none waits for the others forever), the checkpoint is untouched
     last = tmp_path / "ddp" / "ckpt" / "float-checkpoint-last.pth.tar"

@@ -19,6 +19,18 @@ from fcos_core.engine.run_guard import Terminated, sigterm_as_interrupt
 from fcos_core.engine.step_interrupts import step_interrupts_deferred
 
 
+@pytest.fixture(autouse=True)
+def _python_default_handlers():
+    """Python's own SIGINT/SIGTERM handling for each test, whatever an earlier test in the
+    session installed (torch.distributed's launcher leaves its own SIGINT handler behind)."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for signum, handler in before.items():
+        signal.signal(signum, handler)
+
+
 def _kill(signum):
     os.kill(os.getpid(), signum)
 
