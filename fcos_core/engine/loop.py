@@ -298,6 +298,18 @@ class Loop:
         saved = ckpt.get("callbacks") or {}
         for i, cb in enumerate(self.callbacks):
             key = callback_key(i, cb)
+            if key not in saved:
+                # the callback list changed since the save (one added or removed before this
+                # one): a callback whose class is there exactly once is still unambiguous
+                same = [k for k in saved if k.split(":", 1)[-1] == type(cb).__name__]
+                mine = [c for c in self.callbacks if type(c) is type(cb)]
+                if len(same) == 1 and len(mine) == 1:
+                    self.logger.warning(
+                        "resume: the callback moved in the list; restored by its class",
+                        callback=key,
+                        saved_as=same[0],
+                    )
+                    key = same[0]
             if key in saved:
                 cb.load_state_dict(saved[key])
             elif cb.state_dict():

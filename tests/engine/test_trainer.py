@@ -147,3 +147,24 @@ def test_min_total_steps_raises_the_epochs_of_a_small_data_set(tmp_path):
     assert tr.num_epochs == 2 and tr.state.global_step == 4
     with pytest.raises(ValueError, match="min_total_steps"):
         tiny_trainer(tmp_path, min_total_steps=0)
+
+
+def test_resume_restores_a_callback_that_moved_in_the_list(tmp_path):
+    """A callback added in front of the others between the interrupt and the resume shifts
+    their positions; a class that is there once is still restored (by its class)."""
+    data = TinySet(n=12, size=16)
+    ref = tiny_trainer(tmp_path / "a", callbacks=_callbacks(tmp_path / "a"), dataset=data)
+    ref.run(ctx_for(tmp_path / "a"))
+
+    b = tmp_path / "b"
+    first = tiny_trainer(b, callbacks=[_InterruptAt(4), *_callbacks(b)], dataset=data)
+    with pytest.raises(KeyboardInterrupt):
+        first.run(ctx_for(b))
+    second = tiny_trainer(b, callbacks=_callbacks(b), seed=99, dataset=data)
+    second.run(ctx_for(b, resume=True))
+    for got, want in zip(
+        (weights(second.model), weights(second.ema_model)),
+        (weights(ref.model), weights(ref.ema_model)),
+    ):
+        for k in want:
+            assert torch.equal(got[k], want[k]), k
