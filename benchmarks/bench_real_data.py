@@ -63,6 +63,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -198,7 +199,7 @@ def train_peer(
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
     budget = minutes * 60.0
     seen, steps, skipped = 0, 0, 0
-    recent: list[dict[str, float]] = []  # the last LOSS_WINDOW steps' loss terms
+    recent: deque[dict[str, float]] = deque(maxlen=LOSS_WINDOW)  # the last steps' loss terms
     t0 = time.perf_counter()
     t_warm = None  # when the warm-up ended; the cosine runs over the rest of the budget
     done = False
@@ -238,7 +239,7 @@ def train_peer(
                 continue
             loss.backward()
             opt.step()
-            recent = [*recent[-(LOSS_WINDOW - 1) :], {k: float(v) for k, v in losses.items()}]
+            recent.append({k: float(v) for k, v in losses.items()})
             seen += len(imgs)
             steps += 1
     train_s = time.perf_counter() - t0

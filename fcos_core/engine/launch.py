@@ -66,11 +66,13 @@ def launch_with_torchrun(args: argparse.Namespace, entry_module: str = "fcos_cor
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
+    from fcos_core.engine.step_interrupts import restore_signal_handlers, saved_signal_handlers
+
     targs = torchrun.get_args_parser().parse_args(torchrun_argv(args, entry_module))
     # torchrun's agent installs its own SIGINT/SIGTERM/... handlers and leaves them behind;
     # put ours back, so a caller in the same process (a notebook, a test) keeps Ctrl-C
-    signums = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-    before = {s: signal.getsignal(s) for s in signums}
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    before = saved_signal_handlers((signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT))
     try:
         torchrun.run(targs)
     except ChildFailedError as exc:
@@ -79,7 +81,6 @@ def launch_with_torchrun(args: argparse.Namespace, entry_module: str = "fcos_cor
             return 2
         return next((c for c in codes if c), 1) if codes else 1
     finally:
-        if threading.current_thread() is threading.main_thread():
-            for signum, handler in before.items():
-                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        if on_main_thread:
+            restore_signal_handlers(before)
     return 0

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -56,24 +56,30 @@ def step_interrupts_deferred() -> Iterator[None]:
 
     def hold(signum: int, frame: Any) -> None:
         if pending:  # the second signal: the user insists, deliver now
-            _restore(previous)
+            restore_signal_handlers(previous)
             pending.clear()
             deliver(signum)
             return
         pending.append(signum)
 
+    previous.update(saved_signal_handlers(DEFERRED_SIGNALS))
     for signum in DEFERRED_SIGNALS:
-        before = signal.signal(signum, hold)
-        # None: a handler installed outside Python; the default is the nearest we can restore
-        previous[signum] = signal.SIG_DFL if before is None else before
+        signal.signal(signum, hold)
     try:
         yield
     finally:
-        _restore(previous)
+        restore_signal_handlers(previous)
     if pending:
         deliver(pending[0])
 
 
-def _restore(previous: dict[int, Any]) -> None:
-    for signum, before in previous.items():
-        signal.signal(signum, before)
+def saved_signal_handlers(signums: Iterable[int]) -> dict[int, Any]:
+    """The current handlers of ``signums``, in a form :func:`restore_signal_handlers` can put
+    back (a handler installed outside Python reads as None; the default is the nearest)."""
+    return {s: signal.SIG_DFL if (h := signal.getsignal(s)) is None else h for s in signums}
+
+
+def restore_signal_handlers(saved: dict[int, Any]) -> None:
+    """Install the handlers :func:`saved_signal_handlers` returned (main thread only)."""
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
