@@ -49,3 +49,12 @@ def ctx_for(tmp: Path, stage: str = "float", **kwargs: Any) -> RunContext:
 
 def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_trained_weights(got: Trainer, want: Trainer) -> None:
+    """The model and its EMA copy of ``got`` equal ``want``'s, tensor for tensor."""
+    for a, b in zip(
+        (weights(got.model), weights(got.ema_model)), (weights(want.model), weights(want.ema_model))
+    ):
+        for k in b:
+            assert torch.equal(a[k], b[k]), k

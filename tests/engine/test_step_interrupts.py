@@ -7,8 +7,7 @@ import signal
 import threading
 
 import pytest
-import torch
-from engine_helpers import ctx_for, tiny_trainer, weights
+from engine_helpers import assert_same_trained_weights, ctx_for, tiny_trainer
 from engine_standins import TinySet
 
 from fcos_core.engine.callbacks.base import Callback
@@ -121,12 +120,7 @@ def test_ctrl_c_mid_step_saves_that_step_and_resume_is_exact(tmp_path):
 
     second = tiny_trainer(b, callbacks=_callbacks(b), seed=99, dataset=data)
     second.run(ctx_for(b, resume=True))
-    for got, want in zip(
-        (weights(second.model), weights(second.ema_model)),
-        (weights(ref.model), weights(ref.ema_model)),
-    ):
-        for k in want:
-            assert torch.equal(got[k], want[k]), k
+    assert_same_trained_weights(second, ref)
 
 
 def test_a_second_ctrl_c_mid_step_keeps_the_previous_checkpoint(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engine_helpers import ctx_for, tiny_trainer, weights
+from engine_helpers import assert_same_trained_weights, ctx_for, tiny_trainer, weights
 from engine_standins import TinySet
 
 from fcos_core.engine.callbacks.base import Callback, run_order
@@ -162,9 +162,4 @@ def test_resume_restores_a_callback_that_moved_in_the_list(tmp_path):
         first.run(ctx_for(b))
     second = tiny_trainer(b, callbacks=_callbacks(b), seed=99, dataset=data)
     second.run(ctx_for(b, resume=True))
-    for got, want in zip(
-        (weights(second.model), weights(second.ema_model)),
-        (weights(ref.model), weights(ref.ema_model)),
-    ):
-        for k in want:
-            assert torch.equal(got[k], want[k]), k
+    assert_same_trained_weights(second, ref)
