@@ -12,6 +12,7 @@ a finished one is skipped.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from fcos_core.engine import distributed
@@ -38,6 +39,11 @@ class Calibrator(Loop):
         callbacks: callbacks (Validation, Checkpoint, ...).
         val_metrics: metric(s) the Validation callback computes.
         log_interval: log every this many steps (0: never).
+        bias_correction_images: after the ranges are fixed, correct every conv bias so the
+            quantized model's mean outputs equal the float model's, measured on this many
+            calibration images (the first batches'; 0: off).
+            :mod:`fcos_core.quantization.bias_correction` says why; all these images go
+            through the model at once, so the memory is that of one forward pass over them.
     """
 
     is_training = False
@@ -53,6 +59,7 @@ class Calibrator(Loop):
         callbacks: Any = (),
         val_metrics: Any = None,
         log_interval: int = 1,
+        bias_correction_images: int = 0,
     ) -> None:
         super().__init__(model, model_convert_pipeline, callbacks, device)
         if num_steps < 1:
@@ -63,6 +70,9 @@ class Calibrator(Loop):
             raise ValueError("a Calibrator's batch_processor must have need_grad_update: false")
         if log_interval < 0:
             raise ValueError(f"log_interval must be >= 0, got {log_interval}")
+        if bias_correction_images < 0:
+            raise ValueError(f"bias_correction_images must be >= 0, got {bias_correction_images}")
+        self.bias_correction_images = bias_correction_images
         self.data_loader = data_loader
         self.num_steps = num_steps
         self.batch_processor = batch_processor or MultiBatchProcessor(need_grad_update=False)
@@ -93,6 +103,8 @@ class Calibrator(Loop):
         bar = Progress(self.num_steps, f"{self.stage} calibration", progress_enabled(ctx.rank))
         data_epoch = 0
         report_images: list[Any] = []
+        correction_images: list[Any] = []
+        n_correction = 0
         try:
             while st.global_step < self.num_steps:
                 self.data_loader.set_epoch(data_epoch)
@@ -100,6 +112,10 @@ class Calibrator(Loop):
                 for batch in self.data_loader:
                     if len(report_images) < REPORT_BATCHES and isinstance(batch, dict):
                         report_images.append(batch["img"])
+                    if n_correction < self.bias_correction_images and isinstance(batch, dict):
+                        take = batch["img"][: self.bias_correction_images - n_correction]
+                        correction_images.append(take)
+                        n_correction += int(take.shape[0])
                     self.fire("on_step_begin")
                     outputs = self.batch_processor(self.model, batch, self.device, None, self)
                     st.last_batch_size = batch_size_of(batch)
@@ -123,8 +139,30 @@ class Calibrator(Loop):
             from fcos_core.quantization.converters import freeze_observers
 
             freeze_observers(self.model)
-            write_stage_report(self, ctx, report_images)
+            reference = None
+            if self.bias_correction_images:
+                # the correction moves biases the float view of the graph shares: the report
+                # compares with the float model as it was before
+                reference = copy.deepcopy(self.model)
+                self._correct_biases(correction_images)
+            write_stage_report(self, ctx, report_images, reference)
         self.fire("on_epoch_end")
         st.finished = True
         self.fire("on_loop_end")
         return dict(st.val_results)
+
+    def _correct_biases(self, images: list[Any]) -> None:
+        from fcos_core.quantization.bias_correction import correct_biases
+
+        if len(images) == 0:
+            raise ValueError("bias correction: the calibration batches held no images")
+        result = correct_biases(self.model, [img.to(self.device) for img in images])
+        self.logger.info(
+            "bias correction",
+            images=result.images,
+            convs=len(result.corrected),
+            without_bias=len(result.skipped),
+            largest_vs_output_rms=", ".join(
+                f"{s.layer} {s.max_shift:.3f}" for s in result.largest()
+            ),
+        )

@@ -15,8 +15,11 @@ from fcos_core.quantization_state import get_qstate
 REPORT_BATCHES = 2
 
 
-def write_stage_report(loop: Any, ctx: Any, images: list[Any]) -> str | None:
-    """Write the report of ``loop.model`` on ``images`` when the model is quantized."""
+def write_stage_report(
+    loop: Any, ctx: Any, images: list[Any], float_model: Any = None
+) -> str | None:
+    """Write the report of ``loop.model`` on ``images`` when the model is quantized, against
+    ``float_model`` (None: the model's own weights with fake-quant off)."""
     if ctx is None or getattr(ctx, "run_dir", None) is None or not images:
         return None
     if getattr(ctx, "rank", 0) != 0 or get_qstate(loop.model) not in ("calibration", "qat"):
@@ -24,7 +27,9 @@ def write_stage_report(loop: Any, ctx: Any, images: list[Any]) -> str | None:
     from fcos_core.quantization.report import write_quant_report
 
     try:
-        path = write_quant_report(loop.model, images[:REPORT_BATCHES], ctx.run_dir, loop.stage)
+        path = write_quant_report(
+            loop.model, images[:REPORT_BATCHES], ctx.run_dir, loop.stage, float_model
+        )
     except Exception as exc:  # noqa: BLE001 - a diagnostic must not fail the stage
         loop.logger.warning("quantization report skipped", stage=loop.stage, error=str(exc))
         return None

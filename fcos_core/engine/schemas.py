@@ -84,6 +84,11 @@ class CalibratorArgs:
     callbacks: list[Any] = component_list("callbacks", help="callbacks, run in this order")
     val_metrics: Any = component("metrics", None, help="metrics the Validation callback computes")
     log_interval: int = arg(1, help="log every this many steps (0: never)")
+    bias_correction_images: int = arg(
+        0,
+        help="correct the conv biases so the quantized means equal the float ones, measured "
+        "on this many calibration images (0: off; docs/quantization.md, 'Bias correction')",
+    )
 
 
 @attrs.frozen(kw_only=True)

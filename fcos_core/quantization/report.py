@@ -65,7 +65,10 @@ def _float_values(
     from fcos_core.quantization.graph_passes import fold_conv_bn, remove_dropout
     from fcos_core.quantization.prepare import export_float, fake_quants
 
-    if float_model is not None:
+    if float_model is not None and isinstance(body_of(float_model), PreparedBody):
+        # a prepared copy (the calibrated model before its bias correction): fake-quant off
+        quant_body = body_of(float_model)
+    elif float_model is not None:
         gm = export_float(body_of(float_model), tuple(x.shape))
         remove_dropout(gm)
         fold_conv_bn(gm)
@@ -197,7 +200,8 @@ def quant_report(
     """Compare a quantized model with float on ``inputs`` (one image batch or several).
 
     Args:
-        float_model: the float model (or its body); None uses the reference the converters
+        float_model: the float model (or its body); a prepared (calibration/QAT) model, whose
+            graph then runs with its fake-quants off; None uses the reference the converters
             kept (fake-quant off), see the module docstring.
         quant_model: a model (or body) after Float2Calibration, Float2QAT or QAT2Quantize.
         inputs: image batches ``[B, C, H, W]`` at the size the model was converted for.
