@@ -26,8 +26,7 @@ model uses. A conv without a bias is left as it is and counted in the result.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -36,8 +35,7 @@ from torch import fx, nn
 
 from fcos_core.graph_names import module_path
 from fcos_core.quantization.bias_quant import fake_quantize_bias
-from fcos_core.quantization.fake_quantize import FcosFakeQuantize
-from fcos_core.quantization.prepare import PreparedBody
+from fcos_core.quantization.prepare import PreparedBody, float_view
 
 _CONV = torch.ops.aten.conv2d.default
 _DIMS = (0, 2, 3)  # a conv output is [N, C, H, W]: the statistics are per channel
@@ -103,21 +101,6 @@ def _bias_param(gm: fx.GraphModule, conv: fx.Node) -> tuple[fx.Node, nn.Paramete
     if not isinstance(source, fx.Node) or source.op != "get_attr":
         raise ValueError(f"conv {conv.name}: its bias is not a parameter of the graph")
     return fq_bias, gm.get_parameter(str(source.target))
-
-
-@contextmanager
-def _float_graph(gm: fx.GraphModule) -> Iterator[None]:
-    """Every fake-quant off (the float model) for the duration; the flags are restored."""
-    saved = []
-    for mod in gm.modules():
-        if isinstance(mod, FcosFakeQuantize):
-            saved.append((mod, mod.fake_quant_enabled.clone()))
-            mod.enable_fake_quant(False)
-    try:
-        yield
-    finally:
-        for mod, flag in saved:
-            mod.fake_quant_enabled.copy_(flag)
 
 
 class _Group:
@@ -256,7 +239,7 @@ def correct_biases(model: nn.Module, images: Sequence[torch.Tensor]) -> BiasCorr
     try:
         with torch.no_grad():
             stats = _FloatStats(gm, group_of)
-            with _float_graph(gm):
+            with float_view(gm):
                 for batch in images:
                     stats.run(batch)
             for conv, group in group_of.items():

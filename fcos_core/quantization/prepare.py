@@ -20,6 +20,7 @@ frozen      off                off              on (what ``convert_pt2e`` reprod
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -182,6 +183,25 @@ def fake_quants(gm: torch.nn.Module) -> Iterator[tuple[str, FcosFakeQuantize]]:
     for name, mod in gm.named_modules():
         if isinstance(mod, FcosFakeQuantize):
             yield name, mod
+
+
+@contextmanager
+def float_view(gm: nn.Module) -> Iterator[None]:
+    """Every fake-quant and observer of ``gm`` off for the duration (the graph computes the
+    float model, BN folded, and records nothing); each flag is restored afterwards."""
+    saved = [
+        (fq, fq.fake_quant_enabled.clone(), fq.observer_enabled.clone())
+        for _, fq in fake_quants(gm)
+    ]
+    try:
+        for fq, _, _ in saved:
+            fq.enable_fake_quant(False)
+            fq.enable_observer(False)
+        yield
+    finally:
+        for fq, fake_quant, observer in saved:
+            fq.fake_quant_enabled.copy_(fake_quant)
+            fq.observer_enabled.copy_(observer)
 
 
 def refresh_weight_ranges(gm: nn.Module) -> None:

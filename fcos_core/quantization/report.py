@@ -63,7 +63,7 @@ def _float_values(
 ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
     """Float values by node name, and the float outputs."""
     from fcos_core.quantization.graph_passes import fold_conv_bn, remove_dropout
-    from fcos_core.quantization.prepare import export_float, fake_quants
+    from fcos_core.quantization.prepare import export_float, float_view
 
     if float_model is not None and isinstance(body_of(float_model), PreparedBody):
         # a prepared copy (the calibrated model before its bias correction): fake-quant off
@@ -84,21 +84,9 @@ def _float_values(
         raise ValueError(
             "no float reference: pass float_model, or convert with keep_reference=True"
         )
-    saved = [
-        (fq, int(fq.fake_quant_enabled[0]), int(fq.observer_enabled[0]))
-        for _, fq in fake_quants(ref)
-    ]
-    try:
-        for fq, _, _ in saved:
-            fq.enable_fake_quant(False)
-            fq.enable_observer(False)
-        cap = _Capture(ref)
-        with torch.no_grad():
-            outs = cap.run(x)
-    finally:
-        for fq, f, o in saved:
-            fq.enable_fake_quant(bool(f))
-            fq.enable_observer(bool(o))
+    cap = _Capture(ref)
+    with float_view(ref), torch.no_grad():
+        outs = cap.run(x)
     return cap.values, tuple(outs)
 
 
