@@ -74,7 +74,7 @@ class BiasCorrectionResult:
     passes: int = 1
 
     def largest(self, k: int = 5) -> list[ConvShift]:
-        """The ``k`` convs whose bias moved most, relative to their output's spread."""
+        """The ``k`` convs whose bias moved most, relative to their output's RMS."""
         return sorted(self.corrected, key=lambda s: -s.max_shift)[:k]
 
 
