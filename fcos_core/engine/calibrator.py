@@ -136,14 +136,14 @@ class Calibrator(Loop):
         if get_qstate(self.model) == "calibration":
             # fix the ranges and switch fake-quant on: validation then measures the
             # calibrated (quantized) model, and eval-mode batches no longer move the ranges
-            from fcos_core.quantization.converters import freeze_observers
+            from fcos_core.quantization.converters import body_of, freeze_observers
 
             freeze_observers(self.model)
             reference = None
             if self.bias_correction_images:
                 # the correction moves biases the float view of the graph shares: the report
-                # compares with the float model as it was before
-                reference = copy.deepcopy(self.model)
+                # compares with the float model as it was before (the body holds them all)
+                reference = copy.deepcopy(body_of(self.model))
                 self._correct_biases(correction_images)
             write_stage_report(self, ctx, report_images, reference)
         self.fire("on_epoch_end")

@@ -109,8 +109,7 @@ class _Group:
     def __init__(self, param: nn.Parameter, layer: str) -> None:
         self.param = param
         self.layer = layer
-        self.nodes: list[fx.Node] = []
-        self.bias_nodes: dict[fx.Node, fx.Node] = {}
+        self.bias_nodes: dict[fx.Node, fx.Node] = {}  # conv node -> its bias fake-quant node
         self.float_sq: torch.Tensor | float = 0.0  # sum of squares over all uses
         self.count = 0  # values per channel over all uses
         self.shift_sum: torch.Tensor | float = 0.0  # quantized - float, this pass (shared)
@@ -118,7 +117,7 @@ class _Group:
 
     @property
     def shared(self) -> bool:
-        return len(self.nodes) > 1
+        return len(self.bias_nodes) > 1
 
 
 class _FloatStats(fx.Interpreter):
@@ -134,12 +133,11 @@ class _FloatStats(fx.Interpreter):
         out = super().run_node(n)
         group = self.group_of.get(n)
         if group is not None:
-            y = out.detach().double()
+            y = out.detach()
             count = y.numel() // y.shape[1]
-            total = y.sum(_DIMS)
-            self.sum[n] = self.sum.get(n, 0) + total
+            self.sum[n] = self.sum.get(n, 0) + y.sum(_DIMS, dtype=torch.float64)
             self.count[n] = self.count.get(n, 0) + count
-            group.float_sq = group.float_sq + (y * y).sum()
+            group.float_sq = group.float_sq + y.square().sum(dtype=torch.float64)
             group.count += count
         return out
 
@@ -169,10 +167,10 @@ class _Correcting(fx.Interpreter):
         group = self.group_of.get(n)
         if group is None:
             return out
-        y = out.detach().double()
-        shift = y.mean(_DIMS) - group.float_mean_of[n]
+        # reduced in float64 without a float64 copy of the output (all images at once)
+        shift = out.detach().mean(_DIMS, dtype=torch.float64) - group.float_mean_of[n]
         if group.shared:
-            group.shift_sum = group.shift_sum + shift * (y.numel() // y.shape[1])
+            group.shift_sum = group.shift_sum + shift * (out.numel() // out.shape[1])
             return out
         with torch.no_grad():
             group.param.sub_(shift.to(group.param.dtype))
@@ -227,7 +225,6 @@ def correct_biases(model: nn.Module, images: Sequence[torch.Tensor]) -> BiasCorr
             continue
         fq_bias, param = found
         group = groups.setdefault(id(param), _Group(param, module_path(conv) or conv.name))
-        group.nodes.append(conv)
         group.bias_nodes[conv] = fq_bias
         group_of[conv] = group
     before = {key: g.param.detach().clone() for key, g in groups.items()}
@@ -257,6 +254,6 @@ def correct_biases(model: nn.Module, images: Sequence[torch.Tensor]) -> BiasCorr
         rms = (torch.as_tensor(group.float_sq) / (group.count * group.param.numel())).sqrt()
         shift = (before[key] - group.param.detach()).double()
         ratio = shift.abs().max() / rms.clamp_min(1e-12)
-        corrected.append(ConvShift(group.layer, float(ratio), len(group.nodes)))
+        corrected.append(ConvShift(group.layer, float(ratio), len(group.bias_nodes)))
     n_images = sum(int(b.shape[0]) for b in images)
     return BiasCorrectionResult(n_images, tuple(corrected), tuple(skipped), passes)

@@ -65,21 +65,17 @@ def _float_values(
     from fcos_core.quantization.graph_passes import fold_conv_bn, remove_dropout
     from fcos_core.quantization.prepare import export_float, float_view
 
-    if float_model is not None and isinstance(body_of(float_model), PreparedBody):
-        # a prepared copy (the calibrated model before its bias correction): fake-quant off
-        quant_body = body_of(float_model)
-    elif float_model is not None:
+    if float_model is not None and not isinstance(body_of(float_model), PreparedBody):
         gm = export_float(body_of(float_model), tuple(x.shape))
         remove_dropout(gm)
         fold_conv_bn(gm)
         cap = _Capture(gm)
         outs = cap.run(x)
         return cap.values, tuple(outs)
-    ref = (
-        quant_body.graph_module
-        if isinstance(quant_body, PreparedBody)
-        else float_reference(quant_body)
-    )
+    # a prepared model (the given one, e.g. the calibrated model before its bias correction,
+    # or the quantized model itself) with its fake-quants off; else the converters' reference
+    source = quant_body if float_model is None else body_of(float_model)
+    ref = source.graph_module if isinstance(source, PreparedBody) else float_reference(source)
     if not isinstance(ref, fx.GraphModule):
         raise ValueError(
             "no float reference: pass float_model, or convert with keep_reference=True"
